@@ -1,0 +1,288 @@
+//! A received message and the handle to settle it.
+//!
+//! A [`Delivery`] is settled exactly once: `ack`, `nack`, `nack_with_delay` or
+//! `reject`. Dropping it unsettled releases it for redelivery (see
+//! [`Delivery`]'s docs) — a crashed or cancelled handler never loses a message.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Processed: never deliver it to this group again.
+    Ack,
+    /// Not processed: deliver it again after `delay` (zero = as soon as possible).
+    Nack {
+        /// How long to wait before redelivery.
+        delay: Duration,
+    },
+    /// Cannot be processed: move it to the dead-letter topic with `reason`.
+    Reject {
+        /// Why; stored in the `wharf-dlq-reason` header.
+        reason: String,
+    },
+}
+
+/// The backend side of a delivery: settles it by the backend's own token.
+///
+/// Implemented by backends, not by applications. One `Arc<dyn Acker>` is
+/// usually shared by all deliveries of a subscription, so handing out a
+/// delivery allocates nothing for its acker.
+#[async_trait]
+pub trait Acker: Send + Sync + 'static {
+    /// Settles the delivery identified by `token`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDelivery`] when the token is no longer held (lease
+    /// expired, already settled); [`Error::Unsupported`] when the backend
+    /// cannot do this settlement (e.g. a delay); transport errors for remote
+    /// backends.
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()>;
+
+    /// Extends the lease of `token` by `by` from now.
+    ///
+    /// # Errors
+    /// As [`Acker::settle`]; [`Error::Unsupported`] without [`crate::Capability::ExtendLease`].
+    async fn extend(&self, token: u64, by: Duration) -> Result<()>;
+
+    /// Called when a delivery is dropped unsettled: make it available for
+    /// redelivery. Must not block (it runs inside `Drop`).
+    fn release(&self, token: u64);
+}
+
+/// Where a delivery came from and how often it has been delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The topic the message was published to.
+    pub topic: Arc<str>,
+    /// Partition within the topic (0 for unpartitioned backends).
+    pub partition: u32,
+    /// Offset in the partition, for log-based backends.
+    pub offset: Option<u64>,
+    /// Delivery attempt, starting at 1.
+    pub attempt: u32,
+}
+
+struct Handle {
+    acker: Arc<dyn Acker>,
+    token: u64,
+}
+
+/// A message handed to a consumer, to be settled once.
+///
+/// # Dropping
+/// Dropping a `Delivery` without settling it *releases* it: the backend makes
+/// the message available for redelivery as soon as it can (immediately for
+/// in-process backends; for remote ones, once the release reaches the server
+/// or at the latest when the visibility timeout expires). The release counts
+/// as a delivery attempt, so `max_deliveries` still bounds a handler that
+/// keeps crashing.
+pub struct Delivery {
+    message: Message,
+    info: DeliveryInfo,
+    handle: Option<Handle>,
+}
+
+impl Delivery {
+    /// Made by backends: `token` is what `acker` will be called with.
+    pub fn new(message: Message, info: DeliveryInfo, acker: Arc<dyn Acker>, token: u64) -> Self {
+        Delivery {
+            message,
+            info,
+            handle: Some(Handle { acker, token }),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The message, for changing headers before handing it on.
+    pub fn message_mut(&mut self) -> &mut Message {
+        &mut self.message
+    }
+
+    /// Where it came from and the attempt number.
+    pub fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+
+    /// The topic the message was published to.
+    pub fn topic(&self) -> &str {
+        &self.info.topic
+    }
+
+    /// Delivery attempt, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.info.attempt
+    }
+
+    /// The backend's token for this delivery (stable for its lifetime).
+    pub fn token(&self) -> u64 {
+        self.handle.as_ref().map_or(0, |h| h.token)
+    }
+
+    /// Settles with `settlement`.
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: if the future is dropped before it completes, the
+    /// settlement may or may not have reached the backend; an unsettled
+    /// message is redelivered once its lease expires.
+    pub async fn settle(mut self, settlement: Settlement) -> Result<()> {
+        let handle = self.handle.take().ok_or(Error::Closed {
+            what: "delivery (already settled)",
+        })?;
+        handle.acker.settle(handle.token, settlement).await
+    }
+
+    /// Acknowledges: the message is done for this group.
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    pub async fn ack(self) -> Result<()> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Asks for redelivery as soon as possible.
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    pub async fn nack(self) -> Result<()> {
+        self.settle(Settlement::Nack {
+            delay: Duration::ZERO,
+        })
+        .await
+    }
+
+    /// Asks for redelivery after `delay`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on backends without
+    /// [`crate::Capability::NackWithDelay`]; see [`Acker::settle`].
+    pub async fn nack_with_delay(self, delay: Duration) -> Result<()> {
+        self.settle(Settlement::Nack { delay }).await
+    }
+
+    /// Moves the message to the dead-letter topic, recording `reason`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on backends without
+    /// [`crate::Capability::DeadLetter`]; see [`Acker::settle`].
+    pub async fn reject(self, reason: impl Into<String>) -> Result<()> {
+        self.settle(Settlement::Reject {
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Extends this delivery's lease by `by` from now, for long work.
+    ///
+    /// # Errors
+    /// See [`Acker::extend`].
+    pub async fn extend(&self, by: Duration) -> Result<()> {
+        match &self.handle {
+            Some(h) => h.acker.extend(h.token, by).await,
+            None => Err(Error::Closed {
+                what: "delivery (already settled)",
+            }),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.acker.release(h.token);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("info", &self.info)
+            .field("message", &self.message)
+            .field("settled", &self.handle.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Acker for Recorder {
+        async fn settle(&self, token: u64, s: Settlement) -> Result<()> {
+            self.0.lock().unwrap().push(format!("{token}:{s:?}"));
+            Ok(())
+        }
+        async fn extend(&self, token: u64, by: Duration) -> Result<()> {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{token}:extend {by:?}"));
+            Ok(())
+        }
+        fn release(&self, token: u64) {
+            self.0.lock().unwrap().push(format!("{token}:release"));
+        }
+    }
+
+    fn delivery(acker: &Arc<Recorder>, token: u64) -> Delivery {
+        let info = DeliveryInfo {
+            topic: "t".into(),
+            partition: 0,
+            offset: Some(token),
+            attempt: 1,
+        };
+        Delivery::new(Message::new("x"), info, acker.clone(), token)
+    }
+
+    #[tokio::test]
+    async fn settling_calls_the_acker_once_and_drop_does_not_release() {
+        let r = Arc::new(Recorder::default());
+        delivery(&r, 1).ack().await.unwrap();
+        delivery(&r, 2)
+            .nack_with_delay(Duration::from_secs(1))
+            .await
+            .unwrap();
+        delivery(&r, 3).reject("bad").await.unwrap();
+        let d = delivery(&r, 4);
+        d.extend(Duration::from_secs(5)).await.unwrap();
+        d.nack().await.unwrap();
+        assert_eq!(
+            *r.0.lock().unwrap(),
+            vec![
+                "1:Ack",
+                "2:Nack { delay: 1s }",
+                "3:Reject { reason: \"bad\" }",
+                "4:extend 5s",
+                "4:Nack { delay: 0ns }",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unsettled_delivery_releases_it() {
+        let r = Arc::new(Recorder::default());
+        drop(delivery(&r, 9));
+        assert_eq!(*r.0.lock().unwrap(), vec!["9:release"]);
+    }
+}

@@ -1,0 +1,465 @@
+//! The message every backend carries: id, key, headers, payload, timestamp.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::codec::{Codec, CodecError};
+use crate::error::Error;
+use crate::header;
+
+/// A unique, time-sortable message id (a UUIDv7).
+///
+/// Ids made in one process sort in creation order; brokers use them for
+/// deduplication, so a retried publish should reuse the same id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(uuid::Uuid);
+
+impl MessageId {
+    /// A new id for the current time.
+    pub fn new() -> Self {
+        MessageId(uuid::Uuid::now_v7())
+    }
+
+    /// The id as 16 big-endian bytes (sorts like the id).
+    pub fn to_bytes(self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from [`MessageId::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        MessageId(uuid::Uuid::from_bytes(bytes))
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::parse_str(s)
+            .map(MessageId)
+            .map_err(|_| Error::InvalidArgument {
+                name: "message id",
+                reason: format!("{s:?} is not a UUID"),
+            })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// A timestamp from milliseconds since the Unix epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This timestamp plus `d` (saturating).
+    #[must_use]
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        UNIX_EPOCH + Duration::from_millis(t.0)
+    }
+}
+
+/// Highest message priority.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// Message headers: string pairs that keep insertion order, one value per name.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Sets `name` to `value`, replacing (in place) any earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Removes `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Whether `name` is set.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The headers in insertion order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Bytes of all names and values.
+    pub fn byte_len(&self) -> usize {
+        self.0.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (n, v) in iter {
+            h.insert(n, v);
+        }
+        h
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// A message: what a publisher sends and a consumer receives.
+///
+/// Cloning is cheap for the payload and key (reference-counted [`Bytes`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    id: MessageId,
+    key: Option<Bytes>,
+    headers: Headers,
+    payload: Bytes,
+    timestamp: Timestamp,
+}
+
+impl Message {
+    /// A message with `payload`, a fresh id, the current time and nothing else.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::new(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            timestamp: Timestamp::now(),
+        }
+    }
+
+    /// Starts building a message.
+    pub fn builder() -> MessageBuilder {
+        MessageBuilder {
+            msg: Message::new(Bytes::new()),
+        }
+    }
+
+    /// The message id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The partitioning / ordering key, if any.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The headers, for changing (middleware adds trace and retry headers).
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// When the message was created (by the publisher, not the broker).
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// Size counted against message size limits: payload + key + header names and values.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + self.headers.byte_len()
+    }
+
+    /// Decodes the payload with `codec`.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if the payload is not a valid `T`.
+    pub fn decode<T, C: Codec<T>>(&self, codec: &C) -> Result<T, Error> {
+        Ok(codec.decode(&self.payload)?)
+    }
+
+    /// When the message may first be delivered, from [`header::DELIVER_AT_MS`].
+    pub fn deliver_at(&self) -> Option<Timestamp> {
+        self.ms_header(header::DELIVER_AT_MS)
+    }
+
+    /// When the message expires, from [`header::EXPIRES_AT_MS`].
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.ms_header(header::EXPIRES_AT_MS)
+    }
+
+    /// Priority 0..=9 from [`header::PRIORITY`]; 0 when unset or unparsable.
+    pub fn priority(&self) -> u8 {
+        self.headers
+            .get(header::PRIORITY)
+            .and_then(|v| v.parse::<u8>().ok())
+            .map_or(0, |p| p.min(MAX_PRIORITY))
+    }
+
+    fn ms_header(&self, name: &str) -> Option<Timestamp> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .map(Timestamp::from_millis)
+    }
+
+    /// Returns a builder holding a copy of this message (same id and timestamp).
+    pub fn to_builder(&self) -> MessageBuilder {
+        MessageBuilder { msg: self.clone() }
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("headers", &self.headers)
+            .field("payload_len", &self.payload.len())
+            .field("timestamp", &self.timestamp)
+            .finish()
+    }
+}
+
+/// Builds a [`Message`]; see [`Message::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MessageBuilder {
+    msg: Message,
+}
+
+impl MessageBuilder {
+    /// Sets the id (reuse one id when retrying a publish, so dedup can work).
+    pub fn id(mut self, id: MessageId) -> Self {
+        self.msg.id = id;
+        self
+    }
+
+    /// Sets the key: messages with one key keep their order.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.msg.key = Some(key.into());
+        self
+    }
+
+    /// Adds (or replaces) a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.msg.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces all headers.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.msg.headers = headers;
+        self
+    }
+
+    /// Sets the raw payload.
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.msg.payload = payload.into();
+        self
+    }
+
+    /// Encodes `value` as the payload with `codec` and sets `content-type`.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if `value` cannot be encoded.
+    pub fn encode<T, C: Codec<T>>(mut self, codec: &C, value: &T) -> Result<Self, CodecError> {
+        self.msg.payload = codec.encode(value)?;
+        self.msg
+            .headers
+            .insert(header::CONTENT_TYPE, codec.content_type());
+        Ok(self)
+    }
+
+    /// Sets the creation time.
+    pub fn timestamp(mut self, ts: Timestamp) -> Self {
+        self.msg.timestamp = ts;
+        self
+    }
+
+    /// Delivers the message no earlier than `at` (delayed publish).
+    pub fn deliver_at(self, at: Timestamp) -> Self {
+        self.header(header::DELIVER_AT_MS, at.as_millis().to_string())
+    }
+
+    /// Delivers the message no earlier than `delay` from now.
+    pub fn deliver_after(self, delay: Duration) -> Self {
+        self.deliver_at(Timestamp::now().saturating_add(delay))
+    }
+
+    /// Drops the message undelivered once `ttl` has passed since the message's timestamp.
+    pub fn ttl(self, ttl: Duration) -> Self {
+        let at = self.msg.timestamp.saturating_add(ttl);
+        self.header(header::EXPIRES_AT_MS, at.as_millis().to_string())
+    }
+
+    /// Sets the priority, 0 (lowest, the default) to [`MAX_PRIORITY`]; higher values are clamped.
+    pub fn priority(self, priority: u8) -> Self {
+        self.header(header::PRIORITY, priority.min(MAX_PRIORITY).to_string())
+    }
+
+    /// Finishes the message.
+    pub fn build(self) -> Message {
+        self.msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_sort_in_creation_order() {
+        let ids: Vec<MessageId> = (0..1000).map(|_| MessageId::new()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids);
+    }
+
+    #[test]
+    fn id_round_trips_through_string_and_bytes() {
+        let id = MessageId::new();
+        assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
+        assert_eq!(MessageId::from_bytes(id.to_bytes()), id);
+        assert!("nope".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn headers_keep_insertion_order_and_replace_in_place() {
+        let mut h = Headers::new();
+        h.insert("b", "1");
+        h.insert("a", "2");
+        h.insert("b", "3");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![("b", "3"), ("a", "2")]);
+        assert_eq!(h.remove("b").as_deref(), Some("3"));
+        assert_eq!(h.get("b"), None);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn builder_sets_every_field_and_size_counts_them() {
+        let id = MessageId::new();
+        let m = Message::builder()
+            .id(id)
+            .key("k1")
+            .header("h", "vv")
+            .payload("12345")
+            .timestamp(Timestamp::from_millis(7))
+            .build();
+        assert_eq!(m.id(), id);
+        assert_eq!(m.key().map(|k| &k[..]), Some(&b"k1"[..]));
+        assert_eq!(m.headers().get("h"), Some("vv"));
+        assert_eq!(&m.payload()[..], b"12345");
+        assert_eq!(m.timestamp().as_millis(), 7);
+        assert_eq!(m.size(), 5 + 2 + 3);
+    }
+
+    #[test]
+    fn scheduling_options_are_carried_in_reserved_headers() {
+        let m = Message::builder()
+            .timestamp(Timestamp::from_millis(1_000))
+            .deliver_at(Timestamp::from_millis(5_000))
+            .ttl(Duration::from_secs(2))
+            .priority(200)
+            .build();
+        assert_eq!(m.deliver_at(), Some(Timestamp::from_millis(5_000)));
+        assert_eq!(m.expires_at(), Some(Timestamp::from_millis(3_000)));
+        assert_eq!(m.priority(), MAX_PRIORITY);
+        assert_eq!(Message::new("x").priority(), 0);
+        assert_eq!(Message::new("x").deliver_at(), None);
+    }
+}

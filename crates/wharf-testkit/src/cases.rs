@@ -1,0 +1,788 @@
+//! The conformance cases, one `pub async fn` each.
+//!
+//! Each takes the factory, opens a backend, returns
+//! [`Outcome::Skipped`] if a capability it needs is not declared, and
+//! otherwise asserts (panics) its behaviour. [`crate::conformance_tests!`]
+//! turns every function here into a test.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wharf_core::name::dead_letter_topic;
+use wharf_core::{
+    header, Backend, Capability, Delivery, Error, Message, MessageId, NameKind, Receipt,
+    StartPosition, SubscribeOptions, Subscription, Timestamp,
+};
+
+use crate::{expect_delivery, expect_quiet, unique_name, BackendFactory, Outcome, QUIET, WAIT};
+
+/// Opens the backend and checks `needs`, returning early with a skip.
+macro_rules! open {
+    ($factory:expr $(, $cap:expr)* $(,)?) => {{
+        let backend = $factory.open().await;
+        let caps = backend.capabilities();
+        for cap in [$($cap),*] as [Capability; 0 $(+ { let _ = $cap; 1 })*] {
+            if !caps.contains(cap) {
+                return Outcome::Skipped(format!("backend {} lacks {cap}", backend.name()));
+            }
+        }
+        backend
+    }};
+}
+
+/// A namespace (first topic segment) unique to one case run.
+fn ns() -> String {
+    unique_name("wt")
+}
+
+async fn topic(b: &Arc<dyn Backend>, ns: &str, rest: &str) -> String {
+    let t = format!("{ns}.{rest}");
+    b.ensure_topic(&t).await.expect("ensure_topic");
+    t
+}
+
+async fn subscribe(b: &Arc<dyn Backend>, opts: SubscribeOptions) -> Subscription {
+    b.subscribe(opts).await.expect("subscribe")
+}
+
+fn group_opts(topic: &str, group: &str) -> SubscribeOptions {
+    SubscribeOptions::new(topic)
+        .group(group)
+        .start(StartPosition::Earliest)
+}
+
+async fn publish_text(b: &Arc<dyn Backend>, topic: &str, text: &str) -> Receipt {
+    b.publish(topic, Message::new(text.to_owned()))
+        .await
+        .expect("publish")
+}
+
+fn text(d: &Delivery) -> String {
+    String::from_utf8_lossy(d.message().payload()).into_owned()
+}
+
+async fn ack(d: Delivery) {
+    d.ack().await.expect("ack");
+}
+
+/// Receives one delivery, acks it and returns its payload as text.
+async fn take_text(sub: &mut Subscription, what: &str) -> String {
+    let d = expect_delivery(sub, what).await;
+    let t = text(&d);
+    ack(d).await;
+    t
+}
+
+/// Publish → consume keeps the id, key, headers (in order), payload and
+/// reports the topic and attempt 1.
+pub async fn round_trip_preserves_id_key_headers_and_payload<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "orders").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let msg = Message::builder()
+        .key("customer-7")
+        .header("h-one", "1")
+        .header("h-two", "two")
+        .payload(Bytes::from_static(b"\x00binary\xffpayload"))
+        .build();
+    let receipt = b.publish(&t, msg.clone()).await.expect("publish");
+    assert_eq!(receipt.id, msg.id());
+    assert!(!receipt.duplicate);
+    let d = expect_delivery(&mut sub, "round trip").await;
+    let got = d.message();
+    assert_eq!(got.id(), msg.id());
+    assert_eq!(got.key(), msg.key());
+    assert_eq!(got.payload(), msg.payload());
+    assert_eq!(got.headers().get("h-one"), Some("1"));
+    assert_eq!(got.headers().get("h-two"), Some("two"));
+    let order: Vec<&str> = got
+        .headers()
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("h-"))
+        .collect();
+    assert_eq!(order, ["h-one", "h-two"], "header order");
+    assert_eq!(d.topic(), t);
+    assert_eq!(d.attempt(), 1);
+    if receipt.offset.is_some() {
+        assert_eq!(d.info().offset, receipt.offset);
+        assert_eq!(d.info().partition, receipt.partition);
+    }
+    ack(d).await;
+    Outcome::Passed
+}
+
+/// A batch is acknowledged with one receipt per message and delivered in order.
+pub async fn batch_publish_is_delivered_in_order<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "batch").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let msgs: Vec<Message> = (0..20).map(|i| Message::new(format!("m{i}"))).collect();
+    let ids: Vec<MessageId> = msgs.iter().map(Message::id).collect();
+    let receipts = b.publish_batch(&t, msgs).await.expect("publish_batch");
+    assert_eq!(receipts.len(), 20);
+    assert_eq!(receipts.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+    let offsets: Vec<u64> = receipts.iter().filter_map(|r| r.offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    for i in 0..20 {
+        assert_eq!(take_text(&mut sub, "batch").await, format!("m{i}"));
+    }
+    Outcome::Passed
+}
+
+/// Two groups on one topic each get every message.
+pub async fn fan_out_delivers_every_message_to_each_group<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "fan").await;
+    let mut a = subscribe(&b, group_opts(&t, "ga")).await;
+    let mut c = subscribe(&b, group_opts(&t, "gc")).await;
+    for i in 0..10 {
+        publish_text(&b, &t, &format!("m{i}")).await;
+    }
+    for sub in [&mut a, &mut c] {
+        let mut got = Vec::new();
+        for _ in 0..10 {
+            got.push(take_text(sub, "fan-out").await);
+        }
+        got.sort();
+        let mut want: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        want.sort();
+        assert_eq!(got, want);
+        expect_quiet(sub, QUIET, "fan-out extra").await;
+    }
+    Outcome::Passed
+}
+
+/// Two consumers in one group share the messages: each is delivered once.
+pub async fn competing_consumers_get_each_message_once<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "work").await;
+    let mut a = subscribe(&b, group_opts(&t, "workers").max_in_flight(8)).await;
+    let mut c = subscribe(&b, group_opts(&t, "workers").max_in_flight(8)).await;
+    let n = 100;
+    let msgs = (0..n).map(|i| Message::new(format!("job{i}"))).collect();
+    b.publish_batch(&t, msgs).await.expect("publish_batch");
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} delivered",
+            seen.len()
+        );
+        let d = tokio::select! {
+            Some(d) = a.next() => d,
+            Some(d) = c.next() => d,
+            _ = tokio::time::sleep(WAIT) => panic!("stalled at {} of {n}", seen.len()),
+        }
+        .expect("delivery");
+        assert!(seen.insert(text(&d)), "delivered twice: {}", text(&d));
+        ack(d).await;
+    }
+    expect_quiet(&mut a, QUIET, "competing a").await;
+    expect_quiet(&mut c, QUIET, "competing c").await;
+    Outcome::Passed
+}
+
+/// Messages with the same key arrive in publish order.
+pub async fn ordering_per_key_is_kept<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::OrderingPerKey);
+    let ns = ns();
+    let t = topic(&b, &ns, "ordered").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let keys = ["alpha", "beta", "gamma"];
+    for seq in 0..30 {
+        for k in keys {
+            let m = Message::builder()
+                .key(k)
+                .payload(format!("{k}:{seq}"))
+                .build();
+            b.publish(&t, m).await.expect("publish");
+        }
+    }
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for _ in 0..90 {
+        let s = take_text(&mut sub, "ordering").await;
+        let (k, seq) = s.split_once(':').expect("payload k:seq");
+        let seq: i64 = seq.parse().expect("seq");
+        let prev = last.insert(k.to_owned(), seq).unwrap_or(-1);
+        assert_eq!(seq, prev + 1, "key {k} out of order");
+    }
+    Outcome::Passed
+}
+
+/// An acked message is not delivered to its group again, even to a new consumer.
+pub async fn acked_message_is_not_redelivered<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "acked").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "first").await;
+    assert_eq!(take_text(&mut sub, "first").await, "first");
+    sub.close().await.expect("close subscription");
+    drop(sub);
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "after ack").await, "marker");
+    Outcome::Passed
+}
+
+/// `nack` redelivers the same message with the next attempt number.
+pub async fn nack_redelivers_with_next_attempt<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "nack").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let r = publish_text(&b, &t, "again").await;
+    let d = expect_delivery(&mut sub, "first").await;
+    assert_eq!(d.attempt(), 1);
+    d.nack().await.expect("nack");
+    let d = expect_delivery(&mut sub, "redelivery").await;
+    assert_eq!(d.message().id(), r.id);
+    assert_eq!(d.attempt(), 2);
+    ack(d).await;
+    expect_quiet(&mut sub, QUIET, "after ack").await;
+    Outcome::Passed
+}
+
+/// `nack_with_delay(d)` redelivers, but not before `d`.
+pub async fn nack_with_delay_waits_before_redelivery<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::NackWithDelay);
+    let ns = ns();
+    let t = topic(&b, &ns, "delay").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "later").await;
+    let d = expect_delivery(&mut sub, "first").await;
+    let delay = Duration::from_millis(1000);
+    let nacked = Instant::now();
+    d.nack_with_delay(delay).await.expect("nack_with_delay");
+    expect_quiet(&mut sub, QUIET, "before the delay").await;
+    let d = expect_delivery(&mut sub, "after the delay").await;
+    let waited = nacked.elapsed();
+    assert!(
+        waited >= delay - Duration::from_millis(50),
+        "redelivered after {waited:?}"
+    );
+    assert_eq!(d.attempt(), 2);
+    ack(d).await;
+    Outcome::Passed
+}
+
+/// `reject` moves the message to `dlq.<topic>` with reason and origin headers.
+pub async fn reject_dead_letters_with_reason_headers<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::DeadLetter);
+    let ns = ns();
+    let t = topic(&b, &ns, "payments").await;
+    let dlq = dead_letter_topic(&t);
+    b.ensure_topic(&dlq).await.expect("ensure dlq");
+    let mut dead = subscribe(&b, group_opts(&dlq, "ops")).await;
+    let mut sub = subscribe(&b, group_opts(&t, "billing")).await;
+    let msg = Message::builder()
+        .key("k")
+        .header("custom", "kept")
+        .payload("poison")
+        .build();
+    let r = b.publish(&t, msg.clone()).await.expect("publish");
+    let d = expect_delivery(&mut sub, "first").await;
+    d.reject("cannot parse amount").await.expect("reject");
+    let dl = expect_delivery(&mut dead, "dead letter").await;
+    let m = dl.message();
+    assert_eq!(m.id(), msg.id());
+    assert_eq!(m.payload(), msg.payload());
+    assert_eq!(m.key(), msg.key());
+    let h = m.headers();
+    assert_eq!(h.get("custom"), Some("kept"));
+    assert_eq!(h.get(header::DLQ_REASON), Some("cannot parse amount"));
+    assert_eq!(h.get(header::ORIGINAL_TOPIC), Some(t.as_str()));
+    assert_eq!(h.get(header::DLQ_GROUP), Some("billing"));
+    assert_eq!(h.get(header::ATTEMPTS), Some("1"));
+    if let Some(off) = r.offset {
+        assert_eq!(
+            h.get(header::ORIGINAL_OFFSET),
+            Some(off.to_string().as_str())
+        );
+    }
+    ack(dl).await;
+    expect_quiet(&mut sub, QUIET, "rejected message redelivered").await;
+    Outcome::Passed
+}
+
+/// After `max_deliveries` failed attempts the message goes to the dead-letter topic.
+pub async fn max_deliveries_moves_message_to_dead_letter_topic<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::MaxDeliveries, Capability::DeadLetter);
+    let ns = ns();
+    let t = topic(&b, &ns, "flaky").await;
+    let dlq = dead_letter_topic(&t);
+    b.ensure_topic(&dlq).await.expect("ensure dlq");
+    let mut dead = subscribe(&b, group_opts(&dlq, "ops")).await;
+    let mut sub = subscribe(&b, group_opts(&t, "g").max_deliveries(2)).await;
+    let r = publish_text(&b, &t, "fails").await;
+    for attempt in 1..=2 {
+        let d = expect_delivery(&mut sub, "attempt").await;
+        assert_eq!(d.attempt(), attempt);
+        d.nack().await.expect("nack");
+    }
+    let dl = expect_delivery(&mut dead, "dead letter").await;
+    assert_eq!(dl.message().id(), r.id);
+    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("2"));
+    assert!(dl.message().headers().contains(header::DLQ_REASON));
+    assert!(dl.message().headers().contains(header::FIRST_FAILURE_MS));
+    assert!(dl.message().headers().contains(header::LAST_FAILURE_MS));
+    ack(dl).await;
+    expect_quiet(&mut sub, QUIET, "redelivered past max_deliveries").await;
+    Outcome::Passed
+}
+
+/// Dropping a delivery unsettled releases it for redelivery.
+pub async fn dropped_delivery_is_redelivered<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "dropped").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let r = publish_text(&b, &t, "x").await;
+    drop(expect_delivery(&mut sub, "first").await);
+    let d = expect_delivery(&mut sub, "redelivery").await;
+    assert_eq!(d.message().id(), r.id);
+    assert_eq!(d.attempt(), 2);
+    ack(d).await;
+    Outcome::Passed
+}
+
+/// When a consumer goes away holding a message, another member of its group gets it.
+pub async fn dropped_consumer_messages_go_to_another_group_member<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "handover").await;
+    let mut first = subscribe(&b, group_opts(&t, "g")).await;
+    let r = publish_text(&b, &t, "x").await;
+    let held = expect_delivery(&mut first, "first consumer").await;
+    let mut second = subscribe(&b, group_opts(&t, "g")).await;
+    drop(first);
+    drop(held);
+    let d = expect_delivery(&mut second, "second consumer").await;
+    assert_eq!(d.message().id(), r.id);
+    assert!(d.attempt() >= 2);
+    ack(d).await;
+    Outcome::Passed
+}
+
+/// A delivery not settled within the visibility timeout is delivered again;
+/// releasing the stale one afterwards does not deliver it a third time.
+pub async fn lease_expiry_redelivers_unsettled_message<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::VisibilityTimeout);
+    let ns = ns();
+    let t = topic(&b, &ns, "lease").await;
+    let vt = Duration::from_millis(1000);
+    let mut sub = subscribe(&b, group_opts(&t, "g").visibility_timeout(vt)).await;
+    let r = publish_text(&b, &t, "slow").await;
+    let stale = expect_delivery(&mut sub, "first").await;
+    let start = Instant::now();
+    let d = expect_delivery(&mut sub, "after lease expiry").await;
+    assert!(
+        start.elapsed() >= vt - Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(d.message().id(), r.id);
+    assert_eq!(d.attempt(), 2);
+    ack(d).await;
+    drop(stale);
+    expect_quiet(&mut sub, QUIET, "stale delivery released again").await;
+    Outcome::Passed
+}
+
+/// `extend` keeps a lease past the visibility timeout.
+pub async fn extend_keeps_lease<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::VisibilityTimeout, Capability::ExtendLease);
+    let ns = ns();
+    let t = topic(&b, &ns, "extend").await;
+    let vt = Duration::from_millis(800);
+    let mut sub = subscribe(&b, group_opts(&t, "g").visibility_timeout(vt)).await;
+    publish_text(&b, &t, "long job").await;
+    let d = expect_delivery(&mut sub, "first").await;
+    d.extend(Duration::from_secs(10)).await.expect("extend");
+    expect_quiet(&mut sub, vt * 2, "redelivered despite extend").await;
+    d.ack().await.expect("ack after extend");
+    Outcome::Passed
+}
+
+/// A subscription never holds more than `max_in_flight` unsettled deliveries.
+pub async fn max_in_flight_is_respected<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "inflight").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g").max_in_flight(2)).await;
+    for i in 0..5 {
+        publish_text(&b, &t, &format!("m{i}")).await;
+    }
+    let d0 = expect_delivery(&mut sub, "m0").await;
+    let d1 = expect_delivery(&mut sub, "m1").await;
+    expect_quiet(&mut sub, QUIET, "third while two in flight").await;
+    ack(d0).await;
+    let d2 = expect_delivery(&mut sub, "m2 after ack").await;
+    assert_eq!(text(&d2), "m2");
+    expect_quiet(&mut sub, QUIET, "fourth while two in flight").await;
+    ack(d1).await;
+    ack(d2).await;
+    assert_eq!(take_text(&mut sub, "m3").await, "m3");
+    assert_eq!(take_text(&mut sub, "m4").await, "m4");
+    Outcome::Passed
+}
+
+async fn collect_topics(sub: &mut Subscription, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let d = expect_delivery(sub, "pattern").await;
+        got.push(d.topic().to_owned());
+        ack(d).await;
+    }
+    got.sort();
+    got
+}
+
+/// `ns.orders.*` matches one segment, on topics that exist and on ones created later.
+pub async fn star_pattern_matches_one_segment_including_new_topics<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::Wildcards);
+    let ns = ns();
+    let old = topic(&b, &ns, "orders.old").await;
+    publish_text(&b, &old, "old").await;
+    let pattern = format!("{ns}.orders.*");
+    let mut sub = subscribe(&b, group_opts(&pattern, "g")).await;
+    let created = topic(&b, &ns, "orders.created").await;
+    let deep = topic(&b, &ns, "orders.created.eu").await;
+    let other = topic(&b, &ns, "billing.created").await;
+    for t in [&created, &deep, &other] {
+        publish_text(&b, t, "x").await;
+    }
+    let mut want = vec![old, created];
+    want.sort();
+    assert_eq!(collect_topics(&mut sub, 2).await, want);
+    expect_quiet(&mut sub, QUIET, "non-matching topic").await;
+    Outcome::Passed
+}
+
+/// `ns.orders.>` matches one or more trailing segments, not the prefix itself.
+pub async fn gt_pattern_matches_remaining_segments<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Wildcards);
+    let ns = ns();
+    let pattern = format!("{ns}.orders.>");
+    let mut sub = subscribe(&b, group_opts(&pattern, "g")).await;
+    let a = topic(&b, &ns, "orders.a").await;
+    let ab = topic(&b, &ns, "orders.a.b").await;
+    let bare = topic(&b, &ns, "orders").await;
+    let other = topic(&b, &ns, "other.a").await;
+    for t in [&a, &ab, &bare, &other] {
+        publish_text(&b, t, "x").await;
+    }
+    let mut want = vec![a, ab];
+    want.sort();
+    assert_eq!(collect_topics(&mut sub, 2).await, want);
+    expect_quiet(&mut sub, QUIET, "non-matching topic").await;
+    Outcome::Passed
+}
+
+fn assert_invalid_name(r: Result<impl std::fmt::Debug, Error>, kind: NameKind, what: &str) {
+    match r {
+        Err(Error::InvalidName { kind: k, .. }) => assert_eq!(k, kind, "{what}"),
+        other => panic!("{what}: expected InvalidName({kind}), got {other:?}"),
+    }
+}
+
+/// Bad topic, pattern and group names fail with [`Error::InvalidName`]; bad limits with `InvalidArgument`.
+pub async fn invalid_names_are_rejected_with_typed_error<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    for bad in ["", "has space", "a..b", "trailing.", "star.*", "slash/x"] {
+        assert_invalid_name(
+            b.publish(bad, Message::new("x")).await,
+            NameKind::Topic,
+            bad,
+        );
+        assert_invalid_name(
+            b.publish_batch(bad, vec![Message::new("x")]).await,
+            NameKind::Topic,
+            bad,
+        );
+    }
+    for bad in ["a..b", "a.>.b", "x*"] {
+        assert_invalid_name(
+            b.subscribe(SubscribeOptions::new(bad)).await,
+            NameKind::Pattern,
+            bad,
+        );
+    }
+    let t = format!("{}.ok", ns());
+    assert_invalid_name(
+        b.subscribe(SubscribeOptions::new(&t).group("bad group"))
+            .await,
+        NameKind::Group,
+        "group",
+    );
+    let r = b
+        .subscribe(SubscribeOptions::new(&t).max_in_flight(0))
+        .await;
+    assert!(
+        matches!(r, Err(Error::InvalidArgument { .. })),
+        "max_in_flight 0: {r:?}"
+    );
+    Outcome::Passed
+}
+
+/// A message over the limit fails with `MessageTooLarge` and nothing of it (or its batch) is stored.
+pub async fn oversized_message_is_rejected_and_not_stored<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "big").await;
+    let max = b.limits().max_message_bytes;
+    let big = Message::new(vec![b'x'; max + 1]);
+    match b.publish(&t, big.clone()).await {
+        Err(Error::MessageTooLarge { size, max: m }) => {
+            assert_eq!(m, max);
+            assert_eq!(size, max + 1);
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    let batch = vec![
+        Message::new("small-before"),
+        big,
+        Message::new("small-after"),
+    ];
+    let r = b.publish_batch(&t, batch).await;
+    assert!(matches!(r, Err(Error::MessageTooLarge { .. })), "{r:?}");
+    let fits = Message::new(vec![b'y'; max.min(64 * 1024)]);
+    b.publish(&t, fits)
+        .await
+        .expect("a message within the limit");
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let d = expect_delivery(&mut sub, "only the valid message").await;
+    assert!(d.message().payload().iter().all(|&c| c == b'y'));
+    ack(d).await;
+    expect_quiet(&mut sub, QUIET, "part of a rejected batch").await;
+    Outcome::Passed
+}
+
+/// A new group starting at `Latest` skips what was published before.
+pub async fn start_latest_skips_backlog<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "latest").await;
+    for i in 0..3 {
+        publish_text(&b, &t, &format!("old{i}")).await;
+    }
+    let opts = SubscribeOptions::new(&t)
+        .group("g")
+        .start(StartPosition::Latest);
+    let mut sub = subscribe(&b, opts).await;
+    publish_text(&b, &t, "new").await;
+    assert_eq!(take_text(&mut sub, "latest").await, "new");
+    Outcome::Passed
+}
+
+/// `StartPosition::Offset` replays from that offset on.
+pub async fn replay_from_offset_starts_there<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ReplayFromOffset);
+    let ns = ns();
+    let t = topic(&b, &ns, "replay").await;
+    let msgs = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+    let receipts = b.publish_batch(&t, msgs).await.expect("publish");
+    let from = receipts[6]
+        .offset
+        .expect("a backend with replay-from-offset reports offsets in receipts");
+    let opts = SubscribeOptions::new(&t).start(StartPosition::Offset(from));
+    let mut sub = subscribe(&b, opts).await;
+    for i in 6..10 {
+        assert_eq!(take_text(&mut sub, "replay").await, format!("m{i}"));
+    }
+    expect_quiet(&mut sub, QUIET, "past the end").await;
+    Outcome::Passed
+}
+
+/// `StartPosition::Time` starts at the first message whose timestamp is at or after it.
+pub async fn replay_from_time_starts_there<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ReplayFromTime);
+    let ns = ns();
+    let t = topic(&b, &ns, "replay-time").await;
+    let now = Timestamp::now().as_millis();
+    for (i, ago_s) in [60u64, 50, 40, 20, 10].into_iter().enumerate() {
+        let m = Message::builder()
+            .timestamp(Timestamp::from_millis(now - ago_s * 1000))
+            .payload(format!("m{i}"))
+            .build();
+        b.publish(&t, m).await.expect("publish");
+    }
+    let from = Timestamp::from_millis(now - 30_000);
+    let opts = SubscribeOptions::new(&t).start(StartPosition::Time(from));
+    let mut sub = subscribe(&b, opts).await;
+    assert_eq!(take_text(&mut sub, "replay m3").await, "m3");
+    assert_eq!(take_text(&mut sub, "replay m4").await, "m4");
+    Outcome::Passed
+}
+
+/// A message published with `deliver_after(d)` is not delivered before `d`.
+pub async fn delayed_publish_is_not_delivered_early<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::DelayedPublish);
+    let ns = ns();
+    let t = topic(&b, &ns, "scheduled").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let delay = Duration::from_millis(1000);
+    let published = Instant::now();
+    let m = Message::builder()
+        .payload("later")
+        .deliver_after(delay)
+        .build();
+    b.publish(&t, m).await.expect("publish");
+    expect_quiet(&mut sub, QUIET, "before deliver_at").await;
+    let d = expect_delivery(&mut sub, "after deliver_at").await;
+    assert!(published.elapsed() >= delay - Duration::from_millis(50));
+    ack(d).await;
+    Outcome::Passed
+}
+
+/// A message whose TTL has passed is never delivered.
+pub async fn expired_message_is_not_delivered<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Ttl);
+    let ns = ns();
+    let t = topic(&b, &ns, "ttl").await;
+    let m = Message::builder()
+        .payload("stale")
+        .ttl(Duration::from_millis(200))
+        .build();
+    b.publish(&t, m).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "fresh").await;
+    assert_eq!(take_text(&mut sub, "after expiry").await, "fresh");
+    Outcome::Passed
+}
+
+/// Among messages ready at once, a group gets the higher priority first.
+pub async fn higher_priority_is_delivered_first<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Priorities);
+    let ns = ns();
+    let t = topic(&b, &ns, "prio").await;
+    for (p, name) in [(0, "low1"), (0, "low2"), (9, "high"), (5, "mid")] {
+        let m = Message::builder().payload(name).priority(p).build();
+        b.publish(&t, m).await.expect("publish");
+    }
+    let mut sub = subscribe(&b, group_opts(&t, "g").max_in_flight(1)).await;
+    let order = [
+        take_text(&mut sub, "1").await,
+        take_text(&mut sub, "2").await,
+        take_text(&mut sub, "3").await,
+        take_text(&mut sub, "4").await,
+    ];
+    assert_eq!(order, ["high", "mid", "low1", "low2"]);
+    Outcome::Passed
+}
+
+/// Publishing the same id twice stores it once and says so in the receipt.
+pub async fn duplicate_id_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Dedup);
+    let ns = ns();
+    let t = topic(&b, &ns, "dedup").await;
+    let m = Message::new("once");
+    let r1 = b.publish(&t, m.clone()).await.expect("publish");
+    let r2 = b.publish(&t, m.clone()).await.expect("publish again");
+    assert!(!r1.duplicate);
+    assert!(r2.duplicate);
+    assert_eq!(r2.offset, r1.offset);
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    assert_eq!(take_text(&mut sub, "once").await, "once");
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    Outcome::Passed
+}
+
+/// A closed subscription yields `None`; what it handed out can still be acked.
+pub async fn closed_subscription_ends_and_keeps_settling<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "closing").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "a").await;
+    publish_text(&b, &t, "b").await;
+    let d = expect_delivery(&mut sub, "before close").await;
+    sub.close().await.expect("close");
+    let after = tokio::time::timeout(WAIT, sub.next()).await;
+    assert!(
+        matches!(after, Ok(None)),
+        "next() after close: {:?}",
+        after.map(|o| o.map(|r| r.map(|d| text(&d))))
+    );
+    d.ack().await.expect("ack after close");
+    Outcome::Passed
+}
+
+/// Closing the backend ends subscriptions and makes publishes fail with `Closed`.
+pub async fn close_ends_subscriptions_and_rejects_publishes<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "shutdown").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "before").await;
+    assert_eq!(take_text(&mut sub, "before close").await, "before");
+    b.close().await.expect("close");
+    let r = b.publish(&t, Message::new("after")).await;
+    assert!(matches!(r, Err(Error::Closed { .. })), "{r:?}");
+    let after = tokio::time::timeout(WAIT, sub.next()).await;
+    assert!(matches!(after, Ok(None)), "subscription did not end");
+    Outcome::Passed
+}
+
+/// Messages published before a clean close are there after reopening.
+pub async fn restart_keeps_published_messages<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Persistence);
+    let ns = ns();
+    let t = topic(&b, &ns, "durable").await;
+    for i in 0..5 {
+        publish_text(&b, &t, &format!("m{i}")).await;
+    }
+    b.close().await.expect("close");
+    drop(b);
+    let b = f.open().await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    for i in 0..5 {
+        assert_eq!(take_text(&mut sub, "after restart").await, format!("m{i}"));
+    }
+    expect_quiet(&mut sub, QUIET, "extra after restart").await;
+    Outcome::Passed
+}
+
+/// A group resumes after a restart: acked messages stay done, unacked ones come back.
+pub async fn restart_keeps_group_position_and_unacked_messages<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::Persistence, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "resume").await;
+    for i in 0..6 {
+        publish_text(&b, &t, &format!("m{i}")).await;
+    }
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    assert_eq!(take_text(&mut sub, "m0").await, "m0");
+    assert_eq!(take_text(&mut sub, "m1").await, "m1");
+    let held = expect_delivery(&mut sub, "m2").await;
+    assert_eq!(text(&held), "m2");
+    b.close().await.expect("close");
+    drop(held);
+    drop(sub);
+    drop(b);
+    let b = f.open().await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    for i in 2..6 {
+        assert_eq!(take_text(&mut sub, "after restart").await, format!("m{i}"));
+    }
+    expect_quiet(&mut sub, QUIET, "acked message redelivered after restart").await;
+    Outcome::Passed
+}

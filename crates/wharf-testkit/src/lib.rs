@@ -1,0 +1,150 @@
+//! The conformance suite: the contract every Wharf backend must honour.
+//!
+//! A backend crate supplies a [`BackendFactory`] and expands
+//! [`conformance_tests!`] in one of its test files; that generates one
+//! `#[tokio::test]` per case in [`cases`]. Each case first checks the
+//! capabilities it needs against [`wharf_core::Backend::capabilities`] and,
+//! if one is missing, prints `SKIPPED <case>: backend lacks <capability>` and
+//! returns, so a backend is held to exactly what it declares.
+//!
+//! ```ignore
+//! // crates/wharf-memory/tests/conformance.rs
+//! struct Factory;
+//! #[async_trait::async_trait]
+//! impl wharf_testkit::BackendFactory for Factory {
+//!     async fn open(&self) -> std::sync::Arc<dyn wharf_core::Backend> {
+//!         std::sync::Arc::new(wharf_memory::MemoryBackend::new())
+//!     }
+//! }
+//! wharf_testkit::conformance_tests!(Factory);
+//! ```
+//!
+//! Cases use real time (they must work against remote servers): waits for
+//! expected messages are bounded by [`WAIT`], and "nothing arrives" checks
+//! watch for [`QUIET`]. Every topic, pattern and group name is unique to the
+//! case run ([`unique_name`]), so suites can share one server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use wharf_core::{Backend, Delivery, Subscription};
+
+pub mod cases;
+
+/// How long a case waits for a message it expects.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a case watches to conclude that nothing arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Opens the backend under test.
+///
+/// One factory value is made per case, so a factory can give each case its
+/// own directory or namespace.
+#[async_trait]
+pub trait BackendFactory: Send + Sync + 'static {
+    /// Opens the backend. For persistent backends, a second call after the
+    /// first backend was closed and dropped must open the *same* data (the
+    /// restart cases rely on it); in-memory backends return a fresh one.
+    async fn open(&self) -> Arc<dyn Backend>;
+}
+
+/// What a case concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every assertion held.
+    Passed,
+    /// The backend does not declare a capability the case needs.
+    Skipped(String),
+}
+
+/// A topic/group-safe name unique to this process and call: `<prefix>-<time>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The next delivery within [`WAIT`], panicking with `what` if none comes or the stream ends.
+pub async fn expect_delivery(sub: &mut Subscription, what: &str) -> Delivery {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(Ok(d))) => d,
+        Ok(Some(Err(e))) => panic!("{what}: subscription failed: {e}"),
+        Ok(None) => panic!("{what}: subscription ended"),
+        Err(_) => panic!("{what}: nothing delivered within {WAIT:?}"),
+    }
+}
+
+/// Panics if a delivery arrives within `window`; returns normally otherwise.
+pub async fn expect_quiet(sub: &mut Subscription, window: Duration, what: &str) {
+    if let Ok(Some(item)) = tokio::time::timeout(window, sub.next()).await {
+        match item {
+            Ok(d) => panic!("{what}: unexpected delivery {:?}", d.message()),
+            Err(e) => panic!("{what}: subscription failed: {e}"),
+        }
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each opening a
+/// backend from a fresh `$factory` value.
+///
+/// `$factory` is an expression evaluated once per case (e.g. a struct
+/// literal or a constructor call) whose type implements [`BackendFactory`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@cases $factory;
+            round_trip_preserves_id_key_headers_and_payload,
+            batch_publish_is_delivered_in_order,
+            fan_out_delivers_every_message_to_each_group,
+            competing_consumers_get_each_message_once,
+            ordering_per_key_is_kept,
+            acked_message_is_not_redelivered,
+            nack_redelivers_with_next_attempt,
+            nack_with_delay_waits_before_redelivery,
+            reject_dead_letters_with_reason_headers,
+            max_deliveries_moves_message_to_dead_letter_topic,
+            dropped_delivery_is_redelivered,
+            dropped_consumer_messages_go_to_another_group_member,
+            lease_expiry_redelivers_unsettled_message,
+            extend_keeps_lease,
+            max_in_flight_is_respected,
+            star_pattern_matches_one_segment_including_new_topics,
+            gt_pattern_matches_remaining_segments,
+            invalid_names_are_rejected_with_typed_error,
+            oversized_message_is_rejected_and_not_stored,
+            start_latest_skips_backlog,
+            replay_from_offset_starts_there,
+            replay_from_time_starts_there,
+            delayed_publish_is_not_delivered_early,
+            expired_message_is_not_delivered,
+            higher_priority_is_delivered_first,
+            duplicate_id_is_stored_once,
+            closed_subscription_ends_and_keeps_settling,
+            close_ends_subscriptions_and_rejects_publishes,
+            restart_keeps_published_messages,
+            restart_keeps_group_position_and_unacked_messages,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let factory = $factory;
+                match $crate::cases::$case(&factory).await {
+                    $crate::Outcome::Passed => {}
+                    $crate::Outcome::Skipped(why) => {
+                        println!("SKIPPED {}: {}", stringify!($case), why);
+                    }
+                }
+            }
+        )+
+    };
+}
