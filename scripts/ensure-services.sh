@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Makes sure the local services the adapter tests use are answering, starting
+# any that are not with this machine's start commands. Idempotent.
+set -uo pipefail
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_up() {
+  local name=$1 port=$2
+  for _ in $(seq 1 60); do
+    up "$port" && { echo "$name: up on :$port"; return 0; }
+    sleep 1
+  done
+  echo "$name: NOT answering on :$port" >&2
+  return 1
+}
+
+start() {
+  local name=$1 port=$2; shift 2
+  if up "$port"; then echo "$name: up on :$port"; return 0; fi
+  echo "$name: starting"
+  "$@" >/dev/null 2>&1 || true
+  wait_up "$name" "$port"
+}
+
+status=0
+start nats 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log || status=1
+start redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+  --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || status=1
+exit $status
