@@ -1,0 +1,641 @@
+//! The record-batch format (see FORMAT.md): a 48-byte little-endian header
+//! with a CRC32C over everything after the CRC field, followed by the
+//! (optionally LZ4-compressed) records. Encoding happens outside the log's
+//! lock; only the base offset and the CRC are patched in under it.
+
+use bytes::{BufMut, Bytes};
+
+use crate::config::Compression;
+use crate::error::{CorruptKind, LogError, RecordField};
+use crate::record::{Record, StoredRecord};
+
+/// Magic number at the start of every batch ("WHB1" in little-endian bytes).
+pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"WHB1");
+/// Size of the fixed batch header.
+pub const HEADER_LEN: usize = 48;
+/// Hard upper bound of an encoded batch and of a decompressed body.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+const CRC_START: usize = 8;
+const ATTR_LZ4: u16 = 1;
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Stored CRC32C of bytes `8..len`.
+    pub crc: u32,
+    /// Total length of the batch in bytes, header included.
+    pub len: u32,
+    /// Compression of the body.
+    pub compression: Compression,
+    /// Offset of the first record.
+    pub base_offset: u64,
+    /// Number of records (at least 1).
+    pub record_count: u32,
+    /// Length of the body once decompressed.
+    pub raw_len: u32,
+    /// Timestamp of the first record.
+    pub first_timestamp: i64,
+    /// Largest record timestamp in the batch.
+    pub max_timestamp: i64,
+}
+
+impl BatchHeader {
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count) - 1
+    }
+
+    /// Offset following the last record.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    /// Parses and sanity-checks a header (not the CRC) from the first
+    /// [`HEADER_LEN`] bytes of `buf`.
+    ///
+    /// # Errors
+    /// A [`CorruptKind`] when the bytes cannot be a batch header.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, CorruptKind> {
+        if buf.len() < HEADER_LEN {
+            return Err(CorruptKind::Truncated {
+                needed: HEADER_LEN as u64,
+                available: buf.len() as u64,
+            });
+        }
+        let magic = le_u32(buf, 0);
+        if magic != BATCH_MAGIC {
+            return Err(CorruptKind::BadMagic { found: magic });
+        }
+        let len = le_u32(buf, 8);
+        if (len as usize) < HEADER_LEN || len as usize > MAX_BATCH_BYTES {
+            return Err(CorruptKind::BadLength {
+                len: u64::from(len),
+                available: buf.len() as u64,
+            });
+        }
+        let attributes = le_u16(buf, 12);
+        let reserved = le_u16(buf, 14);
+        let compression = match attributes {
+            0 => Compression::None,
+            ATTR_LZ4 => Compression::Lz4,
+            _ => return Err(CorruptKind::UnknownAttributes { attributes }),
+        };
+        if reserved != 0 {
+            return Err(CorruptKind::UnknownAttributes {
+                attributes: reserved,
+            });
+        }
+        let record_count = le_u32(buf, 24);
+        if record_count == 0 {
+            return Err(CorruptKind::NoRecords);
+        }
+        let base_offset = le_u64(buf, 16);
+        if base_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(CorruptKind::OffsetMismatch {
+                expected: u64::MAX - u64::from(record_count),
+                found: base_offset,
+            });
+        }
+        let raw_len = le_u32(buf, 28);
+        if raw_len as usize > MAX_BATCH_BYTES {
+            return Err(CorruptKind::BadLength {
+                len: u64::from(raw_len),
+                available: MAX_BATCH_BYTES as u64,
+            });
+        }
+        if compression == Compression::None && raw_len as usize != len as usize - HEADER_LEN {
+            return Err(CorruptKind::BadLength {
+                len: u64::from(raw_len),
+                available: u64::from(len) - HEADER_LEN as u64,
+            });
+        }
+        Ok(BatchHeader {
+            crc: le_u32(buf, 4),
+            len,
+            compression,
+            base_offset,
+            record_count,
+            raw_len,
+            first_timestamp: le_i64(buf, 32),
+            max_timestamp: le_i64(buf, 40),
+        })
+    }
+
+    /// Checks the CRC of a whole batch (`bytes.len()` must equal `len`).
+    ///
+    /// # Errors
+    /// [`CorruptKind::ChecksumMismatch`] or a length error.
+    pub fn verify(&self, bytes: &[u8]) -> Result<(), CorruptKind> {
+        if bytes.len() != self.len as usize {
+            return Err(CorruptKind::Truncated {
+                needed: u64::from(self.len),
+                available: bytes.len() as u64,
+            });
+        }
+        let computed = crc32c::crc32c(&bytes[CRC_START..]);
+        if computed != self.crc {
+            return Err(CorruptKind::ChecksumMismatch {
+                stored: self.crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A validated batch: its header parsed and its CRC checked. Holds the
+/// stored bytes (a zero-copy slice of the read buffer) so it can be sent
+/// on as-is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl Batch {
+    /// Validates `bytes` as exactly one batch.
+    ///
+    /// # Errors
+    /// A [`CorruptKind`] describing the first problem found.
+    pub fn decode(bytes: Bytes) -> Result<Batch, CorruptKind> {
+        let header = BatchHeader::parse(&bytes)?;
+        header.verify(&bytes)?;
+        Ok(Batch { header, bytes })
+    }
+
+    pub(crate) fn from_parts(header: BatchHeader, bytes: Bytes) -> Batch {
+        Batch { header, bytes }
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// Offset of the first record.
+    pub fn base_offset(&self) -> u64 {
+        self.header.base_offset
+    }
+
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.header.last_offset()
+    }
+
+    /// Number of records.
+    pub fn record_count(&self) -> u32 {
+        self.header.record_count
+    }
+
+    /// The stored bytes of the batch, header included.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Decodes the records (decompressing the body first if needed).
+    ///
+    /// # Errors
+    /// [`CorruptKind::Decompress`] when a compressed body is invalid; record
+    /// level problems are reported by the iterator.
+    pub fn records(&self) -> Result<RecordIter, CorruptKind> {
+        let body = self.bytes.slice(HEADER_LEN..);
+        let body = match self.header.compression {
+            Compression::None => body,
+            Compression::Lz4 => {
+                let declared = self.header.raw_len;
+                let out = lz4_flex::block::decompress(&body, declared as usize)
+                    .map_err(|_| CorruptKind::Decompress { declared })?;
+                if out.len() != declared as usize {
+                    return Err(CorruptKind::Decompress { declared });
+                }
+                Bytes::from(out)
+            }
+        };
+        Ok(RecordIter {
+            body,
+            pos: 0,
+            index: 0,
+            header: self.header,
+            done: false,
+        })
+    }
+}
+
+/// Iterator over the records of one batch.
+#[derive(Debug, Clone)]
+pub struct RecordIter {
+    body: Bytes,
+    pos: usize,
+    index: u32,
+    header: BatchHeader,
+    done: bool,
+}
+
+impl Iterator for RecordIter {
+    type Item = Result<StoredRecord, CorruptKind>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.index == self.header.record_count {
+            self.done = true;
+            if self.pos != self.body.len() {
+                return Some(Err(CorruptKind::TrailingBytes {
+                    extra: (self.body.len() - self.pos) as u64,
+                }));
+            }
+            return None;
+        }
+        let r = self.decode_one();
+        if r.is_err() {
+            self.done = true;
+        }
+        self.index += 1;
+        Some(r)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = (self.header.record_count - self.index) as usize;
+        (0, Some(left + 1))
+    }
+}
+
+impl RecordIter {
+    fn decode_one(&mut self) -> Result<StoredRecord, CorruptKind> {
+        let index = self.index;
+        let bad = |field| CorruptKind::BadRecord { index, field };
+        let ts_delta = self.varint().ok_or(bad(RecordField::Timestamp))?;
+        let key_tag = self.varint().ok_or(bad(RecordField::Key))?;
+        let key = if key_tag == 0 {
+            None
+        } else {
+            Some(self.take(key_tag - 1).ok_or(bad(RecordField::Key))?)
+        };
+        let value_len = self.varint().ok_or(bad(RecordField::Value))?;
+        let value = self.take(value_len).ok_or(bad(RecordField::Value))?;
+        let header_count = self.varint().ok_or(bad(RecordField::Header))?;
+        // Each header needs at least two bytes; this bounds the allocation.
+        if header_count > ((self.body.len() - self.pos) / 2) as u64 {
+            return Err(bad(RecordField::Header));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let nl = self.varint().ok_or(bad(RecordField::Header))?;
+            let name = self.take(nl).ok_or(bad(RecordField::Header))?;
+            let vl = self.varint().ok_or(bad(RecordField::Header))?;
+            let hv = self.take(vl).ok_or(bad(RecordField::Header))?;
+            headers.push((name, hv));
+        }
+        Ok(StoredRecord {
+            offset: self.header.base_offset + u64::from(index),
+            timestamp_ms: self.header.first_timestamp.wrapping_add(unzigzag(ts_delta)),
+            key,
+            headers,
+            value,
+        })
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let (v, n) = read_varint(&self.body[self.pos..])?;
+        self.pos += n;
+        Some(v)
+    }
+
+    fn take(&mut self, len: u64) -> Option<Bytes> {
+        let len = usize::try_from(len).ok()?;
+        let end = self.pos.checked_add(len)?;
+        if end > self.body.len() {
+            return None;
+        }
+        let b = self.body.slice(self.pos..end);
+        self.pos = end;
+        Some(b)
+    }
+}
+
+/// A batch encoded outside the log's lock; [`EncodedBatch::seal`] patches
+/// in the base offset and the CRC.
+#[derive(Debug)]
+pub(crate) struct EncodedBatch {
+    pub(crate) buf: Vec<u8>,
+    body_crc: u32,
+    pub(crate) record_count: u32,
+    pub(crate) max_timestamp: i64,
+}
+
+impl EncodedBatch {
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes `base_offset` into the header and computes the final CRC.
+    pub(crate) fn seal(&mut self, base_offset: u64) {
+        self.buf[16..24].copy_from_slice(&base_offset.to_le_bytes());
+        let head_crc = crc32c::crc32c(&self.buf[CRC_START..HEADER_LEN]);
+        let body_len = self.buf.len() - HEADER_LEN;
+        let crc = crc32c::crc32c_combine(head_crc, self.body_crc, body_len);
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+fn encoded_record_len(r: &Record) -> usize {
+    let mut n = 10 + 10 + 10 + 10 + r.value.len();
+    if let Some(k) = &r.key {
+        n += k.len();
+    }
+    for (a, b) in &r.headers {
+        n += 20 + a.len() + b.len();
+    }
+    n
+}
+
+fn encode_records(records: &[Record], first_ts: i64, out: &mut Vec<u8>) {
+    for r in records {
+        put_varint(out, zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
+        match &r.key {
+            None => put_varint(out, 0),
+            Some(k) => {
+                put_varint(out, k.len() as u64 + 1);
+                out.put_slice(k);
+            }
+        }
+        put_varint(out, r.value.len() as u64);
+        out.put_slice(&r.value);
+        put_varint(out, r.headers.len() as u64);
+        for (name, value) in &r.headers {
+            put_varint(out, name.len() as u64);
+            out.put_slice(name);
+            put_varint(out, value.len() as u64);
+            out.put_slice(value);
+        }
+    }
+}
+
+/// Encodes `records` into a batch with a zero base offset and no CRC yet.
+pub(crate) fn encode(
+    records: &[Record],
+    compression: Compression,
+    max_batch_bytes: usize,
+) -> Result<EncodedBatch, LogError> {
+    let Some(first) = records.first() else {
+        return Err(LogError::EmptyBatch);
+    };
+    let record_count = u32::try_from(records.len()).map_err(|_| LogError::BatchTooLarge {
+        size: usize::MAX,
+        max: max_batch_bytes,
+    })?;
+    let first_ts = first.timestamp_ms;
+    let max_ts = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or(first_ts);
+    let estimate: usize = records.iter().map(encoded_record_len).sum();
+    let mut buf = Vec::with_capacity(HEADER_LEN + estimate.min(max_batch_bytes + 64));
+    buf.resize(HEADER_LEN, 0);
+    let mut attributes = 0u16;
+    let raw_len;
+    match compression {
+        Compression::None => {
+            encode_records(records, first_ts, &mut buf);
+            raw_len = buf.len() - HEADER_LEN;
+        }
+        Compression::Lz4 => {
+            let mut raw = Vec::with_capacity(estimate);
+            encode_records(records, first_ts, &mut raw);
+            raw_len = raw.len();
+            if raw_len <= MAX_BATCH_BYTES {
+                let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+                buf.resize(HEADER_LEN + bound, 0);
+                match lz4_flex::block::compress_into(&raw, &mut buf[HEADER_LEN..]) {
+                    Ok(n) if n < raw.len() => {
+                        buf.truncate(HEADER_LEN + n);
+                        attributes = ATTR_LZ4;
+                    }
+                    _ => {
+                        buf.truncate(HEADER_LEN);
+                        buf.extend_from_slice(&raw);
+                    }
+                }
+            } else {
+                buf.extend_from_slice(&raw);
+            }
+        }
+    }
+    if buf.len() > max_batch_bytes || raw_len > MAX_BATCH_BYTES {
+        return Err(LogError::BatchTooLarge {
+            size: buf.len().max(raw_len),
+            max: max_batch_bytes,
+        });
+    }
+    let len = buf.len() as u32;
+    buf[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+    buf[8..12].copy_from_slice(&len.to_le_bytes());
+    buf[12..14].copy_from_slice(&attributes.to_le_bytes());
+    buf[24..28].copy_from_slice(&record_count.to_le_bytes());
+    buf[28..32].copy_from_slice(&(raw_len as u32).to_le_bytes());
+    buf[32..40].copy_from_slice(&first_ts.to_le_bytes());
+    buf[40..48].copy_from_slice(&max_ts.to_le_bytes());
+    let body_crc = crc32c::crc32c(&buf[HEADER_LEN..]);
+    Ok(EncodedBatch {
+        buf,
+        body_crc,
+        record_count,
+        max_timestamp: max_ts,
+    })
+}
+
+/// Encodes `records` as one complete batch starting at `base_offset`.
+/// Used to build test inputs and fuzz corpora.
+///
+/// # Errors
+/// [`LogError::EmptyBatch`] or [`LogError::BatchTooLarge`].
+pub fn encode_batch(
+    records: &[Record],
+    base_offset: u64,
+    compression: Compression,
+) -> Result<Bytes, LogError> {
+    let mut e = encode(records, compression, MAX_BATCH_BYTES)?;
+    e.seal(base_offset);
+    Ok(Bytes::from(e.buf))
+}
+
+/// Validates `bytes` as a batch and decodes every record; what the fuzz
+/// target drives. Never panics.
+///
+/// # Errors
+/// The first [`CorruptKind`] found.
+pub fn decode_all(bytes: Bytes) -> Result<Vec<StoredRecord>, CorruptKind> {
+    let batch = Batch::decode(bytes)?;
+    batch.records()?.collect()
+}
+
+/// Decodes a record body without a valid header or CRC (so a fuzzer can
+/// reach the record decoder). Never panics.
+///
+/// # Errors
+/// The first [`CorruptKind`] found.
+pub fn decode_body_unchecked(
+    body: Bytes,
+    record_count: u32,
+) -> Result<Vec<StoredRecord>, CorruptKind> {
+    let header = BatchHeader {
+        crc: 0,
+        len: 0,
+        compression: Compression::None,
+        base_offset: 0,
+        record_count,
+        raw_len: 0,
+        first_timestamp: 0,
+        max_timestamp: 0,
+    };
+    RecordIter {
+        body,
+        pos: 0,
+        index: 0,
+        header,
+        done: record_count == 0,
+    }
+    .collect()
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        let part = u64::from(b & 0x7f);
+        if i == 9 && b > 1 {
+            return None;
+        }
+        v |= part << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+pub(crate) fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+pub(crate) fn le_i64(b: &[u8], at: usize) -> i64 {
+    le_u64(b, at) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::new(1_000, "a").with_key("k1").with_header("h", "v"),
+            Record::new(999, Bytes::new()),
+            Record::new(i64::MAX, vec![7u8; 300]).with_key(Bytes::new()),
+            Record::new(i64::MIN, "z"),
+        ]
+    }
+
+    #[test]
+    fn encoded_batch_decodes_to_the_same_records_with_dense_offsets() {
+        for c in [Compression::None, Compression::Lz4] {
+            let bytes = encode_batch(&sample(), 42, c).expect("encode");
+            let decoded = decode_all(bytes).expect("decode");
+            let back: Vec<Record> = decoded.iter().map(StoredRecord::to_record).collect();
+            assert_eq!(back, sample());
+            let offsets: Vec<u64> = decoded.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, vec![42, 43, 44, 45]);
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let bytes = encode_batch(&sample(), 7, Compression::None).expect("encode");
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut v = bytes.to_vec();
+                v[i] ^= 1 << bit;
+                assert!(
+                    Batch::decode(Bytes::from(v)).is_err(),
+                    "flip of bit {bit} in byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lz4_shrinks_compressible_batches_and_keeps_incompressible_ones_raw() {
+        let compressible = vec![Record::new(0, vec![b'x'; 4096])];
+        let b = encode_batch(&compressible, 0, Compression::Lz4).expect("encode");
+        assert!(b.len() < 1024);
+        assert_eq!(
+            BatchHeader::parse(&b).expect("header").compression,
+            Compression::Lz4
+        );
+        let random: Vec<u8> = (0..256u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let b = encode_batch(&[Record::new(0, random)], 0, Compression::Lz4).expect("encode");
+        let h = BatchHeader::parse(&b).expect("header");
+        assert_eq!(h.raw_len as usize, b.len() - HEADER_LEN);
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(read_varint(&out), Some((v, out.len())));
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+
+    #[test]
+    fn oversized_batch_is_refused_with_its_size() {
+        let r = vec![Record::new(0, vec![0u8; 1000])];
+        let err = encode(&r, Compression::None, 500).expect_err("must refuse");
+        assert!(matches!(err, LogError::BatchTooLarge { max: 500, size } if size > 1000));
+    }
+
+    #[test]
+    fn truncated_body_reports_the_failing_field() {
+        let err =
+            decode_body_unchecked(Bytes::from_static(&[0, 0, 5, b'a']), 1).expect_err("must fail");
+        assert_eq!(
+            err,
+            CorruptKind::BadRecord {
+                index: 0,
+                field: RecordField::Value
+            }
+        );
+    }
+}

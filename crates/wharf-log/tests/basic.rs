@@ -1,0 +1,380 @@
+//! Behaviour of the log through its public API on the real file system and
+//! on `SimStorage`: append/read, reopen, indexes, timestamps, truncation,
+//! retention, compression, group commit and the closed state.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{files_with_suffix, fs_config, read_all, rec, sim_config};
+use wharf_log::{
+    Compression, Durability, Log, LogConfig, LogError, ManualClock, Record, Retention, SimStorage,
+};
+
+#[test]
+fn appended_records_read_back_identical_with_dense_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 8192)).expect("open");
+    let mut expected = Vec::new();
+    for b in 0..50u64 {
+        let batch: Vec<Record> = (0..(b % 7 + 1)).map(|i| rec(b * 10 + i)).collect();
+        let info = log.append(&batch).expect("append");
+        assert_eq!(info.base_offset, expected.len() as u64);
+        assert_eq!(info.last_offset, (expected.len() + batch.len() - 1) as u64);
+        expected.extend(batch);
+    }
+    assert!(log.segment_count() > 1, "small segments must roll");
+    let got: Vec<Record> = read_all(&log).iter().map(|r| r.to_record()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(log.end_offset(), expected.len() as u64);
+}
+
+#[test]
+fn reading_from_the_middle_of_a_batch_starts_at_that_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 1 << 20)).expect("open");
+    log.append(&(0..10).map(rec).collect::<Vec<_>>())
+        .expect("append");
+    let rb = log.read(4, 1 << 20).expect("read");
+    assert_eq!(rb.batches()[0].base_offset(), 0, "whole batch is returned");
+    let offsets: Vec<u64> = rb.records().map(|r| r.expect("rec").offset).collect();
+    assert_eq!(offsets, (4..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn reading_at_end_is_empty_and_past_end_or_below_start_is_out_of_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Always, 1 << 20)).expect("open");
+    log.append(&[rec(0), rec(1)]).expect("append");
+    assert!(log.read(2, 100).expect("read at end").is_empty());
+    let err = log.read(3, 100).expect_err("past end");
+    assert!(matches!(
+        err,
+        LogError::OffsetOutOfRange {
+            requested: 3,
+            start: 0,
+            end: 2
+        }
+    ));
+}
+
+#[test]
+fn clean_reopen_keeps_everything_and_continues_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+        for i in 0..100 {
+            log.append(&[rec(i)]).expect("append");
+        }
+        log.close().expect("close");
+    }
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("reopen");
+    assert_eq!(log.end_offset(), 100);
+    let info = log.append(&[rec(100)]).expect("append");
+    assert_eq!(info.base_offset, 100);
+    let got = read_all(&log);
+    assert_eq!(got.len(), 101);
+    assert_eq!(got[57].to_record(), rec(57));
+}
+
+#[test]
+fn clean_reopen_reads_only_indexes_not_segment_data() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/log");
+    {
+        let log = Log::open(dir, sim_config(&sim, Durability::Never, 64 * 1024)).expect("open");
+        for i in 0..4000 {
+            log.append(&[rec(i)]).expect("append");
+        }
+        log.close().expect("close");
+    }
+    let total: u64 = sim
+        .file_names(dir)
+        .iter()
+        .filter(|n| n.ends_with(".log"))
+        .map(|n| sim.contents(&dir.join(n)).map_or(0, |c| c.len() as u64))
+        .sum();
+    sim.reset_stats();
+    let log = Log::open(dir, sim_config(&sim, Durability::Never, 64 * 1024)).expect("reopen");
+    let read = sim.stats().bytes_read;
+    assert_eq!(log.end_offset(), 4000);
+    assert!(
+        read * 10 < total,
+        "clean open read {read} bytes of a {total}-byte log"
+    );
+}
+
+#[test]
+fn unclean_reopen_scans_only_the_last_segment() {
+    let sim = SimStorage::new();
+    let dir = Path::new("/log");
+    let log = Log::open(dir, sim_config(&sim, Durability::Always, 64 * 1024)).expect("open");
+    for i in 0..4000 {
+        log.append(&[rec(i)]).expect("append");
+    }
+    let after = sim.crash(|_, unsynced| unsynced);
+    drop(log);
+    after.reset_stats();
+    let log = Log::open(dir, sim_config(&after, Durability::Always, 64 * 1024)).expect("reopen");
+    assert_eq!(log.end_offset(), 4000);
+    let read = after.stats().bytes_read;
+    assert!(read <= 64 * 1024 + 64 * 1024, "scanned {read} bytes");
+}
+
+#[test]
+fn missing_and_stale_indexes_are_rebuilt_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+        for i in 0..300 {
+            log.append(&[rec(i)]).expect("append");
+        }
+        log.close().expect("close");
+    }
+    let indexes = files_with_suffix(dir.path(), ".index");
+    assert!(indexes.len() > 3);
+    std::fs::remove_file(&indexes[0]).expect("remove index");
+    // A stale index: valid CRC but written for a different segment length.
+    let other = std::fs::read(&indexes[2]).expect("read");
+    std::fs::write(&indexes[1], other).expect("overwrite");
+    std::fs::remove_file(&files_with_suffix(dir.path(), ".timeindex")[3]).expect("rm");
+
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("reopen");
+    let got = read_all(&log);
+    assert_eq!(got.len(), 300);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.to_record(), rec(i as u64));
+    }
+    assert!(indexes[0].exists(), "rebuilt index is written back");
+    assert_eq!(
+        log.offset_for_timestamp(1_000 + 150).expect("ts"),
+        Some(150)
+    );
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+    for i in 0..500u64 {
+        log.append(&[Record::new(10 * i as i64, vec![1u8; 40])])
+            .expect("append");
+    }
+    assert_eq!(log.offset_for_timestamp(0).expect("ts"), Some(0));
+    assert_eq!(log.offset_for_timestamp(2500).expect("ts"), Some(250));
+    assert_eq!(log.offset_for_timestamp(2501).expect("ts"), Some(251));
+    assert_eq!(log.offset_for_timestamp(4990).expect("ts"), Some(499));
+    assert_eq!(log.offset_for_timestamp(4991).expect("ts"), None);
+}
+
+#[test]
+fn truncate_inside_a_batch_keeps_the_records_before_the_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+    for b in 0..40u64 {
+        log.append(&(0..5).map(|i| rec(b * 5 + i)).collect::<Vec<_>>())
+            .expect("append");
+    }
+    let segments = log.segment_count();
+    log.truncate(63).expect("truncate");
+    assert_eq!(log.end_offset(), 63);
+    assert!(log.segment_count() < segments);
+    let info = log.append(&[rec(1000)]).expect("append");
+    assert_eq!(info.base_offset, 63);
+    let got = read_all(&log);
+    assert_eq!(got.len(), 64);
+    assert_eq!(got[62].to_record(), rec(62));
+    assert_eq!(got[63].to_record(), rec(1000));
+    log.close().expect("close");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("reopen");
+    assert_eq!(read_all(&log).len(), 64);
+}
+
+#[test]
+fn truncate_below_start_is_out_of_range() {
+    let sim = SimStorage::new();
+    let config = LogConfig::builder()
+        .storage(Arc::new(sim.clone()))
+        .durability(Durability::Never)
+        .segment_max_bytes(4096)
+        .retention(Retention {
+            max_bytes: Some(8192),
+            max_age: None,
+        })
+        .build()
+        .expect("config");
+    let log = Log::open("/log", config).expect("open");
+    for i in 0..500 {
+        log.append(&[rec(i)]).expect("append");
+    }
+    let start = log.start_offset();
+    assert!(start > 0, "size retention must have deleted old segments");
+    assert!(log.size_bytes() < 8192 + 4096 + 4096);
+    let err = log.truncate(start - 1).expect_err("below start");
+    assert!(matches!(err, LogError::OffsetOutOfRange { requested, .. } if requested == start - 1));
+    let err = log.read(start - 1, 10).expect_err("below start");
+    assert!(matches!(err, LogError::OffsetOutOfRange { start: s, .. } if s == start));
+}
+
+#[test]
+fn age_retention_deletes_segments_whose_newest_record_is_too_old() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let sim = SimStorage::new();
+    let config = LogConfig::builder()
+        .storage(Arc::new(sim.clone()))
+        .durability(Durability::Never)
+        .segment_max_bytes(1 << 20)
+        .segment_max_age(Duration::from_secs(60))
+        .retention(Retention {
+            max_bytes: None,
+            max_age: Some(Duration::from_secs(3600)),
+        })
+        .clock(clock.clone())
+        .build()
+        .expect("config");
+    let log = Log::open("/log", config).expect("open");
+    log.append(&[Record::new(1_000_000, "old")])
+        .expect("append");
+    clock.advance(Duration::from_secs(61));
+    // Age-based roll: this append starts a new segment.
+    log.append(&[Record::new(1_061_000, "new")])
+        .expect("append");
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(log.apply_retention().expect("retention"), 0);
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(log.apply_retention().expect("retention"), 1);
+    assert_eq!(log.start_offset(), 1);
+    let rb = log.read(1, 100).expect("read");
+    let v: Vec<_> = rb.records().map(|r| r.expect("rec").value).collect();
+    assert_eq!(v, vec![bytes::Bytes::from_static(b"new")]);
+}
+
+#[test]
+fn lz4_log_round_trips_and_stores_fewer_bytes() {
+    let sizes: Vec<u64> = [Compression::None, Compression::Lz4]
+        .iter()
+        .map(|&c| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = LogConfig::builder()
+                .durability(Durability::Never)
+                .compression(c)
+                .build()
+                .expect("config");
+            let log = Log::open(dir.path(), config).expect("open");
+            let batch: Vec<Record> = (0..100)
+                .map(|i| Record::new(i, format!("{{\"user\":{i},\"event\":\"click\"}}")))
+                .collect();
+            log.append(&batch).expect("append");
+            let got: Vec<Record> = read_all(&log).iter().map(|r| r.to_record()).collect();
+            assert_eq!(got, batch);
+            log.size_bytes()
+        })
+        .collect();
+    assert!(
+        sizes[1] < sizes[0] / 2,
+        "lz4 {} vs raw {}",
+        sizes[1],
+        sizes[0]
+    );
+}
+
+#[test]
+fn concurrent_always_appenders_share_fsyncs_and_all_land() {
+    let sim = SimStorage::new();
+    let log =
+        Arc::new(Log::open("/log", sim_config(&sim, Durability::Always, 1 << 20)).expect("open"));
+    sim.reset_stats();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    log.append(&[rec(t * 1000 + i)]).expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("join");
+    }
+    assert_eq!(log.end_offset(), 800);
+    assert_eq!(read_all(&log).len(), 800);
+    let syncs = sim.stats().syncs;
+    assert!(syncs <= 800, "at most one sync per append, got {syncs}");
+}
+
+#[test]
+fn always_append_is_durable_when_it_returns() {
+    let sim = SimStorage::new();
+    let log = Log::open("/log", sim_config(&sim, Durability::Always, 1 << 20)).expect("open");
+    for i in 0..10 {
+        log.append(&[rec(i)]).expect("append");
+    }
+    // Crash dropping every unsynced byte: all ten must survive.
+    let after = sim.crash(|_, _| 0);
+    drop(log);
+    let log = Log::open("/log", sim_config(&after, Durability::Always, 1 << 20)).expect("reopen");
+    assert_eq!(read_all(&log).len(), 10);
+}
+
+#[test]
+fn operations_after_close_report_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+    log.append(&[rec(0)]).expect("append");
+    log.close().expect("close");
+    assert!(matches!(log.append(&[rec(1)]), Err(LogError::Closed)));
+    assert!(matches!(log.read(0, 10), Err(LogError::Closed)));
+    assert!(log.close().is_ok(), "close is idempotent");
+}
+
+#[test]
+fn empty_and_oversized_batches_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig::builder()
+        .max_batch_bytes(1024)
+        .build()
+        .expect("config");
+    let log = Log::open(dir.path(), config).expect("open");
+    assert!(matches!(log.append(&[]), Err(LogError::EmptyBatch)));
+    let err = log
+        .append(&[Record::new(0, vec![0u8; 2000])])
+        .expect_err("too large");
+    assert!(matches!(err, LogError::BatchTooLarge { max: 1024, .. }));
+    assert_eq!(log.end_offset(), 0);
+}
+
+#[test]
+fn interval_durability_syncs_in_the_background() {
+    let sim = SimStorage::new();
+    let config = LogConfig::builder()
+        .storage(Arc::new(sim.clone()))
+        .durability(Durability::Interval(Duration::from_millis(5)))
+        .build()
+        .expect("config");
+    let log = Log::open("/log", config).expect("open");
+    sim.reset_stats();
+    log.append(&[rec(0)]).expect("append");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sim.stats().syncs == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(sim.stats().syncs > 0, "background flusher never synced");
+}
+
+#[test]
+fn invalid_config_is_rejected_naming_the_field() {
+    let err = LogConfig::builder()
+        .segment_max_bytes(10)
+        .build()
+        .expect_err("too small");
+    assert!(matches!(
+        err,
+        LogError::InvalidConfig {
+            field: "segment_max_bytes",
+            ..
+        }
+    ));
+}
