@@ -1,0 +1,36 @@
+//! Mapping storage failures onto [`wharf_core::Error`].
+//!
+//! The broker reports everything through the core error type so it is a
+//! drop-in backend; log and metadata failures become
+//! [`Error::Backend`](wharf_core::Error::Backend) carrying the original error.
+
+pub(crate) use wharf_core::Error;
+
+pub(crate) const BACKEND: &str = "broker";
+
+/// A metadata or log failure during `what`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct StorageError {
+    /// What the broker was doing.
+    pub what: &'static str,
+    /// The underlying failure.
+    pub detail: String,
+}
+
+pub(crate) fn storage_error(what: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        source: Box::new(StorageError {
+            what,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+pub(crate) fn log_error(e: wharf_log::LogError) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,692 @@
+//! A consumer group's state on one topic: the queue-semantics engine.
+//!
+//! Per partition a group keeps a *floor* (every offset below it is settled),
+//! the out-of-order settled offsets above it, and a bounded read-ahead of
+//! pending messages, each `Ready`, `Delayed` until an instant, `Leased` to a
+//! consumer (optionally until a deadline), or `Dead` (being copied to the
+//! dead-letter topic). Consumers take ready messages (highest priority, then
+//! lowest offset); acks settle them and advance the floor past contiguous
+//! settled offsets; nacks, releases and expired leases make them ready (or
+//! delayed) again, or dead once `max_deliveries` attempts failed.
+//!
+//! Everything here is synchronous and runs under one mutex per group and
+//! topic; time is passed in, so tests drive it directly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use wharf_core::{header, Message, Settlement, StartPosition};
+
+use crate::clock::Clock;
+use crate::codec::from_record;
+use crate::error::{log_error, storage_error, Error};
+use crate::meta::Cursor;
+use crate::topic::Topic;
+
+/// Bytes read from the log per read-ahead step.
+const READ_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug)]
+enum PState {
+    Ready,
+    Delayed(Instant),
+    Leased {
+        lease: u64,
+        deadline: Option<Instant>,
+    },
+    Dead,
+}
+
+#[derive(Debug)]
+struct Pending {
+    msg: Message,
+    priority: u8,
+    /// Deliveries made so far.
+    attempts: u32,
+    state: PState,
+    first_failure_ms: Option<u64>,
+    last_failure_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct PartState {
+    floor: u64,
+    next: u64,
+    settled: BTreeSet<u64>,
+    pending: HashMap<u64, Pending>,
+    ready: BTreeSet<(Reverse<u8>, u64)>,
+    delayed: BTreeSet<(Instant, u64)>,
+    leases: BTreeSet<(Instant, u64)>,
+    /// Delays restored from the metadata: offset → (not-before ms, attempts).
+    restored: HashMap<u64, (u64, u32)>,
+}
+
+impl PartState {
+    fn at(offset: u64) -> Self {
+        PartState {
+            floor: offset,
+            next: offset,
+            ..Default::default()
+        }
+    }
+
+    fn from_cursor(c: &Cursor) -> Self {
+        PartState {
+            floor: c.floor,
+            next: c.floor,
+            settled: c
+                .settled
+                .iter()
+                .copied()
+                .filter(|&o| o >= c.floor)
+                .collect(),
+            restored: c.delayed.iter().map(|&(o, ms, a)| (o, (ms, a))).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn mark_settled(&mut self, offset: u64) {
+        if offset == self.floor {
+            self.floor += 1;
+            while self.settled.remove(&self.floor) {
+                self.floor += 1;
+            }
+            if self.pending.is_empty() && self.settled.is_empty() {
+                self.floor = self.next;
+            }
+        } else if offset > self.floor {
+            self.settled.insert(offset);
+        }
+    }
+
+    /// Removes `offset` from whichever index its state puts it in.
+    fn unindex(&mut self, offset: u64) {
+        let Some(p) = self.pending.get(&offset) else {
+            return;
+        };
+        match p.state {
+            PState::Ready => {
+                self.ready.remove(&(Reverse(p.priority), offset));
+            }
+            PState::Delayed(at) => {
+                self.delayed.remove(&(at, offset));
+            }
+            PState::Leased {
+                deadline: Some(d), ..
+            } => {
+                self.leases.remove(&(d, offset));
+            }
+            PState::Leased { deadline: None, .. } | PState::Dead => {}
+        }
+    }
+
+    fn set_state(&mut self, offset: u64, state: PState) {
+        self.unindex(offset);
+        let Some(p) = self.pending.get_mut(&offset) else {
+            return;
+        };
+        match state {
+            PState::Ready => {
+                self.ready.insert((Reverse(p.priority), offset));
+            }
+            PState::Delayed(at) => {
+                self.delayed.insert((at, offset));
+            }
+            PState::Leased {
+                deadline: Some(d), ..
+            } => {
+                self.leases.insert((d, offset));
+            }
+            PState::Leased { deadline: None, .. } | PState::Dead => {}
+        }
+        p.state = state;
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let d = self.delayed.first().map(|(t, _)| *t);
+        let l = self.leases.first().map(|(t, _)| *t);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Per-subscription limits that apply when taking and failing messages.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub visibility_timeout: Option<Duration>,
+    pub max_deliveries: Option<u32>,
+    pub dead_letter_topic: String,
+    pub read_ahead: usize,
+}
+
+/// A message taken for delivery.
+pub(crate) struct Taken {
+    pub partition: u32,
+    pub offset: u64,
+    pub lease: u64,
+    pub attempt: u32,
+    pub msg: Message,
+}
+
+/// A message to copy to its dead-letter topic before it is settled.
+pub(crate) struct DeadLetter {
+    pub topic: String,
+    pub msg: Message,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// One group's state on one topic.
+pub(crate) struct GroupTopic {
+    /// The group's name; empty for a private subscription.
+    pub group: Arc<str>,
+    pub topic: Arc<Topic>,
+    state: Mutex<GtState>,
+    watchers: Mutex<Vec<Weak<Notify>>>,
+}
+
+struct GtState {
+    parts: Vec<PartState>,
+    dirty: bool,
+    rr: usize,
+}
+
+impl GroupTopic {
+    /// A group starting at `start`, or resuming from saved cursors (by partition).
+    pub(crate) fn new(
+        group: Arc<str>,
+        topic: Arc<Topic>,
+        start: StartPosition,
+        saved: &HashMap<u32, Cursor>,
+    ) -> Result<GroupTopic, Error> {
+        let mut parts = Vec::new();
+        for (i, p) in topic.partitions().iter().enumerate() {
+            let i = u32::try_from(i).expect("partition count fits u32");
+            let st = match saved.get(&i) {
+                Some(c) => PartState::from_cursor(c),
+                None => PartState::at(p.start_position(start, topic.name(), i)?),
+            };
+            parts.push(st);
+        }
+        Ok(GroupTopic {
+            group,
+            topic,
+            state: Mutex::new(GtState {
+                parts,
+                dirty: false,
+                rr: 0,
+            }),
+            watchers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GtState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn watch(&self, n: &Arc<Notify>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|x| x.strong_count() > 0);
+        w.push(Arc::downgrade(n));
+    }
+
+    fn wake_watchers(&self) {
+        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in w.iter().filter_map(Weak::upgrade) {
+            n.notify_one();
+        }
+    }
+
+    /// Takes up to `max` deliverable messages. Returns when to look again if
+    /// nothing more is ready (the earliest delay or lease deadline), and
+    /// messages that exhausted their deliveries and must be dead-lettered.
+    pub(crate) fn take(
+        &self,
+        policy: &Policy,
+        clock: &Clock,
+        lease_ids: &std::sync::atomic::AtomicU64,
+        max: usize,
+        out: &mut Vec<Taken>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Option<Instant>, Error> {
+        let now = clock.now();
+        let partitions = self.topic.partitions();
+        let mut st = self.lock();
+        while st.parts.len() < partitions.len() {
+            st.parts.push(PartState::at(0));
+        }
+        let n = st.parts.len();
+        let start = st.rr;
+        st.rr = (st.rr + 1) % n.max(1);
+        let mut wake: Option<Instant> = None;
+        let mut changed = false;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let pid = u32::try_from(i).expect("partition count fits u32");
+            let part = &mut st.parts[i];
+            // Leases that ran out: the consumer failed to settle in time.
+            while let Some(&(deadline, off)) = part.leases.first() {
+                if deadline > now {
+                    break;
+                }
+                part.leases.pop_first();
+                if let Some(p) = part.pending.get_mut(&off) {
+                    p.state = PState::Ready;
+                }
+                if let Some(dl) = fail(
+                    part,
+                    off,
+                    Duration::ZERO,
+                    "visibility timeout expired",
+                    policy,
+                    clock,
+                    &self.topic,
+                    &self.group,
+                    pid,
+                ) {
+                    dead.push(dl);
+                }
+                changed = true;
+            }
+            while let Some(&(at, off)) = part.delayed.first() {
+                if at > now {
+                    break;
+                }
+                part.delayed.pop_first();
+                if let Some(p) = part.pending.get_mut(&off) {
+                    p.state = PState::Ready;
+                    part.ready.insert((Reverse(p.priority), off));
+                }
+            }
+            if out.len() < max {
+                changed |= fill(part, &partitions[i], policy, clock, now, pid)?;
+            }
+            while out.len() < max {
+                let Some((_, off)) = part.ready.pop_first() else {
+                    break;
+                };
+                let lease = lease_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let deadline = policy.visibility_timeout.map(|vt| now + vt);
+                let p = part
+                    .pending
+                    .get_mut(&off)
+                    .expect("ready offsets are pending");
+                p.attempts += 1;
+                p.state = PState::Leased { lease, deadline };
+                if let Some(d) = deadline {
+                    part.leases.insert((d, off));
+                }
+                out.push(Taken {
+                    partition: pid,
+                    offset: off,
+                    lease,
+                    attempt: p.attempts,
+                    msg: p.msg.clone(),
+                });
+            }
+            if let Some(w) = part.next_wake() {
+                wake = Some(wake.map_or(w, |x: Instant| x.min(w)));
+            }
+        }
+        if changed {
+            st.dirty = true;
+        }
+        Ok(wake)
+    }
+
+    /// Settles a leased message. `Ok(Some(dl))` asks the caller to copy `dl`
+    /// to the dead-letter topic and then call [`GroupTopic::finish_dead`].
+    pub(crate) fn settle(
+        &self,
+        partition: u32,
+        offset: u64,
+        lease: u64,
+        settlement: Settlement,
+        policy: &Policy,
+        clock: &Clock,
+    ) -> Result<Option<DeadLetter>, Error> {
+        let mut st = self.lock();
+        let part = st
+            .parts
+            .get_mut(partition as usize)
+            .ok_or_else(|| unknown(lease))?;
+        match part.pending.get(&offset) {
+            Some(Pending {
+                state: PState::Leased { lease: l, .. },
+                ..
+            }) if *l == lease => {}
+            _ => return Err(unknown(lease)),
+        }
+        let result = match settlement {
+            Settlement::Ack => {
+                part.unindex(offset);
+                part.pending.remove(&offset);
+                part.mark_settled(offset);
+                None
+            }
+            Settlement::Nack { delay } => {
+                part.unindex(offset);
+                if let Some(p) = part.pending.get_mut(&offset) {
+                    p.state = PState::Ready;
+                }
+                let dl = fail(
+                    part,
+                    offset,
+                    delay,
+                    "max deliveries exceeded",
+                    policy,
+                    clock,
+                    &self.topic,
+                    &self.group,
+                    partition,
+                );
+                drop(st);
+                self.wake_watchers();
+                return Ok(dl);
+            }
+            Settlement::Reject { reason } => {
+                part.unindex(offset);
+                let now_ms = clock.now_ms();
+                let p = part.pending.get_mut(&offset).expect("checked above");
+                p.first_failure_ms.get_or_insert(now_ms);
+                p.last_failure_ms = Some(now_ms);
+                p.state = PState::Dead;
+                Some(dead_letter(
+                    p,
+                    &reason,
+                    policy,
+                    &self.topic,
+                    &self.group,
+                    partition,
+                    offset,
+                ))
+            }
+            _ => {
+                return Err(Error::InvalidArgument {
+                    name: "settlement",
+                    reason: "unknown settlement".into(),
+                })
+            }
+        };
+        st.dirty = true;
+        Ok(result)
+    }
+
+    /// Settles a message once its dead-letter copy is stored.
+    pub(crate) fn finish_dead(&self, partition: u32, offset: u64) {
+        let mut st = self.lock();
+        if let Some(part) = st.parts.get_mut(partition as usize) {
+            if matches!(
+                part.pending.get(&offset),
+                Some(Pending {
+                    state: PState::Dead,
+                    ..
+                })
+            ) {
+                part.pending.remove(&offset);
+                part.mark_settled(offset);
+            }
+        }
+        st.dirty = true;
+    }
+
+    /// Makes a message whose dead-letter copy could not be stored ready again.
+    pub(crate) fn abort_dead(&self, partition: u32, offset: u64) {
+        let mut st = self.lock();
+        if let Some(part) = st.parts.get_mut(partition as usize) {
+            if matches!(
+                part.pending.get(&offset),
+                Some(Pending {
+                    state: PState::Dead,
+                    ..
+                })
+            ) {
+                part.set_state(offset, PState::Ready);
+            }
+        }
+        drop(st);
+        self.wake_watchers();
+    }
+
+    /// Moves a lease's deadline to `deadline`.
+    pub(crate) fn extend(
+        &self,
+        partition: u32,
+        offset: u64,
+        lease: u64,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        let part = st
+            .parts
+            .get_mut(partition as usize)
+            .ok_or_else(|| unknown(lease))?;
+        match part.pending.get(&offset) {
+            Some(Pending {
+                state: PState::Leased { lease: l, .. },
+                ..
+            }) if *l == lease => {}
+            _ => return Err(unknown(lease)),
+        }
+        part.set_state(
+            offset,
+            PState::Leased {
+                lease,
+                deadline: Some(deadline),
+            },
+        );
+        Ok(())
+    }
+
+    /// The cursors to persist, if anything changed since the last call.
+    pub(crate) fn take_dirty_cursors(&self, clock: &Clock) -> Option<Vec<(u32, Cursor)>> {
+        let mut st = self.lock();
+        if !st.dirty {
+            return None;
+        }
+        st.dirty = false;
+        Some(snapshot(&st, clock))
+    }
+
+    /// Marks the state as changed (a commit of it failed).
+    pub(crate) fn mark_dirty(&self) {
+        self.lock().dirty = true;
+    }
+
+    /// The cursors to persist, unconditionally.
+    pub(crate) fn cursors(&self, clock: &Clock) -> Vec<(u32, Cursor)> {
+        snapshot(&self.lock(), clock)
+    }
+
+    /// Messages not yet settled by the group: (partition, floor, end).
+    pub(crate) fn lag(&self) -> u64 {
+        let st = self.lock();
+        let parts = self.topic.partitions();
+        st.parts
+            .iter()
+            .zip(parts.iter())
+            .map(|(s, p)| {
+                p.end_offset()
+                    .saturating_sub(s.floor)
+                    .saturating_sub(s.settled.len() as u64)
+            })
+            .sum()
+    }
+}
+
+fn snapshot(st: &GtState, clock: &Clock) -> Vec<(u32, Cursor)> {
+    st.parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut delayed: Vec<(u64, u64, u32)> = p
+                .pending
+                .iter()
+                .filter_map(|(&o, x)| match x.state {
+                    PState::Delayed(at) => Some((o, clock.ms_at(at), x.attempts)),
+                    _ => None,
+                })
+                .collect();
+            delayed.sort_unstable();
+            (
+                u32::try_from(i).expect("partition count fits u32"),
+                Cursor {
+                    floor: p.floor,
+                    settled: p.settled.iter().copied().collect(),
+                    delayed,
+                },
+            )
+        })
+        .collect()
+}
+
+fn unknown(lease: u64) -> Error {
+    Error::UnknownDelivery {
+        id: lease.to_string(),
+    }
+}
+
+/// Records a failed attempt of a `Ready` message: redeliver after `delay`,
+/// or mark it dead when `max_deliveries` attempts are used up.
+#[allow(clippy::too_many_arguments)]
+fn fail(
+    part: &mut PartState,
+    offset: u64,
+    delay: Duration,
+    reason: &str,
+    policy: &Policy,
+    clock: &Clock,
+    topic: &Topic,
+    group: &str,
+    partition: u32,
+) -> Option<DeadLetter> {
+    let now_ms = clock.now_ms();
+    let p = part.pending.get_mut(&offset)?;
+    p.first_failure_ms.get_or_insert(now_ms);
+    p.last_failure_ms = Some(now_ms);
+    if policy.max_deliveries.is_some_and(|max| p.attempts >= max) {
+        p.state = PState::Dead;
+        return Some(dead_letter(
+            p, reason, policy, topic, group, partition, offset,
+        ));
+    }
+    let state = if delay.is_zero() {
+        PState::Ready
+    } else {
+        PState::Delayed(clock.now() + delay)
+    };
+    p.state = PState::Ready; // so set_state's unindex finds nothing stale
+    part.set_state(offset, state);
+    None
+}
+
+fn dead_letter(
+    p: &Pending,
+    reason: &str,
+    policy: &Policy,
+    topic: &Topic,
+    group: &str,
+    partition: u32,
+    offset: u64,
+) -> DeadLetter {
+    let mut msg = p.msg.clone();
+    let h = msg.headers_mut();
+    h.insert(header::DLQ_REASON, reason);
+    h.insert(header::ORIGINAL_TOPIC, topic.name());
+    h.insert(header::ORIGINAL_PARTITION, partition.to_string());
+    h.insert(header::ORIGINAL_OFFSET, offset.to_string());
+    h.insert(header::DLQ_GROUP, group);
+    h.insert(header::ATTEMPTS, p.attempts.to_string());
+    if let Some(ms) = p.first_failure_ms {
+        h.insert(header::FIRST_FAILURE_MS, ms.to_string());
+    }
+    if let Some(ms) = p.last_failure_ms {
+        h.insert(header::LAST_FAILURE_MS, ms.to_string());
+    }
+    DeadLetter {
+        topic: policy.dead_letter_topic.clone(),
+        msg,
+        partition,
+        offset,
+    }
+}
+
+/// Reads ahead from the log into `pending`. Returns whether settled state
+/// changed (expired or out-of-retention messages skipped).
+fn fill(
+    part: &mut PartState,
+    log: &crate::topic::Partition,
+    policy: &Policy,
+    clock: &Clock,
+    now: Instant,
+    partition: u32,
+) -> Result<bool, Error> {
+    let mut changed = false;
+    let start = log.start_offset();
+    if part.next < start {
+        // Retention removed messages the group had not settled: skip them.
+        part.pending.retain(|&o, _| o >= start);
+        part.ready.retain(|&(_, o)| o >= start);
+        part.delayed.retain(|&(_, o)| o >= start);
+        part.leases.retain(|&(_, o)| o >= start);
+        part.settled.retain(|&o| o >= start);
+        part.next = start;
+        part.floor = part.floor.max(start);
+        changed = true;
+    }
+    let end = log.readable_end();
+    while part.pending.len() < policy.read_ahead && part.next < end {
+        let batches = log.read(part.next, READ_CHUNK).map_err(log_error)?;
+        if batches.is_empty() {
+            break;
+        }
+        let now_ms = clock.now_ms();
+        for rec in batches.records() {
+            let rec = rec.map_err(log_error)?;
+            let off = rec.offset;
+            if off < part.next || part.settled.contains(&off) {
+                continue;
+            }
+            let msg = from_record(rec).map_err(|e| storage_error("decode message", e))?;
+            let expired = msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms)
+                || log
+                    .ttl_ms()
+                    .is_some_and(|ttl| msg.timestamp().as_millis().saturating_add(ttl) <= now_ms);
+            if expired {
+                part.mark_settled(off);
+                changed = true;
+                continue;
+            }
+            let (attempts, not_before_ms) = match part.restored.remove(&off) {
+                Some((ms, a)) => (a, Some(ms)),
+                None => (0, msg.deliver_at().map(|t| t.as_millis())),
+            };
+            let state = match not_before_ms {
+                Some(ms) if ms > now_ms => PState::Delayed(clock.instant_at_ms(ms)),
+                _ => PState::Ready,
+            };
+            let priority = msg.priority();
+            part.pending.insert(
+                off,
+                Pending {
+                    msg,
+                    priority,
+                    attempts,
+                    state: PState::Dead,
+                    first_failure_ms: None,
+                    last_failure_ms: None,
+                },
+            );
+            part.set_state(off, state);
+        }
+        part.next = batches.next_offset().max(part.next);
+        let _ = (now, partition);
+    }
+    Ok(changed)
+}

@@ -1,0 +1,960 @@
+//! Wharf's embedded durable broker: open a directory and publish, like SQLite.
+//!
+//! [`Broker`] implements the `wharf-core` traits in-process on top of
+//! `wharf-log` (one log per partition) and `redb` (topic configs and group
+//! positions). No server, no setup:
+//!
+//! ```
+//! use wharf_broker::Broker;
+//! use wharf_core::{Backend, Message, Publisher, Subscriber, SubscribeOptions};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), wharf_core::Error> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let broker = Broker::open(dir.path()).await?;
+//! broker.publish("orders.created", Message::new("order 1")).await?;
+//! let mut sub = broker.subscribe(SubscribeOptions::new("orders.*").group("billing")).await?;
+//! let d = sub.next().await.expect("open")?;
+//! assert_eq!(&d.message().payload()[..], b"order 1");
+//! d.ack().await?;
+//! broker.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Semantics
+//! - **Topics** have N partitions; a message goes to `crc32c(key) % N`, or
+//!   round-robin without a key, so order per key holds within a partition.
+//!   Topics are created on first use unless the builder turns that off.
+//! - **Publish** is acknowledged once the log holds the message as durably
+//!   as the topic's [`Durability`] promises (default `Always`: after
+//!   `fdatasync`, shared by concurrent publishers through group commit).
+//! - **Groups** (queue semantics): each message is leased to one consumer of
+//!   the group; ack settles it; nack, release (dropping the delivery) and an
+//!   expired visibility timeout make it deliverable again (after a delay for
+//!   `nack_with_delay`); after `max_deliveries` attempts, and on `reject`, it
+//!   is copied to the dead-letter topic with `wharf-*` headers and settled.
+//!   Acks may arrive out of order: a group's persisted position is the floor
+//!   below which everything is settled plus the settled offsets above it.
+//! - **Priorities** order the messages within a group's read-ahead window
+//!   ([`BrokerConfig::read_ahead`] per partition): among ready messages the
+//!   highest priority goes first, then the lowest offset.
+//! - **Delayed publish, TTL, dedup**: `deliver_at` messages are stored at once
+//!   and become deliverable at their time; expired messages are skipped; a
+//!   message id seen within the topic's dedup window is not stored again and
+//!   the publish returns the original receipt.
+//! - **Restarts**: published messages, topic configs and group positions
+//!   survive a clean close and `kill -9`. Group positions are committed every
+//!   [`BrokerConfig::commit_interval`] (and at close), so after a crash a
+//!   message acked within that interval before the crash can be delivered
+//!   again — that is the at-least-once window. Delivery attempt counts of
+//!   in-flight messages restart at 1 (nack delays are kept).
+
+#![warn(missing_docs)]
+
+mod clock;
+mod codec;
+mod config;
+mod error;
+mod group;
+mod meta;
+mod subscription;
+mod topic;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, Semaphore};
+use wharf_core::name::{dead_letter_topic, validate_topic};
+use wharf_core::{
+    header, Backend, Capabilities, Capability, Limits, Message, MessageId, Publisher, Receipt,
+    StartPosition, SubscribeOptions, Subscriber, Subscription,
+};
+
+pub use config::{BrokerConfig, Durability, TopicConfig, MAX_MESSAGE_BYTES, MAX_PARTITIONS};
+pub use error::StorageError;
+pub use topic::DEDUP_CAPACITY;
+pub use wharf_core::Error;
+
+use crate::clock::Clock;
+use crate::error::storage_error;
+use crate::group::{DeadLetter, GroupTopic, Policy};
+use crate::meta::{Cursor, CursorKey, Meta};
+use crate::subscription::{Binding, BrokerStream, SubShared};
+use crate::topic::{DedupCheck, Topic};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Name of the internal group that `redrive` uses on dead-letter topics.
+pub const REDRIVE_GROUP: &str = "wharf.redrive";
+
+/// The embedded broker. Cheap to clone; all clones share one broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Broker`] with non-default settings.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct BrokerBuilder {
+    config: BrokerConfig,
+}
+
+impl BrokerBuilder {
+    /// Settings for topics created on first use.
+    pub fn default_topic(mut self, cfg: TopicConfig) -> Self {
+        self.config.default_topic = cfg;
+        self
+    }
+
+    /// Whether publish/subscribe create unknown topics (default `true`).
+    pub fn auto_create_topics(mut self, on: bool) -> Self {
+        self.config.auto_create_topics = on;
+        self
+    }
+
+    /// How often group positions are persisted (default 100 ms).
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.config.commit_interval = d;
+        self
+    }
+
+    /// Messages read ahead per group and partition (default 1,024).
+    pub fn read_ahead(mut self, n: usize) -> Self {
+        self.config.read_ahead = n.max(1);
+        self
+    }
+
+    /// Opens (creating if needed) the broker in `dir`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad default topic config;
+    /// [`Error::Backend`] if the directory, metadata or a log can't be opened
+    /// (including when another broker has it open).
+    pub async fn open(self, dir: impl AsRef<Path>) -> Result<Broker> {
+        Broker::open_with(dir.as_ref().to_path_buf(), None, self.config).await
+    }
+
+    /// Opens a broker in a new temporary directory, deleted when it is dropped.
+    ///
+    /// # Errors
+    /// As [`BrokerBuilder::open`].
+    pub async fn temporary(self) -> Result<Broker> {
+        let tmp = tempfile::tempdir().map_err(|e| storage_error("create temp dir", e))?;
+        Broker::open_with(tmp.path().to_path_buf(), Some(tmp), self.config).await
+    }
+}
+
+/// One topic as seen by [`Broker::topics`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TopicInfo {
+    /// The topic's name.
+    pub name: String,
+    /// Its settings.
+    pub config: TopicConfig,
+    /// `(first offset, next offset)` of each partition.
+    pub partitions: Vec<(u64, u64)>,
+}
+
+/// One group's position on one topic, from [`Broker::groups`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GroupInfo {
+    /// The group's name.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// Messages stored but not yet settled by the group.
+    pub lag: u64,
+}
+
+/// Which dead letters [`Broker::redrive`] moves back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Redrive {
+    /// Every dead letter currently in the topic.
+    All,
+    /// Only the message with this id.
+    Id(MessageId),
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    config: BrokerConfig,
+    meta: Meta,
+    topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    groups: Mutex<HashMap<(String, String), Arc<GroupTopic>>>,
+    saved: Mutex<HashMap<(String, String), HashMap<u32, Cursor>>>,
+    subs: Mutex<Vec<Weak<SubShared>>>,
+    closed: AtomicBool,
+    pub(crate) clock: Clock,
+    pub(crate) lease_ids: AtomicU64,
+    publish_permits: Semaphore,
+}
+
+impl Broker {
+    /// Opens (creating if needed) a broker in `dir` with default settings.
+    ///
+    /// # Errors
+    /// As [`BrokerBuilder::open`].
+    pub async fn open(dir: impl AsRef<Path>) -> Result<Broker> {
+        Broker::builder().open(dir).await
+    }
+
+    /// A broker in a temporary directory, deleted when the broker is dropped.
+    ///
+    /// # Errors
+    /// As [`BrokerBuilder::open`].
+    pub async fn temporary() -> Result<Broker> {
+        Broker::builder().temporary().await
+    }
+
+    /// Starts building a broker with non-default settings.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    async fn open_with(
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        config: BrokerConfig,
+    ) -> Result<Broker> {
+        config.default_topic.validate()?;
+        std::fs::create_dir_all(dir.join("topics"))
+            .map_err(|e| storage_error("create data dir", e))?;
+        let meta = Meta::open(&dir.join("meta.redb"))?;
+        let clock = Clock::new();
+        let mut topics = HashMap::new();
+        for (name, cfg) in meta.topics()? {
+            let t = Topic::open(&name, dir.join("topics").join(&name), cfg.clone())?;
+            if let Some(w) = cfg.dedup_window_ms {
+                t.rebuild_dedup(clock.now_ms(), w)?;
+            }
+            topics.insert(Arc::<str>::from(name.as_str()), Arc::new(t));
+        }
+        let mut saved: HashMap<(String, String), HashMap<u32, Cursor>> = HashMap::new();
+        for (k, c) in meta.cursors()? {
+            saved
+                .entry((k.group, k.topic))
+                .or_default()
+                .insert(k.partition, c);
+        }
+        let inner = Arc::new(Inner {
+            dir,
+            _temp: temp,
+            publish_permits: Semaphore::new(config.max_pending_publishes.max(1)),
+            config,
+            meta,
+            topics: RwLock::new(topics),
+            groups: Mutex::new(HashMap::new()),
+            saved: Mutex::new(saved),
+            subs: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            clock,
+            lease_ids: AtomicU64::new(1),
+        });
+        tokio::spawn(commit_loop(
+            Arc::downgrade(&inner),
+            inner.config.commit_interval,
+        ));
+        Ok(Broker { inner })
+    }
+
+    /// The directory the broker stores its data in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Creates a topic with `config`; an existing topic keeps its config.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidArgument`] for a bad config,
+    /// storage failures.
+    pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        self.inner.check_open()?;
+        validate_topic(name)?;
+        config.validate()?;
+        self.inner.create_topic(name, config)?;
+        Ok(())
+    }
+
+    /// Raises a topic's partition count (it can never be lowered).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`], [`Error::InvalidArgument`] when `n` is lower
+    /// than the current count or above [`MAX_PARTITIONS`].
+    pub async fn set_partitions(&self, name: &str, n: u32) -> Result<()> {
+        self.inner.check_open()?;
+        let t = self.inner.existing_topic(name)?;
+        let cur = t.config().partitions;
+        if n < cur || n > MAX_PARTITIONS {
+            return Err(Error::InvalidArgument {
+                name: "partitions",
+                reason: format!("must be between the current {cur} and {MAX_PARTITIONS}"),
+            });
+        }
+        let cfg = t.grow(n)?;
+        self.inner.meta.put_topic(name, &cfg)
+    }
+
+    /// Deletes a topic, its data and every group position on it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`], storage failures.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.inner.check_open()?;
+        let t = {
+            let mut topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
+            topics
+                .remove(name)
+                .ok_or_else(|| Error::UnknownTopic { topic: name.into() })?
+        };
+        self.inner
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, topic), _| topic != name);
+        self.inner.meta.delete_topic(name)?;
+        t.close()?;
+        std::fs::remove_dir_all(self.inner.dir.join("topics").join(name))
+            .map_err(|e| storage_error("delete topic dir", e))
+    }
+
+    /// Every topic with its config and offsets.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<TopicInfo> = topics
+            .values()
+            .map(|t| TopicInfo {
+                name: t.name().to_owned(),
+                config: t.config(),
+                partitions: t
+                    .partitions()
+                    .iter()
+                    .map(|p| (p.start_offset(), p.end_offset()))
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Every consumer group with a position on a topic (since open), with its lag.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let groups = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<GroupInfo> = groups
+            .iter()
+            .map(|((g, t), gt)| GroupInfo {
+                group: g.clone(),
+                topic: t.clone(),
+                lag: gt.lag(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
+        out
+    }
+
+    /// Moves dead letters from `dlq_topic` back to their original topics
+    /// (from the `wharf-original-topic` header), keeping id, key, payload and
+    /// the application's headers; the `wharf-dlq-*` bookkeeping headers are
+    /// removed. Returns how many were moved. A moved dead letter is settled
+    /// for the internal [`REDRIVE_GROUP`], so it is not moved twice.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTopic`] if `dlq_topic` does not exist; publish failures.
+    pub async fn redrive(&self, dlq_topic: &str, which: Redrive) -> Result<usize> {
+        self.inner.check_open()?;
+        self.inner.existing_topic(dlq_topic)?;
+        let opts = SubscribeOptions::new(dlq_topic)
+            .group(REDRIVE_GROUP)
+            .start(StartPosition::Earliest)
+            .max_in_flight(1024);
+        let mut sub = self.subscribe(opts).await?;
+        let mut moved = 0;
+        let mut skipped = Vec::new();
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            let got = match tokio::time::timeout(
+                Duration::from_millis(50),
+                sub.next_batch(256, &mut batch),
+            )
+            .await
+            {
+                Ok(r) => r?,
+                Err(_) => 0,
+            };
+            if got == 0 {
+                break;
+            }
+            for d in batch.drain(..) {
+                let matches = match which {
+                    Redrive::All => true,
+                    Redrive::Id(id) => d.message().id() == id,
+                };
+                let Some(original) = d
+                    .message()
+                    .headers()
+                    .get(header::ORIGINAL_TOPIC)
+                    .map(str::to_owned)
+                else {
+                    skipped.push(d);
+                    continue;
+                };
+                if !matches {
+                    skipped.push(d);
+                    continue;
+                }
+                let mut msg = d.message().clone();
+                for h in [
+                    header::DLQ_REASON,
+                    header::ORIGINAL_TOPIC,
+                    header::ORIGINAL_PARTITION,
+                    header::ORIGINAL_OFFSET,
+                    header::DLQ_GROUP,
+                    header::ATTEMPTS,
+                    header::FIRST_FAILURE_MS,
+                    header::LAST_FAILURE_MS,
+                ] {
+                    msg.headers_mut().remove(h);
+                }
+                self.inner
+                    .publish(&original, vec![msg], false, true)
+                    .await?;
+                d.ack().await?;
+                moved += 1;
+            }
+        }
+        drop(skipped);
+        Ok(moved)
+    }
+
+    /// Persists every group position now (they are also committed every
+    /// [`BrokerConfig::commit_interval`] and at close).
+    ///
+    /// # Errors
+    /// Metadata write failures.
+    pub async fn commit(&self) -> Result<()> {
+        self.inner.commit(true)
+    }
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed { what: "broker" })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn existing_topic(&self, name: &str) -> Result<Arc<Topic>> {
+        validate_topic(name)?;
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic { topic: name.into() })
+    }
+
+    /// The topic, created with the default config if allowed (or `force`d).
+    fn topic(&self, name: &str, force: bool) -> Result<Arc<Topic>> {
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(t.clone());
+        }
+        if !(self.config.auto_create_topics || force) {
+            return Err(Error::UnknownTopic { topic: name.into() });
+        }
+        self.create_topic(name, self.config.default_topic.clone())
+    }
+
+    fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<Arc<Topic>> {
+        let topic = {
+            let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = topics.get(name) {
+                return Ok(t.clone());
+            }
+            let t = Arc::new(Topic::open(
+                name,
+                self.dir.join("topics").join(name),
+                cfg.clone(),
+            )?);
+            self.meta.put_topic(name, &cfg)?;
+            topics.insert(t.name_arc(), t.clone());
+            t
+        };
+        // Bind pattern subscriptions that match the new topic.
+        let subs: Vec<Arc<SubShared>> = self
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for s in subs {
+            if s.pattern.matches(name) && !s.has_binding(name) {
+                if let Err(e) = self.bind(&s, topic.clone()) {
+                    tracing::warn!(topic = name, error = %e, "could not bind subscription to new topic");
+                }
+            }
+        }
+        Ok(topic)
+    }
+
+    fn bind(&self, sub: &Arc<SubShared>, topic: Arc<Topic>) -> Result<()> {
+        let opts = &sub.options;
+        let cfg = topic.config();
+        let gt = match opts.group_name() {
+            Some(g) => {
+                let key = (g.to_owned(), topic.name().to_owned());
+                let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+                match groups.get(&key) {
+                    Some(gt) => gt.clone(),
+                    None => {
+                        let saved = self
+                            .saved
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key)
+                            .unwrap_or_default();
+                        let gt = Arc::new(GroupTopic::new(
+                            g.into(),
+                            topic.clone(),
+                            opts.start_position(),
+                            &saved,
+                        )?);
+                        groups.insert(key, gt.clone());
+                        gt
+                    }
+                }
+            }
+            None => Arc::new(GroupTopic::new(
+                "".into(),
+                topic.clone(),
+                opts.start_position(),
+                &HashMap::new(),
+            )?),
+        };
+        let policy = Arc::new(Policy {
+            visibility_timeout: opts
+                .visibility_timeout_value()
+                .or(cfg.visibility_timeout_ms.map(Duration::from_millis)),
+            max_deliveries: opts.max_deliveries_limit().or(cfg.max_deliveries),
+            dead_letter_topic: opts
+                .dead_letter_topic_name()
+                .map(str::to_owned)
+                .or(cfg.dead_letter_topic.clone())
+                .unwrap_or_else(|| dead_letter_topic(topic.name())),
+            read_ahead: self.config.read_ahead,
+        });
+        gt.watch(&sub.notify);
+        topic.watch(&sub.notify);
+        sub.bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Binding { gt, policy });
+        sub.notify.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn forget_subscription(&self, sub: &Arc<SubShared>) {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(sub)));
+    }
+
+    /// Copies a dead letter to its topic, then settles it. Runs as its own
+    /// task so a cancelled caller can't leave the message half-moved.
+    pub(crate) fn spawn_dead_letter(
+        self: &Arc<Self>,
+        gt: Arc<GroupTopic>,
+        dl: DeadLetter,
+    ) -> impl std::future::Future<Output = Result<()>> {
+        let inner = self.clone();
+        let task = tokio::spawn(async move {
+            let (p, o) = (dl.partition, dl.offset);
+            match inner.publish(&dl.topic, vec![dl.msg], false, true).await {
+                Ok(_) => {
+                    gt.finish_dead(p, o);
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %dl.topic, error = %e, "dead-lettering failed; message will be redelivered");
+                    gt.abort_dead(p, o);
+                    Err(e)
+                }
+            }
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Error::Backend {
+                    backend: error::BACKEND,
+                    source: Box::new(e),
+                })
+            })
+        }
+    }
+
+    /// The publish path. `dedup` applies the topic's dedup window; `force`
+    /// creates the topic even when auto-create is off (dead letters, redrive).
+    async fn publish(
+        &self,
+        topic_name: &str,
+        msgs: Vec<Message>,
+        dedup: bool,
+        force: bool,
+    ) -> Result<Vec<Receipt>> {
+        self.check_open()?;
+        validate_topic(topic_name)?;
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topic = self.topic(topic_name, force)?;
+        let cfg = topic.config();
+        for m in &msgs {
+            if m.size() > cfg.max_message_bytes {
+                return Err(Error::MessageTooLarge {
+                    size: m.size(),
+                    max: cfg.max_message_bytes,
+                });
+            }
+        }
+        let n = msgs.len();
+        let mut receipts: Vec<Option<Receipt>> = vec![None; n];
+        let mut same_as: Vec<(usize, usize)> = Vec::new();
+        let reservation = Arc::new(Notify::new());
+        let mut reserved: Vec<MessageId> = Vec::new();
+        let window = cfg.dedup_window_ms.filter(|_| dedup);
+        if let Some(window_ms) = window {
+            let mut first_index: HashMap<MessageId, usize> = HashMap::new();
+            let mut i = 0;
+            while i < n {
+                let id = msgs[i].id();
+                if let Some(&j) = first_index.get(&id) {
+                    same_as.push((i, j));
+                    i += 1;
+                    continue;
+                }
+                let check = topic
+                    .dedup
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .check_and_reserve(id, self.clock.now_ms(), window_ms, &reservation);
+                match check {
+                    DedupCheck::New => {
+                        first_index.insert(id, i);
+                        reserved.push(id);
+                    }
+                    DedupCheck::Duplicate { partition, offset } => {
+                        receipts[i] = Some(Receipt {
+                            id,
+                            partition,
+                            offset: Some(offset),
+                            duplicate: true,
+                        });
+                    }
+                    DedupCheck::Wait(other) => {
+                        // The other publish finishes by calling notify_waiters
+                        // after it updated the window; poll briefly so a
+                        // notification between the check and here is not missed.
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(5), other.notified()).await;
+                        continue; // check the same id again
+                    }
+                }
+                i += 1;
+            }
+        }
+        let result = self
+            .append(&topic, &cfg, &msgs, &mut receipts, &same_as)
+            .await;
+        if window.is_some() {
+            let now_ms = self.clock.now_ms();
+            let mut guard = topic.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            for id in reserved {
+                let stored = receipts
+                    .iter()
+                    .flatten()
+                    .find(|r| r.id == id && !r.duplicate)
+                    .and_then(|r| r.offset.map(|o| (r.partition, o)));
+                match stored {
+                    Some((p, o)) => guard.stored(id, p, o, now_ms),
+                    None => guard.abandon(id),
+                }
+            }
+            drop(guard);
+            reservation.notify_waiters();
+        }
+        result?;
+        for (i, j) in same_as {
+            let mut r = receipts[j].expect("first occurrence has a receipt");
+            r.duplicate = true;
+            receipts[i] = Some(r);
+        }
+        topic.wake();
+        Ok(receipts
+            .into_iter()
+            .map(|r| r.expect("every message has a receipt"))
+            .collect())
+    }
+
+    /// Appends the messages that have no receipt yet, one batch per partition.
+    async fn append(
+        &self,
+        topic: &Arc<Topic>,
+        cfg: &TopicConfig,
+        msgs: &[Message],
+        receipts: &mut [Option<Receipt>],
+        same_as: &[(usize, usize)],
+    ) -> Result<()> {
+        let skip: std::collections::HashSet<usize> = same_as.iter().map(|&(i, _)| i).collect();
+        let parts = topic.partitions();
+        let nparts = u32::try_from(parts.len()).expect("partition count fits u32");
+        let mut by_part: HashMap<u32, (Vec<usize>, Vec<wharf_log::Record>)> = HashMap::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if receipts[i].is_some() || skip.contains(&i) {
+                continue;
+            }
+            let p = topic.partition_for(m.key().map(|k| &k[..]), nparts);
+            let e = by_part.entry(p).or_default();
+            e.0.push(i);
+            e.1.push(codec::to_record(m));
+        }
+        let _permit = self
+            .publish_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed { what: "broker" })?;
+        for (p, (idx, records)) in by_part {
+            let part = parts[p as usize].clone();
+            let base = if cfg.durability == Durability::Never {
+                part.append(&records)?
+            } else {
+                tokio::task::spawn_blocking(move || part.append(&records))
+                    .await
+                    .map_err(|e| storage_error("append task", e))??
+            };
+            for (k, i) in idx.into_iter().enumerate() {
+                receipts[i] = Some(Receipt::new(msgs[i].id(), p, Some(base + k as u64)));
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, all: bool) -> Result<()> {
+        let groups: Vec<Arc<GroupTopic>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut rows = Vec::new();
+        let mut touched = Vec::new();
+        for gt in groups {
+            let cursors = if all {
+                Some(gt.cursors(&self.clock))
+            } else {
+                gt.take_dirty_cursors(&self.clock)
+            };
+            if let Some(cs) = cursors {
+                for (partition, c) in cs {
+                    rows.push((
+                        CursorKey {
+                            group: gt.group.to_string(),
+                            topic: gt.topic.name().to_owned(),
+                            partition,
+                        },
+                        c,
+                    ));
+                }
+                touched.push(gt);
+            }
+        }
+        let r = self.meta.commit_cursors(&rows);
+        if r.is_err() {
+            for gt in touched {
+                gt.mark_dirty();
+            }
+        }
+        r
+    }
+}
+
+async fn commit_loop(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.is_closed() {
+            return;
+        }
+        let r = tokio::task::spawn_blocking(move || i.commit(false)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "committing group positions failed; will retry")
+            }
+            Err(e) => tracing::warn!(error = %e, "commit task failed"),
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for Broker {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let mut r = self
+            .inner
+            .publish(topic, vec![message], true, false)
+            .await?;
+        Ok(r.pop().expect("one receipt per message"))
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        self.inner.publish(topic, messages, true, false).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for Broker {
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        self.inner.check_open()?;
+        let pattern = options.validate()?;
+        let shared = Arc::new(SubShared {
+            pattern: pattern.clone(),
+            options,
+            bindings: Mutex::new(Vec::new()),
+            notify: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+        });
+        // Register first so a topic created meanwhile binds too.
+        self.inner
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&shared));
+        let result = (|| {
+            if pattern.is_literal() {
+                let t = self.inner.topic(pattern.as_str(), false)?;
+                if !shared.has_binding(t.name()) {
+                    self.inner.bind(&shared, t)?;
+                }
+            } else {
+                let matching: Vec<Arc<Topic>> = self
+                    .inner
+                    .topics
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .filter(|t| pattern.matches(t.name()))
+                    .cloned()
+                    .collect();
+                for t in matching {
+                    if !shared.has_binding(t.name()) {
+                        self.inner.bind(&shared, t)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.inner.forget_subscription(&shared);
+            return Err(e);
+        }
+        Ok(Subscription::new(BrokerStream::new(
+            self.inner.clone(),
+            shared,
+        )))
+    }
+}
+
+#[async_trait]
+impl Backend for Broker {
+    fn name(&self) -> &'static str {
+        error::BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        [
+            Capability::Persistence,
+            Capability::OrderingPerKey,
+            Capability::ConsumerGroups,
+            Capability::NackWithDelay,
+            Capability::VisibilityTimeout,
+            Capability::ExtendLease,
+            Capability::DelayedPublish,
+            Capability::Priorities,
+            Capability::Ttl,
+            Capability::Dedup,
+            Capability::ReplayFromOffset,
+            Capability::ReplayFromTime,
+            Capability::Wildcards,
+            Capability::DeadLetter,
+            Capability::MaxDeliveries,
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::new(self.inner.config.default_topic.max_message_bytes)
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        self.inner.check_open()?;
+        validate_topic(topic)?;
+        self.inner.topic(topic, true).map(|_| ())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subs: Vec<Arc<SubShared>> = self
+            .inner
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for s in subs {
+            s.notify.notify_one();
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let committed = inner.commit(true);
+            let topics: Vec<Arc<Topic>> = inner
+                .topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            let mut closed = Ok(());
+            for t in topics {
+                if let Err(e) = t.close() {
+                    closed = Err(e);
+                }
+            }
+            committed.and(closed)
+        })
+        .await
+        .map_err(|e| storage_error("close task", e))?
+    }
+}

@@ -1,0 +1,300 @@
+//! A broker subscription: the stream that takes messages from its group
+//! bindings, and the acker that settles them.
+//!
+//! A subscription binds to one [`GroupTopic`] per matching topic (more appear
+//! when a new topic matches its pattern). Taking happens in small batches
+//! under each binding's mutex; deliveries wait in a local buffer, so
+//! `try_next` is a pop. Waiting is on one `Notify` per subscription, woken by
+//! appends to its topics, settlements in its groups, and broker shutdown.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use wharf_core::{
+    Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement, TopicPattern,
+};
+
+use crate::group::{DeadLetter, GroupTopic, Policy, Taken};
+use crate::Inner;
+
+/// Most messages taken from a binding per lock acquisition.
+const TAKE_BATCH: usize = 64;
+
+pub(crate) struct Binding {
+    pub gt: Arc<GroupTopic>,
+    pub policy: Arc<Policy>,
+}
+
+/// State shared by a subscription's stream, its acker and the broker.
+pub(crate) struct SubShared {
+    pub pattern: TopicPattern,
+    pub options: wharf_core::SubscribeOptions,
+    pub bindings: Mutex<Vec<Binding>>,
+    pub notify: Arc<Notify>,
+    pub closed: AtomicBool,
+}
+
+impl SubShared {
+    pub(crate) fn has_binding(&self, topic: &str) -> bool {
+        self.bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|b| b.gt.topic.name() == topic)
+    }
+}
+
+struct LeaseRef {
+    gt: Arc<GroupTopic>,
+    policy: Arc<Policy>,
+    partition: u32,
+    offset: u64,
+}
+
+/// Settles a subscription's deliveries by lease id.
+pub(crate) struct SubAcker {
+    inner: Weak<Inner>,
+    leases: Mutex<HashMap<u64, LeaseRef>>,
+    held: AtomicUsize,
+    notify: Arc<Notify>,
+}
+
+impl SubAcker {
+    fn remove(&self, lease: u64) -> Option<LeaseRef> {
+        let r = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease);
+        if r.is_some() {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            self.notify.notify_one();
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Acker for SubAcker {
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let r = self.remove(token).ok_or(Error::UnknownDelivery {
+            id: token.to_string(),
+        })?;
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or(Error::Closed { what: "broker" })?;
+        let dead = r.gt.settle(
+            r.partition,
+            r.offset,
+            token,
+            settlement,
+            &r.policy,
+            &inner.clock,
+        )?;
+        if let Some(dl) = dead {
+            inner.spawn_dead_letter(r.gt.clone(), dl).await?;
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, token: u64, by: Duration) -> Result<()> {
+        let inner = self
+            .inner
+            .upgrade()
+            .ok_or(Error::Closed { what: "broker" })?;
+        let (gt, partition, offset) = {
+            let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let r = leases.get(&token).ok_or(Error::UnknownDelivery {
+                id: token.to_string(),
+            })?;
+            (r.gt.clone(), r.partition, r.offset)
+        };
+        gt.extend(partition, offset, token, inner.clock.now() + by)
+    }
+
+    fn release(&self, token: u64) {
+        let Some(r) = self.remove(token) else {
+            return;
+        };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let nack = Settlement::Nack {
+            delay: Duration::ZERO,
+        };
+        if let Ok(Some(dl)) =
+            r.gt.settle(r.partition, r.offset, token, nack, &r.policy, &inner.clock)
+        {
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => {
+                    drop(inner.spawn_dead_letter(r.gt.clone(), dl));
+                }
+                Err(_) => r.gt.abort_dead(dl.partition, dl.offset),
+            }
+        }
+    }
+}
+
+/// The [`DeliveryStream`] of a broker subscription.
+pub(crate) struct BrokerStream {
+    inner: Arc<Inner>,
+    shared: Arc<SubShared>,
+    acker: Arc<SubAcker>,
+    buf: VecDeque<Delivery>,
+    rr: usize,
+    taken: Vec<Taken>,
+    dead: Vec<DeadLetter>,
+}
+
+impl BrokerStream {
+    pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SubShared>) -> Self {
+        let acker = Arc::new(SubAcker {
+            inner: Arc::downgrade(&inner),
+            leases: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            notify: shared.notify.clone(),
+        });
+        BrokerStream {
+            inner,
+            shared,
+            acker,
+            buf: VecDeque::new(),
+            rr: 0,
+            taken: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire) || self.inner.is_closed()
+    }
+
+    /// Takes what is ready into the buffer; returns when to look again.
+    fn fill(&mut self) -> Result<Option<tokio::time::Instant>> {
+        let max = self.shared.options.max_in_flight_limit();
+        let held = self.acker.held.load(Ordering::Acquire);
+        let mut room = max.saturating_sub(held).min(TAKE_BATCH);
+        let bindings: Vec<(Arc<GroupTopic>, Arc<Policy>)> = self
+            .shared
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| (b.gt.clone(), b.policy.clone()))
+            .collect();
+        let n = bindings.len();
+        let mut wake: Option<tokio::time::Instant> = None;
+        self.rr = self.rr.wrapping_add(1);
+        for k in 0..n {
+            let (gt, policy) = &bindings[(self.rr + k) % n];
+            self.taken.clear();
+            let w = gt.take(
+                policy,
+                &self.inner.clock,
+                &self.inner.lease_ids,
+                room,
+                &mut self.taken,
+                &mut self.dead,
+            )?;
+            if let Some(w) = w {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            for dl in self.dead.drain(..) {
+                drop(self.inner.spawn_dead_letter(gt.clone(), dl));
+            }
+            if !self.taken.is_empty() {
+                let mut leases = self.acker.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let topic = gt.topic.name_arc();
+                for t in self.taken.drain(..) {
+                    leases.insert(
+                        t.lease,
+                        LeaseRef {
+                            gt: gt.clone(),
+                            policy: policy.clone(),
+                            partition: t.partition,
+                            offset: t.offset,
+                        },
+                    );
+                    self.acker.held.fetch_add(1, Ordering::AcqRel);
+                    room -= 1;
+                    let info = DeliveryInfo {
+                        topic: topic.clone(),
+                        partition: t.partition,
+                        offset: Some(t.offset),
+                        attempt: t.attempt,
+                    };
+                    let acker: Arc<dyn Acker> = self.acker.clone();
+                    self.buf
+                        .push_back(Delivery::new(t.msg, info, acker, t.lease));
+                }
+            }
+            if room == 0 {
+                break;
+            }
+        }
+        Ok(wake)
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for BrokerStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.ended() {
+                self.buf.clear();
+                return None;
+            }
+            if let Some(d) = self.buf.pop_front() {
+                return Some(Ok(d));
+            }
+            let wake = match self.fill() {
+                Ok(w) => w,
+                Err(e) => return Some(Err(e)),
+            };
+            if !self.buf.is_empty() {
+                continue;
+            }
+            let notified = self.shared.notify.notified();
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended() {
+            return None;
+        }
+        if self.buf.is_empty() {
+            if let Err(e) = self.fill() {
+                return Some(Err(e));
+            }
+        }
+        self.buf.pop_front().map(Ok)
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.shared.closed.store(true, Ordering::Release);
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Drop for BrokerStream {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.buf.clear();
+        self.inner.forget_subscription(&self.shared);
+    }
+}

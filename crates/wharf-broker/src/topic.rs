@@ -1,0 +1,309 @@
+//! Topics: partitions backed by one `wharf-log` each, the key partitioner,
+//! the dedup window, and wake-ups for consumers waiting on new data.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use tokio::sync::Notify;
+use wharf_core::{Error, MessageId, StartPosition};
+use wharf_log::{Log, LogConfig, ReadBatches, Record, Retention};
+
+use crate::codec::{from_record, partition_for_key};
+use crate::config::TopicConfig;
+use crate::error::log_error;
+
+/// One partition: a log.
+pub(crate) struct Partition {
+    log: Log,
+    ttl_ms: Option<u64>,
+}
+
+impl Partition {
+    pub(crate) fn start_offset(&self) -> u64 {
+        self.log.start_offset()
+    }
+
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.log.end_offset()
+    }
+
+    pub(crate) fn readable_end(&self) -> u64 {
+        self.log.readable_end_offset()
+    }
+
+    pub(crate) fn read(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, wharf_log::LogError> {
+        self.log.read(from, max_bytes)
+    }
+
+    pub(crate) fn ttl_ms(&self) -> Option<u64> {
+        self.ttl_ms
+    }
+
+    pub(crate) fn append(&self, records: &[Record]) -> Result<u64, Error> {
+        Ok(self.log.append(records).map_err(log_error)?.base_offset)
+    }
+
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        self.log.close().map_err(log_error)
+    }
+
+    /// Resolves where a new group starts in this partition.
+    pub(crate) fn start_position(
+        &self,
+        start: StartPosition,
+        topic: &str,
+        partition: u32,
+    ) -> Result<u64, Error> {
+        let (lo, hi) = (self.start_offset(), self.end_offset());
+        Ok(match start {
+            StartPosition::Latest => hi,
+            StartPosition::Offset(o) if (lo..=hi).contains(&o) => o,
+            StartPosition::Offset(o) => {
+                return Err(Error::InvalidOffset {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset: o,
+                    start: lo,
+                    end: hi,
+                })
+            }
+            StartPosition::Time(t) => {
+                let ms = i64::try_from(t.as_millis()).unwrap_or(i64::MAX);
+                self.log
+                    .offset_for_timestamp(ms)
+                    .map_err(log_error)?
+                    .unwrap_or(hi)
+            }
+            _ => lo,
+        })
+    }
+}
+
+/// Where a published id was stored, or that a publish of it is under way.
+#[derive(Clone)]
+enum Seen {
+    InFlight(Arc<Notify>),
+    Stored { partition: u32, offset: u64 },
+}
+
+/// Ids published within the dedup window, bounded by [`DEDUP_CAPACITY`].
+#[derive(Default)]
+pub(crate) struct Dedup {
+    seen: HashMap<MessageId, Seen>,
+    order: VecDeque<(u64, MessageId)>,
+}
+
+/// Most ids a topic's dedup window remembers; older ones are forgotten first.
+pub const DEDUP_CAPACITY: usize = 200_000;
+
+/// Outcome of checking one id against the window.
+pub(crate) enum DedupCheck {
+    New,
+    Duplicate { partition: u32, offset: u64 },
+    Wait(Arc<Notify>),
+}
+
+impl Dedup {
+    fn expire(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some(&(at, id)) = self.order.front() {
+            if at.saturating_add(window_ms) > now_ms && self.order.len() <= DEDUP_CAPACITY {
+                break;
+            }
+            self.order.pop_front();
+            if matches!(self.seen.get(&id), Some(Seen::Stored { .. })) {
+                self.seen.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn check_and_reserve(
+        &mut self,
+        id: MessageId,
+        now_ms: u64,
+        window_ms: u64,
+        reservation: &Arc<Notify>,
+    ) -> DedupCheck {
+        self.expire(now_ms, window_ms);
+        match self.seen.get(&id) {
+            Some(Seen::Stored { partition, offset }) => DedupCheck::Duplicate {
+                partition: *partition,
+                offset: *offset,
+            },
+            Some(Seen::InFlight(n)) => DedupCheck::Wait(n.clone()),
+            None => {
+                self.seen.insert(id, Seen::InFlight(reservation.clone()));
+                DedupCheck::New
+            }
+        }
+    }
+
+    pub(crate) fn stored(&mut self, id: MessageId, partition: u32, offset: u64, now_ms: u64) {
+        self.seen.insert(id, Seen::Stored { partition, offset });
+        self.order.push_back((now_ms, id));
+    }
+
+    pub(crate) fn abandon(&mut self, id: MessageId) {
+        if matches!(self.seen.get(&id), Some(Seen::InFlight(_))) {
+            self.seen.remove(&id);
+        }
+    }
+}
+
+/// A topic and its partitions.
+pub(crate) struct Topic {
+    name: Arc<str>,
+    dir: PathBuf,
+    config: RwLock<TopicConfig>,
+    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    round_robin: AtomicU32,
+    watchers: Mutex<Vec<Weak<Notify>>>,
+    pub(crate) dedup: Mutex<Dedup>,
+}
+
+fn log_config(cfg: &TopicConfig) -> Result<LogConfig, Error> {
+    LogConfig::builder()
+        .durability(cfg.durability.to_log())
+        .segment_max_bytes(cfg.segment_bytes)
+        .max_batch_bytes(
+            cfg.max_message_bytes
+                .saturating_mul(2)
+                .max(16 * 1024 * 1024),
+        )
+        .retention(Retention {
+            max_bytes: cfg.retention_bytes,
+            max_age: cfg.retention_ms.map(std::time::Duration::from_millis),
+        })
+        .build()
+        .map_err(log_error)
+}
+
+fn open_partition(dir: &Path, i: u32, cfg: &TopicConfig) -> Result<Arc<Partition>, Error> {
+    let log = Log::open(dir.join(i.to_string()), log_config(cfg)?).map_err(log_error)?;
+    Ok(Arc::new(Partition {
+        log,
+        ttl_ms: cfg.ttl_ms,
+    }))
+}
+
+impl Topic {
+    /// Opens (creating if needed) the topic's partitions under `dir`.
+    pub(crate) fn open(name: &str, dir: PathBuf, cfg: TopicConfig) -> Result<Topic, Error> {
+        let parts = (0..cfg.partitions)
+            .map(|i| open_partition(&dir, i, &cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topic {
+            name: name.into(),
+            dir,
+            config: RwLock::new(cfg),
+            partitions: RwLock::new(Arc::new(parts)),
+            round_robin: AtomicU32::new(0),
+            watchers: Mutex::new(Vec::new()),
+            dedup: Mutex::new(Dedup::default()),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    pub(crate) fn config(&self) -> TopicConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Raises the partition count to `n` (never lowers it).
+    pub(crate) fn grow(&self, n: u32) -> Result<TopicConfig, Error> {
+        let mut cfg = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let mut parts = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Arc<Partition>> = parts.as_ref().clone();
+        for i in cfg.partitions..n {
+            v.push(open_partition(&self.dir, i, &cfg)?);
+        }
+        cfg.partitions = cfg.partitions.max(n);
+        *parts = Arc::new(v);
+        Ok(cfg.clone())
+    }
+
+    /// The partition for a message: by key hash, round-robin without a key.
+    pub(crate) fn partition_for(&self, key: Option<&[u8]>, partitions: u32) -> u32 {
+        match key {
+            Some(k) => partition_for_key(k, partitions),
+            None => self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions.max(1),
+        }
+    }
+
+    pub(crate) fn watch(&self, n: &Arc<Notify>) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|x| x.strong_count() > 0);
+        w.push(Arc::downgrade(n));
+    }
+
+    /// Wakes every consumer watching the topic (new data is readable).
+    pub(crate) fn wake(&self) {
+        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in w.iter().filter_map(Weak::upgrade) {
+            n.notify_one();
+        }
+    }
+
+    /// Rebuilds the dedup window from the messages stored in the last `window_ms`.
+    pub(crate) fn rebuild_dedup(&self, now_ms: u64, window_ms: u64) -> Result<(), Error> {
+        let since = i64::try_from(now_ms.saturating_sub(window_ms)).unwrap_or(0);
+        let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, p) in self.partitions().iter().enumerate() {
+            let pid = u32::try_from(i).expect("partition count fits u32");
+            let Some(mut off) = p.log.offset_for_timestamp(since).map_err(log_error)? else {
+                continue;
+            };
+            let end = p.readable_end();
+            while off < end {
+                let batches = p.read(off, 1024 * 1024).map_err(log_error)?;
+                if batches.is_empty() {
+                    break;
+                }
+                for rec in batches.records() {
+                    let rec = rec.map_err(log_error)?;
+                    let o = rec.offset;
+                    if let Ok(m) = from_record(rec) {
+                        dedup.stored(
+                            m.id(),
+                            pid,
+                            o,
+                            m.timestamp()
+                                .as_millis()
+                                .max(now_ms.saturating_sub(window_ms)),
+                        );
+                    }
+                }
+                off = batches.next_offset();
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        for p in self.partitions().iter() {
+            p.close()?;
+        }
+        Ok(())
+    }
+}
