@@ -169,8 +169,12 @@ fn run(
                 let span = model.end() - model.start;
                 let to = model.start + span * u64::from(to_pct) / 100;
                 log.truncate(to).expect("truncate");
-                model.records.truncate((to - model.start) as usize);
-                model.durable_end = to;
+                if to < model.end() {
+                    // Truncation syncs the cut segment; earlier ones were
+                    // synced when they rolled.
+                    model.records.truncate((to - model.start) as usize);
+                    model.durable_end = to;
+                }
             }
             Op::Retention => {
                 log.apply_retention().expect("retention");
