@@ -1,0 +1,244 @@
+//! Metrics through the `metrics` crate facade: [`MetricsLayer`] counts
+//! handled and failed messages and records handling time; the retry,
+//! retry-topic and dead-letter layers count what they do under the names
+//! below. Install a recorder (e.g. a Prometheus exporter) before building
+//! layers: handles are registered once, when a layer is made.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use metrics::{Counter, Histogram, Label};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::outcome::{HandlerError, Outcome};
+use crate::request::Request;
+
+/// Counter: messages whose handler finished.
+pub const HANDLED: &str = "wharf_router_handled_total";
+/// Counter: messages whose handler failed or rejected them.
+pub const FAILED: &str = "wharf_router_failed_total";
+/// Counter: retries scheduled (in-process retries and republishes to retry topics).
+pub const RETRIED: &str = "wharf_router_retried_total";
+/// Counter: messages published to a dead-letter topic by the router.
+pub const DEAD_LETTERED: &str = "wharf_router_dead_lettered_total";
+/// Histogram: handler duration in seconds.
+pub const DURATION: &str = "wharf_router_handle_duration_seconds";
+
+#[allow(dead_code)] // used by the retry layers
+pub(crate) fn retried() -> Counter {
+    metrics::counter!(RETRIED)
+}
+
+pub(crate) fn dead_lettered() -> Counter {
+    metrics::counter!(DEAD_LETTERED)
+}
+
+/// Records [`HANDLED`], [`FAILED`] and [`DURATION`] per message.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLayer {
+    labels: Vec<Label>,
+}
+
+impl MetricsLayer {
+    /// The layer, without labels.
+    pub fn new() -> Self {
+        MetricsLayer::default()
+    }
+
+    /// Adds a label to every metric of this layer (e.g. `route = orders`).
+    #[must_use]
+    pub fn label(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push(Label::new(key, value.into()));
+        self
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+    fn layer(&self, inner: S) -> Metrics<S> {
+        Metrics {
+            inner,
+            handled: metrics::counter!(HANDLED, self.labels.iter()),
+            failed: metrics::counter!(FAILED, self.labels.iter()),
+            duration: metrics::histogram!(DURATION, self.labels.iter()),
+        }
+    }
+}
+
+/// The service made by [`MetricsLayer`].
+#[derive(Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    handled: Counter,
+    failed: Counter,
+    duration: Histogram,
+}
+
+impl<S> std::fmt::Debug for Metrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Request> for Metrics<S>
+where
+    S: Service<Request, Response = Outcome, Error = HandlerError>,
+{
+    type Response = Outcome;
+    type Error = HandlerError;
+    type Future = MetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        MetricsFuture {
+            inner: self.inner.call(req),
+            start: Instant::now(),
+            handled: self.handled.clone(),
+            failed: self.failed.clone(),
+            duration: self.duration.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Metrics`].
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        start: Instant,
+        handled: Counter,
+        failed: Counter,
+        duration: Histogram,
+    }
+}
+
+impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for MetricsFuture<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.duration.record(this.start.elapsed().as_secs_f64());
+        this.handled.increment(1);
+        if matches!(out, Err(_) | Ok(Outcome::Reject { .. })) {
+            this.failed.increment(1);
+        }
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_recorder {
+    //! A tiny in-memory recorder for asserting on metrics in tests.
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+
+    #[derive(Default)]
+    pub(crate) struct Cell(AtomicU64, Mutex<Vec<f64>>);
+
+    impl CounterFn for Cell {
+        fn increment(&self, v: u64) {
+            self.0.fetch_add(v, Ordering::Relaxed);
+        }
+        fn absolute(&self, v: u64) {
+            self.0.store(v, Ordering::Relaxed);
+        }
+    }
+
+    impl HistogramFn for Cell {
+        fn record(&self, v: f64) {
+            self.1.lock().unwrap().push(v);
+        }
+    }
+
+    #[derive(Default, Clone)]
+    pub(crate) struct TestRecorder {
+        cells: Arc<Mutex<HashMap<String, Arc<Cell>>>>,
+    }
+
+    impl TestRecorder {
+        fn cell(&self, key: &Key) -> Arc<Cell> {
+            let mut name = key.name().to_owned();
+            for l in key.labels() {
+                name.push_str(&format!(",{}={}", l.key(), l.value()));
+            }
+            self.cells.lock().unwrap().entry(name).or_default().clone()
+        }
+        pub(crate) fn counter(&self, name: &str) -> u64 {
+            self.cells
+                .lock()
+                .unwrap()
+                .get(name)
+                .map_or(0, |c| c.0.load(Ordering::Relaxed))
+        }
+        pub(crate) fn histogram(&self, name: &str) -> Vec<f64> {
+            self.cells
+                .lock()
+                .unwrap()
+                .get(name)
+                .map_or_else(Vec::new, |c| c.1.lock().unwrap().clone())
+        }
+    }
+
+    impl Recorder for TestRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.cell(key))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_recorder::TestRecorder;
+    use super::*;
+    use crate::testing::{call, ctx};
+    use crate::{handler_fn, HandlerError};
+    use wharf_core::Message;
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_handled_and_failed_and_records_duration() {
+        let rec = TestRecorder::default();
+        let _guard = metrics::set_default_local_recorder(&rec);
+        let svc = MetricsLayer::new()
+            .label("route", "orders")
+            .layer(handler_fn(|req: Request| async move {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if req.message().payload().as_ref() == b"bad" {
+                    Err(HandlerError::permanent("bad"))
+                } else {
+                    Ok(Outcome::Ack)
+                }
+            }));
+        let (c, _) = ctx();
+        for p in ["ok", "bad", "ok"] {
+            let _ = call(svc.clone(), Request::test("t", Message::new(p), c.clone())).await;
+        }
+        assert_eq!(rec.counter("wharf_router_handled_total,route=orders"), 3);
+        assert_eq!(rec.counter("wharf_router_failed_total,route=orders"), 1);
+        let d = rec.histogram("wharf_router_handle_duration_seconds,route=orders");
+        assert_eq!(d.len(), 3);
+        assert!(d.iter().all(|s| (*s - 0.25).abs() < 0.01), "{d:?}");
+    }
+}

@@ -1,0 +1,139 @@
+//! One ordered lane: receives batches of deliveries from its route's fetch
+//! task, runs the handler service on each in order, and settles it.
+//!
+//! Messages with one key always land in one lane, so they are handled in
+//! order; lanes run concurrently. Each delivery is settled as soon as its own
+//! handler finishes (settlement is per message, so lanes finishing out of
+//! order never acknowledges a message that was not handled).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tower::Service;
+use wharf_core::{Capability, Delivery, Message};
+
+use crate::dead_letter;
+use crate::outcome::{HandlerError, HandlerResult, Outcome};
+use crate::request::{Context, Request};
+use crate::router::report::LaneCounters;
+
+/// Runs until the channel closes (the fetch task ended) and is drained.
+pub(crate) async fn run_lane<S>(
+    mut rx: mpsc::Receiver<Vec<Delivery>>,
+    mut svc: S,
+    ctx: Context,
+    counters: Arc<LaneCounters>,
+) where
+    S: Service<Request, Response = Outcome, Error = HandlerError>,
+{
+    // Swapped into each delivery in place of its message, so the message
+    // moves to the handler without a copy (wharf-core has no
+    // `Delivery::into_parts`); the delivery is then used only to settle.
+    let placeholder = Message::builder().payload(Bytes::new()).build();
+    let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
+    while let Some(batch) = rx.recv().await {
+        for mut delivery in batch {
+            let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
+            let copy = keep_copy.then(|| message.clone());
+            let req = Request::new(message, delivery.info().clone(), ctx.clone());
+            let result = AssertUnwindSafe(handle(&mut svc, req))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    counters.panics.add(1);
+                    Err(HandlerError::Panicked {
+                        message: crate::recover::panic_message(&*panic),
+                    })
+                });
+            counters.handled.add(1);
+            settle(delivery, result, copy, &ctx, &counters).await;
+        }
+    }
+}
+
+async fn handle<S>(svc: &mut S, req: Request) -> HandlerResult
+where
+    S: Service<Request, Response = Outcome, Error = HandlerError>,
+{
+    futures_util::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    svc.call(req).await
+}
+
+/// How a delivery ended up settled, for the counters.
+enum Settled {
+    Acked,
+    Nacked,
+    Rejected,
+    DeadLettered,
+}
+
+/// Settles `delivery` according to the handler's result.
+///
+/// Retryable errors nack (with the backend's redelivery and max-deliveries
+/// rules applying); permanent errors reject with the error as reason. On a
+/// backend without dead letters, a reject is done by publishing `copy` to the
+/// dead-letter topic and acking.
+pub(crate) async fn settle(
+    delivery: Delivery,
+    result: HandlerResult,
+    copy: Option<Message>,
+    ctx: &Context,
+    counters: &LaneCounters,
+) {
+    let caps = ctx.capabilities();
+    let settled = match result {
+        Ok(Outcome::Ack) => delivery.ack().await.map(|()| Settled::Acked),
+        Ok(Outcome::Retry { delay }) => {
+            if delay.is_zero() || !caps.contains(Capability::NackWithDelay) {
+                delivery.nack().await
+            } else {
+                delivery.nack_with_delay(delay).await
+            }
+            .map(|()| Settled::Nacked)
+        }
+        Ok(Outcome::Reject { reason }) => reject(delivery, reason, copy, ctx).await,
+        Err(e) if e.is_retryable() => {
+            tracing::debug!(topic = %delivery.topic(), error = %e, "handler failed; nacking");
+            delivery.nack().await.map(|()| Settled::Nacked)
+        }
+        Err(e) => {
+            tracing::warn!(topic = %delivery.topic(), error = %e, "handler failed permanently; rejecting");
+            reject(delivery, e.to_string(), copy, ctx).await
+        }
+    };
+    match settled {
+        Ok(Settled::Acked) => counters.acked.add(1),
+        Ok(Settled::Nacked) => counters.nacked.add(1),
+        Ok(Settled::Rejected) => counters.rejected.add(1),
+        Ok(Settled::DeadLettered) => {
+            counters.acked.add(1);
+            counters.dead_lettered.add(1);
+        }
+        Err(e) => {
+            counters.settle_errors.add(1);
+            tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+        }
+    }
+}
+
+async fn reject(
+    delivery: Delivery,
+    reason: String,
+    copy: Option<Message>,
+    ctx: &Context,
+) -> wharf_core::Result<Settled> {
+    let Some(message) = copy else {
+        return delivery.reject(reason).await.map(|()| Settled::Rejected);
+    };
+    let info = delivery.info().clone();
+    match dead_letter::publish_dead_letter(ctx, message, &info, &reason).await {
+        Ok(_) => delivery.ack().await.map(|()| Settled::DeadLettered),
+        Err(e) => {
+            tracing::warn!(error = %e, "dead-lettering failed; nacking instead");
+            delivery.nack().await.map(|()| Settled::Nacked)
+        }
+    }
+}
