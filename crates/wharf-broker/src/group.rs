@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use wharf_core::{header, Message, Settlement, StartPosition};
+use wharf_core::{header, GroupMode, Message, Settlement, StartPosition};
 
 use crate::clock::Clock;
 use crate::codec::from_record;
@@ -186,6 +186,7 @@ pub(crate) struct DeadLetter {
 pub(crate) struct GroupTopic {
     /// The group's name; empty for a private subscription.
     pub group: Arc<str>,
+    pub mode: GroupMode,
     pub topic: Arc<Topic>,
     state: Mutex<GtState>,
     watchers: Mutex<Vec<Weak<Notify>>>,
@@ -195,12 +196,16 @@ struct GtState {
     parts: Vec<PartState>,
     dirty: bool,
     rr: usize,
+    /// Live consumers in join order; in stream mode partition `p` belongs to
+    /// `members[p % members.len()]`.
+    members: Vec<u64>,
 }
 
 impl GroupTopic {
     /// A group starting at `start`, or resuming from saved cursors (by partition).
     pub(crate) fn new(
         group: Arc<str>,
+        mode: GroupMode,
         topic: Arc<Topic>,
         start: StartPosition,
         saved: &HashMap<u32, Cursor>,
@@ -216,11 +221,13 @@ impl GroupTopic {
         }
         Ok(GroupTopic {
             group,
+            mode,
             topic,
             state: Mutex::new(GtState {
                 parts,
                 dirty: false,
                 rr: 0,
+                members: Vec::new(),
             }),
             watchers: Mutex::new(Vec::new()),
         })
@@ -236,6 +243,37 @@ impl GroupTopic {
         w.push(Arc::downgrade(n));
     }
 
+    /// Adds a live consumer (rebalancing partitions in stream mode).
+    pub(crate) fn join(&self, member: u64) {
+        self.lock().members.push(member);
+        self.wake_watchers();
+    }
+
+    /// Removes a consumer; its partitions go to the others.
+    pub(crate) fn leave(&self, member: u64) {
+        self.lock().members.retain(|&m| m != member);
+        self.wake_watchers();
+    }
+
+    /// Number of live consumers.
+    pub(crate) fn member_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// `(partition, owner)` for stream mode; empty in queue mode.
+    pub(crate) fn assignment(&self) -> Vec<(u32, Option<u64>)> {
+        if self.mode != GroupMode::Stream {
+            return Vec::new();
+        }
+        let st = self.lock();
+        (0..st.parts.len())
+            .map(|p| {
+                let owner = (!st.members.is_empty()).then(|| st.members[p % st.members.len()]);
+                (u32::try_from(p).expect("partition count fits u32"), owner)
+            })
+            .collect()
+    }
+
     fn wake_watchers(&self) {
         let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         for n in w.iter().filter_map(Weak::upgrade) {
@@ -246,8 +284,10 @@ impl GroupTopic {
     /// Takes up to `max` deliverable messages. Returns when to look again if
     /// nothing more is ready (the earliest delay or lease deadline), and
     /// messages that exhausted their deliveries and must be dead-lettered.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn take(
         &self,
+        member: u64,
         policy: &Policy,
         clock: &Clock,
         lease_ids: &std::sync::atomic::AtomicU64,
@@ -266,9 +306,20 @@ impl GroupTopic {
         st.rr = (st.rr + 1) % n.max(1);
         let mut wake: Option<Instant> = None;
         let mut changed = false;
+        let owned = |st: &GtState, p: usize| match self.mode {
+            GroupMode::Stream => {
+                let m = &st.members;
+                !m.is_empty() && m[p % m.len()] == member
+            }
+            _ => true,
+        };
         for k in 0..n {
             let i = (start + k) % n;
+            if !owned(&st, i) {
+                continue;
+            }
             let pid = u32::try_from(i).expect("partition count fits u32");
+            let stream = self.mode == GroupMode::Stream;
             let part = &mut st.parts[i];
             // Leases that ran out: the consumer failed to settle in time.
             while let Some(&(deadline, off)) = part.leases.first() {
@@ -305,7 +356,7 @@ impl GroupTopic {
                 }
             }
             if out.len() < max {
-                changed |= fill(part, &partitions[i], policy, clock, now, pid)?;
+                changed |= fill(part, &partitions[i], policy, clock, stream)?;
             }
             while out.len() < max {
                 let Some((_, off)) = part.ready.pop_first() else {
@@ -619,13 +670,13 @@ fn dead_letter(
 
 /// Reads ahead from the log into `pending`. Returns whether settled state
 /// changed (expired or out-of-retention messages skipped).
+/// In stream mode priorities are ignored: a partition is delivered in offset order.
 fn fill(
     part: &mut PartState,
     log: &crate::topic::Partition,
     policy: &Policy,
     clock: &Clock,
-    now: Instant,
-    partition: u32,
+    stream: bool,
 ) -> Result<bool, Error> {
     let mut changed = false;
     let start = log.start_offset();
@@ -671,7 +722,7 @@ fn fill(
                 Some(ms) if ms > now_ms => PState::Delayed(clock.instant_at_ms(ms)),
                 _ => PState::Ready,
             };
-            let priority = msg.priority();
+            let priority = if stream { 0 } else { msg.priority() };
             part.pending.insert(
                 off,
                 Pending {
@@ -686,7 +737,6 @@ fn fill(
             part.set_state(off, state);
         }
         part.next = batches.next_offset().max(part.next);
-        let _ = (now, partition);
     }
     Ok(changed)
 }

@@ -170,6 +170,12 @@ pub struct GroupInfo {
     pub topic: String,
     /// Messages stored but not yet settled by the group.
     pub lag: u64,
+    /// Queue or stream mode.
+    pub mode: wharf_core::GroupMode,
+    /// Live consumers.
+    pub members: usize,
+    /// Stream mode: each partition and the member id that owns it.
+    pub assignment: Vec<(u32, Option<u64>)>,
 }
 
 /// Which dead letters [`Broker::redrive`] moves back.
@@ -353,6 +359,9 @@ impl Broker {
                 group: g.clone(),
                 topic: t.clone(),
                 lag: gt.lag(),
+                mode: gt.mode,
+                members: gt.member_count(),
+                assignment: gt.assignment(),
             })
             .collect();
         out.sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
@@ -524,6 +533,16 @@ impl Inner {
                 let key = (g.to_owned(), topic.name().to_owned());
                 let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
                 match groups.get(&key) {
+                    Some(gt) if gt.mode != opts.group_mode() => {
+                        return Err(Error::InvalidArgument {
+                            name: "mode",
+                            reason: format!(
+                                "group {g:?} already consumes {:?} in {:?} mode",
+                                topic.name(),
+                                gt.mode
+                            ),
+                        })
+                    }
                     Some(gt) => gt.clone(),
                     None => {
                         let saved = self
@@ -534,6 +553,7 @@ impl Inner {
                             .unwrap_or_default();
                         let gt = Arc::new(GroupTopic::new(
                             g.into(),
+                            opts.group_mode(),
                             topic.clone(),
                             opts.start_position(),
                             &saved,
@@ -545,6 +565,7 @@ impl Inner {
             }
             None => Arc::new(GroupTopic::new(
                 "".into(),
+                wharf_core::GroupMode::Queue,
                 topic.clone(),
                 opts.start_position(),
                 &HashMap::new(),
@@ -563,6 +584,7 @@ impl Inner {
             read_ahead: self.config.read_ahead,
         });
         gt.watch(&sub.notify);
+        gt.join(sub.id);
         topic.watch(&sub.notify);
         sub.bindings
             .lock()
@@ -836,6 +858,7 @@ impl Subscriber for Broker {
         self.inner.check_open()?;
         let pattern = options.validate()?;
         let shared = Arc::new(SubShared {
+            id: self.inner.lease_ids.fetch_add(1, Ordering::Relaxed),
             pattern: pattern.clone(),
             options,
             bindings: Mutex::new(Vec::new()),
@@ -906,6 +929,7 @@ impl Backend for Broker {
             Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
+            Capability::PartitionAssignment,
         ]
         .into_iter()
         .collect()

@@ -31,6 +31,8 @@ pub(crate) struct Binding {
 
 /// State shared by a subscription's stream, its acker and the broker.
 pub(crate) struct SubShared {
+    /// Member id of this consumer in its groups.
+    pub id: u64,
     pub pattern: TopicPattern,
     pub options: wharf_core::SubscribeOptions,
     pub bindings: Mutex<Vec<Binding>>,
@@ -194,6 +196,7 @@ impl BrokerStream {
             let (gt, policy) = &bindings[(self.rr + k) % n];
             self.taken.clear();
             let w = gt.take(
+                self.shared.id,
                 policy,
                 &self.inner.clock,
                 &self.inner.lease_ids,
@@ -285,7 +288,17 @@ impl DeliveryStream for BrokerStream {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.shared.closed.store(true, Ordering::Release);
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            for b in self
+                .shared
+                .bindings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                b.gt.leave(self.shared.id);
+            }
+        }
         self.buf.clear();
         Ok(())
     }
@@ -295,6 +308,15 @@ impl Drop for BrokerStream {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.buf.clear();
+        for b in self
+            .shared
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            b.gt.leave(self.shared.id);
+        }
         self.inner.forget_subscription(&self.shared);
     }
 }

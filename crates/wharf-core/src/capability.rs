@@ -45,11 +45,13 @@ pub enum Capability {
     MaxDeliveries,
     /// Publishers wait (rather than fail or drop) when consumers fall behind.
     Backpressure,
+    /// [`crate::GroupMode::Stream`]: partitions assigned to one consumer each, rebalanced on join/leave.
+    PartitionAssignment,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 16] = [
+    pub const ALL: [Capability; 17] = [
         Capability::Persistence,
         Capability::OrderingPerKey,
         Capability::ConsumerGroups,
@@ -66,6 +68,7 @@ impl Capability {
         Capability::DeadLetter,
         Capability::MaxDeliveries,
         Capability::Backpressure,
+        Capability::PartitionAssignment,
     ];
 
     const fn bit(self) -> u32 {
@@ -91,6 +94,7 @@ impl Capability {
             Capability::DeadLetter => "dead-letter",
             Capability::MaxDeliveries => "max-deliveries",
             Capability::Backpressure => "backpressure",
+            Capability::PartitionAssignment => "partition-assignment",
         }
     }
 }

@@ -42,4 +42,4 @@ pub use delivery::{Acker, Delivery, DeliveryInfo, Settlement};
 pub use error::{BoxError, Error, NameKind, Result};
 pub use message::{Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY};
 pub use name::TopicPattern;
-pub use subscription::{DeliveryStream, StartPosition, SubscribeOptions, Subscription};
+pub use subscription::{DeliveryStream, GroupMode, StartPosition, SubscribeOptions, Subscription};

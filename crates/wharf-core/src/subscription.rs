@@ -25,6 +25,23 @@ pub enum StartPosition {
     Time(Timestamp),
 }
 
+/// How a consumer group shares a topic's partitions among its consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GroupMode {
+    /// Work-queue semantics (SQS, JetStream work queues): any consumer of the
+    /// group may get any message; each message is leased to one consumer at a
+    /// time. Best throughput for independent jobs; order per key holds only
+    /// with one consumer.
+    #[default]
+    Queue,
+    /// Log semantics (Kafka): each partition is assigned to one live consumer
+    /// of the group, rebalanced when consumers join or leave, so order per key
+    /// holds while the group scales out. Needs
+    /// [`crate::Capability::PartitionAssignment`].
+    Stream,
+}
+
 /// Default number of unsettled deliveries a subscription may hold.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
@@ -51,6 +68,7 @@ pub struct SubscribeOptions {
     visibility_timeout: Option<Duration>,
     max_deliveries: Option<u32>,
     dead_letter_topic: Option<String>,
+    mode: GroupMode,
 }
 
 impl SubscribeOptions {
@@ -64,7 +82,20 @@ impl SubscribeOptions {
             visibility_timeout: None,
             max_deliveries: None,
             dead_letter_topic: None,
+            mode: GroupMode::Queue,
         }
+    }
+
+    /// How the group shares partitions (default [`GroupMode::Queue`]);
+    /// [`GroupMode::Stream`] needs a group.
+    pub fn mode(mut self, mode: GroupMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The group mode.
+    pub fn group_mode(&self) -> GroupMode {
+        self.mode
     }
 
     /// Join consumer group `name`: every group gets each message once, shared
@@ -164,6 +195,12 @@ impl SubscribeOptions {
             return Err(Error::InvalidArgument {
                 name: "max_in_flight",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.mode == GroupMode::Stream && self.group.is_none() {
+            return Err(Error::InvalidArgument {
+                name: "mode",
+                reason: "stream mode needs a consumer group".into(),
             });
         }
         if self.max_deliveries == Some(0) {
@@ -309,6 +346,17 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            SubscribeOptions::new("a")
+                .mode(GroupMode::Stream)
+                .validate(),
+            Err(Error::InvalidArgument { name: "mode", .. })
+        ));
+        assert!(SubscribeOptions::new("a")
+            .group("g")
+            .mode(GroupMode::Stream)
+            .validate()
+            .is_ok());
         assert!(matches!(
             SubscribeOptions::new("a").max_deliveries(0).validate(),
             Err(Error::InvalidArgument {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wharf_core::name::dead_letter_topic;
 use wharf_core::{
-    header, Backend, Capability, Delivery, Error, Message, MessageId, NameKind, Receipt,
+    header, Backend, Capability, Delivery, Error, GroupMode, Message, MessageId, NameKind, Receipt,
     StartPosition, SubscribeOptions, Subscription, Timestamp,
 };
 
@@ -784,5 +784,65 @@ pub async fn restart_keeps_group_position_and_unacked_messages<F: BackendFactory
         assert_eq!(take_text(&mut sub, "after restart").await, format!("m{i}"));
     }
     expect_quiet(&mut sub, QUIET, "acked message redelivered after restart").await;
+    Outcome::Passed
+}
+
+/// Stream mode: while membership is stable each key goes to one consumer,
+/// in order; when that consumer leaves, another takes over its partitions.
+pub async fn stream_mode_gives_each_key_to_one_consumer_and_rebalances<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(
+        f,
+        Capability::PartitionAssignment,
+        Capability::ConsumerGroups
+    );
+    let ns = ns();
+    let t = topic(&b, &ns, "stream").await;
+    let opts = || group_opts(&t, "g").mode(GroupMode::Stream);
+    let mut a = subscribe(&b, opts()).await;
+    let mut c = subscribe(&b, opts()).await;
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5"];
+    let per_key = 10;
+    for seq in 0..per_key {
+        for k in keys {
+            let m = Message::builder()
+                .key(k)
+                .payload(format!("{k}:{seq}"))
+                .build();
+            b.publish(&t, m).await.expect("publish");
+        }
+    }
+    let total = keys.len() * per_key;
+    let mut owner: HashMap<String, char> = HashMap::new();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    let mut got = 0;
+    while got < total {
+        assert!(Instant::now() < deadline, "only {got} of {total} delivered");
+        let (who, d) = tokio::select! {
+            Some(d) = a.next() => ('a', d),
+            Some(d) = c.next() => ('c', d),
+            _ = tokio::time::sleep(WAIT) => panic!("stalled at {got} of {total}"),
+        };
+        let d = d.expect("delivery");
+        let s = text(&d);
+        let (k, seq) = s.split_once(':').expect("k:seq");
+        let seq: i64 = seq.parse().expect("seq");
+        let first = *owner.entry(k.to_owned()).or_insert(who);
+        assert_eq!(first, who, "key {k} went to two consumers");
+        let prev = last.insert(k.to_owned(), seq).unwrap_or(-1);
+        assert_eq!(seq, prev + 1, "key {k} out of order");
+        ack(d).await;
+        got += 1;
+    }
+    // The consumer that owned "k0" leaves; the other must take over.
+    let (mut stay, leaving) = if owner["k0"] == 'a' { (c, a) } else { (a, c) };
+    drop(leaving);
+    let m = Message::builder().key("k0").payload("k0:after").build();
+    b.publish(&t, m).await.expect("publish");
+    let d = expect_delivery(&mut stay, "after rebalance").await;
+    assert_eq!(text(&d), "k0:after");
+    ack(d).await;
     Outcome::Passed
 }

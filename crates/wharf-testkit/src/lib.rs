@@ -131,6 +131,7 @@ macro_rules! conformance_tests {
             close_ends_subscriptions_and_rejects_publishes,
             restart_keeps_published_messages,
             restart_keeps_group_position_and_unacked_messages,
+            stream_mode_gives_each_key_to_one_consumer_and_rebalances,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
