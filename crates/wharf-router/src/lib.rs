@@ -21,11 +21,14 @@
 
 pub mod batch;
 pub mod dead_letter;
+pub mod dedup;
 mod handler;
 pub mod metrics;
 mod outcome;
 pub mod recover;
 mod request;
+pub mod retry;
+pub mod retry_topics;
 mod router;
 pub mod testing;
 pub mod timeout;

@@ -27,7 +27,6 @@ pub const DEAD_LETTERED: &str = "wharf_router_dead_lettered_total";
 /// Histogram: handler duration in seconds.
 pub const DURATION: &str = "wharf_router_handle_duration_seconds";
 
-#[allow(dead_code)] // used by the retry layers
 pub(crate) fn retried() -> Counter {
     metrics::counter!(RETRIED)
 }

@@ -80,9 +80,14 @@ pub async fn publish_n(
 
 /// Next delivery within 10 s of (possibly paused) time.
 pub async fn next(sub: &mut Subscription) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), sub.next())
+    next_within(sub, Duration::from_secs(10)).await
+}
+
+/// Next delivery within `d` of (possibly paused) time.
+pub async fn next_within(sub: &mut Subscription, d: Duration) -> Delivery {
+    tokio::time::timeout(d, sub.next())
         .await
-        .expect("a delivery within 10s")
+        .expect("a delivery in time")
         .expect("subscription open")
         .expect("delivery ok")
 }

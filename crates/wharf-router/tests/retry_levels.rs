@@ -1,0 +1,113 @@
+//! Leveled retry topics on the in-memory backend: a poison message climbs
+//! the retry levels to the DLQ while the messages behind it are handled.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{memory, next_within, payload_num, publish_n};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use wharf_core::{header, StartPosition, SubscribeOptions};
+use wharf_router::dead_letter::DeadLetterLayer;
+use wharf_router::retry_topics::{RetryTopicsLayer, RETRY_LEVEL};
+use wharf_router::{handler_fn, HandlerError, Outcome, Request, Route, Router};
+
+#[tokio::test(start_paused = true)]
+async fn poison_message_goes_through_retry_levels_to_the_dlq_without_blocking_others() {
+    let b = memory();
+    // One lane and one key: without retry topics message 0 would block the rest.
+    publish_n(&b, "orders", 20, |_| Some("same".into())).await;
+    let mut dlq = b
+        .subscribe(
+            SubscribeOptions::new("dlq.orders")
+                .group("inspect")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let log: Arc<Mutex<Vec<(String, usize, Duration)>>> = Arc::default();
+    let l = log.clone();
+    let handler = handler_fn(move |req: Request| {
+        let l = l.clone();
+        async move {
+            let n = payload_num(req.message());
+            l.lock()
+                .unwrap()
+                .push((req.topic().to_owned(), n, start.elapsed()));
+            if n == 0 {
+                Err(HandlerError::retryable("payment service down"))
+            } else {
+                Ok(Outcome::Ack)
+            }
+        }
+    });
+    let retry = RetryTopicsLayer::new([
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+        Duration::from_secs(1800),
+    ]);
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new())
+        .layer(retry.clone())
+        .service(handler);
+    let main = SubscribeOptions::new("orders")
+        .group("billing")
+        .start(StartPosition::Earliest);
+    let mut router =
+        Router::new(b.clone()).add_route(Route::new(main.clone(), svc.clone()).lanes(1));
+    for o in retry.subscribe_options(&main) {
+        router = router.add_route(Route::new(o, svc.clone()).lanes(1));
+    }
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(router.run(stop.clone()));
+
+    let dead = next_within(&mut dlq, Duration::from_secs(3 * 3600)).await;
+    let arrived = start.elapsed();
+    stop.cancel();
+    let report = running.await.unwrap().unwrap();
+
+    assert_eq!(payload_num(dead.message()), 0);
+    let h = dead.message().headers();
+    assert_eq!(h.get(header::ORIGINAL_TOPIC), Some("orders"));
+    assert_eq!(h.get(header::ATTEMPTS), Some("4"));
+    assert_eq!(h.get(RETRY_LEVEL), None);
+    assert!(h
+        .get(header::DLQ_REASON)
+        .unwrap()
+        .contains("payment service down"));
+    assert!(
+        arrived >= Duration::from_secs(60 + 300 + 1800),
+        "{arrived:?}"
+    );
+
+    let log = log.lock().unwrap().clone();
+    let poison: Vec<(String, Duration)> = log
+        .iter()
+        .filter(|(_, n, _)| *n == 0)
+        .map(|(t, _, at)| (t.clone(), *at))
+        .collect();
+    let topics: Vec<&str> = poison.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        vec![
+            "orders",
+            "orders.retry.1",
+            "orders.retry.2",
+            "orders.retry.3"
+        ]
+    );
+    assert!(poison[1].1 >= Duration::from_secs(60));
+    assert!(poison[2].1 - poison[1].1 >= Duration::from_secs(300));
+    // Every other message was handled once, before the first retry was even due.
+    let others: Vec<&(String, usize, Duration)> = log.iter().filter(|(_, n, _)| *n != 0).collect();
+    assert_eq!(others.len(), 19);
+    assert!(others
+        .iter()
+        .all(|(t, _, at)| t == "orders" && *at < Duration::from_secs(60)));
+    assert_eq!(report.acked(), 20 + 3);
+    assert_eq!(report.released(), 0);
+}
