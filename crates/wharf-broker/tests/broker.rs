@@ -402,7 +402,7 @@ async fn redrive_moves_dead_letters_back_without_dlq_headers() {
     assert!(!d.message().headers().contains(header::ORIGINAL_TOPIC));
     d.ack().await.unwrap();
     assert_eq!(b.redrive("dlq.orders", Redrive::All).await.unwrap(), 2);
-    let mut back = vec![next(&mut sub).await, next(&mut sub).await];
+    let mut back = [next(&mut sub).await, next(&mut sub).await];
     back.sort_by_key(|d| d.message().id());
     assert_eq!(back[0].message().id(), ids[0]);
     assert_eq!(back[1].message().id(), ids[2]);
