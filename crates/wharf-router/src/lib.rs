@@ -20,16 +20,20 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod breaker;
+pub mod concurrency;
 pub mod dead_letter;
 pub mod dedup;
 mod handler;
 pub mod metrics;
 mod outcome;
+pub mod rate_limit;
 pub mod recover;
 mod request;
 pub mod retry;
 pub mod retry_topics;
 mod router;
+mod stack;
 pub mod testing;
 pub mod timeout;
 pub mod trace;
@@ -41,3 +45,4 @@ pub use request::{Context, Request};
 pub use router::{
     FetchGate, Route, RouteReport, Router, ShutdownReport, DEFAULT_LANES, DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use stack::DefaultLayer;
