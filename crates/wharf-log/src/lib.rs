@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+mod commit;
 mod config;
 mod error;
 mod index;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, Batch, BatchHeader, EncodedBatch, HEADER_LEN};
+use crate::commit::GroupCommit;
 use crate::config::{Durability, LogConfig};
 use crate::error::{CorruptKind, IoOp, LogError};
 use crate::index::{CleanMarker, SegmentIndex};
@@ -59,13 +60,16 @@ struct Writer {
     /// Bumped by truncation, so a sync that raced it publishes nothing.
     epoch: u64,
     closed: bool,
+    /// Under `Always`, small batches are queued here and written with one
+    /// `pwrite` by the group-commit leader just before its `fdatasync`
+    /// (fewer syscalls per record when many appenders share a sync).
+    pending: Vec<u8>,
+    /// File position of `pending[0]` in the active segment.
+    pending_pos: u64,
 }
 
-#[derive(Debug, Default)]
-struct SyncState {
-    synced_lsn: u64,
-    syncing: bool,
-}
+/// Batches at least this large are written at once even under `Always`.
+const DIRECT_WRITE_BYTES: usize = 32 * 1024;
 
 #[derive(Debug)]
 struct Inner {
@@ -74,8 +78,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     writer: Mutex<Writer>,
     segments: RwLock<Vec<Arc<Segment>>>,
-    sync: Mutex<SyncState>,
-    sync_cv: Condvar,
+    sync: GroupCommit,
     next_offset: AtomicU64,
     failed: OnceLock<io::ErrorKind>,
     closed: AtomicBool,
@@ -238,6 +241,12 @@ impl Log {
             .sum()
     }
 
+    /// Number of group-commit sync rounds run so far (each is one
+    /// `fdatasync` shared by every appender it covered).
+    pub fn sync_count(&self) -> u64 {
+        self.inner.sync.rounds()
+    }
+
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
         self.inner.segments_snapshot().len()
@@ -328,7 +337,7 @@ fn flusher_loop(inner: &Inner, every: Duration) {
             Ok(w) if !w.closed && inner.failed.get().is_none() => w.lsn,
             _ => return,
         };
-        if relock(&inner.sync).synced_lsn < lsn && inner.wait_durable(lsn).is_err() {
+        if inner.sync.synced() < lsn && inner.wait_durable(lsn).is_err() {
             return;
         }
     }
@@ -371,7 +380,7 @@ impl Inner {
     /// Marks the log failed (first cause wins) so it refuses appends.
     fn fail(&self, kind: io::ErrorKind) {
         let _ = self.failed.set(kind);
-        self.sync_cv.notify_all();
+        self.sync.wake_all();
     }
 
     fn check_open(&self) -> Result<(), LogError> {
@@ -534,10 +543,11 @@ impl Inner {
                 lsn: 0,
                 epoch: 0,
                 closed: false,
+                pending: Vec::new(),
+                pending_pos: 0,
             }),
             segments: RwLock::new(segments),
-            sync: Mutex::new(SyncState::default()),
-            sync_cv: Condvar::new(),
+            sync: GroupCommit::default(),
             next_offset: AtomicU64::new(next_offset),
             failed: OnceLock::new(),
             closed: AtomicBool::new(false),
@@ -572,7 +582,14 @@ impl Inner {
         batch.seal(base);
         let seg = Arc::clone(&w.active);
         let pos = seg.state().written_len;
-        if let Err(e) = write_all_at(&*seg.file, &batch.buf, pos) {
+        let queue = cfg.durability == Durability::Always
+            && (!w.pending.is_empty() || batch.buf.len() < DIRECT_WRITE_BYTES);
+        if queue {
+            if w.pending.is_empty() {
+                w.pending_pos = pos;
+            }
+            w.pending.extend_from_slice(&batch.buf);
+        } else if let Err(e) = write_all_at(&*seg.file, &batch.buf, pos) {
             self.fail(e.kind());
             return Err(LogError::io(&seg.path, IoOp::Write, e));
         }
@@ -605,41 +622,34 @@ impl Inner {
         ))
     }
 
-    /// Group commit: returns once `synced_lsn >= target`. Whoever finds no
-    /// sync in progress becomes the leader, syncs everything written so
-    /// far, and wakes every waiter it covered.
+    /// Group commit (see `commit.rs`): returns once an fdatasync covers
+    /// `target`.
     fn wait_durable(&self, target: u64) -> Result<(), LogError> {
-        let mut st = relock(&self.sync);
-        loop {
-            if let Some(&cause) = self.failed.get() {
-                return Err(LogError::Poisoned { cause });
-            }
-            if st.synced_lsn >= target {
-                return Ok(());
-            }
-            if st.syncing {
-                st = self
-                    .sync_cv
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            st.syncing = true;
-            drop(st);
-            let res = self.sync_once();
-            st = relock(&self.sync);
-            st.syncing = false;
-            if let Ok(lsn) = res {
-                st.synced_lsn = st.synced_lsn.max(lsn);
-            }
-            self.sync_cv.notify_all();
-            res?;
+        self.sync.wait(
+            target,
+            || self.sync_once(),
+            || self.failed.get().map(|&cause| LogError::Poisoned { cause }),
+        )
+    }
+
+    /// Writes the queued batches of the active segment (under the writer
+    /// lock, so file order is offset order). A failure fails the log.
+    fn flush_pending(&self, w: &mut Writer) -> Result<(), LogError> {
+        if w.pending.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = write_all_at(&*w.active.file, &w.pending, w.pending_pos) {
+            self.fail(e.kind());
+            return Err(LogError::io(&w.active.path, IoOp::Write, e));
+        }
+        w.pending.clear();
+        Ok(())
     }
 
     fn sync_once(&self) -> Result<u64, LogError> {
         let (seg, len, end, lsn, epoch) = {
-            let w = self.lock_writer()?;
+            let mut w = self.lock_writer()?;
+            self.flush_pending(&mut w)?;
             let st = w.active.state();
             (
                 Arc::clone(&w.active),
@@ -665,9 +675,7 @@ impl Inner {
     }
 
     fn mark_synced(&self, lsn: u64) {
-        let mut st = relock(&self.sync);
-        st.synced_lsn = st.synced_lsn.max(lsn);
-        self.sync_cv.notify_all();
+        self.sync.mark_synced(lsn);
     }
 
     /// Seals the active segment (sync, write its indexes) and starts a new
@@ -681,6 +689,7 @@ impl Inner {
     }
 
     fn roll_inner(&self, w: &mut Writer) -> Result<(), LogError> {
+        self.flush_pending(w)?;
         let old = Arc::clone(&w.active);
         old.file
             .sync_data()
@@ -908,6 +917,7 @@ impl Inner {
         if to >= end {
             return Ok(());
         }
+        self.flush_pending(&mut w)?;
         let segs = self.segments_snapshot();
         let start = segs.first().map_or(0, |s| s.base);
         if to < start {
@@ -1028,10 +1038,10 @@ impl Inner {
         }
         w.closed = true;
         self.closed.store(true, Ordering::Release);
-        self.sync_cv.notify_all();
         if let Some(&cause) = self.failed.get() {
             return Err(LogError::Poisoned { cause });
         }
+        self.flush_pending(&mut w)?;
         let seg = Arc::clone(&w.active);
         seg.file
             .sync_data()
