@@ -1,0 +1,266 @@
+//! Settling JetStream deliveries: ack, nak (with delay), term, in-progress,
+//! and dead-lettering (copy to the DLQ topic with `wharf-dlq-*` headers, then term).
+//!
+//! One [`NatsAcker`] serves every delivery of a subscription; it also owns
+//! the subscription's in-flight slots, returned as deliveries are settled.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use wharf_core::{header, name, Acker, Error, Message, Result, Settlement, Timestamp};
+
+use crate::backend::Shared;
+use crate::error::unavailable;
+
+/// A delivery handed out and not yet settled.
+pub(crate) struct Pending {
+    pub(crate) reply: String,
+    pub(crate) message: Message,
+    pub(crate) topic: Arc<str>,
+    pub(crate) seq: u64,
+    pub(crate) attempt: u32,
+    pub(crate) keeper: Option<JoinHandle<()>>,
+}
+
+/// Settles the deliveries of one subscription.
+pub(crate) struct NatsAcker {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) consumer: String,
+    pub(crate) group: Option<String>,
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) ack_wait: Duration,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
+    pub(crate) next_token: AtomicU64,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Dropped deliveries waiting to be nacked, in the order they were dropped.
+    pub(crate) release_queue: Mutex<std::collections::VecDeque<Pending>>,
+    /// Held while draining `release_queue`, so naks go out in drop order
+    /// (independent tasks could reorder them, and JetStream redelivers in nak order).
+    pub(crate) release_lock: tokio::sync::Mutex<()>,
+    /// This acker itself, for the drain task spawned from `release`.
+    pub(crate) me: std::sync::Weak<NatsAcker>,
+}
+
+fn now_ms() -> u64 {
+    Timestamp::now().as_millis()
+}
+
+impl NatsAcker {
+    /// Records a delivery and returns its token.
+    pub(crate) fn register(&self, p: Pending) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(token, p);
+        token
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes a delivery, stops its lease keeper and frees its in-flight slot.
+    fn take(&self, token: u64) -> Result<Pending> {
+        let mut p = self.lock().remove(&token).ok_or(Error::UnknownDelivery {
+            id: token.to_string(),
+        })?;
+        if let Some(k) = p.keeper.take() {
+            k.abort();
+        }
+        self.permits.add_permits(1);
+        Ok(p)
+    }
+
+    async fn send(&self, reply: &str, body: impl Into<Bytes>) -> Result<()> {
+        self.shared
+            .client
+            .publish(reply.to_owned(), body.into())
+            .await
+            .map_err(|e| unavailable("settle", e))
+    }
+
+    fn failure_key(&self, p: &Pending) -> (String, u64) {
+        (self.consumer.clone(), p.seq)
+    }
+
+    fn forget_failure(&self, p: &Pending) {
+        self.shared
+            .first_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.failure_key(p));
+    }
+
+    /// A failed attempt: redeliver after `delay`, or dead-letter on the last attempt.
+    async fn fail(&self, p: Pending, delay: Duration) -> Result<()> {
+        self.shared
+            .first_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.failure_key(&p))
+            .or_insert_with(now_ms);
+        if let Some(max) = self.max_deliveries.filter(|m| p.attempt >= *m) {
+            let reason = format!("max deliveries ({max}) exceeded");
+            return self.dead_letter(p, &reason).await;
+        }
+        if delay.is_zero() {
+            self.send(&p.reply, Bytes::from_static(b"-NAK")).await
+        } else {
+            let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+            self.send(&p.reply, format!("-NAK {{\"delay\":{nanos}}}"))
+                .await
+        }
+    }
+
+    /// Copies the message to the dead-letter topic, then terms it.
+    async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
+        let now = now_ms();
+        let first = self
+            .shared
+            .first_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.failure_key(&p))
+            .unwrap_or(now);
+        let mut b = p
+            .message
+            .to_builder()
+            .header(header::DLQ_REASON, reason)
+            .header(header::ORIGINAL_TOPIC, &*p.topic)
+            .header(header::ORIGINAL_PARTITION, "0")
+            .header(header::ORIGINAL_OFFSET, p.seq.to_string())
+            .header(header::ATTEMPTS, p.attempt.to_string())
+            .header(header::FIRST_FAILURE_MS, first.to_string())
+            .header(header::LAST_FAILURE_MS, now.to_string());
+        if let Some(g) = &self.group {
+            b = b.header(header::DLQ_GROUP, g);
+        }
+        let copy = b.build();
+        let topic = self
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| name::dead_letter_topic(&p.topic));
+        // The copy's Msg-Id is per consumer, so two groups dead-lettering one
+        // message both land, and a retried dead-lettering is deduplicated.
+        let msg_id = format!("{}:dlq:{}", copy.id(), self.consumer);
+        let (subject, publish) = self.shared.prepare(&topic, &copy, &msg_id)?;
+        self.shared
+            .send(subject, publish)
+            .await?
+            .await
+            .map_err(|e| self.shared.publish_error(e))?;
+        self.send(&p.reply, Bytes::from_static(b"+TERM")).await
+    }
+}
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let p = self.take(token)?;
+        match settlement {
+            Settlement::Ack => {
+                self.forget_failure(&p);
+                self.send(&p.reply, Bytes::from_static(b"+ACK")).await
+            }
+            Settlement::Nack { delay } => self.fail(p, delay).await,
+            Settlement::Reject { reason } => {
+                self.shared
+                    .first_failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(self.failure_key(&p))
+                    .or_insert_with(now_ms);
+                self.dead_letter(p, &reason).await
+            }
+            _ => Err(Error::Unsupported {
+                backend: crate::backend::NAME,
+                capability: wharf_core::Capability::DeadLetter,
+            }),
+        }
+    }
+
+    async fn extend(&self, token: u64, by: Duration) -> Result<()> {
+        let reply = match self.lock().get(&token) {
+            Some(p) => p.reply.clone(),
+            None => {
+                return Err(Error::UnknownDelivery {
+                    id: token.to_string(),
+                })
+            }
+        };
+        self.send(&reply, Bytes::from_static(b"+WPI")).await?;
+        if by <= self.ack_wait {
+            return Ok(());
+        }
+        // `+WPI` restarts AckWait; keep sending it until `by` is covered.
+        let client = self.shared.client.clone();
+        let every = (self.ack_wait / 2).max(Duration::from_millis(10));
+        let ack_wait = self.ack_wait;
+        let until = tokio::time::Instant::now() + by;
+        let keeper_reply = reply.clone();
+        let keeper = self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = client
+                    .publish(keeper_reply.clone(), Bytes::from_static(b"+WPI"))
+                    .await;
+                if tokio::time::Instant::now() + ack_wait >= until {
+                    break;
+                }
+            }
+        });
+        match self.lock().get_mut(&token) {
+            Some(p) => {
+                if let Some(old) = p.keeper.replace(keeper) {
+                    old.abort();
+                }
+            }
+            None => keeper.abort(),
+        }
+        Ok(())
+    }
+
+    fn release(&self, token: u64) {
+        let Ok(p) = self.take(token) else {
+            return;
+        };
+        // `release` runs inside `Delivery::drop` while the delivery still
+        // holds its `Arc`, so `requeue` can upgrade `me`.
+        self.requeue(p);
+    }
+}
+
+impl NatsAcker {
+    /// Nacks `p` (counting as a failed attempt) after every earlier release.
+    pub(crate) fn requeue(&self, p: Pending) {
+        self.release_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(p);
+        if let Some(me) = self.me.upgrade() {
+            self.runtime.spawn(async move { me.drain_releases().await });
+        }
+    }
+
+    async fn drain_releases(&self) {
+        let _order = self.release_lock.lock().await;
+        loop {
+            let next = self
+                .release_queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some(p) = next else { break };
+            if let Err(e) = self.fail(p, Duration::ZERO).await {
+                tracing::warn!(error = %e, "releasing a dropped nats delivery failed");
+            }
+        }
+        let _ = self.shared.client.flush().await;
+    }
+}

@@ -1,0 +1,353 @@
+//! [`NatsBackend`]: connecting, publishing with PubAcks, and the backend lifecycle.
+//!
+//! Publishing validates everything (name, size, headers) before anything is
+//! sent, then sends a batch pipelined on one connection and waits for the
+//! PubAcks in order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::{Client, ConnectOptions};
+use async_trait::async_trait;
+use tokio::sync::watch;
+use wharf_core::{
+    name, Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt, Result,
+    SubscribeOptions, Subscriber, Subscription,
+};
+
+use crate::config::{NatsConfig, HEADER_ROOM};
+use crate::error::{backend, unavailable, NatsError};
+use crate::subscription::Inbox;
+use crate::wire;
+
+/// The backend's name in errors and logs.
+pub(crate) const NAME: &str = "nats";
+
+/// A Wharf backend on one JetStream stream; see the [crate docs](crate) for the mapping.
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct NatsBackend {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the backend, its subscriptions and their ackers.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: String,
+    prefix: String,
+    max_payload: usize,
+    limits: Limits,
+    request_timeout: Duration,
+    pub(crate) closed: watch::Sender<bool>,
+    /// When the first failed attempt of (consumer, stream sequence) happened.
+    pub(crate) first_failures: Mutex<HashMap<(String, u64), u64>>,
+    /// Inboxes of live subscriptions, shut synchronously by `close`.
+    inboxes: Mutex<Vec<Weak<Inbox>>>,
+}
+
+fn validate_stream_name(name: &str) -> Result<()> {
+    let bad = |reason| Error::Backend {
+        backend: NAME,
+        source: Box::new(NatsError::InvalidStreamName {
+            name: name.to_owned(),
+            reason,
+        }),
+    };
+    if name.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return Err(bad(
+            "may not contain '.', '*', '>', '/', '\\' or whitespace",
+        ));
+    }
+    Ok(())
+}
+
+impl NatsBackend {
+    /// Connects and makes sure the configured stream exists, covering
+    /// `<prefix>.>` (an existing stream is used as it is).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server cannot be reached;
+    /// [`Error::InvalidName`] for a bad subject prefix; [`Error::Backend`]
+    /// for a bad stream name or when JetStream refuses the stream (e.g. its
+    /// subjects overlap another stream's).
+    pub async fn connect(config: NatsConfig) -> Result<Self> {
+        validate_stream_name(&config.stream)?;
+        name::validate_topic(&config.prefix)?;
+        let client = ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .request_timeout(Some(config.request_timeout))
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| unavailable("connect", e))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.prefix)],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: config.max_age,
+            duplicate_window: config.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| backend("create stream", e))?;
+        let max_payload = client.server_info().max_payload;
+        let (closed, _) = watch::channel(false);
+        Ok(NatsBackend {
+            shared: Arc::new(Shared {
+                client,
+                js,
+                stream: config.stream,
+                prefix: config.prefix,
+                max_payload,
+                limits: Limits::new(max_payload.saturating_sub(HEADER_ROOM)),
+                request_timeout: config.request_timeout,
+                closed,
+                first_failures: Mutex::new(HashMap::new()),
+                inboxes: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The underlying `async-nats` client (for core NATS use alongside Wharf).
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// The JetStream stream this backend stores into.
+    pub fn stream_name(&self) -> &str {
+        &self.shared.stream
+    }
+
+    /// Deletes this backend's stream with every message and consumer in it
+    /// (tear-down of tests and temporary namespaces).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when JetStream refuses; a missing stream is not an error.
+    pub async fn delete_stream(&self) -> Result<()> {
+        match self.shared.js.delete_stream(&self.shared.stream).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(backend("delete stream", e)),
+        }
+    }
+}
+
+impl Shared {
+    /// The NATS subject of a topic or pattern.
+    pub(crate) fn subject(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.prefix)
+    }
+
+    /// The topic of a subject under this backend's prefix.
+    pub(crate) fn topic_of<'a>(&self, subject: &'a str) -> &'a str {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or(subject)
+    }
+
+    pub(crate) fn register_inbox(&self, inbox: &Arc<Inbox>) {
+        let mut all = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(inbox));
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if *self.closed.borrow() {
+            return Err(Error::Closed {
+                what: "nats backend",
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates `message` for `topic` and turns it into a JetStream publish.
+    pub(crate) fn prepare(
+        &self,
+        topic: &str,
+        message: &Message,
+        msg_id: &str,
+    ) -> Result<(String, jetstream::message::PublishMessage)> {
+        name::validate_topic(topic)?;
+        let max = self.limits.max_message_bytes;
+        if message.size() > max {
+            return Err(Error::MessageTooLarge {
+                size: message.size(),
+                max,
+            });
+        }
+        let headers = wire::encode_headers(message, msg_id)?;
+        let wire_size = wire::headers_wire_len(&headers) + message.payload().len();
+        if wire_size > self.max_payload {
+            return Err(Error::MessageTooLarge {
+                size: wire_size,
+                max: self.max_payload,
+            });
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload().clone())
+            .headers(headers);
+        Ok((self.subject(topic), publish))
+    }
+
+    /// Sends one prepared publish and returns the PubAck's future.
+    pub(crate) async fn send(
+        &self,
+        subject: String,
+        publish: jetstream::message::PublishMessage,
+    ) -> Result<jetstream::context::PublishAckFuture> {
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| self.publish_error(e))
+    }
+
+    pub(crate) fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
+        match e.kind() {
+            PublishErrorKind::TimedOut => Error::Timeout {
+                operation: "nats publish",
+                after: self.request_timeout,
+            },
+            PublishErrorKind::BrokenPipe => unavailable("publish", e),
+            _ => backend("publish", e),
+        }
+    }
+}
+
+fn receipt(message_id: wharf_core::MessageId, ack: &jetstream::publish::PublishAck) -> Receipt {
+    Receipt {
+        id: message_id,
+        partition: 0,
+        offset: Some(ack.sequence),
+        duplicate: ack.duplicate,
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsBackend {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let s = &self.shared;
+        s.check_open()?;
+        let (subject, publish) = s.prepare(topic, &message, &message.id().to_string())?;
+        let ack = s
+            .send(subject, publish)
+            .await?
+            .await
+            .map_err(|e| s.publish_error(e))?;
+        Ok(receipt(message.id(), &ack))
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        let s = &self.shared;
+        s.check_open()?;
+        name::validate_topic(topic)?;
+        let prepared = messages
+            .iter()
+            .map(|m| s.prepare(topic, m, &m.id().to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut acks = Vec::with_capacity(prepared.len());
+        for (subject, publish) in prepared {
+            acks.push(s.send(subject, publish).await?);
+        }
+        let mut receipts = Vec::with_capacity(acks.len());
+        for (m, ack) in messages.iter().zip(acks) {
+            let ack = ack.await.map_err(|e| s.publish_error(e))?;
+            receipts.push(receipt(m.id(), &ack));
+        }
+        Ok(receipts)
+    }
+}
+
+#[async_trait]
+impl Subscriber for NatsBackend {
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        crate::subscription::open(self.shared.clone(), options).await
+    }
+}
+
+#[async_trait]
+impl Backend for NatsBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        [
+            Capability::ConsumerGroups,
+            Capability::NackWithDelay,
+            Capability::VisibilityTimeout,
+            Capability::ExtendLease,
+            Capability::Ttl,
+            Capability::Dedup,
+            Capability::ReplayFromOffset,
+            Capability::Wildcards,
+            Capability::DeadLetter,
+            Capability::MaxDeliveries,
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        // The stream covers `<prefix>.>`: every valid topic already has a home.
+        name::validate_topic(topic)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.send_replace(true);
+        let inboxes = std::mem::take(
+            &mut *self
+                .shared
+                .inboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for inbox in inboxes.iter().filter_map(Weak::upgrade) {
+            inbox.shut();
+        }
+        self.shared
+            .client
+            .flush()
+            .await
+            .map_err(|e| unavailable("flush", e))
+    }
+}
+
+impl std::fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("stream", &self.shared.stream)
+            .field("prefix", &self.shared.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_with_subject_characters_are_refused() {
+        for bad in ["", "a.b", "a*", "a>", "a b", "a/b"] {
+            assert!(validate_stream_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_stream_name("WHARF_orders-1").is_ok());
+    }
+}

@@ -1,0 +1,494 @@
+//! Subscriptions: a pull consumer per subscription and a task that pulls no
+//! more than the subscription has free in-flight slots for.
+//!
+//! The task sends `CONSUMER.MSG.NEXT` requests (batch = free slots, 2 s
+//! expiry) to one inbox and forwards deliveries into a channel, so
+//! [`DeliveryStream::next`] is a channel receive: cancel safe.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::StatusCode;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, watch, Semaphore};
+use wharf_core::{
+    Capability, Delivery, DeliveryInfo, DeliveryStream, Error, Result, StartPosition,
+    SubscribeOptions, Subscription, Timestamp,
+};
+
+use crate::acker::{NatsAcker, Pending};
+use crate::backend::{Shared, NAME};
+use crate::error::{backend, unavailable, NatsError};
+use crate::wire;
+
+/// JetStream's default AckWait, used when no visibility timeout is set.
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long one pull request waits on the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Largest batch asked for in one pull request.
+const MAX_PULL_BATCH: usize = 1024;
+/// Ephemeral consumers of vanished subscriptions are removed by the server after this.
+const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(60);
+
+/// A stable 64-bit FNV-1a hash (names must not change between releases).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The durable consumer of `group` on `pattern`: the group (with `.` made
+/// `_`, as consumer names cannot contain dots) and a hash of both.
+pub(crate) fn durable_name(group: &str, pattern: &str) -> String {
+    let readable: String = group
+        .chars()
+        .map(|c| if c == '.' { '_' } else { c })
+        .collect();
+    format!("{readable}-{:016x}", fnv1a(&[group, pattern]))
+}
+
+pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<Subscription> {
+    shared.check_open()?;
+    let pattern = opts.validate()?;
+    let deliver_policy = match opts.start_position() {
+        StartPosition::Earliest => DeliverPolicy::All,
+        StartPosition::Latest => DeliverPolicy::New,
+        StartPosition::Offset(o) => DeliverPolicy::ByStartSequence {
+            start_sequence: o.max(1),
+        },
+        _ => {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: Capability::ReplayFromTime,
+            })
+        }
+    };
+    let ack_wait = opts.visibility_timeout_value().unwrap_or(DEFAULT_ACK_WAIT);
+    if ack_wait < Duration::from_millis(1) {
+        return Err(Error::InvalidArgument {
+            name: "visibility_timeout",
+            reason: "must be at least 1 ms".into(),
+        });
+    }
+    let group = opts.group_name().map(str::to_owned);
+    let config = pull::Config {
+        durable_name: group.as_deref().map(|g| durable_name(g, pattern.as_str())),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: opts.max_deliveries_limit().map_or(-1, i64::from),
+        filter_subject: shared.subject(pattern.as_str()),
+        max_ack_pending: -1,
+        inactive_threshold: if group.is_some() {
+            Duration::ZERO
+        } else {
+            EPHEMERAL_INACTIVE
+        },
+        ..Default::default()
+    };
+    let consumer_name = ensure_consumer(&shared, config).await?;
+    let inbox = shared.client.new_inbox();
+    let inbox_sub = shared
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| unavailable("subscribe", e))?;
+    let max_in_flight = opts.max_in_flight_limit();
+    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let acker: Arc<NatsAcker> = Arc::new_cyclic(|me| NatsAcker {
+        shared: shared.clone(),
+        consumer: consumer_name.clone(),
+        group: group.clone(),
+        dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
+        max_deliveries: opts.max_deliveries_limit(),
+        ack_wait,
+        permits,
+        pending: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
+        runtime: tokio::runtime::Handle::current(),
+        release_queue: Mutex::new(std::collections::VecDeque::new()),
+        release_lock: tokio::sync::Mutex::new(()),
+        me: me.clone(),
+    });
+    let inbox_sub = Arc::new(Inbox {
+        sub: Mutex::new(Some(inbox_sub)),
+        acker: acker.clone(),
+    });
+    shared.register_inbox(&inbox_sub);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let backend_closed = shared.closed.subscribe();
+    let puller = Puller {
+        next_subject: format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            shared.stream, consumer_name
+        ),
+        backend_closed: shared.closed.subscribe(),
+        shared,
+        acker,
+        consumer: consumer_name,
+        ephemeral: group.is_none(),
+        inbox,
+        inbox_sub: inbox_sub.clone(),
+        tx,
+        stop: stop_rx,
+    };
+    tokio::spawn(puller.run());
+    Ok(Subscription::new(NatsStream {
+        rx,
+        backend_closed,
+        inbox: inbox_sub,
+        stop: stop_tx,
+        ended: false,
+    }))
+}
+
+/// A subscription's inbox: the puller reads it, and closing (the stream's
+/// `close`/drop or the backend's `close`) unsubscribes it *synchronously*,
+/// so the UNSUB reaches the server before any nak sent afterwards and the
+/// server never redelivers into an abandoned pull request.
+pub(crate) struct Inbox {
+    sub: Mutex<Option<async_nats::Subscriber>>,
+    acker: Arc<NatsAcker>,
+}
+
+impl Inbox {
+    /// Unsubscribes now; messages already received but not yet handed out
+    /// are nacked (after the UNSUB, in order).
+    pub(crate) fn shut(&self) {
+        let taken = self.sub.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut sub) = taken else { return };
+        let mut unread = Vec::new();
+        while let Some(Some(m)) = sub.next().now_or_never() {
+            unread.push(m);
+        }
+        drop(sub);
+        for m in unread {
+            let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
+                continue;
+            };
+            let Some(ack) = wire::parse_ack_subject(&reply) else {
+                continue;
+            };
+            self.acker.requeue(Pending {
+                reply,
+                message: wire::decode(m.headers.as_ref(), m.payload.clone()),
+                topic: Arc::from(self.acker.shared.topic_of(m.subject.as_str())),
+                seq: ack.stream_seq,
+                attempt: ack.delivered,
+                keeper: None,
+            });
+        }
+    }
+
+    async fn next(&self) -> Option<async_nats::Message> {
+        std::future::poll_fn(|cx| {
+            let mut g = self.sub.lock().unwrap_or_else(|e| e.into_inner());
+            match g.as_mut() {
+                Some(s) => s.poll_next_unpin(cx),
+                None => std::task::Poll::Ready(None),
+            }
+        })
+        .await
+    }
+}
+
+/// Creates the consumer, or reuses an existing durable one with the same
+/// AckWait and MaxDeliver untouched: re-sending the config of a live durable
+/// makes NATS 2.9 reload it, which redelivers its pending messages out of order.
+async fn ensure_consumer(shared: &Shared, config: pull::Config) -> Result<String> {
+    if let Some(durable) = &config.durable_name {
+        let existing: std::result::Result<async_nats::jetstream::consumer::PullConsumer, _> =
+            shared
+                .js
+                .get_consumer_from_stream(durable, shared.stream.as_str())
+                .await;
+        if let Ok(mut c) = existing {
+            let same = {
+                let info = c.cached_info();
+                info.config.ack_wait == config.ack_wait
+                    && info.config.max_deliver == config.max_deliver
+                    && info.config.filter_subject == config.filter_subject
+            };
+            if same {
+                return Ok(c
+                    .info()
+                    .await
+                    .map_err(|e| backend("consumer info", e))?
+                    .name
+                    .clone());
+            }
+        }
+    }
+    let mut consumer = shared
+        .js
+        .create_consumer_on_stream(config, shared.stream.as_str())
+        .await
+        .map_err(|e| backend("create consumer", e))?;
+    Ok(consumer
+        .info()
+        .await
+        .map_err(|e| backend("consumer info", e))?
+        .name
+        .clone())
+}
+
+/// The task pulling one subscription's messages.
+struct Puller {
+    shared: Arc<Shared>,
+    acker: Arc<NatsAcker>,
+    consumer: String,
+    ephemeral: bool,
+    next_subject: String,
+    inbox: String,
+    inbox_sub: Arc<Inbox>,
+    tx: mpsc::UnboundedSender<Result<Delivery>>,
+    stop: watch::Receiver<bool>,
+    backend_closed: watch::Receiver<bool>,
+}
+
+/// Resolves once the subscription is closed or dropped, or the backend is closed.
+async fn stopped(stop: &mut watch::Receiver<bool>, backend: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = backend.wait_for(|s| *s) => {}
+    }
+}
+
+enum PullEnd {
+    /// The request is done (filled, expired, or the server ended it).
+    Done,
+    /// Stop the subscription.
+    Stop,
+}
+
+impl Puller {
+    async fn run(mut self) {
+        loop {
+            let permits = self.acker.permits.clone();
+            let first = tokio::select! {
+                biased;
+                _ = stopped(&mut self.stop, &mut self.backend_closed) => break,
+                p = permits.acquire() => p,
+            };
+            let Ok(first) = first else { break };
+            first.forget();
+            let mut n = 1;
+            let extra = permits.available_permits().min(MAX_PULL_BATCH - 1);
+            if extra > 0 {
+                if let Ok(p) = permits.try_acquire_many(extra as u32) {
+                    p.forget();
+                    n += extra;
+                }
+            }
+            let (left, end) = self.pull(n).await;
+            permits.add_permits(left);
+            if matches!(end, PullEnd::Stop) {
+                break;
+            }
+        }
+        drop(self.tx);
+        self.inbox_sub.shut();
+        if self.ephemeral {
+            let _ = self
+                .shared
+                .js
+                .delete_consumer_from_stream(&self.consumer, &self.shared.stream)
+                .await;
+        }
+    }
+
+    /// Runs one pull request for `n` messages; returns the unused slots.
+    async fn pull(&mut self, n: usize) -> (usize, PullEnd) {
+        let nanos = PULL_EXPIRES.as_nanos();
+        let body = format!("{{\"batch\":{n},\"expires\":{nanos}}}");
+        let sent = self
+            .shared
+            .client
+            .publish_with_reply(self.next_subject.clone(), self.inbox.clone(), body.into())
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "nats pull request failed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return (n, PullEnd::Done);
+        }
+        let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+        let mut left = n;
+        while left > 0 {
+            let msg = tokio::select! {
+                biased;
+                _ = stopped(&mut self.stop, &mut self.backend_closed) => return (left, PullEnd::Stop),
+                _ = tokio::time::sleep_until(deadline) => return (left, PullEnd::Done),
+                m = self.inbox_sub.next() => m,
+            };
+            let Some(msg) = msg else {
+                return (left, PullEnd::Stop);
+            };
+            match msg.status {
+                None | Some(StatusCode::OK) => {
+                    left -= 1;
+                    if !self.deliver(msg) {
+                        return (left, PullEnd::Stop);
+                    }
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
+                    return (left, PullEnd::Done)
+                }
+                Some(status) => {
+                    let description = msg.description.unwrap_or_default();
+                    if description.to_ascii_lowercase().contains("deleted") {
+                        let _ = self.tx.send(Err(Error::Backend {
+                            backend: NAME,
+                            source: Box::new(NatsError::PullStatus {
+                                status: status.as_u16(),
+                                description,
+                            }),
+                        }));
+                        return (left, PullEnd::Stop);
+                    }
+                    tracing::debug!(%status, %description, "nats pull request ended");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return (left, PullEnd::Done);
+                }
+            }
+        }
+        (0, PullEnd::Done)
+    }
+
+    /// Hands one message to the subscription; `false` once nobody listens.
+    fn deliver(&self, msg: async_nats::Message) -> bool {
+        let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
+            tracing::warn!(subject = %msg.subject, "nats message without ack subject");
+            self.acker.permits.add_permits(1);
+            return true;
+        };
+        let Some(ack) = wire::parse_ack_subject(&reply) else {
+            tracing::warn!(%reply, "unparsable nats ack subject");
+            self.acker.permits.add_permits(1);
+            return true;
+        };
+        let message = wire::decode(msg.headers.as_ref(), msg.payload.clone());
+        if message
+            .expires_at()
+            .is_some_and(|at| at <= Timestamp::now())
+        {
+            // Expired: never handed out.
+            let client = self.shared.client.clone();
+            tokio::spawn(async move {
+                let _ = client.publish(reply, Bytes::from_static(b"+ACK")).await;
+            });
+            self.acker.permits.add_permits(1);
+            return true;
+        }
+        let topic: Arc<str> = Arc::from(self.shared.topic_of(msg.subject.as_str()));
+        let info = DeliveryInfo {
+            topic: topic.clone(),
+            partition: 0,
+            offset: Some(ack.stream_seq),
+            attempt: ack.delivered,
+        };
+        let token = self.acker.register(Pending {
+            reply,
+            message: message.clone(),
+            topic,
+            seq: ack.stream_seq,
+            attempt: ack.delivered,
+            keeper: None,
+        });
+        let delivery = Delivery::new(message, info, self.acker.clone(), token);
+        // On a closed channel the delivery comes back inside the error and is
+        // dropped, which releases it for redelivery.
+        self.tx.send(Ok(delivery)).is_ok()
+    }
+}
+
+/// The [`DeliveryStream`] of a NATS subscription.
+struct NatsStream {
+    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
+    backend_closed: watch::Receiver<bool>,
+    inbox: Arc<Inbox>,
+    stop: watch::Sender<bool>,
+    ended: bool,
+}
+
+impl Drop for NatsStream {
+    fn drop(&mut self) {
+        self.inbox.shut();
+    }
+}
+
+impl NatsStream {
+    /// Ends the stream: stops the puller and releases what is buffered.
+    fn end(&mut self) {
+        self.ended = true;
+        self.inbox.shut();
+        self.stop.send_replace(true);
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for NatsStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended {
+            return None;
+        }
+        let item = tokio::select! {
+            biased;
+            _ = self.backend_closed.wait_for(|c| *c) => None,
+            item = self.rx.recv() => Some(item),
+        };
+        match item {
+            Some(Some(d)) => Some(d),
+            Some(None) => {
+                self.ended = true;
+                None
+            }
+            None => {
+                self.end();
+                None
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.end();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durable_names_are_valid_and_differ_per_pattern() {
+        let a = durable_name("billing.v2", "orders.*");
+        let b = durable_name("billing.v2", "orders.>");
+        let c = durable_name("billing_v2", "orders.*");
+        assert!(!a.contains('.'), "{a}");
+        assert!(a.starts_with("billing_v2-"));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a, durable_name("billing.v2", "orders.*"));
+    }
+}

@@ -1,0 +1,9 @@
+//! The wharf-testkit conformance suite against the shared NATS server, each
+//! case in a JetStream stream of its own (deleted afterwards).
+
+mod service;
+
+wharf_testkit::conformance_tests!(match service::NatsFactory::new().await {
+    Some(factory) => factory,
+    None => return,
+});

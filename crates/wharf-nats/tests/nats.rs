@@ -1,0 +1,190 @@
+//! NATS-specific behaviour beyond the conformance suite: dead-lettering on
+//! the last attempt, header rules, limits, errors, and messages surviving a
+//! reconnect.
+
+mod service;
+
+use std::time::Duration;
+
+use wharf_core::{
+    header, name::dead_letter_topic, Backend, Error, Message, NameKind, Publisher, StartPosition,
+    SubscribeOptions, Subscriber,
+};
+use wharf_nats::{NatsBackend, NatsConfig, HEADER_ROOM};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_unavailable() {
+    let cfg = NatsConfig::new("nats://127.0.0.1:1").connect_timeout(Duration::from_millis(500));
+    let r = NatsBackend::connect(cfg).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unavailable {
+                backend: "nats",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_on_the_last_attempt_dead_letters_the_message() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut dead = b
+        .subscribe(
+            SubscribeOptions::new(dead_letter_topic("jobs"))
+                .group("ops")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe dlq");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("jobs").group("g").max_deliveries(1))
+        .await
+        .expect("subscribe");
+    let r = b
+        .publish("jobs", Message::new("crashes"))
+        .await
+        .expect("publish");
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivery")
+        .expect("open")
+        .expect("ok");
+    drop(d);
+    let dl = tokio::time::timeout(WAIT, dead.next())
+        .await
+        .expect("dead letter")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(dl.message().id(), r.id);
+    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
+    assert_eq!(dl.message().headers().get(header::DLQ_GROUP), Some("g"));
+    dl.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut dead = b
+        .subscribe(SubscribeOptions::new(dead_letter_topic("pay")).group("ops"))
+        .await
+        .expect("subscribe dlq");
+    let mut a = b
+        .subscribe(SubscribeOptions::new("pay").group("a"))
+        .await
+        .expect("a");
+    let mut c = b
+        .subscribe(SubscribeOptions::new("pay").group("c"))
+        .await
+        .expect("c");
+    b.publish("pay", Message::new("poison"))
+        .await
+        .expect("publish");
+    for sub in [&mut a, &mut c] {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("delivery")
+            .expect("open")
+            .expect("ok");
+        d.reject("bad").await.expect("reject");
+    }
+    let mut groups = Vec::new();
+    for _ in 0..2 {
+        let dl = tokio::time::timeout(WAIT, dead.next())
+            .await
+            .expect("dead letter")
+            .expect("open")
+            .expect("ok");
+        groups.push(
+            dl.message()
+                .headers()
+                .get(header::DLQ_GROUP)
+                .unwrap_or("")
+                .to_owned(),
+        );
+        dl.ack().await.expect("ack");
+    }
+    groups.sort();
+    assert_eq!(groups, ["a", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_nats_cannot_carry_are_rejected_before_sending() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let m = Message::builder()
+        .header("has space", "v")
+        .payload("x")
+        .build();
+    let r = ns.backend.publish("hdr", m).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidName {
+                kind: NameKind::Header,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_is_server_max_payload_minus_header_room() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let max_payload = ns.backend.client().server_info().max_payload;
+    assert_eq!(
+        ns.backend.limits().max_message_bytes,
+        max_payload - HEADER_ROOM
+    );
+    let exact = Message::new(vec![b'x'; ns.backend.limits().max_message_bytes]);
+    let r = ns
+        .backend
+        .publish("big", exact)
+        .await
+        .expect("a message at the limit is stored");
+    assert!(r.offset.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_survive_closing_and_reconnecting() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    for i in 0..3 {
+        ns.backend
+            .publish("durable", Message::new(format!("m{i}")))
+            .await
+            .expect("publish");
+    }
+    ns.backend.close().await.expect("close");
+    let again = NatsBackend::connect(ns.config.clone())
+        .await
+        .expect("reconnect");
+    let mut sub = again
+        .subscribe(SubscribeOptions::new("durable").group("g"))
+        .await
+        .expect("subscribe");
+    for i in 0..3 {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("delivery")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(&d.message().payload()[..], format!("m{i}").as_bytes());
+        d.ack().await.expect("ack");
+    }
+}

@@ -1,0 +1,118 @@
+//! Reaching the shared NATS server from tests: the URL, skipping (or failing
+//! under `WHARF_REQUIRE_SERVICES=1`) when it is down, and a factory whose
+//! backends live in a namespace of their own that is deleted on drop.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use wharf_core::{Backend, Error};
+use wharf_nats::{NatsBackend, NatsConfig};
+
+/// The test server's URL.
+pub fn url() -> String {
+    std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A config for a namespace unique to this call: stream `WT_<ns>`, prefix `<ns>`.
+pub fn unique_config() -> NatsConfig {
+    let ns = wharf_testkit::unique_name("wn");
+    NatsConfig::new(url())
+        .stream(format!("WT_{ns}"))
+        .subject_prefix(ns)
+}
+
+/// Connects with `config`, or returns `None` after printing why the test is
+/// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
+pub async fn connect_or_skip(config: NatsConfig) -> Option<NatsBackend> {
+    match NatsBackend::connect(config).await {
+        Ok(b) => Some(b),
+        Err(e @ Error::Unavailable { .. }) => {
+            if std::env::var("WHARF_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!(
+                    "nats unreachable at {}: {e} (WHARF_REQUIRE_SERVICES=1)",
+                    url()
+                );
+            }
+            println!("skipped: nats unreachable at {}: {e}", url());
+            None
+        }
+        Err(e) => panic!("connecting to nats at {}: {e}", url()),
+    }
+}
+
+/// Deletes the stream of `config` from a thread of its own, so it works in
+/// `Drop`, inside or outside a runtime, even while a test unwinds.
+pub fn delete_stream_blocking(config: NatsConfig) {
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        rt.block_on(async {
+            if let Ok(b) = NatsBackend::connect(config).await {
+                if let Err(e) = b.delete_stream().await {
+                    eprintln!("cleanup: deleting {}: {e}", b.stream_name());
+                }
+            }
+        });
+    })
+    .join();
+    if joined.is_err() {
+        eprintln!("cleanup thread panicked");
+    }
+}
+
+/// A backend in a namespace of its own; the stream is deleted on drop.
+pub struct Namespace {
+    pub config: NatsConfig,
+    pub backend: NatsBackend,
+}
+
+impl Namespace {
+    /// A fresh namespace, or `None` when the test is skipped.
+    pub async fn new() -> Option<Self> {
+        let config = unique_config();
+        let backend = connect_or_skip(config.clone()).await?;
+        Some(Namespace { config, backend })
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        delete_stream_blocking(self.config.clone());
+    }
+}
+
+/// The conformance factory: every `open` connects to the same namespace, so
+/// restart cases see their data again; the stream is deleted on drop.
+pub struct NatsFactory {
+    config: NatsConfig,
+}
+
+impl NatsFactory {
+    /// A factory for a fresh namespace, or `None` when the test is skipped.
+    pub async fn new() -> Option<Self> {
+        let config = unique_config();
+        let probe = connect_or_skip(config.clone()).await?;
+        drop(probe);
+        Some(NatsFactory { config })
+    }
+}
+
+#[async_trait::async_trait]
+impl wharf_testkit::BackendFactory for NatsFactory {
+    async fn open(&self) -> Arc<dyn Backend> {
+        Arc::new(
+            NatsBackend::connect(self.config.clone())
+                .await
+                .expect("connect to nats"),
+        )
+    }
+}
+
+impl Drop for NatsFactory {
+    fn drop(&mut self) {
+        delete_stream_blocking(self.config.clone());
+    }
+}
