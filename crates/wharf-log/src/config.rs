@@ -106,6 +106,7 @@ pub struct LogConfig {
     pub(crate) retention: Retention,
     pub(crate) compression: Compression,
     pub(crate) max_batch_bytes: usize,
+    pub(crate) truncate_corrupt_tail: bool,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -120,6 +121,7 @@ impl Default for LogConfig {
             retention: Retention::default(),
             compression: Compression::None,
             max_batch_bytes: 8 * 1024 * 1024,
+            truncate_corrupt_tail: false,
             storage: Arc::new(FsStorage),
             clock: Arc::new(SystemClock),
         }
@@ -209,6 +211,15 @@ impl LogConfigBuilder {
     /// Largest encoded batch accepted by `append`.
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.config.max_batch_bytes = bytes;
+        self
+    }
+
+    /// When recovery finds damage in the last segment that is followed by
+    /// valid batches, truncate at the damage instead of failing `open`
+    /// with `Corrupt` (default `false`: never drop possibly acknowledged
+    /// records silently).
+    pub fn truncate_corrupt_tail(mut self, truncate: bool) -> Self {
+        self.config.truncate_corrupt_tail = truncate;
         self
     }
 

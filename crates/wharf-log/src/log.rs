@@ -493,7 +493,7 @@ impl Inner {
                     if let Some((pos, reason)) = out.error {
                         let resumes = has_valid_batch_after(&*file, pos, len, out.next_offset)
                             .map_err(|e| LogError::io(&path, IoOp::Read, e))?;
-                        if resumes {
+                        if resumes && !config.truncate_corrupt_tail {
                             return Err(LogError::corrupt(&path, pos, reason));
                         }
                         // A torn tail: nothing in it was acknowledged as

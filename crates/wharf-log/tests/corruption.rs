@@ -131,6 +131,33 @@ fn bit_flip_in_the_middle_of_the_tail_after_a_crash_fails_open_with_its_position
 }
 
 #[test]
+fn truncate_corrupt_tail_option_recovers_the_prefix_before_the_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = build(dir.path(), 120);
+    std::fs::remove_file(dir.path().join("clean.shutdown")).expect("simulate crash");
+    let last = files_with_suffix(dir.path(), ".log")
+        .pop()
+        .expect("segment");
+    let starts = batch_starts(&last);
+    flip(&last, starts[2] + 49, 0x02);
+    let config = wharf_log::LogConfig::builder()
+        .durability(Durability::Never)
+        .segment_max_bytes(SEGMENT)
+        .index_interval_bytes(256)
+        .truncate_corrupt_tail(true)
+        .build()
+        .expect("config");
+    let log = Log::open(dir.path(), config).expect("open truncates");
+    assert_eq!(std::fs::metadata(&last).expect("meta").len(), starts[2]);
+    let (records, err) = read_until_error(&log);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(records.len() as u64, log.end_offset());
+    for r in &records {
+        assert_eq!(r.to_record(), expected[r.offset as usize]);
+    }
+}
+
+#[test]
 fn bit_flip_in_the_tail_with_a_clean_marker_is_reported_at_read_time() {
     let dir = tempfile::tempdir().expect("tempdir");
     let expected = build(dir.path(), 120);
