@@ -13,7 +13,7 @@
 //! topic; time is passed in, so tests drive it directly.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -57,12 +57,14 @@ struct PartState {
     floor: u64,
     next: u64,
     settled: BTreeSet<u64>,
-    pending: HashMap<u64, Pending>,
-    ready: BTreeSet<(Reverse<u8>, u64)>,
+    pending: U64Map<Pending>,
+    /// Ready offsets, highest priority then lowest offset first. Entries are
+    /// only ever added for `Ready` messages and checked again when popped.
+    ready: BinaryHeap<(u8, Reverse<u64>)>,
     delayed: BTreeSet<(Instant, u64)>,
     leases: BTreeSet<(Instant, u64)>,
     /// Delays restored from the metadata: offset → (not-before ms, attempts).
-    restored: HashMap<u64, (u64, u32)>,
+    restored: U64Map<(u64, u32)>,
 }
 
 impl PartState {
@@ -109,9 +111,8 @@ impl PartState {
             return;
         };
         match p.state {
-            PState::Ready => {
-                self.ready.remove(&(Reverse(p.priority), offset));
-            }
+            // Left in the heap; `take` skips entries whose message is no longer ready.
+            PState::Ready => {}
             PState::Delayed(at) => {
                 self.delayed.remove(&(at, offset));
             }
@@ -131,7 +132,7 @@ impl PartState {
         };
         match state {
             PState::Ready => {
-                self.ready.insert((Reverse(p.priority), offset));
+                self.ready.push((p.priority, Reverse(offset)));
             }
             PState::Delayed(at) => {
                 self.delayed.insert((at, offset));
@@ -352,22 +353,24 @@ impl GroupTopic {
                 part.delayed.pop_first();
                 if let Some(p) = part.pending.get_mut(&off) {
                     p.state = PState::Ready;
-                    part.ready.insert((Reverse(p.priority), off));
+                    part.ready.push((p.priority, Reverse(off)));
                 }
             }
             if out.len() < max {
                 changed |= fill(part, &partitions[i], policy, clock, stream)?;
             }
             while out.len() < max {
-                let Some((_, off)) = part.ready.pop_first() else {
+                let Some((_, Reverse(off))) = part.ready.pop() else {
                     break;
                 };
+                let Some(p) = part.pending.get_mut(&off) else {
+                    continue;
+                };
+                if !matches!(p.state, PState::Ready) {
+                    continue;
+                }
                 let lease = lease_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let deadline = policy.visibility_timeout.map(|vt| now + vt);
-                let p = part
-                    .pending
-                    .get_mut(&off)
-                    .expect("ready offsets are pending");
                 p.attempts += 1;
                 p.state = PState::Leased { lease, deadline };
                 if let Some(d) = deadline {
@@ -683,7 +686,7 @@ fn fill(
     if part.next < start {
         // Retention removed messages the group had not settled: skip them.
         part.pending.retain(|&o, _| o >= start);
-        part.ready.retain(|&(_, o)| o >= start);
+        part.ready.retain(|&(_, Reverse(o))| o >= start);
         part.delayed.retain(|&(_, o)| o >= start);
         part.leases.retain(|&(_, o)| o >= start);
         part.settled.retain(|&o| o >= start);
@@ -740,3 +743,28 @@ fn fill(
     }
     Ok(changed)
 }
+
+/// Hasher for maps keyed by offsets and lease ids: sequential `u64`s, so a
+/// multiplicative hash spreads them well at a fraction of SipHash's cost
+/// (the keys are chosen by the broker, never by a client).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A `HashMap` keyed by broker-chosen `u64`s.
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;

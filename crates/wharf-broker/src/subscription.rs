@@ -7,7 +7,7 @@
 //! `try_next` is a pop. Waiting is on one `Notify` per subscription, woken by
 //! appends to its topics, settlements in its groups, and broker shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use wharf_core::{
     Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement, TopicPattern,
 };
 
-use crate::group::{DeadLetter, GroupTopic, Policy, Taken};
+use crate::group::{DeadLetter, GroupTopic, Policy, Taken, U64Map};
 use crate::Inner;
 
 /// Most messages taken from a binding per lock acquisition.
@@ -60,7 +60,7 @@ struct LeaseRef {
 /// Settles a subscription's deliveries by lease id.
 pub(crate) struct SubAcker {
     inner: Weak<Inner>,
-    leases: Mutex<HashMap<u64, LeaseRef>>,
+    leases: Mutex<U64Map<LeaseRef>>,
     held: AtomicUsize,
     notify: Arc<Notify>,
 }
@@ -157,7 +157,7 @@ impl BrokerStream {
     pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SubShared>) -> Self {
         let acker = Arc::new(SubAcker {
             inner: Arc::downgrade(&inner),
-            leases: Mutex::new(HashMap::new()),
+            leases: Mutex::new(U64Map::default()),
             held: AtomicUsize::new(0),
             notify: shared.notify.clone(),
         });

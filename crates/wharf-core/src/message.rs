@@ -23,6 +23,14 @@ impl MessageId {
         MessageId(uuid::Uuid::now_v7())
     }
 
+    /// Milliseconds since the Unix epoch at which the id was made.
+    pub fn created_at(self) -> Timestamp {
+        self.0.get_timestamp().map_or(Timestamp(0), |t| {
+            let (secs, nanos) = t.to_unix();
+            Timestamp(secs * 1000 + u64::from(nanos / 1_000_000))
+        })
+    }
+
     /// The id as 16 big-endian bytes (sorts like the id).
     pub fn to_bytes(self) -> [u8; 16] {
         *self.0.as_bytes()
@@ -212,12 +220,14 @@ pub struct Message {
 impl Message {
     /// A message with `payload`, a fresh id, the current time and nothing else.
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        // One clock read: the timestamp is the one inside the UUIDv7.
+        let id = MessageId::new();
         Message {
-            id: MessageId::new(),
+            id,
             key: None,
             headers: Headers::new(),
             payload: payload.into(),
-            timestamp: Timestamp::now(),
+            timestamp: id.created_at(),
         }
     }
 
@@ -408,6 +418,15 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted, ids);
+    }
+
+    #[test]
+    fn new_message_timestamp_is_the_ids_creation_time() {
+        let before = Timestamp::now();
+        let m = Message::new("x");
+        let after = Timestamp::now();
+        assert_eq!(m.timestamp(), m.id().created_at());
+        assert!(before <= m.timestamp() && m.timestamp() <= after);
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! Broker throughput against the bare log, measured in one run.
+//!
+//! `cargo run --release -p wharf-broker --example broker_bench [-- N [BACKLOG]]`
+//!
+//! Prints, for 100 B messages with durability `Never`:
+//! 1. the bare `wharf-log`: append in batches of 1,000, then read and decode everything;
+//! 2. broker publish→consume end to end (batched publish, queue-mode group,
+//!    `next_batch`, one ack per message), as a ratio of (1);
+//! 3. the same in stream mode;
+//! 4. with BACKLOG > 0: RSS while a group starts consuming a backlog of BACKLOG messages.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use wharf_broker::{Broker, Durability, TopicConfig};
+use wharf_core::{
+    Backend, GroupMode, Message, Publisher, StartPosition, SubscribeOptions, Subscriber,
+};
+use wharf_log::{Log, LogConfig, Record};
+
+const BATCH: usize = 1000;
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn bare_log(n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = LogConfig::builder()
+        .durability(wharf_log::Durability::Never)
+        .build()
+        .expect("config");
+    let log = Log::open(dir.path(), cfg).expect("open log");
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let start = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH);
+    for i in 0..n {
+        batch.push(Record::new(i as i64, payload.clone()));
+        if batch.len() == BATCH {
+            log.append(&batch).expect("append");
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        log.append(&batch).expect("append");
+    }
+    let mut off = 0;
+    let mut count = 0usize;
+    while off < log.end_offset() {
+        let r = log.read(off, 1 << 20).expect("read");
+        for rec in r.records() {
+            let rec = rec.expect("record");
+            count += rec.value.len() / 100;
+        }
+        off = r.next_offset();
+    }
+    assert_eq!(count, n);
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn broker_e2e(n: usize, mode: GroupMode) -> f64 {
+    let b = Broker::builder()
+        .default_topic(
+            TopicConfig::default()
+                .durability(Durability::Never)
+                .dedup_window(None),
+        )
+        .temporary()
+        .await
+        .expect("broker");
+    let topic = "bench.e2e";
+    b.ensure_topic(topic).await.expect("topic");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new(topic)
+                .group("bench")
+                .mode(mode)
+                .start(StartPosition::Earliest)
+                .max_in_flight(4096),
+        )
+        .await
+        .expect("subscribe");
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let start = Instant::now();
+    let publisher = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while sent < n {
+                let k = BATCH.min(n - sent);
+                let msgs: Vec<Message> = (0..k).map(|_| Message::new(payload.clone())).collect();
+                b.publish_batch(topic, msgs).await.expect("publish");
+                sent += k;
+            }
+        })
+    };
+    let mut got = 0;
+    let mut buf = Vec::with_capacity(256);
+    while got < n {
+        buf.clear();
+        let k = sub.next_batch(256, &mut buf).await.expect("next_batch");
+        assert!(k > 0, "subscription ended");
+        for d in buf.drain(..) {
+            d.ack().await.expect("ack");
+        }
+        got += k;
+    }
+    publisher.await.expect("publisher");
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    b.close().await.expect("close");
+    rate
+}
+
+async fn backlog_rss(n: usize) -> (f64, f64) {
+    let b = Broker::builder()
+        .default_topic(
+            TopicConfig::default()
+                .durability(Durability::Never)
+                .dedup_window(None),
+        )
+        .temporary()
+        .await
+        .expect("broker");
+    let topic = "bench.backlog";
+    let payload = Bytes::from(vec![b'x'; 100]);
+    let mut sent = 0;
+    while sent < n {
+        let k = BATCH.min(n - sent);
+        let msgs: Vec<Message> = (0..k).map(|_| Message::new(payload.clone())).collect();
+        b.publish_batch(topic, msgs).await.expect("publish");
+        sent += k;
+    }
+    let after_publish = rss_mib();
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new(topic)
+                .group("late")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    for _ in 0..100_000 {
+        let d = sub.next().await.expect("open").expect("delivery");
+        d.ack().await.expect("ack");
+    }
+    let consuming = rss_mib();
+    b.close().await.expect("close");
+    (after_publish, consuming)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let backlog: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let log = tokio::task::spawn_blocking(move || bare_log(n))
+        .await
+        .expect("bare log");
+    let queue = broker_e2e(n, GroupMode::Queue).await;
+    let stream = broker_e2e(n, GroupMode::Stream).await;
+    println!("messages: {n} x 100 B, durability Never, publish batches of {BATCH}");
+    println!("bare log append+read:              {:>12.0} msgs/s", log);
+    println!(
+        "broker publish->consume, queue:    {:>12.0} msgs/s  ({:.0}% of bare log)",
+        queue,
+        100.0 * queue / log
+    );
+    println!(
+        "broker publish->consume, stream:   {:>12.0} msgs/s  ({:.0}% of bare log)",
+        stream,
+        100.0 * stream / log
+    );
+    if backlog > 0 {
+        let (a, c) = backlog_rss(backlog).await;
+        println!("RSS with a backlog of {backlog} messages: {a:.0} MiB after publishing, {c:.0} MiB while a group consumes it");
+    }
+}
