@@ -16,13 +16,25 @@ pub const HEADER_LEN: usize = 48;
 /// Hard upper bound of an encoded batch and of a decompressed body.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 
-const CRC_START: usize = 8;
+/// The CRC covers bytes `[TAIL_START, len)` followed by `[8, TAIL_START)`,
+/// so the appender can checksum the body outside the lock and fold in
+/// `base_offset` (at 16..24) with a 16-byte `crc32c_append` under it.
+const TAIL_START: usize = 24;
+
+/// CRC32C of a batch as stored in its header: bytes `[24, len)` followed by
+/// bytes `[8, 24)` (length, attributes, reserved, base offset).
+///
+/// # Panics
+/// If `batch` is shorter than 24 bytes.
+pub fn batch_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&batch[TAIL_START..]), &batch[8..TAIL_START])
+}
 const ATTR_LZ4: u16 = 1;
 
 /// The decoded fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
-    /// Stored CRC32C of bytes `8..len`.
+    /// Stored CRC32C (see [`batch_crc`]).
     pub crc: u32,
     /// Total length of the batch in bytes, header included.
     pub len: u32,
@@ -133,7 +145,7 @@ impl BatchHeader {
                 available: bytes.len() as u64,
             });
         }
-        let computed = crc32c::crc32c(&bytes[CRC_START..]);
+        let computed = batch_crc(bytes);
         if computed != self.crc {
             return Err(CorruptKind::ChecksumMismatch {
                 stored: self.crc,
@@ -320,7 +332,7 @@ impl RecordIter {
 #[derive(Debug)]
 pub(crate) struct EncodedBatch {
     pub(crate) buf: Vec<u8>,
-    body_crc: u32,
+    tail_crc: u32,
     pub(crate) record_count: u32,
     pub(crate) max_timestamp: i64,
 }
@@ -333,9 +345,7 @@ impl EncodedBatch {
     /// Writes `base_offset` into the header and computes the final CRC.
     pub(crate) fn seal(&mut self, base_offset: u64) {
         self.buf[16..24].copy_from_slice(&base_offset.to_le_bytes());
-        let head_crc = crc32c::crc32c(&self.buf[CRC_START..HEADER_LEN]);
-        let body_len = self.buf.len() - HEADER_LEN;
-        let crc = crc32c::crc32c_combine(head_crc, self.body_crc, body_len);
+        let crc = crc32c::crc32c_append(self.tail_crc, &self.buf[8..TAIL_START]);
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
     }
 }
@@ -438,10 +448,10 @@ pub(crate) fn encode(
     buf[28..32].copy_from_slice(&(raw_len as u32).to_le_bytes());
     buf[32..40].copy_from_slice(&first_ts.to_le_bytes());
     buf[40..48].copy_from_slice(&max_ts.to_le_bytes());
-    let body_crc = crc32c::crc32c(&buf[HEADER_LEN..]);
+    let tail_crc = crc32c::crc32c(&buf[TAIL_START..]);
     Ok(EncodedBatch {
         buf,
-        body_crc,
+        tail_crc,
         record_count,
         max_timestamp: max_ts,
     })

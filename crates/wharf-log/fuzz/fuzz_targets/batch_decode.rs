@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use wharf_log::batch::{decode_all, decode_body_unchecked, BATCH_MAGIC, HEADER_LEN};
+use wharf_log::batch::{batch_crc, decode_all, decode_body_unchecked, BATCH_MAGIC, HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode_all(Bytes::copy_from_slice(data));
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         v[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
         let len = v.len() as u32;
         v[8..12].copy_from_slice(&len.to_le_bytes());
-        let crc = crc32c::crc32c(&v[8..]);
+        let crc = batch_crc(&v);
         v[4..8].copy_from_slice(&crc.to_le_bytes());
         if let Ok(records) = decode_all(Bytes::from(v)) {
             assert!(!records.is_empty());
