@@ -1,0 +1,336 @@
+//! [`RedisBackend`]: connecting, publishing through the dedup script, and
+//! the backend lifecycle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::watch;
+use wharf_core::{
+    name, Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt, Result,
+    SubscribeOptions, Subscriber, Subscription,
+};
+
+use crate::config::{RedisConfig, MAX_MESSAGE_BYTES, RESPONSE_TIMEOUT};
+use crate::error::{map, unexpected};
+use crate::{scripts, wire};
+
+/// The backend's name in errors and logs.
+pub(crate) const NAME: &str = "redis";
+
+/// A Wharf backend on Redis Streams; see the [crate docs](crate) for the mapping.
+///
+/// Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+}
+
+/// SHA1s of the loaded scripts.
+pub(crate) struct Shas {
+    pub(crate) publish: String,
+    pub(crate) claim_due: String,
+    pub(crate) claim_expired: String,
+    pub(crate) park: String,
+}
+
+/// State shared by the backend, its subscriptions and their ackers.
+pub(crate) struct Shared {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) prefix: String,
+    max_len: Option<u64>,
+    dedup_window_s: u64,
+    pub(crate) shas: Shas,
+    pub(crate) closed: watch::Sender<bool>,
+    /// When the first failed attempt of (group, entry id) happened.
+    pub(crate) first_failures: Mutex<HashMap<(String, String), u64>>,
+}
+
+pub(crate) fn connection_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT))
+}
+
+async fn load(conn: &mut MultiplexedConnection, script: &str) -> Result<String> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script)
+        .query_async(conn)
+        .await
+        .map_err(|e| map("SCRIPT LOAD", e))
+}
+
+impl RedisBackend {
+    /// Connects and loads the scripts.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the server cannot be reached;
+    /// [`Error::InvalidArgument`] for a bad URL or an empty prefix.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        if config.prefix.is_empty() || config.prefix.contains(char::is_whitespace) {
+            return Err(Error::InvalidArgument {
+                name: "key_prefix",
+                reason: "must be non-empty without whitespace".into(),
+            });
+        }
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| Error::InvalidArgument {
+                name: "url",
+                reason: e.to_string(),
+            })?;
+        let cfg = connection_config().set_connection_timeout(Some(config.connect_timeout));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| match map("connect", e) {
+                Error::Backend { source, .. } => Error::Unavailable {
+                    backend: NAME,
+                    source,
+                },
+                other => other,
+            })?;
+        let shas = Shas {
+            publish: load(&mut conn, scripts::PUBLISH).await?,
+            claim_due: load(&mut conn, scripts::CLAIM_DUE).await?,
+            claim_expired: load(&mut conn, scripts::CLAIM_EXPIRED).await?,
+            park: load(&mut conn, scripts::PARK).await?,
+        };
+        let (closed, _) = watch::channel(false);
+        Ok(RedisBackend {
+            shared: Arc::new(Shared {
+                client,
+                conn,
+                prefix: config.prefix,
+                max_len: config.max_len,
+                dedup_window_s: config.dedup_window.as_secs().max(1),
+                shas,
+                closed,
+                first_failures: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A connection to the same server (for the dedup store or direct use).
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.shared.conn.clone()
+    }
+
+    /// The stream key of `topic`: `<prefix>:s:<topic>`.
+    pub fn stream_key(&self, topic: &str) -> String {
+        self.shared.stream_key(topic)
+    }
+
+    /// Deletes every key under this backend's prefix (streams, groups, dedup
+    /// and retry keys): tear-down of tests and temporary namespaces.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn delete_all(&self) -> Result<()> {
+        let mut conn = self.shared.conn.clone();
+        let pattern = format!("{}:*", self.shared.prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| map("SCAN", e))?;
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| map("DEL", e))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn stream_key(&self, topic: &str) -> String {
+        format!("{}:s:{topic}", self.prefix)
+    }
+
+    pub(crate) fn retry_key(&self, topic: &str, group: &str) -> String {
+        format!("{}:r:{topic}:{group}", self.prefix)
+    }
+
+    fn dedup_key(&self, message: &Message) -> String {
+        format!("{}:d:{}", self.prefix, message.id())
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if *self.closed.borrow() {
+            return Err(Error::Closed {
+                what: "redis backend",
+            });
+        }
+        Ok(())
+    }
+
+    fn check(&self, message: &Message) -> Result<()> {
+        if message.size() > MAX_MESSAGE_BYTES {
+            return Err(Error::MessageTooLarge {
+                size: message.size(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The EVALSHA of the publish script for `message` on `topic`.
+    pub(crate) fn publish_cmd(&self, topic: &str, message: &Message, dedup: bool) -> redis::Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&self.shas.publish)
+            .arg(2)
+            .arg(self.stream_key(topic))
+            .arg(if dedup {
+                self.dedup_key(message)
+            } else {
+                String::new()
+            })
+            .arg(self.max_len.unwrap_or(0))
+            .arg(self.dedup_window_s);
+        for (n, v) in wire::fields(message) {
+            c.arg(n).arg(v.as_ref());
+        }
+        c
+    }
+
+    /// Publishes without dedup (dead-letter copies): returns the stream id.
+    pub(crate) async fn append(&self, topic: &str, message: &Message) -> Result<String> {
+        let v: Value = self
+            .publish_cmd(topic, message, false)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| map("publish", e))?;
+        parse_publish(&v).map(|(id, _)| id)
+    }
+}
+
+fn parse_publish(v: &Value) -> Result<(String, bool)> {
+    match v {
+        Value::Array(parts) => {
+            let id = parts.first().and_then(wire::string_of);
+            let dup = parts.get(1).and_then(wire::int_of);
+            match (id, dup) {
+                (Some(id), Some(dup)) => Ok((id, dup == 1)),
+                _ => Err(unexpected("publish script", format!("{parts:?}"))),
+            }
+        }
+        other => Err(unexpected("publish script", format!("{other:?}"))),
+    }
+}
+
+fn receipt(message: &Message, v: &Value) -> Result<Receipt> {
+    let (id, duplicate) = parse_publish(v)?;
+    Ok(Receipt {
+        id: message.id(),
+        partition: 0,
+        offset: wire::offset(&id),
+        duplicate,
+    })
+}
+
+#[async_trait]
+impl Publisher for RedisBackend {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
+        let s = &self.shared;
+        s.check_open()?;
+        name::validate_topic(topic)?;
+        s.check(&message)?;
+        let v: Value = s
+            .publish_cmd(topic, &message, true)
+            .query_async(&mut s.conn.clone())
+            .await
+            .map_err(|e| map("publish", e))?;
+        receipt(&message, &v)
+    }
+
+    async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        let s = &self.shared;
+        s.check_open()?;
+        name::validate_topic(topic)?;
+        for m in &messages {
+            s.check(m)?;
+        }
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for m in &messages {
+            pipe.add_command(s.publish_cmd(topic, m, true));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut s.conn.clone())
+            .await
+            .map_err(|e| map("publish batch", e))?;
+        messages
+            .iter()
+            .zip(replies.iter())
+            .map(|(m, v)| receipt(m, v))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Subscriber for RedisBackend {
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
+        crate::subscription::open(self.shared.clone(), options).await
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        [
+            Capability::ConsumerGroups,
+            Capability::NackWithDelay,
+            Capability::VisibilityTimeout,
+            Capability::ExtendLease,
+            Capability::Ttl,
+            Capability::Dedup,
+            Capability::ReplayFromOffset,
+            Capability::DeadLetter,
+            Capability::MaxDeliveries,
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::new(MAX_MESSAGE_BYTES)
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        // Streams are created by the first XADD or XGROUP CREATE … MKSTREAM.
+        name::validate_topic(topic)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.send_replace(true);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.shared.prefix)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,457 @@
+//! Subscriptions: one reader task per subscription, on a connection of its
+//! own (its blocking `XREADGROUP`/`XREAD` would stall a shared one), reading
+//! no more entries than the subscription has free in-flight slots for.
+//!
+//! Each round a group reader first claims due nacked entries (retry sorted
+//! set), then entries whose lease expired (`XPENDING IDLE` + `XCLAIM`), then
+//! reads new ones (`XREADGROUP … >`, blocking up to 100 ms). Deliveries go
+//! through a channel, so [`DeliveryStream::next`] is a channel receive:
+//! cancel safe.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use wharf_core::{
+    Capability, Delivery, DeliveryInfo, DeliveryStream, Error, MessageId, Result, StartPosition,
+    SubscribeOptions, Subscription, Timestamp,
+};
+
+use crate::acker::{Mode, Pending, RedisAcker};
+use crate::backend::{connection_config, Shared, NAME};
+use crate::error::map;
+use crate::wire::{self, Entry};
+
+/// Lease (visibility timeout) when none is set.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Longest a read blocks, which bounds how late a due retry is noticed.
+const BLOCK_MS: u64 = 100;
+/// Largest number of entries read at once.
+const MAX_READ: usize = 1024;
+
+pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<Subscription> {
+    shared.check_open()?;
+    let pattern = opts.validate()?;
+    if !pattern.is_literal() {
+        return Err(Error::Unsupported {
+            backend: NAME,
+            capability: Capability::Wildcards,
+        });
+    }
+    let topic = pattern.as_str().to_owned();
+    let key = shared.stream_key(&topic);
+    let lease = opts.visibility_timeout_value().unwrap_or(DEFAULT_LEASE);
+    if lease < Duration::from_millis(1) {
+        return Err(Error::InvalidArgument {
+            name: "visibility_timeout",
+            reason: "must be at least 1 ms".into(),
+        });
+    }
+    let mut conn = shared.conn.clone();
+    let start = match opts.start_position() {
+        StartPosition::Earliest => "0-0".to_owned(),
+        StartPosition::Latest => "$".to_owned(),
+        StartPosition::Offset(o) => wire::id_before(o),
+        _ => {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: Capability::ReplayFromTime,
+            })
+        }
+    };
+    let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
+    let (mode, cursor) = match opts.group_name() {
+        Some(group) => {
+            let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(group)
+                .arg(&start)
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = created {
+                if e.code() != Some("BUSYGROUP") {
+                    return Err(map("XGROUP CREATE", e));
+                }
+            }
+            let consumer = format!("c-{}", MessageId::new());
+            (
+                Mode::Group {
+                    group: group.to_owned(),
+                    consumer,
+                },
+                String::new(),
+            )
+        }
+        None => {
+            let cursor = if start == "$" {
+                last_id(&mut conn, &key).await?
+            } else {
+                start
+            };
+            (
+                Mode::Private {
+                    requeue: requeue_tx,
+                },
+                cursor,
+            )
+        }
+    };
+    let read_conn = shared
+        .client
+        .get_multiplexed_async_connection_with_config(&connection_config())
+        .await
+        .map_err(|e| map("connect", e))?;
+    let acker = Arc::new_cyclic(|me| RedisAcker {
+        shared: shared.clone(),
+        topic: topic.clone(),
+        mode,
+        dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
+        max_deliveries: opts.max_deliveries_limit(),
+        lease,
+        permits: Arc::new(Semaphore::new(opts.max_in_flight_limit())),
+        pending: Mutex::new(HashMap::new()),
+        next_token: AtomicU64::new(1),
+        runtime: tokio::runtime::Handle::current(),
+        release_queue: Mutex::new(VecDeque::new()),
+        release_lock: tokio::sync::Mutex::new(()),
+        me: me.clone(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reader = Reader {
+        topic: Arc::from(topic.as_str()),
+        key,
+        backend_closed: shared.closed.subscribe(),
+        shared: shared.clone(),
+        acker,
+        conn: read_conn,
+        cursor,
+        requeue: requeue_rx,
+        parked: Vec::new(),
+        tx,
+        stop: stop_rx,
+        next_reclaim: Instant::now(),
+        reclaim_every: (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+    };
+    tokio::spawn(reader.run());
+    Ok(Subscription::new(RedisStream {
+        rx,
+        backend_closed: shared.closed.subscribe(),
+        stop: stop_tx,
+        ended: false,
+    }))
+}
+
+/// The id of the newest entry of `key`, or `0-0`.
+async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> Result<String> {
+    let v: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(|e| map("XREVRANGE", e))?;
+    Ok(match &v {
+        Value::Array(es) => es
+            .first()
+            .map(wire::entry)
+            .transpose()?
+            .map_or_else(|| "0-0".to_owned(), |e| e.id),
+        _ => "0-0".to_owned(),
+    })
+}
+
+/// The task reading one subscription's entries.
+struct Reader {
+    shared: Arc<Shared>,
+    acker: Arc<RedisAcker>,
+    topic: Arc<str>,
+    key: String,
+    conn: MultiplexedConnection,
+    /// Last id read (private subscriptions).
+    cursor: String,
+    requeue: mpsc::UnboundedReceiver<(Pending, Duration)>,
+    /// Nacked deliveries of a private subscription, waiting for their time.
+    parked: Vec<(Instant, Pending)>,
+    tx: mpsc::UnboundedSender<Result<Delivery>>,
+    stop: watch::Receiver<bool>,
+    backend_closed: watch::Receiver<bool>,
+    next_reclaim: Instant,
+    reclaim_every: Duration,
+}
+
+impl Reader {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow() || *self.backend_closed.borrow() || self.tx.is_closed()
+    }
+
+    async fn run(mut self) {
+        loop {
+            let permits = self.acker.permits.clone();
+            let first = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|s| *s) => break,
+                _ = self.backend_closed.wait_for(|s| *s) => break,
+                p = permits.acquire() => p,
+            };
+            let Ok(first) = first else { break };
+            first.forget();
+            let mut n = 1;
+            let extra = permits.available_permits().min(MAX_READ - 1);
+            if extra > 0 {
+                if let Ok(p) = permits.try_acquire_many(u32::try_from(extra).unwrap_or(0)) {
+                    p.forget();
+                    n += extra;
+                }
+            }
+            let used = match self.round(n).await {
+                Ok(used) => used,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis subscription read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    0
+                }
+            };
+            permits.add_permits(n - used.min(n));
+            if self.stopped() {
+                break;
+            }
+        }
+        if let Mode::Group { group, consumer } = &self.acker.mode {
+            forget_consumer(&self.shared, &self.key, group, consumer).await;
+        }
+    }
+
+    /// One round of reads for up to `n` deliveries; returns how many were handed out.
+    async fn round(&mut self, n: usize) -> Result<usize> {
+        let mut used = 0;
+        match &self.acker.mode {
+            Mode::Group { group, consumer } => {
+                let (group, consumer) = (group.clone(), consumer.clone());
+                let retry = self.shared.retry_key(&self.topic, &group);
+                let due: Value = redis::cmd("EVALSHA")
+                    .arg(&self.shared.shas.claim_due)
+                    .arg(2)
+                    .arg(&self.key)
+                    .arg(&retry)
+                    .arg(&group)
+                    .arg(&consumer)
+                    .arg(Timestamp::now().as_millis())
+                    .arg(n)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(|e| map("claim due", e))?;
+                for (e, count) in wire::claimed_reply(&due)? {
+                    used += usize::from(self.deliver(e, count).await);
+                }
+                if used < n && Instant::now() >= self.next_reclaim {
+                    self.next_reclaim = Instant::now() + self.reclaim_every;
+                    let lease_ms = u64::try_from(self.acker.lease.as_millis()).unwrap_or(u64::MAX);
+                    let expired: Value = redis::cmd("EVALSHA")
+                        .arg(&self.shared.shas.claim_expired)
+                        .arg(2)
+                        .arg(&self.key)
+                        .arg(&retry)
+                        .arg(&group)
+                        .arg(&consumer)
+                        .arg(lease_ms)
+                        .arg(n - used)
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(|e| map("claim expired", e))?;
+                    for (e, count) in wire::claimed_reply(&expired)? {
+                        used += usize::from(self.deliver(e, count).await);
+                    }
+                }
+                if used < n {
+                    let mut cmd = redis::cmd("XREADGROUP");
+                    cmd.arg("GROUP")
+                        .arg(&group)
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(n - used);
+                    if used == 0 {
+                        cmd.arg("BLOCK").arg(BLOCK_MS);
+                    }
+                    let v: Value = cmd
+                        .arg("STREAMS")
+                        .arg(&self.key)
+                        .arg(">")
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(|e| map("XREADGROUP", e))?;
+                    for e in wire::read_reply(&v)? {
+                        used += usize::from(self.deliver(e, 1).await);
+                    }
+                }
+            }
+            Mode::Private { .. } => {
+                while let Ok((p, delay)) = self.requeue.try_recv() {
+                    self.parked.push((Instant::now() + delay, p));
+                }
+                let now = Instant::now();
+                let mut i = 0;
+                while i < self.parked.len() && used < n {
+                    if self.parked[i].0 <= now {
+                        let (_, p) = self.parked.swap_remove(i);
+                        let e = Entry {
+                            id: p.entry_id,
+                            message: p.message,
+                        };
+                        used += usize::from(self.deliver(e, p.attempt + 1).await);
+                    } else {
+                        i += 1;
+                    }
+                }
+                if used < n {
+                    let mut cmd = redis::cmd("XREAD");
+                    cmd.arg("COUNT").arg(n - used);
+                    if used == 0 {
+                        cmd.arg("BLOCK").arg(BLOCK_MS);
+                    }
+                    let v: Value = cmd
+                        .arg("STREAMS")
+                        .arg(&self.key)
+                        .arg(&self.cursor)
+                        .query_async(&mut self.conn)
+                        .await
+                        .map_err(|e| map("XREAD", e))?;
+                    for e in wire::read_reply(&v)? {
+                        self.cursor.clone_from(&e.id);
+                        used += usize::from(self.deliver(e, 1).await);
+                    }
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// Hands one entry out; `false` if it expired (acked, not handed out).
+    async fn deliver(&self, e: Entry, attempt: u32) -> bool {
+        if e.message
+            .expires_at()
+            .is_some_and(|at| at <= Timestamp::now())
+        {
+            if let Mode::Group { group, .. } = &self.acker.mode {
+                let _: redis::RedisResult<i64> = redis::cmd("XACK")
+                    .arg(&self.key)
+                    .arg(group)
+                    .arg(&e.id)
+                    .query_async(&mut self.shared.conn.clone())
+                    .await;
+            }
+            return false;
+        }
+        let info = DeliveryInfo {
+            topic: self.topic.clone(),
+            partition: 0,
+            offset: wire::offset(&e.id),
+            attempt,
+        };
+        let token = self.acker.register(Pending {
+            entry_id: e.id,
+            message: e.message.clone(),
+            attempt,
+            keeper: None,
+        });
+        let d = Delivery::new(e.message, info, self.acker.clone(), token);
+        // On a closed channel the delivery comes back in the error and is
+        // dropped, which releases it.
+        let _ = self.tx.send(Ok(d));
+        true
+    }
+}
+
+/// Removes a group consumer that holds nothing (best effort), so groups do
+/// not collect one consumer per subscription ever made.
+async fn forget_consumer(shared: &Shared, key: &str, group: &str, consumer: &str) {
+    let mut conn = shared.conn.clone();
+    let pending: redis::RedisResult<Value> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .arg(consumer)
+        .query_async(&mut conn)
+        .await;
+    if matches!(pending, Ok(Value::Array(ref v)) if v.is_empty()) {
+        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(key)
+            .arg(group)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await;
+    }
+}
+
+/// The [`DeliveryStream`] of a Redis subscription.
+struct RedisStream {
+    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
+    backend_closed: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    ended: bool,
+}
+
+impl RedisStream {
+    fn end(&mut self) {
+        self.ended = true;
+        self.stop.send_replace(true);
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for RedisStream {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for RedisStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended {
+            return None;
+        }
+        let item = tokio::select! {
+            biased;
+            _ = self.backend_closed.wait_for(|c| *c) => None,
+            item = self.rx.recv() => Some(item),
+        };
+        match item {
+            Some(Some(d)) => Some(d),
+            Some(None) => {
+                self.ended = true;
+                None
+            }
+            None => {
+                self.end();
+                None
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.end();
+        Ok(())
+    }
+}

@@ -1,0 +1,232 @@
+//! How a Wharf [`Message`] is laid out as a stream entry, how stream ids map
+//! to `u64` offsets, and how replies are read back.
+//!
+//! Entry fields, in order: `id` (UUID text), `ts` (ms), `k` (key, only when
+//! set), `h:<name>` per header (in header order; stream entries keep field
+//! order), `p` (payload). All binary safe.
+//!
+//! Offsets: stream id `<ms>-<seq>` is `ms << 22 | seq`. Ids made by `XADD *`
+//! fit as long as one millisecond holds fewer than 4,194,304 entries, which
+//! one Redis cannot write; the mapping is then exact and ordered.
+
+use std::str::FromStr;
+
+use bytes::Bytes;
+use redis::Value;
+use wharf_core::{Message, MessageId, Result, Timestamp};
+
+use crate::error::unexpected;
+
+const SEQ_BITS: u32 = 22;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// The XADD field/value arguments for `msg`.
+pub(crate) fn fields(msg: &Message) -> Vec<(Vec<u8>, Bytes)> {
+    let mut f = Vec::with_capacity(4 + msg.headers().len());
+    f.push((b"id".to_vec(), Bytes::from(msg.id().to_string())));
+    f.push((
+        b"ts".to_vec(),
+        Bytes::from(msg.timestamp().as_millis().to_string()),
+    ));
+    if let Some(k) = msg.key() {
+        f.push((b"k".to_vec(), k.clone()));
+    }
+    for (n, v) in msg.headers().iter() {
+        let mut name = b"h:".to_vec();
+        name.extend_from_slice(n.as_bytes());
+        f.push((name, Bytes::copy_from_slice(v.as_bytes())));
+    }
+    f.push((b"p".to_vec(), msg.payload().clone()));
+    f
+}
+
+fn bytes_of(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+pub(crate) fn string_of(v: &Value) -> Option<String> {
+    match v {
+        Value::Int(i) => Some(i.to_string()),
+        other => bytes_of(other).map(|b| String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+pub(crate) fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => string_of(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// A stream entry: its id and the message it holds.
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) message: Message,
+}
+
+/// Decodes `[id, [field, value, …]]`.
+pub(crate) fn entry(v: &Value) -> Result<Entry> {
+    let Value::Array(parts) = v else {
+        return Err(unexpected("stream entry", format!("{v:?}")));
+    };
+    let id = parts
+        .first()
+        .and_then(string_of)
+        .ok_or_else(|| unexpected("stream entry", "no id"))?;
+    let fields: &[Value] = match parts.get(1) {
+        Some(Value::Array(f)) => f,
+        Some(Value::Map(_)) | Some(_) | None => {
+            return Err(unexpected("stream entry", format!("fields of {id}")))
+        }
+    };
+    let mut b = Message::builder();
+    for pair in fields.chunks(2) {
+        let (Some(name), Some(value)) = (
+            pair.first().and_then(bytes_of),
+            pair.get(1).and_then(bytes_of),
+        ) else {
+            continue;
+        };
+        match name {
+            b"id" => {
+                if let Ok(id) = MessageId::from_str(&String::from_utf8_lossy(value)) {
+                    b = b.id(id);
+                }
+            }
+            b"ts" => {
+                if let Ok(ms) = String::from_utf8_lossy(value).parse() {
+                    b = b.timestamp(Timestamp::from_millis(ms));
+                }
+            }
+            b"k" => b = b.key(Bytes::copy_from_slice(value)),
+            b"p" => b = b.payload(Bytes::copy_from_slice(value)),
+            n if n.starts_with(b"h:") => {
+                b = b.header(
+                    String::from_utf8_lossy(&n[2..]).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(Entry {
+        id,
+        message: b.build(),
+    })
+}
+
+/// Decodes an `XREAD`/`XREADGROUP` reply for one stream into its entries
+/// (nil — nothing within BLOCK — is no entries).
+pub(crate) fn read_reply(v: &Value) -> Result<Vec<Entry>> {
+    let streams: Vec<&Value> = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(s) => s.iter().collect(),
+        Value::Map(m) => m.iter().map(|(_, v)| v).collect(),
+        other => return Err(unexpected("XREAD", format!("{other:?}"))),
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        let entries = match s {
+            Value::Array(kv) => kv.get(1),
+            other => Some(other),
+        };
+        if let Some(Value::Array(es)) = entries {
+            for e in es {
+                out.push(entry(e)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes the `[[entry, count], …]` that the claim scripts return.
+pub(crate) fn claimed_reply(v: &Value) -> Result<Vec<(Entry, u32)>> {
+    let Value::Array(items) = v else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(pair) = item else {
+            return Err(unexpected("claim script", format!("{item:?}")));
+        };
+        let (Some(e), Some(count)) = (pair.first(), pair.get(1).and_then(int_of)) else {
+            return Err(unexpected("claim script", format!("{pair:?}")));
+        };
+        out.push((entry(e)?, u32::try_from(count).unwrap_or(u32::MAX)));
+    }
+    Ok(out)
+}
+
+/// The offset of stream id `<ms>-<seq>`.
+pub(crate) fn offset(id: &str) -> Option<u64> {
+    let (ms, seq) = id.split_once('-')?;
+    let ms: u64 = ms.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    (seq <= SEQ_MASK && ms < (1 << (64 - SEQ_BITS))).then_some(ms << SEQ_BITS | seq)
+}
+
+/// The stream id just before `offset`, for reads that start *at* `offset`
+/// (XREAD and XGROUP CREATE take the last id already seen).
+pub(crate) fn id_before(offset: u64) -> String {
+    let (ms, seq) = (offset >> SEQ_BITS, offset & SEQ_MASK);
+    match (ms, seq) {
+        (0, 0) => "0-0".into(),
+        (ms, 0) => format!("{}-{}", ms - 1, u64::MAX),
+        (ms, seq) => format!("{ms}-{}", seq - 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_value(f: &[(Vec<u8>, Bytes)], id: &str) -> Value {
+        let mut flat = Vec::new();
+        for (n, v) in f {
+            flat.push(Value::BulkString(n.clone()));
+            flat.push(Value::BulkString(v.to_vec()));
+        }
+        Value::Array(vec![
+            Value::BulkString(id.as_bytes().to_vec()),
+            Value::Array(flat),
+        ])
+    }
+
+    #[test]
+    fn message_round_trips_through_entry_fields_in_header_order() {
+        let m = Message::builder()
+            .key(Bytes::from_static(b"\x00bin"))
+            .header("z", "1")
+            .header("a", "2")
+            .payload(Bytes::from_static(b"\xffdata"))
+            .timestamp(Timestamp::from_millis(9))
+            .build();
+        let e = entry(&as_value(&fields(&m), "5-1")).expect("entry");
+        assert_eq!(e.id, "5-1");
+        assert_eq!(e.message, m);
+        let names: Vec<&str> = e.message.headers().iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["z", "a"]);
+    }
+
+    #[test]
+    fn offsets_keep_stream_id_order_and_id_before_starts_at_the_offset() {
+        let a = offset("1700000000000-0").expect("a");
+        let b = offset("1700000000000-1").expect("b");
+        let c = offset("1700000000001-0").expect("c");
+        assert!(a < b && b < c);
+        assert_eq!(id_before(b), "1700000000000-0");
+        assert_eq!(id_before(c), format!("1700000000000-{}", u64::MAX));
+        assert_eq!(id_before(0), "0-0");
+        assert_eq!(offset("1-4194304"), None);
+        assert_eq!(offset("nope"), None);
+    }
+
+    #[test]
+    fn nil_read_reply_is_no_entries() {
+        assert!(read_reply(&Value::Nil).expect("nil").is_empty());
+    }
+}

@@ -1,0 +1,9 @@
+//! The wharf-testkit conformance suite against the shared Redis server, each
+//! case under a key prefix of its own (deleted afterwards).
+
+mod service;
+
+wharf_testkit::conformance_tests!(match service::RedisFactory::new().await {
+    Some(factory) => factory,
+    None => return,
+});

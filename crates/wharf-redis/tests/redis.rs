@@ -1,0 +1,163 @@
+//! Redis-specific behaviour beyond the conformance suite: the dedup store,
+//! unsupported patterns, stale settlements, private-subscription nacks,
+//! dead-lettering on the last attempt, and errors.
+
+mod service;
+
+use std::time::Duration;
+
+use wharf_core::{
+    header, name::dead_letter_topic, Backend, Capability, Error, Message, Publisher, StartPosition,
+    SubscribeOptions, Subscriber,
+};
+use wharf_redis::{RedisBackend, RedisConfig, RedisDedupStore};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(sub: &mut wharf_core::Subscription) -> wharf_core::Delivery {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("subscription open")
+        .expect("delivery ok")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_unavailable() {
+    let cfg = RedisConfig::new("redis://127.0.0.1:1").connect_timeout(Duration::from_millis(500));
+    let r = RedisBackend::connect(cfg).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unavailable {
+                backend: "redis",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_store_admits_a_key_once_per_ttl() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let store = RedisDedupStore::new(ns.backend.connection(), ns.config.key_prefix_value());
+    let ttl = Duration::from_secs(1);
+    assert!(store.check_and_set("k1", ttl).await.expect("first"));
+    assert!(!store.check_and_set("k1", ttl).await.expect("second"));
+    assert!(store.check_and_set("k2", ttl).await.expect("other key"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(store.check_and_set("k1", ttl).await.expect("after ttl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscription_is_unsupported() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let r = ns
+        .backend
+        .subscribe(SubscribeOptions::new("orders.*"))
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unsupported {
+                capability: Capability::Wildcards,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_of_a_delivery_whose_lease_expired_is_unknown() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let opts = SubscribeOptions::new("lease")
+        .group("g")
+        .visibility_timeout(Duration::from_millis(300));
+    let mut sub = b.subscribe(opts).await.expect("subscribe");
+    b.publish("lease", Message::new("x"))
+        .await
+        .expect("publish");
+    let stale = next(&mut sub).await;
+    let fresh = next(&mut sub).await;
+    assert_eq!(fresh.attempt(), 2);
+    let r = stale.nack().await;
+    assert!(matches!(r, Err(Error::UnknownDelivery { .. })), "{r:?}");
+    fresh.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_subscription_nack_redelivers_with_next_attempt() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("solo").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    b.publish("solo", Message::new("again"))
+        .await
+        .expect("publish");
+    let d = next(&mut sub).await;
+    assert_eq!(d.attempt(), 1);
+    d.nack().await.expect("nack");
+    let d = next(&mut sub).await;
+    assert_eq!(&d.message().payload()[..], b"again");
+    assert_eq!(d.attempt(), 2);
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_on_the_last_attempt_dead_letters_the_message() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut dead = b
+        .subscribe(
+            SubscribeOptions::new(dead_letter_topic("jobs"))
+                .group("ops")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe dlq");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("jobs").group("g").max_deliveries(1))
+        .await
+        .expect("subscribe");
+    let r = b
+        .publish("jobs", Message::new("crashes"))
+        .await
+        .expect("publish");
+    drop(next(&mut sub).await);
+    let dl = next(&mut dead).await;
+    assert_eq!(dl.message().id(), r.id);
+    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
+    assert_eq!(
+        dl.message().headers().get(header::ORIGINAL_OFFSET),
+        r.offset.map(|o| o.to_string()).as_deref()
+    );
+    dl.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_rejected_at_one_mebibyte() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    assert_eq!(ns.backend.limits().max_message_bytes, 1024 * 1024);
+    let r = ns
+        .backend
+        .publish("big", Message::new(vec![0u8; 1024 * 1024 + 1]))
+        .await;
+    assert!(matches!(r, Err(Error::MessageTooLarge { .. })), "{r:?}");
+}
