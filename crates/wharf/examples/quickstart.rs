@@ -1,9 +1,12 @@
-//! Quick start: publish typed messages and consume them in a consumer group.
+//! Quick start: publish typed messages to the embedded durable broker and
+//! consume them in a consumer group; then the same code on the in-memory
+//! backend — handlers only ever see `Arc<dyn Backend>`.
 //!
 //! Run with `cargo run -p wharf --example quickstart`.
 
 use std::sync::Arc;
 
+use wharf::broker::Broker;
 use wharf::memory::MemoryBackend;
 use wharf::{Backend, Json, Message, SubscribeOptions};
 
@@ -13,11 +16,7 @@ struct OrderCreated {
     amount_cents: u64,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), wharf::Error> {
-    // Any backend works behind `Arc<dyn Backend>`; the in-memory one needs no setup.
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-
+async fn round_trip(backend: Arc<dyn Backend>) -> Result<(), wharf::Error> {
     // A consumer group: every group gets each message once.
     let mut orders = backend
         .subscribe(SubscribeOptions::new("orders.*").group("billing"))
@@ -27,24 +26,44 @@ async fn main() -> Result<(), wharf::Error> {
         let msg = Message::builder()
             .key(format!("customer-{}", order_id % 2))
             .header("source", "quickstart")
-            .encode(&Json, &OrderCreated { order_id, amount_cents: 1_000 * order_id })?
+            .encode(
+                &Json,
+                &OrderCreated {
+                    order_id,
+                    amount_cents: 1_000 * order_id,
+                },
+            )?
             .build();
         let receipt = backend.publish("orders.created", msg).await?;
-        println!("published order {order_id} at offset {:?}", receipt.offset);
+        println!(
+            "[{}] published order {order_id} to partition {} at offset {:?}",
+            backend.name(),
+            receipt.partition,
+            receipt.offset
+        );
     }
 
     for _ in 0..3 {
         let delivery = orders.next().await.expect("subscription is open")?;
         let order: OrderCreated = delivery.message().decode(&Json)?;
         println!(
-            "billing got {order:?} from {} (attempt {})",
+            "[{}] billing got {order:?} from {} (attempt {})",
+            backend.name(),
             delivery.topic(),
             delivery.attempt()
         );
         delivery.ack().await?;
     }
+    backend.close().await
+}
 
-    backend.close().await?;
-    println!("round trip complete");
+#[tokio::main]
+async fn main() -> Result<(), wharf::Error> {
+    // Durable: data lives in a directory (a temporary one here), fsync'd before each ack.
+    let broker = Broker::temporary().await?;
+    round_trip(Arc::new(broker)).await?;
+    // Same code, no durability, no disk.
+    round_trip(Arc::new(MemoryBackend::new())).await?;
+    println!("round trips complete");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! | feature | module | backend |
 //! |---|---|---|
 //! | `memory` (default) | [`memory`] | in-process, bounded, non-durable |
+//! | `broker` (default) | [`broker`] | embedded durable broker on Wharf's own log |
 //!
 //! See `examples/quickstart.rs` for a publish/consume round trip.
 
@@ -15,4 +16,10 @@ pub use wharf_core::*;
 #[cfg(feature = "memory")]
 pub mod memory {
     pub use wharf_memory::*;
+}
+
+/// The embedded durable broker ([`wharf_broker`]).
+#[cfg(feature = "broker")]
+pub mod broker {
+    pub use wharf_broker::*;
 }
