@@ -116,6 +116,14 @@ impl BatchHeader {
                 available: MAX_BATCH_BYTES as u64,
             });
         }
+        // LZ4 expands at most ~255:1; this bounds what a decoder allocates.
+        let body_len = u64::from(len) - HEADER_LEN as u64;
+        if compression == Compression::Lz4 && u64::from(raw_len) > body_len * 255 + 64 {
+            return Err(CorruptKind::BadLength {
+                len: u64::from(raw_len),
+                available: body_len * 255 + 64,
+            });
+        }
         if compression == Compression::None && raw_len as usize != len as usize - HEADER_LEN {
             return Err(CorruptKind::BadLength {
                 len: u64::from(raw_len),
