@@ -21,7 +21,10 @@ async fn pump(n: usize, size: usize) -> Duration {
         .subscribe(SubscribeOptions::new("bench").group("g"))
         .await
         .expect("subscribe");
+    // Pre-built messages, cloned per batch: measures the transport, not
+    // UUID generation (see examples/throughput.rs for both).
     let payload = Bytes::from(vec![7u8; size]);
+    let template: Vec<Message> = (0..BATCH).map(|_| Message::new(payload.clone())).collect();
     let start = Instant::now();
     let consumer = tokio::spawn(async move {
         let mut got = 0;
@@ -35,9 +38,8 @@ async fn pump(n: usize, size: usize) -> Duration {
     });
     let publisher = tokio::spawn(async move {
         for _ in 0..n / BATCH {
-            let batch = (0..BATCH).map(|_| Message::new(payload.clone())).collect();
             backend
-                .publish_batch("bench", batch)
+                .publish_batch("bench", template.clone())
                 .await
                 .expect("publish");
         }

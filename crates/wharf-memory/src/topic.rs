@@ -582,6 +582,16 @@ impl Topic {
         }
     }
 
+    /// A group's `low` moved. Waiting publishers are woken once a sizeable
+    /// part of the window is free, or when the group has caught up (then no
+    /// further progress would come to wake them), not on every ack.
+    fn group_progressed(&self, st: &State, low: u64, cursor: u64) {
+        let batch = (self.capacity / 16).max(1) as u64;
+        if low.saturating_sub(st.base) >= batch || cursor == st.end() {
+            self.notify_space(st);
+        }
+    }
+
     fn notify_space(&self, st: &State) {
         if st.log.len() >= self.capacity {
             self.space.notify_waiters();
@@ -729,8 +739,9 @@ impl Topic {
         if polled.taken.is_none() {
             polled.deadline = g.deadline();
         }
+        let (low, cursor) = (g.low, g.cursor);
         if freed {
-            self.notify_space(&st);
+            self.group_progressed(&st, low, cursor);
         }
         polled
     }
@@ -792,7 +803,8 @@ impl Topic {
                 st.groups[gidx] = None;
                 self.notify_space(&st);
             } else if g.trim() {
-                self.notify_space(&st);
+                let (low, cursor) = (g.low, g.cursor);
+                self.group_progressed(&st, low, cursor);
             }
         }
         Ok(dead.pop())
