@@ -29,8 +29,12 @@ pub(crate) fn storage_error(what: &'static str, e: impl std::fmt::Display) -> Er
 }
 
 pub(crate) fn log_error(e: wharf_log::LogError) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        source: Box::new(e),
+    match e {
+        // The broker is shutting down under a concurrent publish.
+        wharf_log::LogError::Closed => Error::Closed { what: "broker" },
+        e => Error::Backend {
+            backend: BACKEND,
+            source: Box::new(e),
+        },
     }
 }
