@@ -378,3 +378,37 @@ fn invalid_config_is_rejected_naming_the_field() {
         }
     ));
 }
+
+#[test]
+fn a_tailing_reader_sees_dense_intact_records_while_segments_roll() {
+    for durability in [Durability::Never, Durability::Always] {
+        let sim = SimStorage::new();
+        let log = Arc::new(Log::open("/log", sim_config(&sim, durability, 4096)).expect("open"));
+        let writer = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..600u64 {
+                    log.append(&[rec(i)]).expect("append");
+                }
+            })
+        };
+        let mut next = 0u64;
+        while next < 600 {
+            let rb = log.read(next, 700).expect("read while writing");
+            if rb.is_empty() {
+                assert!(next <= log.end_offset());
+                std::thread::yield_now();
+                continue;
+            }
+            for r in rb.records() {
+                let r = r.expect("decode");
+                assert_eq!(r.offset, next);
+                assert_eq!(r.to_record(), rec(next));
+                next += 1;
+            }
+        }
+        writer.join().expect("writer");
+        assert!(log.segment_count() > 3);
+        assert_eq!(log.readable_end_offset(), 600);
+    }
+}
