@@ -854,3 +854,19 @@ impl Topic {
         self.space.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trips_offset_and_attempt_mod_2_16() {
+        assert_eq!(token_parts(token(0, 1)), (0, 1));
+        assert_eq!(
+            token_parts(token(OFFSET_MASK, 0xFFFF)),
+            (OFFSET_MASK, 0xFFFF)
+        );
+        assert_eq!(token_parts(token(42, 0x1_0002)), (42, 2));
+        assert_ne!(token(7, 1), token(7, 2), "attempts make tokens distinct");
+    }
+}

@@ -648,3 +648,74 @@ async fn next_batch_takes_everything_ready_up_to_max() {
     let offsets: Vec<_> = out.iter().map(|d| d.info().offset.unwrap()).collect();
     assert_eq!(offsets, (0..10).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn dropping_a_delivery_counts_toward_max_deliveries() {
+    let b = MemoryBackend::new();
+    let mut dlq = b
+        .subscribe(SubscribeOptions::new("dlq.t").group("ops"))
+        .await
+        .unwrap();
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("t").group("g").max_deliveries(2))
+        .await
+        .unwrap();
+    b.publish("t", Message::new("crashes the handler"))
+        .await
+        .unwrap();
+    drop(next(&mut sub).await);
+    let d = next(&mut sub).await;
+    assert_eq!(d.attempt(), 2);
+    drop(d);
+    let dead = next(&mut dlq).await;
+    assert_eq!(
+        dead.message().headers().get(header::DLQ_REASON),
+        Some("max deliveries exceeded")
+    );
+    assert!(nothing_within(&mut sub, Duration::from_millis(20)).await);
+}
+
+#[tokio::test]
+async fn star_matches_one_segment_only() {
+    let b = MemoryBackend::new();
+    let mut sub = b.subscribe(SubscribeOptions::new("a.*")).await.unwrap();
+    b.publish("a.b.c", Message::new("deep")).await.unwrap();
+    b.publish("a", Message::new("short")).await.unwrap();
+    b.publish("a.b", Message::new("match")).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!((d.topic(), text(&d).as_str()), ("a.b", "match"));
+    assert!(nothing_within(&mut sub, Duration::from_millis(20)).await);
+}
+
+#[tokio::test]
+async fn ensure_topic_validates_and_a_closed_backend_refuses_everything() {
+    let b = MemoryBackend::new();
+    assert!(b.ensure_topic("ok.topic").await.is_ok());
+    assert!(matches!(
+        b.ensure_topic("not ok").await,
+        Err(Error::InvalidName { .. })
+    ));
+    b.close().await.unwrap();
+    assert!(matches!(
+        b.subscribe(SubscribeOptions::new("ok.topic")).await,
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(
+        b.publish_batch("ok.topic", vec![Message::new("x")]).await,
+        Err(Error::Closed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn next_batch_returns_what_is_ready_without_waiting_for_max() {
+    let b = MemoryBackend::new();
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("t").group("g"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    publish_n(&b, "t", 1).await;
+    // next_batch waits for the first, then uses try_next for the rest.
+    assert_eq!(sub.next_batch(10, &mut out).await.unwrap(), 1);
+    assert!(nothing_within(&mut sub, Duration::from_millis(20)).await);
+}
