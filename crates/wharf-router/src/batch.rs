@@ -244,7 +244,7 @@ async fn handle_batch<S>(
         .map(|d| {
             let m = std::mem::replace(d.message_mut(), placeholder.clone());
             if keep_copy {
-                copies.push(m.clone());
+                copies.push(Box::new(m.clone()));
             }
             Request::new(m, d.info().clone(), ctx.clone())
         })

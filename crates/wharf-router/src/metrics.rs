@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use metrics::{Counter, Histogram, Label};
@@ -36,9 +37,19 @@ pub(crate) fn dead_lettered() -> Counter {
 }
 
 /// Records [`HANDLED`], [`FAILED`] and [`DURATION`] per message.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MetricsLayer {
     labels: Vec<Label>,
+    durations: bool,
+}
+
+impl Default for MetricsLayer {
+    fn default() -> Self {
+        MetricsLayer {
+            labels: Vec::new(),
+            durations: true,
+        }
+    }
 }
 
 impl MetricsLayer {
@@ -53,6 +64,14 @@ impl MetricsLayer {
         self.labels.push(Label::new(key, value.into()));
         self
     }
+
+    /// Whether to record [`DURATION`] (two clock reads per message, the
+    /// layer's main cost; default on).
+    #[must_use]
+    pub fn durations(mut self, on: bool) -> Self {
+        self.durations = on;
+        self
+    }
 }
 
 impl<S> Layer<S> for MetricsLayer {
@@ -60,20 +79,28 @@ impl<S> Layer<S> for MetricsLayer {
     fn layer(&self, inner: S) -> Metrics<S> {
         Metrics {
             inner,
-            handled: metrics::counter!(HANDLED, self.labels.iter()),
-            failed: metrics::counter!(FAILED, self.labels.iter()),
-            duration: metrics::histogram!(DURATION, self.labels.iter()),
+            handles: Arc::new(Handles {
+                handled: metrics::counter!(HANDLED, self.labels.iter()),
+                failed: metrics::counter!(FAILED, self.labels.iter()),
+                duration: self
+                    .durations
+                    .then(|| metrics::histogram!(DURATION, self.labels.iter())),
+            }),
         }
     }
+}
+
+struct Handles {
+    handled: Counter,
+    failed: Counter,
+    duration: Option<Histogram>,
 }
 
 /// The service made by [`MetricsLayer`].
 #[derive(Clone)]
 pub struct Metrics<S> {
     inner: S,
-    handled: Counter,
-    failed: Counter,
-    duration: Histogram,
+    handles: Arc<Handles>,
 }
 
 impl<S> std::fmt::Debug for Metrics<S> {
@@ -97,10 +124,8 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         MetricsFuture {
             inner: self.inner.call(req),
-            start: Instant::now(),
-            handled: self.handled.clone(),
-            failed: self.failed.clone(),
-            duration: self.duration.clone(),
+            start: self.handles.duration.as_ref().map(|_| Instant::now()),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -110,10 +135,8 @@ pin_project! {
     pub struct MetricsFuture<F> {
         #[pin]
         inner: F,
-        start: Instant,
-        handled: Counter,
-        failed: Counter,
-        duration: Histogram,
+        start: Option<Instant>,
+        handles: Arc<Handles>,
     }
 }
 
@@ -122,10 +145,13 @@ impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for MetricsFuture
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        this.duration.record(this.start.elapsed().as_secs_f64());
-        this.handled.increment(1);
+        let h = &**this.handles;
+        if let (Some(d), Some(start)) = (&h.duration, this.start) {
+            d.record(start.elapsed().as_secs_f64());
+        }
+        h.handled.increment(1);
         if matches!(out, Err(_) | Ok(Outcome::Reject { .. })) {
-            this.failed.increment(1);
+            h.failed.increment(1);
         }
         Poll::Ready(out)
     }
@@ -239,5 +265,22 @@ mod tests {
         let d = rec.histogram("wharf_router_handle_duration_seconds,route=orders");
         assert_eq!(d.len(), 3);
         assert!(d.iter().all(|s| (*s - 0.25).abs() < 0.01), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn durations_off_records_counters_but_no_histogram() {
+        let rec = TestRecorder::default();
+        let _guard = metrics::set_default_local_recorder(&rec);
+        let svc = MetricsLayer::new()
+            .durations(false)
+            .layer(handler_fn(|_r: Request| async { Ok(Outcome::Ack) }));
+        let (c, _) = ctx();
+        call(svc, Request::test("t", Message::new("x"), c))
+            .await
+            .unwrap();
+        assert_eq!(rec.counter("wharf_router_handled_total"), 1);
+        assert!(rec
+            .histogram("wharf_router_handle_duration_seconds")
+            .is_empty());
     }
 }

@@ -15,8 +15,6 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::instrument::Instrumented;
-use tracing::Instrument;
 use wharf_core::{header, Message};
 
 use crate::outcome::{HandlerError, Outcome};
@@ -207,37 +205,47 @@ where
             message_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        if !span.is_disabled() {
-            span.record("message_id", tracing::field::display(req.message().id()));
-        }
-        // Only pay for parsing and id generation when someone looks at
-        // spans or the message carries a trace already.
         let incoming = TraceContext::from_message(req.message());
-        if incoming.is_some() || !span.is_disabled() {
-            let tc = incoming.map_or_else(TraceContext::new_root, |t| t.child());
-            if !span.is_disabled() {
-                span.record("trace_id", tracing::field::display(tc.trace_id_hex()));
+        if span.is_disabled() {
+            // Nobody looks at spans: only carry an existing trace over.
+            if let Some(tc) = incoming {
+                req.set_trace(tc.child());
             }
-            req.set_trace(tc);
+            return TraceFuture {
+                inner: self.inner.call(req),
+                span: None,
+            };
         }
+        span.record("message_id", tracing::field::display(req.message().id()));
+        let tc = incoming.map_or_else(TraceContext::new_root, |t| t.child());
+        span.record("trace_id", tracing::field::display(tc.trace_id_hex()));
+        req.set_trace(tc);
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
         TraceFuture {
-            inner: self.inner.call(req).instrument(span),
+            inner,
+            span: Some(span),
         }
     }
 }
 
 pin_project! {
-    /// Future of [`Trace`].
+    /// Future of [`Trace`]: polls the handler inside its span (if enabled).
     pub struct TraceFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: F,
+        span: Option<tracing::Span>,
     }
 }
 
 impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for TraceFuture<F> {
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
+        this.inner.poll(cx)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -36,30 +37,62 @@ pub(crate) async fn run_lane<S>(
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
     while let Some(batch) = rx.recv().await {
         for mut delivery in batch {
+            let ready = poll_ready_catching(&mut svc).await;
             let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
-            let copy = keep_copy.then(|| message.clone());
-            let req = Request::new(message, delivery.info().clone(), ctx.clone());
-            let result = AssertUnwindSafe(handle(&mut svc, req))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    counters.panics.add(1);
-                    Err(HandlerError::Panicked {
-                        message: crate::recover::panic_message(&*panic),
-                    })
-                });
+            let copy = keep_copy.then(|| Box::new(message.clone()));
+            let result = match ready {
+                Ok(()) => {
+                    let req = Request::new(message, delivery.info().clone(), ctx.clone());
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
+                        Ok(fut) => AssertUnwindSafe(fut)
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|p| panicked(&counters, &*p)),
+                        Err(p) => panicked(&counters, &*p),
+                    }
+                }
+                Err(e) => Err(e),
+            };
             counters.handled.add(1);
-            settle(delivery, result, copy, &ctx, &counters).await;
+            // The common case inline; everything else in `settle`.
+            if matches!(result, Ok(Outcome::Ack)) {
+                match delivery.ack().await {
+                    Ok(()) => counters.acked.add(1),
+                    Err(e) => settle_failed(&counters, &e),
+                }
+            } else {
+                settle(delivery, result, copy, &ctx, &counters).await;
+            }
         }
     }
 }
 
-async fn handle<S>(svc: &mut S, req: Request) -> HandlerResult
+/// Waits for the service to be ready; a panic becomes an error.
+async fn poll_ready_catching<S>(svc: &mut S) -> Result<(), HandlerError>
 where
     S: Service<Request, Response = Outcome, Error = HandlerError>,
 {
-    futures_util::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-    svc.call(req).await
+    futures_util::future::poll_fn(|cx| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| svc.poll_ready(cx))).unwrap_or_else(|p| {
+            Poll::Ready(Err(HandlerError::Panicked {
+                message: crate::recover::panic_message(&*p),
+            }))
+        })
+    })
+    .await
+}
+
+/// A panic payload as a handler error, counted.
+fn panicked(counters: &LaneCounters, panic: &(dyn std::any::Any + Send)) -> HandlerResult {
+    counters.panics.add(1);
+    Err(HandlerError::Panicked {
+        message: crate::recover::panic_message(panic),
+    })
+}
+
+fn settle_failed(counters: &LaneCounters, e: &wharf_core::Error) {
+    counters.settle_errors.add(1);
+    tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
 }
 
 /// How a delivery ended up settled, for the counters.
@@ -79,7 +112,7 @@ enum Settled {
 pub(crate) async fn settle(
     delivery: Delivery,
     result: HandlerResult,
-    copy: Option<Message>,
+    copy: Option<Box<Message>>,
     ctx: &Context,
     counters: &LaneCounters,
 ) {
@@ -112,24 +145,21 @@ pub(crate) async fn settle(
             counters.acked.add(1);
             counters.dead_lettered.add(1);
         }
-        Err(e) => {
-            counters.settle_errors.add(1);
-            tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
-        }
+        Err(e) => settle_failed(counters, &e),
     }
 }
 
 async fn reject(
     delivery: Delivery,
     reason: String,
-    copy: Option<Message>,
+    copy: Option<Box<Message>>,
     ctx: &Context,
 ) -> wharf_core::Result<Settled> {
     let Some(message) = copy else {
         return delivery.reject(reason).await.map(|()| Settled::Rejected);
     };
     let info = delivery.info().clone();
-    match dead_letter::publish_dead_letter(ctx, message, &info, &reason).await {
+    match dead_letter::publish_dead_letter(ctx, *message, &info, &reason).await {
         Ok(_) => delivery.ack().await.map(|()| Settled::DeadLettered),
         Err(e) => {
             tracing::warn!(error = %e, "dead-lettering failed; nacking instead");

@@ -233,6 +233,9 @@ where
     }
 }
 
+/// How many keyless messages in a row go to one lane.
+const KEYLESS_RUN: usize = 8;
+
 /// FNV-1a: a fast, stable hash for picking a key's lane.
 pub(crate) fn lane_of(key: &[u8], lanes: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -269,6 +272,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
     let mut buf: Vec<Delivery> = Vec::with_capacity(batch);
     let mut per_lane: Vec<Vec<Delivery>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut next_keyless = 0usize;
+    let mut keyless_in_run = 0usize;
     'fetch: loop {
         if let Some(g) = &gate {
             if !g.may_fetch() {
@@ -307,7 +311,14 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
             let lane = match d.message().key() {
                 Some(k) => lane_of(k, lanes),
                 None => {
-                    next_keyless = (next_keyless + 1) % lanes;
+                    // Keyless messages go round-robin in short runs: fewer
+                    // channel sends and wake-ups than one lane per message,
+                    // still spread over every lane.
+                    keyless_in_run += 1;
+                    if keyless_in_run > KEYLESS_RUN {
+                        keyless_in_run = 1;
+                        next_keyless = (next_keyless + 1) % lanes;
+                    }
                     next_keyless
                 }
             };
