@@ -406,17 +406,7 @@ impl GroupTopic {
         clock: &Clock,
     ) -> Result<Option<DeadLetter>, Error> {
         let mut st = self.lock();
-        let part = st
-            .parts
-            .get_mut(partition as usize)
-            .ok_or_else(|| unknown(lease))?;
-        match part.pending.get(&offset) {
-            Some(Pending {
-                state: PState::Leased { lease: l, .. },
-                ..
-            }) if *l == lease => {}
-            _ => return Err(unknown(lease)),
-        }
+        let part = leased(&mut st, partition, offset, lease)?;
         let result = match settlement {
             Settlement::Ack => {
                 part.unindex(offset);
@@ -517,17 +507,7 @@ impl GroupTopic {
         deadline: Instant,
     ) -> Result<(), Error> {
         let mut st = self.lock();
-        let part = st
-            .parts
-            .get_mut(partition as usize)
-            .ok_or_else(|| unknown(lease))?;
-        match part.pending.get(&offset) {
-            Some(Pending {
-                state: PState::Leased { lease: l, .. },
-                ..
-            }) if *l == lease => {}
-            _ => return Err(unknown(lease)),
-        }
+        let part = leased(&mut st, partition, offset, lease)?;
         part.set_state(
             offset,
             PState::Leased {
@@ -598,6 +578,26 @@ fn snapshot(st: &GtState, clock: &Clock) -> Vec<(u32, Cursor)> {
             )
         })
         .collect()
+}
+
+/// The partition state of a message, if it is still leased under `lease`.
+fn leased(
+    st: &mut GtState,
+    partition: u32,
+    offset: u64,
+    lease: u64,
+) -> Result<&mut PartState, Error> {
+    let part = st
+        .parts
+        .get_mut(partition as usize)
+        .ok_or_else(|| unknown(lease))?;
+    match part.pending.get(&offset) {
+        Some(Pending {
+            state: PState::Leased { lease: l, .. },
+            ..
+        }) if *l == lease => Ok(part),
+        _ => Err(unknown(lease)),
+    }
 }
 
 fn unknown(lease: u64) -> Error {

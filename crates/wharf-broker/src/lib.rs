@@ -508,14 +508,7 @@ impl Inner {
             t
         };
         // Bind pattern subscriptions that match the new topic.
-        let subs: Vec<Arc<SubShared>> = self
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for s in subs {
+        for s in self.live_subscriptions() {
             if s.pattern.matches(name) && !s.has_binding(name) {
                 if let Err(e) = self.bind(&s, topic.clone()) {
                     tracing::warn!(topic = name, error = %e, "could not bind subscription to new topic");
@@ -592,6 +585,15 @@ impl Inner {
             .push(Binding { gt, policy });
         sub.notify.notify_one();
         Ok(())
+    }
+
+    fn live_subscriptions(&self) -> Vec<Arc<SubShared>> {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     pub(crate) fn forget_subscription(&self, sub: &Arc<SubShared>) {
@@ -949,15 +951,7 @@ impl Backend for Broker {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let subs: Vec<Arc<SubShared>> = self
-            .inner
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for s in subs {
+        for s in self.inner.live_subscriptions() {
             s.notify.notify_one();
         }
         let inner = self.inner.clone();

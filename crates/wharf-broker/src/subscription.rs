@@ -41,6 +41,22 @@ pub(crate) struct SubShared {
 }
 
 impl SubShared {
+    /// Ends the subscription: no more deliveries, and it leaves its groups
+    /// (their partitions rebalance to the other members). Idempotent.
+    pub(crate) fn end(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for b in self
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            b.gt.leave(self.id);
+        }
+    }
+
     pub(crate) fn has_binding(&self, topic: &str) -> bool {
         self.bindings
             .lock()
@@ -288,17 +304,7 @@ impl DeliveryStream for BrokerStream {
     }
 
     async fn close(&mut self) -> Result<()> {
-        if !self.shared.closed.swap(true, Ordering::AcqRel) {
-            for b in self
-                .shared
-                .bindings
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-            {
-                b.gt.leave(self.shared.id);
-            }
-        }
+        self.shared.end();
         self.buf.clear();
         Ok(())
     }
@@ -306,17 +312,8 @@ impl DeliveryStream for BrokerStream {
 
 impl Drop for BrokerStream {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.end();
         self.buf.clear();
-        for b in self
-            .shared
-            .bindings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            b.gt.leave(self.shared.id);
-        }
         self.inner.forget_subscription(&self.shared);
     }
 }
