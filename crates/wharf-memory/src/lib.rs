@@ -33,7 +33,11 @@
 //!   window, like a durable consumer); a private group ends with its
 //!   subscription once the deliveries it handed out are settled or dropped.
 //!   The lease, max-deliveries and dead-letter options of a group are those
-//!   of the subscription that joined it last.
+//!   of the subscription that joined it last; its [`wharf_core::GroupMode`]
+//!   is fixed by the subscription that created it. In `Stream` mode the
+//!   topic's single partition is assigned to the group's longest-standing
+//!   live consumer (the others wait) and passes to the next when it leaves,
+//!   so order per key holds while consumers come and go.
 //! - **Backpressure**: when the window is full, the oldest message is evicted
 //!   if no group still needs it (so a topic nobody reads keeps a ring of recent
 //!   history); otherwise `publish` waits until the slowest group settles it.
@@ -81,8 +85,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use wharf_core::{
-    name, Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt, Result,
-    StartPosition, SubscribeOptions, Subscriber, Subscription, TopicPattern,
+    name, Backend, Capabilities, Capability, Error, GroupMode, Limits, Message, Publisher, Receipt,
+    Result, StartPosition, SubscribeOptions, Subscriber, Subscription, TopicPattern,
 };
 
 use crate::stream::MemoryStream;
@@ -109,7 +113,8 @@ pub const CAPABILITIES: Capabilities = Capabilities::empty()
     .with(Capability::Wildcards)
     .with(Capability::DeadLetter)
     .with(Capability::MaxDeliveries)
-    .with(Capability::Backpressure);
+    .with(Capability::Backpressure)
+    .with(Capability::PartitionAssignment);
 
 #[derive(Debug, Clone, Copy)]
 struct Config {
@@ -376,6 +381,7 @@ impl Subscriber for MemoryBackend {
             options.max_in_flight_limit(),
         ));
         let policy = Policy {
+            stream: options.group_mode() == GroupMode::Stream,
             visibility_timeout: options
                 .visibility_timeout_value()
                 .or(shared.config.default_visibility_timeout),

@@ -127,6 +127,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Per-group settings taken from the subscription options (the latest joiner's win).
 #[derive(Clone, Debug)]
 pub(crate) struct Policy {
+    /// Stream mode: only the group's longest-standing consumer receives
+    /// (one partition, assigned to one consumer). Fixed when the group is created.
+    pub(crate) stream: bool,
     pub(crate) visibility_timeout: Option<Duration>,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) dead_letter_topic: Option<Arc<str>>,
@@ -219,6 +222,7 @@ struct Group {
     id: u64,
     name: Option<Arc<str>>,
     policy: Policy,
+    stream: bool,
     /// Next offset never handed to this group.
     cursor: u64,
     /// Oldest offset the group still needs; `slots[0]` is its state.
@@ -398,6 +402,9 @@ impl Group {
         now: &mut LazyNow,
     ) -> (Option<Taken>, bool) {
         let mut freed = false;
+        if self.stream && self.consumers.first().is_some_and(|c| c.id != consumer.id) {
+            return (None, freed);
+        }
         while let Some(Reverse(offset)) = self.ready.pop() {
             if self
                 .slot(offset)
@@ -617,7 +624,10 @@ impl Topic {
             });
             if let Some((gidx, g)) = found {
                 g.consumers.push(consumer.clone());
-                g.policy = policy.clone();
+                g.policy = Policy {
+                    stream: g.stream,
+                    ..policy.clone()
+                };
                 return Ok(Joined {
                     topic: self.clone(),
                     gidx,
@@ -650,6 +660,7 @@ impl Topic {
             id: next_id,
             name: group.cloned(),
             policy: policy.clone(),
+            stream: policy.stream,
             cursor,
             low: cursor,
             slots: VecDeque::new(),
@@ -697,6 +708,10 @@ impl Topic {
             return;
         };
         g.consumers.retain(|c| c.id != consumer);
+        if g.stream {
+            // The partition passes to the next consumer.
+            g.wake_consumers();
+        }
         if g.name.is_some() || !end_private {
             return;
         }

@@ -719,3 +719,22 @@ async fn next_batch_returns_what_is_ready_without_waiting_for_max() {
     assert_eq!(sub.next_batch(10, &mut out).await.unwrap(), 1);
     assert!(nothing_within(&mut sub, Duration::from_millis(20)).await);
 }
+
+#[tokio::test]
+async fn stream_mode_gives_the_partition_to_one_consumer_until_it_leaves() {
+    let b = MemoryBackend::new();
+    let opts = || {
+        SubscribeOptions::new("t")
+            .group("g")
+            .mode(wharf_core::GroupMode::Stream)
+    };
+    let mut owner = b.subscribe(opts()).await.unwrap();
+    let mut other = b.subscribe(opts()).await.unwrap();
+    publish_n(&b, "t", 2).await;
+    let d = next(&mut owner).await;
+    assert!(nothing_within(&mut other, Duration::from_millis(20)).await);
+    d.ack().await.unwrap();
+    drop(owner);
+    let d = next(&mut other).await;
+    assert_eq!(d.info().offset, Some(1));
+}
