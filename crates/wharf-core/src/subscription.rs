@@ -47,6 +47,14 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 /// What to subscribe to and how; build with [`SubscribeOptions::new`].
 ///
+/// The visibility timeout, `max_deliveries` and dead-letter topic govern the
+/// deliveries made to *this* subscription where the backend can do that per
+/// consumer (the embedded broker); backends that only have group-wide
+/// settings take them from the subscription that created the group and say
+/// so in their docs. The [`GroupMode`] is fixed by whichever subscription
+/// created the group; joining it in the other mode is an
+/// [`Error::InvalidArgument`] or, where a backend can't tell, ignored.
+///
 /// ```
 /// use std::time::Duration;
 /// use wharf_core::{SubscribeOptions, StartPosition};
