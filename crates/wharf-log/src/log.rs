@@ -1,7 +1,8 @@
 //! [`Log`]: open/recovery, append with group commit, reads, roll,
-//! retention, truncation and clean close. The module comment of each
-//! function says which locks it takes; the lock order is always
-//! writer → segments → segment state → sync.
+//! retention, truncation and clean close. Locks, always taken in this
+//! order: the writer mutex (appends, roll, truncate, retention, close) →
+//! the segment list → one segment's state → the group-commit state.
+//! Readers take only the segment list (briefly) and a segment's state.
 
 use std::collections::BTreeSet;
 use std::io;
