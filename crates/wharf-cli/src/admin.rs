@@ -1,0 +1,414 @@
+//! `wharf topic`, `wharf group` and `wharf dlq`: admin calls over gRPC,
+//! printed as tables or JSON.
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use wharf_client::proto as v1;
+
+use crate::{table, Conn};
+
+/// A gRPC failure as one readable line.
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
+    let what = match s.code() {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::ResourceExhausted => "too large",
+        tonic::Code::Unavailable => "server unavailable",
+        _ => "server error",
+    };
+    anyhow!("{what}: {}", s.message())
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TopicCmd {
+    /// Create a topic (an existing topic keeps its settings).
+    Create(CreateArgs),
+    /// List topics.
+    List,
+    /// Show a topic's settings and offsets.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Args)]
+pub(crate) struct CreateArgs {
+    name: String,
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// always | never | interval:<ms>
+    #[arg(long)]
+    durability: Option<String>,
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    #[arg(long)]
+    max_message_bytes: Option<u64>,
+    #[arg(long)]
+    ttl_ms: Option<u64>,
+    /// Dead-letter topic (default dlq.<name>).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Dead-letter a message after this many delivery attempts.
+    #[arg(long)]
+    max_deliveries: Option<u32>,
+    #[arg(long)]
+    visibility_timeout_ms: Option<u64>,
+}
+
+fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
+    let c = t.config.clone().unwrap_or_default();
+    json!({
+        "name": t.name,
+        "partitions": c.partitions,
+        "durability": c.durability,
+        "retention_bytes": c.retention_bytes,
+        "retention_ms": c.retention_ms,
+        "max_message_bytes": c.max_message_bytes,
+        "ttl_ms": c.ttl_ms,
+        "dedup_window_ms": c.dedup_window_ms,
+        "dead_letter_topic": c.dead_letter_topic,
+        "max_deliveries": c.max_deliveries,
+        "visibility_timeout_ms": c.visibility_timeout_ms,
+        "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset})).collect::<Vec<_>>(),
+    })
+}
+
+fn messages(t: &v1::TopicInfo) -> u64 {
+    t.partitions
+        .iter()
+        .map(|p| p.end_offset.saturating_sub(p.start_offset))
+        .sum()
+}
+
+fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
+    if conn.json {
+        println!(
+            "{}",
+            serde_json::Value::Array(topics.iter().map(topic_json).collect())
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = topics
+        .iter()
+        .map(|t| {
+            let c = t.config.clone().unwrap_or_default();
+            vec![
+                t.name.clone(),
+                c.partitions.to_string(),
+                c.durability,
+                messages(t).to_string(),
+                table::opt(c.retention_bytes),
+                table::opt(c.retention_ms),
+                table::opt(c.dead_letter_topic),
+                table::opt(c.max_deliveries),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "topic",
+            "partitions",
+            "durability",
+            "messages",
+            "retention_bytes",
+            "retention_ms",
+            "dlq",
+            "max_deliveries",
+        ],
+        &rows,
+    );
+}
+
+pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
+    let mut raw = conn.client().await?.raw();
+    match cmd {
+        TopicCmd::Create(a) => {
+            let t = raw
+                .create_topic(v1::CreateTopicRequest {
+                    name: a.name,
+                    partitions: a.partitions,
+                    durability: a.durability,
+                    retention_bytes: a.retention_bytes,
+                    retention_ms: a.retention_ms,
+                    max_message_bytes: a.max_message_bytes,
+                    ttl_ms: a.ttl_ms,
+                    dead_letter_topic: a.dead_letter_topic,
+                    max_deliveries: a.max_deliveries,
+                    visibility_timeout_ms: a.visibility_timeout_ms,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_topics(conn, &[t]);
+        }
+        TopicCmd::List => {
+            let r = raw
+                .list_topics(v1::ListTopicsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_topics(conn, &r.topics);
+        }
+        TopicCmd::Describe { name } => {
+            let t = raw
+                .describe_topic(v1::TopicName { name })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if conn.json {
+                println!("{}", topic_json(&t));
+            } else {
+                print_topics(conn, std::slice::from_ref(&t));
+                println!();
+                let rows: Vec<Vec<String>> = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.partition.to_string(),
+                            p.start_offset.to_string(),
+                            p.end_offset.to_string(),
+                        ]
+                    })
+                    .collect();
+                table::print(&["partition", "start_offset", "end_offset"], &rows);
+            }
+        }
+        TopicCmd::Delete { name } => {
+            raw.delete_topic(v1::TopicName { name: name.clone() })
+                .await
+                .map_err(status_err)?;
+            if conn.json {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("deleted topic {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GroupCmd {
+    /// List consumer groups with their lag per topic.
+    List,
+    /// One group's topics and lag.
+    Describe { group: String },
+}
+
+pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
+    let mut raw = conn.client().await?.raw();
+    let filter = match &cmd {
+        GroupCmd::List => None,
+        GroupCmd::Describe { group } => Some(group.clone()),
+    };
+    let groups = raw
+        .list_groups(v1::ListGroupsRequest {
+            group: filter.clone(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .groups;
+    if let (Some(g), true) = (&filter, groups.is_empty()) {
+        bail!("no group {g:?} has a position on any topic since the server started");
+    }
+    if conn.json {
+        let v: Vec<_> = groups
+            .iter()
+            .map(|g| json!({"group": g.group, "topic": g.topic, "lag": g.lag}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| vec![g.group.clone(), g.topic.clone(), g.lag.to_string()])
+            .collect();
+        table::print(&["group", "topic", "lag"], &rows);
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DlqCmd {
+    /// List the dead letters of TOPIC (or of the dead-letter topic itself).
+    List {
+        topic: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one dead letter with all its headers.
+    Show { topic: String, id: String },
+    /// Move dead letters back to their original topic.
+    Replay {
+        topic: String,
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Discard every dead letter of TOPIC.
+    Purge { topic: String },
+}
+
+fn dlq_topic(t: &str) -> String {
+    if t.starts_with(wharf_core::name::DEAD_LETTER_PREFIX) {
+        t.to_owned()
+    } else {
+        wharf_core::name::dead_letter_topic(t)
+    }
+}
+
+fn dead_letter_json(d: &v1::DeadLetter) -> serde_json::Value {
+    let m = d.message.clone().unwrap_or_default();
+    let id = id_string(&m.id);
+    let headers: serde_json::Map<String, serde_json::Value> = m
+        .headers
+        .iter()
+        .map(|h| (h.name.clone(), json!(h.value)))
+        .collect();
+    json!({
+        "id": id,
+        "partition": d.partition,
+        "offset": d.offset,
+        "key": m.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+        "headers": headers,
+        "payload": String::from_utf8_lossy(&m.payload),
+    })
+}
+
+pub(crate) fn id_string(bytes: &[u8]) -> String {
+    <[u8; 16]>::try_from(bytes)
+        .map(|b| wharf_core::MessageId::from_bytes(b).to_string())
+        .unwrap_or_default()
+}
+
+fn header<'a>(m: &'a v1::Message, name: &str) -> &'a str {
+    m.headers
+        .iter()
+        .find(|h| h.name == name)
+        .map_or("-", |h| h.value.as_str())
+}
+
+pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
+    let mut raw = conn.client().await?.raw();
+    match cmd {
+        DlqCmd::List { topic, limit } => {
+            let r = raw
+                .dlq_list(v1::DlqListRequest {
+                    topic: dlq_topic(&topic),
+                    limit,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(r.messages.iter().map(dead_letter_json).collect())
+                );
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .messages
+                    .iter()
+                    .map(|d| {
+                        let m = d.message.clone().unwrap_or_default();
+                        let mut payload = String::from_utf8_lossy(&m.payload).into_owned();
+                        if payload.chars().count() > 40 {
+                            payload = payload.chars().take(37).collect::<String>() + "...";
+                        }
+                        vec![
+                            id_string(&m.id),
+                            header(&m, wharf_core::header::ORIGINAL_TOPIC).to_owned(),
+                            header(&m, wharf_core::header::ATTEMPTS).to_owned(),
+                            header(&m, wharf_core::header::DLQ_REASON).to_owned(),
+                            payload,
+                        ]
+                    })
+                    .collect();
+                table::print(
+                    &["id", "original_topic", "attempts", "reason", "payload"],
+                    &rows,
+                );
+            }
+        }
+        DlqCmd::Show { topic, id } => {
+            let r = raw
+                .dlq_list(v1::DlqListRequest {
+                    topic: dlq_topic(&topic),
+                    limit: 10_000,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let d = r
+                .messages
+                .iter()
+                .find(|d| d.message.as_ref().is_some_and(|m| id_string(&m.id) == id))
+                .ok_or_else(|| anyhow!("no dead letter {id} in {}", dlq_topic(&topic)))?;
+            if conn.json {
+                println!("{}", dead_letter_json(d));
+            } else {
+                let m = d.message.clone().unwrap_or_default();
+                println!("id:        {}", id_string(&m.id));
+                println!(
+                    "position:  partition {} offset {}",
+                    d.partition,
+                    table::opt(d.offset)
+                );
+                if let Some(k) = &m.key {
+                    println!("key:       {}", String::from_utf8_lossy(k));
+                }
+                for h in &m.headers {
+                    println!("header:    {} = {}", h.name, h.value);
+                }
+                println!("payload:   {}", String::from_utf8_lossy(&m.payload));
+            }
+        }
+        DlqCmd::Replay { topic, id, all } => {
+            let _ = all;
+            let n = raw
+                .dlq_replay(v1::DlqReplayRequest {
+                    topic: dlq_topic(&topic),
+                    id: id.clone(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .count;
+            if id.is_some() && n == 0 {
+                bail!(
+                    "no dead letter {} in {}",
+                    id.unwrap_or_default(),
+                    dlq_topic(&topic)
+                );
+            }
+            if conn.json {
+                println!("{}", json!({"replayed": n}));
+            } else {
+                println!("replayed {n} message(s)");
+            }
+        }
+        DlqCmd::Purge { topic } => {
+            let n = raw
+                .dlq_purge(v1::TopicName {
+                    name: dlq_topic(&topic),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .count;
+            if conn.json {
+                println!("{}", json!({"purged": n}));
+            } else {
+                println!("purged {n} message(s)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! `wharf bench`: publish throughput and publish→consume latency against the
+//! embedded broker and/or a server, measured in the same run so the remote
+//! figure can be read as a ratio of the in-process one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use wharf_broker::{Broker, Durability, TopicConfig};
+use wharf_client::proto as v1;
+use wharf_core::{Backend, Message, StartPosition, SubscribeOptions};
+
+use crate::Conn;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Workload {
+    /// Batched publish throughput.
+    Publish,
+    /// Publish at --rate msgs/s while consuming; publish→consume latency.
+    Latency,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// `embedded` (in-process broker in a temp dir) or a server URL; repeat
+    /// to compare in one run (ratios are printed against the first).
+    #[arg(long = "backend", default_value = "embedded")]
+    backends: Vec<String>,
+    #[arg(long, value_enum, default_value = "publish")]
+    workload: Workload,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Messages to publish in total.
+    #[arg(long, default_value_t = 200_000)]
+    count: u64,
+    /// Messages per publish call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Concurrent consumers (latency workload).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Target publish rate for the latency workload (msgs/s).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Topic durability: always | never | interval:<ms>.
+    #[arg(long, default_value = "always")]
+    durability: String,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+fn durability(s: &str) -> anyhow::Result<Durability> {
+    Ok(match s {
+        "always" => Durability::Always,
+        "never" => Durability::Never,
+        _ => Durability::IntervalMs(
+            s.trim_start_matches("interval:")
+                .parse()
+                .with_context(|| format!("--durability {s:?}"))?,
+        ),
+    })
+}
+
+struct Target {
+    label: String,
+    backend: Arc<dyn Backend>,
+    topic: String,
+    _dir: Option<tempfile_dir::Dir>,
+}
+
+mod tempfile_dir {
+    //! A directory removed on drop, for the embedded broker's data.
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> {
+    let topic = format!(
+        "bench.t{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let cfg = TopicConfig::default()
+        .partitions(a.partitions)
+        .durability(durability(&a.durability)?)
+        .dedup_window(None);
+    if spec == "embedded" {
+        let dir =
+            std::env::temp_dir().join(format!("wharf-bench-{}-{}", std::process::id(), topic));
+        let broker = Broker::open(&dir).await?;
+        broker.create_topic(&topic, cfg).await?;
+        return Ok(Target {
+            label: "embedded".into(),
+            backend: Arc::new(broker),
+            topic,
+            _dir: Some(tempfile_dir::Dir(dir)),
+        });
+    }
+    let client = wharf_client::Client::connect(spec, conn.token.as_deref())
+        .await
+        .with_context(|| format!("cannot use the server at {spec}"))?;
+    client
+        .raw()
+        .create_topic(v1::CreateTopicRequest {
+            name: topic.clone(),
+            partitions: Some(a.partitions),
+            durability: Some(a.durability.clone()),
+            ..Default::default()
+        })
+        .await
+        .map_err(crate::admin::status_err)?;
+    Ok(Target {
+        label: spec.to_owned(),
+        backend: Arc::new(client),
+        topic,
+        _dir: None,
+    })
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let per = a.count / a.producers.max(1) as u64;
+    let bar = indicatif::ProgressBar::new(per * a.producers as u64);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.producers.max(1) {
+        let (b, topic, batch, size, done) = (
+            t.backend.clone(),
+            t.topic.clone(),
+            a.batch.max(1),
+            a.size,
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let payload = bytes::Bytes::from(vec![b'x'; size]);
+            let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+            let mut sent = 0u64;
+            while sent < per {
+                let n = (per - sent).min(batch as u64) as usize;
+                let msgs: Vec<Message> = (0..n).map(|_| Message::new(payload.clone())).collect();
+                let t0 = Instant::now();
+                b.publish_batch(&topic, msgs).await?;
+                h.record(t0.elapsed().as_micros() as u64).ok();
+                sent += n as u64;
+                done.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok::<_, wharf_core::Error>(h)
+        }));
+    }
+    let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(done.load(Ordering::Relaxed));
+            }
+        })
+    };
+    for task in tasks {
+        h.add(task.await??).ok();
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let total = per * a.producers.max(1) as u64;
+    Ok(json!({
+        "backend": t.label,
+        "workload": "publish",
+        "messages": total,
+        "seconds": secs,
+        "msgs_per_sec": total as f64 / secs,
+        "mb_per_sec": (total as f64 * a.size as f64) / secs / 1e6,
+        "batch_latency_ms": {"p50": pct(&h, 0.5), "p99": pct(&h, 0.99), "p999": pct(&h, 0.999), "max": h.max() as f64 / 1000.0},
+    }))
+}
+
+async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let origin = Instant::now();
+    let mut consumers = Vec::new();
+    for _ in 0..a.consumers.max(1) {
+        let sub = t
+            .backend
+            .subscribe(
+                SubscribeOptions::new(&t.topic)
+                    .group("bench")
+                    .start(StartPosition::Earliest)
+                    .max_in_flight(1024),
+            )
+            .await?;
+        consumers.push(sub);
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let total = a.count;
+    let mut readers = Vec::new();
+    for mut sub in consumers {
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+            while received.load(Ordering::Relaxed) < total {
+                let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await
+                else {
+                    break;
+                };
+                let d = d?;
+                let p = d.message().payload();
+                if p.len() >= 8 {
+                    let sent = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                    let now = origin.elapsed().as_micros() as u64;
+                    h.record(now.saturating_sub(sent)).ok();
+                }
+                d.ack().await?;
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, wharf_core::Error>(h)
+        }));
+    }
+    // Publish `rate` msgs/s as one small batch per millisecond tick.
+    let per_tick = (a.rate / 1000).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let bar = indicatif::ProgressBar::new(total);
+    let mut sent = 0u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    while sent < total {
+        tick.tick().await;
+        let n = per_tick.min(total - sent);
+        let msgs: Vec<Message> = (0..n)
+            .map(|_| {
+                let mut p = vec![b'x'; a.size.max(8)];
+                p[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_le_bytes());
+                Message::new(p)
+            })
+            .collect();
+        let (b, topic) = (t.backend.clone(), t.topic.clone());
+        inflight.spawn(async move { b.publish_batch(&topic, msgs).await.map(|_| ()) });
+        while let Some(r) = inflight.try_join_next() {
+            r??;
+        }
+        sent += n;
+        bar.set_position(received.load(Ordering::Relaxed));
+    }
+    while let Some(r) = inflight.join_next().await {
+        r??;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+    for r in readers {
+        h.add(r.await??).ok();
+    }
+    bar.finish_and_clear();
+    Ok(json!({
+        "backend": t.label,
+        "workload": "latency",
+        "messages": h.len(),
+        "offered_msgs_per_sec": total as f64 / publish_secs,
+        "e2e_latency_ms": {"p50": pct(&h, 0.5), "p99": pct(&h, 0.99), "p999": pct(&h, 0.999), "max": h.max() as f64 / 1000.0},
+    }))
+}
+
+pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for spec in &a.backends {
+        let t = open(conn, spec, &a).await?;
+        let r = match a.workload {
+            Workload::Publish => publish_load(&t, &a).await?,
+            Workload::Latency => latency_load(&t, &a).await?,
+        };
+        t.backend.close().await?;
+        results.push(r);
+    }
+    if let Some(base) = results.first().and_then(|r| r["msgs_per_sec"].as_f64()) {
+        for r in &mut results {
+            if let Some(v) = r["msgs_per_sec"].as_f64() {
+                r["ratio_to_first"] = json!(v / base);
+            }
+        }
+    }
+    if conn.json {
+        println!("{}", serde_json::Value::Array(results));
+        return Ok(());
+    }
+    for r in &results {
+        match a.workload {
+            Workload::Publish => println!(
+                "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
+                r["backend"].as_str().unwrap_or("?"),
+                r["msgs_per_sec"].as_f64().unwrap_or(0.0),
+                r["mb_per_sec"].as_f64().unwrap_or(0.0),
+                r["ratio_to_first"].as_f64().unwrap_or(1.0),
+                r["batch_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["batch_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                r["batch_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
+            ),
+            Workload::Latency => println!(
+                "{:<28} {:>8.0} msgs/s offered  e2e p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms ({} msgs)",
+                r["backend"].as_str().unwrap_or("?"),
+                r["offered_msgs_per_sec"].as_f64().unwrap_or(0.0),
+                r["e2e_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                r["e2e_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                r["e2e_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
+                r["e2e_latency_ms"]["max"].as_f64().unwrap_or(0.0),
+                r["messages"],
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `wharf`: one binary to run the server (`wharf serve`) and to operate it:
+//! topics, publish/subscribe, groups, dead letters and benchmarks. Tables for
+//! humans, `--json` for scripts; errors print one line and exit non-zero.
+
+mod admin;
+mod bench;
+mod pubsub;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Durable messaging: server, admin and client in one command.
+#[derive(Parser)]
+#[command(name = "wharf", version, about)]
+struct Cli {
+    /// Server URL for client commands.
+    #[arg(
+        long,
+        env = "WHARF_URL",
+        default_value = "http://127.0.0.1:7420",
+        global = true
+    )]
+    url: String,
+    /// Bearer token for client commands.
+    #[arg(long, env = "WHARF_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: gRPC and HTTP on one port (default 127.0.0.1:7420).
+    Serve {
+        /// Where the broker stores its data.
+        #[arg(long, default_value = "wharf-data")]
+        data_dir: PathBuf,
+        /// Address to listen on (HTTP and gRPC).
+        #[arg(long, default_value = wharf_server::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// TOML config file (tokens, limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(admin::TopicCmd),
+    /// Publish MESSAGE, or one message per line of standard input.
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages (acking each once printed).
+    Sub(pubsub::SubArgs),
+    /// Consumer groups and their lag.
+    #[command(subcommand)]
+    Group(admin::GroupCmd),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(admin::DlqCmd),
+    /// Publish/consume load test; prints throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+}
+
+/// Connection settings shared by client commands.
+pub(crate) struct Conn {
+    pub(crate) url: String,
+    pub(crate) token: Option<String>,
+    pub(crate) json: bool,
+}
+
+impl Conn {
+    pub(crate) async fn client(&self) -> anyhow::Result<wharf_client::Client> {
+        wharf_client::Client::connect(&self.url, self.token.as_deref())
+            .await
+            .with_context(|| format!("cannot use the server at {}", self.url))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = Conn {
+        url: cli.url,
+        token: cli.token,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+        } => serve(data_dir, listen, config).await,
+        Command::Topic(c) => admin::topic(&conn, c).await,
+        Command::Pub(a) => pubsub::publish(&conn, a).await,
+        Command::Sub(a) => pubsub::subscribe(&conn, a).await,
+        Command::Group(c) => admin::group(&conn, c).await,
+        Command::Dlq(c) => admin::dlq(&conn, c).await,
+        Command::Bench(a) => bench::run(&conn, a).await,
+    }
+}
+
+async fn serve(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut cfg = wharf_server::ServerConfig::new(&data_dir);
+    cfg.listen = listen;
+    if let Some(path) = &config {
+        cfg = cfg.with_file(path)?;
+    }
+    let auth = if cfg.tokens.is_empty() { "off" } else { "on" };
+    let server = wharf_server::Server::bind(cfg).await?;
+    let addr = server.local_addr()?;
+    println!(
+        "wharf listening on http://{addr} (HTTP/JSON and gRPC), data in {}, auth {auth}",
+        data_dir.display()
+    );
+    server.serve(wharf_server::shutdown_signal()).await?;
+    println!("wharf stopped cleanly");
+    Ok(())
+}

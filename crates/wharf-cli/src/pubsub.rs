@@ -1,0 +1,256 @@
+//! `wharf pub` and `wharf sub`: publish from arguments or standard input,
+//! subscribe and print (acking each message once it is printed).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Args;
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+use wharf_core::{Message, Publisher, StartPosition, SubscribeOptions, Subscriber, Timestamp};
+
+use crate::Conn;
+
+#[derive(Args)]
+pub(crate) struct PubArgs {
+    /// Topic to publish to.
+    topic: String,
+    /// Message text; without it, each line of standard input is one message.
+    message: Option<String>,
+    /// Partitioning / ordering key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Header as name=value (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// Lines per publish call when reading standard input.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+fn build(text: &str, key: Option<&String>, headers: &[(String, String)]) -> Message {
+    let mut b = Message::builder().payload(text.to_owned());
+    if let Some(k) = key {
+        b = b.key(k.clone());
+    }
+    for (n, v) in headers {
+        b = b.header(n.clone(), v.clone());
+    }
+    b.build()
+}
+
+pub(crate) async fn publish(conn: &Conn, a: PubArgs) -> anyhow::Result<()> {
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once('=')
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--header {h:?} is not NAME=VALUE"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = conn.client().await?;
+    if let Some(text) = &a.message {
+        let r = client
+            .publish(&a.topic, build(text, a.key.as_ref(), &headers))
+            .await?;
+        if conn.json {
+            println!(
+                "{}",
+                json!({"id": r.id.to_string(), "partition": r.partition, "offset": r.offset, "duplicate": r.duplicate})
+            );
+        } else {
+            println!(
+                "published {} to {} partition {} offset {}",
+                r.id,
+                a.topic,
+                r.partition,
+                crate::table::opt(r.offset)
+            );
+        }
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("publishing to {}", a.topic));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut batch = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let line = lines.next_line().await.context("reading standard input")?;
+        let done = line.is_none();
+        if let Some(l) = line {
+            batch.push(build(&l, a.key.as_ref(), &headers));
+        }
+        if batch.len() >= a.batch.max(1) || (done && !batch.is_empty()) {
+            let n = batch.len();
+            client
+                .publish_batch(&a.topic, std::mem::take(&mut batch))
+                .await?;
+            total += n;
+            bar.set_position(total as u64);
+        }
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if conn.json {
+        println!("{}", json!({"published": total, "topic": a.topic}));
+    } else {
+        println!("published {total} message(s) to {}", a.topic);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct SubArgs {
+    /// Topic or pattern (`orders.*`, `orders.>`).
+    topic: String,
+    /// Consumer group; without one the subscription is private.
+    #[arg(long)]
+    group: Option<String>,
+    /// earliest | latest | OFFSET | TIME (RFC 3339 like 2026-11-23T18:00:00Z, or ms since the epoch as @MS).
+    #[arg(long)]
+    from: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit with an error if a message takes longer than this to arrive (seconds).
+    #[arg(long)]
+    timeout: Option<f64>,
+}
+
+/// Parses a `--from` value.
+pub(crate) fn parse_from(s: &str) -> anyhow::Result<StartPosition> {
+    Ok(match s {
+        "earliest" => StartPosition::Earliest,
+        "latest" => StartPosition::Latest,
+        _ if s.bytes().all(|b| b.is_ascii_digit()) => StartPosition::Offset(s.parse()?),
+        _ if s.starts_with('@') => StartPosition::Time(Timestamp::from_millis(
+            s[1..].parse().with_context(|| format!("--from {s:?}"))?,
+        )),
+        _ => StartPosition::Time(Timestamp::from_millis(parse_rfc3339_ms(s).ok_or_else(
+            || anyhow!("--from {s:?} is not earliest, latest, an offset or a time"),
+        )?)),
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) to ms since the epoch.
+fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    let (date, time) = s.split_once(['T', ' '])?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next().flatten().unwrap_or(0));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms_frac: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    let ms = ((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms_frac;
+    u64::try_from(ms).ok()
+}
+
+pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
+    let client = conn.client().await?;
+    let mut opts = SubscribeOptions::new(&a.topic);
+    if let Some(g) = &a.group {
+        opts = opts.group(g.clone());
+    }
+    if let Some(f) = &a.from {
+        opts = opts.start(parse_from(f)?);
+    }
+    if let Some(n) = a.count {
+        opts = opts.max_in_flight(usize::try_from(n.clamp(1, 256)).unwrap_or(256));
+    }
+    let mut sub = client.subscribe(opts).await?;
+    let mut seen = 0u64;
+    while a.count.is_none_or(|n| seen < n) {
+        let next = match a.timeout {
+            Some(secs) => {
+                match tokio::time::timeout(Duration::from_secs_f64(secs), sub.next()).await {
+                    Ok(n) => n,
+                    Err(_) => bail!("no message within {secs} s ({seen} received)"),
+                }
+            }
+            None => tokio::select! {
+                n = sub.next() => n,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        let Some(d) = next else {
+            bail!("the subscription ended after {seen} message(s)");
+        };
+        let d = d?;
+        let m = d.message();
+        let payload = String::from_utf8_lossy(m.payload());
+        if conn.json {
+            let headers: serde_json::Map<String, serde_json::Value> = m
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
+            println!(
+                "{}",
+                json!({
+                    "topic": d.topic(),
+                    "partition": d.info().partition,
+                    "offset": d.info().offset,
+                    "attempt": d.attempt(),
+                    "id": m.id().to_string(),
+                    "key": m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    "headers": headers,
+                    "payload": payload,
+                })
+            );
+        } else {
+            let key = m
+                .key()
+                .map(|k| format!(" key={}", String::from_utf8_lossy(k)))
+                .unwrap_or_default();
+            println!(
+                "{} [{}@{}]{key} {payload}",
+                d.topic(),
+                d.info().partition,
+                crate::table::opt(d.info().offset)
+            );
+        }
+        d.ack().await?;
+        seen += 1;
+    }
+    let _ = sub.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_parses_positions_offsets_and_times() {
+        assert_eq!(parse_from("earliest").unwrap(), StartPosition::Earliest);
+        assert_eq!(parse_from("42").unwrap(), StartPosition::Offset(42));
+        assert_eq!(
+            parse_from("@1000").unwrap(),
+            StartPosition::Time(Timestamp::from_millis(1000))
+        );
+        assert_eq!(
+            parse_from("1970-01-02T00:00:01Z").unwrap(),
+            StartPosition::Time(Timestamp::from_millis(86_401_000))
+        );
+        assert_eq!(
+            parse_from("2026-11-23T18:00:00.5Z").unwrap(),
+            StartPosition::Time(Timestamp::from_millis(1_795_456_800_500))
+        );
+        assert!(parse_from("yesterday").is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! A remote Wharf backend: [`Client`] implements the `wharf-core`
+//! [`Publisher`], [`Subscriber`] and [`Backend`] traits over gRPC to a
+//! `wharf serve` server, so code written against the embedded broker runs
+//! unchanged against a remote one.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wharf_core::Error> {
+//! use wharf_core::{Message, Publisher, Subscriber, SubscribeOptions};
+//! let client = wharf_client::Client::connect("http://127.0.0.1:7420", None).await?;
+//! client.publish("orders.created", Message::new("order 1")).await?;
+//! let mut sub = client.subscribe(SubscribeOptions::new("orders.created").group("billing")).await?;
+//! if let Some(d) = sub.next().await { d?.ack().await?; }
+//! # Ok(()) }
+//! ```
+//!
+//! Consuming uses one bidirectional stream per subscription with
+//! credit-based flow control: the client grants as many deliveries as its
+//! `max_in_flight` and grants more as the application takes them. If the
+//! stream breaks, the client resubscribes with exponential backoff; the
+//! server redelivers whatever was unsettled (at-least-once), and settling a
+//! delivery from the broken stream fails with `UnknownDelivery`.
+
+mod subscription;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use wharf_core::{
+    Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt,
+    SubscribeOptions, Subscriber, Subscription,
+};
+use wharf_proto::convert::{error_from_status, message_to_proto, receipt_from_proto};
+use wharf_proto::v1;
+use wharf_proto::v1::wharf_client::WharfClient;
+
+pub use wharf_proto::v1 as proto;
+
+/// The backend name in errors.
+pub const BACKEND: &str = "remote";
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct AuthInterceptor(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The generated gRPC client with auth, for calls the traits don't cover.
+pub type RawClient = WharfClient<InterceptedService<Channel, AuthInterceptor>>;
+
+pub(crate) struct Inner {
+    pub(crate) raw: RawClient,
+    caps: Capabilities,
+    limits: Limits,
+    pub(crate) closed: AtomicBool,
+    pub(crate) subs: Mutex<Vec<Weak<subscription::SubAcker>>>,
+}
+
+/// A connection to a `wharf serve` server. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        source: Box::new(e),
+    }
+}
+
+pub(crate) fn from_status(s: &tonic::Status) -> Error {
+    error_from_status(s, BACKEND)
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port`), sending `token` if given, and
+    /// fetches the server's capabilities and limits.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the server cannot be reached;
+    /// [`Error::InvalidArgument`] for a bad URL or token.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::InvalidArgument {
+                name: "url",
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect().await.map_err(unavailable)?;
+        let token = match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|e| Error::InvalidArgument {
+                        name: "token",
+                        reason: e.to_string(),
+                    })?,
+            ),
+        };
+        let mut raw = WharfClient::with_interceptor(channel, AuthInterceptor(token))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let info = raw
+            .info(v1::InfoRequest {})
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        let caps = info
+            .capabilities
+            .iter()
+            .filter_map(|n| Capability::ALL.iter().find(|c| c.as_str() == n).copied())
+            .collect();
+        let limits = Limits::new(usize::try_from(info.max_message_bytes).unwrap_or(usize::MAX));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                raw,
+                caps,
+                limits,
+                closed: AtomicBool::new(false),
+                subs: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The raw gRPC client (admin and DLQ calls).
+    pub fn raw(&self) -> RawClient {
+        self.inner.raw.clone()
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed {
+                what: "remote client",
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for Client {
+    async fn publish(&self, topic: &str, message: Message) -> Result<Receipt, Error> {
+        let mut r = self.publish_batch(topic, vec![message]).await?;
+        r.pop().ok_or_else(|| Error::Backend {
+            backend: BACKEND,
+            source: "server returned no receipt".into(),
+        })
+    }
+
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Receipt>, Error> {
+        self.check_open()?;
+        wharf_core::name::validate_topic(topic)?;
+        let req = v1::PublishRequest {
+            topic: topic.to_owned(),
+            messages: messages.iter().map(message_to_proto).collect(),
+        };
+        let resp = self
+            .inner
+            .raw
+            .clone()
+            .publish(req)
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        resp.receipts.iter().map(receipt_from_proto).collect()
+    }
+}
+
+#[async_trait]
+impl Subscriber for Client {
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, Error> {
+        self.check_open()?;
+        options.validate()?;
+        subscription::subscribe(self.inner.clone(), options).await
+    }
+}
+
+#[async_trait]
+impl Backend for Client {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<(), Error> {
+        self.check_open()?;
+        wharf_core::name::validate_topic(topic)?;
+        self.inner
+            .raw
+            .clone()
+            .ensure_topic(v1::TopicName {
+                name: topic.to_owned(),
+            })
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subs: Vec<_> = self
+            .inner
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .filter_map(|w| w.upgrade())
+            .collect();
+        for s in subs {
+            s.close_remote();
+        }
+        Ok(())
+    }
+}

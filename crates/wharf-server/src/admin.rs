@@ -1,0 +1,141 @@
+//! Admin operations shared by the gRPC and HTTP APIs: topic settings from
+//! requests, and the dead-letter views the broker does not offer directly
+//! (listing without consuming, purging) built on its redrive group.
+
+use std::time::Duration;
+
+use wharf_broker::{Broker, Durability, TopicConfig, REDRIVE_GROUP};
+use wharf_core::{Delivery, Error, StartPosition, SubscribeOptions, Subscriber};
+
+/// Requested topic settings; `None` keeps the server default.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TopicSettings {
+    pub(crate) partitions: Option<u32>,
+    pub(crate) durability: Option<String>,
+    pub(crate) retention_bytes: Option<u64>,
+    pub(crate) retention_ms: Option<u64>,
+    pub(crate) max_message_bytes: Option<u64>,
+    pub(crate) ttl_ms: Option<u64>,
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) visibility_timeout_ms: Option<u64>,
+}
+
+/// Parses `always`, `never` or `interval:<ms>` (also `<n>ms`).
+pub(crate) fn parse_durability(s: &str) -> Result<Durability, Error> {
+    let bad = || Error::InvalidArgument {
+        name: "durability",
+        reason: format!("{s:?} is not always, never or interval:<ms>"),
+    };
+    match s {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        other => {
+            let ms = other
+                .strip_prefix("interval:")
+                .or_else(|| other.strip_suffix("ms"))
+                .ok_or_else(bad)?;
+            ms.parse().map(Durability::IntervalMs).map_err(|_| bad())
+        }
+    }
+}
+
+/// The text form of a durability.
+pub(crate) fn durability_str(d: Durability) -> String {
+    match d {
+        Durability::Always => "always".into(),
+        Durability::Never => "never".into(),
+        Durability::IntervalMs(ms) => format!("interval:{ms}"),
+        _ => "unknown".into(),
+    }
+}
+
+impl TopicSettings {
+    pub(crate) fn to_config(&self) -> Result<TopicConfig, Error> {
+        let mut c = TopicConfig::default();
+        if let Some(p) = self.partitions {
+            c = c.partitions(p);
+        }
+        if let Some(d) = &self.durability {
+            c = c.durability(parse_durability(d)?);
+        }
+        if self.retention_bytes.is_some() || self.retention_ms.is_some() {
+            c = c.retention(
+                self.retention_bytes,
+                self.retention_ms.map(Duration::from_millis),
+            );
+        }
+        if let Some(m) = self.max_message_bytes {
+            c = c.max_message_bytes(usize::try_from(m).unwrap_or(usize::MAX));
+        }
+        if let Some(t) = self.ttl_ms {
+            c = c.ttl(Duration::from_millis(t));
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            c = c.dead_letter_topic(t.clone());
+        }
+        if let Some(n) = self.max_deliveries {
+            c = c.max_deliveries(n);
+        }
+        if let Some(v) = self.visibility_timeout_ms {
+            c = c.visibility_timeout(Duration::from_millis(v));
+        }
+        Ok(c)
+    }
+}
+
+/// Every unsettled dead letter of `topic`, up to `limit`, without consuming
+/// them: they are leased to the redrive group and released again.
+pub(crate) async fn dlq_peek(
+    broker: &Broker,
+    topic: &str,
+    limit: usize,
+) -> Result<Vec<Delivery>, Error> {
+    dlq_take(broker, topic, limit).await
+}
+
+/// Settles every dead letter of `topic` for the redrive group, so it is
+/// neither listed nor replayed again; returns how many.
+pub(crate) async fn dlq_purge(broker: &Broker, topic: &str) -> Result<usize, Error> {
+    let mut n = 0;
+    loop {
+        let batch = dlq_take(broker, topic, 1024).await?;
+        if batch.is_empty() {
+            return Ok(n);
+        }
+        for d in batch {
+            d.ack().await?;
+            n += 1;
+        }
+    }
+}
+
+async fn dlq_take(broker: &Broker, topic: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
+    if !broker.topics().iter().any(|t| t.name == topic) {
+        return Err(Error::UnknownTopic {
+            topic: topic.to_owned(),
+        });
+    }
+    let opts = SubscribeOptions::new(topic)
+        .group(REDRIVE_GROUP)
+        .start(StartPosition::Earliest)
+        .max_in_flight(limit.clamp(1, 10_000));
+    let mut sub = broker.subscribe(opts).await?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let mut batch = Vec::new();
+        match tokio::time::timeout(
+            Duration::from_millis(100),
+            sub.next_batch(limit - out.len(), &mut batch),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => out.append(&mut batch),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let _ = sub.close().await;
+    out.sort_by_key(|d| (d.info().partition, d.info().offset));
+    Ok(out)
+}

@@ -1,0 +1,159 @@
+//! Server settings: what `wharf serve` takes on the command line plus the
+//! optional TOML config file (tokens and limits).
+//!
+//! ```toml
+//! max_request_bytes = 16777216
+//! [[tokens]]
+//! token = "s3cret"
+//! publish = ["orders.>"]
+//! consume = ["orders.>"]
+//! admin = []
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{Auth, TokenConfig};
+
+/// The default listen address: port 7420, which no common broker or
+/// database uses.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+
+/// A config file that cannot be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A token entry is invalid.
+    #[error("invalid token entry {index}: {reason}")]
+    Token {
+        /// Position in the `tokens` list.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The config file's contents.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Largest request body (HTTP) or message (gRPC) accepted.
+    pub max_request_bytes: Option<usize>,
+    /// Lease length for HTTP long-poll deliveries, in ms.
+    pub lease_ms: Option<u64>,
+    /// Tokens; when non-empty, every endpoint except health needs one.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the broker keeps its data.
+    pub data_dir: PathBuf,
+    /// Address for HTTP and gRPC (one port).
+    pub listen: SocketAddr,
+    /// Largest request body or gRPC message, in bytes.
+    pub max_request_bytes: usize,
+    /// Lease length for HTTP long-poll deliveries.
+    pub lease: Duration,
+    /// Tokens; empty means no auth.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl ServerConfig {
+    /// Defaults: [`DEFAULT_LISTEN`], 16 MiB requests, 30 s leases, no auth.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_request_bytes: 16 * 1024 * 1024,
+            lease: Duration::from_secs(30),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Applies a TOML config file on top of these settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] / [`ConfigError::Parse`].
+    pub fn with_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if let Some(n) = file.max_request_bytes {
+            self.max_request_bytes = n;
+        }
+        if let Some(ms) = file.lease_ms {
+            self.lease = Duration::from_millis(ms);
+        }
+        self.tokens = file.tokens;
+        Ok(self)
+    }
+
+    /// The auth checker, or `None` when no token is configured.
+    ///
+    /// # Errors
+    /// [`ConfigError::Token`] for an empty token or a bad pattern.
+    pub fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        if self.tokens.is_empty() {
+            return Ok(None);
+        }
+        Auth::new(&self.tokens).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_sets_limits_and_tokens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(
+            &path,
+            "max_request_bytes = 1000\n[[tokens]]\ntoken = \"t1\"\npublish = [\"a.>\"]\n",
+        )
+        .expect("write");
+        let cfg = ServerConfig::new("/tmp/x").with_file(&path).expect("valid");
+        assert_eq!(cfg.max_request_bytes, 1000);
+        assert_eq!(cfg.tokens.len(), 1);
+        assert!(cfg.auth().expect("valid tokens").is_some());
+    }
+
+    #[test]
+    fn unknown_keys_in_config_file_are_rejected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(&path, "max_requets_bytes = 1000\n").expect("write");
+        let err = ServerConfig::new("/tmp/x").with_file(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,569 @@
+//! The gRPC API (`wharf.v1.Wharf`): unary publish and admin calls, and the
+//! bidirectional consume stream with credit-based flow control. The server
+//! sends at most as many deliveries as the client has granted; settlements
+//! name deliveries by the id the server gave them; when the stream ends,
+//! unsettled deliveries are dropped and the broker redelivers them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use wharf_broker::{Redrive, TopicInfo};
+use wharf_core::{
+    Backend, Delivery, Error, GroupMode, MessageId, Publisher, Settlement, StartPosition,
+    SubscribeOptions, Subscriber, Subscription, Timestamp,
+};
+use wharf_proto::convert::{
+    error_to_proto, message_from_proto, message_to_proto, receipt_to_proto, status_for,
+};
+use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
+use wharf_proto::v1::{self, consume_request, consume_response};
+
+use crate::admin::{self, durability_str, TopicSettings};
+use crate::auth::Right;
+use crate::error::denied_status;
+use crate::{telemetry, Shared};
+
+/// The gRPC routes (service plus reflection), to merge into the HTTP router.
+pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
+    let max = shared.config.max_request_bytes;
+    let svc = WharfServer::new(Service { shared })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wharf_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set is valid");
+    tonic::service::Routes::new(svc)
+        .add_service(reflection)
+        .into_axum_router()
+}
+
+struct Service {
+    shared: Arc<Shared>,
+}
+
+fn token<T>(req: &Request<T>) -> Option<&str> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    Some(v.strip_prefix("Bearer ").unwrap_or(v).trim())
+}
+
+impl Service {
+    fn check<T>(&self, req: &Request<T>, right: Right, topic: &str) -> Result<(), Status> {
+        match &self.shared.auth {
+            None => Ok(()),
+            Some(a) => a.check(token(req), right, topic).map_err(|d| {
+                telemetry::refused("auth");
+                denied_status(&d)
+            }),
+        }
+    }
+
+    fn check_any<T>(&self, req: &Request<T>, right: Right) -> Result<(), Status> {
+        match &self.shared.auth {
+            None => Ok(()),
+            Some(a) => a.check_any(token(req), right).map_err(|d| {
+                telemetry::refused("auth");
+                denied_status(&d)
+            }),
+        }
+    }
+
+    fn allowed<T>(&self, req: &Request<T>, right: Right, topic: &str) -> bool {
+        self.shared
+            .auth
+            .as_ref()
+            .is_none_or(|a| a.check(token(req), right, topic).is_ok())
+    }
+
+    fn topic_info(&self, name: &str) -> Result<TopicInfo, Status> {
+        self.shared
+            .broker
+            .topics()
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| status_for(&Error::UnknownTopic { topic: name.into() }))
+    }
+}
+
+pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
+    let c = &t.config;
+    v1::TopicInfo {
+        name: t.name.clone(),
+        config: Some(v1::TopicConfig {
+            partitions: c.partitions,
+            durability: durability_str(c.durability),
+            retention_bytes: c.retention_bytes,
+            retention_ms: c.retention_ms,
+            max_message_bytes: c.max_message_bytes as u64,
+            ttl_ms: c.ttl_ms,
+            dedup_window_ms: c.dedup_window_ms,
+            dead_letter_topic: c.dead_letter_topic.clone(),
+            max_deliveries: c.max_deliveries,
+            visibility_timeout_ms: c.visibility_timeout_ms,
+        }),
+        partitions: t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e))| v1::PartitionInfo {
+                partition: i as u32,
+                start_offset: *s,
+                end_offset: *e,
+            })
+            .collect(),
+    }
+}
+
+fn subscribe_options(s: &v1::SubscribeRequest) -> SubscribeOptions {
+    let mut o = SubscribeOptions::new(s.pattern.clone());
+    if let Some(g) = &s.group {
+        o = o.group(g.clone());
+    }
+    match v1::StartKind::try_from(s.start).unwrap_or(v1::StartKind::StartDefault) {
+        v1::StartKind::StartDefault => {}
+        v1::StartKind::StartEarliest => o = o.start(StartPosition::Earliest),
+        v1::StartKind::StartLatest => o = o.start(StartPosition::Latest),
+        v1::StartKind::StartOffset => o = o.start(StartPosition::Offset(s.start_value)),
+        v1::StartKind::StartTime => {
+            o = o.start(StartPosition::Time(Timestamp::from_millis(s.start_value)));
+        }
+    }
+    if s.max_in_flight > 0 {
+        o = o.max_in_flight(s.max_in_flight as usize);
+    }
+    if let Some(v) = s.visibility_timeout_ms {
+        o = o.visibility_timeout(Duration::from_millis(v));
+    }
+    if let Some(n) = s.max_deliveries {
+        o = o.max_deliveries(n);
+    }
+    if let Some(t) = &s.dead_letter_topic {
+        o = o.dead_letter_topic(t.clone());
+    }
+    if s.mode == v1::GroupMode::Stream as i32 {
+        o = o.mode(GroupMode::Stream);
+    }
+    o
+}
+
+type ConsumeStream = Pin<Box<dyn Stream<Item = Result<v1::ConsumeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Wharf for Service {
+    async fn info(
+        &self,
+        req: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::InfoResponse>, Status> {
+        if let Some(a) = &self.shared.auth {
+            a.authenticate(token(&req)).map_err(|d| denied_status(&d))?;
+        }
+        let b = &self.shared.broker;
+        Ok(Response::new(v1::InfoResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: b
+                .capabilities()
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            max_message_bytes: b.limits().max_message_bytes as u64,
+        }))
+    }
+
+    async fn publish(
+        &self,
+        req: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        let topic = req.get_ref().topic.clone();
+        self.check(&req, Right::Publish, &topic)?;
+        let started = Instant::now();
+        let msgs = req
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(message_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| status_for(&e))?;
+        let n = msgs.len();
+        let bytes: usize = msgs.iter().map(wharf_core::Message::size).sum();
+        let receipts = self
+            .shared
+            .broker
+            .publish_batch(&topic, msgs)
+            .await
+            .map_err(|e| status_for(&e))?;
+        telemetry::published(&topic, "grpc", n, bytes, started.elapsed());
+        Ok(Response::new(v1::PublishResponse {
+            receipts: receipts.iter().map(receipt_to_proto).collect(),
+        }))
+    }
+
+    type ConsumeStream = ConsumeStream;
+
+    async fn consume(
+        &self,
+        req: Request<Streaming<v1::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let tok = token(&req).map(str::to_owned);
+        if let Some(a) = &self.shared.auth {
+            a.authenticate(tok.as_deref())
+                .map_err(|d| denied_status(&d))?;
+        }
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("consume stream ended before subscribe"))?;
+        let Some(consume_request::Kind::Subscribe(s)) = first.kind else {
+            return Err(Status::invalid_argument(
+                "the first consume message must be subscribe",
+            ));
+        };
+        if let Some(a) = &self.shared.auth {
+            a.check(tok.as_deref(), Right::Consume, &s.pattern)
+                .map_err(|d| denied_status(&d))?;
+        }
+        let sub = self
+            .shared
+            .broker
+            .subscribe(subscribe_options(&s))
+            .await
+            .map_err(|e| status_for(&e))?;
+        let (tx, rx) = mpsc::channel(256);
+        let _ = tx
+            .send(Ok(v1::ConsumeResponse {
+                kind: Some(consume_response::Kind::Subscribed(true)),
+            }))
+            .await;
+        tokio::spawn(consume_loop(self.shared.clone(), sub, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn create_topic(
+        &self,
+        req: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.name)?;
+        let settings = TopicSettings {
+            partitions: r.partitions,
+            durability: r.durability.clone(),
+            retention_bytes: r.retention_bytes,
+            retention_ms: r.retention_ms,
+            max_message_bytes: r.max_message_bytes,
+            ttl_ms: r.ttl_ms,
+            dead_letter_topic: r.dead_letter_topic.clone(),
+            max_deliveries: r.max_deliveries,
+            visibility_timeout_ms: r.visibility_timeout_ms,
+        };
+        let cfg = settings.to_config().map_err(|e| status_for(&e))?;
+        self.shared
+            .broker
+            .create_topic(&r.name, cfg)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(topic_to_proto(&self.topic_info(&r.name)?)))
+    }
+
+    async fn ensure_topic(
+        &self,
+        req: Request<v1::TopicName>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let name = req.get_ref().name.clone();
+        if !self.allowed(&req, Right::Admin, &name) {
+            self.check(&req, Right::Publish, &name)?;
+        }
+        self.shared
+            .broker
+            .ensure_topic(&name)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_topics(
+        &self,
+        req: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        self.check_any(&req, Right::Admin)?;
+        let topics = self
+            .shared
+            .broker
+            .topics()
+            .iter()
+            .filter(|t| self.allowed(&req, Right::Admin, &t.name))
+            .map(topic_to_proto)
+            .collect();
+        Ok(Response::new(v1::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<v1::TopicName>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        let name = req.get_ref().name.clone();
+        self.check(&req, Right::Admin, &name)?;
+        Ok(Response::new(topic_to_proto(&self.topic_info(&name)?)))
+    }
+
+    async fn delete_topic(
+        &self,
+        req: Request<v1::TopicName>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let name = req.get_ref().name.clone();
+        self.check(&req, Right::Admin, &name)?;
+        self.shared
+            .broker
+            .delete_topic(&name)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn set_partitions(
+        &self,
+        req: Request<v1::SetPartitionsRequest>,
+    ) -> Result<Response<v1::TopicInfo>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.name)?;
+        self.shared
+            .broker
+            .set_partitions(&r.name, r.partitions)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(topic_to_proto(&self.topic_info(&r.name)?)))
+    }
+
+    async fn list_groups(
+        &self,
+        req: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        self.check_any(&req, Right::Admin)?;
+        let want = req.get_ref().group.clone();
+        let groups = self
+            .shared
+            .broker
+            .groups()
+            .into_iter()
+            .filter(|g| want.as_ref().is_none_or(|w| *w == g.group))
+            .filter(|g| self.allowed(&req, Right::Admin, &g.topic))
+            .map(|g| v1::GroupInfo {
+                group: g.group,
+                topic: g.topic,
+                lag: g.lag,
+            })
+            .collect();
+        Ok(Response::new(v1::ListGroupsResponse { groups }))
+    }
+
+    async fn dlq_list(
+        &self,
+        req: Request<v1::DlqListRequest>,
+    ) -> Result<Response<v1::DlqListResponse>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.topic)?;
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let held = admin::dlq_peek(&self.shared.broker, &r.topic, limit)
+            .await
+            .map_err(|e| status_for(&e))?;
+        let messages = held
+            .iter()
+            .map(|d| v1::DeadLetter {
+                message: Some(message_to_proto(d.message())),
+                partition: d.info().partition,
+                offset: d.info().offset,
+            })
+            .collect();
+        Ok(Response::new(v1::DlqListResponse { messages }))
+    }
+
+    async fn dlq_replay(
+        &self,
+        req: Request<v1::DlqReplayRequest>,
+    ) -> Result<Response<v1::DlqCountResponse>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.topic)?;
+        let which = match &r.id {
+            None => Redrive::All,
+            Some(id) => Redrive::Id(id.parse::<MessageId>().map_err(|_| {
+                status_for(&Error::InvalidArgument {
+                    name: "id",
+                    reason: format!("{id:?} is not a message id"),
+                })
+            })?),
+        };
+        let n = self
+            .shared
+            .broker
+            .redrive(&r.topic, which)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))
+    }
+
+    async fn dlq_purge(
+        &self,
+        req: Request<v1::TopicName>,
+    ) -> Result<Response<v1::DlqCountResponse>, Status> {
+        let name = req.get_ref().name.clone();
+        self.check(&req, Right::Admin, &name)?;
+        let n = admin::dlq_purge(&self.shared.broker, &name)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))
+    }
+}
+
+fn delivery_to_proto(id: u64, d: &Delivery) -> v1::Delivery {
+    let info = d.info();
+    v1::Delivery {
+        delivery_id: id,
+        message: Some(message_to_proto(d.message())),
+        topic: info.topic.to_string(),
+        partition: info.partition,
+        offset: info.offset,
+        attempt: info.attempt,
+    }
+}
+
+type Out = mpsc::Sender<Result<v1::ConsumeResponse, Status>>;
+
+async fn send(tx: &Out, kind: consume_response::Kind) -> bool {
+    tx.send(Ok(v1::ConsumeResponse { kind: Some(kind) }))
+        .await
+        .is_ok()
+}
+
+/// Runs one consume stream until the client goes away or the server stops.
+async fn consume_loop(
+    shared: Arc<Shared>,
+    sub: Subscription,
+    mut inbound: Streaming<v1::ConsumeRequest>,
+    tx: Out,
+) {
+    let mut sub = Some(sub);
+    let mut credit: u64 = 0;
+    let mut held: HashMap<u64, Delivery> = HashMap::new();
+    let mut next_id: u64 = 1;
+    let stopping = shared.stopping();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stopping => {
+                // End the stream without `ended`: the client resubscribes
+                // (with backoff) once the server is back.
+                break;
+            }
+            msg = inbound.message() => {
+                let req = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => break,
+                };
+                match req.kind {
+                    Some(consume_request::Kind::Credit(n)) => credit = credit.saturating_add(u64::from(n)),
+                    Some(consume_request::Kind::Settle(s)) => {
+                        let result = settle(&mut held, &s).await;
+                        let r = v1::SettleResult {
+                            request_id: s.request_id,
+                            error: result.err().map(|e| error_to_proto(&e)),
+                        };
+                        if !send(&tx, consume_response::Kind::Result(r)).await {
+                            break;
+                        }
+                    }
+                    Some(consume_request::Kind::Release(id)) => {
+                        held.remove(&id);
+                    }
+                    Some(consume_request::Kind::Close(_)) => {
+                        if let Some(mut s) = sub.take() {
+                            let _ = s.close().await;
+                            if !send(&tx, consume_response::Kind::Ended(true)).await {
+                                break;
+                            }
+                        }
+                    }
+                    Some(consume_request::Kind::Subscribe(_)) | None => {
+                        let e = Error::InvalidArgument {
+                            name: "consume",
+                            reason: "subscribe may only be sent once".into(),
+                        };
+                        let _ = send(&tx, consume_response::Kind::Error(error_to_proto(&e))).await;
+                        break;
+                    }
+                }
+            }
+            d = next(&mut sub), if credit > 0 && sub.is_some() => {
+                match d {
+                    Some(Ok(d)) => {
+                        credit -= 1;
+                        let id = next_id;
+                        next_id += 1;
+                        telemetry::delivered(d.topic(), "grpc", d.message().size());
+                        let p = delivery_to_proto(id, &d);
+                        held.insert(id, d);
+                        if !send(&tx, consume_response::Kind::Delivery(p)).await {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if !send(&tx, consume_response::Kind::Error(error_to_proto(&e))).await {
+                            break;
+                        }
+                    }
+                    None => {
+                        sub = None;
+                        if !send(&tx, consume_response::Kind::Ended(true)).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(held);
+}
+
+async fn next(sub: &mut Option<Subscription>) -> Option<Result<Delivery, Error>> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn settle(held: &mut HashMap<u64, Delivery>, s: &v1::Settle) -> Result<(), Error> {
+    let unknown = || Error::UnknownDelivery {
+        id: s.delivery_id.to_string(),
+    };
+    let action = v1::SettleAction::try_from(s.action).map_err(|_| Error::InvalidArgument {
+        name: "action",
+        reason: format!("unknown settle action {}", s.action),
+    })?;
+    if action == v1::SettleAction::SettleExtend {
+        let d = held.get(&s.delivery_id).ok_or_else(unknown)?;
+        return d.extend(Duration::from_millis(s.duration_ms)).await;
+    }
+    let d = held.remove(&s.delivery_id).ok_or_else(unknown)?;
+    let (settlement, kind) = match action {
+        v1::SettleAction::SettleAck => (Settlement::Ack, "ack"),
+        v1::SettleAction::SettleNack => (
+            Settlement::Nack {
+                delay: Duration::from_millis(s.duration_ms),
+            },
+            "nack",
+        ),
+        _ => (
+            Settlement::Reject {
+                reason: s.reason.clone(),
+            },
+            "reject",
+        ),
+    };
+    telemetry::settled(kind);
+    d.settle(settlement).await
+}

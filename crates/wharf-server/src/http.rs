@@ -1,0 +1,1098 @@
+//! The HTTP/JSON API: publish (one or a batch; UTF-8 or base64 payloads),
+//! long-poll consume with settlement by opaque delivery id, SSE and WebSocket
+//! streams, topic/group/DLQ admin, health, metrics and the OpenAPI document
+//! (generated from these handlers by `utoipa`, so it cannot drift).
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use wharf_broker::Redrive;
+use wharf_core::{
+    Delivery, Error, Message, MessageId, Publisher, Settlement, StartPosition, SubscribeOptions,
+    Subscriber, Subscription, Timestamp,
+};
+
+use crate::admin::{self, durability_str, TopicSettings};
+use crate::auth::Right;
+use crate::error::{ApiError, ErrorBody};
+use crate::{telemetry, Shared};
+
+type AppState = State<Arc<Shared>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The HTTP routes.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.config.max_request_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route(
+            "/v1/topics/{topic}",
+            get(describe_topic).delete(delete_topic),
+        )
+        .route("/v1/topics/{topic}/messages", post(publish))
+        .route("/v1/topics/{topic}/consume", post(consume))
+        .route("/v1/topics/{topic}/events", get(sse))
+        .route("/v1/topics/{topic}/ws", get(ws))
+        .route("/v1/deliveries/{id}/ack", post(ack))
+        .route("/v1/deliveries/{id}/nack", post(nack))
+        .route("/v1/deliveries/{id}/reject", post(reject))
+        .route("/v1/deliveries/{id}/extend", post(extend))
+        .route("/v1/groups", get(list_groups))
+        .route("/v1/dlq/{topic}", get(dlq_list))
+        .route("/v1/dlq/{topic}/replay", post(dlq_replay))
+        .route("/v1/dlq/{topic}/purge", post(dlq_purge))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+/// The OpenAPI document of the HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Wharf HTTP API",
+        description = "Durable messaging over HTTP/JSON. Send `Authorization: Bearer <token>` when the server has tokens configured."
+    ),
+    paths(
+        healthz,
+        readyz,
+        metrics,
+        publish,
+        consume,
+        ack,
+        nack,
+        reject,
+        extend,
+        sse,
+        ws,
+        list_topics,
+        create_topic,
+        describe_topic,
+        delete_topic,
+        list_groups,
+        dlq_list,
+        dlq_replay,
+        dlq_purge
+    ),
+    components(schemas(
+        PublishMessage,
+        PublishBatch,
+        PublishResponse,
+        ReceiptJson,
+        Encoding,
+        MessageJson,
+        DeliveryJson,
+        ConsumeResponse,
+        NackBody,
+        RejectBody,
+        ExtendBody,
+        CreateTopicBody,
+        TopicJson,
+        PartitionJson,
+        GroupJson,
+        CountJson,
+        ReplayBody,
+        ErrorBody
+    ))
+)]
+pub struct ApiDoc;
+
+// ---------- JSON types ----------
+
+/// How a payload is written in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Encoding {
+    /// The payload is the string's UTF-8 bytes.
+    #[default]
+    Utf8,
+    /// The payload is standard base64.
+    Base64,
+}
+
+/// A message to publish.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishMessage {
+    /// The payload, as UTF-8 text or base64 (see `encoding`).
+    payload: String,
+    #[serde(default)]
+    encoding: Encoding,
+    /// Partitioning / ordering key.
+    key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Message id (UUID) for deduplication; assigned by the server if absent.
+    id: Option<String>,
+}
+
+/// Several messages, published together in order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishBatch {
+    messages: Vec<PublishMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PublishBody {
+    Batch(PublishBatch),
+    One(PublishMessage),
+}
+
+/// Where a message was stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ReceiptJson {
+    id: String,
+    partition: u32,
+    offset: Option<u64>,
+    duplicate: bool,
+}
+
+/// The receipts, one per message in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PublishResponse {
+    receipts: Vec<ReceiptJson>,
+}
+
+/// A message as delivered.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MessageJson {
+    id: String,
+    key: Option<String>,
+    headers: BTreeMap<String, String>,
+    payload: String,
+    encoding: Encoding,
+    timestamp_ms: u64,
+}
+
+/// A delivery; settle it by `delivery_id` (long poll and manual-ack WebSocket).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeliveryJson {
+    delivery_id: Option<String>,
+    topic: String,
+    partition: u32,
+    offset: Option<u64>,
+    attempt: u32,
+    message: MessageJson,
+}
+
+/// Deliveries from a long poll (empty when the wait ran out).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ConsumeResponse {
+    deliveries: Vec<DeliveryJson>,
+}
+
+/// Nack options.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct NackBody {
+    /// Redeliver after this many ms (default 0).
+    delay_ms: Option<u64>,
+}
+
+/// Reject options.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct RejectBody {
+    /// Why; stored in the dead letter's `wharf-dlq-reason` header.
+    reason: Option<String>,
+}
+
+/// Lease extension.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ExtendBody {
+    /// New lease length from now, in ms.
+    by_ms: u64,
+}
+
+/// Topic settings; omitted fields take the server defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTopicBody {
+    name: String,
+    partitions: Option<u32>,
+    /// `always`, `never` or `interval:<ms>`.
+    durability: Option<String>,
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    max_message_bytes: Option<u64>,
+    ttl_ms: Option<u64>,
+    dead_letter_topic: Option<String>,
+    max_deliveries: Option<u32>,
+    visibility_timeout_ms: Option<u64>,
+}
+
+/// A partition's stored offsets.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PartitionJson {
+    partition: u32,
+    start_offset: u64,
+    end_offset: u64,
+}
+
+/// A topic and its settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TopicJson {
+    name: String,
+    partitions: u32,
+    durability: String,
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    max_message_bytes: u64,
+    ttl_ms: Option<u64>,
+    dedup_window_ms: Option<u64>,
+    dead_letter_topic: Option<String>,
+    max_deliveries: Option<u32>,
+    visibility_timeout_ms: Option<u64>,
+    offsets: Vec<PartitionJson>,
+}
+
+/// A consumer group's position on a topic.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupJson {
+    group: String,
+    topic: String,
+    lag: u64,
+}
+
+/// How many messages an operation affected.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CountJson {
+    count: u64,
+}
+
+/// Which dead letters to replay: one `id`, or `all`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    id: Option<String>,
+    all: Option<bool>,
+}
+
+/// Long-poll parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct ConsumeParams {
+    /// Consumer group (required).
+    group: Option<String>,
+    /// At most this many deliveries (default 1, max 1000).
+    max: Option<usize>,
+    /// Wait up to this long for the first delivery (default 1000, max 30000).
+    wait_ms: Option<u64>,
+    /// Lease length in ms before an unsettled delivery is redelivered.
+    lease_ms: Option<u64>,
+    /// For a new group: `earliest` (default), `latest`, an offset, or `time:<ms>`.
+    from: Option<String>,
+}
+
+/// Stream parameters (SSE and WebSocket).
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct StreamParams {
+    /// Consumer group; without one the stream is private.
+    group: Option<String>,
+    /// `earliest`, `latest` (default without a group), an offset, or `time:<ms>`.
+    from: Option<String>,
+    /// WebSocket only: `auto` (default) acks each message when sent; `manual`
+    /// waits for `{"op":"ack","delivery_id":..}` messages.
+    ack: Option<String>,
+}
+
+/// DLQ listing parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct DlqParams {
+    /// At most this many (default 100).
+    limit: Option<usize>,
+}
+
+// ---------- helpers ----------
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    Some(v.strip_prefix("Bearer ").unwrap_or(v).trim())
+}
+
+fn check(s: &Shared, headers: &HeaderMap, right: Right, topic: &str) -> ApiResult<()> {
+    match &s.auth {
+        None => Ok(()),
+        Some(a) => a.check(bearer(headers), right, topic).map_err(|d| {
+            telemetry::refused("auth");
+            d.into()
+        }),
+    }
+}
+
+fn check_any(s: &Shared, headers: &HeaderMap, right: Right) -> ApiResult<()> {
+    match &s.auth {
+        None => Ok(()),
+        Some(a) => a.check_any(bearer(headers), right).map_err(|d| {
+            telemetry::refused("auth");
+            d.into()
+        }),
+    }
+}
+
+fn authenticated(s: &Shared, headers: &HeaderMap) -> ApiResult<()> {
+    match &s.auth {
+        None => Ok(()),
+        Some(a) => a.authenticate(bearer(headers)).map_err(Into::into),
+    }
+}
+
+fn allowed(s: &Shared, headers: &HeaderMap, right: Right, topic: &str) -> bool {
+    s.auth
+        .as_ref()
+        .is_none_or(|a| a.check(bearer(headers), right, topic).is_ok())
+}
+
+fn body_bytes(s: &Shared, body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            telemetry::refused("too_large");
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!(
+                    "request body exceeds the limit of {} bytes",
+                    s.config.max_request_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request(r.body_text())
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        telemetry::refused("malformed");
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("malformed JSON: {e}"),
+        )
+    })
+}
+
+fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse_json(bytes)
+    }
+}
+
+fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
+    let payload = match m.encoding {
+        Encoding::Utf8 => Bytes::from(m.payload.into_bytes()),
+        Encoding::Base64 => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(m.payload.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("payload is not valid base64: {e}")))?,
+        ),
+    };
+    let mut b = Message::builder().payload(payload);
+    if let Some(id) = m.id {
+        let id = id
+            .parse::<MessageId>()
+            .map_err(|_| ApiError::bad_request(format!("id {id:?} is not a UUID")))?;
+        b = b.id(id);
+    }
+    if let Some(k) = m.key {
+        b = b.key(k);
+    }
+    for (k, v) in m.headers {
+        b = b.header(k, v);
+    }
+    Ok(b.build())
+}
+
+fn payload_json(bytes: &[u8]) -> (String, Encoding) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), Encoding::Utf8),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            Encoding::Base64,
+        ),
+    }
+}
+
+fn message_json(m: &Message) -> MessageJson {
+    let (payload, encoding) = payload_json(m.payload());
+    MessageJson {
+        id: m.id().to_string(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers: m
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        payload,
+        encoding,
+        timestamp_ms: m.timestamp().as_millis(),
+    }
+}
+
+fn delivery_json(d: &Delivery, id: Option<String>) -> DeliveryJson {
+    let info = d.info();
+    DeliveryJson {
+        delivery_id: id,
+        topic: info.topic.to_string(),
+        partition: info.partition,
+        offset: info.offset,
+        attempt: info.attempt,
+        message: message_json(d.message()),
+    }
+}
+
+fn parse_from(from: Option<&str>) -> ApiResult<Option<StartPosition>> {
+    Ok(match from {
+        None => None,
+        Some("earliest") => Some(StartPosition::Earliest),
+        Some("latest") => Some(StartPosition::Latest),
+        Some(s) => {
+            if let Some(ms) = s.strip_prefix("time:") {
+                Some(StartPosition::Time(Timestamp::from_millis(
+                    ms.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "from {s:?}: time must be ms since the epoch"
+                        ))
+                    })?,
+                )))
+            } else {
+                Some(StartPosition::Offset(s.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "from {s:?} is not earliest, latest, an offset or time:<ms>"
+                    ))
+                })?))
+            }
+        }
+    })
+}
+
+fn topic_json(t: &wharf_broker::TopicInfo) -> TopicJson {
+    let c = &t.config;
+    TopicJson {
+        name: t.name.clone(),
+        partitions: c.partitions,
+        durability: durability_str(c.durability),
+        retention_bytes: c.retention_bytes,
+        retention_ms: c.retention_ms,
+        max_message_bytes: c.max_message_bytes as u64,
+        ttl_ms: c.ttl_ms,
+        dedup_window_ms: c.dedup_window_ms,
+        dead_letter_topic: c.dead_letter_topic.clone(),
+        max_deliveries: c.max_deliveries,
+        visibility_timeout_ms: c.visibility_timeout_ms,
+        offsets: t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e))| PartitionJson {
+                partition: i as u32,
+                start_offset: *s,
+                end_offset: *e,
+            })
+            .collect(),
+    }
+}
+
+/// Decodes `data` as every request body the server parses (HTTP publish
+/// JSON and every gRPC request message); used by the fuzz target and its
+/// corpus test. Never panics; returns how many decoders accepted the input.
+pub fn fuzz_decode_http(data: &[u8]) -> usize {
+    use wharf_proto::codec::decode;
+    use wharf_proto::v1;
+    let mut ok = 0;
+    if let Ok(body) = serde_json::from_slice::<PublishBody>(data) {
+        let msgs = match body {
+            PublishBody::Batch(b) => b.messages,
+            PublishBody::One(m) => vec![m],
+        };
+        ok += msgs
+            .into_iter()
+            .map(to_message)
+            .filter(Result::is_ok)
+            .count();
+    }
+    ok += usize::from(serde_json::from_slice::<CreateTopicBody>(data).is_ok());
+    ok += usize::from(serde_json::from_slice::<ReplayBody>(data).is_ok());
+    if let Ok(p) = decode::<v1::PublishRequest>(data) {
+        ok += p
+            .messages
+            .into_iter()
+            .map(wharf_proto::convert::message_from_proto)
+            .filter(Result::is_ok)
+            .count();
+    }
+    ok += usize::from(decode::<v1::ConsumeRequest>(data).is_ok());
+    ok += usize::from(decode::<v1::CreateTopicRequest>(data).is_ok());
+    ok += usize::from(decode::<v1::DlqReplayRequest>(data).is_ok());
+    ok
+}
+
+// ---------- health, metrics, docs ----------
+
+/// Liveness: 200 while the process runs. Never needs a token.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: 200 while accepting work, 503 once shutting down. Never needs a token.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "shutting down")))]
+async fn readyz(State(s): AppState) -> Response {
+    if *s.shutdown.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+async fn metrics(State(s): AppState, headers: HeaderMap) -> ApiResult<String> {
+    authenticated(&s, &headers)?;
+    Ok(s.metrics.render(&s.broker))
+}
+
+async fn openapi(
+    State(s): AppState,
+    headers: HeaderMap,
+) -> ApiResult<Json<utoipa::openapi::OpenApi>> {
+    authenticated(&s, &headers)?;
+    Ok(Json(ApiDoc::openapi()))
+}
+
+// ---------- publish ----------
+
+/// Publishes one message (`{"payload": ..}`) or a batch (`{"messages": [..]}`).
+#[utoipa::path(post, path = "/v1/topics/{topic}/messages",
+    params(("topic" = String, Path, description = "Topic name")),
+    request_body(content = PublishBatch, description = "A batch, or a single PublishMessage object"),
+    responses(
+        (status = 200, body = PublishResponse),
+        (status = 400, body = ErrorBody, description = "malformed JSON, bad name or encoding"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "body or message too large"),
+    ))]
+async fn publish(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PublishResponse>> {
+    check(&s, &headers, Right::Publish, &topic)?;
+    let body = body_bytes(&s, body)?;
+    let msgs = match parse_json::<PublishBody>(&body)? {
+        PublishBody::Batch(b) => b.messages,
+        PublishBody::One(m) => vec![m],
+    };
+    let msgs = msgs
+        .into_iter()
+        .map(to_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let n = msgs.len();
+    let bytes: usize = msgs.iter().map(Message::size).sum();
+    let receipts = s.broker.publish_batch(&topic, msgs).await?;
+    telemetry::published(&topic, "http", n, bytes, started.elapsed());
+    Ok(Json(PublishResponse {
+        receipts: receipts
+            .iter()
+            .map(|r| ReceiptJson {
+                id: r.id.to_string(),
+                partition: r.partition,
+                offset: r.offset,
+                duplicate: r.duplicate,
+            })
+            .collect(),
+    }))
+}
+
+// ---------- long-poll consume ----------
+
+type SharedSub = Arc<tokio::sync::Mutex<Subscription>>;
+type PollerMap = HashMap<(String, String), SharedSub>;
+
+/// The shared broker subscriptions behind long polls, one per (topic, group).
+#[derive(Default)]
+pub(crate) struct Pollers {
+    subs: Mutex<PollerMap>,
+}
+
+impl Pollers {
+    async fn get(
+        &self,
+        s: &Shared,
+        topic: &str,
+        group: &str,
+        start: Option<StartPosition>,
+    ) -> ApiResult<Arc<tokio::sync::Mutex<Subscription>>> {
+        let key = (topic.to_owned(), group.to_owned());
+        if let Some(found) = self.lock().get(&key) {
+            return Ok(found.clone());
+        }
+        let mut opts = SubscribeOptions::new(topic)
+            .group(group)
+            .max_in_flight(1024);
+        if let Some(st) = start {
+            opts = opts.start(st);
+        }
+        let sub = Arc::new(tokio::sync::Mutex::new(s.broker.subscribe(opts).await?));
+        Ok(self.lock().entry(key).or_insert(sub).clone())
+    }
+
+    fn remove(&self, topic: &str, group: &str) {
+        self.lock().remove(&(topic.to_owned(), group.to_owned()));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PollerMap> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Long poll: waits up to `wait_ms` for deliveries, leases them for
+/// `lease_ms`; settle each by its `delivery_id` before the lease runs out.
+#[utoipa::path(post, path = "/v1/topics/{topic}/consume",
+    params(("topic" = String, Path, description = "Topic or pattern"), ConsumeParams),
+    responses(
+        (status = 200, body = ConsumeResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown topic"),
+    ))]
+async fn consume(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    Query(p): Query<ConsumeParams>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ConsumeResponse>> {
+    check(&s, &headers, Right::Consume, &topic)?;
+    let group = p
+        .group
+        .ok_or_else(|| ApiError::bad_request("query parameter `group` is required"))?;
+    let start = parse_from(p.from.as_deref())?;
+    let max = p.max.unwrap_or(1).clamp(1, 1000);
+    let wait = Duration::from_millis(p.wait_ms.unwrap_or(1000).min(30_000));
+    let lease = p.lease_ms.map_or(s.config.lease, Duration::from_millis);
+    let sub = s.pollers.get(&s, &topic, &group, start).await?;
+    let mut batch = Vec::new();
+    {
+        let mut guard = sub.lock().await;
+        let got = tokio::select! {
+            r = tokio::time::timeout(wait, guard.next_batch(max, &mut batch)) => r,
+            () = s.stopping() => Ok(Ok(0)),
+        };
+        match got {
+            Ok(Ok(0)) if batch.is_empty() && !*s.shutdown.borrow() => {
+                // The subscription ended (broker closing): forget it.
+                s.pollers.remove(&topic, &group);
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    let deliveries = batch
+        .into_iter()
+        .map(|d| {
+            telemetry::delivered(d.topic(), "http", d.message().size());
+            let mut json = delivery_json(&d, None);
+            json.delivery_id = Some(s.leases.insert(d, lease));
+            json
+        })
+        .collect();
+    Ok(Json(ConsumeResponse { deliveries }))
+}
+
+async fn settle_lease(
+    s: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    settlement: Settlement,
+    kind: &'static str,
+) -> ApiResult<StatusCode> {
+    let unknown = || ApiError::from(Error::UnknownDelivery { id: id.to_owned() });
+    let topic = s.leases.topic(id).ok_or_else(unknown)?;
+    check(s, headers, Right::Consume, &topic)?;
+    let d = s.leases.take(id).ok_or_else(unknown)?;
+    d.settle(settlement).await?;
+    telemetry::settled(kind);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Acknowledges a long-poll delivery.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/ack",
+    params(("id" = String, Path, description = "delivery_id from a long poll")),
+    responses((status = 204, description = "acked"), (status = 404, body = ErrorBody, description = "unknown or expired delivery")))]
+async fn ack(
+    State(s): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    settle_lease(&s, &headers, &id, Settlement::Ack, "ack").await
+}
+
+/// Returns a delivery for redelivery, optionally after `delay_ms`.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/nack",
+    params(("id" = String, Path, description = "delivery_id from a long poll")),
+    request_body(content = NackBody),
+    responses((status = 204, description = "nacked"), (status = 404, body = ErrorBody)))]
+async fn nack(
+    State(s): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let b: NackBody = parse_json_or_default(&body_bytes(&s, body)?)?;
+    let delay = Duration::from_millis(b.delay_ms.unwrap_or(0));
+    settle_lease(&s, &headers, &id, Settlement::Nack { delay }, "nack").await
+}
+
+/// Moves a delivery to its dead-letter topic.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/reject",
+    params(("id" = String, Path, description = "delivery_id from a long poll")),
+    request_body(content = RejectBody),
+    responses((status = 204, description = "rejected"), (status = 404, body = ErrorBody)))]
+async fn reject(
+    State(s): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let b: RejectBody = parse_json_or_default(&body_bytes(&s, body)?)?;
+    let reason = b.reason.unwrap_or_else(|| "rejected over HTTP".into());
+    settle_lease(&s, &headers, &id, Settlement::Reject { reason }, "reject").await
+}
+
+/// Extends a delivery's lease to `by_ms` from now.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/extend",
+    params(("id" = String, Path, description = "delivery_id from a long poll")),
+    request_body(content = ExtendBody),
+    responses((status = 204, description = "extended"), (status = 404, body = ErrorBody)))]
+async fn extend(
+    State(s): AppState,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let unknown = || ApiError::from(Error::UnknownDelivery { id: id.clone() });
+    let b: ExtendBody = parse_json(&body_bytes(&s, body)?)?;
+    let topic = s.leases.topic(&id).ok_or_else(unknown)?;
+    check(&s, &headers, Right::Consume, &topic)?;
+    let d = s.leases.take(&id).ok_or_else(unknown)?;
+    let by = Duration::from_millis(b.by_ms);
+    let r = d.extend(by).await;
+    s.leases.put(id.clone(), d, by);
+    r?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------- streams ----------
+
+async fn stream_subscription(s: &Shared, topic: &str, p: &StreamParams) -> ApiResult<Subscription> {
+    let mut opts = SubscribeOptions::new(topic);
+    if let Some(g) = &p.group {
+        opts = opts.group(g.clone());
+    }
+    if let Some(st) = parse_from(p.from.as_deref())? {
+        opts = opts.start(st);
+    }
+    Ok(s.broker.subscribe(opts).await?)
+}
+
+/// Server-Sent Events: one `message` event per delivery (acked when sent).
+#[utoipa::path(get, path = "/v1/topics/{topic}/events",
+    params(("topic" = String, Path, description = "Topic or pattern"), StreamParams),
+    responses((status = 200, description = "text/event-stream of DeliveryJson events"), (status = 404, body = ErrorBody)))]
+async fn sse(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    Query(p): Query<StreamParams>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    check(&s, &headers, Right::Consume, &topic)?;
+    let sub = stream_subscription(&s, &topic, &p).await?;
+    let stream = futures_util::stream::unfold((sub, s), |(mut sub, s)| async move {
+        let next = tokio::select! {
+            d = sub.next() => d,
+            () = s.stopping() => None,
+        };
+        let event = match next? {
+            Ok(d) => {
+                telemetry::delivered(d.topic(), "sse", d.message().size());
+                let json = delivery_json(&d, None);
+                let mut ev = Event::default().event("message");
+                if let Some(o) = d.info().offset {
+                    ev = ev.id(format!("{}:{o}", d.info().partition));
+                }
+                let ev = ev
+                    .json_data(json)
+                    .unwrap_or_else(|_| Event::default().event("error"));
+                let _ = d.ack().await;
+                ev
+            }
+            Err(e) => Event::default().event("error").data(e.to_string()),
+        };
+        Some((Ok(event), (sub, s)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+struct WsCommand {
+    op: String,
+    delivery_id: String,
+    delay_ms: Option<u64>,
+    reason: Option<String>,
+}
+
+/// WebSocket: one JSON DeliveryJson text message per delivery; with
+/// `ack=manual` the client settles with `{"op":"ack"|"nack"|"reject","delivery_id":..}`.
+#[utoipa::path(get, path = "/v1/topics/{topic}/ws",
+    params(("topic" = String, Path, description = "Topic or pattern"), StreamParams),
+    responses((status = 101, description = "WebSocket of DeliveryJson messages"), (status = 404, body = ErrorBody)))]
+async fn ws(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    Query(p): Query<StreamParams>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    check(&s, &headers, Right::Consume, &topic)?;
+    let manual = match p.ack.as_deref() {
+        None | Some("auto") => false,
+        Some("manual") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "ack={other:?}: use auto or manual"
+            )))
+        }
+    };
+    let sub = stream_subscription(&s, &topic, &p).await?;
+    Ok(upgrade.on_upgrade(move |socket| ws_loop(s, sub, socket, manual)))
+}
+
+async fn ws_loop(s: Arc<Shared>, mut sub: Subscription, mut socket: WebSocket, manual: bool) {
+    let mut held: HashMap<String, Delivery> = HashMap::new();
+    let mut next_id: u64 = 1;
+    loop {
+        tokio::select! {
+            d = sub.next(), if !manual || held.len() < 256 => {
+                let Some(d) = d else { break };
+                let text = match d {
+                    Ok(d) => {
+                        telemetry::delivered(d.topic(), "ws", d.message().size());
+                        let id = manual.then(|| { let id = next_id.to_string(); next_id += 1; id });
+                        let json = delivery_json(&d, id.clone());
+                        match id {
+                            Some(id) => { held.insert(id, d); }
+                            None => { let _ = d.ack().await; }
+                        }
+                        serde_json::to_string(&json).unwrap_or_default()
+                    }
+                    Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+                };
+                if socket.send(WsMessage::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            m = socket.recv() => {
+                let text = match m {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                let reply = match serde_json::from_str::<WsCommand>(&text) {
+                    Err(e) => Some(format!("malformed command: {e}")),
+                    Ok(c) => match held.remove(&c.delivery_id) {
+                        None => Some(format!("unknown delivery {:?}", c.delivery_id)),
+                        Some(d) => {
+                            let r = match c.op.as_str() {
+                                "ack" => d.ack().await,
+                                "nack" => d.nack_with_delay(Duration::from_millis(c.delay_ms.unwrap_or(0))).await,
+                                "reject" => d.reject(c.reason.unwrap_or_else(|| "rejected over WebSocket".into())).await,
+                                other => Err(Error::InvalidArgument { name: "op", reason: format!("unknown op {other:?}") }),
+                            };
+                            r.err().map(|e| e.to_string())
+                        }
+                    },
+                };
+                if let Some(err) = reply {
+                    let msg = serde_json::json!({"error": err}).to_string();
+                    if socket.send(WsMessage::Text(msg.into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            () = s.stopping() => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                break;
+            }
+        }
+    }
+}
+
+// ---------- admin ----------
+
+/// Every topic the token may administer.
+#[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = Vec<TopicJson>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_topics(State(s): AppState, headers: HeaderMap) -> ApiResult<Json<Vec<TopicJson>>> {
+    check_any(&s, &headers, Right::Admin)?;
+    Ok(Json(
+        s.broker
+            .topics()
+            .iter()
+            .filter(|t| allowed(&s, &headers, Right::Admin, &t.name))
+            .map(topic_json)
+            .collect(),
+    ))
+}
+
+/// Creates a topic (an existing topic keeps its settings).
+#[utoipa::path(post, path = "/v1/topics", request_body = CreateTopicBody,
+    responses((status = 201, body = TopicJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_topic(
+    State(s): AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<TopicJson>)> {
+    let b: CreateTopicBody = parse_json(&body_bytes(&s, body)?)?;
+    check(&s, &headers, Right::Admin, &b.name)?;
+    let settings = TopicSettings {
+        partitions: b.partitions,
+        durability: b.durability,
+        retention_bytes: b.retention_bytes,
+        retention_ms: b.retention_ms,
+        max_message_bytes: b.max_message_bytes,
+        ttl_ms: b.ttl_ms,
+        dead_letter_topic: b.dead_letter_topic,
+        max_deliveries: b.max_deliveries,
+        visibility_timeout_ms: b.visibility_timeout_ms,
+    };
+    s.broker
+        .create_topic(&b.name, settings.to_config()?)
+        .await?;
+    let info = find_topic(&s, &b.name)?;
+    Ok((StatusCode::CREATED, Json(topic_json(&info))))
+}
+
+fn find_topic(s: &Shared, name: &str) -> ApiResult<wharf_broker::TopicInfo> {
+    s.broker
+        .topics()
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| Error::UnknownTopic { topic: name.into() }.into())
+}
+
+/// One topic's settings and offsets.
+#[utoipa::path(get, path = "/v1/topics/{topic}", params(("topic" = String, Path, description = "Topic name")),
+    responses((status = 200, body = TopicJson), (status = 404, body = ErrorBody)))]
+async fn describe_topic(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<TopicJson>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    Ok(Json(topic_json(&find_topic(&s, &topic)?)))
+}
+
+/// Deletes a topic, its data and its group positions.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", params(("topic" = String, Path, description = "Topic name")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
+async fn delete_topic(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    s.pollers.lock().retain(|(t, _), _| *t != topic);
+    s.broker.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Consumer groups with their lag.
+#[utoipa::path(get, path = "/v1/groups", responses((status = 200, body = Vec<GroupJson>)))]
+async fn list_groups(State(s): AppState, headers: HeaderMap) -> ApiResult<Json<Vec<GroupJson>>> {
+    check_any(&s, &headers, Right::Admin)?;
+    Ok(Json(
+        s.broker
+            .groups()
+            .into_iter()
+            .filter(|g| allowed(&s, &headers, Right::Admin, &g.topic))
+            .map(|g| GroupJson {
+                group: g.group,
+                topic: g.topic,
+                lag: g.lag,
+            })
+            .collect(),
+    ))
+}
+
+/// Dead letters not yet replayed or purged (not consumed by listing).
+#[utoipa::path(get, path = "/v1/dlq/{topic}", params(("topic" = String, Path, description = "Dead-letter topic, e.g. dlq.orders"), DlqParams),
+    responses((status = 200, body = Vec<DeliveryJson>), (status = 404, body = ErrorBody)))]
+async fn dlq_list(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    Query(p): Query<DlqParams>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<DeliveryJson>>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    let held = admin::dlq_peek(&s.broker, &topic, p.limit.unwrap_or(100).clamp(1, 10_000)).await?;
+    Ok(Json(held.iter().map(|d| delivery_json(d, None)).collect()))
+}
+
+/// Moves dead letters back to their original topics: one by `id`, or `all`.
+#[utoipa::path(post, path = "/v1/dlq/{topic}/replay", params(("topic" = String, Path, description = "Dead-letter topic")),
+    request_body = ReplayBody, responses((status = 200, body = CountJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn dlq_replay(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<CountJson>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    let b: ReplayBody = parse_json(&body_bytes(&s, body)?)?;
+    let which = match (b.id, b.all) {
+        (Some(id), None | Some(false)) => Redrive::Id(
+            id.parse::<MessageId>()
+                .map_err(|_| ApiError::bad_request(format!("id {id:?} is not a message id")))?,
+        ),
+        (None, Some(true)) => Redrive::All,
+        _ => return Err(ApiError::bad_request("give either `id` or `all: true`")),
+    };
+    let n = s.broker.redrive(&topic, which).await?;
+    Ok(Json(CountJson { count: n as u64 }))
+}
+
+/// Discards every dead letter of the topic (they are no longer listed or replayed).
+#[utoipa::path(post, path = "/v1/dlq/{topic}/purge", params(("topic" = String, Path, description = "Dead-letter topic")),
+    responses((status = 200, body = CountJson), (status = 404, body = ErrorBody)))]
+async fn dlq_purge(
+    State(s): AppState,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<CountJson>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    let n = admin::dlq_purge(&s.broker, &topic).await?;
+    Ok(Json(CountJson { count: n as u64 }))
+}

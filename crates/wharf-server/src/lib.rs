@@ -1,0 +1,188 @@
+//! `wharf serve`: puts a network front on the embedded [`wharf_broker::Broker`].
+//!
+//! One TCP port serves both APIs: gRPC (`wharf.v1.Wharf`, with reflection)
+//! for the Rust client and other gRPC users, and HTTP/JSON for everyone else
+//! (publish, long-poll consume with explicit settlement, SSE and WebSocket
+//! streams, admin, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+//! Start with [`Server::bind`], then [`Server::serve`] until a shutdown
+//! signal; shutdown ends every stream and closes the broker (flush, persist
+//! group positions).
+
+mod admin;
+mod auth;
+mod config;
+mod error;
+mod grpc;
+mod http;
+mod leases;
+mod telemetry;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wharf_broker::Broker;
+use wharf_core::Backend;
+
+pub use auth::{Auth, Right, TokenConfig};
+pub use config::{ConfigError, ServerConfig, DEFAULT_LISTEN};
+pub use http::{fuzz_decode_http, ApiDoc};
+
+/// Why the server failed to start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The broker could not be opened or closed cleanly.
+    #[error("broker: {0}")]
+    Broker(#[from] wharf_core::Error),
+    /// Serving failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// State shared by every request handler.
+pub(crate) struct Shared {
+    pub(crate) broker: Broker,
+    pub(crate) auth: Option<Auth>,
+    pub(crate) config: ServerConfig,
+    pub(crate) leases: leases::Leases,
+    pub(crate) pollers: http::Pollers,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) metrics: telemetry::Metrics,
+}
+
+impl Shared {
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.shutdown.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the broker in `config.data_dir` and binds `config.listen`.
+    ///
+    /// # Errors
+    /// [`ServerError::Broker`] if the data dir cannot be opened,
+    /// [`ServerError::Bind`] if the address is taken.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        let auth = config.auth()?;
+        let broker = Broker::open(&config.data_dir).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            broker,
+            auth,
+            leases: leases::Leases::default(),
+            pollers: http::Pollers::default(),
+            shutdown,
+            metrics: telemetry::Metrics::install(),
+            config,
+        });
+        Ok(Server {
+            listener,
+            shared,
+            stop,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    ///
+    /// # Errors
+    /// The OS error if the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully: stops
+    /// accepting, ends consume streams, waits up to 5 s for requests in
+    /// flight, and closes the broker.
+    ///
+    /// # Errors
+    /// I/O failures of the listener; broker close failures.
+    pub async fn serve(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            shared,
+            stop,
+        } = self;
+        let app = http::router(shared.clone()).merge(grpc::routes(shared.clone()));
+        let reaper = tokio::spawn(leases::reap(shared.clone()));
+        let mut done = shared.shutdown.clone();
+        let stop = Arc::new(stop);
+        let stop2 = stop.clone();
+        tokio::spawn(async move {
+            signal.await;
+            let _ = stop2.send(true);
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = done.wait_for(|s| *s).await;
+        });
+        let mut server = std::pin::pin!(server.into_future());
+        let result = tokio::select! {
+            r = &mut server => r,
+            () = async {
+                shared.stopping().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            } => Ok(()),
+        };
+        let _ = stop.send(true);
+        reaper.abort();
+        shared.leases.clear();
+        shared.pollers.clear();
+        shared.broker.close().await?;
+        result?;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
