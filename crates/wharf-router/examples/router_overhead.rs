@@ -102,6 +102,31 @@ async fn routed(n: u64, lanes: usize, stack: Option<DefaultLayer>) -> Duration {
     t
 }
 
+/// Like `routed`, with one given layer around the no-op handler.
+macro_rules! routed_with {
+    ($n:expr, $layer:expr) => {{
+        let n: u64 = $n;
+        let b = filled(n).await;
+        let stop = CancellationToken::new();
+        let c = Arc::new(AtomicU64::new(0));
+        let s = stop.clone();
+        let handler = handler_fn(move |_req: Request| {
+            if c.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                s.cancel();
+            }
+            std::future::ready(Ok::<_, HandlerError>(Outcome::Ack))
+        });
+        let svc = tower::Layer::layer(&$layer, handler);
+        let start = Instant::now();
+        Router::new(b)
+            .add_route(Route::new(opts(), svc))
+            .run(stop)
+            .await
+            .expect("run");
+        start.elapsed()
+    }};
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -118,8 +143,19 @@ fn main() {
     if let Ok(mode) = std::env::var("MODE") {
         let d = match mode.as_str() {
             "bare" => rt.block_on(bare(mode_n())),
+            "setup" => {
+                let start = Instant::now();
+                drop(rt.block_on(filled(mode_n())));
+                start.elapsed()
+            }
             "stack" => rt.block_on(routed(mode_n(), 16, full())),
             "lean" => rt.block_on(routed(mode_n(), 16, lean())),
+            "trace" => rt
+                .block_on(async { routed_with!(mode_n(), wharf_router::trace::TraceLayer::new()) }),
+            "metrics" => rt.block_on(async { routed_with!(mode_n(), MetricsLayer::new()) }),
+            "recover" => rt.block_on(async {
+                routed_with!(mode_n(), wharf_router::recover::RecoverLayer::new())
+            }),
             _ => rt.block_on(routed(mode_n(), 16, None)),
         };
         println!("{mode}: {d:?}");

@@ -11,6 +11,12 @@ use std::task::{Context, Poll};
 
 use metrics::{Counter, Histogram, Label};
 use pin_project_lite::pin_project;
+// Durations use the std clock: tokio's clock (with its `test-util` feature
+// on, as in any crate's tests) takes a lock per read. Unit tests here use
+// tokio's, so the paused clock drives them.
+#[cfg(not(test))]
+use std::time::Instant;
+#[cfg(test)]
 use tokio::time::Instant;
 use tower::{Layer, Service};
 

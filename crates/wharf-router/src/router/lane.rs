@@ -12,7 +12,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tower::Service;
 use wharf_core::{Capability, Delivery, Message};
 
@@ -27,6 +27,7 @@ pub(crate) async fn run_lane<S>(
     mut svc: S,
     ctx: Context,
     counters: Arc<LaneCounters>,
+    window: Arc<Semaphore>,
 ) where
     S: Service<Request, Response = Outcome, Error = HandlerError>,
 {
@@ -36,6 +37,7 @@ pub(crate) async fn run_lane<S>(
     let placeholder = Message::builder().payload(Bytes::new()).build();
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
     while let Some(batch) = rx.recv().await {
+        let settled = batch.len();
         for mut delivery in batch {
             let ready = poll_ready_catching(&mut svc).await;
             let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
@@ -64,6 +66,8 @@ pub(crate) async fn run_lane<S>(
                 settle(delivery, result, copy, &ctx, &counters).await;
             }
         }
+        // Free the batch's slots in the route's in-flight window at once.
+        window.add_permits(settled);
     }
 }
 

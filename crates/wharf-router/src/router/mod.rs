@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -191,6 +191,16 @@ where
         let mut senders = Vec::with_capacity(route.lanes);
         let mut lanes = Vec::with_capacity(route.lanes);
         let mut counters = Vec::with_capacity(route.lanes);
+        let batch = route
+            .fetch_batch
+            .min(route.options.max_in_flight_limit())
+            .max(1);
+        // The router's own in-flight window, the size of the subscription's:
+        // the fetch task takes a whole batch of slots before fetching, so it
+        // fetches full batches instead of one delivery per freed slot.
+        let window = Arc::new(Semaphore::new(
+            route.options.max_in_flight_limit().max(batch),
+        ));
         for _ in 0..route.lanes {
             let (tx, rx) = mpsc::channel(route.lane_capacity);
             let c = Arc::new(LaneCounters::default());
@@ -199,21 +209,19 @@ where
                 route.service.clone(),
                 ctx.clone(),
                 c.clone(),
+                window.clone(),
             )));
             senders.push(tx);
             counters.push(c);
         }
         let fetched = Arc::new(Counter::default());
         let fetch_errors = Arc::new(Counter::default());
-        let batch = route
-            .fetch_batch
-            .min(route.options.max_in_flight_limit())
-            .max(1);
         let fetcher = tokio::spawn(fetch_loop(
             sub,
             Fetch {
                 senders,
                 batch,
+                window,
                 gate: route.gate,
                 stop,
                 fetched: fetched.clone(),
@@ -250,6 +258,7 @@ pub(crate) fn lane_of(key: &[u8], lanes: usize) -> usize {
 struct Fetch {
     senders: Vec<mpsc::Sender<Vec<Delivery>>>,
     batch: usize,
+    window: Arc<Semaphore>,
     gate: Option<Arc<dyn FetchGate>>,
     stop: CancellationToken,
     fetched: Arc<Counter>,
@@ -261,6 +270,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
     let Fetch {
         senders,
         batch,
+        window,
         gate,
         stop,
         fetched,
@@ -284,12 +294,23 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
                 continue;
             }
         }
+        let slots = tokio::select! {
+            biased;
+            () = stop.cancelled() => break 'fetch,
+            p = window.acquire_many(batch as u32) => p,
+        };
+        match slots {
+            Ok(p) => p.forget(),
+            Err(_closed) => break 'fetch,
+        }
         let r = tokio::select! {
             biased;
             () = stop.cancelled() => break 'fetch,
             r = sub.next_batch(batch, &mut buf) => r,
         };
         fetched.add(buf.len() as u64);
+        // Give back the slots this fetch did not fill.
+        window.add_permits(batch - buf.len());
         match r {
             Ok(0) if buf.is_empty() => break 'fetch,
             Ok(_) => {}
