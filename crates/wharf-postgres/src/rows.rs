@@ -1,0 +1,182 @@
+//! Converting between [`Message`]s and table rows, and sqlx errors into
+//! Wharf's [`Error`]: the only place that knows how columns encode a message.
+//!
+//! Headers are stored as a JSON array of `[name, value]` pairs so their order
+//! survives; the key and payload are `bytea`; times are ms since the epoch.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+use wharf_core::{Error, Headers, Message, MessageId, Receipt, Result, Timestamp};
+
+use crate::schema::Sql;
+
+/// The backend name used in errors.
+pub(crate) const NAME: &str = "postgres";
+
+/// Maps a sqlx error: connection trouble is [`Error::Unavailable`], the rest [`Error::Backend`].
+pub(crate) fn db_err(e: sqlx::Error) -> Error {
+    let unavailable = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08 (connection exception), 57P (operator intervention: shutdown).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    };
+    if unavailable {
+        Error::Unavailable {
+            backend: NAME,
+            source: Box::new(e),
+        }
+    } else {
+        Error::Backend {
+            backend: NAME,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Backend {
+        backend: NAME,
+        source: what.into(),
+    }
+}
+
+pub(crate) fn uuid_of(id: MessageId) -> Uuid {
+    Uuid::from_bytes(id.to_bytes())
+}
+
+pub(crate) fn id_of(u: Uuid) -> MessageId {
+    MessageId::from_bytes(*u.as_bytes())
+}
+
+/// Headers as the JSON text stored in the `headers` column.
+pub(crate) fn headers_json(h: &Headers) -> String {
+    let pairs: Vec<(&str, &str)> = h.iter().collect();
+    serde_json::to_string(&pairs).expect("string pairs always serialise")
+}
+
+fn headers_from_json(s: &str) -> Result<Headers> {
+    let pairs: Vec<(String, String)> =
+        serde_json::from_str(s).map_err(|e| corrupt(format!("bad headers column: {e}")))?;
+    Ok(pairs.into_iter().collect())
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Rebuilds a message from a row with `id, key, headers (text), payload, ts`.
+pub(crate) fn message_from_row(row: &PgRow) -> Result<Message> {
+    let id: Uuid = row.try_get("id").map_err(db_err)?;
+    let key: Option<Vec<u8>> = row.try_get("key").map_err(db_err)?;
+    let headers: String = row.try_get("headers").map_err(db_err)?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(db_err)?;
+    let ts: i64 = row.try_get("ts").map_err(db_err)?;
+    let mut b = Message::builder()
+        .id(id_of(id))
+        .headers(headers_from_json(&headers)?)
+        .payload(Bytes::from(payload))
+        .timestamp(Timestamp::from_millis(u64::try_from(ts).unwrap_or(0)));
+    if let Some(k) = key {
+        b = b.key(Bytes::from(k));
+    }
+    Ok(b.build())
+}
+
+/// Inserts `msgs` into `topic` in order on `conn` (pool connection or
+/// transaction), skipping ids the topic already holds (`duplicate` receipts
+/// carry the stored offset).
+pub(crate) async fn insert_batch(
+    sql: &Sql,
+    conn: &mut PgConnection,
+    topic: &str,
+    msgs: &[Message],
+) -> Result<Vec<Receipt>> {
+    let n = msgs.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut headers = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut ts = Vec::with_capacity(n);
+    let mut deliver_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut priority = Vec::with_capacity(n);
+    for m in msgs {
+        ids.push(uuid_of(m.id()));
+        keys.push(m.key().map(|k| k.to_vec()));
+        headers.push(headers_json(m.headers()));
+        payloads.push(m.payload().to_vec());
+        ts.push(ms(m.timestamp().as_millis()));
+        deliver_at.push(m.deliver_at().map(|t| ms(t.as_millis())));
+        expires_at.push(m.expires_at().map(|t| ms(t.as_millis())));
+        priority.push(i16::from(m.priority()));
+    }
+    let rows = sqlx::query(&sql.publish)
+        .bind(topic)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&headers)
+        .bind(&payloads)
+        .bind(&ts)
+        .bind(&deliver_at)
+        .bind(&expires_at)
+        .bind(&priority)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let mut stored: HashMap<Uuid, i64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        stored.insert(
+            r.try_get("id").map_err(db_err)?,
+            r.try_get("offset").map_err(db_err)?,
+        );
+    }
+    let mut existing: HashMap<Uuid, i64> = HashMap::new();
+    if stored.len() < n {
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !stored.contains_key(id))
+            .copied()
+            .collect();
+        let rows = sqlx::query(&sql.lookup_ids)
+            .bind(topic)
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        for r in &rows {
+            existing.insert(
+                r.try_get("id").map_err(db_err)?,
+                r.try_get("offset").map_err(db_err)?,
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut receipts = Vec::with_capacity(n);
+    for (m, id) in msgs.iter().zip(&ids) {
+        let first = seen.insert(*id);
+        let (offset, duplicate) = match stored.get(id) {
+            Some(o) if first => (Some(*o), false),
+            Some(o) => (Some(*o), true),
+            None => (existing.get(id).copied(), true),
+        };
+        receipts.push(Receipt {
+            id: m.id(),
+            partition: 0,
+            offset: offset.and_then(|o| u64::try_from(o).ok()),
+            duplicate,
+        });
+    }
+    Ok(receipts)
+}

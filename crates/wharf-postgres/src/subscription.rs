@@ -1,0 +1,566 @@
+//! Consuming: a group row with per-topic cursors, delivery-state rows claimed
+//! with `FOR UPDATE SKIP LOCKED`, and the acker that settles them (ack deletes
+//! the row, nack reschedules it, reject / max deliveries moves the message to
+//! the dead-letter topic in the same transaction).
+//!
+//! Each subscription runs one fetcher task: it waits for in-flight room and a
+//! wake-up (NOTIFY, a local publish or settlement, or the poll interval),
+//! copies new messages into delivery rows ("materialises" them under the group
+//! row lock, so per-topic cursors only move over committed offsets) and claims
+//! a batch. [`DeliveryStream::next`] only reads a channel, so it is cancel safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+use wharf_core::{
+    header, name, Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement,
+    StartPosition, Subscription,
+};
+
+use crate::backend::{start_code, Inner};
+use crate::rows::{db_err, insert_batch, message_from_row};
+
+/// Most rows claimed in one round trip.
+const CLAIM_BATCH: usize = 128;
+
+/// What a subscription asked for, resolved.
+pub(crate) struct GroupSpec {
+    pub name: Option<String>,
+    pub pattern: String,
+    pub regex: String,
+    pub start: StartPosition,
+    pub max_in_flight: usize,
+    pub lease: Duration,
+    pub max_deliveries: Option<u32>,
+    pub dead_letter_topic: Option<String>,
+}
+
+fn ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Creates (or finds) the group and starts its fetcher.
+pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Result<Subscription> {
+    let private = spec.name.is_none();
+    let group_name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("_private-{}", uuid::Uuid::now_v7()));
+    let mut tx = inner.pool.begin().await.map_err(db_err)?;
+    let created: Option<i64> = sqlx::query_scalar(&inner.sql.create_group)
+        .bind(&group_name)
+        .bind(&spec.pattern)
+        .bind(&spec.regex)
+        .bind(private)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let gid = match created {
+        Some(gid) => {
+            let (code, arg) = start_code(spec.start);
+            sqlx::query(&inner.sql.init_cursors)
+                .bind(gid)
+                .bind(&spec.regex)
+                .bind(code)
+                .bind(arg)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            gid
+        }
+        None => sqlx::query_scalar(&inner.sql.find_group)
+            .bind(&group_name)
+            .bind(&spec.pattern)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?,
+    };
+    tx.commit().await.map_err(db_err)?;
+
+    let sem = Arc::new(Semaphore::new(spec.max_in_flight));
+    let acker = Arc::new(PgAcker {
+        settler: Settler {
+            inner: inner.clone(),
+            gid,
+            group: if private { None } else { Some(group_name) },
+            dead_letter_topic: spec.dead_letter_topic,
+            max_deliveries: spec.max_deliveries,
+            sem: sem.clone(),
+        },
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let (stop, _) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(spec.max_in_flight.max(1));
+    let fetcher = Fetcher {
+        inner: inner.clone(),
+        gid,
+        regex: spec.regex,
+        lease_ms: ms_i64(spec.lease),
+        sem,
+        tx,
+        stop: stop.subscribe(),
+        closed: inner.closed.subscribe(),
+        wake: inner.wake.subscribe(),
+    };
+    let handle = tokio::spawn(fetcher.run());
+    Ok(Subscription::new(PgStream {
+        rx,
+        acker,
+        stop,
+        closed: inner.closed.subscribe(),
+        fetcher: Some(handle),
+        done: false,
+    }))
+}
+
+/// One claimed row, not yet handed out.
+struct Claimed {
+    token: i64,
+    attempts: i32,
+    topic: String,
+    offset: i64,
+    row: PgRow,
+}
+
+struct Fetcher {
+    inner: Arc<Inner>,
+    gid: i64,
+    regex: String,
+    lease_ms: i64,
+    sem: Arc<Semaphore>,
+    tx: mpsc::Sender<Claimed>,
+    stop: watch::Receiver<bool>,
+    closed: watch::Receiver<bool>,
+    wake: watch::Receiver<u64>,
+}
+
+impl Fetcher {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow() || *self.closed.borrow()
+    }
+
+    async fn run(mut self) {
+        'outer: loop {
+            let first = tokio::select! {
+                p = self.sem.clone().acquire_owned() => p,
+                _ = self.stop.wait_for(|s| *s) => break,
+                _ = self.closed.wait_for(|s| *s) => break,
+            };
+            let Ok(first) = first else { break };
+            first.forget();
+            let mut room = 1;
+            while room < CLAIM_BATCH {
+                match self.sem.try_acquire() {
+                    Ok(p) => {
+                        p.forget();
+                        room += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if self.stopping() {
+                    self.sem.add_permits(room);
+                    break 'outer;
+                }
+                self.wake.borrow_and_update();
+                match self.fetch(room).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        self.sem.add_permits(room - rows.len());
+                        let mut rows = rows.into_iter();
+                        while let Some(c) = rows.next() {
+                            if let Err(mpsc::error::SendError(c)) = self.tx.send(c).await {
+                                let rest: Vec<i64> =
+                                    std::iter::once(c).chain(rows).map(|c| c.token).collect();
+                                unclaim(&self.inner, self.gid, rest).await;
+                                return;
+                            }
+                        }
+                        continue 'outer;
+                    }
+                    Ok(_) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres fetch failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                let poll = self.inner.config.poll_interval;
+                tokio::select! {
+                    _ = self.wake.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = self.stop.wait_for(|s| *s) => {}
+                    _ = self.closed.wait_for(|s| *s) => {}
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, room: usize) -> Result<Vec<Claimed>> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        let locked: Option<i64> = sqlx::query_scalar(&sql.lock_group)
+            .bind(self.gid)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if locked.is_none() {
+            return Err(Error::Closed {
+                what: "consumer group (deleted)",
+            });
+        }
+        sqlx::query(&sql.discover_topics)
+            .bind(self.gid)
+            .bind(&self.regex)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(&sql.materialize)
+            .bind(self.gid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(&sql.sweep_expired)
+            .bind(self.gid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        let rows = sqlx::query(&sql.claim)
+            .bind(self.gid)
+            .bind(i64::try_from(room).unwrap_or(i64::MAX))
+            .bind(self.lease_ms)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db_err)?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Claimed {
+                    token: row.try_get("token").map_err(db_err)?,
+                    attempts: row.try_get("attempts").map_err(db_err)?,
+                    topic: row.try_get("topic").map_err(db_err)?,
+                    offset: row.try_get("offset").map_err(db_err)?,
+                    row,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Puts claimed-but-never-handed-out rows back, not counting the attempt.
+async fn unclaim(inner: &Inner, gid: i64, tokens: Vec<i64>) {
+    if tokens.is_empty() {
+        return;
+    }
+    if let Err(e) = sqlx::query(&inner.sql.unclaim)
+        .bind(gid)
+        .bind(&tokens)
+        .execute(&inner.pool)
+        .await
+    {
+        tracing::warn!(error = %e, "could not return unclaimed deliveries; their leases will expire");
+    }
+    inner.bump();
+}
+
+struct PgStream {
+    rx: mpsc::Receiver<Claimed>,
+    acker: Arc<PgAcker>,
+    stop: watch::Sender<bool>,
+    closed: watch::Receiver<bool>,
+    fetcher: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl PgStream {
+    fn deliver(&self, c: Claimed) -> Result<Delivery> {
+        let message = match message_from_row(&c.row) {
+            Ok(m) => m,
+            Err(e) => {
+                self.acker.release(u64::try_from(c.token).unwrap_or(0));
+                return Err(e);
+            }
+        };
+        let info = DeliveryInfo {
+            topic: c.topic.into(),
+            partition: 0,
+            offset: u64::try_from(c.offset).ok(),
+            attempt: u32::try_from(c.attempts).unwrap_or(1),
+        };
+        Ok(Delivery::new(
+            message,
+            info,
+            self.acker.clone(),
+            u64::try_from(c.token).unwrap_or(0),
+        ))
+    }
+
+    /// Stops the fetcher and returns whatever it claimed but nobody took.
+    async fn shut_down(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.stop.send_replace(true);
+        if let Some(h) = self.fetcher.take() {
+            let _ = h.await;
+        }
+        let mut tokens = Vec::new();
+        while let Ok(c) = self.rx.try_recv() {
+            tokens.push(c.token);
+        }
+        self.acker.settler.sem.add_permits(tokens.len());
+        unclaim(&self.acker.settler.inner, self.acker.settler.gid, tokens).await;
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for PgStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        if self.done {
+            return None;
+        }
+        let mut closed = self.closed.clone();
+        let got = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => None,
+            c = self.rx.recv() => c,
+        };
+        match got {
+            Some(c) => Some(self.deliver(c)),
+            None => {
+                self.shut_down().await;
+                None
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if self.done || *self.closed.borrow() {
+            return None;
+        }
+        let c = self.rx.try_recv().ok()?;
+        Some(self.deliver(c))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.shut_down().await;
+        Ok(())
+    }
+}
+
+impl Drop for PgStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.stop.send_replace(true);
+        let fetcher = self.fetcher.take();
+        let (_, rx) = mpsc::channel(1);
+        let mut rx = std::mem::replace(&mut self.rx, rx);
+        let acker = self.acker.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Some(h) = fetcher {
+                    let _ = h.await;
+                }
+                let mut tokens = Vec::new();
+                while let Ok(c) = rx.try_recv() {
+                    tokens.push(c.token);
+                }
+                acker.settler.sem.add_permits(tokens.len());
+                unclaim(&acker.settler.inner, acker.settler.gid, tokens).await;
+            });
+        }
+    }
+}
+
+/// The settling logic of a subscription, cheap to clone into a release task.
+#[derive(Clone)]
+struct Settler {
+    inner: Arc<Inner>,
+    gid: i64,
+    /// `None` for a private subscription.
+    group: Option<String>,
+    dead_letter_topic: Option<String>,
+    max_deliveries: Option<u32>,
+    sem: Arc<Semaphore>,
+}
+
+fn unknown(token: u64) -> Error {
+    Error::UnknownDelivery {
+        id: token.to_string(),
+    }
+}
+
+impl Settler {
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let r = self.settle_inner(token, settlement).await;
+        self.sem.add_permits(1);
+        self.inner.bump();
+        r
+    }
+
+    async fn settle_inner(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let tok = i64::try_from(token).map_err(|_| unknown(token))?;
+        match settlement {
+            Settlement::Ack => {
+                let done = sqlx::query(&self.inner.sql.ack)
+                    .bind(self.gid)
+                    .bind(tok)
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(unknown(token));
+                }
+                Ok(())
+            }
+            Settlement::Nack { delay } => {
+                let limit = self
+                    .max_deliveries
+                    .map_or(i32::MAX, |m| i32::try_from(m).unwrap_or(i32::MAX));
+                let done = sqlx::query(&self.inner.sql.nack)
+                    .bind(self.gid)
+                    .bind(tok)
+                    .bind(ms_i64(delay))
+                    .bind(limit)
+                    .execute(&self.inner.pool)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 1 {
+                    return Ok(());
+                }
+                // Either at the attempt limit (dead-letter it) or not held.
+                self.dead_letter(token, tok, "max deliveries exceeded")
+                    .await
+            }
+            Settlement::Reject { reason } => self.dead_letter(token, tok, &reason).await,
+            // Settlement is non-exhaustive.
+            _ => Err(Error::InvalidArgument {
+                name: "settlement",
+                reason: "unknown settlement kind".into(),
+            }),
+        }
+    }
+
+    /// Removes the delivery row and publishes the message, with the dead-letter
+    /// headers, to the dead-letter topic: one transaction.
+    async fn dead_letter(&self, token: u64, tok: i64, reason: &str) -> Result<()> {
+        let sql = &self.inner.sql;
+        let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
+        let Some(taken) = sqlx::query(&sql.take_for_dead_letter)
+            .bind(self.gid)
+            .bind(tok)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            return Err(unknown(token));
+        };
+        let seq: i64 = taken.try_get("seq").map_err(db_err)?;
+        let attempts: i32 = taken.try_get("attempts").map_err(db_err)?;
+        let first_ms: i64 = taken.try_get("first_ms").map_err(db_err)?;
+        let last_ms: i64 = taken.try_get("last_ms").map_err(db_err)?;
+        let row = sqlx::query(&sql.message_by_seq)
+            .bind(seq)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let topic: String = row.try_get("topic").map_err(db_err)?;
+        let offset: i64 = row.try_get("offset").map_err(db_err)?;
+        let mut msg = message_from_row(&row)?;
+        let h = msg.headers_mut();
+        h.insert(header::DLQ_REASON, reason);
+        h.insert(header::ORIGINAL_TOPIC, topic.as_str());
+        h.insert(header::ORIGINAL_PARTITION, "0");
+        h.insert(header::ORIGINAL_OFFSET, offset.to_string());
+        h.insert(header::ATTEMPTS, attempts.to_string());
+        h.insert(header::FIRST_FAILURE_MS, first_ms.to_string());
+        h.insert(header::LAST_FAILURE_MS, last_ms.to_string());
+        if let Some(g) = &self.group {
+            h.insert(header::DLQ_GROUP, g.as_str());
+        }
+        // The copy is deliverable now, even if the original was delayed.
+        h.remove(header::DELIVER_AT_MS);
+        let dlq = self
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| name::dead_letter_topic(&topic));
+        insert_batch(sql, &mut tx, &dlq, std::slice::from_ref(&msg)).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+}
+
+/// Settles deliveries of one subscription by their lease token; deletes a
+/// private subscription's group once the last delivery and the stream are gone.
+struct PgAcker {
+    settler: Settler,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait]
+impl Acker for PgAcker {
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        self.settler.settle(token, settlement).await
+    }
+
+    async fn extend(&self, token: u64, by: Duration) -> Result<()> {
+        let s = &self.settler;
+        let tok = i64::try_from(token).map_err(|_| unknown(token))?;
+        let done = sqlx::query(&s.inner.sql.extend)
+            .bind(s.gid)
+            .bind(tok)
+            .bind(ms_i64(by))
+            .execute(&s.inner.pool)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(unknown(token));
+        }
+        Ok(())
+    }
+
+    fn release(&self, token: u64) {
+        // Not awaited: runs on the subscription's runtime. If it never runs
+        // (runtime gone), the lease expires and the message comes back anyway.
+        let settler = self.settler.clone();
+        self.runtime.spawn(async move {
+            let nack = Settlement::Nack {
+                delay: Duration::ZERO,
+            };
+            if let Err(e) = settler.settle(token, nack).await {
+                if !matches!(e, Error::UnknownDelivery { .. }) {
+                    tracing::warn!(error = %e, "releasing a dropped delivery failed");
+                }
+            }
+        });
+    }
+}
+
+impl Drop for PgAcker {
+    fn drop(&mut self) {
+        if self.settler.group.is_some() {
+            return;
+        }
+        // A private subscription's position is forgotten once nothing of it is left.
+        let inner = self.settler.inner.clone();
+        let gid = self.settler.gid;
+        self.runtime.spawn(async move {
+            if let Err(e) = sqlx::query(&inner.sql.delete_group)
+                .bind(gid)
+                .execute(&inner.pool)
+                .await
+            {
+                tracing::warn!(error = %e, "could not delete a private subscription's group");
+            }
+        });
+    }
+}

@@ -1,0 +1,9 @@
+//! The wharf-testkit conformance suite against the shared PostgreSQL server,
+//! each case in a schema of its own (dropped afterwards).
+
+mod service;
+
+wharf_testkit::conformance_tests!(match service::PgFactory::new().await {
+    Some(factory) => factory,
+    None => return,
+});
