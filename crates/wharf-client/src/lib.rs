@@ -84,6 +84,40 @@ pub(crate) fn from_status(s: &tonic::Status) -> Error {
     error_from_status(s, BACKEND)
 }
 
+/// A raw gRPC client for `url` without the `Info` handshake (for tools and
+/// tests that call RPCs directly).
+///
+/// # Errors
+/// As [`Client::connect`].
+pub async fn raw_client(url: &str, token: Option<&str>) -> Result<RawClient, Error> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::InvalidArgument {
+            name: "url",
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await.map_err(unavailable)?;
+    let token = match token {
+        None => None,
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|e| Error::InvalidArgument {
+                    name: "token",
+                    reason: e.to_string(),
+                })?,
+        ),
+    };
+    Ok(
+        WharfClient::with_interceptor(channel, AuthInterceptor(token))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
+}
+
 impl Client {
     /// Connects to `url` (`http://host:port`), sending `token` if given, and
     /// fetches the server's capabilities and limits.
@@ -92,30 +126,7 @@ impl Client {
     /// [`Error::Unavailable`] if the server cannot be reached;
     /// [`Error::InvalidArgument`] for a bad URL or token.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::InvalidArgument {
-                name: "url",
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(unavailable)?;
-        let token = match token {
-            None => None,
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|e| Error::InvalidArgument {
-                        name: "token",
-                        reason: e.to_string(),
-                    })?,
-            ),
-        };
-        let mut raw = WharfClient::with_interceptor(channel, AuthInterceptor(token))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let mut raw = raw_client(url, token).await?;
         let info = raw
             .info(v1::InfoRequest {})
             .await

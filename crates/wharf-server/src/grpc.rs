@@ -42,6 +42,29 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
     tonic::service::Routes::new(svc)
         .add_service(reflection)
         .into_axum_router()
+        .layer(axum::middleware::map_response(
+            too_large_is_resource_exhausted,
+        ))
+}
+
+/// tonic reports a request over `max_decoding_message_size` as
+/// `OUT_OF_RANGE`; Wharf's contract (like gRPC's own guidance for size
+/// limits) is `RESOURCE_EXHAUSTED`, the same as a too-large message.
+async fn too_large_is_resource_exhausted(
+    mut res: axum::response::Response,
+) -> axum::response::Response {
+    let h = res.headers();
+    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let is_limit = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
+    if out_of_range && is_limit {
+        telemetry::refused("too_large");
+        res.headers_mut()
+            .insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    res
 }
 
 struct Service {

@@ -730,6 +730,7 @@ async fn settle_lease(
     settlement: Settlement,
     kind: &'static str,
 ) -> ApiResult<StatusCode> {
+    authenticated(s, headers)?;
     let unknown = || ApiError::from(Error::UnknownDelivery { id: id.to_owned() });
     let topic = s.leases.topic(id).ok_or_else(unknown)?;
     check(s, headers, Right::Consume, &topic)?;
@@ -794,6 +795,7 @@ async fn extend(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
+    authenticated(&s, &headers)?;
     let unknown = || ApiError::from(Error::UnknownDelivery { id: id.clone() });
     let b: ExtendBody = parse_json(&body_bytes(&s, body)?)?;
     let topic = s.leases.topic(&id).ok_or_else(unknown)?;

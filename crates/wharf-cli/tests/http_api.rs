@@ -1,0 +1,430 @@
+//! The HTTP/JSON API of a real `wharf serve`: long-poll round trip with
+//! ack/nack, SSE and WebSocket streams, health/metrics/OpenAPI, and bad
+//! input (right status, server keeps serving, nothing stored).
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = c.post(url).json(&body).send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn stored(c: &reqwest::Client, base: &str, topic: &str) -> u64 {
+    let t: Value = c
+        .get(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .expect("describe")
+        .json()
+        .await
+        .expect("json");
+    t["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|p| p["end_offset"].as_u64().unwrap_or(0) - p["start_offset"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn long_poll_round_trip_with_nack_ack_and_base64_payloads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.orders/messages"),
+        json!({"payload": "hello", "key": "k1", "headers": {"source": "test"}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["receipts"][0]["offset"], 0);
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.orders/messages"),
+        json!({"messages": [{"payload": "AAEC/w==", "encoding": "base64"}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+
+    let consume = format!("{base}/v1/topics/http.orders/consume?group=g&max=10&wait_ms=2000");
+    let (st, r) = post(&c, consume.clone(), json!({})).await;
+    assert_eq!(st, 200, "{r}");
+    let ds = r["deliveries"].as_array().expect("deliveries").clone();
+    assert_eq!(ds.len(), 2, "{r}");
+    assert_eq!(ds[0]["message"]["payload"], "hello");
+    assert_eq!(ds[0]["message"]["key"], "k1");
+    assert_eq!(ds[0]["message"]["headers"]["source"], "test");
+    assert_eq!(ds[1]["message"]["encoding"], "base64");
+    assert_eq!(ds[1]["message"]["payload"], "AAEC/w==");
+
+    let first = ds[0]["delivery_id"].as_str().expect("id").to_owned();
+    let second = ds[1]["delivery_id"].as_str().expect("id").to_owned();
+    let (st, _) = post(&c, format!("{base}/v1/deliveries/{first}/nack"), json!({})).await;
+    assert_eq!(st, 204);
+    let (st, _) = post(
+        &c,
+        format!("{base}/v1/deliveries/{second}/extend"),
+        json!({"by_ms": 60000}),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (st, _) = post(&c, format!("{base}/v1/deliveries/{second}/ack"), json!({})).await;
+    assert_eq!(st, 204);
+    let (_, r) = post(&c, consume.clone(), json!({})).await;
+    let again = &r["deliveries"][0];
+    assert_eq!(again["message"]["payload"], "hello", "{r}");
+    assert_eq!(again["attempt"], 2);
+    let id = again["delivery_id"].as_str().expect("id").to_owned();
+    let (st, _) = post(&c, format!("{base}/v1/deliveries/{id}/ack"), json!({})).await;
+    assert_eq!(st, 204);
+    // Settling twice: the delivery is no longer held.
+    let (st, r) = post(&c, format!("{base}/v1/deliveries/{id}/ack"), json!({})).await;
+    assert_eq!(st, 404);
+    assert_eq!(r["error"]["code"], "unknown_delivery");
+    let (_, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.orders/consume?group=g&wait_ms=300"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["deliveries"].as_array().map(Vec::len), Some(0), "{r}");
+}
+
+#[tokio::test]
+async fn unsettled_long_poll_delivery_is_redelivered_after_its_lease() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    post(
+        &c,
+        format!("{base}/v1/topics/http.lease/messages"),
+        json!({"payload": "x"}),
+    )
+    .await;
+    let url = format!("{base}/v1/topics/http.lease/consume?group=g&wait_ms=2000&lease_ms=300");
+    let (_, r) = post(&c, url.clone(), json!({})).await;
+    assert_eq!(r["deliveries"][0]["attempt"], 1, "{r}");
+    let (_, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.lease/consume?group=g&wait_ms=5000"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r["deliveries"][0]["message"]["payload"], "x", "{r}");
+    assert_eq!(r["deliveries"][0]["attempt"], 2, "{r}");
+}
+
+#[tokio::test]
+async fn sse_stream_delivers_published_messages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    post(
+        &c,
+        format!("{base}/v1/topics/http.sse/messages"),
+        json!({"payload": "first"}),
+    )
+    .await;
+    let resp = c
+        .get(format!(
+            "{base}/v1/topics/http.sse/events?group=s&from=earliest"
+        ))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/event-stream"));
+    post(
+        &c,
+        format!("{base}/v1/topics/http.sse/messages"),
+        json!({"payload": "second"}),
+    )
+    .await;
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if text.contains("\"second\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "events so far: {text}");
+    assert!(text.contains("event: message"));
+    assert!(text.find("\"first\"") < text.find("\"second\""), "{text}");
+}
+
+#[tokio::test]
+async fn websocket_stream_delivers_and_takes_manual_acks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    post(
+        &c,
+        format!("{base}/v1/topics/http.ws/messages"),
+        json!({"payload": "over ws"}),
+    )
+    .await;
+    let url = format!(
+        "ws://{}/v1/topics/http.ws/ws?group=w&from=earliest&ack=manual",
+        server.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect");
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message in time")
+        .expect("open")
+        .expect("ok");
+    let d: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+    assert_eq!(d["message"]["payload"], "over ws");
+    let id = d["delivery_id"]
+        .as_str()
+        .expect("manual mode gives ids")
+        .to_owned();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"op": "ack", "delivery_id": id}).to_string().into(),
+    ))
+    .await
+    .expect("send ack");
+    // The ack lands: the group's lag drops to zero.
+    let mut lag = None;
+    for _ in 0..50 {
+        let groups: Value = c
+            .get(format!("{base}/v1/groups"))
+            .send()
+            .await
+            .expect("groups")
+            .json()
+            .await
+            .expect("json");
+        lag = groups
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["group"] == "w"))
+            .map(|g| g["lag"].clone());
+        if lag == Some(json!(0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lag, Some(json!(0)));
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi_are_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16(),
+        200
+    );
+    post(
+        &c,
+        format!("{base}/v1/topics/http.metrics/messages"),
+        json!({"payload": "m"}),
+    )
+    .await;
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("wharf_published_messages_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wharf_topic_messages"), "{metrics}");
+    let doc: Value = c
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["paths"]["/v1/topics/{topic}/messages"]["post"].is_object(),
+        "{doc}"
+    );
+    assert!(doc["paths"]["/v1/deliveries/{id}/ack"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["PublishMessage"].is_object());
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_stores_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "max_request_bytes = 4096\n").expect("config");
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let base = server.url();
+    let c = http();
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.bad", "max_message_bytes": 100}),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let publish = format!("{base}/v1/topics/http.bad/messages");
+
+    // Body over the request limit: 413 with a clear message.
+    let (st, r) = post(&c, publish.clone(), json!({"payload": "x".repeat(10_000)})).await;
+    assert_eq!(st, 413, "{r}");
+    assert_eq!(r["error"]["code"], "request_too_large");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4096"),
+        "{r}"
+    );
+    // Message over the topic's limit: 413, and nothing of its batch stored.
+    let (st, r) = post(
+        &c,
+        publish.clone(),
+        json!({"messages": [{"payload": "ok"}, {"payload": "y".repeat(200)}]}),
+    )
+    .await;
+    assert_eq!(st, 413, "{r}");
+    assert_eq!(r["error"]["code"], "message_too_large");
+    // Malformed JSON and a bad base64 payload: 400.
+    let r = c
+        .post(publish.clone())
+        .header("content-type", "application/json")
+        .body("{\"payload\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 400);
+    let r: Value = r.json().await.expect("json");
+    assert_eq!(r["error"]["code"], "malformed_json");
+    let (st, _) = post(
+        &c,
+        publish.clone(),
+        json!({"payload": "***", "encoding": "base64"}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    // Invalid topic name: 400 invalid_name.
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/bad..name/messages"),
+        json!({"payload": "x"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    assert_eq!(r["error"]["code"], "invalid_name");
+    // Unknown delivery id: 404; unknown topic: 404.
+    let (st, r) = post(&c, format!("{base}/v1/deliveries/nope/ack"), json!({})).await;
+    assert_eq!(
+        (st, r["error"]["code"].clone()),
+        (404, json!("unknown_delivery"))
+    );
+    let st = c
+        .get(format!("{base}/v1/topics/http.missing"))
+        .send()
+        .await
+        .expect("get")
+        .status();
+    assert_eq!(st.as_u16(), 404);
+
+    // gRPC: an oversized request is RESOURCE_EXHAUSTED, a malformed one INVALID_ARGUMENT.
+    let mut raw = wharf_client::raw_client(&base, None).await.expect("grpc");
+    let big = wharf_client::proto::PublishRequest {
+        topic: "http.bad".into(),
+        messages: vec![wharf_client::proto::Message {
+            payload: vec![b'z'; 10_000],
+            ..Default::default()
+        }],
+    };
+    let err = raw.publish(big).await.expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    let mut frame = vec![0u8, 0, 0, 0, 4];
+    frame.extend_from_slice(&[0x0a, 0xff, 0xff, 0xff]);
+    let r = h2
+        .post(format!("{base}/wharf.v1.Wharf/Publish"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(frame)
+        .send()
+        .await
+        .expect("grpc over h2");
+    let code = r
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some("3"),
+        "grpc-status INVALID_ARGUMENT, headers {:?}",
+        r.headers()
+    );
+
+    // Still serving, and nothing from the rejected requests was stored.
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(stored(&c, &base, "http.bad").await, 0);
+    let (st, _) = post(&c, publish, json!({"payload": "fine"})).await;
+    assert_eq!(st, 200);
+    assert_eq!(stored(&c, &base, "http.bad").await, 1);
+}
