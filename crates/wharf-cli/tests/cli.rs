@@ -1,0 +1,242 @@
+//! The `wharf` CLI against a real server: topics, pub/sub (arguments and
+//! stdin, keys, headers, JSON), groups, the dead-letter workflow, and
+//! one-line errors with a non-zero exit.
+
+mod common;
+
+use serde_json::Value;
+use wharf_core::{StartPosition, SubscribeOptions, Subscriber};
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn topic_commands_create_list_describe_and_delete() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let out = common::ok(&server.cli(&[
+        "topic",
+        "create",
+        "cli.t",
+        "--partitions",
+        "3",
+        "--durability",
+        "interval:50",
+        "--max-deliveries",
+        "4",
+    ]));
+    assert!(
+        out.contains("cli.t") && out.contains("interval:50"),
+        "{out}"
+    );
+    let list: Value =
+        serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");
+    assert_eq!(list[0]["name"], "cli.t");
+    assert_eq!(list[0]["partitions"], 3);
+    assert_eq!(list[0]["max_deliveries"], 4);
+    let d: Value = serde_json::from_str(&common::ok(
+        &server.cli(&["topic", "describe", "cli.t", "--json"]),
+    ))
+    .expect("json");
+    assert_eq!(d["offsets"].as_array().map(Vec::len), Some(3));
+    common::ok(&server.cli(&["topic", "delete", "cli.t"]));
+    let list: Value =
+        serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");
+    assert_eq!(list, serde_json::json!([]));
+}
+
+#[test]
+fn pub_and_sub_carry_keys_headers_and_stdin_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli(&[
+        "pub",
+        "cli.orders",
+        "--key",
+        "c7",
+        "--header",
+        "source=cli",
+        "--header",
+        "v=2",
+        "first",
+    ]));
+    let out = common::ok(&server.cli_stdin(&["pub", "cli.orders"], "second\nthird\n"));
+    assert!(out.contains("published 2"), "{out}");
+    let out = common::ok(&server.cli(&[
+        "sub",
+        "cli.orders",
+        "--group",
+        "g",
+        "--from",
+        "earliest",
+        "--count",
+        "3",
+        "--json",
+        "--timeout",
+        "10",
+    ]));
+    let msgs = json_lines(&out);
+    assert_eq!(msgs.len(), 3, "{out}");
+    let first = msgs
+        .iter()
+        .find(|m| m["payload"] == "first")
+        .expect("first");
+    assert_eq!(first["key"], "c7");
+    assert_eq!(first["headers"]["source"], "cli");
+    assert_eq!(first["headers"]["v"], "2");
+    let mut payloads: Vec<&str> = msgs.iter().filter_map(|m| m["payload"].as_str()).collect();
+    payloads.sort_unstable();
+    assert_eq!(payloads, ["first", "second", "third"]);
+    // The group acked all three: nothing more arrives, and its lag is zero.
+    let out = server.cli(&[
+        "sub",
+        "cli.orders",
+        "--group",
+        "g",
+        "--count",
+        "1",
+        "--timeout",
+        "0.5",
+    ]);
+    assert!(!out.status.success());
+    let groups: Value = serde_json::from_str(&common::ok(
+        &server.cli(&["group", "describe", "g", "--json"]),
+    ))
+    .expect("json");
+    assert_eq!(groups[0]["lag"], 0, "{groups}");
+}
+
+#[test]
+fn errors_print_one_line_and_exit_non_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    for args in [
+        vec!["topic", "describe", "cli.missing"],
+        vec!["pub", "bad..topic", "x"],
+        vec![
+            "dlq",
+            "show",
+            "cli.none",
+            "01234567-89ab-cdef-0123-456789abcdef",
+        ],
+    ] {
+        let out = server.cli(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    let out = common::cli_with("http://127.0.0.1:1", None, &["topic", "list"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .starts_with("error: cannot use the server at http://127.0.0.1:1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_workflow_list_show_replay_and_purge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let url = server.url();
+    let run = |args: Vec<&'static str>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || common::cli_with(&url, None, &args, None))
+    };
+    common::ok(
+        &run(vec!["pub", "cli.jobs", "--key", "k", "job-1"])
+            .await
+            .expect("join"),
+    );
+    common::ok(&run(vec!["pub", "cli.jobs", "job-2"]).await.expect("join"));
+
+    // A consumer fails both messages to the dead-letter topic.
+    let client = wharf_client::Client::connect(&url, None)
+        .await
+        .expect("connect");
+    let mut sub = client
+        .subscribe(
+            SubscribeOptions::new("cli.jobs")
+                .group("workers")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    for _ in 0..2 {
+        let d = sub.next().await.expect("open").expect("delivery");
+        d.reject("cannot parse job").await.expect("reject");
+    }
+
+    let list: Value = serde_json::from_str(&common::ok(
+        &run(vec!["dlq", "list", "cli.jobs", "--json"])
+            .await
+            .expect("join"),
+    ))
+    .expect("json");
+    let list = list.as_array().expect("array").clone();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let job1 = list
+        .iter()
+        .find(|m| m["payload"] == "job-1")
+        .expect("job-1 dead-lettered");
+    assert_eq!(job1["headers"]["wharf-dlq-reason"], "cannot parse job");
+    assert_eq!(job1["headers"]["wharf-original-topic"], "cli.jobs");
+    let id: &'static str = Box::leak(job1["id"].as_str().expect("id").to_owned().into_boxed_str());
+    // Listing does not consume: a second listing shows the same.
+    let table = common::ok(&run(vec!["dlq", "list", "cli.jobs"]).await.expect("join"));
+    assert!(
+        table.contains(id) && table.contains("cannot parse job"),
+        "{table}"
+    );
+
+    let show = common::ok(
+        &run(vec!["dlq", "show", "cli.jobs", id])
+            .await
+            .expect("join"),
+    );
+    assert!(
+        show.contains("payload:   job-1") && show.contains("wharf-dlq-reason = cannot parse job"),
+        "{show}"
+    );
+
+    let replay = common::ok(
+        &run(vec!["dlq", "replay", "cli.jobs", "--id", id])
+            .await
+            .expect("join"),
+    );
+    assert!(replay.contains("replayed 1"), "{replay}");
+    // The replayed message is consumed again by the group, without DLQ headers.
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+        .await
+        .expect("redelivered in time")
+        .expect("open")
+        .expect("delivery");
+    assert_eq!(&d.message().payload()[..], b"job-1");
+    assert_eq!(d.message().headers().get("wharf-dlq-reason"), None);
+    assert_eq!(d.message().key().map(|k| &k[..]), Some(&b"k"[..]));
+    d.ack().await.expect("ack");
+
+    let left: Value = serde_json::from_str(&common::ok(
+        &run(vec!["dlq", "list", "cli.jobs", "--json"])
+            .await
+            .expect("join"),
+    ))
+    .expect("json");
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    let purge = common::ok(&run(vec!["dlq", "purge", "cli.jobs"]).await.expect("join"));
+    assert!(purge.contains("purged 1"), "{purge}");
+    let left: Value = serde_json::from_str(&common::ok(
+        &run(vec!["dlq", "list", "cli.jobs", "--json"])
+            .await
+            .expect("join"),
+    ))
+    .expect("json");
+    assert_eq!(left, serde_json::json!([]));
+    let none = common::ok(
+        &run(vec!["dlq", "replay", "cli.jobs", "--all"])
+            .await
+            .expect("join"),
+    );
+    assert!(none.contains("replayed 0"), "{none}");
+}
