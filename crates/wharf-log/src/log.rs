@@ -253,6 +253,20 @@ impl Log {
         self.inner.segments_snapshot().len()
     }
 
+    /// Hands every appended batch to the operating system without syncing
+    /// it. Only `Always` queues small batches in memory (for the next group
+    /// commit); the other policies write each batch at once, so this is a
+    /// no-op for them.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] if the write fails (the log is then failed),
+    /// [`LogError::Poisoned`], [`LogError::Closed`].
+    pub fn flush(&self) -> Result<(), LogError> {
+        let mut w = self.inner.lock_writer()?;
+        self.inner.check_writable(&w)?;
+        self.inner.flush_pending(&mut w)
+    }
+
     /// Makes everything appended so far durable (`fdatasync`), sharing the
     /// sync with concurrent appenders.
     ///
