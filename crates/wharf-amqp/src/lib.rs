@@ -1,0 +1,51 @@
+//! Wharf on RabbitMQ (lapin, AMQP 0-9-1).
+//!
+//! # Mapping
+//! | Wharf | RabbitMQ |
+//! |---|---|
+//! | backend namespace | durable topic exchange `wharf.<ns>` ([`AmqpConfig::namespace`]) |
+//! | topic | routing key on that exchange |
+//! | pattern `*` / `>` | binding key `*` / `*.#` (AMQP's `#` alone would also match zero segments) |
+//! | consumer group | durable queue `wharf.<ns>.g.<group>.<pattern>` bound to the exchange (one queue per group *and* pattern) |
+//! | private subscription | exclusive, auto-delete, server-named queue |
+//! | publish | persistent (`delivery_mode` 2) + publisher confirms: `publish` returns after the broker's confirm |
+//! | max in flight | `basic.qos` prefetch on the subscription's own channel |
+//! | ack | `basic.ack` |
+//! | nack / dropped delivery | a copy with `wharf-attempts` + 1 is published (confirmed) to the queue, then the original is acked |
+//! | nack with delay | the copy goes to `<queue>.delay.<ms>`, a TTL queue dead-lettering into the queue; delays are rounded *up* to 100 ms / 1 s / 1 min buckets |
+//! | attempt number | our `wharf-attempts` header + 1, plus 1 when the broker flags a redelivery (consumer or connection lost) |
+//! | reject, max deliveries | a copy with the `wharf-dlq-*` / `wharf-original-*` headers is published to `dlq.<topic>` on the exchange, then the original is acked |
+//! | TTL | per-message `expiration` (remaining time) |
+//! | priority | `x-max-priority = 9` on every queue, message `priority` |
+//! | messages nobody is bound for | the exchange's alternate exchange stores them in the durable backlog queue `wharf.<ns>.backlog` (bounded, oldest dropped); a group queue created with `StartPosition::Earliest` gets copies of the backlog messages matching its pattern |
+//! | key, headers (in order), ms timestamp | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id` |
+//!
+//! Closing the backend closes the connection: unacked deliveries go back to
+//! their queues (RabbitMQ requeues them in order). A dropped subscription
+//! cancels its consumer and requeues what it had prefetched.
+//!
+//! # Not supported (capabilities not declared)
+//! - **Visibility timeout / extend lease**: RabbitMQ holds an unacked message
+//!   until the channel closes (or `consumer_timeout`, 30 min by default);
+//!   there is no per-message lease to expire or extend.
+//! - **Delayed publish**: needs the `rabbitmq_delayed_message_exchange`
+//!   plugin, not assumed.
+//! - **Dedup**: RabbitMQ keeps no id index.
+//! - **Replay from offset / time**, **partition assignment**: queues are not
+//!   logs (RabbitMQ streams are, but lack per-message ack, TTL and priority).
+//! - **Backpressure**: publishers are not held back by slow consumers
+//!   (RabbitMQ's memory alarms block the connection, not per topic).
+//! - Earliest for a *new* group only sees the backlog (messages that matched
+//!   no queue when published), not messages already routed to other groups;
+//!   nack / release move the message to the back of its queue, so per-key
+//!   order holds only until a redelivery.
+//!
+//! Messages are limited to [`MAX_MESSAGE_BYTES`] (4 MiB).
+
+#![warn(missing_docs)]
+
+mod backend;
+mod subscription;
+mod wire;
+
+pub use backend::{AmqpBackend, AmqpConfig, MAX_MESSAGE_BYTES};

@@ -1,0 +1,483 @@
+//! Consuming: a channel per subscription with `basic.qos` = max in flight, a
+//! durable queue per (group, pattern) or an exclusive one for a private
+//! subscription, and the acker that settles by delivery tag.
+//!
+//! Ack is `basic.ack`. Nack republishes a copy with the attempt count
+//! raised — straight to the queue, or through a per-delay TTL queue that
+//! dead-letters back into it — and then acks the original; reject and max
+//! deliveries publish a copy with the dead-letter headers to `dlq.<topic>`
+//! on the exchange, then ack. All copies wait for the publisher confirm
+//! before the ack, so a crash in between duplicates, never loses.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Consumer};
+use tokio::sync::watch;
+use wharf_core::{
+    header, name, Acker, Capability, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
+    Result, Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp, TopicPattern,
+};
+
+use crate::backend::{amqp_err, binding_key, Inner, NAME};
+use crate::wire;
+
+/// Priority levels of every queue Wharf declares (`x-max-priority`).
+const MAX_PRIORITY: i32 = 9;
+
+/// Queue name for a group: `wharf.<ns>.g.<group>.<pattern>`, or a hashed
+/// suffix when that would pass AMQP's 255-byte limit.
+fn group_queue(ns: &str, group: &str, pattern: &str) -> String {
+    let plain = format!("wharf.{ns}.g.{group}.{pattern}");
+    if plain.len() <= 240 {
+        return plain;
+    }
+    // FNV-1a: stable across processes and versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.bytes().chain([0]).chain(pattern.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("wharf.{ns}.g.{h:016x}")
+}
+
+/// Rounds a redelivery delay up to a bucket, so one TTL queue serves many
+/// delays and a message is never redelivered early: 100 ms steps below 10 s,
+/// 1 s steps below 10 min, 1 min steps above.
+pub(crate) fn delay_bucket(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let step = if ms < 10_000 {
+        100
+    } else if ms < 600_000 {
+        1_000
+    } else {
+        60_000
+    };
+    Duration::from_millis(ms.div_ceil(step).saturating_mul(step))
+}
+
+fn queue_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::LongInt(MAX_PRIORITY));
+    args
+}
+
+/// Declares (and binds) the subscription's queue and starts consuming.
+pub(crate) async fn open_subscription(
+    inner: Arc<Inner>,
+    options: SubscribeOptions,
+    pattern: TopicPattern,
+) -> Result<Subscription> {
+    let ch = inner.conn.create_channel().await.map_err(amqp_err)?;
+    let group = options.group_name().map(str::to_owned);
+    let queue = match &group {
+        Some(g) => {
+            let q = group_queue(&inner.config.namespace, g, pattern.as_str());
+            // A passive declare on a throwaway channel (a miss closes it).
+            let probe = inner.conn.create_channel().await.map_err(amqp_err)?;
+            let existed = probe
+                .queue_declare(
+                    ShortString::from(q.as_str()),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            if probe.status().connected() {
+                let _ = probe.close(200, ShortString::from("probed")).await;
+            }
+            inner
+                .declare_queue(&ch, &q, queue_args(), Duration::ZERO)
+                .await?;
+            (q, existed)
+        }
+        None => {
+            let q = ch
+                .queue_declare(
+                    ShortString::from(""),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    queue_args(),
+                )
+                .await
+                .map_err(amqp_err)?;
+            (q.name().as_str().to_owned(), false)
+        }
+    };
+    let (queue, existed) = queue;
+    ch.queue_bind(
+        ShortString::from(queue.as_str()),
+        ShortString::from(inner.exchange.as_str()),
+        ShortString::from(binding_key(pattern.as_str())),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(amqp_err)?;
+    if !existed && options.start_position() == StartPosition::Earliest {
+        inner.adopt_backlog(&queue, &pattern).await?;
+    }
+    let prefetch = u16::try_from(options.max_in_flight_limit()).unwrap_or(u16::MAX);
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(amqp_err)?;
+    let consumer = ch
+        .basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp_err)?;
+    let acker = Arc::new(AmqpAcker {
+        settler: Settler {
+            inner: inner.clone(),
+            ch: ch.clone(),
+            queue,
+            group,
+            max_deliveries: options.max_deliveries_limit(),
+            dead_letter_topic: options.dead_letter_topic_name().map(str::to_owned),
+        },
+        held: Mutex::default(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    Ok(Subscription::new(AmqpStream {
+        consumer: Some(consumer),
+        acker,
+        closed: inner.closed.subscribe(),
+    }))
+}
+
+/// What the acker keeps of a handed-out delivery.
+struct Held {
+    topic: String,
+    message: Message,
+    /// This delivery's attempt number.
+    attempt: u32,
+    first_failure_ms: Option<u64>,
+}
+
+struct AmqpStream {
+    consumer: Option<Consumer>,
+    acker: Arc<AmqpAcker>,
+    closed: watch::Receiver<bool>,
+}
+
+impl AmqpStream {
+    fn deliver(&self, d: lapin::message::Delivery) -> Delivery {
+        let tag = d.delivery_tag;
+        let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data);
+        // A broker redelivery (consumer or connection lost) is one more attempt
+        // than our header counts.
+        let attempt = decoded.attempts + 1 + u32::from(d.redelivered);
+        let info = DeliveryInfo {
+            topic: decoded.topic.as_str().into(),
+            partition: 0,
+            offset: None,
+            attempt,
+        };
+        if let Ok(mut held) = self.acker.held.lock() {
+            held.insert(
+                tag,
+                Held {
+                    topic: decoded.topic,
+                    message: decoded.message.clone(),
+                    attempt,
+                    first_failure_ms: decoded.first_failure_ms,
+                },
+            );
+        }
+        Delivery::new(decoded.message, info, self.acker.clone(), tag)
+    }
+
+    /// Cancels the consumer and requeues what it had prefetched but not handed out.
+    async fn stop(consumer: Consumer, ch: Channel) {
+        let mut consumer = consumer;
+        if ch.status().connected() {
+            let _ = ch
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
+            let _ = d
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for AmqpStream {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        let consumer = self.consumer.as_mut()?;
+        let mut closed = self.closed.clone();
+        let got = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => None,
+            d = consumer.next() => d,
+        };
+        match got {
+            Some(Ok(d)) => Some(Ok(self.deliver(d))),
+            Some(Err(e)) => Some(Err(amqp_err(e))),
+            None => {
+                self.consumer = None;
+                None
+            }
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if *self.closed.borrow() {
+            return None;
+        }
+        let consumer = self.consumer.as_mut()?;
+        match consumer.next().now_or_never()? {
+            Some(Ok(d)) => Some(Ok(self.deliver(d))),
+            Some(Err(e)) => Some(Err(amqp_err(e))),
+            None => None,
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(c) = self.consumer.take() {
+            Self::stop(c, self.acker.settler.ch.clone()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AmqpStream {
+    fn drop(&mut self) {
+        if let Some(c) = self.consumer.take() {
+            let ch = self.acker.settler.ch.clone();
+            self.acker.runtime.spawn(Self::stop(c, ch));
+        }
+    }
+}
+
+/// The settling logic, cheap to clone into a spawned release.
+#[derive(Clone)]
+struct Settler {
+    inner: Arc<Inner>,
+    ch: Channel,
+    queue: String,
+    group: Option<String>,
+    max_deliveries: Option<u32>,
+    dead_letter_topic: Option<String>,
+}
+
+impl Settler {
+    async fn ack(&self, token: u64) -> Result<()> {
+        self.ch
+            .basic_ack(token, BasicAckOptions::default())
+            .await
+            .map_err(amqp_err)
+    }
+
+    async fn redeliver(&self, token: u64, held: Held, delay: Duration) -> Result<()> {
+        let now = Timestamp::now().as_millis();
+        if self.max_deliveries.is_some_and(|max| held.attempt >= max) {
+            return self
+                .dead_letter(token, held, "max deliveries exceeded", now)
+                .await;
+        }
+        let first = held.first_failure_ms.unwrap_or(now);
+        if let Some(props) = wire::properties(&held.topic, &held.message, held.attempt, Some(first))
+        {
+            let body = held.message.payload();
+            if delay.is_zero() {
+                self.inner
+                    .publish_confirmed("", &self.queue, body, props)
+                    .await?;
+            } else {
+                let dq = self.delay_queue(delay_bucket(delay)).await?;
+                self.inner.publish_confirmed("", &dq, body, props).await?;
+            }
+        }
+        self.ack(token).await
+    }
+
+    /// The TTL queue that dead-letters into this subscription's queue after `bucket`.
+    async fn delay_queue(&self, bucket: Duration) -> Result<String> {
+        let ms = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX);
+        let name = format!("{}.delay.{ms}", self.queue);
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(Vec::new())),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(self.queue.as_bytes().to_vec())),
+        );
+        // The queue must outlive what it holds.
+        let keep = bucket * 2 + Duration::from_secs(60);
+        self.inner
+            .declare_queue(&self.inner.publish, &name, args, keep)
+            .await?;
+        Ok(name)
+    }
+
+    async fn dead_letter(&self, token: u64, held: Held, reason: &str, now: u64) -> Result<()> {
+        let mut m = held.message;
+        let h = m.headers_mut();
+        h.insert(header::DLQ_REASON, reason);
+        h.insert(header::ORIGINAL_TOPIC, held.topic.as_str());
+        h.insert(header::ORIGINAL_PARTITION, "0");
+        h.insert(header::ATTEMPTS, held.attempt.to_string());
+        h.insert(
+            header::FIRST_FAILURE_MS,
+            held.first_failure_ms.unwrap_or(now).to_string(),
+        );
+        h.insert(header::LAST_FAILURE_MS, now.to_string());
+        if let Some(g) = &self.group {
+            h.insert(header::DLQ_GROUP, g.as_str());
+        }
+        // The dead letter is kept even if the original had a TTL.
+        h.remove(header::EXPIRES_AT_MS);
+        let dlq = self
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| name::dead_letter_topic(&held.topic));
+        let props = wire::properties(&dlq, &m, 0, None).ok_or_else(|| Error::Backend {
+            backend: NAME,
+            source: "dead letter expired".into(),
+        })?;
+        self.inner
+            .publish_confirmed(&self.inner.exchange, &dlq, m.payload(), props)
+            .await?;
+        self.ack(token).await
+    }
+}
+
+/// Settles one subscription's deliveries by delivery tag; closes the
+/// subscription's channel once the stream and every delivery are gone.
+struct AmqpAcker {
+    settler: Settler,
+    held: Mutex<HashMap<u64, Held>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl AmqpAcker {
+    fn take(&self, token: u64) -> Result<Held> {
+        self.held
+            .lock()
+            .ok()
+            .and_then(|mut h| h.remove(&token))
+            .ok_or_else(|| Error::UnknownDelivery {
+                id: token.to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let held = self.take(token)?;
+        let s = &self.settler;
+        match settlement {
+            Settlement::Ack => s.ack(token).await,
+            Settlement::Nack { delay } => s.redeliver(token, held, delay).await,
+            Settlement::Reject { reason } => {
+                let now = Timestamp::now().as_millis();
+                s.dead_letter(token, held, &reason, now).await
+            }
+            _ => Err(Error::InvalidArgument {
+                name: "settlement",
+                reason: "unknown settlement kind".into(),
+            }),
+        }
+    }
+
+    async fn extend(&self, _token: u64, _by: Duration) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: NAME,
+            capability: Capability::ExtendLease,
+        })
+    }
+
+    fn release(&self, token: u64) {
+        let Ok(held) = self.take(token) else { return };
+        // Channel gone: the broker has already requeued the message.
+        if !self.settler.ch.status().connected() {
+            return;
+        }
+        let settler = self.settler.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = settler.redeliver(token, held, Duration::ZERO).await {
+                tracing::warn!(error = %e, "releasing a dropped delivery failed; the broker requeues it when the channel closes");
+            }
+        });
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        let ch = self.settler.ch.clone();
+        if ch.status().connected() {
+            self.runtime.spawn(async move {
+                let _ = ch.close(200, ShortString::from("subscription done")).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_their_bucket() {
+        assert_eq!(
+            delay_bucket(Duration::from_millis(1)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            delay_bucket(Duration::from_millis(1000)),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            delay_bucket(Duration::from_millis(1001)),
+            Duration::from_millis(1100)
+        );
+        assert_eq!(
+            delay_bucket(Duration::from_millis(12_345)),
+            Duration::from_secs(13)
+        );
+        assert_eq!(
+            delay_bucket(Duration::from_secs(601)),
+            Duration::from_secs(660)
+        );
+    }
+
+    #[test]
+    fn long_group_queue_names_are_hashed_below_the_amqp_limit() {
+        assert_eq!(group_queue("ns", "g", "a.*"), "wharf.ns.g.g.a.*");
+        let long = group_queue("ns", &"g".repeat(128), &"p".repeat(200));
+        assert!(
+            long.len() <= 255 && long.starts_with("wharf.ns.g."),
+            "{long}"
+        );
+        assert_eq!(long, group_queue("ns", &"g".repeat(128), &"p".repeat(200)));
+    }
+}

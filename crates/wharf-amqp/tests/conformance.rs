@@ -1,0 +1,9 @@
+//! The wharf-testkit conformance suite against the shared RabbitMQ broker,
+//! each case in a namespace (exchange and queues) of its own, deleted afterwards.
+
+mod service;
+
+wharf_testkit::conformance_tests!(match service::AmqpFactory::new().await {
+    Some(factory) => factory,
+    None => return,
+});
