@@ -28,4 +28,7 @@ start nats 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log || status=1
 start redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || status=1
+# RabbitMQ boots slowly (Erlang VM + plugins): allow it up to ~60 s.
+start rabbitmq 5672 rabbitmq-server -detached || status=1
+start postgres 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || status=1
 exit $status
