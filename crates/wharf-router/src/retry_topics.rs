@@ -114,7 +114,8 @@ impl RetryTopicsLayer {
             .map(|t| {
                 let mut o = SubscribeOptions::new(t)
                     .start(StartPosition::Earliest)
-                    .max_in_flight(base.max_in_flight_limit());
+                    .max_in_flight(base.max_in_flight_limit())
+                    .mode(base.group_mode());
                 if let Some(g) = base.group_name() {
                     o = o.group(g);
                 }

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{memory, payload_num, publish_n};
+use support::{payload_num, publish_n};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use wharf_core::{Message, StartPosition, SubscribeOptions};
+use wharf_core::{Backend, Message, StartPosition, SubscribeOptions};
 use wharf_router::breaker::{BreakerConfig, CircuitBreaker};
 use wharf_router::dedup::{DedupLayer, MemoryDedupStore};
 use wharf_router::{
@@ -25,9 +25,7 @@ fn opts(topic: &str) -> SubscribeOptions {
         .start(StartPosition::Earliest)
 }
 
-#[tokio::test(start_paused = true)]
-async fn open_breaker_pauses_fetching_and_spends_no_retries() {
-    let b = memory();
+async fn open_breaker_pauses_fetching_and_spends_no_retries(b: Arc<dyn Backend>) {
     publish_n(&b, "calls", 200, |_| None).await;
     let healthy = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -73,9 +71,9 @@ async fn open_breaker_pauses_fetching_and_spends_no_retries() {
     assert_eq!(report.nacked() as usize, during_outage);
 }
 
-#[tokio::test(start_paused = true)]
-async fn batch_handler_gets_up_to_max_messages_and_settles_each_by_its_outcome() {
-    let b = memory();
+async fn batch_handler_gets_up_to_max_messages_and_settles_each_by_its_outcome(
+    b: Arc<dyn Backend>,
+) {
     publish_n(&b, "events", 25, |_| None).await;
     let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
     let seen = Arc::new(AtomicUsize::new(0));
@@ -124,9 +122,7 @@ async fn batch_handler_gets_up_to_max_messages_and_settles_each_by_its_outcome()
     assert_eq!(report.rejected(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn batch_route_lingers_for_stragglers_then_handles_a_partial_batch() {
-    let b = memory();
+async fn batch_route_lingers_for_stragglers_then_handles_a_partial_batch(b: Arc<dyn Backend>) {
     let sizes: Arc<Mutex<Vec<(usize, Duration)>>> = Arc::default();
     let stop = CancellationToken::new();
     let start = Instant::now();
@@ -162,12 +158,18 @@ async fn batch_route_lingers_for_stragglers_then_handles_a_partial_batch() {
     assert_eq!(report.acked(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn dedup_skips_a_republished_duplicate_on_the_router() {
-    let b = memory();
-    let m = Message::new("charge card");
-    b.publish("pay", m.clone()).await.unwrap();
-    b.publish("pay", m.clone()).await.unwrap();
+async fn dedup_skips_a_resent_request_on_the_router(b: Arc<dyn Backend>) {
+    // The client re-sends the same request as a new message (new id, so a
+    // backend's own dedup window does not catch it) with the same
+    // idempotency key.
+    let request = || {
+        Message::builder()
+            .payload("charge card")
+            .header("idempotency-key", "payment-77")
+            .build()
+    };
+    b.publish("pay", request()).await.unwrap();
+    b.publish("pay", request()).await.unwrap();
     b.publish("pay", Message::new("other")).await.unwrap();
     let charged = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
@@ -177,10 +179,16 @@ async fn dedup_skips_a_republished_duplicate_on_the_router() {
         async { Ok(Outcome::Ack) }
     });
     let svc = ServiceBuilder::new()
-        .layer(DedupLayer::new(
-            Arc::new(MemoryDedupStore::new()),
-            Duration::from_secs(3600),
-        ))
+        .layer(
+            DedupLayer::new(Arc::new(MemoryDedupStore::new()), Duration::from_secs(3600)).key_fn(
+                |r: &Request| {
+                    r.message()
+                        .headers()
+                        .get("idempotency-key")
+                        .map(str::to_owned)
+                },
+            ),
+        )
         .service(handler);
     let st = stop.clone();
     tokio::spawn(async move {
@@ -195,3 +203,10 @@ async fn dedup_skips_a_republished_duplicate_on_the_router() {
     assert_eq!(charged.load(Ordering::SeqCst), 2);
     assert_eq!(report.acked(), 3);
 }
+
+on_every_backend!(
+    open_breaker_pauses_fetching_and_spends_no_retries,
+    batch_handler_gets_up_to_max_messages_and_settles_each_by_its_outcome,
+    batch_route_lingers_for_stragglers_then_handles_a_partial_batch,
+    dedup_skips_a_resent_request_on_the_router,
+);

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{memory, next, payload_num, publish_n, quiet, Restricted};
+use support::{next, payload_num, publish_n, quiet, Restricted};
 use tokio_util::sync::CancellationToken;
-use wharf_core::{header, Capability, Error, Message, StartPosition, SubscribeOptions};
+use wharf_core::{header, Backend, Capability, Error, Message, StartPosition, SubscribeOptions};
 use wharf_router::{handler_fn, HandlerError, Outcome, Request, Route, Router};
 
 fn opts(topic: &str) -> SubscribeOptions {
@@ -20,9 +20,9 @@ fn opts(topic: &str) -> SubscribeOptions {
         .start(StartPosition::Earliest)
 }
 
-#[tokio::test(start_paused = true)]
-async fn messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel() {
-    let b = memory();
+async fn messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel(
+    b: Arc<dyn Backend>,
+) {
     publish_n(&b, "orders", 400, |i| Some(format!("k{}", i % 8))).await;
     let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
     let running = Arc::new(AtomicUsize::new(0));
@@ -74,9 +74,7 @@ async fn messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel()
     assert!(quiet(&mut sub, Duration::from_secs(5)).await);
 }
 
-#[tokio::test(start_paused = true)]
-async fn route_needing_a_missing_capability_fails_before_consuming_anything() {
-    let b = memory();
+async fn route_needing_a_missing_capability_fails_before_consuming_anything(b: Arc<dyn Backend>) {
     publish_n(&b, "jobs", 1, |_| None).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
@@ -104,9 +102,8 @@ async fn route_needing_a_missing_capability_fails_before_consuming_anything() {
     assert_eq!(next(&mut sub).await.attempt(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn options_needing_consumer_groups_are_refused_without_them() {
-    let b = Restricted::wrap(memory(), &[Capability::ConsumerGroups]);
+async fn options_needing_consumer_groups_are_refused_without_them(b: Arc<dyn Backend>) {
+    let b = Restricted::wrap(b, &[Capability::ConsumerGroups]);
     let err = Router::new(b)
         .route(
             opts("jobs"),
@@ -124,9 +121,7 @@ async fn options_needing_consumer_groups_are_refused_without_them() {
     ));
 }
 
-#[tokio::test(start_paused = true)]
-async fn graceful_shutdown_drains_or_releases_and_a_restart_handles_the_rest() {
-    let b = memory();
+async fn graceful_shutdown_drains_or_releases_and_a_restart_handles_the_rest(b: Arc<dyn Backend>) {
     publish_n(&b, "work", 100, |i| Some(format!("k{}", i % 4))).await;
     let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
     let make_handler = |acked: Arc<Mutex<Vec<usize>>>| {
@@ -188,9 +183,7 @@ async fn graceful_shutdown_drains_or_releases_and_a_restart_handles_the_rest() {
     assert_eq!(acked.lock().unwrap().len(), 100, "handled twice");
 }
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_within_the_deadline_drains_everything_fetched() {
-    let b = memory();
+async fn shutdown_within_the_deadline_drains_everything_fetched(b: Arc<dyn Backend>) {
     publish_n(&b, "drain", 40, |_| None).await;
     let stop = CancellationToken::new();
     let trigger = stop.clone();
@@ -212,9 +205,7 @@ async fn shutdown_within_the_deadline_drains_everything_fetched() {
     assert_eq!(report.released(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_panicking_handler_is_rejected_and_the_lane_keeps_going() {
-    let b = memory();
+async fn a_panicking_handler_is_rejected_and_the_lane_keeps_going(b: Arc<dyn Backend>) {
     publish_n(&b, "p", 10, |_| Some("same-key".into())).await;
     let mut dlq = b.subscribe(opts("dlq.p")).await.unwrap();
     let done = Arc::new(AtomicUsize::new(0));
@@ -250,9 +241,7 @@ async fn a_panicking_handler_is_rejected_and_the_lane_keeps_going() {
         .contains("bug on message 3"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn outcomes_and_errors_map_to_settlements() {
-    let b = memory();
+async fn outcomes_and_errors_map_to_settlements(b: Arc<dyn Backend>) {
     // 0: ack, 1: retry after 5s then ack, 2: reject, 3: permanent error,
     // 4: retryable error then ack.
     publish_n(&b, "s", 5, |_| None).await;
@@ -305,10 +294,9 @@ async fn outcomes_and_errors_map_to_settlements() {
     assert!(reasons.contains("permanent failure: malformed"));
 }
 
-#[tokio::test(start_paused = true)]
-async fn without_backend_dead_letters_the_router_publishes_rejects_itself() {
-    let mem = memory();
-    let b = Restricted::wrap(mem.clone(), &[Capability::DeadLetter]);
+async fn without_backend_dead_letters_the_router_publishes_rejects_itself(b: Arc<dyn Backend>) {
+    let mem = b.clone();
+    let b = Restricted::wrap(b, &[Capability::DeadLetter]);
     publish_n(&b, "nodlq", 1, |_| None).await;
     let mut dlq = mem.subscribe(opts("dlq.nodlq")).await.unwrap();
     let stop = CancellationToken::new();
@@ -332,9 +320,7 @@ async fn without_backend_dead_letters_the_router_publishes_rejects_itself() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn request_reply_round_trip_carries_the_correlation_id() {
-    let b = memory();
+async fn request_reply_round_trip_carries_the_correlation_id(b: Arc<dyn Backend>) {
     let mut replies = b
         .subscribe(SubscribeOptions::new("replies.client-1"))
         .await
@@ -367,9 +353,7 @@ async fn request_reply_round_trip_carries_the_correlation_id() {
     assert_eq!(report.acked(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn run_returns_when_the_backend_closes() {
-    let b = memory();
+async fn run_returns_when_the_backend_closes(b: Arc<dyn Backend>) {
     publish_n(&b, "c", 3, |_| None).await;
     let handled = Arc::new(AtomicUsize::new(0));
     let (h, b2) = (handled.clone(), b.clone());
@@ -390,3 +374,16 @@ async fn run_returns_when_the_backend_closes() {
     assert_eq!(report.handled(), 3);
     assert!(!report.deadline_exceeded);
 }
+
+on_every_backend!(
+    messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel,
+    route_needing_a_missing_capability_fails_before_consuming_anything,
+    options_needing_consumer_groups_are_refused_without_them,
+    graceful_shutdown_drains_or_releases_and_a_restart_handles_the_rest,
+    shutdown_within_the_deadline_drains_everything_fetched,
+    a_panicking_handler_is_rejected_and_the_lane_keeps_going,
+    outcomes_and_errors_map_to_settlements,
+    without_backend_dead_letters_the_router_publishes_rejects_itself,
+    request_reply_round_trip_carries_the_correlation_id,
+    run_returns_when_the_backend_closes,
+);

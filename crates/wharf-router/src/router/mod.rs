@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 use wharf_core::{
-    Backend, Capability, Delivery, Error, Result, StartPosition, SubscribeOptions, Subscription,
+    Backend, Capability, Delivery, Error, GroupMode, Result, StartPosition, SubscribeOptions,
+    Subscription,
 };
 
 use crate::outcome::{HandlerError, Outcome};
@@ -139,6 +140,9 @@ pub(crate) fn needed_by_options(o: &SubscribeOptions) -> Vec<Capability> {
     }
     if o.visibility_timeout_value().is_some() {
         caps.push(Capability::VisibilityTimeout);
+    }
+    if o.group_mode() == GroupMode::Stream {
+        caps.push(Capability::PartitionAssignment);
     }
     caps
 }
@@ -615,5 +619,9 @@ mod tests {
             assert!(caps.contains(&c), "{c}");
         }
         assert!(needed_by_options(&SubscribeOptions::new("orders")).is_empty());
+        let stream = SubscribeOptions::new("orders")
+            .group("g")
+            .mode(GroupMode::Stream);
+        assert!(needed_by_options(&stream).contains(&Capability::PartitionAssignment));
     }
 }

@@ -62,6 +62,39 @@ pub fn memory() -> Arc<dyn Backend> {
     Arc::new(MemoryBackend::new())
 }
 
+/// An embedded broker in a temporary directory (deleted when dropped).
+pub async fn broker() -> Arc<dyn Backend> {
+    Arc::new(
+        wharf_broker::Broker::temporary()
+            .await
+            .expect("temporary broker"),
+    )
+}
+
+/// Runs each listed `async fn(Arc<dyn Backend>)` as a paused-clock test on
+/// the in-memory backend and on the embedded broker.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(super::support::memory()).await;
+                }
+            )*
+        }
+        mod on_broker {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::$name(super::support::broker().await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Publishes `n` messages `0..n` (payload = the number) to `topic`, keyed by `key(i)`.
 pub async fn publish_n(
     b: &Arc<dyn Backend>,
