@@ -45,6 +45,14 @@ pub(crate) struct NatsAcker {
     /// Held while draining `release_queue`, so naks go out in drop order
     /// (independent tasks could reorder them, and JetStream redelivers in nak order).
     pub(crate) release_lock: tokio::sync::Mutex<()>,
+    /// Set once the subscription's inbox is gone. NATS 2.9
+    /// mishandles redelivering into a pull request whose inbox has no
+    /// interest (it rewinds the consumer instead of requeueing: the nacked
+    /// message stays pending until AckWait and a later one is delivered
+    /// twice), so releases wait until that request has expired.
+    pub(crate) abandoned: std::sync::atomic::AtomicBool,
+    /// When the last pull request sent for this subscription expires.
+    pub(crate) request_until: Mutex<Option<tokio::time::Instant>>,
     /// This acker itself, for the drain task spawned from `release`.
     pub(crate) me: std::sync::Weak<NatsAcker>,
 }
@@ -250,6 +258,12 @@ impl NatsAcker {
 
     async fn drain_releases(&self) {
         let _order = self.release_lock.lock().await;
+        if self.abandoned.load(Ordering::Acquire) {
+            let until = *self.request_until.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+        }
         loop {
             let next = self
                 .release_queue

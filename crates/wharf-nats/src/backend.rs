@@ -286,6 +286,7 @@ impl Backend for NatsBackend {
 
     fn capabilities(&self) -> Capabilities {
         [
+            Capability::Persistence,
             Capability::ConsumerGroups,
             Capability::NackWithDelay,
             Capability::VisibilityTimeout,

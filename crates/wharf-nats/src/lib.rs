@@ -28,14 +28,6 @@
 //! | TTL ([`header::EXPIRES_AT_MS`](wharf_core::header::EXPIRES_AT_MS)) | checked when a message is pulled: an expired one is acked and never handed out (it stays in the stream until the stream's own limits drop it) |
 //!
 //! # Not supported (not declared)
-//! - `Persistence`: messages and group positions do survive a restart (the
-//!   stream is file-backed; see `tests/nats.rs`), but NATS 2.9.10 does not
-//!   redeliver a burst of nacked messages in nack order: after a group
-//!   consumer is dropped holding `m2` with `m3..m5` prefetched, a new member
-//!   gets `m3, m4, m5` (attempt 2) and then `m5` again as attempt 1, with
-//!   `m2` later. The conformance case
-//!   `restart_keeps_group_position_and_unacked_messages` asserts that order,
-//!   so the capability is withheld until the cause is understood.
 //! - `DelayedPublish`: JetStream 2.9 has no scheduled delivery.
 //! - `Priorities`: a stream is strictly ordered.
 //! - `ReplayFromTime`: JetStream replays by the server's store time, while a
@@ -49,6 +41,14 @@
 //! - Lease expiry on the *last* attempt: JetStream stops redelivering after
 //!   `MaxDeliver` and we only learn of it through an advisory, so such a
 //!   message is not dead-lettered (nacks, rejects and drops are).
+//!
+//! # A NATS 2.9 quirk this crate works around
+//! When a nacked message is redelivered into a pull request whose inbox has
+//! lost interest (a subscription that just closed), NATS 2.9.10 rewinds the
+//! consumer instead of requeueing: the message stays pending until AckWait
+//! and a later message is delivered twice. So deliveries released after
+//! their subscription closed are nacked only once its last pull request
+//! (1 s expiry) has expired — a released message comes back up to ~1 s later.
 //!
 //! # Durability
 //! A publish returns once JetStream has stored the message in its file

@@ -1,7 +1,7 @@
 //! Subscriptions: a pull consumer per subscription and a task that pulls no
 //! more than the subscription has free in-flight slots for.
 //!
-//! The task sends `CONSUMER.MSG.NEXT` requests (batch = free slots, 2 s
+//! The task sends `CONSUMER.MSG.NEXT` requests (batch = free slots, 1 s
 //! expiry) to one inbox and forwards deliveries into a channel, so
 //! [`DeliveryStream::next`] is a channel receive: cancel safe.
 
@@ -29,7 +29,7 @@ use crate::wire;
 /// JetStream's default AckWait, used when no visibility timeout is set.
 const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// How long one pull request waits on the server for messages.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Largest batch asked for in one pull request.
 const MAX_PULL_BATCH: usize = 1024;
 /// Ephemeral consumers of vanished subscriptions are removed by the server after this.
@@ -118,6 +118,8 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         runtime: tokio::runtime::Handle::current(),
         release_queue: Mutex::new(std::collections::VecDeque::new()),
         release_lock: tokio::sync::Mutex::new(()),
+        abandoned: std::sync::atomic::AtomicBool::new(false),
+        request_until: Mutex::new(None),
         me: me.clone(),
     });
     let inbox_sub = Arc::new(Inbox {
@@ -155,8 +157,9 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
 
 /// A subscription's inbox: the puller reads it, and closing (the stream's
 /// `close`/drop or the backend's `close`) unsubscribes it *synchronously*,
-/// so the UNSUB reaches the server before any nak sent afterwards and the
-/// server never redelivers into an abandoned pull request.
+/// so the UNSUB reaches the server before any nak sent afterwards; those
+/// naks also wait until the last pull request sent to the inbox has expired
+/// (see [`NatsAcker::abandoned`]), so the server never redelivers into it.
 pub(crate) struct Inbox {
     sub: Mutex<Option<async_nats::Subscriber>>,
     acker: Arc<NatsAcker>,
@@ -166,7 +169,13 @@ impl Inbox {
     /// Unsubscribes now; messages already received but not yet handed out
     /// are nacked (after the UNSUB, in order).
     pub(crate) fn shut(&self) {
-        let taken = self.sub.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let taken = {
+            let mut slot = self.sub.lock().unwrap_or_else(|e| e.into_inner());
+            self.acker
+                .abandoned
+                .store(true, std::sync::atomic::Ordering::Release);
+            slot.take()
+        };
         let Some(mut sub) = taken else { return };
         let mut unread = Vec::new();
         while let Some(Some(m)) = sub.next().now_or_never() {
@@ -189,6 +198,23 @@ impl Inbox {
                 keeper: None,
             });
         }
+    }
+
+    /// Records that a pull request is about to be sent; `false` if the inbox
+    /// is already shut (then nothing may be sent). Done under the inbox lock,
+    /// so a release after [`Inbox::shut`] always sees the last request.
+    fn note_request(&self) -> bool {
+        let slot = self.sub.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            return false;
+        }
+        *self
+            .acker
+            .request_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(100));
+        true
     }
 
     async fn next(&self) -> Option<async_nats::Message> {
@@ -312,6 +338,9 @@ impl Puller {
     async fn pull(&mut self, n: usize) -> (usize, PullEnd) {
         let nanos = PULL_EXPIRES.as_nanos();
         let body = format!("{{\"batch\":{n},\"expires\":{nanos}}}");
+        if !self.inbox_sub.note_request() {
+            return (n, PullEnd::Stop);
+        }
         let sent = self
             .shared
             .client
