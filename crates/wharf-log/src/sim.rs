@@ -81,6 +81,36 @@ struct SimState {
 /// Clones share the same state. After [`SimStorage::crash`], this value and
 /// every file handle opened through it fail all operations (the "process"
 /// died); use the returned value to reopen.
+///
+/// ```
+/// use std::sync::Arc;
+/// use wharf_log::{Durability, Log, LogConfig, LogError, Record, SimStorage};
+///
+/// let config = |s: &SimStorage| {
+///     LogConfig::builder()
+///         .storage(Arc::new(s.clone()))
+///         .durability(Durability::Always)
+///         .build()
+/// };
+/// let sim = SimStorage::new();
+/// let log = Log::open("/log", config(&sim)?)?;
+/// log.append(&[Record::new(0, "acknowledged")])?;
+///
+/// // The next fdatasync fails: the append errors and the log fails-stop.
+/// sim.fail_next_syncs(1);
+/// assert!(log.append(&[Record::new(1, "lost")]).is_err());
+/// assert!(matches!(
+///     log.append(&[Record::new(2, "refused")]),
+///     Err(LogError::Poisoned { .. })
+/// ));
+///
+/// // Power cut: bytes not covered by a completed sync are dropped.
+/// let after = sim.crash(|_path, _unsynced_len| 0);
+/// drop(log);
+/// let log = Log::open("/log", config(&after)?)?;
+/// assert_eq!(log.end_offset(), 1);
+/// # Ok::<(), LogError>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct SimStorage {
     shared: Arc<Mutex<SimState>>,
