@@ -75,6 +75,10 @@ impl Inner {
         }
         let i = segs.partition_point(|s| s.base <= to).saturating_sub(1);
         let seg = Arc::clone(&segs[i]);
+        let _exclusive = self
+            .rewrite
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (cut, partial) = self.find_cut(&seg, to)?;
         let r = self.truncate_files(&segs[i + 1..], &seg, cut, partial.as_ref());
         if let Err(LogError::Io { source, .. }) = &r {

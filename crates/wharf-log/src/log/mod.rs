@@ -88,6 +88,9 @@ struct Inner {
     closed: AtomicBool,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    /// Held shared by reads and exclusively while truncation rewrites a
+    /// segment in place, so a read never sees a half-rewritten batch.
+    rewrite: RwLock<()>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -166,6 +169,7 @@ impl Log {
     /// that fails validation, [`LogError::Io`], [`LogError::Closed`].
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<ReadBatches, LogError> {
         self.inner.check_open()?;
+        let _guard = self.inner.read_guard();
         let seg = self.inner.segment_for(from_offset)?;
         self.inner.read_segment(&seg, from_offset, max_bytes)
     }
@@ -178,6 +182,7 @@ impl Log {
     /// [`LogError::Corrupt`], [`LogError::Io`], [`LogError::Closed`].
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>, LogError> {
         self.inner.check_open()?;
+        let _guard = self.inner.read_guard();
         let segs = self.inner.segments_snapshot();
         for seg in segs {
             let (max_ts, rel, vis_end) = {
@@ -378,6 +383,12 @@ impl Inner {
                 cause: io::ErrorKind::Other,
             }
         })
+    }
+
+    fn read_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.rewrite
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {

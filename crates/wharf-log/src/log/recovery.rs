@@ -159,6 +159,7 @@ impl Inner {
             closed: AtomicBool::new(false),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            rewrite: RwLock::new(()),
             config,
         })
     }
