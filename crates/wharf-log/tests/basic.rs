@@ -469,3 +469,33 @@ fn readers_racing_truncation_never_see_errors_or_wrong_records() {
     assert!(checked > 0);
     assert_eq!(read_all(&log).len(), 300);
 }
+
+#[test]
+fn open_removes_leftover_temp_files_and_orphan_indexes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("open");
+        for i in 0..100 {
+            log.append(&[rec(i)]).expect("append");
+        }
+        log.close().expect("close");
+    }
+    let orphan = dir.path().join("00000000000099999999.index");
+    let tmp = dir.path().join("clean.shutdown.tmp");
+    let foreign = dir.path().join("README.txt");
+    for p in [&orphan, &tmp, &foreign] {
+        std::fs::write(p, b"junk").expect("write");
+    }
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 4096)).expect("reopen");
+    assert!(!orphan.exists(), "orphan index removed");
+    assert!(!tmp.exists(), "temp file removed");
+    assert!(
+        foreign.exists(),
+        "files the log does not own are left alone"
+    );
+    assert!(
+        !dir.path().join("clean.shutdown").exists(),
+        "marker removed while open"
+    );
+    assert_eq!(read_all(&log).len(), 100);
+}

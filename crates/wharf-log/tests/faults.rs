@@ -158,3 +158,17 @@ fn waiters_sharing_a_failed_fsync_all_get_an_error() {
     );
     assert!(oks.iter().filter(|&&ok| ok).count() < 8, "{oks:?}");
 }
+
+#[test]
+fn under_always_a_batch_whose_sync_failed_is_never_readable() {
+    let sim = SimStorage::new();
+    let log = Log::open(DIR, sim_config(&sim, Durability::Always, 1 << 20)).expect("open");
+    log.append(&[rec(0), rec(1)]).expect("append");
+    sim.fail_next_syncs(1);
+    assert!(log.append(&[rec(2)]).is_err());
+    // Written to the file but never acknowledged: readers must not see it.
+    assert_eq!(log.end_offset(), 3);
+    assert_eq!(log.readable_end_offset(), 2);
+    assert!(log.read(2, 1024).expect("read at readable end").is_empty());
+    assert_eq!(read_all(&log).len(), 2);
+}
