@@ -21,6 +21,7 @@ use crate::error::map;
 
 /// A delivery handed out and not yet settled.
 pub(crate) struct Pending {
+    pub(crate) topic: Arc<str>,
     pub(crate) entry_id: String,
     pub(crate) message: Message,
     pub(crate) attempt: u32,
@@ -41,7 +42,6 @@ pub(crate) enum Mode {
 /// Settles the deliveries of one subscription.
 pub(crate) struct RedisAcker {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) topic: String,
     pub(crate) mode: Mode,
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) max_deliveries: Option<u32>,
@@ -97,17 +97,17 @@ impl RedisAcker {
 
     fn failure_key(&self, p: &Pending) -> (String, String) {
         (
-            format!("{}/{}", self.topic, self.group().unwrap_or("")),
+            format!("{}/{}", p.topic, self.group().unwrap_or("")),
             p.entry_id.clone(),
         )
     }
 
-    async fn xack(&self, id: &str) -> Result<()> {
+    async fn xack(&self, topic: &str, id: &str) -> Result<()> {
         let Mode::Group { group, .. } = &self.mode else {
             return Ok(());
         };
         let _: i64 = redis::cmd("XACK")
-            .arg(self.shared.stream_key(&self.topic))
+            .arg(self.shared.stream_key(topic))
             .arg(group)
             .arg(id)
             .query_async(&mut self.shared.conn.clone())
@@ -137,8 +137,8 @@ impl RedisAcker {
                 let parked: i64 = redis::cmd("EVALSHA")
                     .arg(&self.shared.shas.park)
                     .arg(2)
-                    .arg(self.shared.stream_key(&self.topic))
-                    .arg(self.shared.retry_key(&self.topic, group))
+                    .arg(self.shared.stream_key(&p.topic))
+                    .arg(self.shared.retry_key(&p.topic, group))
                     .arg(group)
                     .arg(consumer)
                     .arg(&p.entry_id)
@@ -159,7 +159,7 @@ impl RedisAcker {
             .message
             .to_builder()
             .header(header::DLQ_REASON, reason)
-            .header(header::ORIGINAL_TOPIC, &self.topic)
+            .header(header::ORIGINAL_TOPIC, &*p.topic)
             .header(header::ORIGINAL_PARTITION, "0")
             .header(header::ATTEMPTS, p.attempt.to_string())
             .header(header::FIRST_FAILURE_MS, first.to_string())
@@ -173,9 +173,9 @@ impl RedisAcker {
         let topic = self
             .dead_letter_topic
             .clone()
-            .unwrap_or_else(|| name::dead_letter_topic(&self.topic));
+            .unwrap_or_else(|| name::dead_letter_topic(&p.topic));
         self.shared.append(&topic, &b.build()).await?;
-        self.xack(&p.entry_id).await
+        self.xack(&p.topic, &p.entry_id).await
     }
 
     /// Nacks `p` after every earlier release, in drop order.
@@ -232,7 +232,7 @@ impl Acker for RedisAcker {
         match settlement {
             Settlement::Ack => {
                 self.failures().remove(&self.failure_key(&p));
-                self.xack(&p.entry_id).await
+                self.xack(&p.topic, &p.entry_id).await
             }
             Settlement::Nack { delay } => {
                 let id = p.entry_id.clone();
@@ -255,8 +255,8 @@ impl Acker for RedisAcker {
     }
 
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
-        let id = match self.lock().get(&token) {
-            Some(p) => p.entry_id.clone(),
+        let (topic, id) = match self.lock().get(&token) {
+            Some(p) => (p.topic.clone(), p.entry_id.clone()),
             None => {
                 return Err(Error::UnknownDelivery {
                     id: token.to_string(),
@@ -266,17 +266,12 @@ impl Acker for RedisAcker {
         let Mode::Group { group, consumer } = &self.mode else {
             return Ok(());
         };
-        Self::touch(&self.shared, &self.topic, group, consumer, &id).await?;
+        Self::touch(&self.shared, &topic, group, consumer, &id).await?;
         if by <= self.lease {
             return Ok(());
         }
         // XCLAIM resets the idle time; keep doing so until `by` is covered.
-        let (shared, topic, group, consumer) = (
-            self.shared.clone(),
-            self.topic.clone(),
-            group.clone(),
-            consumer.clone(),
-        );
+        let (shared, group, consumer) = (self.shared.clone(), group.clone(), consumer.clone());
         let every = (self.lease / 2).max(Duration::from_millis(10));
         let lease = self.lease;
         let until = tokio::time::Instant::now() + by;

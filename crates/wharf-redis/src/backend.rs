@@ -161,6 +161,11 @@ impl Shared {
         format!("{}:s:{topic}", self.prefix)
     }
 
+    /// The set of every topic published to, for wildcard subscriptions.
+    pub(crate) fn topics_key(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+
     pub(crate) fn retry_key(&self, topic: &str, group: &str) -> String {
         format!("{}:r:{topic}:{group}", self.prefix)
     }
@@ -192,15 +197,17 @@ impl Shared {
     pub(crate) fn publish_cmd(&self, topic: &str, message: &Message, dedup: bool) -> redis::Cmd {
         let mut c = redis::cmd("EVALSHA");
         c.arg(&self.shas.publish)
-            .arg(2)
+            .arg(3)
             .arg(self.stream_key(topic))
             .arg(if dedup {
                 self.dedup_key(message)
             } else {
                 String::new()
             })
+            .arg(self.topics_key())
             .arg(self.max_len.unwrap_or(0))
-            .arg(self.dedup_window_s);
+            .arg(self.dedup_window_s)
+            .arg(topic);
         for (n, v) in wire::fields(message) {
             c.arg(n).arg(v.as_ref());
         }
@@ -305,6 +312,7 @@ impl Backend for RedisBackend {
             Capability::Ttl,
             Capability::Dedup,
             Capability::ReplayFromOffset,
+            Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
         ]
@@ -317,8 +325,16 @@ impl Backend for RedisBackend {
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
-        // Streams are created by the first XADD or XGROUP CREATE … MKSTREAM.
-        name::validate_topic(topic)
+        // Streams are created by the first XADD or XGROUP CREATE … MKSTREAM;
+        // registering the topic lets wildcard subscriptions find it already.
+        name::validate_topic(topic)?;
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.shared.topics_key())
+            .arg(topic)
+            .query_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| map("SADD", e))?;
+        Ok(())
     }
 
     async fn close(&self) -> Result<()> {

@@ -8,7 +8,8 @@
 //! | Wharf | Redis |
 //! |---|---|
 //! | backend namespace | key prefix: every key is `<prefix>:…` ([`RedisBackend::delete_all`] removes them) |
-//! | topic `orders.created` | stream `<prefix>:s:orders.created`, created by the first XADD (or XGROUP CREATE … MKSTREAM) |
+//! | topic `orders.created` | stream `<prefix>:s:orders.created`, created by the first XADD (or XGROUP CREATE … MKSTREAM); every published (or `ensure_topic`ed) topic is added to the set `<prefix>:topics` |
+//! | pattern `orders.*`, `orders.>` | every stream whose topic (from `<prefix>:topics`) matches, read in one `XREADGROUP`/`XREAD`; the set is re-read every 200 ms, and streams found later are read from their beginning |
 //! | publish | one Lua script: `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<id> <stream id> EX <window>`; a batch is one pipeline |
 //! | offset | stream id `<ms>-<seq>` as `ms << 22 \| seq` (exact and ordered for ids made by `XADD *`; see `wire`) |
 //! | consumer group | `XGROUP CREATE` + `XREADGROUP`; each subscription is one consumer `c-<uuid>` of the group |
@@ -33,8 +34,6 @@
 //! - `Persistence`: the Redis on this machine runs without RDB/AOF; with
 //!   `appendonly yes` Redis streams and groups survive restarts, but this
 //!   crate cannot tell how the server is configured.
-//! - `Wildcards`: a subscription reads one stream; patterns would need
-//!   `SCAN` plus periodic re-scans for new streams (not implemented).
 //! - `ReplayFromTime`: stream ids carry the server's time, not the
 //!   publisher's timestamp.
 //! - `OrderingPerKey`: members of a group read concurrently and a nack

@@ -1,19 +1,21 @@
 //! The Lua scripts that make multi-step stream operations atomic, loaded
 //! once per connection with `SCRIPT LOAD` and run with `EVALSHA`.
 
-/// Publish with dedup. KEYS: stream, dedup key (`""` = no dedup).
-/// ARGV: maxlen (`0` = no trimming), dedup window s, field, value, …
+/// Publish with dedup, registering the topic for wildcard subscriptions.
+/// KEYS: stream, dedup key (`""` = no dedup), topic registry set.
+/// ARGV: maxlen (`0` = no trimming), dedup window s, topic, field, value, …
 /// Returns `{stream id, 1 if duplicate else 0}`.
 pub(crate) const PUBLISH: &str = r"
 if KEYS[2] ~= '' then
   local prev = redis.call('GET', KEYS[2])
   if prev then return {prev, 1} end
 end
+redis.call('SADD', KEYS[3], ARGV[3])
 local id
 if ARGV[1] ~= '0' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
 else
-  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 end
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], id, 'EX', ARGV[2]) end
 return {id, 0}

@@ -4,9 +4,10 @@
 //!
 //! Each round a group reader first claims due nacked entries (retry sorted
 //! set), then entries whose lease expired (`XPENDING IDLE` + `XCLAIM`), then
-//! reads new ones (`XREADGROUP … >`, blocking up to 100 ms). Deliveries go
-//! through a channel, so [`DeliveryStream::next`] is a channel receive:
-//! cancel safe.
+//! reads new ones (`XREADGROUP … >`, blocking up to 100 ms). A wildcard
+//! subscription reads every stream whose topic matches, re-reading the topic
+//! registry every 200 ms to pick up new topics. Deliveries go through a
+//! channel, so [`DeliveryStream::next`] is a channel receive: cancel safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use wharf_core::{
     Capability, Delivery, DeliveryInfo, DeliveryStream, Error, MessageId, Result, StartPosition,
-    SubscribeOptions, Subscription, Timestamp,
+    SubscribeOptions, Subscription, Timestamp, TopicPattern,
 };
 
 use crate::acker::{Mode, Pending, RedisAcker};
@@ -34,18 +35,12 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const BLOCK_MS: u64 = 100;
 /// Largest number of entries read at once.
 const MAX_READ: usize = 1024;
+/// How often a wildcard subscription looks for new matching topics.
+const RESCAN_EVERY: Duration = Duration::from_millis(200);
 
 pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<Subscription> {
     shared.check_open()?;
     let pattern = opts.validate()?;
-    if !pattern.is_literal() {
-        return Err(Error::Unsupported {
-            backend: NAME,
-            capability: Capability::Wildcards,
-        });
-    }
-    let topic = pattern.as_str().to_owned();
-    let key = shared.stream_key(&topic);
     let lease = opts.visibility_timeout_value().unwrap_or(DEFAULT_LEASE);
     if lease < Duration::from_millis(1) {
         return Err(Error::InvalidArgument {
@@ -53,7 +48,6 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
             reason: "must be at least 1 ms".into(),
         });
     }
-    let mut conn = shared.conn.clone();
     let start = match opts.start_position() {
         StartPosition::Earliest => "0-0".to_owned(),
         StartPosition::Latest => "$".to_owned(),
@@ -66,43 +60,14 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         }
     };
     let (requeue_tx, requeue_rx) = mpsc::unbounded_channel();
-    let (mode, cursor) = match opts.group_name() {
-        Some(group) => {
-            let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&key)
-                .arg(group)
-                .arg(&start)
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = created {
-                if e.code() != Some("BUSYGROUP") {
-                    return Err(map("XGROUP CREATE", e));
-                }
-            }
-            let consumer = format!("c-{}", MessageId::new());
-            (
-                Mode::Group {
-                    group: group.to_owned(),
-                    consumer,
-                },
-                String::new(),
-            )
-        }
-        None => {
-            let cursor = if start == "$" {
-                last_id(&mut conn, &key).await?
-            } else {
-                start
-            };
-            (
-                Mode::Private {
-                    requeue: requeue_tx,
-                },
-                cursor,
-            )
-        }
+    let mode = match opts.group_name() {
+        Some(group) => Mode::Group {
+            group: group.to_owned(),
+            consumer: format!("c-{}", MessageId::new()),
+        },
+        None => Mode::Private {
+            requeue: requeue_tx,
+        },
     };
     let read_conn = shared
         .client
@@ -111,7 +76,6 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         .map_err(|e| map("connect", e))?;
     let acker = Arc::new_cyclic(|me| RedisAcker {
         shared: shared.clone(),
-        topic: topic.clone(),
         mode,
         dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
         max_deliveries: opts.max_deliveries_limit(),
@@ -126,21 +90,30 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = Reader {
-        topic: Arc::from(topic.as_str()),
-        key,
+    let mut reader = Reader {
         backend_closed: shared.closed.subscribe(),
         shared: shared.clone(),
         acker,
         conn: read_conn,
-        cursor,
+        pattern: (!pattern.is_literal()).then_some(pattern.clone()),
+        streams: Vec::new(),
         requeue: requeue_rx,
         parked: Vec::new(),
         tx,
         stop: stop_rx,
         next_reclaim: Instant::now(),
         reclaim_every: (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        next_rescan: Instant::now() + RESCAN_EVERY,
     };
+    // Streams that exist now start at `start`; ones found later at their beginning.
+    let topics = if pattern.is_literal() {
+        vec![pattern.as_str().to_owned()]
+    } else {
+        reader.matching_topics().await?
+    };
+    for t in topics {
+        reader.add_stream(&t, &start).await?;
+    }
     tokio::spawn(reader.run());
     Ok(Subscription::new(RedisStream {
         rx,
@@ -171,15 +144,22 @@ async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> Result<String> 
     })
 }
 
+/// One stream a subscription reads.
+struct Stream {
+    topic: Arc<str>,
+    key: String,
+    /// Last id read (private subscriptions).
+    cursor: String,
+}
+
 /// The task reading one subscription's entries.
 struct Reader {
     shared: Arc<Shared>,
     acker: Arc<RedisAcker>,
-    topic: Arc<str>,
-    key: String,
     conn: MultiplexedConnection,
-    /// Last id read (private subscriptions).
-    cursor: String,
+    /// The wildcard pattern, if the subscription has one.
+    pattern: Option<TopicPattern>,
+    streams: Vec<Stream>,
     requeue: mpsc::UnboundedReceiver<(Pending, Duration)>,
     /// Nacked deliveries of a private subscription, waiting for their time.
     parked: Vec<(Instant, Pending)>,
@@ -188,6 +168,7 @@ struct Reader {
     backend_closed: watch::Receiver<bool>,
     next_reclaim: Instant,
     reclaim_every: Duration,
+    next_rescan: Instant,
 }
 
 impl Reader {
@@ -228,49 +209,123 @@ impl Reader {
             }
         }
         if let Mode::Group { group, consumer } = &self.acker.mode {
-            forget_consumer(&self.shared, &self.key, group, consumer).await;
+            for s in &self.streams {
+                forget_consumer(&self.shared, &s.key, group, consumer).await;
+            }
         }
+    }
+
+    /// Topics in the registry that match the pattern.
+    async fn matching_topics(&mut self) -> Result<Vec<String>> {
+        let Some(pattern) = &self.pattern else {
+            return Ok(Vec::new());
+        };
+        let all: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.shared.topics_key())
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| map("SMEMBERS", e))?;
+        Ok(all.into_iter().filter(|t| pattern.matches(t)).collect())
+    }
+
+    /// Starts reading `topic` from `start` (creating the group there).
+    async fn add_stream(&mut self, topic: &str, start: &str) -> Result<()> {
+        let key = self.shared.stream_key(topic);
+        let cursor = match &self.acker.mode {
+            Mode::Group { group, .. } => {
+                let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&key)
+                    .arg(group)
+                    .arg(start)
+                    .arg("MKSTREAM")
+                    .query_async(&mut self.conn)
+                    .await;
+                if let Err(e) = created {
+                    if e.code() != Some("BUSYGROUP") {
+                        return Err(map("XGROUP CREATE", e));
+                    }
+                }
+                String::new()
+            }
+            Mode::Private { .. } if start == "$" => last_id(&mut self.conn, &key).await?,
+            Mode::Private { .. } => start.to_owned(),
+        };
+        self.streams.push(Stream {
+            topic: Arc::from(topic),
+            key,
+            cursor,
+        });
+        Ok(())
+    }
+
+    /// Picks up topics created since the last look (wildcard subscriptions).
+    async fn rescan(&mut self) -> Result<()> {
+        if self.pattern.is_none() || Instant::now() < self.next_rescan {
+            return Ok(());
+        }
+        self.next_rescan = Instant::now() + RESCAN_EVERY;
+        for t in self.matching_topics().await? {
+            if !self.streams.iter().any(|s| *s.topic == *t) {
+                self.add_stream(&t, "0-0").await?;
+            }
+        }
+        Ok(())
     }
 
     /// One round of reads for up to `n` deliveries; returns how many were handed out.
     async fn round(&mut self, n: usize) -> Result<usize> {
+        self.rescan().await?;
+        if self.streams.is_empty() {
+            tokio::time::sleep(Duration::from_millis(BLOCK_MS)).await;
+            return Ok(0);
+        }
         let mut used = 0;
         match &self.acker.mode {
             Mode::Group { group, consumer } => {
                 let (group, consumer) = (group.clone(), consumer.clone());
-                let retry = self.shared.retry_key(&self.topic, &group);
-                let due: Value = redis::cmd("EVALSHA")
-                    .arg(&self.shared.shas.claim_due)
-                    .arg(2)
-                    .arg(&self.key)
-                    .arg(&retry)
-                    .arg(&group)
-                    .arg(&consumer)
-                    .arg(Timestamp::now().as_millis())
-                    .arg(n)
-                    .query_async(&mut self.conn)
-                    .await
-                    .map_err(|e| map("claim due", e))?;
-                for (e, count) in wire::claimed_reply(&due)? {
-                    used += usize::from(self.deliver(e, count).await);
-                }
-                if used < n && Instant::now() >= self.next_reclaim {
+                let reclaim = Instant::now() >= self.next_reclaim;
+                if reclaim {
                     self.next_reclaim = Instant::now() + self.reclaim_every;
-                    let lease_ms = u64::try_from(self.acker.lease.as_millis()).unwrap_or(u64::MAX);
-                    let expired: Value = redis::cmd("EVALSHA")
-                        .arg(&self.shared.shas.claim_expired)
+                }
+                let lease_ms = u64::try_from(self.acker.lease.as_millis()).unwrap_or(u64::MAX);
+                for i in 0..self.streams.len() {
+                    if used >= n {
+                        break;
+                    }
+                    let (topic, key) = (self.streams[i].topic.clone(), self.streams[i].key.clone());
+                    let retry = self.shared.retry_key(&topic, &group);
+                    let due: Value = redis::cmd("EVALSHA")
+                        .arg(&self.shared.shas.claim_due)
                         .arg(2)
-                        .arg(&self.key)
+                        .arg(&key)
                         .arg(&retry)
                         .arg(&group)
                         .arg(&consumer)
-                        .arg(lease_ms)
+                        .arg(Timestamp::now().as_millis())
                         .arg(n - used)
                         .query_async(&mut self.conn)
                         .await
-                        .map_err(|e| map("claim expired", e))?;
-                    for (e, count) in wire::claimed_reply(&expired)? {
-                        used += usize::from(self.deliver(e, count).await);
+                        .map_err(|e| map("claim due", e))?;
+                    for (e, count) in wire::claimed_reply(&due)? {
+                        used += usize::from(self.deliver(&topic, e, count).await);
+                    }
+                    if used < n && reclaim {
+                        let expired: Value = redis::cmd("EVALSHA")
+                            .arg(&self.shared.shas.claim_expired)
+                            .arg(2)
+                            .arg(&key)
+                            .arg(&retry)
+                            .arg(&group)
+                            .arg(&consumer)
+                            .arg(lease_ms)
+                            .arg(n - used)
+                            .query_async(&mut self.conn)
+                            .await
+                            .map_err(|e| map("claim expired", e))?;
+                        for (e, count) in wire::claimed_reply(&expired)? {
+                            used += usize::from(self.deliver(&topic, e, count).await);
+                        }
                     }
                 }
                 if used < n {
@@ -283,15 +338,22 @@ impl Reader {
                     if used == 0 {
                         cmd.arg("BLOCK").arg(BLOCK_MS);
                     }
+                    cmd.arg("STREAMS");
+                    for s in &self.streams {
+                        cmd.arg(&s.key);
+                    }
+                    for _ in &self.streams {
+                        cmd.arg(">");
+                    }
                     let v: Value = cmd
-                        .arg("STREAMS")
-                        .arg(&self.key)
-                        .arg(">")
                         .query_async(&mut self.conn)
                         .await
                         .map_err(|e| map("XREADGROUP", e))?;
-                    for e in wire::read_reply(&v)? {
-                        used += usize::from(self.deliver(e, 1).await);
+                    for (key, e) in wire::read_reply(&v)? {
+                        let Some(topic) = self.topic_of(&key) else {
+                            continue;
+                        };
+                        used += usize::from(self.deliver(&topic, e, 1).await);
                     }
                 }
             }
@@ -304,11 +366,12 @@ impl Reader {
                 while i < self.parked.len() && used < n {
                     if self.parked[i].0 <= now {
                         let (_, p) = self.parked.swap_remove(i);
+                        let topic = p.topic.clone();
                         let e = Entry {
                             id: p.entry_id,
                             message: p.message,
                         };
-                        used += usize::from(self.deliver(e, p.attempt + 1).await);
+                        used += usize::from(self.deliver(&topic, e, p.attempt + 1).await);
                     } else {
                         i += 1;
                     }
@@ -319,16 +382,24 @@ impl Reader {
                     if used == 0 {
                         cmd.arg("BLOCK").arg(BLOCK_MS);
                     }
+                    cmd.arg("STREAMS");
+                    for s in &self.streams {
+                        cmd.arg(&s.key);
+                    }
+                    for s in &self.streams {
+                        cmd.arg(&s.cursor);
+                    }
                     let v: Value = cmd
-                        .arg("STREAMS")
-                        .arg(&self.key)
-                        .arg(&self.cursor)
                         .query_async(&mut self.conn)
                         .await
                         .map_err(|e| map("XREAD", e))?;
-                    for e in wire::read_reply(&v)? {
-                        self.cursor.clone_from(&e.id);
-                        used += usize::from(self.deliver(e, 1).await);
+                    for (key, e) in wire::read_reply(&v)? {
+                        let Some(s) = self.streams.iter_mut().find(|s| s.key == key) else {
+                            continue;
+                        };
+                        s.cursor.clone_from(&e.id);
+                        let topic = s.topic.clone();
+                        used += usize::from(self.deliver(&topic, e, 1).await);
                     }
                 }
             }
@@ -336,15 +407,22 @@ impl Reader {
         Ok(used)
     }
 
+    fn topic_of(&self, key: &str) -> Option<Arc<str>> {
+        self.streams
+            .iter()
+            .find(|s| s.key == key)
+            .map(|s| s.topic.clone())
+    }
+
     /// Hands one entry out; `false` if it expired (acked, not handed out).
-    async fn deliver(&self, e: Entry, attempt: u32) -> bool {
+    async fn deliver(&self, topic: &Arc<str>, e: Entry, attempt: u32) -> bool {
         if e.message
             .expires_at()
             .is_some_and(|at| at <= Timestamp::now())
         {
             if let Mode::Group { group, .. } = &self.acker.mode {
                 let _: redis::RedisResult<i64> = redis::cmd("XACK")
-                    .arg(&self.key)
+                    .arg(self.shared.stream_key(topic))
                     .arg(group)
                     .arg(&e.id)
                     .query_async(&mut self.shared.conn.clone())
@@ -353,12 +431,13 @@ impl Reader {
             return false;
         }
         let info = DeliveryInfo {
-            topic: self.topic.clone(),
+            topic: topic.clone(),
             partition: 0,
             offset: wire::offset(&e.id),
             attempt,
         };
         let token = self.acker.register(Pending {
+            topic: topic.clone(),
             entry_id: e.id,
             message: e.message.clone(),
             attempt,

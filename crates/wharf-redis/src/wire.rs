@@ -119,24 +119,30 @@ pub(crate) fn entry(v: &Value) -> Result<Entry> {
     })
 }
 
-/// Decodes an `XREAD`/`XREADGROUP` reply for one stream into its entries
+/// Decodes an `XREAD`/`XREADGROUP` reply into `(stream key, entry)` pairs
 /// (nil — nothing within BLOCK — is no entries).
-pub(crate) fn read_reply(v: &Value) -> Result<Vec<Entry>> {
-    let streams: Vec<&Value> = match v {
+pub(crate) fn read_reply(v: &Value) -> Result<Vec<(String, Entry)>> {
+    let streams: Vec<(Option<String>, &Value)> = match v {
         Value::Nil => return Ok(Vec::new()),
-        Value::Array(s) => s.iter().collect(),
-        Value::Map(m) => m.iter().map(|(_, v)| v).collect(),
+        Value::Array(s) => s
+            .iter()
+            .map(|kv| match kv {
+                Value::Array(kv) => (
+                    kv.first().and_then(string_of),
+                    kv.get(1).unwrap_or(&Value::Nil),
+                ),
+                other => (None, other),
+            })
+            .collect(),
+        Value::Map(m) => m.iter().map(|(k, v)| (string_of(k), v)).collect(),
         other => return Err(unexpected("XREAD", format!("{other:?}"))),
     };
     let mut out = Vec::new();
-    for s in streams {
-        let entries = match s {
-            Value::Array(kv) => kv.get(1),
-            other => Some(other),
-        };
-        if let Some(Value::Array(es)) = entries {
+    for (key, entries) in streams {
+        let key = key.ok_or_else(|| unexpected("XREAD", "stream without key"))?;
+        if let Value::Array(es) = entries {
             for e in es {
-                out.push(entry(e)?);
+                out.push((key.clone(), entry(e)?));
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Redis-specific behaviour beyond the conformance suite: the dedup store,
-//! unsupported patterns, stale settlements, private-subscription nacks,
+//! private wildcard subscriptions, stale settlements, private-subscription nacks,
 //! dead-lettering on the last attempt, and errors.
 
 mod service;
@@ -7,7 +7,7 @@ mod service;
 use std::time::Duration;
 
 use wharf_core::{
-    header, name::dead_letter_topic, Backend, Capability, Error, Message, Publisher, StartPosition,
+    header, name::dead_letter_topic, Backend, Error, Message, Publisher, StartPosition,
     SubscribeOptions, Subscriber,
 };
 use wharf_redis::{RedisBackend, RedisConfig, RedisDedupStore};
@@ -53,24 +53,40 @@ async fn dedup_store_admits_a_key_once_per_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_subscription_is_unsupported() {
+async fn private_wildcard_subscription_reads_every_matching_topic() {
     let Some(ns) = service::Namespace::new().await else {
         return;
     };
-    let r = ns
-        .backend
-        .subscribe(SubscribeOptions::new("orders.*"))
-        .await;
-    assert!(
-        matches!(
-            r,
-            Err(Error::Unsupported {
-                capability: Capability::Wildcards,
-                ..
-            })
-        ),
-        "{r:?}"
+    let b = &ns.backend;
+    b.publish("orders.old", Message::new("before"))
+        .await
+        .expect("publish");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("orders.*").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    b.publish("orders.new", Message::new("later"))
+        .await
+        .expect("publish");
+    b.publish("billing.new", Message::new("other"))
+        .await
+        .expect("publish");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        got.push((d.topic().to_owned(), d.message().payload().clone()));
+        d.ack().await.expect("ack");
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("orders.new".to_owned(), bytes::Bytes::from("later")),
+            ("orders.old".to_owned(), bytes::Bytes::from("before")),
+        ]
     );
+    let extra = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(extra.is_err(), "non-matching topic delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
