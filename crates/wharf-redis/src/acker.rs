@@ -152,7 +152,7 @@ impl RedisAcker {
         }
     }
 
-    async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
+    pub(crate) async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
         let now = now_ms();
         let first = self.failures().remove(&self.failure_key(&p)).unwrap_or(now);
         let mut b = p

@@ -20,7 +20,7 @@
 //! | visibility timeout | entries idle longer than the lease are claimed with `XPENDING … IDLE` + `XCLAIM` (not `XAUTOCLAIM`, which cannot skip entries parked for a delayed nack); default 30 s |
 //! | `extend(by)` | `XCLAIM … JUSTID` (resets idle time), repeated every lease/2 until `by` is covered |
 //! | attempt | the entry's delivery count in the pending entries list |
-//! | `max_deliveries` / `reject` | a nack on the last attempt, or a reject, `XADD`s a copy to `dlq.<topic>` with the `wharf-dlq-*` headers and `XACK`s the original |
+//! | `max_deliveries` / `reject` | a nack (or drop, or lease expiry) on the last attempt, or a reject, `XADD`s a copy to `dlq.<topic>` with the `wharf-dlq-*` headers and `XACK`s the original |
 //! | `max_in_flight` | client side: a subscription never reads more entries than it has free slots |
 //! | message | entry fields `id`, `ts`, `k` (key), `h:<name>` per header (order kept), `p` (payload); all binary safe |
 //! | TTL | checked when read: an expired entry is acked and never handed out |

@@ -324,7 +324,7 @@ impl Reader {
                             .await
                             .map_err(|e| map("claim expired", e))?;
                         for (e, count) in wire::claimed_reply(&expired)? {
-                            used += usize::from(self.deliver(&topic, e, count).await);
+                            used += usize::from(self.expired_lease(&topic, e, count).await);
                         }
                     }
                 }
@@ -405,6 +405,28 @@ impl Reader {
             }
         }
         Ok(used)
+    }
+
+    /// An entry claimed after its lease expired: delivered again, or
+    /// dead-lettered when the lapsed attempt was the last one allowed.
+    async fn expired_lease(&self, topic: &Arc<str>, e: Entry, count: u32) -> bool {
+        match self.acker.max_deliveries {
+            Some(max) if count > max => {
+                let p = Pending {
+                    topic: topic.clone(),
+                    entry_id: e.id,
+                    message: e.message,
+                    attempt: count - 1,
+                    keeper: None,
+                };
+                let reason = format!("max deliveries ({max}) exceeded: lease expired");
+                if let Err(err) = self.acker.dead_letter(p, &reason).await {
+                    tracing::warn!(error = %err, "dead-lettering an expired redis delivery failed");
+                }
+                false
+            }
+            _ => self.deliver(topic, e, count).await,
+        }
     }
 
     fn topic_of(&self, key: &str) -> Option<Arc<str>> {

@@ -166,6 +166,39 @@ async fn dropping_on_the_last_attempt_dead_letters_the_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut dead = b
+        .subscribe(
+            SubscribeOptions::new(dead_letter_topic("slow"))
+                .group("ops")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe dlq");
+    let opts = SubscribeOptions::new("slow")
+        .group("g")
+        .max_deliveries(1)
+        .visibility_timeout(Duration::from_millis(300));
+    let mut sub = b.subscribe(opts).await.expect("subscribe");
+    let r = b
+        .publish("slow", Message::new("hangs"))
+        .await
+        .expect("publish");
+    let held = next(&mut sub).await;
+    let dl = next(&mut dead).await;
+    assert_eq!(dl.message().id(), r.id);
+    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
+    dl.ack().await.expect("ack");
+    let again = tokio::time::timeout(Duration::from_millis(700), sub.next()).await;
+    assert!(again.is_err(), "redelivered past max_deliveries");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_rejected_at_one_mebibyte() {
     let Some(ns) = service::Namespace::new().await else {
         return;
