@@ -253,4 +253,16 @@ mod tests {
         assert!(r.unwrap_err().is_retryable());
         assert!(p.published().is_empty());
     }
+
+    #[tokio::test]
+    async fn dead_lettering_is_counted_in_the_metric() {
+        let rec = crate::metrics::test_recorder::TestRecorder::default();
+        let _guard = metrics::set_default_local_recorder(&rec);
+        let (c, _) = ctx();
+        let svc = DeadLetterLayer::new().layer(failing(true));
+        call(svc, Request::test("orders", Message::new("x"), c))
+            .await
+            .unwrap();
+        assert_eq!(rec.counter(crate::metrics::DEAD_LETTERED), 1);
+    }
 }

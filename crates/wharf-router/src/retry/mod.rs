@@ -246,4 +246,20 @@ mod tests {
         assert_eq!(r.unwrap(), Outcome::Ack);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_retry_is_counted_in_the_retried_metric() {
+        let rec = crate::metrics::test_recorder::TestRecorder::default();
+        let _guard = metrics::set_default_local_recorder(&rec);
+        let (svc, _) = flaky(2, transient);
+        let svc = RetryLayer::new()
+            .max_attempts(5)
+            .backoff(fixed(10))
+            .layer(svc);
+        let (c, _) = ctx();
+        call(svc, Request::test("t", Message::new("x"), c))
+            .await
+            .unwrap();
+        assert_eq!(rec.counter(crate::metrics::RETRIED), 2);
+    }
 }
