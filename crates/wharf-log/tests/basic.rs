@@ -499,3 +499,42 @@ fn open_removes_leftover_temp_files_and_orphan_indexes() {
     );
     assert_eq!(read_all(&log).len(), 100);
 }
+
+#[test]
+fn offset_for_timestamp_matches_a_linear_scan_with_unordered_timestamps() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let sim = SimStorage::new();
+    let log = Log::open("/log", sim_config(&sim, Durability::Never, 4096)).expect("open");
+    let mut stamps = Vec::new();
+    for _ in 0..300 {
+        let n = rng.gen_range(1..6);
+        let batch: Vec<Record> = (0..n)
+            .map(|_| {
+                // Mostly rising, with stragglers from the past.
+                let ts = stamps.len() as i64 * 10 + rng.gen_range(-200..50);
+                stamps.push(ts);
+                Record::new(ts, vec![0u8; rng.gen_range(0..120)])
+            })
+            .collect();
+        log.append(&batch).expect("append");
+    }
+    assert!(log.segment_count() > 5);
+    let check = |log: &Log, rng: &mut rand::rngs::StdRng| {
+        for _ in 0..150 {
+            let t = rng.gen_range(-300..stamps.len() as i64 * 10 + 100);
+            let expected = stamps.iter().position(|&s| s >= t).map(|p| p as u64);
+            assert_eq!(
+                log.offset_for_timestamp(t).expect("lookup"),
+                expected,
+                "t = {t}"
+            );
+        }
+    };
+    // Indexes built while appending, then loaded from the index files.
+    check(&log, &mut rng);
+    log.close().expect("close");
+    drop(log);
+    let log = Log::open("/log", sim_config(&sim, Durability::Never, 4096)).expect("reopen");
+    check(&log, &mut rng);
+}
