@@ -538,3 +538,14 @@ fn offset_for_timestamp_matches_a_linear_scan_with_unordered_timestamps() {
     let log = Log::open("/log", sim_config(&sim, Durability::Never, 4096)).expect("reopen");
     check(&log, &mut rng);
 }
+
+#[test]
+fn log_and_its_results_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() -> bool {
+        true
+    }
+    assert!(send_sync::<Log>());
+    assert!(send_sync::<wharf_log::ReadBatches>());
+    assert!(send_sync::<LogError>());
+    assert!(send_sync::<SimStorage>());
+}
