@@ -541,11 +541,12 @@ fn offset_for_timestamp_matches_a_linear_scan_with_unordered_timestamps() {
 
 #[test]
 fn log_and_its_results_can_be_shared_across_threads() {
-    fn send_sync<T: Send + Sync>() -> bool {
+    use std::marker::PhantomData;
+    fn send_sync<T: Send + Sync>(_: PhantomData<T>) -> bool {
         true
     }
-    assert!(send_sync::<Log>());
-    assert!(send_sync::<wharf_log::ReadBatches>());
-    assert!(send_sync::<LogError>());
-    assert!(send_sync::<SimStorage>());
+    assert!(send_sync(PhantomData::<Log>));
+    assert!(send_sync(PhantomData::<wharf_log::ReadBatches>));
+    assert!(send_sync(PhantomData::<LogError>));
+    assert!(send_sync(PhantomData::<SimStorage>));
 }
