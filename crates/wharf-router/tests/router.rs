@@ -375,6 +375,46 @@ async fn run_returns_when_the_backend_closes(b: Arc<dyn Backend>) {
     assert!(!report.deadline_exceeded);
 }
 
+async fn slow_handler_keeps_its_lease_and_is_not_raced_by_a_redelivery(b: Arc<dyn Backend>) {
+    publish_n(&b, "slow", 1, |_| None).await;
+    for keep in [true, false] {
+        let group = if keep { "keeping" } else { "not-keeping" };
+        let attempts: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let a = attempts.clone();
+        let handler = handler_fn(move |req: Request| {
+            a.lock().unwrap().push(req.attempt());
+            async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok(Outcome::Ack)
+            }
+        });
+        let o = SubscribeOptions::new("slow")
+            .group(group)
+            .start(StartPosition::Earliest)
+            .visibility_timeout(Duration::from_secs(2));
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            s.cancel();
+        });
+        Router::new(b.clone())
+            .add_route(Route::new(o, handler).keep_leases(keep))
+            .run(stop)
+            .await
+            .unwrap();
+        let attempts = attempts.lock().unwrap().clone();
+        if keep {
+            assert_eq!(attempts, vec![1], "handled once, lease kept");
+        } else {
+            assert!(
+                attempts.len() > 1,
+                "lease expired and redelivered: {attempts:?}"
+            );
+        }
+    }
+}
+
 on_every_backend!(
     messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel,
     route_needing_a_missing_capability_fails_before_consuming_anything,
@@ -386,4 +426,5 @@ on_every_backend!(
     without_backend_dead_letters_the_router_publishes_rejects_itself,
     request_reply_round_trip_carries_the_correlation_id,
     run_returns_when_the_backend_closes,
+    slow_handler_keeps_its_lease_and_is_not_raced_by_a_redelivery,
 );

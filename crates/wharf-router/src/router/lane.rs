@@ -6,9 +6,11 @@
 //! handler finishes (settlement is per message, so lanes finishing out of
 //! order never acknowledges a message that was not handled).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -28,6 +30,7 @@ pub(crate) async fn run_lane<S>(
     ctx: Context,
     counters: Arc<LaneCounters>,
     window: Arc<Semaphore>,
+    lease: Option<Duration>,
 ) where
     S: Service<Request, Response = Outcome, Error = HandlerError>,
 {
@@ -46,10 +49,14 @@ pub(crate) async fn run_lane<S>(
                 Ok(()) => {
                     let req = Request::new(message, delivery.info().clone(), ctx.clone());
                     match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
-                        Ok(fut) => AssertUnwindSafe(fut)
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|p| panicked(&counters, &*p)),
+                        Ok(fut) => {
+                            let fut = AssertUnwindSafe(fut).catch_unwind();
+                            match lease {
+                                None => fut.await,
+                                Some(lease) => keep_lease(&delivery, lease, fut).await,
+                            }
+                            .unwrap_or_else(|p| panicked(&counters, &*p))
+                        }
                         Err(p) => panicked(&counters, &*p),
                     }
                 }
@@ -68,6 +75,24 @@ pub(crate) async fn run_lane<S>(
         }
         // Free the batch's slots in the route's in-flight window at once.
         window.add_permits(settled);
+    }
+}
+
+/// Awaits `fut`, extending the delivery's lease by `lease` every half
+/// lease, so a slow handler is not raced by a redelivery of its message.
+async fn keep_lease<F: Future>(delivery: &Delivery, lease: Duration, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    let every = (lease / 2).max(Duration::from_millis(1));
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            () = tokio::time::sleep(every) => {
+                if let Err(e) = delivery.extend(lease).await {
+                    tracing::debug!(error = %e, "extending a lease failed");
+                }
+            }
+        }
     }
 }
 

@@ -68,6 +68,7 @@ pub struct Route<S> {
     fetch_batch: usize,
     requires: Vec<Capability>,
     gate: Option<Arc<dyn FetchGate>>,
+    keep_leases: bool,
 }
 
 impl<S> Route<S>
@@ -85,7 +86,17 @@ where
             fetch_batch: 64,
             requires: Vec::new(),
             gate: None,
+            keep_leases: true,
         }
+    }
+
+    /// Whether to extend the lease of a delivery while its handler runs
+    /// (every half visibility timeout). On by default; it applies only when
+    /// the options set a visibility timeout and the backend has
+    /// [`Capability::ExtendLease`].
+    pub fn keep_leases(mut self, on: bool) -> Self {
+        self.keep_leases = on;
+        self
     }
 
     /// Number of ordered lanes (≥ 1): how many messages with different keys
@@ -205,6 +216,10 @@ where
         let window = Arc::new(Semaphore::new(
             route.options.max_in_flight_limit().max(batch),
         ));
+        let lease = route
+            .options
+            .visibility_timeout_value()
+            .filter(|_| route.keep_leases && ctx.capabilities().contains(Capability::ExtendLease));
         for _ in 0..route.lanes {
             let (tx, rx) = mpsc::channel(route.lane_capacity);
             let c = Arc::new(LaneCounters::default());
@@ -214,6 +229,7 @@ where
                 ctx.clone(),
                 c.clone(),
                 window.clone(),
+                lease,
             )));
             senders.push(tx);
             counters.push(c);
