@@ -16,6 +16,49 @@
 //!
 //! The router and middleware only see `wharf-core` traits: they never name
 //! a concrete backend.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tokio_util::sync::CancellationToken;
+//! use tower::ServiceBuilder;
+//! use wharf_core::{Backend, Message, StartPosition, SubscribeOptions};
+//! use wharf_router::dead_letter::DeadLetterLayer;
+//! use wharf_router::retry::RetryLayer;
+//! use wharf_router::{handler_fn, DefaultLayer, HandlerError, Outcome, Request, Router};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), wharf_core::Error> {
+//! let backend: Arc<dyn Backend> = Arc::new(wharf_memory::MemoryBackend::new());
+//! backend.publish("greetings", Message::new("hello")).await?;
+//!
+//! let stop = CancellationToken::new();
+//! let done = stop.clone();
+//! let handler = handler_fn(move |req: Request| {
+//!     let done = done.clone();
+//!     async move {
+//!         assert_eq!(&req.message().payload()[..], b"hello");
+//!         done.cancel(); // one message is enough for this example
+//!         Ok::<_, HandlerError>(Outcome::Ack)
+//!     }
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(DefaultLayer::new()) // span, metrics, panic recovery
+//!     .layer(DeadLetterLayer::new()) // permanent failures to dlq.greetings
+//!     .layer(RetryLayer::new().max_attempts(3)) // retryable failures, with backoff
+//!     .service(handler);
+//!
+//! let report = Router::new(backend)
+//!     .shutdown_timeout(Duration::from_secs(5))
+//!     .route(
+//!         SubscribeOptions::new("greetings").group("greeter").start(StartPosition::Earliest),
+//!         service,
+//!     )
+//!     .run(stop)
+//!     .await?;
+//! assert_eq!(report.acked(), 1);
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 
