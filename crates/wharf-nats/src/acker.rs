@@ -126,8 +126,9 @@ impl NatsAcker {
         }
     }
 
-    /// Copies the message to the dead-letter topic, then terms it.
-    async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
+    /// Copies the message to the dead-letter topic, then terms it (when
+    /// `p.reply` is empty there is no delivery to term).
+    pub(crate) async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
         let now = now_ms();
         let first = self
             .shared
@@ -163,6 +164,9 @@ impl NatsAcker {
             .await?
             .await
             .map_err(|e| self.shared.publish_error(e))?;
+        if p.reply.is_empty() {
+            return Ok(());
+        }
         self.send(&p.reply, Bytes::from_static(b"+TERM")).await
     }
 }

@@ -92,7 +92,7 @@ impl NatsBackend {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
-        js.get_or_create_stream(stream::Config {
+        let stream_config = stream::Config {
             name: config.stream.clone(),
             subjects: vec![format!("{}.>", config.prefix)],
             storage: stream::StorageType::File,
@@ -100,9 +100,22 @@ impl NatsBackend {
             max_age: config.max_age,
             duplicate_window: config.duplicate_window,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| backend("create stream", e))?;
+        };
+        // NATS 2.9 can fail a stream create with "could not create storage
+        // directory" while another client deletes the account's last stream
+        // (it removes the directory); a retry succeeds.
+        let mut attempt = 0;
+        loop {
+            match js.get_or_create_stream(stream_config.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 3 && e.to_string().contains("code 500") => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "retrying nats stream create");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(backend("create stream", e)),
+            }
+        }
         let max_payload = client.server_info().max_payload;
         let (closed, _) = watch::channel(false);
         Ok(NatsBackend {

@@ -16,7 +16,7 @@
 //! | offset | the stream sequence: increasing within a topic, but with gaps (the stream is shared by all topics of the namespace) |
 //! | `ack` / `nack` / `nack_with_delay` | `+ACK` / `-NAK` / `-NAK {"delay": ns}` |
 //! | `reject(reason)` | the message is copied to `dlq.<topic>` (or the subscription's dead-letter topic) with the `wharf-dlq-*` headers, then `+TERM` |
-//! | `max_deliveries(n)` | `MaxDeliver = n`; JetStream only stops redelivering, so a nack (or drop) on attempt `n` dead-letters the message and terms it |
+//! | `max_deliveries(n)` | `MaxDeliver = n`; JetStream only stops redelivering, so a nack (or drop) on attempt `n` dead-letters the message and terms it, and when the lease of attempt `n` lapses, the group's subscriptions dead-letter it on the `MAX_DELIVERIES` advisory (one copy, by Msg-Id) |
 //! | visibility timeout | `AckWait` (default 30 s) |
 //! | `extend(by)` | `+WPI` (resets AckWait), repeated every AckWait/2 until `by` has passed or the delivery is settled |
 //! | dropping a delivery | `-NAK` (counts as an attempt, dead-letters on the last one) |
@@ -38,9 +38,6 @@
 //!   guaranteed for a group.
 //! - `Backpressure`: JetStream stores regardless of consumers (the stream's
 //!   limits discard old messages instead).
-//! - Lease expiry on the *last* attempt: JetStream stops redelivering after
-//!   `MaxDeliver` and we only learn of it through an advisory, so such a
-//!   message is not dead-lettered (nacks, rejects and drops are).
 //!
 //! # A NATS 2.9 quirk this crate works around
 //! When a nacked message is redelivered into a pull request whose inbox has

@@ -136,7 +136,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
             shared.stream, consumer_name
         ),
         backend_closed: shared.closed.subscribe(),
-        shared,
+        shared: shared.clone(),
         acker,
         consumer: consumer_name,
         ephemeral: group.is_none(),
@@ -145,6 +145,24 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         tx,
         stop: stop_rx,
     };
+    if let (Some(_), Some(max)) = (&group, opts.max_deliveries_limit()) {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            shared.stream, puller.consumer
+        );
+        let advisories = shared
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| unavailable("subscribe", e))?;
+        tokio::spawn(dead_letter_lapsed(
+            puller.acker.clone(),
+            advisories,
+            max,
+            stop_tx.subscribe(),
+            shared.closed.subscribe(),
+        ));
+    }
     tokio::spawn(puller.run());
     Ok(Subscription::new(NatsStream {
         rx,
@@ -203,6 +221,11 @@ impl Inbox {
     /// Records that a pull request is about to be sent; `false` if the inbox
     /// is already shut (then nothing may be sent). Done under the inbox lock,
     /// so a release after [`Inbox::shut`] always sees the last request.
+    ///
+    /// The server starts a request's expiry when it receives it, which under
+    /// load can be well after sending: this first assumes the worst (2 s
+    /// late), and [`Inbox::request_received`] tightens it once a flush has
+    /// proven the server got the request.
     fn note_request(&self) -> bool {
         let slot = self.sub.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -213,8 +236,18 @@ impl Inbox {
             .request_until
             .lock()
             .unwrap_or_else(|e| e.into_inner()) =
-            Some(tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(100));
+            Some(tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2));
         true
+    }
+
+    /// The server has the last request (a flush after it returned).
+    fn request_received(&self) {
+        *self
+            .acker
+            .request_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(100));
     }
 
     async fn next(&self) -> Option<async_nats::Message> {
@@ -267,6 +300,62 @@ async fn ensure_consumer(shared: &Shared, config: pull::Config) -> Result<String
         .map_err(|e| backend("consumer info", e))?
         .name
         .clone())
+}
+
+/// Dead-letters messages whose last allowed attempt lapsed (AckWait expired):
+/// JetStream only stops redelivering them and says so in a MAX_DELIVERIES
+/// advisory. Every member of the group sees the advisory; the copies share
+/// one Msg-Id, so the dead-letter topic stores it once.
+async fn dead_letter_lapsed(
+    acker: Arc<NatsAcker>,
+    mut advisories: async_nats::Subscriber,
+    max: u32,
+    mut stop: watch::Receiver<bool>,
+    mut closed: watch::Receiver<bool>,
+) {
+    loop {
+        let advisory = tokio::select! {
+            _ = stopped(&mut stop, &mut closed) => break,
+            m = advisories.next() => m,
+        };
+        let Some(advisory) = advisory else { break };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&advisory.payload) else {
+            continue;
+        };
+        let (Some(seq), Some(deliveries)) = (
+            v.get("stream_seq").and_then(serde_json::Value::as_u64),
+            v.get("deliveries").and_then(serde_json::Value::as_u64),
+        ) else {
+            continue;
+        };
+        let shared = &acker.shared;
+        let raw = match shared.js.get_stream_no_info(&shared.stream).await {
+            Ok(stream) => stream.get_raw_message(seq).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "nats stream lookup for a lapsed message failed");
+                continue;
+            }
+        };
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::warn!(error = %e, seq, "reading a lapsed nats message failed");
+                continue;
+            }
+        };
+        let p = Pending {
+            reply: String::new(),
+            message: wire::decode(Some(&raw.headers), raw.payload),
+            topic: Arc::from(shared.topic_of(raw.subject.as_str())),
+            seq,
+            attempt: u32::try_from(deliveries).unwrap_or(u32::MAX),
+            keeper: None,
+        };
+        let reason = format!("max deliveries ({max}) exceeded: lease expired");
+        if let Err(e) = acker.dead_letter(p, &reason).await {
+            tracing::warn!(error = %e, seq, "dead-lettering a lapsed nats message failed");
+        }
+    }
 }
 
 /// The task pulling one subscription's messages.
@@ -350,6 +439,9 @@ impl Puller {
             tracing::warn!(error = %e, "nats pull request failed");
             tokio::time::sleep(Duration::from_millis(200)).await;
             return (n, PullEnd::Done);
+        }
+        if self.shared.client.flush().await.is_ok() {
+            self.inbox_sub.request_received();
         }
         let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
         let mut left = n;

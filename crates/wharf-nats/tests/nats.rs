@@ -70,6 +70,47 @@ async fn dropping_on_the_last_attempt_dead_letters_the_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut dead = b
+        .subscribe(
+            SubscribeOptions::new(dead_letter_topic("slow"))
+                .group("ops")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe dlq");
+    let opts = SubscribeOptions::new("slow")
+        .group("g")
+        .max_deliveries(1)
+        .visibility_timeout(Duration::from_millis(500));
+    let mut sub = b.subscribe(opts).await.expect("subscribe");
+    let r = b
+        .publish("slow", Message::new("hangs"))
+        .await
+        .expect("publish");
+    let held = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivery")
+        .expect("open")
+        .expect("ok");
+    let dl = tokio::time::timeout(WAIT, dead.next())
+        .await
+        .expect("dead letter")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(dl.message().id(), r.id);
+    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
+    dl.ack().await.expect("ack");
+    let again = tokio::time::timeout(Duration::from_millis(800), sub.next()).await;
+    assert!(again.is_err(), "redelivered past max_deliveries");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {
     let Some(ns) = service::Namespace::new().await else {
         return;
