@@ -415,6 +415,36 @@ async fn slow_handler_keeps_its_lease_and_is_not_raced_by_a_redelivery(b: Arc<dy
     }
 }
 
+async fn keyless_slow_handlers_use_every_lane_even_with_a_small_window(b: Arc<dyn Backend>) {
+    publish_n(&b, "io", 64, |_| None).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (d, st) = (done.clone(), stop.clone());
+    let handler = handler_fn(move |_req: Request| {
+        let (d, st) = (d.clone(), st.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if d.fetch_add(1, Ordering::SeqCst) + 1 == 64 {
+                st.cancel();
+            }
+            Ok(Outcome::Ack)
+        }
+    });
+    let start = tokio::time::Instant::now();
+    let report = Router::new(b)
+        .add_route(Route::new(opts("io").max_in_flight(16), handler).lanes(8))
+        .run(stop)
+        .await
+        .unwrap();
+    assert_eq!(report.acked(), 64);
+    // 8 lanes busy all the time: 64 × 100 ms / 8 = 800 ms (+ a fetch round).
+    assert!(
+        start.elapsed() <= Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 on_every_backend!(
     messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel,
     route_needing_a_missing_capability_fails_before_consuming_anything,
@@ -427,4 +457,5 @@ on_every_backend!(
     request_reply_round_trip_carries_the_correlation_id,
     run_returns_when_the_backend_closes,
     slow_handler_keeps_its_lease_and_is_not_raced_by_a_redelivery,
+    keyless_slow_handlers_use_every_lane_even_with_a_small_window,
 );

@@ -206,9 +206,11 @@ where
         let mut senders = Vec::with_capacity(route.lanes);
         let mut lanes = Vec::with_capacity(route.lanes);
         let mut counters = Vec::with_capacity(route.lanes);
+        // At most a quarter of the in-flight window per fetch, so several
+        // fetched batches are in the lanes at once even with a small window.
         let batch = route
             .fetch_batch
-            .min(route.options.max_in_flight_limit())
+            .min(route.options.max_in_flight_limit() / 4)
             .max(1);
         // The router's own in-flight window, the size of the subscription's:
         // the fetch task takes a whole batch of slots before fetching, so it
@@ -241,6 +243,7 @@ where
             Fetch {
                 senders,
                 batch,
+                keyless_run: (batch / route.lanes).clamp(1, KEYLESS_RUN),
                 window,
                 gate: route.gate,
                 stop,
@@ -261,7 +264,8 @@ where
     }
 }
 
-/// How many keyless messages in a row go to one lane.
+/// Most keyless messages in a row that go to one lane (fewer when a fetched
+/// batch would not reach every lane).
 const KEYLESS_RUN: usize = 8;
 
 /// FNV-1a: a fast, stable hash for picking a key's lane.
@@ -278,6 +282,7 @@ pub(crate) fn lane_of(key: &[u8], lanes: usize) -> usize {
 struct Fetch {
     senders: Vec<mpsc::Sender<Vec<Delivery>>>,
     batch: usize,
+    keyless_run: usize,
     window: Arc<Semaphore>,
     gate: Option<Arc<dyn FetchGate>>,
     stop: CancellationToken,
@@ -290,6 +295,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
     let Fetch {
         senders,
         batch,
+        keyless_run,
         window,
         gate,
         stop,
@@ -356,7 +362,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
                     // channel sends and wake-ups than one lane per message,
                     // still spread over every lane.
                     keyless_in_run += 1;
-                    if keyless_in_run > KEYLESS_RUN {
+                    if keyless_in_run > keyless_run {
                         keyless_in_run = 1;
                         next_keyless = (next_keyless + 1) % lanes;
                     }
@@ -483,6 +489,8 @@ impl Router {
     /// a capability the backend lacks (derived from its subscribe options,
     /// plus [`Route::requires`]); option validation and subscribe errors.
     pub async fn run(self, stop: CancellationToken) -> Result<ShutdownReport> {
+        // Our own token, so ending by ourselves never cancels the caller's.
+        let stop = stop.child_token();
         let caps = self.backend.capabilities();
         let name = self.backend.name();
         for r in &self.routes {
