@@ -243,7 +243,7 @@ where
             Fetch {
                 senders,
                 batch,
-                keyless_run: (batch / route.lanes).clamp(1, KEYLESS_RUN),
+                keyless_run: (2 * batch / route.lanes).clamp(1, KEYLESS_RUN),
                 window,
                 gate: route.gate,
                 stop,
