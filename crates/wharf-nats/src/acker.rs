@@ -40,9 +40,9 @@ pub(crate) struct NatsAcker {
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) next_token: AtomicU64,
     pub(crate) runtime: tokio::runtime::Handle,
-    /// Dropped deliveries waiting to be nacked, in the order they were dropped.
+    /// Dropped deliveries waiting to be nacked (lowest stream sequence first).
     pub(crate) release_queue: Mutex<std::collections::VecDeque<Pending>>,
-    /// Held while draining `release_queue`, so naks go out in drop order
+    /// Held while draining `release_queue`, so naks go out in stream order
     /// (independent tasks could reorder them, and JetStream redelivers in nak order).
     pub(crate) release_lock: tokio::sync::Mutex<()>,
     /// Set once the subscription's inbox is gone. NATS 2.9
@@ -249,7 +249,8 @@ impl Acker for NatsAcker {
 }
 
 impl NatsAcker {
-    /// Nacks `p` (counting as a failed attempt) after every earlier release.
+    /// Nacks `p` (counting as a failed attempt) in a background drain that
+    /// sends queued releases lowest stream sequence first.
     pub(crate) fn requeue(&self, p: Pending) {
         self.release_queue
             .lock()
@@ -269,11 +270,18 @@ impl NatsAcker {
             }
         }
         loop {
-            let next = self
-                .release_queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
+            // Lowest stream sequence first: after a close, the puller's
+            // unread messages are queued before deliveries the application
+            // drops later, yet must come back after them.
+            let next = {
+                let mut q = self.release_queue.lock().unwrap_or_else(|e| e.into_inner());
+                let first = q
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, p)| p.seq)
+                    .map(|(i, _)| i);
+                first.and_then(|i| q.remove(i))
+            };
             let Some(p) = next else { break };
             if let Err(e) = self.fail(p, Duration::ZERO).await {
                 tracing::warn!(error = %e, "releasing a dropped nats delivery failed");
