@@ -230,11 +230,16 @@ impl Request {
 
     /// Adds the trace context and correlation id of this request to an
     /// outgoing message, unless the message already has its own.
+    ///
+    /// The `traceparent` written is this request's trace: the handling
+    /// span's context when [`crate::trace::TraceLayer`] set one (so the
+    /// outgoing message's parent is the consumer span), else the incoming
+    /// header passed through unchanged.
     pub fn propagate_to(&self, outgoing: &mut Message) {
         let headers = outgoing.headers_mut();
         if !headers.contains(header::TRACEPARENT) {
             if let Some(tc) = self.trace() {
-                headers.insert(header::TRACEPARENT, tc.child().to_string());
+                headers.insert(header::TRACEPARENT, tc.to_string());
                 if let Some(state) = self.message.headers().get(header::TRACESTATE) {
                     headers.insert(header::TRACESTATE, state);
                 }

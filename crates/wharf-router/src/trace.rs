@@ -254,6 +254,7 @@ mod tests {
     use super::*;
     use crate::testing::{call, ctx};
     use crate::{handler_fn, Request};
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn traceparent_round_trips_and_rejects_malformed() {
@@ -273,7 +274,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn published_messages_carry_the_consumed_trace_id_with_a_new_span() {
+    async fn published_messages_carry_the_trace_id_with_the_consumer_span_as_parent() {
         let (c, published) = ctx();
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let msg = Message::builder()
@@ -281,9 +282,14 @@ mod tests {
             .header(header::TRACESTATE, "vendor=1")
             .header(header::CORRELATION_ID, "corr-1")
             .build();
-        let svc = TraceLayer::new().layer(handler_fn(|req: Request| async move {
-            req.publish("out", Message::new("x")).await?;
-            Ok(Outcome::Ack)
+        let consumer_span: Arc<Mutex<Option<TraceContext>>> = Arc::default();
+        let seen = consumer_span.clone();
+        let svc = TraceLayer::new().layer(handler_fn(move |req: Request| {
+            *seen.lock().unwrap() = req.trace();
+            async move {
+                req.publish("out", Message::new("x")).await?;
+                Ok(Outcome::Ack)
+            }
         }));
         assert_eq!(
             call(svc, Request::test("in", msg, c)).await.unwrap(),
@@ -296,6 +302,7 @@ mod tests {
         let parent = TraceContext::parse(incoming).unwrap();
         assert_eq!(tp.trace_id, parent.trace_id);
         assert_ne!(tp.span_id, parent.span_id);
+        assert_eq!(Some(tp), *consumer_span.lock().unwrap());
         assert_eq!(h.get(header::TRACESTATE), Some("vendor=1"));
         assert_eq!(h.get(header::CORRELATION_ID), Some("corr-1"));
     }
@@ -324,5 +331,18 @@ mod tests {
         let b = TraceContext::new_root();
         assert_ne!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, a.child().span_id);
+    }
+
+    #[tokio::test]
+    async fn without_the_layer_the_incoming_traceparent_passes_through() {
+        let (c, published) = ctx();
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let msg = Message::builder()
+            .header(header::TRACEPARENT, incoming)
+            .build();
+        let req = Request::test("in", msg, c);
+        req.publish("out", Message::new("x")).await.unwrap();
+        let out = published.published();
+        assert_eq!(out[0].1.headers().get(header::TRACEPARENT), Some(incoming));
     }
 }
