@@ -53,7 +53,7 @@ pub fn delete_all_blocking(config: RedisConfig) {
                     if let Err(e) = b.delete_all().await {
                         eprintln!("cleanup: {e}");
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
                 }
             }
         });
