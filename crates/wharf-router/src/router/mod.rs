@@ -389,7 +389,14 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
     }
 }
 
-/// Binds handlers to subscriptions and runs them; see the [module docs](self).
+/// Binds handlers to subscriptions and runs them.
+///
+/// Per route, one fetch task pulls deliveries in batches and hashes each
+/// message's key to one of N ordered lanes (keyless messages go round-robin);
+/// each lane handles its messages in order and settles each as soon as its
+/// handler is done. Shutdown stops fetching, drains what was fetched up to
+/// [`Router::shutdown_timeout`], then drops the rest unsettled so the backend
+/// redelivers it, and returns a [`ShutdownReport`].
 ///
 /// ```no_run
 /// # async fn demo(backend: std::sync::Arc<dyn wharf_core::Backend>) -> Result<(), wharf_core::Error> {
