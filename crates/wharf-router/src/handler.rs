@@ -48,10 +48,12 @@ where
     type Error = HandlerError;
     type Future = Fut;
 
+    #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request) -> Fut {
         (self.f)(req)
     }
@@ -119,10 +121,12 @@ where
     type Error = HandlerError;
     type Future = Either<Ready<HandlerResult>, Fut>;
 
+    #[inline]
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         Poll::Ready(Ok(()))
     }
 
+    #[inline]
     fn call(&mut self, req: Request) -> Self::Future {
         match self.codec.decode(req.message().payload()) {
             Ok(value) => Either::Right((self.f)(value, req)),

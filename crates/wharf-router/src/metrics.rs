@@ -82,6 +82,7 @@ impl MetricsLayer {
 
 impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
+    #[inline]
     fn layer(&self, inner: S) -> Metrics<S> {
         Metrics {
             inner,
@@ -123,10 +124,12 @@ where
     type Error = HandlerError;
     type Future = MetricsFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request) -> Self::Future {
         MetricsFuture {
             inner: self.inner.call(req),
@@ -148,6 +151,7 @@ pin_project! {
 
 impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for MetricsFuture<F> {
     type Output = F::Output;
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));

@@ -43,6 +43,7 @@ impl RecoverLayer {
 
 impl<S> Layer<S> for RecoverLayer {
     type Service = Recover<S>;
+    #[inline]
     fn layer(&self, inner: S) -> Recover<S> {
         Recover { inner }
     }
@@ -62,10 +63,12 @@ where
     type Error = HandlerError;
     type Future = RecoverFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request) -> Self::Future {
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(fut) => RecoverFuture {
@@ -91,6 +94,7 @@ pin_project! {
 
 impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for RecoverFuture<F> {
     type Output = F::Output;
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.inner.as_pin_mut() {

@@ -40,6 +40,7 @@ impl DefaultLayer {
 
 impl<S> Layer<S> for DefaultLayer {
     type Service = Trace<Metrics<Recover<S>>>;
+    #[inline]
     fn layer(&self, inner: S) -> Self::Service {
         TraceLayer::new().layer(self.metrics.layer(RecoverLayer::new().layer(inner)))
     }

@@ -172,6 +172,7 @@ impl TraceLayer {
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
+    #[inline]
     fn layer(&self, inner: S) -> Trace<S> {
         Trace { inner }
     }
@@ -191,10 +192,12 @@ where
     type Error = HandlerError;
     type Future = TraceFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request) -> Self::Future {
         let span = tracing::info_span!(
             "wharf.handle",
@@ -242,6 +245,7 @@ pin_project! {
 
 impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for TraceFuture<F> {
     type Output = F::Output;
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.as_ref().map(tracing::Span::enter);
