@@ -170,7 +170,12 @@ END
 FROM {s}.topics t WHERE t.topic ~ $2
 ON CONFLICT DO NOTHING"#
             ),
-            lock_group: format!("SELECT gid FROM {s}.groups WHERE gid = $1 FOR UPDATE"),
+            // A transaction-scoped advisory lock (no row lock, so no WAL write
+            // and no fsync when there is nothing new) serialises materialising.
+            lock_group: format!(
+                "SELECT EXISTS (SELECT 1 FROM {s}.groups WHERE gid = $1) \
+                 FROM (SELECT pg_advisory_xact_lock(hashtext('{s}'), $1::int)) AS l"
+            ),
             discover_topics: format!(
                 "INSERT INTO {s}.cursors (gid, topic, last_offset) \
                  SELECT $1, topic, -1 FROM {s}.topics WHERE topic ~ $2 ON CONFLICT DO NOTHING"

@@ -106,6 +106,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
         stop: stop.subscribe(),
         closed: inner.closed.subscribe(),
         wake: inner.wake.subscribe(),
+        rounds: std::sync::atomic::AtomicU64::new(0),
     };
     let handle = tokio::spawn(fetcher.run());
     Ok(Subscription::new(PgStream {
@@ -137,6 +138,7 @@ struct Fetcher {
     stop: watch::Receiver<bool>,
     closed: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Fetcher {
@@ -205,12 +207,12 @@ impl Fetcher {
     async fn fetch(&self, room: usize) -> Result<Vec<Claimed>> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
-        let locked: Option<i64> = sqlx::query_scalar(&sql.lock_group)
+        let exists: bool = sqlx::query_scalar(&sql.lock_group)
             .bind(self.gid)
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        if locked.is_none() {
+        if !exists {
             return Err(Error::Closed {
                 what: "consumer group (deleted)",
             });
@@ -226,11 +228,18 @@ impl Fetcher {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        sqlx::query(&sql.sweep_expired)
-            .bind(self.gid)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        if self
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 64
+            == 0
+        {
+            sqlx::query(&sql.sweep_expired)
+                .bind(self.gid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         tx.commit().await.map_err(db_err)?;
         let rows = sqlx::query(&sql.claim)
             .bind(self.gid)
@@ -401,9 +410,13 @@ fn unknown(token: u64) -> Error {
 
 impl Settler {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        // An ack makes nothing new available: no need to wake the fetchers.
+        let wake = !matches!(settlement, Settlement::Ack);
         let r = self.settle_inner(token, settlement).await;
         self.sem.add_permits(1);
-        self.inner.bump();
+        if wake {
+            self.inner.bump();
+        }
         r
     }
 
