@@ -134,8 +134,8 @@ impl RedisAcker {
             Mode::Group { group, consumer } => {
                 let due =
                     now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                let parked: i64 = redis::cmd("EVALSHA")
-                    .arg(&self.shared.shas.park)
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(&self.shared.shas.park)
                     .arg(2)
                     .arg(self.shared.stream_key(&p.topic))
                     .arg(self.shared.retry_key(&p.topic, group))
@@ -143,10 +143,11 @@ impl RedisAcker {
                     .arg(consumer)
                     .arg(&p.entry_id)
                     .arg(p.attempt)
-                    .arg(due)
-                    .query_async(&mut self.shared.conn.clone())
-                    .await
-                    .map_err(|e| map("nack", e))?;
+                    .arg(due);
+                let parked: i64 = self
+                    .shared
+                    .eval(&mut self.shared.conn.clone(), &cmd, "nack")
+                    .await?;
                 Ok(parked == 1)
             }
         }

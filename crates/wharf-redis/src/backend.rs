@@ -156,7 +156,41 @@ impl RedisBackend {
     }
 }
 
+/// Whether `e` says the server has lost the scripts (restart, `SCRIPT FLUSH`).
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
 impl Shared {
+    /// Loads the scripts again (their SHA1s do not change).
+    async fn reload_scripts(&self, conn: &mut MultiplexedConnection) -> Result<()> {
+        for script in [
+            scripts::PUBLISH,
+            scripts::CLAIM_DUE,
+            scripts::CLAIM_EXPIRED,
+            scripts::PARK,
+        ] {
+            load(conn, script).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs an `EVALSHA` command, reloading the scripts once if Redis lost them.
+    pub(crate) async fn eval<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cmd: &redis::Cmd,
+        what: &'static str,
+    ) -> Result<T> {
+        match cmd.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                self.reload_scripts(conn).await?;
+                cmd.query_async(conn).await.map_err(|e| map(what, e))
+            }
+            r => r.map_err(|e| map(what, e)),
+        }
+    }
+
     pub(crate) fn stream_key(&self, topic: &str) -> String {
         format!("{}:s:{topic}", self.prefix)
     }
@@ -216,11 +250,8 @@ impl Shared {
 
     /// Publishes without dedup (dead-letter copies): returns the stream id.
     pub(crate) async fn append(&self, topic: &str, message: &Message) -> Result<String> {
-        let v: Value = self
-            .publish_cmd(topic, message, false)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| map("publish", e))?;
+        let cmd = self.publish_cmd(topic, message, false);
+        let v: Value = self.eval(&mut self.conn.clone(), &cmd, "publish").await?;
         parse_publish(&v).map(|(id, _)| id)
     }
 }
@@ -256,11 +287,8 @@ impl Publisher for RedisBackend {
         s.check_open()?;
         name::validate_topic(topic)?;
         s.check(&message)?;
-        let v: Value = s
-            .publish_cmd(topic, &message, true)
-            .query_async(&mut s.conn.clone())
-            .await
-            .map_err(|e| map("publish", e))?;
+        let cmd = s.publish_cmd(topic, &message, true);
+        let v: Value = s.eval(&mut s.conn.clone(), &cmd, "publish").await?;
         receipt(&message, &v)
     }
 
@@ -278,10 +306,17 @@ impl Publisher for RedisBackend {
         for m in &messages {
             pipe.add_command(s.publish_cmd(topic, m, true));
         }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut s.conn.clone())
-            .await
-            .map_err(|e| map("publish batch", e))?;
+        let mut conn = s.conn.clone();
+        // A retry after NOSCRIPT is safe: every message is deduplicated by id.
+        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
+            Err(e) if is_noscript(&e) => {
+                s.reload_scripts(&mut conn).await?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| map("publish batch", e))?
+            }
+            r => r.map_err(|e| map("publish batch", e))?,
+        };
         messages
             .iter()
             .zip(replies.iter())

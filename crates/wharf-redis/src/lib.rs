@@ -26,6 +26,9 @@
 //! | TTL | checked when read: an expired entry is acked and never handed out |
 //! | limit | [`MAX_MESSAGE_BYTES`] (1 MiB) of payload + key + headers |
 //!
+//! The scripts are loaded at connect and reloaded (same SHA1) when Redis
+//! answers `NOSCRIPT` after a restart or `SCRIPT FLUSH`.
+//!
 //! A settlement of a stale delivery (its lease expired and the entry was
 //! claimed again, or it was acked) is detected by the entry's owner and
 //! delivery count and ignored, so it cannot cause a third delivery.

@@ -295,34 +295,33 @@ impl Reader {
                     }
                     let (topic, key) = (self.streams[i].topic.clone(), self.streams[i].key.clone());
                     let retry = self.shared.retry_key(&topic, &group);
-                    let due: Value = redis::cmd("EVALSHA")
-                        .arg(&self.shared.shas.claim_due)
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&self.shared.shas.claim_due)
                         .arg(2)
                         .arg(&key)
                         .arg(&retry)
                         .arg(&group)
                         .arg(&consumer)
                         .arg(Timestamp::now().as_millis())
-                        .arg(n - used)
-                        .query_async(&mut self.conn)
-                        .await
-                        .map_err(|e| map("claim due", e))?;
+                        .arg(n - used);
+                    let due: Value = self.shared.eval(&mut self.conn, &cmd, "claim due").await?;
                     for (e, count) in wire::claimed_reply(&due)? {
                         used += usize::from(self.deliver(&topic, e, count).await);
                     }
                     if used < n && reclaim {
-                        let expired: Value = redis::cmd("EVALSHA")
-                            .arg(&self.shared.shas.claim_expired)
+                        let mut cmd = redis::cmd("EVALSHA");
+                        cmd.arg(&self.shared.shas.claim_expired)
                             .arg(2)
                             .arg(&key)
                             .arg(&retry)
                             .arg(&group)
                             .arg(&consumer)
                             .arg(lease_ms)
-                            .arg(n - used)
-                            .query_async(&mut self.conn)
-                            .await
-                            .map_err(|e| map("claim expired", e))?;
+                            .arg(n - used);
+                        let expired: Value = self
+                            .shared
+                            .eval(&mut self.conn, &cmd, "claim expired")
+                            .await?;
                         for (e, count) in wire::claimed_reply(&expired)? {
                             used += usize::from(self.expired_lease(&topic, e, count).await);
                         }
