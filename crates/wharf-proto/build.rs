@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::WharfCodec")
+        .bytes(".")
         .compile_fds(fds)?;
     Ok(())
 }

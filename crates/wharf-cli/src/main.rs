@@ -28,6 +28,9 @@ struct Cli {
     /// Bearer token for client commands.
     #[arg(long, env = "WHARF_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate to trust for an https:// URL.
+    #[arg(long, env = "WHARF_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -45,9 +48,15 @@ enum Command {
         /// Address to listen on (HTTP and gRPC).
         #[arg(long, default_value = wharf_server::DEFAULT_LISTEN)]
         listen: SocketAddr,
-        /// TOML config file (tokens, limits).
+        /// TOML config file (tokens, limits, TLS).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// PEM certificate chain: serve HTTPS and gRPC over TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
@@ -69,13 +78,20 @@ enum Command {
 /// Connection settings shared by client commands.
 pub(crate) struct Conn {
     pub(crate) url: String,
+    pub(crate) ca_cert: Option<PathBuf>,
     pub(crate) token: Option<String>,
     pub(crate) json: bool,
 }
 
 impl Conn {
     pub(crate) async fn client(&self) -> anyhow::Result<wharf_client::Client> {
-        wharf_client::Client::connect(&self.url, self.token.as_deref())
+        let ca = match &self.ca_cert {
+            Some(p) => {
+                Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+            }
+            None => None,
+        };
+        wharf_client::Client::connect_with(&self.url, self.token.as_deref(), ca.as_deref())
             .await
             .with_context(|| format!("cannot use the server at {}", self.url))
     }
@@ -102,6 +118,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = Conn {
         url: cli.url,
+        ca_cert: cli.ca_cert,
         token: cli.token,
         json: cli.json,
     };
@@ -110,7 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             config,
-        } => serve(data_dir, listen, config).await,
+            tls_cert,
+            tls_key,
+        } => serve(data_dir, listen, config, tls_cert.zip(tls_key)).await,
         Command::Topic(c) => admin::topic(&conn, c).await,
         Command::Pub(a) => pubsub::publish(&conn, a).await,
         Command::Sub(a) => pubsub::subscribe(&conn, a).await,
@@ -124,17 +143,22 @@ async fn serve(
     data_dir: PathBuf,
     listen: SocketAddr,
     config: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
     let mut cfg = wharf_server::ServerConfig::new(&data_dir);
     cfg.listen = listen;
     if let Some(path) = &config {
         cfg = cfg.with_file(path)?;
     }
+    if tls.is_some() {
+        cfg.tls = tls;
+    }
     let auth = if cfg.tokens.is_empty() { "off" } else { "on" };
     let server = wharf_server::Server::bind(cfg).await?;
     let addr = server.local_addr()?;
+    let scheme = if server.is_tls() { "https" } else { "http" };
     println!(
-        "wharf listening on http://{addr} (HTTP/JSON and gRPC), data in {}, auth {auth}",
+        "wharf listening on {scheme}://{addr} (HTTP/JSON and gRPC), data in {}, auth {auth}",
         data_dir.display()
     );
     server.serve(wharf_server::shutdown_signal()).await?;

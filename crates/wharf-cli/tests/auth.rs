@@ -267,7 +267,7 @@ async fn grpc_codes(url: &str, token: Option<&str>) -> Vec<(&'static str, Code)>
                 c.publish(v1::PublishRequest {
                     topic: TOPIC.into(),
                     messages: vec![v1::Message {
-                        payload: b"x".to_vec(),
+                        payload: b"x".to_vec().into(),
                         ..Default::default()
                     }],
                 })

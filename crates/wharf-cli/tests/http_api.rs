@@ -382,7 +382,7 @@ async fn bad_input_gets_the_right_status_and_stores_nothing() {
     let big = wharf_client::proto::PublishRequest {
         topic: "http.bad".into(),
         messages: vec![wharf_client::proto::Message {
-            payload: vec![b'z'; 10_000],
+            payload: vec![b'z'; 10_000].into(),
             ..Default::default()
         }],
     };

@@ -90,7 +90,21 @@ pub(crate) fn from_status(s: &tonic::Status) -> Error {
 /// # Errors
 /// As [`Client::connect`].
 pub async fn raw_client(url: &str, token: Option<&str>) -> Result<RawClient, Error> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+    raw_client_with(url, token, None).await
+}
+
+/// As [`raw_client`], trusting the PEM CA certificate `ca_pem` for an
+/// `https://` URL (needs the `tls` feature).
+///
+/// # Errors
+/// As [`Client::connect`]; [`Error::InvalidArgument`] for a CA without TLS support.
+pub async fn raw_client_with(
+    url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<RawClient, Error> {
+    #[allow(unused_mut)]
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| Error::InvalidArgument {
             name: "url",
             reason: e.to_string(),
@@ -98,7 +112,30 @@ pub async fn raw_client(url: &str, token: Option<&str>) -> Result<RawClient, Err
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20);
+    if let Some(pem) = ca_pem {
+        #[cfg(feature = "tls")]
+        {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidArgument {
+                    name: "ca_cert",
+                    reason: e.to_string(),
+                })?;
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = pem;
+            return Err(Error::InvalidArgument {
+                name: "ca_cert",
+                reason: "wharf-client was built without the `tls` feature".into(),
+            });
+        }
+    }
     let channel = endpoint.connect().await.map_err(unavailable)?;
     let token = match token {
         None => None,
@@ -126,7 +163,20 @@ impl Client {
     /// [`Error::Unavailable`] if the server cannot be reached;
     /// [`Error::InvalidArgument`] for a bad URL or token.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, Error> {
-        let mut raw = raw_client(url, token).await?;
+        Client::connect_with(url, token, None).await
+    }
+
+    /// As [`Client::connect`], trusting the PEM CA certificate `ca_pem` for
+    /// an `https://` URL (needs the `tls` feature).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client, Error> {
+        let mut raw = raw_client_with(url, token, ca_pem).await?;
         let info = raw
             .info(v1::InfoRequest {})
             .await

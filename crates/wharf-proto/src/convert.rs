@@ -20,8 +20,8 @@ use crate::v1::error_detail::Kind;
 /// The protobuf form of `m`.
 pub fn message_to_proto(m: &Message) -> v1::Message {
     v1::Message {
-        id: m.id().to_bytes().to_vec(),
-        key: m.key().map(|k| k.to_vec()),
+        id: Bytes::copy_from_slice(&m.id().to_bytes()),
+        key: m.key().cloned(),
         headers: m
             .headers()
             .iter()
@@ -30,7 +30,7 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
                 value: value.to_owned(),
             })
             .collect(),
-        payload: m.payload().to_vec(),
+        payload: m.payload().clone(),
         timestamp_ms: m.timestamp().as_millis(),
     }
 }
@@ -44,7 +44,7 @@ pub fn message_from_proto(p: v1::Message) -> Result<Message, Error> {
     let mut b = Message::builder();
     if !p.id.is_empty() {
         let bytes: [u8; 16] =
-            p.id.as_slice()
+            p.id.as_ref()
                 .try_into()
                 .map_err(|_| Error::InvalidArgument {
                     name: "id",
@@ -53,19 +53,19 @@ pub fn message_from_proto(p: v1::Message) -> Result<Message, Error> {
         b = b.id(MessageId::from_bytes(bytes));
     }
     if let Some(k) = p.key {
-        b = b.key(Bytes::from(k));
+        b = b.key(k);
     }
     if p.timestamp_ms != 0 {
         b = b.timestamp(Timestamp::from_millis(p.timestamp_ms));
     }
     let headers: Headers = p.headers.into_iter().map(|h| (h.name, h.value)).collect();
-    Ok(b.headers(headers).payload(Bytes::from(p.payload)).build())
+    Ok(b.headers(headers).payload(p.payload).build())
 }
 
 /// The protobuf form of a receipt.
 pub fn receipt_to_proto(r: &Receipt) -> v1::Receipt {
     v1::Receipt {
-        id: r.id.to_bytes().to_vec(),
+        id: Bytes::copy_from_slice(&r.id.to_bytes()),
         partition: r.partition,
         offset: r.offset,
         duplicate: r.duplicate,
@@ -78,7 +78,7 @@ pub fn receipt_to_proto(r: &Receipt) -> v1::Receipt {
 /// [`Error::InvalidArgument`] for an id that is not 16 bytes.
 pub fn receipt_from_proto(r: &v1::Receipt) -> Result<Receipt, Error> {
     let bytes: [u8; 16] =
-        r.id.as_slice()
+        r.id.as_ref()
             .try_into()
             .map_err(|_| Error::InvalidArgument {
                 name: "receipt id",
@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn a_short_message_id_is_rejected() {
         let p = v1::Message {
-            id: vec![1, 2, 3],
+            id: Bytes::from_static(&[1, 2, 3]),
             ..Default::default()
         };
         assert!(matches!(

@@ -44,6 +44,12 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// The TLS settings are incomplete or the files are unusable.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
+    },
     /// A token entry is invalid.
     #[error("invalid token entry {index}: {reason}")]
     Token {
@@ -65,6 +71,10 @@ pub struct FileConfig {
     /// Tokens; when non-empty, every endpoint except health needs one.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// PEM certificate chain for TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Everything the server needs to start.
@@ -80,6 +90,8 @@ pub struct ServerConfig {
     pub lease: Duration,
     /// Tokens; empty means no auth.
     pub tokens: Vec<TokenConfig>,
+    /// TLS certificate chain and private key (PEM files); `None` serves plain text.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerConfig {
@@ -91,6 +103,7 @@ impl ServerConfig {
             max_request_bytes: 16 * 1024 * 1024,
             lease: Duration::from_secs(30),
             tokens: Vec::new(),
+            tls: None,
         }
     }
 
@@ -114,6 +127,15 @@ impl ServerConfig {
             self.lease = Duration::from_millis(ms);
         }
         self.tokens = file.tokens;
+        match (file.tls_cert, file.tls_key) {
+            (Some(c), Some(k)) => self.tls = Some((c, k)),
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Tls {
+                    reason: "tls_cert and tls_key must be given together".into(),
+                })
+            }
+        }
         Ok(self)
     }
 

@@ -15,9 +15,12 @@ mod error;
 mod grpc;
 mod http;
 mod leases;
+mod listen;
 mod telemetry;
+#[cfg(feature = "tls")]
+mod tls;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +81,13 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    tls: Option<Acceptor>,
 }
+
+#[cfg(feature = "tls")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type Acceptor = std::convert::Infallible;
 
 impl Server {
     /// Opens the broker in `config.data_dir` and binds `config.listen`.
@@ -88,6 +97,17 @@ impl Server {
     /// [`ServerError::Bind`] if the address is taken.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         let auth = config.auth()?;
+        let tls: Option<Acceptor> = match &config.tls {
+            None => None,
+            #[cfg(feature = "tls")]
+            Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(ServerError::Config(ConfigError::Tls {
+                    reason: "this build has no TLS support (enable the `tls` feature)".into(),
+                }))
+            }
+        };
         let broker = Broker::open(&config.data_dir).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -109,7 +129,13 @@ impl Server {
             listener,
             shared,
             stop,
+            tls,
         })
+    }
+
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address actually bound (useful with port 0).
@@ -134,6 +160,7 @@ impl Server {
             listener,
             shared,
             stop,
+            tls,
         } = self;
         let app = http::router(shared.clone()).merge(grpc::routes(shared.clone()));
         let reaper = tokio::spawn(leases::reap(shared.clone()));
@@ -144,15 +171,16 @@ impl Server {
             signal.await;
             let _ = stop2.send(true);
         });
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = done.wait_for(|s| *s).await;
-        });
-        let mut server = std::pin::pin!(server.into_future());
+        };
+        let server = listen::serve(listener, tls, app, stopped);
+        let mut server = std::pin::pin!(server);
         let result = tokio::select! {
             r = &mut server => r,
             () = async {
                 shared.stopping().await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(Duration::from_secs(6)).await;
             } => Ok(()),
         };
         let _ = stop.send(true);
