@@ -117,6 +117,7 @@ pub(crate) struct Sql {
     pub materialize: String,
     pub sweep_expired: String,
     pub claim: String,
+    pub expired_at_limit: String,
     pub ack: String,
     pub nack: String,
     pub take_for_dead_letter: String,
@@ -205,7 +206,7 @@ SELECT count(*) FROM new"#
                 r#"WITH c AS (
   SELECT seq FROM {s}.deliveries
   WHERE gid = $1 AND available_at <= {s}.now_ms()
-    AND (leased_until IS NULL OR leased_until <= {s}.now_ms())
+    AND (leased_until IS NULL OR (leased_until <= {s}.now_ms() AND attempts < $4))
     AND (expires_at IS NULL OR expires_at > {s}.now_ms())
   ORDER BY priority DESC, seq
   LIMIT $2
@@ -220,7 +221,14 @@ SELECT u.seq, u.attempts, u.token, m.topic, m."offset", m.id, m.key, m.headers::
 FROM u JOIN {s}.messages m ON m.seq = u.seq
 ORDER BY u.priority DESC, u.seq"#
             ),
-            ack: format!("DELETE FROM {s}.deliveries WHERE gid = $1 AND token = $2"),
+            // Leases that ran out on the last allowed attempt: dead-lettered, not re-claimed.
+            expired_at_limit: format!(
+                "SELECT token FROM {s}.deliveries WHERE gid = $1 AND leased_until IS NOT NULL \
+                 AND leased_until <= {s}.now_ms() AND attempts >= $2"
+            ),
+            ack: format!(
+                "DELETE FROM {s}.deliveries WHERE gid = $1 AND token = ANY($2) RETURNING token"
+            ),
             // $4 = delay ms, $5 = attempts limit (rows at the limit go to the DLQ instead).
             nack: format!(
                 "UPDATE {s}.deliveries SET leased_until = NULL, token = NULL, \

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use wharf_core::{
     header, name, Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement,
@@ -91,6 +91,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
             dead_letter_topic: spec.dead_letter_topic,
             max_deliveries: spec.max_deliveries,
             sem: sem.clone(),
+            acks: spawn_ack_batcher(inner.clone(), gid),
         },
         runtime: tokio::runtime::Handle::current(),
     });
@@ -107,6 +108,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
         closed: inner.closed.subscribe(),
         wake: inner.wake.subscribe(),
         rounds: std::sync::atomic::AtomicU64::new(0),
+        settler: acker.settler.clone(),
     };
     let handle = tokio::spawn(fetcher.run());
     Ok(Subscription::new(PgStream {
@@ -139,6 +141,7 @@ struct Fetcher {
     closed: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
     rounds: std::sync::atomic::AtomicU64,
+    settler: Settler,
 }
 
 impl Fetcher {
@@ -241,10 +244,31 @@ impl Fetcher {
                 .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        let limit = self
+            .settler
+            .max_deliveries
+            .map_or(i32::MAX, |m| i32::try_from(m).unwrap_or(i32::MAX));
+        if limit < i32::MAX {
+            let stuck: Vec<i64> = sqlx::query_scalar(&sql.expired_at_limit)
+                .bind(self.gid)
+                .bind(limit)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(db_err)?;
+            for tok in stuck {
+                let token = u64::try_from(tok).unwrap_or(0);
+                let reason = "max deliveries exceeded (lease expired on the last attempt)";
+                match self.settler.dead_letter(token, tok, reason).await {
+                    Ok(()) | Err(Error::UnknownDelivery { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let rows = sqlx::query(&sql.claim)
             .bind(self.gid)
             .bind(i64::try_from(room).unwrap_or(i64::MAX))
             .bind(self.lease_ms)
+            .bind(limit)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(db_err)?;
@@ -400,6 +424,64 @@ struct Settler {
     dead_letter_topic: Option<String>,
     max_deliveries: Option<u32>,
     sem: Arc<Semaphore>,
+    acks: mpsc::UnboundedSender<PendingAck>,
+}
+
+/// An ack waiting for its batch: the lease token and who to tell whether it was held.
+type PendingAck = (i64, oneshot::Sender<Result<bool>>);
+
+/// Acks of one subscription are coalesced: whatever queued up while the
+/// previous `DELETE … WHERE token = ANY(…)` committed goes in the next one,
+/// so many concurrent acks share one commit (and one fsync). Each ack still
+/// returns only after its own row is deleted and committed.
+fn spawn_ack_batcher(inner: Arc<Inner>, gid: i64) -> mpsc::UnboundedSender<PendingAck> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            let tokens: Vec<i64> = batch.iter().map(|(t, _)| *t).collect();
+            let result: Result<Vec<i64>> = sqlx::query_scalar(&inner.sql.ack)
+                .bind(gid)
+                .bind(&tokens)
+                .fetch_all(&inner.pool)
+                .await
+                .map_err(db_err);
+            match result {
+                Ok(deleted) => {
+                    let deleted: std::collections::HashSet<i64> = deleted.into_iter().collect();
+                    for (t, reply) in batch.drain(..) {
+                        let _ = reply.send(Ok(deleted.contains(&t)));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let transient = e.is_transient();
+                    for (_, reply) in batch.drain(..) {
+                        let err = if transient {
+                            Error::Unavailable {
+                                backend: "postgres",
+                                source: msg.clone().into(),
+                            }
+                        } else {
+                            Error::Backend {
+                                backend: "postgres",
+                                source: msg.clone().into(),
+                            }
+                        };
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 fn unknown(token: u64) -> Error {
@@ -424,16 +506,16 @@ impl Settler {
         let tok = i64::try_from(token).map_err(|_| unknown(token))?;
         match settlement {
             Settlement::Ack => {
-                let done = sqlx::query(&self.inner.sql.ack)
-                    .bind(self.gid)
-                    .bind(tok)
-                    .execute(&self.inner.pool)
-                    .await
-                    .map_err(db_err)?;
-                if done.rows_affected() == 0 {
-                    return Err(unknown(token));
+                let (done, acked) = oneshot::channel();
+                self.acks
+                    .send((tok, done))
+                    .map_err(|_| Error::Closed { what: "acker" })?;
+                match acked.await {
+                    Ok(Ok(true)) => Ok(()),
+                    Ok(Ok(false)) => Err(unknown(token)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::Closed { what: "acker" }),
                 }
-                Ok(())
             }
             Settlement::Nack { delay } => {
                 let limit = self
