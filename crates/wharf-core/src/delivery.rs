@@ -54,7 +54,8 @@ pub trait Acker: Send + Sync + 'static {
     async fn extend(&self, token: u64, by: Duration) -> Result<()>;
 
     /// Called when a delivery is dropped unsettled: make it available for
-    /// redelivery. Must not block (it runs inside `Drop`).
+    /// redelivery. Must not block (it runs inside `Drop`). The delivery
+    /// still holds its `Arc<dyn Acker>` while this runs.
     fn release(&self, token: u64);
 }
 
@@ -135,6 +136,10 @@ impl Delivery {
     ///
     /// # Errors
     /// See [`Acker::settle`].
+    ///
+    /// Drive the returned future promptly (await it or spawn it): remote
+    /// backends may serialise settlements on one connection, so a parked
+    /// settle future can hold up the ones behind it.
     ///
     /// # Cancel safety
     /// Not cancel safe: if the future is dropped before it completes, the

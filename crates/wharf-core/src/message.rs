@@ -268,7 +268,9 @@ impl Message {
         self.timestamp
     }
 
-    /// Size counted against message size limits: payload + key + header names and values.
+    /// Size counted against message size limits: payload + key + header
+    /// names and values. The id and timestamp (24 bytes) and a backend's own
+    /// framing are not counted; backends leave room for them.
     pub fn size(&self) -> usize {
         self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + self.headers.byte_len()
     }

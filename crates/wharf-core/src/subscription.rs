@@ -21,7 +21,10 @@ pub enum StartPosition {
     Latest,
     /// From this offset in every partition (needs [`crate::Capability::ReplayFromOffset`]).
     Offset(u64),
-    /// From the first message stored at or after this time (needs [`crate::Capability::ReplayFromTime`]).
+    /// From the first message published at or after this time (needs
+    /// [`crate::Capability::ReplayFromTime`]). Log backends judge by the
+    /// message's timestamp, server backends by their store time; the two
+    /// agree unless a publisher back-dates its messages.
     Time(Timestamp),
 }
 

@@ -111,6 +111,7 @@ macro_rules! conformance_tests {
             nack_with_delay_waits_before_redelivery,
             reject_dead_letters_with_reason_headers,
             max_deliveries_moves_message_to_dead_letter_topic,
+            lease_expiry_on_last_attempt_dead_letters,
             dropped_delivery_is_redelivered,
             dropped_consumer_messages_go_to_another_group_member,
             lease_expiry_redelivers_unsettled_message,
