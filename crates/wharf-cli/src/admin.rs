@@ -58,6 +58,9 @@ pub(crate) struct CreateArgs {
     max_deliveries: Option<u32>,
     #[arg(long)]
     visibility_timeout_ms: Option<u64>,
+    /// Dedup window in ms (0 = off; default 120000).
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
 }
 
 fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
@@ -140,6 +143,7 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                     dead_letter_topic: a.dead_letter_topic,
                     max_deliveries: a.max_deliveries,
                     visibility_timeout_ms: a.visibility_timeout_ms,
+                    dedup_window_ms: a.dedup_window_ms,
                 })
                 .await
                 .map_err(status_err)?

@@ -53,6 +53,9 @@ pub(crate) struct BenchArgs {
     /// Topic durability: always | never | interval:<ms>.
     #[arg(long, default_value = "always")]
     durability: String,
+    /// Dedup window of the benchmark topic in ms (0 = off, the default).
+    #[arg(long, default_value_t = 0)]
+    dedup_window_ms: u64,
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -97,7 +100,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     let cfg = TopicConfig::default()
         .partitions(a.partitions)
         .durability(durability(&a.durability)?)
-        .dedup_window(None);
+        .dedup_window((a.dedup_window_ms > 0).then(|| Duration::from_millis(a.dedup_window_ms)));
     if spec == "embedded" {
         let dir =
             std::env::temp_dir().join(format!("wharf-bench-{}-{}", std::process::id(), topic));
@@ -119,6 +122,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             name: topic.clone(),
             partitions: Some(a.partitions),
             durability: Some(a.durability.clone()),
+            dedup_window_ms: Some(a.dedup_window_ms),
             ..Default::default()
         })
         .await

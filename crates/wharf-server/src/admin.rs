@@ -19,6 +19,8 @@ pub(crate) struct TopicSettings {
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) visibility_timeout_ms: Option<u64>,
+    /// `Some(0)` turns dedup off.
+    pub(crate) dedup_window_ms: Option<u64>,
 }
 
 /// Parses `always`, `never` or `interval:<ms>` (also `<n>ms`).
@@ -79,6 +81,9 @@ impl TopicSettings {
         }
         if let Some(v) = self.visibility_timeout_ms {
             c = c.visibility_timeout(Duration::from_millis(v));
+        }
+        if let Some(w) = self.dedup_window_ms {
+            c = c.dedup_window((w > 0).then(|| Duration::from_millis(w)));
         }
         Ok(c)
     }

@@ -283,6 +283,7 @@ impl Wharf for Service {
             dead_letter_topic: r.dead_letter_topic.clone(),
             max_deliveries: r.max_deliveries,
             visibility_timeout_ms: r.visibility_timeout_ms,
+            dedup_window_ms: r.dedup_window_ms,
         };
         let cfg = settings.to_config().map_err(|e| status_for(&e))?;
         self.shared

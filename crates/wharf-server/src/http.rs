@@ -237,6 +237,8 @@ pub(crate) struct CreateTopicBody {
     dead_letter_topic: Option<String>,
     max_deliveries: Option<u32>,
     visibility_timeout_ms: Option<u64>,
+    /// Dedup window in ms; 0 turns dedup off.
+    dedup_window_ms: Option<u64>,
 }
 
 /// A partition's stored offsets.
@@ -989,6 +991,7 @@ async fn create_topic(
         dead_letter_topic: b.dead_letter_topic,
         max_deliveries: b.max_deliveries,
         visibility_timeout_ms: b.visibility_timeout_ms,
+        dedup_window_ms: b.dedup_window_ms,
     };
     s.broker
         .create_topic(&b.name, settings.to_config()?)
