@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use wharf_core::{
     name, Backend, Capabilities, Capability, Error, GroupMode, Limits, Message, Publisher, Receipt,
@@ -104,7 +104,9 @@ impl PostgresConfig {
 
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
-    pub(crate) sql: Sql,
+    pub(crate) sql: Arc<Sql>,
+    /// Queue of the publish coalescer (see [`spawn_publisher`]).
+    publishes: mpsc::UnboundedSender<PublishRequest>,
     pub(crate) config: PostgresConfig,
     /// `true` once [`Backend::close`] ran.
     pub(crate) closed: watch::Sender<bool>,
@@ -177,8 +179,10 @@ impl PostgresBackend {
             .map_err(db_err)?;
         let (closed, _) = watch::channel(false);
         let (wake, _) = watch::channel(0u64);
+        let sql = Arc::new(Sql::new(&config.schema));
         let inner = Arc::new(Inner {
-            sql: Sql::new(&config.schema),
+            publishes: spawn_publisher(pool.clone(), sql.clone()),
+            sql,
             pool,
             config,
             closed,
@@ -265,6 +269,90 @@ impl PostgresBackend {
     }
 }
 
+/// A publish waiting for the coalescer: topic, messages, where the receipts go.
+type PublishRequest = (String, Vec<Message>, oneshot::Sender<Result<Vec<Receipt>>>);
+
+/// Most messages, and bytes, the coalescer puts in one statement.
+const COALESCE_MAX: usize = 4096;
+const COALESCE_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Publishes to one topic take that topic's row lock until they commit, so
+/// they commit one after the other. This task coalesces them: whatever
+/// queued up while the previous statements committed goes into one
+/// `INSERT` per topic (topics in parallel), one commit for all. Each
+/// publish still returns only after its own messages are committed, in
+/// order within its batch; `duplicate` is reported across the combined batch.
+fn spawn_publisher(pool: PgPool, sql: Arc<Sql>) -> mpsc::UnboundedSender<PublishRequest> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PublishRequest>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let size = |r: &PublishRequest| r.1.iter().map(Message::size).sum::<usize>();
+            let mut n = first.1.len();
+            let mut bytes = size(&first);
+            let mut groups: Vec<(String, Vec<PublishRequest>)> = Vec::new();
+            let mut add = |req: PublishRequest| match groups.iter_mut().find(|(t, _)| *t == req.0) {
+                Some((_, g)) => g.push(req),
+                None => groups.push((req.0.clone(), vec![req])),
+            };
+            add(first);
+            while n < COALESCE_MAX && bytes < COALESCE_MAX_BYTES {
+                match rx.try_recv() {
+                    Ok(req) => {
+                        n += req.1.len();
+                        bytes += size(&req);
+                        add(req);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let runs = groups
+                .into_iter()
+                .map(|(topic, reqs)| publish_group(&pool, &sql, topic, reqs));
+            futures_util::future::join_all(runs).await;
+        }
+    });
+    tx
+}
+
+async fn publish_group(pool: &PgPool, sql: &Sql, topic: String, reqs: Vec<PublishRequest>) {
+    let mut all = Vec::with_capacity(reqs.iter().map(|r| r.1.len()).sum());
+    let mut replies = Vec::with_capacity(reqs.len());
+    for (_, msgs, reply) in reqs {
+        replies.push((msgs.len(), reply));
+        all.extend(msgs);
+    }
+    let result = match pool.acquire().await {
+        Ok(mut conn) => insert_batch(sql, &mut conn, &topic, &all).await,
+        Err(e) => Err(db_err(e)),
+    };
+    match result {
+        Ok(receipts) => {
+            let mut receipts = receipts.into_iter();
+            for (len, reply) in replies {
+                let _ = reply.send(Ok(receipts.by_ref().take(len).collect()));
+            }
+        }
+        Err(e) => {
+            let transient = e.is_transient();
+            let text = e.to_string();
+            for (_, reply) in replies {
+                let source: wharf_core::BoxError = text.clone().into();
+                let _ = reply.send(Err(if transient {
+                    Error::Unavailable {
+                        backend: NAME,
+                        source,
+                    }
+                } else {
+                    Error::Backend {
+                        backend: NAME,
+                        source,
+                    }
+                }));
+            }
+        }
+    }
+}
+
 /// Translates a Wharf pattern into an anchored POSIX regex on topic names.
 /// Topic segments are `[A-Za-z0-9_-]`, none of which is special in a regex.
 pub(crate) fn pattern_regex(pattern: &str) -> String {
@@ -294,8 +382,14 @@ impl Publisher for PostgresBackend {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.inner.pool.acquire().await.map_err(db_err)?;
-        let receipts = insert_batch(&self.inner.sql, &mut conn, topic, &messages).await?;
+        let (reply, receipts) = oneshot::channel();
+        self.inner
+            .publishes
+            .send((topic.to_owned(), messages, reply))
+            .map_err(|_| Error::Closed { what: "backend" })?;
+        let receipts = receipts
+            .await
+            .map_err(|_| Error::Closed { what: "backend" })??;
         self.inner.bump();
         Ok(receipts)
     }

@@ -44,3 +44,42 @@ async fn message_published_in_a_transaction_is_delivered_only_after_commit() {
     let more = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(more.is_err(), "the rolled-back message was delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_to_one_topic_get_distinct_offsets_and_each_is_delivered() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let b = ns.backend.clone();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                wharf_core::Publisher::publish(&b, "jobs", Message::new(format!("j{i}"))).await
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("join").expect("publish");
+        assert!(!r.duplicate);
+        offsets.push(r.offset.expect("offset"));
+    }
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 200, "offsets are distinct");
+    let opts = SubscribeOptions::new("jobs")
+        .group("g")
+        .start(StartPosition::Earliest);
+    let mut sub = b.subscribe(opts).await.expect("subscribe");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 200 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("delivery in time")
+            .expect("open")
+            .expect("delivery");
+        assert!(seen.insert(d.info().offset.expect("offset")));
+        d.ack().await.expect("ack");
+    }
+}
