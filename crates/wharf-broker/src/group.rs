@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use wharf_core::{header, GroupMode, Message, Settlement, StartPosition};
+use wharf_core::{GroupMode, Message, Settlement, StartPosition};
 
 use crate::clock::Clock;
 use crate::codec::from_record;
@@ -650,19 +650,18 @@ fn dead_letter(
     offset: u64,
 ) -> DeadLetter {
     let mut msg = p.msg.clone();
-    let h = msg.headers_mut();
-    h.insert(header::DLQ_REASON, reason);
-    h.insert(header::ORIGINAL_TOPIC, topic.name());
-    h.insert(header::ORIGINAL_PARTITION, partition.to_string());
-    h.insert(header::ORIGINAL_OFFSET, offset.to_string());
-    h.insert(header::DLQ_GROUP, group);
-    h.insert(header::ATTEMPTS, p.attempts.to_string());
-    if let Some(ms) = p.first_failure_ms {
-        h.insert(header::FIRST_FAILURE_MS, ms.to_string());
+    let last = p.last_failure_ms.unwrap_or(0);
+    wharf_core::DeadLetter {
+        reason,
+        topic: topic.name(),
+        partition,
+        offset: Some(offset),
+        group: (!group.is_empty()).then_some(group),
+        attempts: p.attempts,
+        first_failure_ms: p.first_failure_ms.unwrap_or(last),
+        last_failure_ms: last,
     }
-    if let Some(ms) = p.last_failure_ms {
-        h.insert(header::LAST_FAILURE_MS, ms.to_string());
-    }
+    .stamp(&mut msg);
     DeadLetter {
         topic: policy.dead_letter_topic.clone(),
         msg,

@@ -420,18 +420,7 @@ impl Broker {
                     continue;
                 }
                 let mut msg = d.message().clone();
-                for h in [
-                    header::DLQ_REASON,
-                    header::ORIGINAL_TOPIC,
-                    header::ORIGINAL_PARTITION,
-                    header::ORIGINAL_OFFSET,
-                    header::DLQ_GROUP,
-                    header::ATTEMPTS,
-                    header::FIRST_FAILURE_MS,
-                    header::LAST_FAILURE_MS,
-                ] {
-                    msg.headers_mut().remove(h);
-                }
+                wharf_core::dead_letter::unstamp(&mut msg);
                 self.inner
                     .publish(&original, vec![msg], false, true)
                     .await?;

@@ -28,6 +28,7 @@
 mod backend;
 mod capability;
 mod codec;
+pub mod dead_letter;
 mod delivery;
 mod error;
 pub mod header;
@@ -38,6 +39,7 @@ mod subscription;
 pub use backend::{Backend, Limits, Publisher, Receipt, Subscriber};
 pub use capability::{Capabilities, Capability};
 pub use codec::{Codec, CodecError, Json};
+pub use dead_letter::DeadLetter;
 pub use delivery::{Acker, Delivery, DeliveryInfo, Settlement};
 pub use error::{BoxError, Error, NameKind, Result};
 pub use message::{Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY};

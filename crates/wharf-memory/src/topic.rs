@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use wharf_core::{header, name, Error, Message, Receipt, Settlement, StartPosition, Timestamp};
+use wharf_core::{name, Error, Message, Receipt, Settlement, StartPosition, Timestamp};
 
 /// Offsets occupy the low 48 bits of a delivery token, the attempt (mod 2^16) the high 16.
 const OFFSET_BITS: u32 = 48;
@@ -378,15 +378,17 @@ impl Group {
 
     fn dead_letter(&self, w: &Window<'_>, offset: u64, slot: &Slot, reason: &str) -> DeadLetter {
         let mut message = w.get(offset).message.clone();
-        let h = message.headers_mut();
-        h.insert(header::DLQ_REASON, reason);
-        h.insert(header::ORIGINAL_TOPIC, w.name);
-        h.insert(header::ORIGINAL_PARTITION, "0");
-        h.insert(header::ORIGINAL_OFFSET, offset.to_string());
-        h.insert(header::DLQ_GROUP, self.name.as_deref().unwrap_or(""));
-        h.insert(header::ATTEMPTS, slot.attempt.to_string());
-        h.insert(header::FIRST_FAILURE_MS, slot.first_failure_ms.to_string());
-        h.insert(header::LAST_FAILURE_MS, slot.last_failure_ms.to_string());
+        wharf_core::DeadLetter {
+            reason,
+            topic: w.name,
+            partition: 0,
+            offset: Some(offset),
+            group: self.name.as_deref(),
+            attempts: slot.attempt,
+            first_failure_ms: slot.first_failure_ms,
+            last_failure_ms: slot.last_failure_ms,
+        }
+        .stamp(&mut message);
         let topic = match &self.policy.dead_letter_topic {
             Some(t) => t.to_string(),
             None => name::dead_letter_topic(w.name),

@@ -440,7 +440,11 @@ async fn reject_dead_letters_to_the_chosen_topic_with_the_reason() {
         dead.message().headers().get(header::DLQ_REASON),
         Some("unparsable")
     );
-    assert_eq!(dead.message().headers().get(header::DLQ_GROUP), Some(""));
+    assert_eq!(
+        dead.message().headers().get(header::DLQ_GROUP),
+        None,
+        "private subscription"
+    );
     assert_eq!(dead.message().headers().get(header::ATTEMPTS), Some("1"));
 }
 

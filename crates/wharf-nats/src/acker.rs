@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use wharf_core::{header, name, Acker, Error, Message, Result, Settlement, Timestamp};
+use wharf_core::{name, Acker, Error, Message, Result, Settlement, Timestamp};
 
 use crate::backend::Shared;
 use crate::error::unavailable;
@@ -137,20 +137,18 @@ impl NatsAcker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.failure_key(&p))
             .unwrap_or(now);
-        let mut b = p
-            .message
-            .to_builder()
-            .header(header::DLQ_REASON, reason)
-            .header(header::ORIGINAL_TOPIC, &*p.topic)
-            .header(header::ORIGINAL_PARTITION, "0")
-            .header(header::ORIGINAL_OFFSET, p.seq.to_string())
-            .header(header::ATTEMPTS, p.attempt.to_string())
-            .header(header::FIRST_FAILURE_MS, first.to_string())
-            .header(header::LAST_FAILURE_MS, now.to_string());
-        if let Some(g) = &self.group {
-            b = b.header(header::DLQ_GROUP, g);
+        let mut copy = p.message.clone();
+        wharf_core::DeadLetter {
+            reason,
+            topic: &p.topic,
+            partition: 0,
+            offset: Some(p.seq),
+            group: self.group.as_deref(),
+            attempts: p.attempt,
+            first_failure_ms: first,
+            last_failure_ms: now,
         }
-        let copy = b.build();
+        .stamp(&mut copy);
         let topic = self
             .dead_letter_topic
             .clone()

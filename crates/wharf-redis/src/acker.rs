@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use redis::Value;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-use wharf_core::{header, name, Acker, Error, Message, Result, Settlement, Timestamp};
+use wharf_core::{name, Acker, Error, Message, Result, Settlement, Timestamp};
 
 use crate::backend::Shared;
 use crate::error::map;
@@ -156,26 +156,23 @@ impl RedisAcker {
     pub(crate) async fn dead_letter(&self, p: Pending, reason: &str) -> Result<()> {
         let now = now_ms();
         let first = self.failures().remove(&self.failure_key(&p)).unwrap_or(now);
-        let mut b = p
-            .message
-            .to_builder()
-            .header(header::DLQ_REASON, reason)
-            .header(header::ORIGINAL_TOPIC, &*p.topic)
-            .header(header::ORIGINAL_PARTITION, "0")
-            .header(header::ATTEMPTS, p.attempt.to_string())
-            .header(header::FIRST_FAILURE_MS, first.to_string())
-            .header(header::LAST_FAILURE_MS, now.to_string());
-        if let Some(off) = crate::wire::offset(&p.entry_id) {
-            b = b.header(header::ORIGINAL_OFFSET, off.to_string());
+        let mut copy = p.message.clone();
+        wharf_core::DeadLetter {
+            reason,
+            topic: &p.topic,
+            partition: 0,
+            offset: crate::wire::offset(&p.entry_id),
+            group: self.group(),
+            attempts: p.attempt,
+            first_failure_ms: first,
+            last_failure_ms: now,
         }
-        if let Some(g) = self.group() {
-            b = b.header(header::DLQ_GROUP, g);
-        }
+        .stamp(&mut copy);
         let topic = self
             .dead_letter_topic
             .clone()
             .unwrap_or_else(|| name::dead_letter_topic(&p.topic));
-        self.shared.append(&topic, &b.build()).await?;
+        self.shared.append(&topic, &copy).await?;
         self.xack(&p.topic, &p.entry_id).await
     }
 
