@@ -103,12 +103,13 @@ impl NatsBackend {
         };
         // NATS 2.9 can fail a stream create with "could not create storage
         // directory" while another client deletes the account's last stream
-        // (it removes the directory); a retry succeeds.
+        // (it removes the directory), or with "error creating store for
+        // stream" under load; a retry succeeds. Up to ~3 s of retries.
         let mut attempt = 0;
         loop {
             match js.get_or_create_stream(stream_config.clone()).await {
                 Ok(_) => break,
-                Err(e) if attempt < 3 && e.to_string().contains("code 500") => {
+                Err(e) if attempt < 10 && e.to_string().contains("code 500") => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying nats stream create");
                     tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
