@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-services.sh || echo "some services are down: their tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"
