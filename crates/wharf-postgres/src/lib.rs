@@ -7,14 +7,15 @@
 //! | backend | one schema ([`PostgresConfig::schema`]) holding the tables below |
 //! | topic | rows of `messages` with that `topic`; a `topics` row hands out offsets |
 //! | offset | per-topic counter, assigned under the topic row lock (held to commit), so offsets become visible in order |
-//! | publish | one `INSERT … SELECT FROM UNNEST(…)` per batch, acknowledged after commit (`synchronous_commit` as the server is configured; on by default) |
+//! | publish | one `INSERT … SELECT FROM UNNEST(…)` per batch, acknowledged after commit (`synchronous_commit` as the server is configured; on by default); concurrent publishes to a topic are coalesced into one statement and one commit, since they would serialise on the topic row lock anyway |
 //! | message id dedup | `UNIQUE (topic, id)`: a second publish of an id returns the original's offset with `duplicate = true`, for as long as the row exists |
 //! | consumer group | a `groups` row per (group, pattern) with a cursor per matching topic; new messages are copied into `deliveries` rows (attempts, lease, failures) under the group row lock |
 //! | private subscription | a group of its own, deleted when the subscription and its deliveries are gone |
 //! | claim | `UPDATE … FROM (SELECT … ORDER BY priority DESC, seq FOR UPDATE SKIP LOCKED)`, at most `max_in_flight` unsettled per subscription |
 //! | wake-up | a statement trigger does `pg_notify`; one LISTEN connection per backend wakes its fetchers; a poll interval covers delays and lease expiry |
 //! | visibility timeout / extend | `leased_until` on the delivery row; a claim hands out a fresh token, so a stale holder's settlement fails with `UnknownDelivery` |
-//! | ack / nack / nack with delay | delete the row / clear the lease and set `available_at` |
+//! | ack / nack / nack with delay | delete the row (a subscription's concurrent acks share one `DELETE … = ANY` and one commit) / clear the lease and set `available_at` |
+//! | lease expiry on the last allowed attempt | the fetcher dead-letters the message instead of handing it out again |
 //! | reject, max deliveries | delete the row and insert the message (same id, plus the `wharf-dlq-*` / `wharf-original-*` headers) into `dlq.<topic>` in one transaction |
 //! | delayed publish, TTL, priority | `deliver_at`, `expires_at`, `priority` columns (from the reserved headers) |
 //! | wildcards | the pattern becomes an anchored regex matched against `topics` (`*` = `[^.]+`, `>` = `.+`) |
@@ -36,7 +37,11 @@
 //!
 //! # Outbox and dedup
 //! [`outbox::Outbox`] and [`outbox::OutboxForwarder`] implement the
-//! transactional outbox; [`PgDedupStore`] backs the router's idempotent consumer.
+//! transactional outbox (to any Wharf backend); when the consumers run on this
+//! backend anyway, [`PostgresBackend::publish_in`] publishes inside the
+//! caller's transaction directly. [`PgDedupStore`] backs the router's
+//! idempotent consumer (`check_and_set` / `release` map onto the router's
+//! `DedupStore::claim` / `release`).
 
 #![warn(missing_docs)]
 
