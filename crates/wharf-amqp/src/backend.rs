@@ -143,7 +143,8 @@ impl AmqpConfig {
 
 pub(crate) struct Inner {
     pub(crate) conn: Connection,
-    pub(crate) publish: Channel,
+    /// The confirm-mode publishing channel; replaced when a channel error closed it.
+    publish: tokio::sync::Mutex<Channel>,
     pub(crate) config: AmqpConfig,
     pub(crate) exchange: String,
     pub(crate) closed: watch::Sender<bool>,
@@ -152,6 +153,21 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn is_closed(&self) -> bool {
         *self.closed.borrow()
+    }
+
+    /// The publishing channel, reopened (in confirm mode) if a channel
+    /// error closed it, so one failed operation does not fail all later ones.
+    pub(crate) async fn publish_channel(&self) -> Result<Channel> {
+        let mut ch = self.publish.lock().await;
+        if !ch.status().connected() {
+            let fresh = self.conn.create_channel().await.map_err(amqp_err)?;
+            fresh
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp_err)?;
+            *ch = fresh;
+        }
+        Ok(ch.clone())
     }
 
     /// Publishes and waits for the broker's confirm.
@@ -163,7 +179,8 @@ impl Inner {
         props: BasicProperties,
     ) -> Result<()> {
         let confirm = self
-            .publish
+            .publish_channel()
+            .await?
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
@@ -333,7 +350,7 @@ impl AmqpBackend {
         let (closed, _) = watch::channel(false);
         let inner = Inner {
             conn,
-            publish,
+            publish: tokio::sync::Mutex::new(publish.clone()),
             config: config.clone(),
             exchange,
             closed,
@@ -344,10 +361,9 @@ impl AmqpBackend {
             AMQPValue::LongLongInt(i64::from(config.backlog_max_len)),
         );
         inner
-            .declare_queue(&inner.publish, &backlog, args, Duration::ZERO)
+            .declare_queue(&publish, &backlog, args, Duration::ZERO)
             .await?;
-        inner
-            .publish
+        publish
             .queue_bind(
                 ShortString::from(backlog.as_str()),
                 ShortString::from(backlog.as_str()),
@@ -424,6 +440,7 @@ impl Publisher for AmqpBackend {
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
         self.check(topic, &messages)?;
+        let ch = self.inner.publish_channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         let mut receipts = Vec::with_capacity(messages.len());
         for m in &messages {
@@ -432,9 +449,7 @@ impl Publisher for AmqpBackend {
             let Some(props) = wire::properties(topic, m, 0, None) else {
                 continue;
             };
-            let c = self
-                .inner
-                .publish
+            let c = ch
                 .basic_publish(
                     ShortString::from(self.inner.exchange.as_str()),
                     ShortString::from(topic),

@@ -333,7 +333,7 @@ impl Settler {
         // The queue must outlive what it holds.
         let keep = bucket * 2 + Duration::from_secs(60);
         self.inner
-            .declare_queue(&self.inner.publish, &name, args, keep)
+            .declare_queue(&self.inner.publish_channel().await?, &name, args, keep)
             .await?;
         Ok(name)
     }
