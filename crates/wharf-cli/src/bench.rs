@@ -219,6 +219,7 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         let received = received.clone();
         readers.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+            let mut acks = tokio::task::JoinSet::new();
             while received.load(Ordering::Relaxed) < total {
                 let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await
                 else {
@@ -231,8 +232,22 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
                     let now = origin.elapsed().as_micros() as u64;
                     h.record(now.saturating_sub(sent)).ok();
                 }
-                d.ack().await?;
+                // Settle without stalling the read loop (a remote ack is a
+                // round trip); the latency measured is publish → delivery.
+                acks.spawn(d.ack());
+                while let Some(r) = acks.try_join_next() {
+                    r.map_err(|e| wharf_core::Error::Backend {
+                        backend: "bench",
+                        source: e.into(),
+                    })??;
+                }
                 received.fetch_add(1, Ordering::Relaxed);
+            }
+            while let Some(r) = acks.join_next().await {
+                r.map_err(|e| wharf_core::Error::Backend {
+                    backend: "bench",
+                    source: e.into(),
+                })??;
             }
             Ok::<_, wharf_core::Error>(h)
         }));

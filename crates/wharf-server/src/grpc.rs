@@ -477,8 +477,8 @@ async fn consume_loop(
     let stopping = shared.stopping();
     tokio::pin!(stopping);
     loop {
+        // Unbiased: a steady stream of acks must not starve deliveries.
         tokio::select! {
-            biased;
             () = &mut stopping => {
                 // End the stream without `ended`: the client resubscribes
                 // (with backoff) once the server is back.
