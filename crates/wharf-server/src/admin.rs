@@ -144,3 +144,86 @@ async fn dlq_take(broker: &Broker, topic: &str, limit: usize) -> Result<Vec<Deli
     out.sort_by_key(|d| (d.info().partition, d.info().offset));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_parses_all_forms_and_rejects_others() {
+        assert_eq!(parse_durability("always").unwrap(), Durability::Always);
+        assert_eq!(parse_durability("never").unwrap(), Durability::Never);
+        assert_eq!(
+            parse_durability("interval:25").unwrap(),
+            Durability::IntervalMs(25)
+        );
+        assert_eq!(
+            parse_durability("25ms").unwrap(),
+            Durability::IntervalMs(25)
+        );
+        assert!(matches!(
+            parse_durability("sometimes"),
+            Err(Error::InvalidArgument {
+                name: "durability",
+                ..
+            })
+        ));
+        assert_eq!(durability_str(Durability::IntervalMs(7)), "interval:7");
+    }
+
+    #[test]
+    fn topic_settings_override_only_what_is_given() {
+        let cfg = TopicSettings {
+            partitions: Some(3),
+            dedup_window_ms: Some(0),
+            max_deliveries: Some(2),
+            ..Default::default()
+        }
+        .to_config()
+        .expect("valid");
+        let default = TopicConfig::default();
+        assert_eq!(cfg.partitions, 3);
+        assert_eq!(cfg.dedup_window_ms, None);
+        assert_eq!(cfg.max_deliveries, Some(2));
+        assert_eq!(cfg.durability, default.durability);
+        assert_eq!(cfg.max_message_bytes, default.max_message_bytes);
+    }
+
+    #[tokio::test]
+    async fn dlq_peek_does_not_consume_and_purge_empties_the_listing() {
+        let broker = Broker::temporary().await.expect("broker");
+        let err = dlq_peek(&broker, "dlq.none", 10)
+            .await
+            .expect_err("unknown topic");
+        assert!(matches!(err, Error::UnknownTopic { .. }));
+        let mut sub = broker
+            .subscribe(
+                SubscribeOptions::new("jobs")
+                    .group("g")
+                    .start(StartPosition::Earliest),
+            )
+            .await
+            .expect("subscribe");
+        wharf_core::Publisher::publish(&broker, "jobs", wharf_core::Message::new("j"))
+            .await
+            .expect("publish");
+        let d = sub.next().await.expect("open").expect("delivery");
+        d.reject("bad").await.expect("reject");
+        assert_eq!(
+            dlq_peek(&broker, "dlq.jobs", 10).await.expect("peek").len(),
+            1
+        );
+        assert_eq!(
+            dlq_peek(&broker, "dlq.jobs", 10)
+                .await
+                .expect("peek again")
+                .len(),
+            1
+        );
+        assert_eq!(dlq_purge(&broker, "dlq.jobs").await.expect("purge"), 1);
+        assert!(dlq_peek(&broker, "dlq.jobs", 10)
+            .await
+            .expect("peek")
+            .is_empty());
+    }
+}

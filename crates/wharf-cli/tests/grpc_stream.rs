@@ -1,0 +1,143 @@
+//! The raw gRPC consume stream of a real `wharf serve`: the server sends no
+//! more deliveries than the client granted, settles by delivery id (an
+//! unknown id is a typed error on the same stream), and redelivers what was
+//! unsettled when the stream ends.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use wharf_client::proto as v1;
+use wharf_client::proto::{consume_request, consume_response};
+
+fn req(kind: consume_request::Kind) -> v1::ConsumeRequest {
+    v1::ConsumeRequest { kind: Some(kind) }
+}
+
+async fn next_kind(
+    s: &mut tonic::Streaming<v1::ConsumeResponse>,
+) -> Option<consume_response::Kind> {
+    match tokio::time::timeout(Duration::from_millis(500), s.message()).await {
+        Ok(Ok(Some(r))) => r.kind,
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let mut raw = wharf_client::raw_client(&server.url(), None)
+        .await
+        .expect("connect");
+    let messages = (0..5)
+        .map(|i| v1::Message {
+            payload: format!("m{i}").into_bytes().into(),
+            ..Default::default()
+        })
+        .collect();
+    raw.publish(v1::PublishRequest {
+        topic: "grpc.credit".into(),
+        messages,
+    })
+    .await
+    .expect("publish");
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(req(consume_request::Kind::Subscribe(
+        v1::SubscribeRequest {
+            pattern: "grpc.credit".into(),
+            group: Some("g".into()),
+            start: v1::StartKind::StartEarliest as i32,
+            ..Default::default()
+        },
+    )))
+    .expect("send");
+    tx.send(req(consume_request::Kind::Credit(2)))
+        .expect("send");
+    let mut stream = raw
+        .consume(UnboundedReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    assert!(matches!(
+        next_kind(&mut stream).await,
+        Some(consume_response::Kind::Subscribed(true))
+    ));
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        match next_kind(&mut stream).await {
+            Some(consume_response::Kind::Delivery(d)) => ids.push(d.delivery_id),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // Credit used up: nothing more arrives until more is granted.
+    assert!(
+        next_kind(&mut stream).await.is_none(),
+        "a delivery beyond the granted credit"
+    );
+    tx.send(req(consume_request::Kind::Credit(1)))
+        .expect("send");
+    let third = match next_kind(&mut stream).await {
+        Some(consume_response::Kind::Delivery(d)) => d,
+        other => panic!("expected a third delivery, got {other:?}"),
+    };
+    assert_eq!(&third.message.expect("message").payload[..], b"m2");
+
+    // Ack by id; an unknown id is a typed error on the same stream.
+    let settle = |request_id, delivery_id| {
+        req(consume_request::Kind::Settle(v1::Settle {
+            request_id,
+            delivery_id,
+            action: v1::SettleAction::SettleAck as i32,
+            ..Default::default()
+        }))
+    };
+    tx.send(settle(1, ids[0])).expect("send");
+    match next_kind(&mut stream).await {
+        Some(consume_response::Kind::Result(r)) => assert_eq!((r.request_id, r.error), (1, None)),
+        other => panic!("expected a settle result, got {other:?}"),
+    }
+    tx.send(settle(2, 999)).expect("send");
+    match next_kind(&mut stream).await {
+        Some(consume_response::Kind::Result(r)) => {
+            assert_eq!(r.request_id, 2);
+            let e = r.error.expect("an error");
+            assert_eq!(
+                e.kind,
+                v1::error_detail::Kind::UnknownDelivery as i32,
+                "{e:?}"
+            );
+        }
+        other => panic!("expected a settle result, got {other:?}"),
+    }
+
+    // Ending the stream drops the unsettled deliveries: a new consumer of
+    // the group gets m1 and m2 again (plus m3, m4), never the acked m0.
+    drop(tx);
+    drop(stream);
+    let client = wharf_client::Client::connect(&server.url(), None)
+        .await
+        .expect("connect");
+    let mut sub = wharf_core::Subscriber::subscribe(
+        &client,
+        wharf_core::SubscribeOptions::new("grpc.credit").group("g"),
+    )
+    .await
+    .expect("subscribe");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+        d.ack().await.expect("ack");
+    }
+    got.sort();
+    assert_eq!(got, ["m1", "m2", "m3", "m4"]);
+}
