@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::sync::watch;
 use wharf_core::{
-    header, name, Acker, Capability, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
+    name, Acker, Capability, DeadLetter, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
     Result, Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp, TopicPattern,
 };
 
@@ -340,21 +340,17 @@ impl Settler {
 
     async fn dead_letter(&self, token: u64, held: Held, reason: &str, now: u64) -> Result<()> {
         let mut m = held.message;
-        let h = m.headers_mut();
-        h.insert(header::DLQ_REASON, reason);
-        h.insert(header::ORIGINAL_TOPIC, held.topic.as_str());
-        h.insert(header::ORIGINAL_PARTITION, "0");
-        h.insert(header::ATTEMPTS, held.attempt.to_string());
-        h.insert(
-            header::FIRST_FAILURE_MS,
-            held.first_failure_ms.unwrap_or(now).to_string(),
-        );
-        h.insert(header::LAST_FAILURE_MS, now.to_string());
-        if let Some(g) = &self.group {
-            h.insert(header::DLQ_GROUP, g.as_str());
+        DeadLetter {
+            reason,
+            topic: &held.topic,
+            partition: 0,
+            offset: None,
+            group: self.group.as_deref(),
+            attempts: held.attempt,
+            first_failure_ms: held.first_failure_ms.unwrap_or(now),
+            last_failure_ms: now,
         }
-        // The dead letter is kept even if the original had a TTL.
-        h.remove(header::EXPIRES_AT_MS);
+        .stamp(&mut m);
         let dlq = self
             .dead_letter_topic
             .clone()

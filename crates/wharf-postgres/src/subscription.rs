@@ -18,7 +18,7 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use wharf_core::{
-    header, name, Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement,
+    name, Acker, DeadLetter, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement,
     StartPosition, Subscription,
 };
 
@@ -571,19 +571,17 @@ impl Settler {
         let topic: String = row.try_get("topic").map_err(db_err)?;
         let offset: i64 = row.try_get("offset").map_err(db_err)?;
         let mut msg = message_from_row(&row)?;
-        let h = msg.headers_mut();
-        h.insert(header::DLQ_REASON, reason);
-        h.insert(header::ORIGINAL_TOPIC, topic.as_str());
-        h.insert(header::ORIGINAL_PARTITION, "0");
-        h.insert(header::ORIGINAL_OFFSET, offset.to_string());
-        h.insert(header::ATTEMPTS, attempts.to_string());
-        h.insert(header::FIRST_FAILURE_MS, first_ms.to_string());
-        h.insert(header::LAST_FAILURE_MS, last_ms.to_string());
-        if let Some(g) = &self.group {
-            h.insert(header::DLQ_GROUP, g.as_str());
+        DeadLetter {
+            reason,
+            topic: &topic,
+            partition: 0,
+            offset: u64::try_from(offset).ok(),
+            group: self.group.as_deref(),
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            first_failure_ms: u64::try_from(first_ms).unwrap_or(0),
+            last_failure_ms: u64::try_from(last_ms).unwrap_or(0),
         }
-        // The copy is deliverable now, even if the original was delayed.
-        h.remove(header::DELIVER_AT_MS);
+        .stamp(&mut msg);
         let dlq = self
             .dead_letter_topic
             .clone()
