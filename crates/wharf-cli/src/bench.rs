@@ -113,7 +113,11 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             _dir: Some(tempfile_dir::Dir(dir)),
         });
     }
-    let client = wharf_client::Client::connect(spec, conn.token.as_deref())
+    let ca = match &conn.ca_cert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let client = wharf_client::Client::connect_with(spec, conn.token.as_deref(), ca.as_deref())
         .await
         .with_context(|| format!("cannot use the server at {spec}"))?;
     client

@@ -41,6 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: gRPC and HTTP on one port (default 127.0.0.1:7420).
+    /// Logs go to stderr at the level in WHARF_LOG (default info).
     Serve {
         /// Where the broker stores its data.
         #[arg(long, default_value = "wharf-data")]
@@ -145,6 +146,14 @@ async fn serve(
     config: Option<PathBuf>,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
+    let level = std::env::var("WHARF_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut cfg = wharf_server::ServerConfig::new(&data_dir);
     cfg.listen = listen;
     if let Some(path) = &config {

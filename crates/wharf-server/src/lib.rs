@@ -169,6 +169,7 @@ impl Server {
         let stop2 = stop.clone();
         tokio::spawn(async move {
             signal.await;
+            tracing::info!("shutdown requested: draining connections, then closing the broker");
             let _ = stop2.send(true);
         });
         let stopped = async move {
