@@ -141,3 +141,35 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     got.sort();
     assert_eq!(got, ["m1", "m2", "m3", "m4"]);
 }
+
+#[tokio::test]
+async fn server_reflection_lists_the_wharf_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures_util::stream::iter(vec![request]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    let response = responses.message().await.expect("ok").expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "wharf.v1.Wharf"), "{names:?}");
+}
