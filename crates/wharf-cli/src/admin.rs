@@ -39,7 +39,7 @@ pub(crate) struct CreateArgs {
     name: String,
     #[arg(long)]
     partitions: Option<u32>,
-    /// always | never | interval:<ms>
+    /// always | never | interval:MS
     #[arg(long)]
     durability: Option<String>,
     #[arg(long)]
@@ -50,7 +50,7 @@ pub(crate) struct CreateArgs {
     max_message_bytes: Option<u64>,
     #[arg(long)]
     ttl_ms: Option<u64>,
-    /// Dead-letter topic (default dlq.<name>).
+    /// Dead-letter topic (default dlq.NAME).
     #[arg(long)]
     dead_letter_topic: Option<String>,
     /// Dead-letter a message after this many delivery attempts.

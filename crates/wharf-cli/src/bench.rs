@@ -50,7 +50,7 @@ pub(crate) struct BenchArgs {
     /// Target publish rate for the latency workload (msgs/s).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
-    /// Topic durability: always | never | interval:<ms>.
+    /// Topic durability: always | never | interval:MS.
     #[arg(long, default_value = "always")]
     durability: String,
     /// Dedup window of the benchmark topic in ms (0 = off, the default).
