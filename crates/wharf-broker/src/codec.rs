@@ -59,17 +59,10 @@ pub(crate) fn from_record(rec: StoredRecord) -> Result<Message, NotAMessage> {
         let v = std::str::from_utf8(&v).map_err(|_| bad("header value is not UTF-8"))?;
         headers.insert(n, v);
     }
-    let mut b = Message::builder()
-        .id(id)
-        .headers(headers)
-        .payload(rec.value)
-        .timestamp(Timestamp::from_millis(
-            u64::try_from(rec.timestamp_ms).unwrap_or(0),
-        ));
-    if let Some(k) = rec.key {
-        b = b.key(k);
-    }
-    Ok(b.build())
+    let timestamp = Timestamp::from_millis(u64::try_from(rec.timestamp_ms).unwrap_or(0));
+    Ok(Message::from_parts(
+        id, rec.key, headers, rec.value, timestamp,
+    ))
 }
 
 /// Stable partition for a key: CRC32C of the key modulo the partition count.

@@ -231,6 +231,24 @@ impl Message {
         }
     }
 
+    /// A message from stored or received parts, as backends decode it (no
+    /// id is generated and no clock is read).
+    pub fn from_parts(
+        id: MessageId,
+        key: Option<Bytes>,
+        headers: Headers,
+        payload: Bytes,
+        timestamp: Timestamp,
+    ) -> Self {
+        Message {
+            id,
+            key,
+            headers,
+            payload,
+            timestamp,
+        }
+    }
+
     /// Starts building a message.
     pub fn builder() -> MessageBuilder {
         MessageBuilder {
