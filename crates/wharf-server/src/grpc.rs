@@ -341,6 +341,7 @@ impl Wharf for Service {
     ) -> Result<Response<v1::Empty>, Status> {
         let name = req.get_ref().name.clone();
         self.check(&req, Right::Admin, &name)?;
+        self.shared.pollers.forget_topic(&name);
         self.shared
             .broker
             .delete_topic(&name)

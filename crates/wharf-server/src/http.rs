@@ -668,6 +668,11 @@ impl Pollers {
         self.lock().clear();
     }
 
+    /// Drops the long-poll subscriptions of a deleted topic.
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.lock().retain(|(t, _), _| t != topic);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, PollerMap> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1029,7 +1034,7 @@ async fn delete_topic(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     check(&s, &headers, Right::Admin, &topic)?;
-    s.pollers.lock().retain(|(t, _), _| *t != topic);
+    s.pollers.forget_topic(&topic);
     s.broker.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }
