@@ -16,7 +16,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::watch;
 use wharf_core::{
     name, Backend, Capabilities, Capability, Error, GroupMode, Limits, Message, Publisher, Receipt,
-    Result, StartPosition, SubscribeOptions, Subscriber, Subscription, TopicPattern,
+    Result, StartPosition, SubscribeOptions, Subscriber, Subscription, Timestamp, TopicPattern,
 };
 
 use crate::subscription::open_subscription;
@@ -115,6 +115,10 @@ impl AmqpConfig {
 
     pub(crate) fn backlog_name(&self) -> String {
         format!("wharf.{}.backlog", self.namespace)
+    }
+
+    pub(crate) fn delayed_exchange_name(&self) -> String {
+        format!("wharf.{}.delayed", self.namespace)
     }
 
     pub(crate) fn record(&self, is_exchange: bool, name: &str) {
@@ -222,6 +226,40 @@ impl Inner {
         .await
         .map_err(amqp_err)?;
         Ok(())
+    }
+
+    /// The TTL queue holding delayed publishes of one delay bucket; it
+    /// dead-letters into the topic exchange (keeping the topic as routing key).
+    /// Declared and bound on every use, so an expired one comes back.
+    pub(crate) async fn delayed_queue(&self, ch: &Channel, bucket_ms: u64) -> Result<()> {
+        let name = format!("wharf.{}.delay.{bucket_ms}", self.config.namespace);
+        let ms = i64::try_from(bucket_ms).unwrap_or(i64::MAX);
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(self.exchange.as_bytes().to_vec())),
+        );
+        let keep = Duration::from_millis(bucket_ms) * 2 + Duration::from_secs(60);
+        self.declare_queue(ch, &name, args, keep).await?;
+        let mut bind = FieldTable::default();
+        bind.insert(
+            "x-match".into(),
+            AMQPValue::LongString(LongString::from(b"all".to_vec())),
+        );
+        bind.insert(
+            wire::H_DELAY.into(),
+            AMQPValue::LongString(LongString::from(bucket_ms.to_string().into_bytes())),
+        );
+        ch.queue_bind(
+            ShortString::from(name.as_str()),
+            ShortString::from(self.config.delayed_exchange_name()),
+            ShortString::from(""),
+            QueueBindOptions::default(),
+            bind,
+        )
+        .await
+        .map_err(amqp_err)
     }
 
     /// Copies backlog messages matching `pattern` into `queue`, leaving the
@@ -347,6 +385,17 @@ impl AmqpBackend {
             )
             .await
             .map_err(amqp_err)?;
+        let delayed = config.delayed_exchange_name();
+        config.record(true, &delayed);
+        publish
+            .exchange_declare(
+                ShortString::from(delayed.as_str()),
+                ExchangeKind::Headers,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp_err)?;
         let (closed, _) = watch::channel(false);
         let inner = Inner {
             conn,
@@ -443,15 +492,32 @@ impl Publisher for AmqpBackend {
         let ch = self.inner.publish_channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         let mut receipts = Vec::with_capacity(messages.len());
+        let delayed_exchange = self.inner.config.delayed_exchange_name();
         for m in &messages {
             receipts.push(Receipt::new(m.id(), 0, None));
-            // Already expired: acknowledged, never delivered.
-            let Some(props) = wire::properties(topic, m, 0, None) else {
-                continue;
+            let now = Timestamp::now().as_millis();
+            let due = m.deliver_at().map_or(0, |t| t.as_millis());
+            let (exchange, props) = if due > now {
+                if m.expires_at().is_some_and(|e| e.as_millis() <= due) {
+                    continue; // expires before it is due: never delivered
+                }
+                let bucket = crate::subscription::delay_bucket(Duration::from_millis(due - now));
+                let ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX);
+                self.inner.delayed_queue(&ch, ms).await?;
+                match wire::delayed_properties(topic, m, ms) {
+                    Some(p) => (delayed_exchange.as_str(), p),
+                    None => continue,
+                }
+            } else {
+                // Already expired: acknowledged, never delivered.
+                match wire::properties(topic, m, 0, None) {
+                    Some(p) => (self.inner.exchange.as_str(), p),
+                    None => continue,
+                }
             };
             let c = ch
                 .basic_publish(
-                    ShortString::from(self.inner.exchange.as_str()),
+                    ShortString::from(exchange),
                     ShortString::from(topic),
                     BasicPublishOptions::default(),
                     m.payload(),
@@ -526,6 +592,7 @@ impl Backend for AmqpBackend {
             Capability::OrderingPerKey,
             Capability::ConsumerGroups,
             Capability::NackWithDelay,
+            Capability::DelayedPublish,
             Capability::Priorities,
             Capability::Ttl,
             Capability::Wildcards,

@@ -15,10 +15,14 @@
 //! | nack with delay | the copy goes to `<queue>.delay.<ms>`, a TTL queue dead-lettering into the queue; delays are rounded *up* to 100 ms / 1 s / 1 min buckets |
 //! | attempt number | our `wharf-attempts` header + 1, plus 1 when the broker flags a redelivery (consumer or connection lost) |
 //! | reject, max deliveries | a copy with the `wharf-dlq-*` / `wharf-original-*` headers is published to `dlq.<topic>` on the exchange, then the original is acked |
-//! | TTL | per-message `expiration` (remaining time) |
+//! | delayed publish | routed by a `wharf-delay` header through the headers exchange `wharf.<ns>.delayed` into `wharf.<ns>.delay.<ms>`, a TTL queue dead-lettering into the topic exchange with the topic as routing key (delays rounded up to buckets, so never early) |
+//! | TTL | per-message `expiration` (remaining time); delayed messages carry none (RabbitMQ drops it when dead-lettering) and consumers skip (ack) a message past its `wharf-expires-at-ms` |
 //! | priority | `x-max-priority = 9` on every queue, message `priority` |
 //! | messages nobody is bound for | the exchange's alternate exchange stores them in the durable backlog queue `wharf.<ns>.backlog` (bounded, oldest dropped); a group queue created with `StartPosition::Earliest` gets copies of the backlog messages matching its pattern |
 //! | key, headers (in order), ms timestamp | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id` |
+//!
+//! A channel error (say, a deleted exchange) fails that call only: the
+//! publishing channel is reopened on the next publish.
 //!
 //! Closing the backend closes the connection: unacked deliveries go back to
 //! their queues (RabbitMQ requeues them in order). A dropped subscription
@@ -28,8 +32,6 @@
 //! - **Visibility timeout / extend lease**: RabbitMQ holds an unacked message
 //!   until the channel closes (or `consumer_timeout`, 30 min by default);
 //!   there is no per-message lease to expire or extend.
-//! - **Delayed publish**: needs the `rabbitmq_delayed_message_exchange`
-//!   plugin, not assumed.
 //! - **Dedup**: RabbitMQ keeps no id index.
 //! - **Replay from offset / time**, **partition assignment**: queues are not
 //!   logs (RabbitMQ streams are, but lack per-message ack, TTL and priority).

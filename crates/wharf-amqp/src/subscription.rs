@@ -179,9 +179,22 @@ struct AmqpStream {
 }
 
 impl AmqpStream {
-    fn deliver(&self, d: lapin::message::Delivery) -> Delivery {
+    /// Turns a broker delivery into a Wharf one; `None` (acked) when the
+    /// message expired while it waited in a delay queue.
+    fn deliver(&self, d: lapin::message::Delivery) -> Option<Delivery> {
         let tag = d.delivery_tag;
         let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data);
+        if decoded
+            .message
+            .expires_at()
+            .is_some_and(|e| e.as_millis() <= Timestamp::now().as_millis())
+        {
+            let settler = self.acker.settler.clone();
+            self.acker.runtime.spawn(async move {
+                let _ = settler.ack(tag).await;
+            });
+            return None;
+        }
         // A broker redelivery (consumer or connection lost) is one more attempt
         // than our header counts.
         let attempt = decoded.attempts + 1 + u32::from(d.redelivered);
@@ -202,7 +215,12 @@ impl AmqpStream {
                 },
             );
         }
-        Delivery::new(decoded.message, info, self.acker.clone(), tag)
+        Some(Delivery::new(
+            decoded.message,
+            info,
+            self.acker.clone(),
+            tag,
+        ))
     }
 
     /// Cancels the consumer and requeues what it had prefetched but not handed out.
@@ -228,19 +246,24 @@ impl AmqpStream {
 #[async_trait]
 impl DeliveryStream for AmqpStream {
     async fn next(&mut self) -> Option<Result<Delivery>> {
-        let consumer = self.consumer.as_mut()?;
-        let mut closed = self.closed.clone();
-        let got = tokio::select! {
-            biased;
-            _ = closed.wait_for(|c| *c) => None,
-            d = consumer.next() => d,
-        };
-        match got {
-            Some(Ok(d)) => Some(Ok(self.deliver(d))),
-            Some(Err(e)) => Some(Err(amqp_err(e))),
-            None => {
-                self.consumer = None;
-                None
+        loop {
+            let consumer = self.consumer.as_mut()?;
+            let mut closed = self.closed.clone();
+            let got = tokio::select! {
+                biased;
+                _ = closed.wait_for(|c| *c) => None,
+                d = consumer.next() => d,
+            };
+            match got {
+                Some(Ok(d)) => match self.deliver(d) {
+                    Some(d) => return Some(Ok(d)),
+                    None => continue,
+                },
+                Some(Err(e)) => return Some(Err(amqp_err(e))),
+                None => {
+                    self.consumer = None;
+                    return None;
+                }
             }
         }
     }
@@ -249,11 +272,17 @@ impl DeliveryStream for AmqpStream {
         if *self.closed.borrow() {
             return None;
         }
-        let consumer = self.consumer.as_mut()?;
-        match consumer.next().now_or_never()? {
-            Some(Ok(d)) => Some(Ok(self.deliver(d))),
-            Some(Err(e)) => Some(Err(amqp_err(e))),
-            None => None,
+        loop {
+            let consumer = self.consumer.as_mut()?;
+            match consumer.next().now_or_never()? {
+                Some(Ok(d)) => {
+                    if let Some(d) = self.deliver(d) {
+                        return Some(Ok(d));
+                    }
+                }
+                Some(Err(e)) => return Some(Err(amqp_err(e))),
+                None => return None,
+            }
         }
     }
 

@@ -13,6 +13,8 @@ const H_TS: &str = "wharf-ts";
 const H_TOPIC: &str = "wharf-topic";
 const H_ATTEMPTS: &str = "wharf-attempts";
 const H_FIRST_FAILURE: &str = "wharf-first-failure";
+/// Header the delayed-publish headers exchange routes on: the delay bucket in ms.
+pub(crate) const H_DELAY: &str = "wharf-delay";
 
 /// Properties for publishing `m` on `topic`, after `attempts` earlier failed
 /// deliveries (the first at `first_failure_ms`). `None` when the message has
@@ -23,7 +25,35 @@ pub(crate) fn properties(
     attempts: u32,
     first_failure_ms: Option<u64>,
 ) -> Option<BasicProperties> {
+    build(topic, m, attempts, first_failure_ms, None)
+}
+
+/// Properties for a delayed publish through the delay queue of `delay_ms`:
+/// no `expiration` (a queue TTL and a message TTL would race, and RabbitMQ
+/// drops `expiration` when it dead-letters anyway; consumers skip expired
+/// messages instead).
+pub(crate) fn delayed_properties(
+    topic: &str,
+    m: &Message,
+    delay_ms: u64,
+) -> Option<BasicProperties> {
+    build(topic, m, 0, None, Some(delay_ms))
+}
+
+fn build(
+    topic: &str,
+    m: &Message,
+    attempts: u32,
+    first_failure_ms: Option<u64>,
+    delay_ms: Option<u64>,
+) -> Option<BasicProperties> {
     let mut t = FieldTable::default();
+    if let Some(d) = delay_ms {
+        t.insert(
+            H_DELAY.into(),
+            AMQPValue::LongString(LongString::from(d.to_string().into_bytes())),
+        );
+    }
     let pairs: Vec<AMQPValue> = m
         .headers()
         .iter()
@@ -73,7 +103,9 @@ pub(crate) fn properties(
         if exp.as_millis() <= now {
             return None;
         }
-        p = p.with_expiration(ShortString::from((exp.as_millis() - now).to_string()));
+        if delay_ms.is_none() {
+            p = p.with_expiration(ShortString::from((exp.as_millis() - now).to_string()));
+        }
     }
     Some(p)
 }
