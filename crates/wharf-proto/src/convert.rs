@@ -41,8 +41,9 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
 /// # Errors
 /// [`Error::InvalidArgument`] for an id that is not 16 bytes.
 pub fn message_from_proto(p: v1::Message) -> Result<Message, Error> {
-    let mut b = Message::builder();
-    if !p.id.is_empty() {
+    let id = if p.id.is_empty() {
+        MessageId::new()
+    } else {
         let bytes: [u8; 16] =
             p.id.as_ref()
                 .try_into()
@@ -50,16 +51,17 @@ pub fn message_from_proto(p: v1::Message) -> Result<Message, Error> {
                     name: "id",
                     reason: format!("must be 16 bytes, got {}", p.id.len()),
                 })?;
-        b = b.id(MessageId::from_bytes(bytes));
-    }
-    if let Some(k) = p.key {
-        b = b.key(k);
-    }
-    if p.timestamp_ms != 0 {
-        b = b.timestamp(Timestamp::from_millis(p.timestamp_ms));
-    }
+        MessageId::from_bytes(bytes)
+    };
+    let timestamp = if p.timestamp_ms == 0 {
+        Timestamp::now()
+    } else {
+        Timestamp::from_millis(p.timestamp_ms)
+    };
     let headers: Headers = p.headers.into_iter().map(|h| (h.name, h.value)).collect();
-    Ok(b.headers(headers).payload(p.payload).build())
+    Ok(Message::from_parts(
+        id, p.key, headers, p.payload, timestamp,
+    ))
 }
 
 /// The protobuf form of a receipt.
