@@ -277,7 +277,7 @@ async fn out_of_order_acks_survive_restart() {
         }
         let mut odd = Vec::new();
         for (i, d) in held.into_iter().enumerate() {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 d.ack().await.unwrap();
             } else {
                 odd.push(d);

@@ -79,7 +79,7 @@ async fn child(dir: String, cycle: u64) {
                 let d = d.expect("delivery");
                 let payload = String::from_utf8_lossy(d.message().payload()).into_owned();
                 n += 1;
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     d.nack().await.expect("nack");
                     continue;
                 }

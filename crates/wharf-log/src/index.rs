@@ -155,7 +155,7 @@ impl SegmentIndex {
 }
 
 fn check_trailer(buf: &[u8], trailer: usize, magic: u32, entry: usize) -> Option<usize> {
-    if buf.len() < trailer || (buf.len() - trailer) % entry != 0 {
+    if buf.len() < trailer || !(buf.len() - trailer).is_multiple_of(entry) {
         return None;
     }
     let t = buf.len() - trailer;

@@ -202,7 +202,7 @@ fn torn_tail_at_any_cut_is_truncated_on_recovery_keeping_whole_batches() {
         let mut bytes = std::fs::read(&seg).expect("read");
         bytes.truncate(cut as usize);
         // Some torn writes leave zeroed blocks behind the cut.
-        if cut % 2 == 0 {
+        if cut.is_multiple_of(2) {
             bytes.extend_from_slice(&[0u8; 100]);
         }
         std::fs::write(&seg, &bytes).expect("write");

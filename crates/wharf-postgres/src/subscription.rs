@@ -234,8 +234,7 @@ impl Fetcher {
         if self
             .rounds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % 64
-            == 0
+            .is_multiple_of(64)
         {
             sqlx::query(&sql.sweep_expired)
                 .bind(self.gid)

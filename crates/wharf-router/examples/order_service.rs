@@ -47,7 +47,7 @@ struct PaymentGateway {
 impl PaymentGateway {
     async fn charge(&self, order: &OrderPlaced) -> Result<(), &'static str> {
         let first_try = self.attempts.lock().expect("lock").insert(order.order_id);
-        if first_try && order.order_id % 2 == 0 {
+        if first_try && order.order_id.is_multiple_of(2) {
             return Err("payment gateway timed out");
         }
         self.charged.lock().expect("lock").push(order.order_id);

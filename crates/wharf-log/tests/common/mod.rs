@@ -12,7 +12,7 @@ pub fn rec(n: u64) -> Record {
     let mut value = format!("value-{n}-").into_bytes();
     value.resize(value.len() + (n % 37) as usize, b'x');
     let r = Record::new(1_000 + n as i64, value);
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         r.with_key(format!("key-{n}"))
             .with_header("h", format!("{n}"))
     } else {
