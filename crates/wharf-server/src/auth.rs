@@ -126,7 +126,7 @@ impl Auth {
     /// Checks that `token` is one of the configured tokens.
     ///
     /// # Errors
-    /// [`Denied::Unauthenticated`].
+    /// `Denied::Unauthenticated`.
     pub fn authenticate(&self, token: Option<&str>) -> Result<(), Denied> {
         self.find(token).map(|_| ())
     }
@@ -135,7 +135,7 @@ impl Auth {
     /// a pattern needs a right pattern that covers all it can match).
     ///
     /// # Errors
-    /// [`Denied`].
+    /// `Denied`.
     pub fn check(&self, token: Option<&str>, right: Right, topic: &str) -> Result<(), Denied> {
         let t = self.find(token)?;
         let list = match right {
@@ -157,7 +157,7 @@ impl Auth {
     /// (for listings, which are then filtered with [`Auth::check`]).
     ///
     /// # Errors
-    /// [`Denied`].
+    /// `Denied`.
     pub fn check_any(&self, token: Option<&str>, right: Right) -> Result<(), Denied> {
         let t = self.find(token)?;
         let list = match right {
