@@ -8,6 +8,7 @@
 //! runs and released again if the handler fails or asks for a retry, so a
 //! redelivery of a failed message is processed again.
 
+mod redb_store;
 mod store;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use tower::{Layer, Service};
 
+pub use redb_store::RedbDedupStore;
 pub use store::{DedupStore, MemoryDedupStore};
 
 use crate::outcome::{HandlerError, HandlerResult, Outcome};

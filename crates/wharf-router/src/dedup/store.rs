@@ -11,8 +11,8 @@ use wharf_core::BoxError;
 
 /// Remembers which message keys were claimed, for a time to live.
 ///
-/// Implementations: [`MemoryDedupStore`] (one process); an embedded one on
-/// redb, Redis (`SET key 1 NX EX ttl` / `DEL`) and PostgreSQL (a unique key:
+/// Implementations: [`MemoryDedupStore`] (one process),
+/// [`RedbDedupStore`](super::RedbDedupStore) (embedded, durable); Redis (`SET key 1 NX EX ttl` / `DEL`) and PostgreSQL (a unique key:
 /// `INSERT … ON CONFLICT DO NOTHING` / `DELETE`) fit the same two calls.
 #[async_trait]
 pub trait DedupStore: Send + Sync + 'static {
