@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use wharf_core::{Backend, Delivery, Subscription};
 
 pub mod cases;
+pub mod service;
 
 /// How long a case waits for a message it expects.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wharf_amqp::{AmqpBackend, AmqpConfig};
-use wharf_core::{Backend, Error};
+use wharf_core::Backend;
 
 /// The test broker's URL.
 pub fn url() -> String {
@@ -27,43 +27,20 @@ pub fn unique_config() -> AmqpConfig {
 /// Connects with `config`, or returns `None` after printing why the test is
 /// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
 pub async fn connect_or_skip(config: AmqpConfig) -> Option<AmqpBackend> {
-    match AmqpBackend::connect(config).await {
-        Ok(b) => Some(b),
-        Err(e @ Error::Unavailable { .. }) => {
-            if std::env::var("WHARF_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "rabbitmq unreachable at {}: {e} (WHARF_REQUIRE_SERVICES=1)",
-                    url()
-                );
-            }
-            println!("skipped: rabbitmq unreachable at {}: {e}", url());
-            None
-        }
-        Err(e) => panic!("connecting to rabbitmq at {}: {e}", url()),
-    }
+    wharf_testkit::service::connect_or_skip("rabbitmq", &url(), AmqpBackend::connect(config)).await
 }
 
 /// Deletes every queue and exchange declared through `config` (and its
 /// clones), from a thread of its own so it works in `Drop`.
 pub fn delete_declared_blocking(config: AmqpConfig) {
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        rt.block_on(async {
-            if let Ok(b) = AmqpBackend::connect(config).await {
-                if let Err(e) = b.delete_declared().await {
-                    eprintln!("cleanup: {e}");
-                }
-                let _ = b.close().await;
+    wharf_testkit::service::cleanup_blocking(move || async move {
+        if let Ok(b) = AmqpBackend::connect(config).await {
+            if let Err(e) = b.delete_declared().await {
+                eprintln!("cleanup: {e}");
             }
-        });
-    })
-    .join();
-    if joined.is_err() {
-        eprintln!("cleanup thread panicked");
-    }
+            let _ = b.close().await;
+        }
+    });
 }
 
 /// A backend in a namespace of its own, deleted on drop.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use wharf_core::{Backend, Error};
+use wharf_core::Backend;
 use wharf_nats::{NatsBackend, NatsConfig};
 
 /// The test server's URL.
@@ -25,42 +25,18 @@ pub fn unique_config() -> NatsConfig {
 /// Connects with `config`, or returns `None` after printing why the test is
 /// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
 pub async fn connect_or_skip(config: NatsConfig) -> Option<NatsBackend> {
-    match NatsBackend::connect(config).await {
-        Ok(b) => Some(b),
-        Err(e @ Error::Unavailable { .. }) => {
-            if std::env::var("WHARF_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "nats unreachable at {}: {e} (WHARF_REQUIRE_SERVICES=1)",
-                    url()
-                );
-            }
-            println!("skipped: nats unreachable at {}: {e}", url());
-            None
-        }
-        Err(e) => panic!("connecting to nats at {}: {e}", url()),
-    }
+    wharf_testkit::service::connect_or_skip("nats", &url(), NatsBackend::connect(config)).await
 }
 
-/// Deletes the stream of `config` from a thread of its own, so it works in
-/// `Drop`, inside or outside a runtime, even while a test unwinds.
+/// Deletes the stream of `config`; works in `Drop`.
 pub fn delete_stream_blocking(config: NatsConfig) {
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        rt.block_on(async {
-            if let Ok(b) = NatsBackend::connect(config).await {
-                if let Err(e) = b.delete_stream().await {
-                    eprintln!("cleanup: deleting {}: {e}", b.stream_name());
-                }
+    wharf_testkit::service::cleanup_blocking(move || async move {
+        if let Ok(b) = NatsBackend::connect(config).await {
+            if let Err(e) = b.delete_stream().await {
+                eprintln!("cleanup: deleting {}: {e}", b.stream_name());
             }
-        });
-    })
-    .join();
-    if joined.is_err() {
-        eprintln!("cleanup thread panicked");
-    }
+        }
+    });
 }
 
 /// A backend in a namespace of its own; the stream is deleted on drop.

@@ -31,65 +31,43 @@ pub fn unique_config() -> PostgresConfig {
 /// Handles an unreachable server: panics under `WHARF_REQUIRE_SERVICES=1`,
 /// otherwise prints why the test is skipped.
 pub fn skip_or_fail(e: &Error) {
-    if std::env::var("WHARF_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!(
-            "postgres unreachable at {}: {e} (WHARF_REQUIRE_SERVICES=1)",
-            url()
-        );
-    }
-    println!("skipped: postgres unreachable at {}: {e}", url());
+    wharf_testkit::service::unreachable("postgres", &url(), e);
 }
 
 /// Connects with `config`, or returns `None` when the test is skipped.
 pub async fn connect_or_skip(config: PostgresConfig) -> Option<PostgresBackend> {
-    match PostgresBackend::connect(config).await {
-        Ok(b) => Some(b),
-        Err(e @ Error::Unavailable { .. }) => {
-            skip_or_fail(&e);
-            None
-        }
-        Err(e) => panic!("connecting to postgres at {}: {e}", url()),
-    }
+    wharf_testkit::service::connect_or_skip("postgres", &url(), PostgresBackend::connect(config))
+        .await
 }
 
 /// Drops `schemas` from a thread of its own, so it works in `Drop`, inside or
 /// outside a runtime, even while a test unwinds.
 pub fn drop_schemas_blocking(schemas: Vec<String>) {
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        rt.block_on(async {
-            let pool = match sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&url())
-                .await
-            {
-                Ok(p) => p,
-                Err(_) => return,
-            };
-            for s in schemas {
-                // Background tasks of the test's backends may still hold row
-                // locks for a moment (a deadlock victim is retried).
-                for attempt in 1..=5 {
-                    match sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                        .execute(&pool)
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(e) if attempt == 5 => eprintln!("cleanup: dropping schema {s}: {e}"),
-                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-                    }
+    wharf_testkit::service::cleanup_blocking(move || async move {
+        let pool = match sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url())
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        for s in schemas {
+            // Background tasks of the test's backends may still hold row
+            // locks for a moment (a deadlock victim is retried).
+            for attempt in 1..=5 {
+                match sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                    .execute(&pool)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if attempt == 5 => eprintln!("cleanup: dropping schema {s}: {e}"),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
                 }
             }
-            pool.close().await;
-        });
-    })
-    .join();
-    if joined.is_err() {
-        eprintln!("cleanup thread panicked");
-    }
+        }
+        pool.close().await;
+    });
 }
 
 /// A backend in a schema of its own; the schema is dropped on drop.

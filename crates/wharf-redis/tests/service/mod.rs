@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use wharf_core::{Backend, Error};
+use wharf_core::Backend;
 use wharf_redis::{RedisBackend, RedisConfig};
 
 /// The test server's URL.
@@ -22,46 +22,23 @@ pub fn unique_config() -> RedisConfig {
 /// Connects with `config`, or returns `None` after printing why the test is
 /// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
 pub async fn connect_or_skip(config: RedisConfig) -> Option<RedisBackend> {
-    match RedisBackend::connect(config).await {
-        Ok(b) => Some(b),
-        Err(e @ (Error::Unavailable { .. } | Error::Timeout { .. })) => {
-            if std::env::var("WHARF_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "redis unreachable at {}: {e} (WHARF_REQUIRE_SERVICES=1)",
-                    url()
-                );
-            }
-            println!("skipped: redis unreachable at {}: {e}", url());
-            None
-        }
-        Err(e) => panic!("connecting to redis at {}: {e}", url()),
-    }
+    wharf_testkit::service::connect_or_skip("redis", &url(), RedisBackend::connect(config)).await
 }
 
 /// Deletes every key of `config`'s prefix from a thread of its own, so it
 /// works in `Drop`, inside or outside a runtime, even while a test unwinds.
 pub fn delete_all_blocking(config: RedisConfig) {
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        rt.block_on(async {
-            if let Ok(b) = RedisBackend::connect(config).await {
-                // Readers may still be finishing a blocking read: sweep twice.
-                for _ in 0..2 {
-                    if let Err(e) = b.delete_all().await {
-                        eprintln!("cleanup: {e}");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    wharf_testkit::service::cleanup_blocking(move || async move {
+        if let Ok(b) = RedisBackend::connect(config).await {
+            // Readers may still be finishing a blocking read: sweep twice.
+            for _ in 0..2 {
+                if let Err(e) = b.delete_all().await {
+                    eprintln!("cleanup: {e}");
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
             }
-        });
-    })
-    .join();
-    if joined.is_err() {
-        eprintln!("cleanup thread panicked");
-    }
+        }
+    });
 }
 
 /// A backend under a prefix of its own; its keys are deleted on drop.
