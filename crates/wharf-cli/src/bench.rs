@@ -26,8 +26,10 @@ pub(crate) enum Workload {
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// `embedded` (in-process broker in a temp dir) or a server URL; repeat
-    /// to compare in one run (ratios are printed against the first).
+    /// `embedded` (in-process broker in a temp dir), a `wharf serve` URL, or
+    /// (built with `--features adapters`) a nats://, redis://, amqp:// or
+    /// postgres:// URL; repeat to compare in one run (ratios are printed
+    /// against the first).
     #[arg(long = "backend", default_value = "embedded")]
     backends: Vec<String>,
     #[arg(long, value_enum, default_value = "publish")]
@@ -78,6 +80,10 @@ struct Target {
     backend: Arc<dyn Backend>,
     topic: String,
     _dir: Option<tempfile_dir::Dir>,
+    /// What the backend's acknowledgement means, for adapters.
+    durability: Option<&'static str>,
+    #[cfg(feature = "adapters")]
+    cleanup: Option<crate::adapters::Cleanup>,
 }
 
 mod tempfile_dir {
@@ -111,6 +117,21 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             backend: Arc::new(broker),
             topic,
             _dir: Some(tempfile_dir::Dir(dir)),
+            durability: None,
+            #[cfg(feature = "adapters")]
+            cleanup: None,
+        });
+    }
+    #[cfg(feature = "adapters")]
+    if let Some((backend, cleanup, durability)) = crate::adapters::open(spec, &topic).await? {
+        backend.ensure_topic(&topic).await?;
+        return Ok(Target {
+            label: spec.to_owned(),
+            backend,
+            topic,
+            _dir: None,
+            durability: Some(durability),
+            cleanup: Some(cleanup),
         });
     }
     let ca = match &conn.ca_cert {
@@ -136,6 +157,9 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         backend: Arc::new(client),
         topic,
         _dir: None,
+        durability: None,
+        #[cfg(feature = "adapters")]
+        cleanup: None,
     })
 }
 
@@ -303,11 +327,19 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
 pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for spec in &a.backends {
-        let t = open(conn, spec, &a).await?;
-        let r = match a.workload {
+        #[allow(unused_mut)]
+        let mut t = open(conn, spec, &a).await?;
+        let mut r = match a.workload {
             Workload::Publish => publish_load(&t, &a).await?,
             Workload::Latency => latency_load(&t, &a).await?,
         };
+        if let Some(d) = t.durability {
+            r["durability"] = json!(d);
+        }
+        #[cfg(feature = "adapters")]
+        if let Some(c) = t.cleanup.take() {
+            c.run().await;
+        }
         t.backend.close().await?;
         results.push(r);
     }
@@ -323,6 +355,9 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for r in &results {
+        if let Some(d) = r["durability"].as_str() {
+            println!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
+        }
         match a.workload {
             Workload::Publish => println!(
                 "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",

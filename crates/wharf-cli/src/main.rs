@@ -2,6 +2,8 @@
 //! topics, publish/subscribe, groups, dead letters and benchmarks. Tables for
 //! humans, `--json` for scripts; errors print one line and exit non-zero.
 
+#[cfg(feature = "adapters")]
+mod adapters;
 mod admin;
 mod bench;
 mod pubsub;

@@ -1,0 +1,87 @@
+//! `wharf bench --backend nats://… | redis://… | amqp://… | postgres://…`
+//! (cargo feature `adapters`): opens the adapter in a namespace of its own
+//! (a JetStream stream, a Redis key prefix, a RabbitMQ exchange, a PostgreSQL
+//! schema) and deletes it after the run, so the shared servers keep nothing.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use wharf_core::Backend;
+
+/// What to delete once the run is over.
+pub(crate) enum Cleanup {
+    Nats(wharf_nats::NatsBackend),
+    Redis(wharf_redis::RedisBackend),
+    Amqp(wharf_amqp::AmqpBackend),
+    Postgres(wharf_postgres::PostgresBackend),
+}
+
+impl Cleanup {
+    pub(crate) async fn run(self) {
+        let r = match self {
+            Cleanup::Nats(b) => b.delete_stream().await,
+            Cleanup::Redis(b) => b.delete_all().await,
+            Cleanup::Amqp(b) => b.delete_declared().await,
+            Cleanup::Postgres(b) => b.drop_schema().await,
+        };
+        if let Err(e) = r {
+            eprintln!("warning: cleaning up after the bench: {e}");
+        }
+    }
+}
+
+/// An adapter backend for `spec`, with what its acknowledgements mean;
+/// `None` when `spec` is not an adapter URL.
+pub(crate) async fn open(
+    spec: &str,
+    ns: &str,
+) -> anyhow::Result<Option<(Arc<dyn Backend>, Cleanup, &'static str)>> {
+    let ns = ns.replace(['.', '-'], "_");
+    let ctx = || format!("cannot use {spec}");
+    let opened: (Arc<dyn Backend>, Cleanup, &'static str) = if spec.starts_with("nats://") {
+        let cfg = wharf_nats::NatsConfig::new(spec)
+            .stream(format!("BENCH_{ns}"))
+            .subject_prefix(ns.clone());
+        let b = wharf_nats::NatsBackend::connect(cfg)
+            .await
+            .with_context(ctx)?;
+        (
+            Arc::new(b.clone()),
+            Cleanup::Nats(b),
+            "JetStream file store: acked after the server's write, fsync per its sync interval",
+        )
+    } else if spec.starts_with("redis://") {
+        let cfg = wharf_redis::RedisConfig::new(spec).key_prefix(ns.clone());
+        let b = wharf_redis::RedisBackend::connect(cfg)
+            .await
+            .with_context(ctx)?;
+        (
+            Arc::new(b.clone()),
+            Cleanup::Redis(b),
+            "Redis: as the server's appendfsync/persistence config says",
+        )
+    } else if spec.starts_with("amqp://") {
+        let cfg = wharf_amqp::AmqpConfig::new(spec).namespace(ns.clone());
+        let b = wharf_amqp::AmqpBackend::connect(cfg)
+            .await
+            .with_context(ctx)?;
+        (
+            Arc::new(b.clone()),
+            Cleanup::Amqp(b),
+            "RabbitMQ: persistent messages, publisher confirms (after fsync)",
+        )
+    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let cfg = wharf_postgres::PostgresConfig::new(spec).schema(format!("bench_{ns}"));
+        let b = wharf_postgres::PostgresBackend::connect(cfg)
+            .await
+            .with_context(ctx)?;
+        (
+            Arc::new(b.clone()),
+            Cleanup::Postgres(b),
+            "PostgreSQL: acked after COMMIT (synchronous_commit per server config)",
+        )
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(opened))
+}
