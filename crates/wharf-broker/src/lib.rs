@@ -565,13 +565,18 @@ impl Inner {
                 .unwrap_or_else(|| dead_letter_topic(topic.name())),
             read_ahead: self.config.read_ahead,
         });
-        gt.watch(&sub.notify);
-        gt.join(sub.id);
-        topic.watch(&sub.notify);
-        sub.bindings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Binding { gt, policy });
+        {
+            // Check and push under one lock: a topic created while the
+            // subscription scans existing ones must not be bound twice.
+            let mut bindings = sub.bindings.lock().unwrap_or_else(|p| p.into_inner());
+            if bindings.iter().any(|b| b.gt.topic.name() == topic.name()) {
+                return Ok(());
+            }
+            gt.watch(&sub.notify);
+            gt.join(sub.id);
+            topic.watch(&sub.notify);
+            bindings.push(Binding { gt, policy });
+        }
         sub.notify.notify_one();
         Ok(())
     }
