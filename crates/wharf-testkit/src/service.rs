@@ -15,7 +15,7 @@ pub fn required() -> bool {
 
 /// Reports that `service` at `url` is unreachable: panics when
 /// [`required`], otherwise prints `skipped: …` for the test log.
-pub fn unreachable(service: &str, url: &str, error: &dyn Display) {
+pub fn report_unreachable(service: &str, url: &str, error: &dyn Display) {
     if required() {
         panic!("{service} unreachable at {url}: {error} (WHARF_REQUIRE_SERVICES=1)");
     }
@@ -23,7 +23,7 @@ pub fn unreachable(service: &str, url: &str, error: &dyn Display) {
 }
 
 /// Awaits `connect`; on [`Error::Unavailable`] or [`Error::Timeout`] reports
-/// the service as [`unreachable`] and returns `None`; any other error fails
+/// the service as [`report_unreachable`] and returns `None`; any other error fails
 /// the test.
 pub async fn connect_or_skip<B>(
     service: &str,
@@ -33,7 +33,7 @@ pub async fn connect_or_skip<B>(
     match connect.await {
         Ok(b) => Some(b),
         Err(e) if e.is_transient() => {
-            unreachable(service, url, &e);
+            report_unreachable(service, url, &e);
             None
         }
         Err(e) => panic!("connecting to {service} at {url}: {e}"),

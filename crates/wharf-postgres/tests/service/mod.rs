@@ -31,7 +31,7 @@ pub fn unique_config() -> PostgresConfig {
 /// Handles an unreachable server: panics under `WHARF_REQUIRE_SERVICES=1`,
 /// otherwise prints why the test is skipped.
 pub fn skip_or_fail(e: &Error) {
-    wharf_testkit::service::unreachable("postgres", &url(), e);
+    wharf_testkit::service::report_unreachable("postgres", &url(), e);
 }
 
 /// Connects with `config`, or returns `None` when the test is skipped.
