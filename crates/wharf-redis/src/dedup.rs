@@ -56,6 +56,20 @@ impl RedisDedupStore {
             .map_err(|e| map("SET NX", e))?;
         Ok(set.is_some())
     }
+
+    /// Forgets `key`, so the next [`RedisDedupStore::check_and_set`] for it
+    /// succeeds (the router releases a key when its handler failed).
+    ///
+    /// # Errors
+    /// As [`RedisDedupStore::check_and_set`].
+    pub async fn release(&self, key: &str) -> Result<()> {
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("{}:dedup:{key}", self.prefix))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| map("DEL", e))?;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for RedisDedupStore {

@@ -53,6 +53,23 @@ async fn dedup_store_admits_a_key_once_per_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_store_release_admits_the_key_again() {
+    let Some(ns) = service::Namespace::new().await else {
+        return;
+    };
+    let store = RedisDedupStore::new(ns.backend.connection(), ns.config.key_prefix_value());
+    let ttl = Duration::from_secs(60);
+    assert!(store.check_and_set("k", ttl).await.expect("first"));
+    assert!(!store.check_and_set("k", ttl).await.expect("duplicate"));
+    store.release("k").await.expect("release");
+    assert!(store.check_and_set("k", ttl).await.expect("after release"));
+    store
+        .release("never-set")
+        .await
+        .expect("releasing an unknown key is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_wildcard_subscription_reads_every_matching_topic() {
     let Some(ns) = service::Namespace::new().await else {
         return;
