@@ -32,6 +32,7 @@ use async_trait::async_trait;
 use wharf_core::{Backend, Delivery, Subscription};
 
 pub mod cases;
+pub mod load;
 pub mod service;
 
 /// How long a case waits for a message it expects.

@@ -1,13 +1,7 @@
-//! Publish/consume load against the RabbitMQ backend: 100 B and 1 KiB
-//! messages; concurrent single publishes, batch publishes, group consume
-//! with acks, and an end-to-end latency run; prints msgs/s and p50/p99.
-//!
-//! `cargo run --release -p wharf-amqp --example bench -- [messages]`
-//! (broker from `WHARF_TEST_AMQP_URL`, default amqp://guest:guest@127.0.0.1:5672/%2f;
-//! a namespace of its own, deleted after).
-//! Durability: persistent messages on durable classic queues, and a publish
-//! returns after the publisher confirm, which RabbitMQ sends once the message
-//! is fsynced to its message store (grouped across publishes).
+//! A publish/consume load any backend can run: the adapters' `bench`
+//! examples call [`run`] so their figures are comparable (the same phases,
+//! the same percentiles). `wharf bench --backend URL` is the side-by-side
+//! tool; this measures the phases it doesn't (consume + ack throughput).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use wharf_core::{Backend, Message, StartPosition, SubscribeOptions};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+type BoxResult<T> = Result<T, wharf_core::BoxError>;
 
 const BATCH: usize = 1000;
 const IN_FLIGHT: usize = 1000;
@@ -93,7 +87,13 @@ async fn declare_group(b: &Arc<dyn Backend>, topic: &str, group: &str) -> BoxRes
     Ok(())
 }
 
-async fn run(b: Arc<dyn Backend>, size: usize, n: usize) -> BoxResult<()> {
+/// Runs the load on `b` with `n` messages of `size` bytes and prints one line:
+/// single publishes from 64 concurrent tasks, batches of 1,000, consuming the
+/// backlog with acks, and end-to-end latency while a group consumes.
+///
+/// # Errors
+/// The first backend error.
+pub async fn run(b: Arc<dyn Backend>, size: usize, n: usize) -> BoxResult<()> {
     let base = Instant::now();
     // 1. Single publishes from PUBLISHERS concurrent tasks: each waits for its
     //    own durable acknowledgement.
@@ -168,28 +168,5 @@ async fn run(b: Arc<dyn Backend>, size: usize, n: usize) -> BoxResult<()> {
         pct(&lat, 0.5),
         pct(&lat, 0.99),
     );
-    Ok(())
-}
-
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> BoxResult<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(20_000);
-    let url = std::env::var("WHARF_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    println!("wharf-amqp bench: {n} messages per size, broker {url}");
-    println!("durability: persistent messages, durable classic queues, publisher confirms (confirm after fsync)");
-    for size in [100, 1024] {
-        let cfg = wharf_amqp::AmqpConfig::new(url.clone())
-            .namespace(format!("bench-{}-{size}", std::process::id()));
-        let backend = wharf_amqp::AmqpBackend::connect(cfg.clone()).await?;
-        let result = run(Arc::new(backend.clone()), size, n).await;
-        backend.delete_declared().await?;
-        backend.close().await?;
-        result?;
-    }
     Ok(())
 }
