@@ -115,3 +115,52 @@ async fn poison_message_goes_through_retry_levels_to_the_dlq_without_blocking_ot
 }
 
 on_every_backend!(poison_message_goes_through_retry_levels_to_the_dlq_without_blocking_others,);
+
+/// The memory backend without `DelayedPublish`, like NATS and Redis: the
+/// retry levels must then wait for the due time on the consuming side.
+struct NoDelayedPublish(Arc<dyn Backend>);
+
+#[async_trait::async_trait]
+impl wharf_core::Publisher for NoDelayedPublish {
+    async fn publish(
+        &self,
+        topic: &str,
+        m: wharf_core::Message,
+    ) -> wharf_core::Result<wharf_core::Receipt> {
+        self.0.publish(topic, m).await
+    }
+}
+
+#[async_trait::async_trait]
+impl wharf_core::Subscriber for NoDelayedPublish {
+    async fn subscribe(&self, o: SubscribeOptions) -> wharf_core::Result<wharf_core::Subscription> {
+        self.0.subscribe(o).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for NoDelayedPublish {
+    fn name(&self) -> &'static str {
+        "memory-without-delayed-publish"
+    }
+    fn capabilities(&self) -> wharf_core::Capabilities {
+        self.0
+            .capabilities()
+            .without(wharf_core::Capability::DelayedPublish)
+    }
+    fn limits(&self) -> wharf_core::Limits {
+        self.0.limits()
+    }
+    async fn close(&self) -> wharf_core::Result<()> {
+        self.0.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_levels_work_without_delayed_publish() {
+    let inner: Arc<dyn Backend> = Arc::new(wharf_memory::MemoryBackend::new());
+    poison_message_goes_through_retry_levels_to_the_dlq_without_blocking_others(Arc::new(
+        NoDelayedPublish(inner),
+    ))
+    .await;
+}
