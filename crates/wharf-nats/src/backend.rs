@@ -255,7 +255,7 @@ impl Publisher for NatsBackend {
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
         let s = &self.shared;
         s.check_open()?;
-        let (subject, publish) = s.prepare(topic, &message, &message.id().to_string())?;
+        let (subject, publish) = s.prepare(topic, &message, &msg_id(&message, topic))?;
         let ack = s
             .send(subject, publish)
             .await?
@@ -270,7 +270,7 @@ impl Publisher for NatsBackend {
         name::validate_topic(topic)?;
         let prepared = messages
             .iter()
-            .map(|m| s.prepare(topic, m, &m.id().to_string()))
+            .map(|m| s.prepare(topic, m, &msg_id(m, topic)))
             .collect::<Result<Vec<_>>>()?;
         let mut acks = Vec::with_capacity(prepared.len());
         for (subject, publish) in prepared {
@@ -352,6 +352,14 @@ impl std::fmt::Debug for NatsBackend {
             .field("prefix", &self.shared.prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// The `Nats-Msg-Id` of a publish: the message id scoped to its topic, so
+/// dedup is per topic (as on every Wharf backend) although one stream holds
+/// every topic — the router republishes a message with its id to retry topics.
+/// Topics never contain `:`; readers take the first 36 characters as the id.
+fn msg_id(message: &Message, topic: &str) -> String {
+    format!("{}:{topic}", message.id())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! | `extend(by)` | `+WPI` (resets AckWait), repeated every AckWait/2 until `by` has passed or the delivery is settled |
 //! | dropping a delivery | `-NAK` (counts as an attempt, dead-letters on the last one) |
 //! | `max_in_flight` | client side: a subscription never asks the server for more messages than it has free slots (JetStream's `MaxAckPending` is per consumer, shared by all members, and is left unlimited) |
-//! | message id | `Nats-Msg-Id`, so a retried publish is deduplicated within the stream's duplicate window (2 min); the receipt's `duplicate` flag and offset come from the PubAck |
+//! | message id | `Nats-Msg-Id` = `<id>:<topic>`, so a retried publish to the same topic is deduplicated within the stream's duplicate window (2 min); the receipt's `duplicate` flag and offset come from the PubAck |
 //! | headers | NATS headers, plus `wharf-hdr-order` (names joined by `:`) because NATS header maps do not keep order |
 //! | key | `wharf-key` (raw when it is UTF-8 without control characters) or `wharf-key-b64` (standard base64) |
 //! | timestamp | `wharf-timestamp-ms` |

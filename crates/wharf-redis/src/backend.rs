@@ -204,8 +204,10 @@ impl Shared {
         format!("{}:r:{topic}:{group}", self.prefix)
     }
 
-    fn dedup_key(&self, message: &Message) -> String {
-        format!("{}:d:{}", self.prefix, message.id())
+    /// Dedup is per topic, as on every Wharf backend (the router republishes
+    /// a message with its id to retry topics).
+    fn dedup_key(&self, topic: &str, message: &Message) -> String {
+        format!("{}:d:{topic}:{}", self.prefix, message.id())
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -234,7 +236,7 @@ impl Shared {
             .arg(3)
             .arg(self.stream_key(topic))
             .arg(if dedup {
-                self.dedup_key(message)
+                self.dedup_key(topic, message)
             } else {
                 String::new()
             })

@@ -741,6 +741,28 @@ pub async fn duplicate_id_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
     Outcome::Passed
 }
 
+/// Dedup is per topic: the same id published to two topics is stored on
+/// both (the router republishes a message with its id to retry topics).
+pub async fn same_id_on_two_topics_is_stored_on_both<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Dedup);
+    let ns = ns();
+    let first = topic(&b, &ns, "orders").await;
+    let second = topic(&b, &ns, "orders.retry.1").await;
+    let m = Message::new("same id");
+    let r1 = b.publish(&first, m.clone()).await.expect("publish");
+    let r2 = b
+        .publish(&second, m.clone())
+        .await
+        .expect("publish to a second topic");
+    assert!(!r1.duplicate);
+    assert!(!r2.duplicate, "dedup must not span topics");
+    let mut sub = subscribe(&b, group_opts(&second, "g")).await;
+    let d = expect_delivery(&mut sub, "on the second topic").await;
+    assert_eq!(d.message().id(), m.id());
+    ack(d).await;
+    Outcome::Passed
+}
+
 /// A closed subscription yields `None`; what it handed out can still be acked.
 pub async fn closed_subscription_ends_and_keeps_settling<F: BackendFactory>(f: &F) -> Outcome {
     let b = open!(f);

@@ -130,6 +130,7 @@ macro_rules! conformance_tests {
             expired_message_is_not_delivered,
             higher_priority_is_delivered_first,
             duplicate_id_is_stored_once,
+            same_id_on_two_topics_is_stored_on_both,
             closed_subscription_ends_and_keeps_settling,
             close_ends_subscriptions_and_rejects_publishes,
             restart_keeps_published_messages,
