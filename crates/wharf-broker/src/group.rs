@@ -261,6 +261,11 @@ impl GroupTopic {
         self.lock().members.len()
     }
 
+    /// Live consumers' ids, in join order.
+    pub(crate) fn members(&self) -> Vec<u64> {
+        self.lock().members.clone()
+    }
+
     /// `(partition, owner)` for stream mode; empty in queue mode.
     pub(crate) fn assignment(&self) -> Vec<(u32, Option<u64>)> {
         if self.mode != GroupMode::Stream {

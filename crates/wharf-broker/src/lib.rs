@@ -55,6 +55,7 @@ mod codec;
 mod config;
 mod error;
 mod group;
+mod inspect;
 mod meta;
 mod subscription;
 mod topic;
@@ -75,6 +76,7 @@ use wharf_core::{
 
 pub use config::{BrokerConfig, Durability, TopicConfig, MAX_MESSAGE_BYTES, MAX_PARTITIONS};
 pub use error::StorageError;
+pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::Error;
 
@@ -201,6 +203,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
+    /// fsync durations of every partition's log (see [`Broker::fsync_stats`]).
+    sync_stats: Arc<wharf_log::SyncStats>,
 }
 
 impl Broker {
@@ -235,9 +239,15 @@ impl Broker {
             .map_err(|e| storage_error("create data dir", e))?;
         let meta = Meta::open(&dir.join("meta.redb"))?;
         let clock = Clock::new();
+        let sync_stats = Arc::new(wharf_log::SyncStats::default());
         let mut topics = HashMap::new();
         for (name, cfg) in meta.topics()? {
-            let t = Topic::open(&name, dir.join("topics").join(&name), cfg.clone())?;
+            let t = Topic::open(
+                &name,
+                dir.join("topics").join(&name),
+                cfg.clone(),
+                sync_stats.clone(),
+            )?;
             if let Some(w) = cfg.dedup_window_ms {
                 t.rebuild_dedup(clock.now_ms(), w)?;
             }
@@ -263,6 +273,7 @@ impl Broker {
             closed: AtomicBool::new(false),
             clock,
             lease_ids: AtomicU64::new(1),
+            sync_stats,
         });
         tokio::spawn(commit_loop(
             Arc::downgrade(&inner),
@@ -491,6 +502,7 @@ impl Inner {
                 name,
                 self.dir.join("topics").join(name),
                 cfg.clone(),
+                self.sync_stats.clone(),
             )?);
             self.meta.put_topic(name, &cfg)?;
             topics.insert(t.name_arc(), t.clone());

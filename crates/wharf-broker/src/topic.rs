@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::sync::Notify;
 use wharf_core::{Error, MessageId, StartPosition};
-use wharf_log::{Log, LogConfig, ReadBatches, Record, Retention};
+use wharf_log::{Log, LogConfig, ReadBatches, Record, Retention, SyncStats};
 
 use crate::codec::{from_record, partition_for_key};
 use crate::config::TopicConfig;
@@ -164,10 +164,13 @@ pub(crate) struct Topic {
     round_robin: AtomicU32,
     watchers: Mutex<Vec<Weak<Notify>>>,
     pub(crate) dedup: Mutex<Dedup>,
+    /// The broker's fsync counters, shared by every partition's log.
+    sync_stats: Arc<SyncStats>,
 }
 
-fn log_config(cfg: &TopicConfig) -> Result<LogConfig, Error> {
+fn log_config(cfg: &TopicConfig, sync_stats: &Arc<SyncStats>) -> Result<LogConfig, Error> {
     LogConfig::builder()
+        .sync_stats(Arc::clone(sync_stats))
         .durability(cfg.durability.to_log())
         .segment_max_bytes(cfg.segment_bytes)
         .max_batch_bytes(
@@ -183,8 +186,14 @@ fn log_config(cfg: &TopicConfig) -> Result<LogConfig, Error> {
         .map_err(log_error)
 }
 
-fn open_partition(dir: &Path, i: u32, cfg: &TopicConfig) -> Result<Arc<Partition>, Error> {
-    let log = Log::open(dir.join(i.to_string()), log_config(cfg)?).map_err(log_error)?;
+fn open_partition(
+    dir: &Path,
+    i: u32,
+    cfg: &TopicConfig,
+    sync_stats: &Arc<SyncStats>,
+) -> Result<Arc<Partition>, Error> {
+    let log =
+        Log::open(dir.join(i.to_string()), log_config(cfg, sync_stats)?).map_err(log_error)?;
     Ok(Arc::new(Partition {
         log,
         ttl_ms: cfg.ttl_ms,
@@ -192,10 +201,16 @@ fn open_partition(dir: &Path, i: u32, cfg: &TopicConfig) -> Result<Arc<Partition
 }
 
 impl Topic {
-    /// Opens (creating if needed) the topic's partitions under `dir`.
-    pub(crate) fn open(name: &str, dir: PathBuf, cfg: TopicConfig) -> Result<Topic, Error> {
+    /// Opens (creating if needed) the topic's partitions under `dir`; their
+    /// logs record fsync durations in `sync_stats`.
+    pub(crate) fn open(
+        name: &str,
+        dir: PathBuf,
+        cfg: TopicConfig,
+        sync_stats: Arc<SyncStats>,
+    ) -> Result<Topic, Error> {
         let parts = (0..cfg.partitions)
-            .map(|i| open_partition(&dir, i, &cfg))
+            .map(|i| open_partition(&dir, i, &cfg, &sync_stats))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Topic {
             name: name.into(),
@@ -205,6 +220,7 @@ impl Topic {
             round_robin: AtomicU32::new(0),
             watchers: Mutex::new(Vec::new()),
             dedup: Mutex::new(Dedup::default()),
+            sync_stats,
         })
     }
 
@@ -236,7 +252,7 @@ impl Topic {
         let mut parts = self.partitions.write().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<Arc<Partition>> = parts.as_ref().clone();
         for i in cfg.partitions..n {
-            v.push(open_partition(&self.dir, i, &cfg)?);
+            v.push(open_partition(&self.dir, i, &cfg, &self.sync_stats)?);
         }
         cfg.partitions = cfg.partitions.max(n);
         *parts = Arc::new(v);

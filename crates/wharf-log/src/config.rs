@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::LogError;
+use crate::stats::SyncStats;
 use crate::storage::{FsStorage, Storage};
 
 /// When an append is made durable with `fdatasync`.
@@ -109,6 +110,7 @@ pub struct LogConfig {
     pub(crate) truncate_corrupt_tail: bool,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sync_stats: Arc<SyncStats>,
 }
 
 impl Default for LogConfig {
@@ -124,6 +126,7 @@ impl Default for LogConfig {
             truncate_corrupt_tail: false,
             storage: Arc::new(FsStorage),
             clock: Arc::new(SystemClock),
+            sync_stats: Arc::new(SyncStats::default()),
         }
     }
 }
@@ -149,6 +152,11 @@ impl LogConfig {
     /// The largest encoded batch `append` accepts.
     pub fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
+    }
+
+    /// Where the log records how long its `fdatasync`s take.
+    pub fn sync_stats(&self) -> &Arc<SyncStats> {
+        &self.sync_stats
     }
 }
 
@@ -232,6 +240,13 @@ impl LogConfigBuilder {
     /// The clock seam (defaults to the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.config.clock = clock;
+        self
+    }
+
+    /// Where to record `fdatasync` durations (defaults to counters of this
+    /// log's own); pass one `Arc` to several logs to count them together.
+    pub fn sync_stats(mut self, stats: Arc<SyncStats>) -> Self {
+        self.config.sync_stats = stats;
         self
     }
 

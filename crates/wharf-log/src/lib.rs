@@ -47,6 +47,7 @@ mod read;
 mod record;
 mod segment;
 pub mod sim;
+mod stats;
 pub mod storage;
 
 pub use crate::batch::{Batch, BatchHeader, RecordIter};
@@ -59,4 +60,5 @@ pub use crate::log::{AppendInfo, Log};
 pub use crate::read::{ReadBatches, Records};
 pub use crate::record::{Record, StoredRecord};
 pub use crate::sim::{SimStats, SimStorage};
+pub use crate::stats::{SyncStats, SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
 pub use crate::storage::{FsStorage, Storage, StorageFile};

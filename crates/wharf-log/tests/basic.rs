@@ -550,3 +550,31 @@ fn log_and_its_results_can_be_shared_across_threads() {
     assert!(send_sync(PhantomData::<LogError>));
     assert!(send_sync(PhantomData::<SimStorage>));
 }
+
+#[test]
+fn fsync_durations_are_counted_in_shared_sync_stats() {
+    let stats = Arc::new(wharf_log::SyncStats::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |d| {
+        LogConfig::builder()
+            .durability(d)
+            .sync_stats(Arc::clone(&stats))
+            .build()
+            .expect("config")
+    };
+    let never = Log::open(dir.path().join("never"), config(Durability::Never)).expect("open");
+    never.append(&[rec(1)]).expect("append");
+    assert_eq!(stats.snapshot().count, 0, "Never does not sync on append");
+
+    let always = Log::open(dir.path().join("always"), config(Durability::Always)).expect("open");
+    for i in 0..3 {
+        always.append(&[rec(i)]).expect("append");
+    }
+    let s = stats.snapshot();
+    assert_eq!(s.count, 3, "one fdatasync per sequential Always append");
+    assert!(s.total_nanos > 0);
+    assert!(std::ptr::eq(always.sync_stats(), never.sync_stats()));
+
+    never.close().expect("close");
+    assert_eq!(stats.snapshot().count, 4, "close syncs the active segment");
+}

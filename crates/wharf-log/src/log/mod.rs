@@ -23,6 +23,7 @@ use crate::record::Record;
 use crate::segment::{
     has_valid_batch_after, index_name, log_name, parse_name, scan, time_index_name, Segment,
 };
+use crate::stats::{timed, SyncStats};
 use crate::storage::{read_exact_at, write_all_at, Storage, StorageFile};
 
 mod maintenance;
@@ -254,6 +255,13 @@ impl Log {
     /// `fdatasync` shared by every appender it covered).
     pub fn sync_count(&self) -> u64 {
         self.inner.sync.rounds()
+    }
+
+    /// How long this log's `fdatasync`s took (shared with other logs when
+    /// [`LogConfigBuilder::sync_stats`](crate::LogConfigBuilder::sync_stats)
+    /// gave them the same counters).
+    pub fn sync_stats(&self) -> &SyncStats {
+        &self.inner.config.sync_stats
     }
 
     /// Number of segments.
@@ -533,7 +541,7 @@ impl Inner {
         };
         // Sealed segments were synced when they were rolled, so syncing
         // the active one covers everything up to `lsn`.
-        if let Err(e) = seg.file.sync_data() {
+        if let Err(e) = timed(&self.config.sync_stats, || seg.file.sync_data()) {
             self.fail(e.kind());
             return Err(LogError::io(&seg.path, IoOp::SyncData, e));
         }
@@ -563,8 +571,7 @@ impl Inner {
     fn roll_inner(&self, w: &mut Writer) -> Result<(), LogError> {
         self.flush_pending(w)?;
         let old = Arc::clone(&w.active);
-        old.file
-            .sync_data()
+        timed(&self.config.sync_stats, || old.file.sync_data())
             .map_err(|e| LogError::io(&old.path, IoOp::SyncData, e))?;
         let (len, end, index) = {
             let st = old.state();
@@ -616,8 +623,7 @@ impl Inner {
         }
         self.flush_pending(&mut w)?;
         let seg = Arc::clone(&w.active);
-        seg.file
-            .sync_data()
+        timed(&self.config.sync_stats, || seg.file.sync_data())
             .map_err(|e| LogError::io(&seg.path, IoOp::SyncData, e))?;
         self.mark_synced(w.lsn);
         let (len, end, index) = {
