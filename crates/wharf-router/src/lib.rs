@@ -88,4 +88,4 @@ pub use request::{Context, Request};
 pub use router::{
     FetchGate, Route, RouteReport, Router, ShutdownReport, DEFAULT_LANES, DEFAULT_SHUTDOWN_TIMEOUT,
 };
-pub use stack::DefaultLayer;
+pub use stack::{DefaultFuture, DefaultLayer, DefaultService};

@@ -70,17 +70,33 @@ where
 
     #[inline]
     fn call(&mut self, req: Request) -> Self::Future {
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+        match call_catching(&mut self.inner, req) {
             Ok(fut) => RecoverFuture {
                 inner: Some(AssertUnwindSafe(fut).catch_unwind()),
                 early: None,
             },
-            Err(panic) => RecoverFuture {
+            Err(message) => RecoverFuture {
                 inner: None,
-                early: Some(panic_message(&*panic)),
+                early: Some(message),
             },
         }
     }
+}
+
+/// Calls `svc`, turning a panic in `call` itself into its message.
+#[inline]
+pub(crate) fn call_catching<S: Service<Request>>(
+    svc: &mut S,
+    req: Request,
+) -> Result<S::Future, String> {
+    catch_unwind(AssertUnwindSafe(|| svc.call(req))).map_err(|panic| panic_message(&*panic))
+}
+
+/// The error a panic while polling a handler's future becomes (logged).
+pub(crate) fn panicked(panic: &(dyn Any + Send)) -> HandlerError {
+    let message = panic_message(panic);
+    tracing::error!(%message, "handler panicked");
+    HandlerError::Panicked { message }
 }
 
 pin_project! {
@@ -98,13 +114,9 @@ impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for RecoverFuture
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.inner.as_pin_mut() {
-            Some(f) => f.poll(cx).map(|r| {
-                r.unwrap_or_else(|panic| {
-                    let message = panic_message(&*panic);
-                    tracing::error!(%message, "handler panicked");
-                    Err(HandlerError::Panicked { message })
-                })
-            }),
+            Some(f) => f
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|panic| Err(panicked(&*panic)))),
             None => Poll::Ready(Err(HandlerError::Panicked {
                 message: this.early.take().unwrap_or_default(),
             })),

@@ -199,39 +199,44 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let span = tracing::info_span!(
-            "wharf.handle",
-            topic = %req.topic(),
-            partition = req.info().partition,
-            offset = req.info().offset,
-            attempt = req.attempt(),
-            message_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        let incoming = TraceContext::from_message(req.message());
-        if span.is_disabled() {
-            // Nobody looks at spans: only carry an existing trace over.
-            if let Some(tc) = incoming {
-                req.set_trace(tc.child());
+        let span = prepare(&mut req);
+        let inner = match &span {
+            None => self.inner.call(req),
+            Some(span) => {
+                let _entered = span.enter();
+                self.inner.call(req)
             }
-            return TraceFuture {
-                inner: self.inner.call(req),
-                span: None,
-            };
-        }
-        span.record("message_id", tracing::field::display(req.message().id()));
-        let tc = incoming.map_or_else(TraceContext::new_root, |t| t.child());
-        span.record("trace_id", tracing::field::display(tc.trace_id_hex()));
-        req.set_trace(tc);
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
         };
-        TraceFuture {
-            inner,
-            span: Some(span),
-        }
+        TraceFuture { inner, span }
     }
+}
+
+/// Carries the message's trace context over to `req` (a child of an
+/// incoming `traceparent`, or a new root when a span is recorded) and
+/// returns the message's `wharf.handle` span when a subscriber listens.
+#[inline]
+pub(crate) fn prepare(req: &mut Request) -> Option<tracing::Span> {
+    let span = tracing::info_span!(
+        "wharf.handle",
+        topic = %req.topic(),
+        partition = req.info().partition,
+        offset = req.info().offset,
+        attempt = req.attempt(),
+        message_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let incoming = TraceContext::from_message(req.message());
+    if span.is_disabled() {
+        if let Some(tc) = incoming {
+            req.set_trace(tc.child());
+        }
+        return None;
+    }
+    span.record("message_id", tracing::field::display(req.message().id()));
+    let tc = incoming.map_or_else(TraceContext::new_root, |t| t.child());
+    span.record("trace_id", tracing::field::display(tc.trace_id_hex()));
+    req.set_trace(tc);
+    Some(span)
 }
 
 pin_project! {

@@ -41,6 +41,13 @@ pub(crate) async fn run_lane<S>(
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
     while let Some(batch) = rx.recv().await {
         let settled = batch.len();
+        // Counted once per batch, and still counted if the lane is aborted
+        // mid-batch (the guard is dropped with the task).
+        let mut tally = Tally {
+            counters: &counters,
+            handled: 0,
+            acked: 0,
+        };
         for mut delivery in batch {
             let ready = poll_ready_catching(&mut svc).await;
             let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
@@ -62,19 +69,34 @@ pub(crate) async fn run_lane<S>(
                 }
                 Err(e) => Err(e),
             };
-            counters.handled.add(1);
+            tally.handled += 1;
             // The common case inline; everything else in `settle`.
             if matches!(result, Ok(Outcome::Ack)) {
                 match delivery.ack().await {
-                    Ok(()) => counters.acked.add(1),
+                    Ok(()) => tally.acked += 1,
                     Err(e) => settle_failed(&counters, &e),
                 }
             } else {
                 settle(delivery, result, copy, &ctx, &counters).await;
             }
         }
+        drop(tally);
         // Free the batch's slots in the route's in-flight window at once.
         window.add_permits(settled);
+    }
+}
+
+/// Per-batch counts, added to the lane's counters when dropped.
+struct Tally<'a> {
+    counters: &'a LaneCounters,
+    handled: u64,
+    acked: u64,
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.counters.handled.add(self.handled);
+        self.counters.acked.add(self.acked);
     }
 }
 

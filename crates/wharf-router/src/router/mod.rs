@@ -375,7 +375,9 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
             if pending.is_empty() {
                 continue;
             }
-            if tx.send(std::mem::take(pending)).await.is_err() {
+            // The next batch for this lane starts with room for a full run.
+            let next = Vec::with_capacity(pending.len().max(keyless_run));
+            if tx.send(std::mem::replace(pending, next)).await.is_err() {
                 // The lane is gone (only at an aborted shutdown): what we hold
                 // is dropped unsettled and redelivered.
                 break 'fetch;
