@@ -598,6 +598,8 @@ impl Backend for AmqpBackend {
             Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
+            Capability::Retention,
+            Capability::Redelivery,
         ]
         .into_iter()
         .collect()

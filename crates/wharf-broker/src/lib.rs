@@ -938,6 +938,8 @@ impl Backend for Broker {
             Capability::DeadLetter,
             Capability::MaxDeliveries,
             Capability::PartitionAssignment,
+            Capability::Retention,
+            Capability::Redelivery,
         ]
         .into_iter()
         .collect()

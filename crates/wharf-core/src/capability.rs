@@ -47,11 +47,22 @@ pub enum Capability {
     Backpressure,
     /// [`crate::GroupMode::Stream`]: partitions assigned to one consumer each, rebalanced on join/leave.
     PartitionAssignment,
+    /// Messages are kept until consumed (or expired), not only passed on: one
+    /// published while no subscription or group is there to take it reaches
+    /// later subscribers (a new group starting at [`crate::StartPosition::Earliest`]
+    /// gets the backlog). Without it — fire-and-forget pub/sub — a message
+    /// reaches only the subscriptions live when it is published.
+    Retention,
+    /// Unacked deliveries come back (at-least-once): a `nack`, a delivery
+    /// dropped unsettled, or one held by a consumer that went away is
+    /// delivered again with the next attempt number. Without it delivery is
+    /// at-most-once: a nack or a drop settles locally and the message is gone.
+    Redelivery,
 }
 
 impl Capability {
     /// Every capability, in declaration order.
-    pub const ALL: [Capability; 17] = [
+    pub const ALL: [Capability; 19] = [
         Capability::Persistence,
         Capability::OrderingPerKey,
         Capability::ConsumerGroups,
@@ -69,6 +80,8 @@ impl Capability {
         Capability::MaxDeliveries,
         Capability::Backpressure,
         Capability::PartitionAssignment,
+        Capability::Retention,
+        Capability::Redelivery,
     ];
 
     const fn bit(self) -> u32 {
@@ -95,6 +108,8 @@ impl Capability {
             Capability::MaxDeliveries => "max-deliveries",
             Capability::Backpressure => "backpressure",
             Capability::PartitionAssignment => "partition-assignment",
+            Capability::Retention => "retention",
+            Capability::Redelivery => "redelivery",
         }
     }
 }
@@ -197,6 +212,17 @@ mod tests {
             assert!(!Capabilities::empty().contains(cap), "{cap}");
         }
         assert_eq!(Capabilities::all().iter().count(), Capability::ALL.len());
+    }
+
+    #[test]
+    fn all_lists_each_capability_once_in_declaration_order_with_a_distinct_name() {
+        // The set is a `u32` of `1 << discriminant`.
+        assert!(Capability::ALL.len() <= 32);
+        let mut names = std::collections::HashSet::new();
+        for (i, cap) in Capability::ALL.into_iter().enumerate() {
+            assert_eq!(cap as usize, i, "{cap}");
+            assert!(names.insert(cap.as_str()), "{cap} named twice");
+        }
     }
 
     #[test]

@@ -114,7 +114,9 @@ pub const CAPABILITIES: Capabilities = Capabilities::empty()
     .with(Capability::DeadLetter)
     .with(Capability::MaxDeliveries)
     .with(Capability::Backpressure)
-    .with(Capability::PartitionAssignment);
+    .with(Capability::PartitionAssignment)
+    .with(Capability::Retention)
+    .with(Capability::Redelivery);
 
 #[derive(Debug, Clone, Copy)]
 struct Config {

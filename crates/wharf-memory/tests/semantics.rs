@@ -108,6 +108,8 @@ async fn capabilities_exclude_persistence_priorities_and_dedup() {
         Capability::Backpressure,
         Capability::Wildcards,
         Capability::ReplayFromTime,
+        Capability::Retention,
+        Capability::Redelivery,
     ] {
         assert!(caps.contains(c), "{c}");
     }

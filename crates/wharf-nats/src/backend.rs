@@ -311,6 +311,8 @@ impl Backend for NatsBackend {
             Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
+            Capability::Retention,
+            Capability::Redelivery,
         ]
         .into_iter()
         .collect()

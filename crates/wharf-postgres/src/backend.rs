@@ -450,6 +450,8 @@ impl Backend for PostgresBackend {
             Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
+            Capability::Retention,
+            Capability::Redelivery,
         ]
         .into_iter()
         .collect()

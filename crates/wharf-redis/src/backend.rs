@@ -352,6 +352,8 @@ impl Backend for RedisBackend {
             Capability::Wildcards,
             Capability::DeadLetter,
             Capability::MaxDeliveries,
+            Capability::Retention,
+            Capability::Redelivery,
         ]
         .into_iter()
         .collect()

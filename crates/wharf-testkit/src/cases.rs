@@ -53,6 +53,17 @@ fn group_opts(topic: &str, group: &str) -> SubscribeOptions {
         .start(StartPosition::Earliest)
 }
 
+/// Options for a case's only consumer of `topic`: group `g` from the
+/// earliest message on a backend with consumer groups; without them a
+/// private subscription, which alone on the topic gets the same messages.
+fn sole_opts(b: &Arc<dyn Backend>, topic: &str) -> SubscribeOptions {
+    if b.capabilities().contains(Capability::ConsumerGroups) {
+        group_opts(topic, "g")
+    } else {
+        SubscribeOptions::new(topic).start(StartPosition::Earliest)
+    }
+}
+
 async fn publish_text(b: &Arc<dyn Backend>, topic: &str, text: &str) -> Receipt {
     b.publish(topic, Message::new(text.to_owned()))
         .await
@@ -81,7 +92,7 @@ pub async fn round_trip_preserves_id_key_headers_and_payload<F: BackendFactory>(
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "orders").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let msg = Message::builder()
         .key("customer-7")
         .header("h-one", "1")
@@ -120,7 +131,7 @@ pub async fn batch_publish_is_delivered_in_order<F: BackendFactory>(f: &F) -> Ou
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "batch").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let msgs: Vec<Message> = (0..20).map(|i| Message::new(format!("m{i}"))).collect();
     let ids: Vec<MessageId> = msgs.iter().map(Message::id).collect();
     let receipts = b.publish_batch(&t, msgs).await.expect("publish_batch");
@@ -195,7 +206,7 @@ pub async fn ordering_per_key_is_kept<F: BackendFactory>(f: &F) -> Outcome {
     let b = open!(f, Capability::OrderingPerKey);
     let ns = ns();
     let t = topic(&b, &ns, "ordered").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let keys = ["alpha", "beta", "gamma"];
     for seq in 0..30 {
         for k in keys {
@@ -235,10 +246,10 @@ pub async fn acked_message_is_not_redelivered<F: BackendFactory>(f: &F) -> Outco
 
 /// `nack` redelivers the same message with the next attempt number.
 pub async fn nack_redelivers_with_next_attempt<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f);
+    let b = open!(f, Capability::Redelivery);
     let ns = ns();
     let t = topic(&b, &ns, "nack").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let r = publish_text(&b, &t, "again").await;
     let d = expect_delivery(&mut sub, "first").await;
     assert_eq!(d.attempt(), 1);
@@ -256,7 +267,7 @@ pub async fn nack_with_delay_waits_before_redelivery<F: BackendFactory>(f: &F) -
     let b = open!(f, Capability::NackWithDelay);
     let ns = ns();
     let t = topic(&b, &ns, "delay").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     publish_text(&b, &t, "later").await;
     let d = expect_delivery(&mut sub, "first").await;
     let delay = Duration::from_millis(1000);
@@ -317,13 +328,18 @@ pub async fn reject_dead_letters_with_reason_headers<F: BackendFactory>(f: &F) -
 pub async fn max_deliveries_moves_message_to_dead_letter_topic<F: BackendFactory>(
     f: &F,
 ) -> Outcome {
-    let b = open!(f, Capability::MaxDeliveries, Capability::DeadLetter);
+    let b = open!(
+        f,
+        Capability::MaxDeliveries,
+        Capability::DeadLetter,
+        Capability::Redelivery
+    );
     let ns = ns();
     let t = topic(&b, &ns, "flaky").await;
     let dlq = dead_letter_topic(&t);
     b.ensure_topic(&dlq).await.expect("ensure dlq");
     let mut dead = subscribe(&b, group_opts(&dlq, "ops")).await;
-    let mut sub = subscribe(&b, group_opts(&t, "g").max_deliveries(2)).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).max_deliveries(2)).await;
     let r = publish_text(&b, &t, "fails").await;
     for attempt in 1..=2 {
         let d = expect_delivery(&mut sub, "attempt").await;
@@ -355,7 +371,7 @@ pub async fn lease_expiry_on_last_attempt_dead_letters<F: BackendFactory>(f: &F)
     let dlq = dead_letter_topic(&t);
     b.ensure_topic(&dlq).await.expect("ensure dlq");
     let mut dead = subscribe(&b, group_opts(&dlq, "ops")).await;
-    let opts = group_opts(&t, "g")
+    let opts = sole_opts(&b, &t)
         .max_deliveries(1)
         .visibility_timeout(Duration::from_millis(800));
     let mut sub = subscribe(&b, opts).await;
@@ -377,10 +393,10 @@ pub async fn lease_expiry_on_last_attempt_dead_letters<F: BackendFactory>(f: &F)
 
 /// Dropping a delivery unsettled releases it for redelivery.
 pub async fn dropped_delivery_is_redelivered<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f);
+    let b = open!(f, Capability::Redelivery);
     let ns = ns();
     let t = topic(&b, &ns, "dropped").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let r = publish_text(&b, &t, "x").await;
     drop(expect_delivery(&mut sub, "first").await);
     let d = expect_delivery(&mut sub, "redelivery").await;
@@ -394,7 +410,7 @@ pub async fn dropped_delivery_is_redelivered<F: BackendFactory>(f: &F) -> Outcom
 pub async fn dropped_consumer_messages_go_to_another_group_member<F: BackendFactory>(
     f: &F,
 ) -> Outcome {
-    let b = open!(f, Capability::ConsumerGroups);
+    let b = open!(f, Capability::ConsumerGroups, Capability::Redelivery);
     let ns = ns();
     let t = topic(&b, &ns, "handover").await;
     let mut first = subscribe(&b, group_opts(&t, "g")).await;
@@ -417,7 +433,7 @@ pub async fn lease_expiry_redelivers_unsettled_message<F: BackendFactory>(f: &F)
     let ns = ns();
     let t = topic(&b, &ns, "lease").await;
     let vt = Duration::from_millis(1000);
-    let mut sub = subscribe(&b, group_opts(&t, "g").visibility_timeout(vt)).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).visibility_timeout(vt)).await;
     let r = publish_text(&b, &t, "slow").await;
     let stale = expect_delivery(&mut sub, "first").await;
     let start = Instant::now();
@@ -441,7 +457,7 @@ pub async fn extend_keeps_lease<F: BackendFactory>(f: &F) -> Outcome {
     let ns = ns();
     let t = topic(&b, &ns, "extend").await;
     let vt = Duration::from_millis(800);
-    let mut sub = subscribe(&b, group_opts(&t, "g").visibility_timeout(vt)).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).visibility_timeout(vt)).await;
     publish_text(&b, &t, "long job").await;
     let d = expect_delivery(&mut sub, "first").await;
     d.extend(Duration::from_secs(10)).await.expect("extend");
@@ -455,7 +471,7 @@ pub async fn max_in_flight_is_respected<F: BackendFactory>(f: &F) -> Outcome {
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "inflight").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g").max_in_flight(2)).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).max_in_flight(2)).await;
     for i in 0..5 {
         publish_text(&b, &t, &format!("m{i}")).await;
     }
@@ -491,9 +507,17 @@ pub async fn star_pattern_matches_one_segment_including_new_topics<F: BackendFac
     let b = open!(f, Capability::Wildcards);
     let ns = ns();
     let old = topic(&b, &ns, "orders.old").await;
-    publish_text(&b, &old, "old").await;
+    // With retention, a message published before subscribing must arrive
+    // too; without, only the topic exists beforehand.
+    let retained = b.capabilities().contains(Capability::Retention);
+    if retained {
+        publish_text(&b, &old, "old").await;
+    }
     let pattern = format!("{ns}.orders.*");
-    let mut sub = subscribe(&b, group_opts(&pattern, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &pattern)).await;
+    if !retained {
+        publish_text(&b, &old, "old").await;
+    }
     let created = topic(&b, &ns, "orders.created").await;
     let deep = topic(&b, &ns, "orders.created.eu").await;
     let other = topic(&b, &ns, "billing.created").await;
@@ -512,7 +536,7 @@ pub async fn gt_pattern_matches_remaining_segments<F: BackendFactory>(f: &F) -> 
     let b = open!(f, Capability::Wildcards);
     let ns = ns();
     let pattern = format!("{ns}.orders.>");
-    let mut sub = subscribe(&b, group_opts(&pattern, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &pattern)).await;
     let a = topic(&b, &ns, "orders.a").await;
     let ab = topic(&b, &ns, "orders.a.b").await;
     let bare = topic(&b, &ns, "orders").await;
@@ -573,11 +597,19 @@ pub async fn invalid_names_are_rejected_with_typed_error<F: BackendFactory>(f: &
     Outcome::Passed
 }
 
-/// A message over the limit fails with `MessageTooLarge` and nothing of it (or its batch) is stored.
+/// A message over the limit fails with `MessageTooLarge` and nothing of it
+/// (or its batch) is stored — or, on a backend without retention, delivered.
 pub async fn oversized_message_is_rejected_and_not_stored<F: BackendFactory>(f: &F) -> Outcome {
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "big").await;
+    // With retention the consumer comes after the publishes, so it gets what
+    // was stored; without, it must already be there to get anything.
+    let early = if b.capabilities().contains(Capability::Retention) {
+        None
+    } else {
+        Some(subscribe(&b, sole_opts(&b, &t)).await)
+    };
     let max = b.limits().max_message_bytes;
     let big = Message::new(vec![b'x'; max + 1]);
     match b.publish(&t, big.clone()).await {
@@ -598,7 +630,10 @@ pub async fn oversized_message_is_rejected_and_not_stored<F: BackendFactory>(f: 
     b.publish(&t, fits)
         .await
         .expect("a message within the limit");
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = match early {
+        Some(sub) => sub,
+        None => subscribe(&b, sole_opts(&b, &t)).await,
+    };
     let d = expect_delivery(&mut sub, "only the valid message").await;
     assert!(d.message().payload().iter().all(|&c| c == b'y'));
     ack(d).await;
@@ -614,9 +649,7 @@ pub async fn start_latest_skips_backlog<F: BackendFactory>(f: &F) -> Outcome {
     for i in 0..3 {
         publish_text(&b, &t, &format!("old{i}")).await;
     }
-    let opts = SubscribeOptions::new(&t)
-        .group("g")
-        .start(StartPosition::Latest);
+    let opts = sole_opts(&b, &t).start(StartPosition::Latest);
     let mut sub = subscribe(&b, opts).await;
     publish_text(&b, &t, "new").await;
     assert_eq!(take_text(&mut sub, "latest").await, "new");
@@ -625,7 +658,7 @@ pub async fn start_latest_skips_backlog<F: BackendFactory>(f: &F) -> Outcome {
 
 /// `StartPosition::Offset` replays from that offset on.
 pub async fn replay_from_offset_starts_there<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::ReplayFromOffset);
+    let b = open!(f, Capability::ReplayFromOffset, Capability::Retention);
     let ns = ns();
     let t = topic(&b, &ns, "replay").await;
     let msgs = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
@@ -644,7 +677,7 @@ pub async fn replay_from_offset_starts_there<F: BackendFactory>(f: &F) -> Outcom
 
 /// `StartPosition::Time` starts at the first message published at or after it.
 pub async fn replay_from_time_starts_there<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::ReplayFromTime);
+    let b = open!(f, Capability::ReplayFromTime, Capability::Retention);
     let ns = ns();
     let t = topic(&b, &ns, "replay-time").await;
     for i in 0..3 {
@@ -671,7 +704,7 @@ pub async fn delayed_publish_is_not_delivered_early<F: BackendFactory>(f: &F) ->
     let b = open!(f, Capability::DelayedPublish);
     let ns = ns();
     let t = topic(&b, &ns, "scheduled").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     let delay = Duration::from_millis(1000);
     let published = Instant::now();
     let m = Message::builder()
@@ -688,7 +721,7 @@ pub async fn delayed_publish_is_not_delivered_early<F: BackendFactory>(f: &F) ->
 
 /// A message whose TTL has passed is never delivered.
 pub async fn expired_message_is_not_delivered<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::Ttl);
+    let b = open!(f, Capability::Ttl, Capability::Retention);
     let ns = ns();
     let t = topic(&b, &ns, "ttl").await;
     let m = Message::builder()
@@ -697,7 +730,7 @@ pub async fn expired_message_is_not_delivered<F: BackendFactory>(f: &F) -> Outco
         .build();
     b.publish(&t, m).await.expect("publish");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     publish_text(&b, &t, "fresh").await;
     assert_eq!(take_text(&mut sub, "after expiry").await, "fresh");
     Outcome::Passed
@@ -705,14 +738,14 @@ pub async fn expired_message_is_not_delivered<F: BackendFactory>(f: &F) -> Outco
 
 /// Among messages ready at once, a group gets the higher priority first.
 pub async fn higher_priority_is_delivered_first<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::Priorities);
+    let b = open!(f, Capability::Priorities, Capability::Retention);
     let ns = ns();
     let t = topic(&b, &ns, "prio").await;
     for (p, name) in [(0, "low1"), (0, "low2"), (9, "high"), (5, "mid")] {
         let m = Message::builder().payload(name).priority(p).build();
         b.publish(&t, m).await.expect("publish");
     }
-    let mut sub = subscribe(&b, group_opts(&t, "g").max_in_flight(1)).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).max_in_flight(1)).await;
     let order = [
         take_text(&mut sub, "1").await,
         take_text(&mut sub, "2").await,
@@ -725,7 +758,7 @@ pub async fn higher_priority_is_delivered_first<F: BackendFactory>(f: &F) -> Out
 
 /// Publishing the same id twice stores it once and says so in the receipt.
 pub async fn duplicate_id_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::Dedup);
+    let b = open!(f, Capability::Dedup, Capability::Retention);
     let ns = ns();
     let t = topic(&b, &ns, "dedup").await;
     let m = Message::new("once");
@@ -734,7 +767,7 @@ pub async fn duplicate_id_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
     assert!(!r1.duplicate);
     assert!(r2.duplicate);
     assert_eq!(r2.offset, r1.offset);
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     assert_eq!(take_text(&mut sub, "once").await, "once");
     publish_text(&b, &t, "marker").await;
     assert_eq!(take_text(&mut sub, "marker").await, "marker");
@@ -744,7 +777,7 @@ pub async fn duplicate_id_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
 /// Dedup is per topic: the same id published to two topics is stored on
 /// both (the router republishes a message with its id to retry topics).
 pub async fn same_id_on_two_topics_is_stored_on_both<F: BackendFactory>(f: &F) -> Outcome {
-    let b = open!(f, Capability::Dedup);
+    let b = open!(f, Capability::Dedup, Capability::Retention);
     let ns = ns();
     let first = topic(&b, &ns, "orders").await;
     let second = topic(&b, &ns, "orders.retry.1").await;
@@ -756,7 +789,7 @@ pub async fn same_id_on_two_topics_is_stored_on_both<F: BackendFactory>(f: &F) -
         .expect("publish to a second topic");
     assert!(!r1.duplicate);
     assert!(!r2.duplicate, "dedup must not span topics");
-    let mut sub = subscribe(&b, group_opts(&second, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &second)).await;
     let d = expect_delivery(&mut sub, "on the second topic").await;
     assert_eq!(d.message().id(), m.id());
     ack(d).await;
@@ -768,7 +801,7 @@ pub async fn closed_subscription_ends_and_keeps_settling<F: BackendFactory>(f: &
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "closing").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     publish_text(&b, &t, "a").await;
     publish_text(&b, &t, "b").await;
     let d = expect_delivery(&mut sub, "before close").await;
@@ -788,7 +821,7 @@ pub async fn close_ends_subscriptions_and_rejects_publishes<F: BackendFactory>(f
     let b = open!(f);
     let ns = ns();
     let t = topic(&b, &ns, "shutdown").await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     publish_text(&b, &t, "before").await;
     assert_eq!(take_text(&mut sub, "before close").await, "before");
     b.close().await.expect("close");
@@ -810,7 +843,7 @@ pub async fn restart_keeps_published_messages<F: BackendFactory>(f: &F) -> Outco
     b.close().await.expect("close");
     drop(b);
     let b = f.open().await;
-    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
     for i in 0..5 {
         assert_eq!(take_text(&mut sub, "after restart").await, format!("m{i}"));
     }
@@ -822,7 +855,12 @@ pub async fn restart_keeps_published_messages<F: BackendFactory>(f: &F) -> Outco
 pub async fn restart_keeps_group_position_and_unacked_messages<F: BackendFactory>(
     f: &F,
 ) -> Outcome {
-    let b = open!(f, Capability::Persistence, Capability::ConsumerGroups);
+    let b = open!(
+        f,
+        Capability::Persistence,
+        Capability::ConsumerGroups,
+        Capability::Redelivery
+    );
     let ns = ns();
     let t = topic(&b, &ns, "resume").await;
     for i in 0..6 {
