@@ -360,7 +360,7 @@ impl std::fmt::Debug for NatsBackend {
 /// dedup is per topic (as on every Wharf backend) although one stream holds
 /// every topic — the router republishes a message with its id to retry topics.
 /// Topics never contain `:`; readers take the first 36 characters as the id.
-fn msg_id(message: &Message, topic: &str) -> String {
+pub(crate) fn msg_id(message: &Message, topic: &str) -> String {
     format!("{}:{topic}", message.id())
 }
 

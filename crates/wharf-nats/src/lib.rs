@@ -1,7 +1,10 @@
-//! Wharf on NATS JetStream, through the `async-nats` client.
+//! Wharf on NATS, through the `async-nats` client: durable on JetStream,
+//! or non-durable on core NATS publish/subscribe.
 //!
 //! [`NatsBackend`] implements [`wharf_core::Backend`]: it publishes into one
 //! JetStream stream per backend namespace and consumes with pull consumers.
+//! [`NatsCoreBackend`] is the non-durable mode on plain subjects; see
+//! [below](#core-nats-non-durable-mode).
 //!
 //! # Mapping
 //!
@@ -55,16 +58,60 @@
 //! # Limits
 //! [`Limits::max_message_bytes`](wharf_core::Limits) is the server's
 //! `max_payload` minus [`HEADER_ROOM`] for the headers this crate adds.
+//!
+//! # Core NATS (non-durable mode)
+//!
+//! [`NatsCoreBackend::connect`] takes the same [`NatsConfig`] (only the URL,
+//! subject prefix and timeouts apply) and maps Wharf onto core NATS:
+//!
+//! | Wharf | core NATS |
+//! |---|---|
+//! | topic `orders.created` | subject `<prefix>.orders.created`; [`Backend::ensure_topic`](wharf_core::Backend::ensure_topic) only validates |
+//! | pattern `orders.*`, `orders.>` | the same NATS wildcards on the subscription's subject |
+//! | publish | `PUB` with headers, then a flush: it returns once the message is written to the connection (core NATS acknowledges nothing); the receipt has no offset and is never a duplicate |
+//! | message id, key, headers, timestamp | the same headers as on JetStream (`Nats-Msg-Id`, `wharf-key`/`wharf-key-b64`, `wharf-hdr-order`, `wharf-timestamp-ms`) |
+//! | consumer group | a queue subscription with the group as queue name: the server gives each message to one live member, and every group (and private subscription) on the subject gets its own copy |
+//! | private subscription | a plain subscription |
+//! | `StartPosition::{Earliest, Latest}` | both mean "from now": nothing is stored |
+//! | `max_in_flight` | client side: the subscription hands out no more unsettled deliveries; the rest wait in the client's subscription buffer (64 Ki messages; beyond that the client drops them as a slow consumer) |
+//! | `ack`, `nack`, dropping a delivery | settle locally: frees the in-flight slot, sends nothing; the message is gone |
+//! | attempt | always 1 |
+//! | TTL header | a delivery already past its expiry is dropped instead of handed out |
+//!
+//! It declares [`ConsumerGroups`](wharf_core::Capability::ConsumerGroups),
+//! [`Wildcards`](wharf_core::Capability::Wildcards) and
+//! [`OrderingPerKey`](wharf_core::Capability::OrderingPerKey) (NATS keeps
+//! the order of one publisher's messages to one subscriber; like every
+//! queue-mode group, a group with several members spreads a key over them).
+//! What it cannot do:
+//! - **At-most-once, no [`Redelivery`](wharf_core::Capability::Redelivery)**:
+//!   a nack, a dropped delivery or a consumer that goes away loses the
+//!   message; a slow consumer loses what overflows its buffer.
+//! - **No [`Retention`](wharf_core::Capability::Retention)**: a message
+//!   reaches only the subscriptions live when it is published; a group with
+//!   no member at that moment never sees it.
+//! - No `Persistence`, `NackWithDelay`, `VisibilityTimeout`, `ExtendLease`,
+//!   `DeadLetter`, `MaxDeliveries`, `Dedup`, `Ttl`, `DelayedPublish`,
+//!   `Priorities`, replay, `PartitionAssignment` or `Backpressure`:
+//!   subscribing with a lease, a delivery limit, a replay start or stream
+//!   mode, and `nack_with_delay`, `reject` or `extend`, fail with
+//!   [`Error::Unsupported`](wharf_core::Error::Unsupported) (the refused
+//!   settlement still frees the slot).
+//!
+//! A JetStream stream whose subjects cover the prefix would store these
+//! publishes too: give the two modes different prefixes.
 
 #![warn(missing_docs)]
 
 mod acker;
 mod backend;
 mod config;
+mod core_nats;
 mod error;
 mod subscription;
 mod wire;
 
 pub use backend::NatsBackend;
 pub use config::{NatsConfig, HEADER_ROOM};
+pub use core_nats::NatsCoreBackend;
 pub use error::NatsError;

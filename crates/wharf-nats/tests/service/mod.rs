@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use wharf_core::Backend;
-use wharf_nats::{NatsBackend, NatsConfig};
+use wharf_nats::{NatsBackend, NatsConfig, NatsCoreBackend};
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -90,5 +90,36 @@ impl wharf_testkit::BackendFactory for NatsFactory {
 impl Drop for NatsFactory {
     fn drop(&mut self) {
         delete_stream_blocking(self.config.clone());
+    }
+}
+
+/// The conformance factory of the core NATS mode: a subject prefix of its
+/// own; nothing is stored, so there is nothing to delete.
+pub struct NatsCoreFactory {
+    config: NatsConfig,
+}
+
+impl NatsCoreFactory {
+    /// A factory for a fresh prefix, or `None` when the test is skipped.
+    pub async fn new() -> Option<Self> {
+        let config = unique_config();
+        wharf_testkit::service::connect_or_skip(
+            "nats",
+            &url(),
+            NatsCoreBackend::connect(config.clone()),
+        )
+        .await?;
+        Some(NatsCoreFactory { config })
+    }
+}
+
+#[async_trait::async_trait]
+impl wharf_testkit::BackendFactory for NatsCoreFactory {
+    async fn open(&self) -> Arc<dyn Backend> {
+        Arc::new(
+            NatsCoreBackend::connect(self.config.clone())
+                .await
+                .expect("connect to nats"),
+        )
     }
 }
