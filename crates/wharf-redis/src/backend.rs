@@ -62,6 +62,35 @@ async fn load(conn: &mut MultiplexedConnection, script: &str) -> Result<String> 
         .map_err(|e| map("SCRIPT LOAD", e))
 }
 
+/// Checks `config` and opens a client with one multiplexed connection.
+///
+/// # Errors
+/// As [`RedisBackend::connect`].
+pub(crate) async fn open(config: &RedisConfig) -> Result<(redis::Client, MultiplexedConnection)> {
+    if config.prefix.is_empty() || config.prefix.contains(char::is_whitespace) {
+        return Err(Error::InvalidArgument {
+            name: "key_prefix",
+            reason: "must be non-empty without whitespace".into(),
+        });
+    }
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| Error::InvalidArgument {
+        name: "url",
+        reason: e.to_string(),
+    })?;
+    let cfg = connection_config().set_connection_timeout(Some(config.connect_timeout));
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(|e| match map("connect", e) {
+            Error::Backend { source, .. } => Error::Unavailable {
+                backend: NAME,
+                source,
+            },
+            other => other,
+        })?;
+    Ok((client, conn))
+}
+
 impl RedisBackend {
     /// Connects and loads the scripts.
     ///
@@ -69,28 +98,7 @@ impl RedisBackend {
     /// [`Error::Unavailable`] when the server cannot be reached;
     /// [`Error::InvalidArgument`] for a bad URL or an empty prefix.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        if config.prefix.is_empty() || config.prefix.contains(char::is_whitespace) {
-            return Err(Error::InvalidArgument {
-                name: "key_prefix",
-                reason: "must be non-empty without whitespace".into(),
-            });
-        }
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| Error::InvalidArgument {
-                name: "url",
-                reason: e.to_string(),
-            })?;
-        let cfg = connection_config().set_connection_timeout(Some(config.connect_timeout));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| match map("connect", e) {
-                Error::Backend { source, .. } => Error::Unavailable {
-                    backend: NAME,
-                    source,
-                },
-                other => other,
-            })?;
+        let (client, mut conn) = open(&config).await?;
         let shas = Shas {
             publish: load(&mut conn, scripts::PUBLISH).await?,
             claim_due: load(&mut conn, scripts::CLAIM_DUE).await?,

@@ -21,6 +21,10 @@ pub enum RedisError {
         /// The missing field.
         field: &'static str,
     },
+    /// A Pub/Sub subscription's connection closed without being asked to
+    /// (server restart, `CLIENT KILL`, output buffer limit exceeded).
+    #[error("the pub/sub connection closed")]
+    PubSubClosed,
     /// Any error reported by the `redis` client.
     #[error("{context}: {source}")]
     Client {

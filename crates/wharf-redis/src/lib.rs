@@ -1,7 +1,10 @@
-//! Wharf on Redis Streams, through the `redis` crate (async, tokio).
+//! Wharf on Redis, through the `redis` crate (async, tokio): durable on
+//! Redis Streams, or non-durable on Redis Pub/Sub.
 //!
-//! [`RedisBackend`] implements [`wharf_core::Backend`]; [`RedisDedupStore`]
-//! is a `SET NX EX` dedup store for the router's dedup middleware.
+//! [`RedisBackend`] implements [`wharf_core::Backend`] on streams;
+//! [`RedisPubSubBackend`] is the non-durable mode on Pub/Sub (see
+//! [below](#pubsub-non-durable-mode)); [`RedisDedupStore`] is a `SET NX EX`
+//! dedup store for the router's dedup middleware.
 //!
 //! # Mapping
 //!
@@ -47,6 +50,45 @@
 //! # Durability
 //! A publish returns once Redis has applied the XADD in memory; what
 //! survives a crash depends on the server's `appendonly`/`appendfsync`.
+//!
+//! # Pub/Sub (non-durable mode)
+//!
+//! [`RedisPubSubBackend::connect`] takes the same [`RedisConfig`] (only the
+//! URL, the prefix and the connect timeout apply) and maps Wharf onto
+//! Redis Pub/Sub:
+//!
+//! | Wharf | Redis Pub/Sub |
+//! |---|---|
+//! | topic `orders.created` | channel `<prefix>:c:orders.created` ([`RedisPubSubBackend::channel`]); [`Backend::ensure_topic`](wharf_core::Backend::ensure_topic) only validates |
+//! | publish | `PUBLISH`, a batch as one pipeline; it returns once Redis has passed the message to the subscribers connected at that moment; the receipt has no offset and is never a duplicate |
+//! | message | one binary frame of the stream-entry fields above (`id`, `ts`, `k`, `h:<name>` in order, `p`), so id, key, headers and timestamp round-trip; a payload that is not such a frame (a plain `PUBLISH` from another client) arrives as the payload of a message with a fresh id |
+//! | subscription | a connection of its own: `SUBSCRIBE <channel>` for a topic, `PSUBSCRIBE` for a pattern, returning once Redis has confirmed it |
+//! | pattern `orders.*`, `orders.>` | glob `<prefix>:c:orders.*` for both (prefix escaped); a glob `*` also matches dots, so every received channel is matched against the Wharf pattern again and the others are dropped — `*` stays one segment |
+//! | `StartPosition::{Earliest, Latest}` | both mean "from now": nothing is stored |
+//! | `max_in_flight` | client side: the subscription hands out no more unsettled deliveries; the rest wait in the client's unbounded buffer (Redis closes a subscriber whose output buffer passes `client-output-buffer-limit pubsub`, 32 MB by default; the subscription then yields one [`Error::Unavailable`](wharf_core::Error::Unavailable) and ends) |
+//! | `ack`, `nack`, dropping a delivery | settle locally: frees the in-flight slot, sends nothing; the message is gone |
+//! | attempt | always 1 |
+//! | TTL header | a delivery already past its expiry is dropped instead of handed out |
+//!
+//! It declares [`Wildcards`](wharf_core::Capability::Wildcards) and
+//! [`OrderingPerKey`](wharf_core::Capability::OrderingPerKey) (Redis passes
+//! one connection's publishes to a subscriber in order). What it cannot do:
+//! - **No [`ConsumerGroups`](wharf_core::Capability::ConsumerGroups)**:
+//!   every subscriber of a channel gets every message; Redis has nothing
+//!   that hands a message to one of several subscribers, so subscribing with
+//!   a group fails with [`Error::Unsupported`](wharf_core::Error::Unsupported)
+//!   rather than pretending.
+//! - **At-most-once, no [`Redelivery`](wharf_core::Capability::Redelivery)**:
+//!   a nack, a dropped delivery or a subscriber that goes away loses the
+//!   message.
+//! - **No [`Retention`](wharf_core::Capability::Retention)**: a message
+//!   reaches only the subscriptions live when it is published.
+//! - No `Persistence`, `NackWithDelay`, `VisibilityTimeout`, `ExtendLease`,
+//!   `DeadLetter`, `MaxDeliveries`, `Dedup`, `Ttl`, `DelayedPublish`,
+//!   `Priorities`, replay, `PartitionAssignment` or `Backpressure`:
+//!   subscribing with a group, a lease, a delivery limit, a replay start or
+//!   stream mode, and `nack_with_delay`, `reject` or `extend`, fail with
+//!   `Unsupported` (the refused settlement still frees the slot).
 
 #![warn(missing_docs)]
 
@@ -55,6 +97,7 @@ mod backend;
 mod config;
 mod dedup;
 mod error;
+mod pubsub;
 mod scripts;
 mod subscription;
 mod wire;
@@ -63,3 +106,4 @@ pub use backend::RedisBackend;
 pub use config::{RedisConfig, MAX_MESSAGE_BYTES};
 pub use dedup::RedisDedupStore;
 pub use error::RedisError;
+pub use pubsub::RedisPubSubBackend;

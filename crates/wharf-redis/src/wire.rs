@@ -8,6 +8,10 @@
 //! Offsets: stream id `<ms>-<seq>` is `ms << 22 | seq`. Ids made by `XADD *`
 //! fit as long as one millisecond holds fewer than 4,194,304 entries, which
 //! one Redis cannot write; the mapping is then exact and ordered.
+//!
+//! Pub/Sub carries one value per message, so there the same fields travel
+//! as one frame: [`FRAME_MAGIC`], then per field a 4-byte big-endian name
+//! length, the name, a 4-byte big-endian value length, the value.
 
 use std::str::FromStr;
 
@@ -38,6 +42,47 @@ pub(crate) fn fields(msg: &Message) -> Vec<(Vec<u8>, Bytes)> {
     }
     f.push((b"p".to_vec(), msg.payload().clone()));
     f
+}
+
+/// The first bytes of a framed message (a Pub/Sub payload).
+pub(crate) const FRAME_MAGIC: &[u8] = b"wharf\x001";
+
+/// `msg` as one Pub/Sub payload: its stream-entry [`fields`], framed.
+pub(crate) fn frame(msg: &Message) -> Vec<u8> {
+    let f = fields(msg);
+    let len = f.iter().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(FRAME_MAGIC.len() + len);
+    out.extend_from_slice(FRAME_MAGIC);
+    for (n, v) in &f {
+        for part in [n.as_slice(), v.as_ref()] {
+            let n = u32::try_from(part.len()).expect("a message is at most MAX_MESSAGE_BYTES");
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+/// The message in a Pub/Sub payload made by [`frame`]; `None` for anything
+/// else (a truncated frame, or a plain `PUBLISH` from another client).
+pub(crate) fn unframe(payload: &[u8]) -> Option<Message> {
+    let mut rest = payload.strip_prefix(FRAME_MAGIC)?;
+    let mut flat = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if tail.len() < len {
+            return None;
+        }
+        let (part, tail) = tail.split_at(len);
+        flat.push(Value::BulkString(part.to_vec()));
+        rest = tail;
+    }
+    if flat.len() % 2 != 0 {
+        return None;
+    }
+    let v = Value::Array(vec![Value::BulkString(b"0-0".to_vec()), Value::Array(flat)]);
+    entry(&v).ok().map(|e| e.message)
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -216,6 +261,24 @@ mod tests {
         assert_eq!(e.message, m);
         let names: Vec<&str> = e.message.headers().iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["z", "a"]);
+    }
+
+    #[test]
+    fn message_round_trips_through_a_frame_and_other_payloads_are_not_frames() {
+        let m = Message::builder()
+            .key(Bytes::from_static(b"\x00bin"))
+            .header("z", "1")
+            .header("a", "2")
+            .payload(Bytes::from_static(b"\xffdata"))
+            .timestamp(Timestamp::from_millis(9))
+            .build();
+        let framed = frame(&m);
+        let back = unframe(&framed).expect("a frame");
+        assert_eq!(back, m);
+        let names: Vec<&str> = back.headers().iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["z", "a"]);
+        assert_eq!(unframe(b"plain text"), None);
+        assert_eq!(unframe(&framed[..framed.len() - 1]), None);
     }
 
     #[test]

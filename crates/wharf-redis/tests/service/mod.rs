@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use wharf_core::Backend;
-use wharf_redis::{RedisBackend, RedisConfig};
+use wharf_redis::{RedisBackend, RedisConfig, RedisPubSubBackend};
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -91,5 +91,36 @@ impl wharf_testkit::BackendFactory for RedisFactory {
 impl Drop for RedisFactory {
     fn drop(&mut self) {
         delete_all_blocking(self.config.clone());
+    }
+}
+
+/// The conformance factory of the Pub/Sub mode: channels under a prefix of
+/// its own; nothing is stored, so there is nothing to delete.
+pub struct RedisPubSubFactory {
+    config: RedisConfig,
+}
+
+impl RedisPubSubFactory {
+    /// A factory for a fresh prefix, or `None` when the test is skipped.
+    pub async fn new() -> Option<Self> {
+        let config = unique_config();
+        wharf_testkit::service::connect_or_skip(
+            "redis",
+            &url(),
+            RedisPubSubBackend::connect(config.clone()),
+        )
+        .await?;
+        Some(RedisPubSubFactory { config })
+    }
+}
+
+#[async_trait::async_trait]
+impl wharf_testkit::BackendFactory for RedisPubSubFactory {
+    async fn open(&self) -> Arc<dyn Backend> {
+        Arc::new(
+            RedisPubSubBackend::connect(self.config.clone())
+                .await
+                .expect("connect to redis"),
+        )
     }
 }

@@ -1,0 +1,12 @@
+//! The wharf-testkit conformance suite against
+//! [`wharf_redis::RedisPubSubBackend`] (Pub/Sub, non-durable) on the shared
+//! server, each case on channels under a prefix of its own. Cases needing a
+//! capability it does not declare (consumer groups, retention, redelivery,
+//! …) skip.
+
+mod service;
+
+wharf_testkit::conformance_tests!(match service::RedisPubSubFactory::new().await {
+    Some(factory) => factory,
+    None => return,
+});
