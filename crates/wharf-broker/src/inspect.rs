@@ -277,7 +277,7 @@ impl Broker {
     /// How long the `fdatasync`s of every partition's log took since the
     /// broker opened (group commits, the `Interval` flusher, segment rolls
     /// and closes), for latency metrics.
-    pub fn fsync_stats(&self) -> wharf_log::SyncStatsSnapshot {
+    pub fn fsync_stats(&self) -> crate::SyncStatsSnapshot {
         self.inner.sync_stats.snapshot()
     }
 

@@ -79,6 +79,7 @@ pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::Error;
+pub use wharf_log::{SyncStats, SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
 
 use crate::clock::Clock;
 use crate::error::storage_error;

@@ -199,52 +199,149 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
 
 #[derive(Subcommand)]
 pub(crate) enum GroupCmd {
-    /// List consumer groups with their lag per topic.
+    /// List consumer groups with their mode, members and lag per topic.
     List,
-    /// One group's topics and lag.
-    Describe { group: String },
+    /// One group's members and, per partition, committed offset, end
+    /// offset, lag and (stream mode) assigned member.
+    Describe {
+        group: String,
+        /// Only this topic (default: every topic the group consumes).
+        topic: Option<String>,
+    },
+}
+
+fn mode_str(g: &v1::GroupInfo) -> &'static str {
+    if g.mode == v1::GroupMode::Stream as i32 {
+        "stream"
+    } else {
+        "queue"
+    }
+}
+
+fn members_str(members: &[u64]) -> String {
+    if members.is_empty() {
+        "-".to_owned()
+    } else {
+        members
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn group_json(g: &v1::GroupInfo) -> serde_json::Value {
+    json!({
+        "group": g.group,
+        "topic": g.topic,
+        "mode": mode_str(g),
+        "lag": g.lag,
+        "members": g.members,
+        "partitions": g.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "committed_offset": p.committed_offset,
+            "settled_above": p.settled_above,
+            "end_offset": p.end_offset,
+            "lag": p.lag,
+            "member": p.member,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
     let mut raw = conn.client().await?.raw();
-    let filter = match &cmd {
-        GroupCmd::List => None,
-        GroupCmd::Describe { group } => Some(group.clone()),
+    let (filter, topic) = match &cmd {
+        GroupCmd::List => (None, None),
+        GroupCmd::Describe { group, topic } => (Some(group.clone()), topic.clone()),
     };
-    let groups = raw
+    let groups: Vec<v1::GroupInfo> = raw
         .list_groups(v1::ListGroupsRequest {
             group: filter.clone(),
         })
         .await
         .map_err(status_err)?
         .into_inner()
-        .groups;
+        .groups
+        .into_iter()
+        .filter(|g| topic.as_ref().is_none_or(|t| *t == g.topic))
+        .collect();
     if let (Some(g), true) = (&filter, groups.is_empty()) {
-        bail!("no group {g:?} has a position on any topic since the server started");
+        match &topic {
+            Some(t) => bail!("group {g:?} has no position on {t:?} since the server started"),
+            None => bail!("no group {g:?} has a position on any topic since the server started"),
+        }
     }
     if conn.json {
-        let v: Vec<_> = groups
-            .iter()
-            .map(|g| json!({"group": g.group, "topic": g.topic, "lag": g.lag}))
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
-    } else {
+        println!(
+            "{}",
+            serde_json::Value::Array(groups.iter().map(group_json).collect())
+        );
+        return Ok(());
+    }
+    if matches!(cmd, GroupCmd::List) {
         let rows: Vec<Vec<String>> = groups
             .iter()
-            .map(|g| vec![g.group.clone(), g.topic.clone(), g.lag.to_string()])
+            .map(|g| {
+                vec![
+                    g.group.clone(),
+                    g.topic.clone(),
+                    mode_str(g).to_owned(),
+                    g.members.len().to_string(),
+                    g.lag.to_string(),
+                ]
+            })
             .collect();
-        table::print(&["group", "topic", "lag"], &rows);
+        table::print(&["group", "topic", "mode", "members", "lag"], &rows);
+        return Ok(());
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("group:    {}", g.group);
+        println!("topic:    {}", g.topic);
+        println!("mode:     {}", mode_str(g));
+        println!("members:  {}", members_str(&g.members));
+        println!("lag:      {}", g.lag);
+        let rows: Vec<Vec<String>> = g
+            .partitions
+            .iter()
+            .map(|p| {
+                vec![
+                    p.partition.to_string(),
+                    p.committed_offset.to_string(),
+                    p.end_offset.to_string(),
+                    p.lag.to_string(),
+                    table::opt(p.member),
+                ]
+            })
+            .collect();
+        table::print(
+            &[
+                "partition",
+                "committed_offset",
+                "end_offset",
+                "lag",
+                "member",
+            ],
+            &rows,
+        );
     }
     Ok(())
 }
 
 #[derive(Subcommand)]
 pub(crate) enum DlqCmd {
-    /// List the dead letters of TOPIC (or of the dead-letter topic itself).
+    /// List the dead letters of TOPIC (or of the dead-letter topic itself)
+    /// not yet replayed or purged. Reads them without consuming; when more
+    /// remain, the cursor for the next page is printed on stderr.
     List {
         topic: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Start at PARTITION:OFFSET (the cursor a previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one dead letter with all its headers.
     Show { topic: String, id: String },
@@ -302,15 +399,23 @@ fn header<'a>(m: &'a v1::Message, name: &str) -> &'a str {
 pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
     let mut raw = conn.client().await?.raw();
     match cmd {
-        DlqCmd::List { topic, limit } => {
+        DlqCmd::List {
+            topic,
+            limit,
+            cursor,
+        } => {
             let r = raw
                 .dlq_list(v1::DlqListRequest {
                     topic: dlq_topic(&topic),
                     limit,
+                    cursor,
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
+            if let Some(next) = &r.next_cursor {
+                eprintln!("more dead letters: continue with --cursor {next}");
+            }
             if conn.json {
                 println!(
                     "{}",
@@ -342,19 +447,14 @@ pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
             }
         }
         DlqCmd::Show { topic, id } => {
-            let r = raw
-                .dlq_list(v1::DlqListRequest {
+            let d = &raw
+                .dlq_show(v1::DlqShowRequest {
                     topic: dlq_topic(&topic),
-                    limit: 10_000,
+                    id,
                 })
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let d = r
-                .messages
-                .iter()
-                .find(|d| d.message.as_ref().is_some_and(|m| id_string(&m.id) == id))
-                .ok_or_else(|| anyhow!("no dead letter {id} in {}", dlq_topic(&topic)))?;
             if conn.json {
                 println!("{}", dead_letter_json(d));
             } else {

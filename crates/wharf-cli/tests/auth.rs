@@ -180,6 +180,12 @@ async fn every_http_route_refuses_missing_wrong_and_insufficient_tokens() {
         (Method::GET, "/v1/groups".into(), None, false),
         (Method::GET, format!("/v1/dlq/dlq.{TOPIC}"), None, true),
         (
+            Method::GET,
+            format!("/v1/dlq/dlq.{TOPIC}/01234567-89ab-cdef-0123-456789abcdef"),
+            None,
+            true,
+        ),
+        (
             Method::POST,
             format!("/v1/dlq/dlq.{TOPIC}/replay"),
             Some(json!({"all": true})),
@@ -332,6 +338,19 @@ async fn grpc_codes(url: &str, token: Option<&str>) -> Vec<(&'static str, Code)>
                 c.dlq_list(v1::DlqListRequest {
                     topic: format!("dlq.{TOPIC}"),
                     limit: 10,
+                    cursor: None,
+                })
+                .await
+                .err()
+                .ok_or(()),
+            ),
+        ),
+        (
+            "DlqShow",
+            code(
+                c.dlq_show(v1::DlqShowRequest {
+                    topic: format!("dlq.{TOPIC}"),
+                    id: "01234567-89ab-cdef-0123-456789abcdef".into(),
                 })
                 .await
                 .err()
@@ -425,7 +444,11 @@ async fn every_grpc_call_refuses_missing_wrong_and_insufficient_tokens() {
     }
     // The admin token may do everything (this deletes the topic last).
     for (call, code) in grpc_codes(&url, Some(ADMIN)).await {
-        assert_eq!(code, Code::Ok, "{call} as admin");
+        match call {
+            // Allowed, and the dead letter it asks for does not exist.
+            "DlqShow" => assert_eq!(code, Code::NotFound, "{call} as admin"),
+            _ => assert_eq!(code, Code::Ok, "{call} as admin"),
+        }
     }
     // The client library surfaces a refused connect as an error.
     let refused = wharf_client::Client::connect(&url, Some("wrong")).await;

@@ -1,11 +1,14 @@
 //! Admin operations shared by the gRPC and HTTP APIs: topic settings from
-//! requests, and the dead-letter views the broker does not offer directly
-//! (listing without consuming, purging) built on its redrive group.
+//! requests, and the dead-letter views: listing and finding letters reads
+//! the dead-letter topic ([`Broker::peek_unsettled`], nothing is leased),
+//! purging settles them for the broker's redrive group.
 
 use std::time::Duration;
 
-use wharf_broker::{Broker, Durability, TopicConfig, REDRIVE_GROUP};
-use wharf_core::{Delivery, Error, StartPosition, SubscribeOptions, Subscriber};
+use wharf_broker::{
+    Broker, Durability, PeekPage, PeekPosition, Peeked, TopicConfig, REDRIVE_GROUP,
+};
+use wharf_core::{Delivery, Error, MessageId, StartPosition, SubscribeOptions, Subscriber};
 
 /// Requested topic settings; `None` keeps the server default.
 #[derive(Debug, Clone, Default)]
@@ -89,14 +92,43 @@ impl TopicSettings {
     }
 }
 
-/// Every unsettled dead letter of `topic`, up to `limit`, without consuming
-/// them: they are leased to the redrive group and released again.
-pub(crate) async fn dlq_peek(
+/// Most dead letters one listing returns.
+pub(crate) const DLQ_PAGE_MAX: usize = 10_000;
+
+/// A page of `topic`'s dead letters not yet replayed or purged (not settled
+/// by the redrive group), from `cursor` (`PARTITION:OFFSET`, from a previous
+/// page's `next`) or the beginning. Reads the topic: nothing is leased, so
+/// no group's state or attempt count changes.
+pub(crate) fn dlq_page(
     broker: &Broker,
     topic: &str,
+    cursor: Option<&str>,
     limit: usize,
-) -> Result<Vec<Delivery>, Error> {
-    dlq_take(broker, topic, limit).await
+) -> Result<PeekPage, Error> {
+    let from = match cursor {
+        Some(c) => c.parse::<PeekPosition>()?,
+        None => PeekPosition::START,
+    };
+    broker.peek_unsettled(topic, REDRIVE_GROUP, from, limit.clamp(1, DLQ_PAGE_MAX))
+}
+
+/// The dead letter with message id `id`, if it is not yet replayed or purged.
+pub(crate) fn dlq_find(
+    broker: &Broker,
+    topic: &str,
+    id: MessageId,
+) -> Result<Option<Peeked>, Error> {
+    let mut from = PeekPosition::START;
+    loop {
+        let page = broker.peek_unsettled(topic, REDRIVE_GROUP, from, 1024)?;
+        if let Some(p) = page.messages.into_iter().find(|p| p.message.id() == id) {
+            return Ok(Some(p));
+        }
+        match page.next {
+            Some(next) => from = next,
+            None => return Ok(None),
+        }
+    }
 }
 
 /// Settles every dead letter of `topic` for the redrive group, so it is
@@ -190,11 +222,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dlq_peek_does_not_consume_and_purge_empties_the_listing() {
+    async fn dlq_listing_does_not_consume_and_purge_empties_it() {
         let broker = Broker::temporary().await.expect("broker");
-        let err = dlq_peek(&broker, "dlq.none", 10)
-            .await
-            .expect_err("unknown topic");
+        let err = dlq_page(&broker, "dlq.none", None, 10).expect_err("unknown topic");
         assert!(matches!(err, Error::UnknownTopic { .. }));
         let mut sub = broker
             .subscribe(
@@ -204,26 +234,33 @@ mod tests {
             )
             .await
             .expect("subscribe");
-        wharf_core::Publisher::publish(&broker, "jobs", wharf_core::Message::new("j"))
+        let id = wharf_core::Publisher::publish(&broker, "jobs", wharf_core::Message::new("j"))
             .await
-            .expect("publish");
+            .expect("publish")
+            .id;
         let d = sub.next().await.expect("open").expect("delivery");
         d.reject("bad").await.expect("reject");
+        for _ in 0..2 {
+            let page = dlq_page(&broker, "dlq.jobs", None, 10).expect("list");
+            assert_eq!(page.messages.len(), 1);
+            assert_eq!(page.messages[0].message.id(), id);
+            assert!(page.next.is_none());
+        }
         assert_eq!(
-            dlq_peek(&broker, "dlq.jobs", 10).await.expect("peek").len(),
-            1
+            dlq_find(&broker, "dlq.jobs", id)
+                .expect("find")
+                .map(|p| p.offset),
+            Some(0)
         );
-        assert_eq!(
-            dlq_peek(&broker, "dlq.jobs", 10)
-                .await
-                .expect("peek again")
-                .len(),
-            1
-        );
+        assert!(matches!(
+            dlq_page(&broker, "dlq.jobs", Some("zero"), 10),
+            Err(Error::InvalidArgument { name: "cursor", .. })
+        ));
         assert_eq!(dlq_purge(&broker, "dlq.jobs").await.expect("purge"), 1);
-        assert!(dlq_peek(&broker, "dlq.jobs", 10)
-            .await
-            .expect("peek")
+        assert!(dlq_page(&broker, "dlq.jobs", None, 10)
+            .expect("list")
+            .messages
             .is_empty());
+        assert!(dlq_find(&broker, "dlq.jobs", id).expect("find").is_none());
     }
 }

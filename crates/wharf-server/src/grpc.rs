@@ -373,15 +373,11 @@ impl Wharf for Service {
         let groups = self
             .shared
             .broker
-            .groups()
+            .group_details()
             .into_iter()
             .filter(|g| want.as_ref().is_none_or(|w| *w == g.group))
             .filter(|g| self.allowed(&req, Right::Admin, &g.topic))
-            .map(|g| v1::GroupInfo {
-                group: g.group,
-                topic: g.topic,
-                lag: g.lag,
-            })
+            .map(group_to_proto)
             .collect();
         Ok(Response::new(v1::ListGroupsResponse { groups }))
     }
@@ -393,18 +389,30 @@ impl Wharf for Service {
         let r = req.get_ref();
         self.check(&req, Right::Admin, &r.topic)?;
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
-        let held = admin::dlq_peek(&self.shared.broker, &r.topic, limit)
-            .await
+        let page = admin::dlq_page(&self.shared.broker, &r.topic, r.cursor.as_deref(), limit)
             .map_err(|e| status_for(&e))?;
-        let messages = held
-            .iter()
-            .map(|d| v1::DeadLetter {
-                message: Some(message_to_proto(d.message())),
-                partition: d.info().partition,
-                offset: d.info().offset,
+        Ok(Response::new(v1::DlqListResponse {
+            messages: page.messages.iter().map(dead_letter_to_proto).collect(),
+            next_cursor: page.next.map(|p| p.to_string()),
+        }))
+    }
+
+    async fn dlq_show(
+        &self,
+        req: Request<v1::DlqShowRequest>,
+    ) -> Result<Response<v1::DeadLetter>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.topic)?;
+        let id = r.id.parse::<MessageId>().map_err(|_| {
+            status_for(&Error::InvalidArgument {
+                name: "id",
+                reason: format!("{:?} is not a message id", r.id),
             })
-            .collect();
-        Ok(Response::new(v1::DlqListResponse { messages }))
+        })?;
+        let found = admin::dlq_find(&self.shared.broker, &r.topic, id)
+            .map_err(|e| status_for(&e))?
+            .ok_or_else(|| Status::not_found(format!("no dead letter {id} in {}", r.topic)))?;
+        Ok(Response::new(dead_letter_to_proto(&found)))
     }
 
     async fn dlq_replay(
@@ -441,6 +449,40 @@ impl Wharf for Service {
             .await
             .map_err(|e| status_for(&e))?;
         Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))
+    }
+}
+
+fn dead_letter_to_proto(p: &wharf_broker::Peeked) -> v1::DeadLetter {
+    v1::DeadLetter {
+        message: Some(message_to_proto(&p.message)),
+        partition: p.partition,
+        offset: Some(p.offset),
+    }
+}
+
+fn group_to_proto(g: wharf_broker::GroupDetail) -> v1::GroupInfo {
+    let mode = match g.mode {
+        GroupMode::Stream => v1::GroupMode::Stream,
+        _ => v1::GroupMode::Queue,
+    };
+    v1::GroupInfo {
+        group: g.group,
+        topic: g.topic,
+        lag: g.lag,
+        mode: mode as i32,
+        members: g.members,
+        partitions: g
+            .partitions
+            .into_iter()
+            .map(|p| v1::GroupPartition {
+                partition: p.partition,
+                committed_offset: p.committed_offset,
+                end_offset: p.end_offset,
+                lag: p.lag,
+                member: p.member,
+                settled_above: p.settled_above,
+            })
+            .collect(),
     }
 }
 

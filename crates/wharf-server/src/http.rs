@@ -58,6 +58,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/deliveries/{id}/extend", post(extend))
         .route("/v1/groups", get(list_groups))
         .route("/v1/dlq/{topic}", get(dlq_list))
+        .route("/v1/dlq/{topic}/{id}", get(dlq_show))
         .route("/v1/dlq/{topic}/replay", post(dlq_replay))
         .route("/v1/dlq/{topic}/purge", post(dlq_purge))
         .layer(DefaultBodyLimit::max(limit))
@@ -89,6 +90,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         delete_topic,
         list_groups,
         dlq_list,
+        dlq_show,
         dlq_replay,
         dlq_purge
     ),
@@ -108,6 +110,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         TopicJson,
         PartitionJson,
         GroupJson,
+        GroupPartitionJson,
+        DeadLetterJson,
+        DlqPageJson,
         CountJson,
         ReplayBody,
         ErrorBody
@@ -271,7 +276,47 @@ pub(crate) struct TopicJson {
 pub(crate) struct GroupJson {
     group: String,
     topic: String,
+    /// Messages stored but not settled by the group (sum over partitions).
     lag: u64,
+    /// `queue` or `stream`.
+    mode: String,
+    /// Live consumers' ids (one per subscription), in join order.
+    members: Vec<u64>,
+    partitions: Vec<GroupPartitionJson>,
+}
+
+/// A group's position in one partition.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct GroupPartitionJson {
+    partition: u32,
+    /// Every offset below this is settled by the group (queue mode: acks
+    /// may arrive out of order, so some offsets above it are settled too).
+    committed_offset: u64,
+    /// Offsets at or above `committed_offset` already settled.
+    settled_above: u64,
+    /// The partition's next offset.
+    end_offset: u64,
+    /// Messages stored but not settled by the group.
+    lag: u64,
+    /// Stream mode: the member the partition is assigned to.
+    member: Option<u64>,
+}
+
+/// A dead letter as stored in its dead-letter topic.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeadLetterJson {
+    partition: u32,
+    offset: u64,
+    /// The message with its `wharf-dlq-*` and `wharf-original-*` headers.
+    message: MessageJson,
+}
+
+/// A page of dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DlqPageJson {
+    letters: Vec<DeadLetterJson>,
+    /// Pass as `cursor` for the next page; absent when this page reached the end.
+    next_cursor: Option<String>,
 }
 
 /// How many messages an operation affected.
@@ -318,8 +363,19 @@ pub(crate) struct StreamParams {
 /// DLQ listing parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 pub(crate) struct DlqParams {
-    /// At most this many (default 100).
+    /// At most this many (default 100, max 10000).
     limit: Option<usize>,
+    /// `PARTITION:OFFSET` to start at: a previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// Group listing filters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(crate) struct GroupParams {
+    /// Only this group.
+    group: Option<String>,
+    /// Only this topic.
+    topic: Option<String>,
 }
 
 // ---------- helpers ----------
@@ -1039,36 +1095,105 @@ async fn delete_topic(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Consumer groups with their lag.
-#[utoipa::path(get, path = "/v1/groups", responses((status = 200, body = Vec<GroupJson>)))]
-async fn list_groups(State(s): AppState, headers: HeaderMap) -> ApiResult<Json<Vec<GroupJson>>> {
+fn group_json(g: wharf_broker::GroupDetail) -> GroupJson {
+    GroupJson {
+        group: g.group,
+        topic: g.topic,
+        lag: g.lag,
+        mode: match g.mode {
+            wharf_core::GroupMode::Stream => "stream",
+            _ => "queue",
+        }
+        .to_owned(),
+        members: g.members,
+        partitions: g
+            .partitions
+            .into_iter()
+            .map(|p| GroupPartitionJson {
+                partition: p.partition,
+                committed_offset: p.committed_offset,
+                settled_above: p.settled_above,
+                end_offset: p.end_offset,
+                lag: p.lag,
+                member: p.member,
+            })
+            .collect(),
+    }
+}
+
+/// Consumer groups (with a position since the server started): mode,
+/// members, and per partition the committed offset, end offset, lag and
+/// (stream mode) assigned member.
+#[utoipa::path(get, path = "/v1/groups", params(GroupParams), responses((status = 200, body = Vec<GroupJson>)))]
+async fn list_groups(
+    State(s): AppState,
+    Query(p): Query<GroupParams>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<GroupJson>>> {
     check_any(&s, &headers, Right::Admin)?;
     Ok(Json(
         s.broker
-            .groups()
+            .group_details()
             .into_iter()
+            .filter(|g| p.group.as_ref().is_none_or(|w| *w == g.group))
+            .filter(|g| p.topic.as_ref().is_none_or(|w| *w == g.topic))
             .filter(|g| allowed(&s, &headers, Right::Admin, &g.topic))
-            .map(|g| GroupJson {
-                group: g.group,
-                topic: g.topic,
-                lag: g.lag,
-            })
+            .map(group_json)
             .collect(),
     ))
 }
 
-/// Dead letters not yet replayed or purged (not consumed by listing).
+fn dead_letter_json(p: &wharf_broker::Peeked) -> DeadLetterJson {
+    DeadLetterJson {
+        partition: p.partition,
+        offset: p.offset,
+        message: message_json(&p.message),
+    }
+}
+
+/// Dead letters not yet replayed or purged, by partition then offset. Read
+/// from the topic without consuming: listing twice returns the same letters.
 #[utoipa::path(get, path = "/v1/dlq/{topic}", params(("topic" = String, Path, description = "Dead-letter topic, e.g. dlq.orders"), DlqParams),
-    responses((status = 200, body = Vec<DeliveryJson>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DlqPageJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn dlq_list(
     State(s): AppState,
     Path(topic): Path<String>,
     Query(p): Query<DlqParams>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<DeliveryJson>>> {
+) -> ApiResult<Json<DlqPageJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
-    let held = admin::dlq_peek(&s.broker, &topic, p.limit.unwrap_or(100).clamp(1, 10_000)).await?;
-    Ok(Json(held.iter().map(|d| delivery_json(d, None)).collect()))
+    let page = admin::dlq_page(
+        &s.broker,
+        &topic,
+        p.cursor.as_deref(),
+        p.limit.unwrap_or(100),
+    )?;
+    Ok(Json(DlqPageJson {
+        letters: page.messages.iter().map(dead_letter_json).collect(),
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
+}
+
+/// One dead letter (not yet replayed or purged) by message id.
+#[utoipa::path(get, path = "/v1/dlq/{topic}/{id}", params(("topic" = String, Path, description = "Dead-letter topic"), ("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = DeadLetterJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn dlq_show(
+    State(s): AppState,
+    Path((topic, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<DeadLetterJson>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    let mid = id
+        .parse::<MessageId>()
+        .map_err(|_| ApiError::bad_request(format!("id {id:?} is not a message id")))?;
+    let found = admin::dlq_find(&s.broker, &topic, mid)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_dead_letter",
+            format!("no dead letter {id} in {topic}"),
+        )
+    })?;
+    Ok(Json(dead_letter_json(&found)))
 }
 
 /// Moves dead letters back to their original topics: one by `id`, or `all`.

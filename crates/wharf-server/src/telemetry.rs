@@ -1,12 +1,17 @@
-//! Prometheus metrics: counters recorded on the request paths, and gauges
+//! Prometheus metrics: counters recorded on the request paths, gauges
 //! (consumer lag per group, DLQ depth, stored messages) computed from the
-//! broker when `/metrics` is scraped.
+//! broker when `/metrics` is scraped, and the fsync latency histogram
+//! rendered from the buckets of [`Broker::fsync_stats`] (the log
+//! counts them with atomics; no metrics crate reaches the append path).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::fmt::Write as _;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use wharf_broker::Broker;
+use wharf_broker::{SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
 
 /// Handle that renders the Prometheus text format.
 #[derive(Clone)]
@@ -46,11 +51,36 @@ impl Metrics {
                 metrics::gauge!("wharf_dlq_depth", "topic" => t.name.clone()).set(depth as f64);
             }
         }
-        self.handle
+        let mut out = self
+            .handle
             .as_ref()
             .map(PrometheusHandle::render)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        fsync_histogram(&mut out, &broker.fsync_stats());
+        out
     }
+}
+
+/// Appends `wharf_fsync_duration_seconds` in the Prometheus text format.
+fn fsync_histogram(out: &mut String, s: &SyncStatsSnapshot) {
+    const NAME: &str = "wharf_fsync_duration_seconds";
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Duration of fdatasync on segment files (group commit, interval flush, roll, close)."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} histogram");
+    let mut cumulative = 0;
+    for (bound, n) in SYNC_BUCKET_BOUNDS_MICROS.iter().zip(s.buckets.iter()) {
+        cumulative += n;
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{NAME}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {}", s.count);
+    let _ = writeln!(out, "{NAME}_sum {}", s.total_nanos as f64 / 1e9);
+    let _ = writeln!(out, "{NAME}_count {}", s.count);
 }
 
 /// Records a successful publish of `n` messages of `bytes` total taking `took`
@@ -79,4 +109,51 @@ pub(crate) fn settled(kind: &'static str) {
 /// Records a request refused (auth, limits, bad input).
 pub(crate) fn refused(reason: &'static str) {
     metrics::counter!("wharf_refused_requests_total", "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_histogram_is_cumulative_prometheus_text() {
+        let stats = wharf_broker::SyncStats::default();
+        stats.record(Duration::from_micros(40));
+        stats.record(Duration::from_micros(700));
+        stats.record(Duration::from_secs(3));
+        let mut out = String::from("other_metric 1");
+        fsync_histogram(&mut out, &stats.snapshot());
+        assert!(out.starts_with("other_metric 1\n# HELP wharf_fsync_duration_seconds "));
+        assert!(out.contains("# TYPE wharf_fsync_duration_seconds histogram\n"));
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_bucket{le=\"0.001\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_bucket{le=\"1\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("wharf_fsync_duration_seconds_count 3\n"),
+            "{out}"
+        );
+        let sum: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("wharf_fsync_duration_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("a sum line");
+        assert!((sum - 3.00074).abs() < 1e-9, "{out}");
+    }
 }
