@@ -57,6 +57,121 @@ pub trait Acker: Send + Sync + 'static {
     /// redelivery. Must not block (it runs inside `Drop`). The delivery
     /// still holds its `Arc<dyn Acker>` while this runs.
     fn release(&self, token: u64);
+
+    /// Acknowledges every delivery in `tokens` (a batch ack, see
+    /// [`AckBatch`]); pushes each token that could not be acknowledged to
+    /// `failed` with its error, as [`Acker::settle`] would have returned it.
+    ///
+    /// The default settles one token after another; backends override it to
+    /// take their locks or make their round trip once per batch.
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        for &token in tokens {
+            if let Err(e) = self.settle(token, Settlement::Ack).await {
+                failed.push((token, e));
+            }
+        }
+    }
+}
+
+/// Deliveries waiting to be acknowledged together: one [`Acker::ack_many`]
+/// call per backend acker instead of one `ack` per delivery.
+///
+/// Push deliveries as they are done, then [`flush`](AckBatch::flush). Until
+/// then they are *not* acknowledged: a crash redelivers them, so flush before
+/// waiting on anything slow. Dropping a batch with pending deliveries
+/// releases them, as dropping the deliveries would.
+///
+/// ```
+/// # async fn demo(mut sub: wharf_core::Subscription) -> wharf_core::Result<()> {
+/// use wharf_core::AckBatch;
+/// let mut buf = Vec::new();
+/// let mut acks = AckBatch::new();
+/// sub.next_batch(256, &mut buf).await?;
+/// for d in buf.drain(..) {
+///     // ... handle d.message() ...
+///     acks.push(d);
+/// }
+/// let failed = acks.flush().await;
+/// assert!(failed.is_empty(), "{failed:?}");
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct AckBatch {
+    groups: Vec<(Arc<dyn Acker>, Vec<u64>)>,
+    failed: Vec<(u64, Error)>,
+}
+
+impl AckBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        AckBatch::default()
+    }
+
+    /// Adds `delivery` (its message is dropped; only the settlement is kept).
+    pub fn push(&mut self, mut delivery: Delivery) {
+        let Some(h) = delivery.handle.take() else {
+            return;
+        };
+        match self
+            .groups
+            .iter_mut()
+            .find(|(a, _)| same_acker(a, &h.acker))
+        {
+            Some((_, tokens)) => tokens.push(h.token),
+            None => self.groups.push((h.acker, vec![h.token])),
+        }
+    }
+
+    /// How many deliveries wait to be acknowledged.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// Whether no delivery waits.
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(|(_, t)| t.is_empty())
+    }
+
+    /// Acknowledges everything pushed so far; returns the tokens that could
+    /// not be acknowledged, with their errors (e.g. a lease that expired).
+    /// The batch is empty afterwards and can be reused.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, like [`Delivery::ack`]: deliveries of an acker
+    /// whose call was interrupted may or may not be acknowledged (unsettled
+    /// ones are redelivered once their leases expire).
+    pub async fn flush(&mut self) -> Vec<(u64, Error)> {
+        for (acker, tokens) in &mut self.groups {
+            if !tokens.is_empty() {
+                acker.ack_many(tokens, &mut self.failed).await;
+                tokens.clear();
+            }
+        }
+        std::mem::take(&mut self.failed)
+    }
+}
+
+impl Drop for AckBatch {
+    fn drop(&mut self) {
+        for (acker, tokens) in &self.groups {
+            for &t in tokens {
+                acker.release(t);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for AckBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckBatch")
+            .field("pending", &self.len())
+            .finish()
+    }
+}
+
+/// Whether two ackers are the same object (data pointers, ignoring vtables).
+fn same_acker(a: &Arc<dyn Acker>, b: &Arc<dyn Acker>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 /// Where a delivery came from and how often it has been delivered.
@@ -235,6 +350,11 @@ mod tests {
     #[async_trait]
     impl Acker for Recorder {
         async fn settle(&self, token: u64, s: Settlement) -> Result<()> {
+            if token == 13 {
+                return Err(Error::UnknownDelivery {
+                    id: token.to_string(),
+                });
+            }
             self.0.lock().unwrap().push(format!("{token}:{s:?}"));
             Ok(())
         }
@@ -289,5 +409,38 @@ mod tests {
         let r = Arc::new(Recorder::default());
         drop(delivery(&r, 9));
         assert_eq!(*r.0.lock().unwrap(), vec!["9:release"]);
+    }
+
+    #[tokio::test]
+    async fn ack_batch_acks_per_acker_reports_failures_and_is_reusable() {
+        let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let mut batch = AckBatch::new();
+        assert!(batch.is_empty());
+        for (r, t) in [(&a, 1), (&b, 2), (&a, 13), (&a, 3)] {
+            batch.push(delivery(r, t));
+        }
+        assert_eq!(batch.len(), 4);
+        // Nothing is settled before the flush.
+        assert!(a.0.lock().unwrap().is_empty());
+        let failed = batch.flush().await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 13);
+        assert!(matches!(failed[0].1, Error::UnknownDelivery { .. }));
+        assert_eq!(*a.0.lock().unwrap(), vec!["1:Ack", "3:Ack"]);
+        assert_eq!(*b.0.lock().unwrap(), vec!["2:Ack"]);
+        assert!(batch.is_empty());
+        batch.push(delivery(&b, 4));
+        assert!(batch.flush().await.is_empty());
+        assert_eq!(*b.0.lock().unwrap(), vec!["2:Ack", "4:Ack"]);
+    }
+
+    #[tokio::test]
+    async fn dropping_an_ack_batch_releases_what_it_holds() {
+        let r = Arc::new(Recorder::default());
+        let mut batch = AckBatch::new();
+        batch.push(delivery(&r, 5));
+        batch.push(delivery(&r, 6));
+        drop(batch);
+        assert_eq!(*r.0.lock().unwrap(), vec!["5:release", "6:release"]);
     }
 }

@@ -40,7 +40,7 @@ pub use backend::{Backend, Limits, Publisher, Receipt, Subscriber};
 pub use capability::{Capabilities, Capability};
 pub use codec::{Codec, CodecError, Json};
 pub use dead_letter::DeadLetter;
-pub use delivery::{Acker, Delivery, DeliveryInfo, Settlement};
+pub use delivery::{AckBatch, Acker, Delivery, DeliveryInfo, Settlement};
 pub use error::{BoxError, Error, NameKind, Result};
 pub use message::{Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY};
 pub use name::TopicPattern;

@@ -48,6 +48,12 @@ impl Acker for MemoryAcker {
         j.topic.extend(j.gidx, j.gid, &self.consumer, token, by)
     }
 
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, wharf_core::Error)>) {
+        let j = &self.joined;
+        j.topic
+            .ack_many(j.gidx, j.gid, &self.consumer, tokens, failed);
+    }
+
     fn release(&self, token: u64) {
         // An unknown token here means the lease already expired and the
         // message was redelivered: nothing left to release.

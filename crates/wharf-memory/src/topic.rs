@@ -105,7 +105,11 @@ impl Consumer {
 
     /// One of its deliveries was settled or taken back.
     fn unhold(&self) {
-        let prev = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.unhold_n(1);
+    }
+
+    fn unhold_n(&self, n: usize) {
+        let prev = self.in_flight.fetch_sub(n, Ordering::AcqRel);
         if prev >= self.max_in_flight {
             self.notify.notify_one();
         }
@@ -825,6 +829,51 @@ impl Topic {
             }
         }
         Ok(dead.pop())
+    }
+
+    /// Acknowledges the deliveries `tokens` held by `consumer` under one
+    /// lock; the unknown ones go to `failed`.
+    pub(crate) fn ack_many(
+        &self,
+        gidx: usize,
+        gid: u64,
+        consumer: &Consumer,
+        tokens: &[u64],
+        failed: &mut Vec<(u64, Error)>,
+    ) {
+        let mut st = lock(&self.state);
+        let Some((_, g)) = st.split(&self.name, gidx, gid) else {
+            failed.extend(tokens.iter().map(|&t| (t, unknown(&self.name, t))));
+            return;
+        };
+        let mut acked = 0;
+        for &token in tokens {
+            let (offset, attempt) = token_parts(token);
+            match g.slot(offset) {
+                Some(s)
+                    if s.state == SlotState::InFlight
+                        && s.attempt & 0xFFFF == attempt
+                        && s.holder == consumer.id =>
+                {
+                    s.state = SlotState::Settled;
+                    g.in_flight -= 1;
+                    acked += 1;
+                }
+                _ => failed.push((token, unknown(&self.name, token))),
+            }
+        }
+        if acked == 0 {
+            return;
+        }
+        consumer.unhold_n(acked);
+        let remove = g.orphaned && g.in_flight == 0;
+        if remove {
+            st.groups[gidx] = None;
+            self.notify_space(&st);
+        } else if g.trim() {
+            let (low, cursor) = (g.low, g.cursor);
+            self.group_progressed(&st, low, cursor);
+        }
     }
 
     /// Moves the lease of `token` to `now + by`.

@@ -445,6 +445,46 @@ async fn keyless_slow_handlers_use_every_lane_even_with_a_small_window(b: Arc<dy
     );
 }
 
+async fn an_ack_is_not_held_back_by_a_slow_handler_behind_it(b: Arc<dyn Backend>) {
+    // One lane: "fast" and then "slow" arrive in one batch. Acks are batched
+    // per lane batch, but flushed before waiting on the slow handler, so
+    // "fast" is acknowledged while "slow" still runs: its lease (2 s, not
+    // kept) expiring during the 10 s handler must not redeliver it.
+    b.publish_batch("ackflush", vec![Message::new("fast"), Message::new("slow")])
+        .await
+        .unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let handler = handler_fn(move |req: Request| {
+        let text = String::from_utf8_lossy(req.message().payload()).into_owned();
+        s.lock().unwrap().push(format!("{text}#{}", req.attempt()));
+        async move {
+            if text == "slow" {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok(Outcome::Ack)
+        }
+    });
+    let o = opts("ackflush").visibility_timeout(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let st = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        st.cancel();
+    });
+    Router::new(b)
+        .add_route(Route::new(o, handler).lanes(1).keep_leases(false))
+        .run(stop)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|s| s.starts_with("fast")).count(),
+        1,
+        "fast handled once: {seen:?}"
+    );
+}
+
 on_every_backend!(
     messages_with_one_key_are_handled_in_order_while_keys_run_in_parallel,
     route_needing_a_missing_capability_fails_before_consuming_anything,
@@ -458,4 +498,5 @@ on_every_backend!(
     run_returns_when_the_backend_closes,
     slow_handler_keeps_its_lease_and_is_not_raced_by_a_redelivery,
     keyless_slow_handlers_use_every_lane_even_with_a_small_window,
+    an_ack_is_not_held_back_by_a_slow_handler_behind_it,
 );

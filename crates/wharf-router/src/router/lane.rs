@@ -2,9 +2,12 @@
 //! task, runs the handler service on each in order, and settles it.
 //!
 //! Messages with one key always land in one lane, so they are handled in
-//! order; lanes run concurrently. Each delivery is settled as soon as its own
-//! handler finishes (settlement is per message, so lanes finishing out of
-//! order never acknowledges a message that was not handled).
+//! order; lanes run concurrently. Each delivery is settled by its own
+//! handler's outcome (settlement is per message, so lanes finishing out of
+//! order never acknowledges a message that was not handled). Acks are
+//! batched ([`wharf_core::AckBatch`]): sent together at the end of a lane
+//! batch, or earlier as soon as a handler (or the service's readiness) is
+//! not ready at once, so an ack never waits on a slow handler.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -16,7 +19,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tower::Service;
-use wharf_core::{Capability, Delivery, Message};
+use wharf_core::{AckBatch, Capability, Delivery, Message};
 
 use crate::dead_letter;
 use crate::outcome::{HandlerError, HandlerResult, Outcome};
@@ -39,6 +42,10 @@ pub(crate) async fn run_lane<S>(
     // `Delivery::into_parts`); the delivery is then used only to settle.
     let placeholder = Message::builder().payload(Bytes::new()).build();
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
+    // Acks of one batch go to the backend together (one `ack_many` call),
+    // flushed at the end of the batch and before waiting on anything that
+    // is not ready at once, so an ack never waits on a slow handler.
+    let mut acks = AckBatch::new();
     while let Some(batch) = rx.recv().await {
         let settled = batch.len();
         // Counted once per batch, and still counted if the lane is aborted
@@ -47,9 +54,10 @@ pub(crate) async fn run_lane<S>(
             counters: &counters,
             handled: 0,
             acked: 0,
+            pending: 0,
         };
         for mut delivery in batch {
-            let ready = poll_ready_catching(&mut svc).await;
+            let ready = flushing(poll_ready_catching(&mut svc), &mut acks, &mut tally).await;
             let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
             let copy = keep_copy.then(|| Box::new(message.clone()));
             let result = match ready {
@@ -59,8 +67,11 @@ pub(crate) async fn run_lane<S>(
                         Ok(fut) => {
                             let fut = AssertUnwindSafe(fut).catch_unwind();
                             match lease {
-                                None => fut.await,
-                                Some(lease) => keep_lease(&delivery, lease, fut).await,
+                                None => flushing(fut, &mut acks, &mut tally).await,
+                                Some(lease) => {
+                                    let fut = keep_lease(&delivery, lease, fut);
+                                    flushing(fut, &mut acks, &mut tally).await
+                                }
                             }
                             .unwrap_or_else(|p| panicked(&counters, &*p))
                         }
@@ -72,17 +83,41 @@ pub(crate) async fn run_lane<S>(
             tally.handled += 1;
             // The common case inline; everything else in `settle`.
             if matches!(result, Ok(Outcome::Ack)) {
-                match delivery.ack().await {
-                    Ok(()) => tally.acked += 1,
-                    Err(e) => settle_failed(&counters, &e),
-                }
+                tally.pending += 1;
+                acks.push(delivery);
             } else {
                 settle(delivery, result, copy, &ctx, &counters).await;
             }
         }
+        flush(&mut acks, &mut tally).await;
         drop(tally);
         // Free the batch's slots in the route's in-flight window at once.
         window.add_permits(settled);
+    }
+}
+
+/// Awaits `fut`; if it is not ready at once, first acknowledges what
+/// `acks` holds.
+async fn flushing<F: Future>(fut: F, acks: &mut AckBatch, tally: &mut Tally<'_>) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(out) = first {
+        return out;
+    }
+    flush(acks, tally).await;
+    fut.await
+}
+
+/// Acknowledges what `acks` holds and counts the outcome.
+async fn flush(acks: &mut AckBatch, tally: &mut Tally<'_>) {
+    if tally.pending == 0 {
+        return;
+    }
+    let failed = acks.flush().await;
+    tally.acked += tally.pending - failed.len() as u64;
+    tally.pending = 0;
+    for (_, e) in &failed {
+        settle_failed(tally.counters, e);
     }
 }
 
@@ -91,6 +126,8 @@ struct Tally<'a> {
     counters: &'a LaneCounters,
     handled: u64,
     acked: u64,
+    /// Pushed to the [`AckBatch`], not yet flushed.
+    pending: u64,
 }
 
 impl Drop for Tally<'_> {
