@@ -5,8 +5,9 @@
 //! Prints, for 100 B messages with durability `Never`:
 //! 1. the bare `wharf-log`: append in batches of 1,000, then read and decode everything;
 //! 2. broker publish→consume end to end (batched publish, queue-mode group,
-//!    `next_batch`, one ack per message), as a ratio of (1);
-//! 3. the same in stream mode;
+//!    `next_batch`, the batch acknowledged with an `AckBatch`), as a ratio of (1);
+//! 3. the same in stream mode, and queue mode with one `ack().await` per
+//!    message;
 //! 4. with BACKLOG > 0: RSS while a group starts consuming a backlog of BACKLOG messages.
 
 use std::time::Instant;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use wharf_broker::{Broker, Durability, TopicConfig};
 use wharf_core::{
-    Backend, GroupMode, Message, Publisher, StartPosition, SubscribeOptions, Subscriber,
+    AckBatch, Backend, GroupMode, Message, Publisher, StartPosition, SubscribeOptions, Subscriber,
 };
 use wharf_log::{Log, LogConfig, Record};
 
@@ -66,7 +67,7 @@ fn bare_log(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn broker_e2e(n: usize, mode: GroupMode) -> f64 {
+async fn broker_e2e(n: usize, mode: GroupMode, batch_ack: bool) -> f64 {
     let b = Broker::builder()
         .default_topic(
             TopicConfig::default()
@@ -104,12 +105,21 @@ async fn broker_e2e(n: usize, mode: GroupMode) -> f64 {
     };
     let mut got = 0;
     let mut buf = Vec::with_capacity(256);
+    let mut acks = AckBatch::new();
     while got < n {
         buf.clear();
         let k = sub.next_batch(256, &mut buf).await.expect("next_batch");
         assert!(k > 0, "subscription ended");
-        for d in buf.drain(..) {
-            d.ack().await.expect("ack");
+        if batch_ack {
+            for d in buf.drain(..) {
+                acks.push(d);
+            }
+            let failed = acks.flush().await;
+            assert!(failed.is_empty(), "{failed:?}");
+        } else {
+            for d in buf.drain(..) {
+                d.ack().await.expect("ack");
+            }
         }
         got += k;
     }
@@ -167,19 +177,25 @@ async fn main() {
     let log = tokio::task::spawn_blocking(move || bare_log(n))
         .await
         .expect("bare log");
-    let queue = broker_e2e(n, GroupMode::Queue).await;
-    let stream = broker_e2e(n, GroupMode::Stream).await;
+    let queue = broker_e2e(n, GroupMode::Queue, true).await;
+    let stream = broker_e2e(n, GroupMode::Stream, true).await;
+    let per_message = broker_e2e(n, GroupMode::Queue, false).await;
     println!("messages: {n} x 100 B, durability Never, publish batches of {BATCH}");
-    println!("bare log append+read:              {:>12.0} msgs/s", log);
+    println!("bare log append+read:               {:>12.0} msgs/s", log);
     println!(
-        "broker publish->consume, queue:    {:>12.0} msgs/s  ({:.0}% of bare log)",
+        "broker publish->consume, queue:     {:>12.0} msgs/s  ({:.0}% of bare log)",
         queue,
         100.0 * queue / log
     );
     println!(
-        "broker publish->consume, stream:   {:>12.0} msgs/s  ({:.0}% of bare log)",
+        "broker publish->consume, stream:    {:>12.0} msgs/s  ({:.0}% of bare log)",
         stream,
         100.0 * stream / log
+    );
+    println!(
+        "broker, queue, one ack per message: {:>12.0} msgs/s  ({:.0}% of bare log)",
+        per_message,
+        100.0 * per_message / log
     );
     if backlog > 0 {
         let (a, c) = backlog_rss(backlog).await;

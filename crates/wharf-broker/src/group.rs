@@ -467,6 +467,23 @@ impl GroupTopic {
         Ok(result)
     }
 
+    /// Acknowledges `(partition, offset, lease)` triples under one lock;
+    /// the ones whose lease is no longer held go to `failed`.
+    pub(crate) fn ack_many(&self, acks: &[(u32, u64, u64)], failed: &mut Vec<(u64, Error)>) {
+        let mut st = self.lock();
+        for &(partition, offset, lease) in acks {
+            match leased(&mut st, partition, offset, lease) {
+                Ok(part) => {
+                    part.unindex(offset);
+                    part.pending.remove(&offset);
+                    part.mark_settled(offset);
+                }
+                Err(e) => failed.push((lease, e)),
+            }
+        }
+        st.dirty = true;
+    }
+
     /// Settles a message once its dead-letter copy is stored.
     pub(crate) fn finish_dead(&self, partition: u32, offset: u64) {
         let mut st = self.lock();

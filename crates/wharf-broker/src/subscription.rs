@@ -120,6 +120,46 @@ impl Acker for SubAcker {
         Ok(())
     }
 
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        if self.inner.strong_count() == 0 {
+            failed.extend(
+                tokens
+                    .iter()
+                    .map(|&t| (t, Error::Closed { what: "broker" })),
+            );
+            return;
+        }
+        // One pass under the lease map's lock, then one lock per group.
+        let mut groups: Vec<(Arc<GroupTopic>, Vec<(u32, u64, u64)>)> = Vec::new();
+        {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            for &token in tokens {
+                let Some(r) = leases.remove(&token) else {
+                    failed.push((
+                        token,
+                        Error::UnknownDelivery {
+                            id: token.to_string(),
+                        },
+                    ));
+                    continue;
+                };
+                let ack = (r.partition, r.offset, token);
+                match groups.iter_mut().find(|(gt, _)| Arc::ptr_eq(gt, &r.gt)) {
+                    Some((_, acks)) => acks.push(ack),
+                    None => groups.push((r.gt, vec![ack])),
+                }
+            }
+        }
+        let removed: usize = groups.iter().map(|(_, a)| a.len()).sum();
+        if removed > 0 {
+            self.held.fetch_sub(removed, Ordering::AcqRel);
+            self.notify.notify_one();
+        }
+        for (gt, acks) in &groups {
+            gt.ack_many(acks, failed);
+        }
+    }
+
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
         let inner = self
             .inner

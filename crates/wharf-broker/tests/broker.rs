@@ -487,3 +487,60 @@ async fn publish_after_close_is_closed_and_reopen_sees_everything() {
     let b = broker(dir.path()).await;
     assert_eq!(b.topics()[0].partitions, vec![(0, 100)]);
 }
+
+#[tokio::test]
+async fn batch_acks_out_of_order_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = broker(dir.path()).await;
+        let msgs = (0..6).map(|i| Message::new(format!("m{i}"))).collect();
+        b.publish_batch("t", msgs).await.unwrap();
+        let mut sub = b.subscribe(group("t")).await.unwrap();
+        let mut buf = Vec::new();
+        while buf.len() < 6 {
+            sub.next_batch(6 - buf.len(), &mut buf).await.unwrap();
+        }
+        // Ack m5, m4, m2, m0 in one batch (out of order); hold m1 and m3.
+        let mut acks = wharf_core::AckBatch::new();
+        let mut held = Vec::new();
+        for (i, d) in buf.drain(..).enumerate().rev() {
+            if i == 1 || i == 3 {
+                held.push(d);
+            } else {
+                acks.push(d);
+            }
+        }
+        assert_eq!(acks.len(), 4);
+        assert!(acks.flush().await.is_empty());
+        b.close().await.unwrap();
+        drop(held);
+    }
+    let b = broker(dir.path()).await;
+    let mut sub = b.subscribe(group("t")).await.unwrap();
+    let got = [take(&mut sub).await, take(&mut sub).await];
+    assert_eq!(got, ["m1", "m3"]);
+    assert!(quiet_for(&mut sub, Duration::from_millis(300)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_ack_reports_an_expired_lease_and_acks_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.publish("t", Message::new("m0")).await.unwrap();
+    let mut sub = b
+        .subscribe(group("t").visibility_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let again = next(&mut sub).await;
+    assert_eq!((text(&again), again.attempt()), ("m0".to_owned(), 2));
+    let mut acks = wharf_core::AckBatch::new();
+    acks.push(first);
+    acks.push(again);
+    let failed = acks.flush().await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(matches!(failed[0].1, Error::UnknownDelivery { .. }));
+    assert!(quiet_for(&mut sub, Duration::from_secs(10)).await);
+    b.close().await.unwrap();
+}
