@@ -215,9 +215,8 @@ where
         // The router's own in-flight window, the size of the subscription's:
         // the fetch task takes a whole batch of slots before fetching, so it
         // fetches full batches instead of one delivery per freed slot.
-        let window = Arc::new(Semaphore::new(
-            route.options.max_in_flight_limit().max(batch),
-        ));
+        let window_size = route.options.max_in_flight_limit().max(batch);
+        let window = Arc::new(Semaphore::new(window_size));
         let lease = route
             .options
             .visibility_timeout_value()
@@ -243,7 +242,8 @@ where
             Fetch {
                 senders,
                 batch,
-                keyless_run: (2 * batch / route.lanes).clamp(1, KEYLESS_RUN),
+                // As long as the window still spreads over every lane.
+                keyless_run: (window_size / route.lanes).clamp(1, batch.min(KEYLESS_RUN)),
                 window,
                 gate: route.gate,
                 stop,
@@ -264,9 +264,9 @@ where
     }
 }
 
-/// Most keyless messages in a row that go to one lane (fewer when a fetched
-/// batch would not reach every lane).
-const KEYLESS_RUN: usize = 8;
+/// Most keyless messages in a row that go to one lane (fewer when the
+/// in-flight window would not reach every lane).
+const KEYLESS_RUN: usize = 32;
 
 /// FNV-1a: a fast, stable hash for picking a key's lane.
 pub(crate) fn lane_of(key: &[u8], lanes: usize) -> usize {
