@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use sqlx::PgPool;
-use wharf_core::Result;
+use wharf_core::{BoxError, DedupStore, Result};
 
 use crate::rows::db_err;
 use crate::schema::validate_ident;
@@ -89,5 +90,17 @@ impl PgDedupStore {
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+/// The router's dedup seam: `DedupLayer::new(Arc::new(store))`.
+#[async_trait]
+impl DedupStore for PgDedupStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> std::result::Result<bool, BoxError> {
+        Ok(self.check_and_set(key, ttl).await?)
+    }
+
+    async fn release(&self, key: &str) -> std::result::Result<(), BoxError> {
+        Ok(PgDedupStore::release(self, key).await?)
     }
 }

@@ -40,8 +40,8 @@
 //! transactional outbox (to any Wharf backend); when the consumers run on this
 //! backend anyway, [`PostgresBackend::publish_in`] publishes inside the
 //! caller's transaction directly. [`PgDedupStore`] backs the router's
-//! idempotent consumer (`check_and_set` / `release` map onto the router's
-//! `DedupStore::claim` / `release`).
+//! idempotent consumer: it implements [`wharf_core::DedupStore`], so
+//! `DedupLayer::new(Arc::new(store))` takes it as is.
 
 #![warn(missing_docs)]
 

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
-use wharf_core::Result;
+use wharf_core::{BoxError, DedupStore, Result};
 
 use crate::error::map;
 
@@ -69,6 +70,18 @@ impl RedisDedupStore {
             .await
             .map_err(|e| map("DEL", e))?;
         Ok(())
+    }
+}
+
+/// The router's dedup seam: `DedupLayer::new(Arc::new(store))`.
+#[async_trait]
+impl DedupStore for RedisDedupStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> std::result::Result<bool, BoxError> {
+        Ok(self.check_and_set(key, ttl).await?)
+    }
+
+    async fn release(&self, key: &str) -> std::result::Result<(), BoxError> {
+        Ok(RedisDedupStore::release(self, key).await?)
     }
 }
 

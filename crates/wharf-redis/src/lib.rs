@@ -4,7 +4,8 @@
 //! [`RedisBackend`] implements [`wharf_core::Backend`] on streams;
 //! [`RedisPubSubBackend`] is the non-durable mode on Pub/Sub (see
 //! [below](#pubsub-non-durable-mode)); [`RedisDedupStore`] is a `SET NX EX`
-//! dedup store for the router's dedup middleware.
+//! dedup store for the router's dedup middleware (it implements
+//! [`wharf_core::DedupStore`]).
 //!
 //! # Mapping
 //!

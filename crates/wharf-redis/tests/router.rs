@@ -6,34 +6,18 @@
 mod service;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
-use wharf_core::BoxError;
 use wharf_redis::RedisDedupStore;
-use wharf_router::dedup::DedupStore;
-
-/// The router's dedup seam on the Redis store.
-struct RedisStore(RedisDedupStore);
-
-#[async_trait]
-impl DedupStore for RedisStore {
-    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BoxError> {
-        Ok(self.0.check_and_set(key, ttl).await?)
-    }
-    async fn release(&self, key: &str) -> Result<(), BoxError> {
-        Ok(self.0.release(key).await?)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_through_retry_topics_to_the_dlq_and_a_resent_request_is_handled_once() {
     let Some(ns) = service::Namespace::new().await else {
         return;
     };
-    let store = Arc::new(RedisStore(RedisDedupStore::new(
+    // The adapter's store implements `wharf_core::DedupStore` itself.
+    let store = Arc::new(RedisDedupStore::new(
         ns.backend.connection(),
         ns.config.key_prefix_value(),
-    )));
+    ));
     wharf_router::testing::retry_dlq_and_dedup_scenario(Arc::new(ns.backend.clone()), store).await;
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 use tower::{Layer, Service};
 
 pub use redb_store::RedbDedupStore;
-pub use store::{DedupStore, MemoryDedupStore};
+pub use store::MemoryDedupStore;
+pub use wharf_core::DedupStore;
 
 use crate::outcome::{HandlerError, HandlerResult, Outcome};
 use crate::request::Request;

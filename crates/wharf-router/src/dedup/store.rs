@@ -1,5 +1,5 @@
-//! Where processed message keys are remembered: the [`DedupStore`] trait and
-//! the in-process [`MemoryDedupStore`] with TTL.
+//! The in-process [`MemoryDedupStore`] with TTL (the [`DedupStore`] trait
+//! itself lives in `wharf-core`, so adapters can implement it).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,29 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use wharf_core::BoxError;
-
-/// Remembers which message keys were claimed, for a time to live.
-///
-/// Implementations: [`MemoryDedupStore`] (one process),
-/// [`RedbDedupStore`](super::RedbDedupStore) (embedded, durable); Redis (`SET key 1 NX EX ttl` / `DEL`) and PostgreSQL (a unique key:
-/// `INSERT … ON CONFLICT DO NOTHING` / `DELETE`) fit the same two calls.
-#[async_trait]
-pub trait DedupStore: Send + Sync + 'static {
-    /// Records `key` for `ttl` unless it is already recorded. Returns `true`
-    /// if this call recorded it (first time seen), `false` for a duplicate.
-    ///
-    /// # Errors
-    /// The store could not be reached (the message is then retried).
-    async fn claim(&self, key: &str, ttl: Duration) -> Result<bool, BoxError>;
-
-    /// Forgets `key`, so a redelivery is processed again (called when the
-    /// handler failed after claiming it).
-    ///
-    /// # Errors
-    /// The store could not be reached.
-    async fn release(&self, key: &str) -> Result<(), BoxError>;
-}
+use wharf_core::{BoxError, DedupStore};
 
 /// An in-memory [`DedupStore`]: keys expire after their TTL (tokio time, so
 /// the paused test clock drives it). Expired keys are swept as new ones come.
