@@ -97,12 +97,12 @@ where
         };
         let (inner, early) = match called {
             Ok(fut) => (Some(fut), None),
-            Err(message) => (None, Some(message)),
+            Err(message) => (None, Some(Box::new(message))),
         };
         DefaultFuture {
             inner,
             early,
-            span,
+            span: span.map(Box::new),
             start,
             handles: self.handles.clone(),
         }
@@ -114,8 +114,10 @@ pin_project! {
     pub struct DefaultFuture<F> {
         #[pin]
         inner: Option<F>,
-        early: Option<String>,
-        span: Option<tracing::Span>,
+        // Rare (a panic in `call`, a subscriber listening): boxed, so the
+        // future the router moves per message stays small.
+        early: Option<Box<String>>,
+        span: Option<Box<tracing::Span>>,
         start: Option<Instant>,
         handles: Arc<Handles>,
     }
@@ -126,12 +128,12 @@ impl<F: Future<Output = Result<Outcome, HandlerError>>> Future for DefaultFuture
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.as_ref().map(tracing::Span::enter);
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let out = match this.inner.as_pin_mut() {
             Some(f) => std::task::ready!(catch_unwind(AssertUnwindSafe(|| f.poll(cx)))
                 .unwrap_or_else(|panic| Poll::Ready(Err(recover::panicked(&*panic))))),
             None => Err(HandlerError::Panicked {
-                message: this.early.take().unwrap_or_default(),
+                message: this.early.take().map(|m| *m).unwrap_or_default(),
             }),
         };
         this.handles.record(*this.start, &out);

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -57,7 +58,12 @@ pub(crate) async fn run_lane<S>(
             pending: 0,
         };
         for mut delivery in batch {
-            let ready = flushing(poll_ready_catching(&mut svc), &mut acks, &mut tally).await;
+            let ready = flushing(
+                std::pin::pin!(poll_ready_catching(&mut svc)),
+                &mut acks,
+                &mut tally,
+            )
+            .await;
             let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
             let copy = keep_copy.then(|| Box::new(message.clone()));
             let result = match ready {
@@ -65,11 +71,13 @@ pub(crate) async fn run_lane<S>(
                     let req = Request::new(message, delivery.info().clone(), ctx.clone());
                     match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
                         Ok(fut) => {
-                            let fut = AssertUnwindSafe(fut).catch_unwind();
+                            // Pinned here once; `flushing` takes a reference,
+                            // so the future is not moved again.
+                            let fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
                             match lease {
                                 None => flushing(fut, &mut acks, &mut tally).await,
                                 Some(lease) => {
-                                    let fut = keep_lease(&delivery, lease, fut);
+                                    let fut = std::pin::pin!(keep_lease(&delivery, lease, fut));
                                     flushing(fut, &mut acks, &mut tally).await
                                 }
                             }
@@ -98,8 +106,11 @@ pub(crate) async fn run_lane<S>(
 
 /// Awaits `fut`; if it is not ready at once, first acknowledges what
 /// `acks` holds.
-async fn flushing<F: Future>(fut: F, acks: &mut AckBatch, tally: &mut Tally<'_>) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
+async fn flushing<F: Future>(
+    mut fut: Pin<&mut F>,
+    acks: &mut AckBatch,
+    tally: &mut Tally<'_>,
+) -> F::Output {
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
     if let Poll::Ready(out) = first {
         return out;
