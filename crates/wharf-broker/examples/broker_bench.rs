@@ -9,6 +9,10 @@
 //! 3. the same in stream mode, and queue mode with one `ack().await` per
 //!    message;
 //! 4. with BACKLOG > 0: RSS while a group starts consuming a backlog of BACKLOG messages.
+//!
+//! `WHARF_BENCH_ONLY=log|queue|stream|per-message` runs one part alone, for
+//! counting instructions per message with
+//! `valgrind --tool=callgrind target/release/examples/broker_bench 200000`.
 
 use std::time::Instant;
 
@@ -174,6 +178,19 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
     let backlog: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    if let Ok(only) = std::env::var("WHARF_BENCH_ONLY") {
+        let rate = match only.as_str() {
+            "log" => tokio::task::spawn_blocking(move || bare_log(n))
+                .await
+                .expect("bare log"),
+            "queue" => broker_e2e(n, GroupMode::Queue, true).await,
+            "stream" => broker_e2e(n, GroupMode::Stream, true).await,
+            "per-message" => broker_e2e(n, GroupMode::Queue, false).await,
+            other => panic!("WHARF_BENCH_ONLY={other}: expected log, queue, stream or per-message"),
+        };
+        println!("{only}: {rate:.0} msgs/s");
+        return;
+    }
     let log = tokio::task::spawn_blocking(move || bare_log(n))
         .await
         .expect("bare log");

@@ -6,16 +6,34 @@
 
 use bytes::Bytes;
 use wharf_core::{Headers, Message, MessageId, Timestamp};
-use wharf_log::{Record, StoredRecord};
+use wharf_log::{Record, RecordRef, StoredRecord};
 
 const ID_HEADER: &[u8] = b"\0id";
 
-pub(crate) fn to_record(msg: &Message) -> Record {
+/// The ids of a batch of messages in one buffer, so that storing a
+/// message's id costs a slice of it rather than an allocation.
+pub(crate) struct IdBuffer(Bytes);
+
+impl IdBuffer {
+    pub(crate) fn new(msgs: &[Message]) -> Self {
+        let mut buf = Vec::with_capacity(msgs.len() * 16);
+        for m in msgs {
+            buf.extend_from_slice(&m.id().to_bytes());
+        }
+        IdBuffer(Bytes::from(buf))
+    }
+
+    /// The id of message `i` of the batch, as stored.
+    pub(crate) fn id(&self, i: usize) -> Bytes {
+        self.0.slice(i * 16..i * 16 + 16)
+    }
+}
+
+/// The record for `msg`; `id` is its id's 16 bytes (see [`IdBuffer`]).
+pub(crate) fn to_record(msg: &Message, id: Bytes) -> Record {
+    debug_assert_eq!(&id[..], &msg.id().to_bytes()[..]);
     let mut headers = Vec::with_capacity(msg.headers().len() + 1);
-    headers.push((
-        Bytes::from_static(ID_HEADER),
-        Bytes::copy_from_slice(&msg.id().to_bytes()),
-    ));
+    headers.push((Bytes::from_static(ID_HEADER), id));
     for (n, v) in msg.headers().iter() {
         headers.push((
             Bytes::copy_from_slice(n.as_bytes()),
@@ -40,29 +58,51 @@ pub(crate) struct NotAMessage {
 }
 
 pub(crate) fn from_record(rec: StoredRecord) -> Result<Message, NotAMessage> {
-    let offset = rec.offset;
+    decode(
+        rec.offset,
+        rec.timestamp_ms,
+        rec.key,
+        rec.headers.iter().map(|(n, v)| (&n[..], &v[..])),
+        rec.value,
+    )
+}
+
+/// Decodes a record read in place: the id and headers are parsed from the
+/// borrowed buffer, and only the payload (and key) become `Bytes` slices of
+/// it — one reference-count increment per message on the consume path.
+pub(crate) fn from_record_ref(rec: &RecordRef<'_>) -> Result<Message, NotAMessage> {
+    decode(
+        rec.offset,
+        rec.timestamp_ms,
+        rec.key_bytes(),
+        rec.headers(),
+        rec.value_bytes(),
+    )
+}
+
+fn decode<'a>(
+    offset: u64,
+    timestamp_ms: i64,
+    key: Option<Bytes>,
+    mut headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    value: Bytes,
+) -> Result<Message, NotAMessage> {
     let bad = |reason| NotAMessage { offset, reason };
-    let mut it = rec.headers.into_iter();
-    let id = match it.next() {
-        Some((n, v)) if n.as_ref() == ID_HEADER => {
-            let bytes: [u8; 16] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| bad("id is not 16 bytes"))?;
+    let id = match headers.next() {
+        Some((n, v)) if n == ID_HEADER => {
+            let bytes: [u8; 16] = v.try_into().map_err(|_| bad("id is not 16 bytes"))?;
             MessageId::from_bytes(bytes)
         }
         _ => return Err(bad("no id header")),
     };
-    let mut headers = Headers::new();
-    for (n, v) in it {
-        let n = std::str::from_utf8(&n).map_err(|_| bad("header name is not UTF-8"))?;
-        let v = std::str::from_utf8(&v).map_err(|_| bad("header value is not UTF-8"))?;
-        headers.insert(n, v);
+    let mut out = Headers::new();
+    for (n, v) in headers {
+        let n = std::str::from_utf8(n).map_err(|_| bad("header name is not UTF-8"))?;
+        let v = std::str::from_utf8(v).map_err(|_| bad("header value is not UTF-8"))?;
+        out.insert(n, v);
     }
-    let timestamp = Timestamp::from_millis(u64::try_from(rec.timestamp_ms).unwrap_or(0));
-    Ok(Message::from_parts(
-        id, rec.key, headers, rec.value, timestamp,
-    ))
+    let timestamp = Timestamp::from_millis(u64::try_from(timestamp_ms).unwrap_or(0));
+    Ok(Message::from_parts(id, key, out, value, timestamp))
 }
 
 /// Stable partition for a key: CRC32C of the key modulo the partition count.
@@ -83,7 +123,7 @@ mod tests {
             .payload("body")
             .timestamp(Timestamp::from_millis(1234))
             .build();
-        let r = to_record(&m);
+        let r = to_record(&m, IdBuffer::new(std::slice::from_ref(&m)).id(0));
         let stored = StoredRecord {
             offset: 7,
             timestamp_ms: r.timestamp_ms,
@@ -92,6 +132,18 @@ mod tests {
             value: r.value.clone(),
         };
         assert_eq!(from_record(stored).unwrap(), m);
+        let batch = wharf_log::Batch::decode(
+            wharf_log::batch::encode_batch(&[r], 7, wharf_log::Compression::None).unwrap(),
+        )
+        .unwrap();
+        let mut decoded = Vec::new();
+        batch
+            .for_each_record(|rec| {
+                decoded.push(from_record_ref(&rec).unwrap());
+                Ok::<(), wharf_log::CorruptKind>(())
+            })
+            .unwrap();
+        assert_eq!(decoded, vec![m]);
     }
 
     #[test]

@@ -9,11 +9,17 @@
 //! settled offsets; nacks, releases and expired leases make them ready (or
 //! delayed) again, or dead once `max_deliveries` attempts failed.
 //!
+//! A pending message holds its decoded `Message` only until it is first
+//! leased: the message then *moves* into the delivery (no clone, so no
+//! reference-count traffic on the shared read buffer), and the rare paths
+//! that need it again — redelivery and dead-lettering — read it back from
+//! the log.
+//!
 //! Everything here is synchronous and runs under one mutex per group and
 //! topic; time is passed in, so tests drive it directly.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -22,7 +28,7 @@ use tokio::time::Instant;
 use wharf_core::{GroupMode, Message, Settlement, StartPosition};
 
 use crate::clock::Clock;
-use crate::codec::from_record;
+use crate::codec::{from_record_ref, NotAMessage};
 use crate::error::{log_error, storage_error, Error};
 use crate::meta::Cursor;
 use crate::topic::Topic;
@@ -43,7 +49,9 @@ enum PState {
 
 #[derive(Debug)]
 struct Pending {
-    msg: Message,
+    /// The decoded message until it is first leased; `None` afterwards (see
+    /// the module docs).
+    msg: Option<Message>,
     priority: u8,
     /// Deliveries made so far.
     attempts: u32,
@@ -58,13 +66,48 @@ struct PartState {
     next: u64,
     settled: BTreeSet<u64>,
     pending: U64Map<Pending>,
-    /// Ready offsets, highest priority then lowest offset first. Entries are
-    /// only ever added for `Ready` messages and checked again when popped.
-    ready: BinaryHeap<(u8, Reverse<u64>)>,
+    ready: ReadyQueue,
     delayed: BTreeSet<(Instant, u64)>,
     leases: BTreeSet<(Instant, u64)>,
     /// Delays restored from the metadata: offset → (not-before ms, attempts).
     restored: U64Map<(u64, u32)>,
+}
+
+/// Ready offsets, highest priority then lowest offset first. Entries are
+/// only ever added for `Ready` messages and checked again when popped.
+///
+/// Read-ahead adds offsets in increasing order and most messages have
+/// priority 0 (stream mode ignores priorities), so those go to a FIFO that
+/// pops in O(1); everything else (higher priorities, redeliveries below the
+/// FIFO's tail) goes to a heap. `pop` takes the better of the two heads, so
+/// the order is exactly the heap's alone.
+#[derive(Debug, Default)]
+struct ReadyQueue {
+    fifo: VecDeque<u64>,
+    heap: BinaryHeap<(u8, Reverse<u64>)>,
+}
+
+impl ReadyQueue {
+    fn push(&mut self, priority: u8, offset: u64) {
+        if priority == 0 && self.fifo.back().is_none_or(|&b| b < offset) {
+            self.fifo.push_back(offset);
+        } else {
+            self.heap.push((priority, Reverse(offset)));
+        }
+    }
+
+    fn pop(&mut self) -> Option<u64> {
+        match (self.heap.peek(), self.fifo.front()) {
+            (Some(&(p, Reverse(h))), Some(&f)) if p == 0 && f <= h => self.fifo.pop_front(),
+            (Some(_), _) => self.heap.pop().map(|(_, Reverse(o))| o),
+            (None, _) => self.fifo.pop_front(),
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.fifo.retain(|&o| keep(o));
+        self.heap.retain(|&(_, Reverse(o))| keep(o));
+    }
 }
 
 impl PartState {
@@ -132,7 +175,7 @@ impl PartState {
         };
         match state {
             PState::Ready => {
-                self.ready.push((p.priority, Reverse(offset)));
+                self.ready.push(p.priority, offset);
             }
             PState::Delayed(at) => {
                 self.delayed.insert((at, offset));
@@ -338,6 +381,7 @@ impl GroupTopic {
                 }
                 if let Some(dl) = fail(
                     part,
+                    &partitions[i],
                     off,
                     Duration::ZERO,
                     "visibility timeout expired",
@@ -358,14 +402,15 @@ impl GroupTopic {
                 part.delayed.pop_first();
                 if let Some(p) = part.pending.get_mut(&off) {
                     p.state = PState::Ready;
-                    part.ready.push((p.priority, Reverse(off)));
+                    part.ready.push(p.priority, off);
                 }
             }
             if out.len() < max {
                 changed |= fill(part, &partitions[i], policy, clock, stream)?;
             }
+            let deadline = policy.visibility_timeout.map(|vt| now + vt);
             while out.len() < max {
-                let Some((_, Reverse(off))) = part.ready.pop() else {
+                let Some(off) = part.ready.pop() else {
                     break;
                 };
                 let Some(p) = part.pending.get_mut(&off) else {
@@ -374,8 +419,21 @@ impl GroupTopic {
                 if !matches!(p.state, PState::Ready) {
                     continue;
                 }
+                let msg = match p.msg.take() {
+                    Some(m) => m,
+                    // A redelivery: the first lease took the message.
+                    None => match reload(&partitions[i], off)? {
+                        Some(m) => m,
+                        None => {
+                            // Retention removed it meanwhile.
+                            part.pending.remove(&off);
+                            part.mark_settled(off);
+                            changed = true;
+                            continue;
+                        }
+                    },
+                };
                 let lease = lease_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let deadline = policy.visibility_timeout.map(|vt| now + vt);
                 p.attempts += 1;
                 p.state = PState::Leased { lease, deadline };
                 if let Some(d) = deadline {
@@ -386,7 +444,7 @@ impl GroupTopic {
                     offset: off,
                     lease,
                     attempt: p.attempts,
-                    msg: p.msg.clone(),
+                    msg,
                 });
             }
             if let Some(w) = part.next_wake() {
@@ -412,6 +470,7 @@ impl GroupTopic {
     ) -> Result<Option<DeadLetter>, Error> {
         let mut st = self.lock();
         let part = leased(&mut st, partition, offset, lease)?;
+        let log = self.topic.partitions()[partition as usize].clone();
         let result = match settlement {
             Settlement::Ack => {
                 part.unindex(offset);
@@ -426,6 +485,7 @@ impl GroupTopic {
                 }
                 let dl = fail(
                     part,
+                    &log,
                     offset,
                     delay,
                     "max deliveries exceeded",
@@ -445,16 +505,25 @@ impl GroupTopic {
                 let p = part.pending.get_mut(&offset).expect("checked above");
                 p.first_failure_ms.get_or_insert(now_ms);
                 p.last_failure_ms = Some(now_ms);
-                p.state = PState::Dead;
-                Some(dead_letter(
-                    p,
+                p.state = PState::Ready; // so a failed dead-lettering leaves it ready
+                let dl = dead_letter(
+                    part,
+                    &log,
+                    offset,
                     &reason,
                     policy,
                     &self.topic,
                     &self.group,
                     partition,
-                    offset,
-                ))
+                );
+                if dl.is_none() {
+                    // Not dead after all (see `dead_letter`): ready or settled.
+                    st.dirty = true;
+                    drop(st);
+                    self.wake_watchers();
+                    return Ok(None);
+                }
+                dl
             }
             _ => {
                 return Err(Error::InvalidArgument {
@@ -472,14 +541,28 @@ impl GroupTopic {
     pub(crate) fn ack_many(&self, acks: &[(u32, u64, u64)], failed: &mut Vec<(u64, Error)>) {
         let mut st = self.lock();
         for &(partition, offset, lease) in acks {
-            match leased(&mut st, partition, offset, lease) {
-                Ok(part) => {
-                    part.unindex(offset);
-                    part.pending.remove(&offset);
-                    part.mark_settled(offset);
-                }
-                Err(e) => failed.push((lease, e)),
+            let Some(part) = st.parts.get_mut(partition as usize) else {
+                failed.push((lease, unknown(lease)));
+                continue;
+            };
+            // One hash lookup: check the lease on the entry, then remove it.
+            let std::collections::hash_map::Entry::Occupied(e) = part.pending.entry(offset) else {
+                failed.push((lease, unknown(lease)));
+                continue;
+            };
+            let PState::Leased { lease: l, deadline } = e.get().state else {
+                failed.push((lease, unknown(lease)));
+                continue;
+            };
+            if l != lease {
+                failed.push((lease, unknown(lease)));
+                continue;
             }
+            e.remove();
+            if let Some(d) = deadline {
+                part.leases.remove(&(d, offset));
+            }
+            part.mark_settled(offset);
         }
         st.dirty = true;
     }
@@ -633,6 +716,7 @@ fn unknown(lease: u64) -> Error {
 #[allow(clippy::too_many_arguments)]
 fn fail(
     part: &mut PartState,
+    log: &crate::topic::Partition,
     offset: u64,
     delay: Duration,
     reason: &str,
@@ -647,10 +731,8 @@ fn fail(
     p.first_failure_ms.get_or_insert(now_ms);
     p.last_failure_ms = Some(now_ms);
     if policy.max_deliveries.is_some_and(|max| p.attempts >= max) {
-        p.state = PState::Dead;
-        return Some(dead_letter(
-            p, reason, policy, topic, group, partition, offset,
-        ));
+        p.state = PState::Ready;
+        return dead_letter(part, log, offset, reason, policy, topic, group, partition);
     }
     let state = if delay.is_zero() {
         PState::Ready
@@ -662,16 +744,40 @@ fn fail(
     None
 }
 
+/// Marks a `Ready` pending message dead and builds its dead letter. `None`
+/// when there is nothing to copy: retention removed the message (it is
+/// settled), or it could not be read back (it stays ready, so a later
+/// attempt dead-letters it).
+#[allow(clippy::too_many_arguments)]
 fn dead_letter(
-    p: &Pending,
+    part: &mut PartState,
+    log: &crate::topic::Partition,
+    offset: u64,
     reason: &str,
     policy: &Policy,
     topic: &Topic,
     group: &str,
     partition: u32,
-    offset: u64,
-) -> DeadLetter {
-    let mut msg = p.msg.clone();
+) -> Option<DeadLetter> {
+    let p = part.pending.get_mut(&offset)?;
+    let mut msg = match p.msg.clone() {
+        Some(m) => m,
+        None => match reload(log, offset) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                part.pending.remove(&offset);
+                part.mark_settled(offset);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(topic = topic.name(), partition, offset, error = %e, "reading a message back to dead-letter it failed; it stays ready");
+                part.set_state(offset, PState::Ready);
+                return None;
+            }
+        },
+    };
+    let p = part.pending.get_mut(&offset)?;
+    p.state = PState::Dead;
     let last = p.last_failure_ms.unwrap_or(0);
     wharf_core::DeadLetter {
         reason,
@@ -684,11 +790,48 @@ fn dead_letter(
         last_failure_ms: last,
     }
     .stamp(&mut msg);
-    DeadLetter {
+    Some(DeadLetter {
         topic: policy.dead_letter_topic.clone(),
         msg,
         partition,
         offset,
+    })
+}
+
+/// Reads the message at `offset` back from the log (its first lease moved
+/// it out of the read-ahead). `Ok(None)` when retention removed it.
+fn reload(log: &crate::topic::Partition, offset: u64) -> Result<Option<Message>, Error> {
+    if offset < log.start_offset() {
+        return Ok(None);
+    }
+    let batches = match log.read(offset, 1) {
+        Ok(b) => b,
+        Err(_) if offset < log.start_offset() => return Ok(None),
+        Err(e) => return Err(log_error(e)),
+    };
+    let mut found = None;
+    batches
+        .for_each_record(|rec| {
+            if rec.offset == offset {
+                found = Some(from_record_ref(&rec));
+            }
+            Ok::<(), wharf_log::LogError>(())
+        })
+        .map_err(log_error)?;
+    found
+        .transpose()
+        .map_err(|e| storage_error("decode message", e))
+}
+
+/// Why reading ahead stopped early.
+enum FillError {
+    Log(wharf_log::LogError),
+    Decode(NotAMessage),
+}
+
+impl From<wharf_log::LogError> for FillError {
+    fn from(e: wharf_log::LogError) -> Self {
+        FillError::Log(e)
     }
 }
 
@@ -707,7 +850,7 @@ fn fill(
     if part.next < start {
         // Retention removed messages the group had not settled: skip them.
         part.pending.retain(|&o, _| o >= start);
-        part.ready.retain(|&(_, Reverse(o))| o >= start);
+        part.ready.retain(|o| o >= start);
         part.delayed.retain(|&(_, o)| o >= start);
         part.leases.retain(|&(_, o)| o >= start);
         part.settled.retain(|&o| o >= start);
@@ -722,21 +865,20 @@ fn fill(
             break;
         }
         let now_ms = clock.now_ms();
-        for rec in batches.records() {
-            let rec = rec.map_err(log_error)?;
+        let ttl_ms = log.ttl_ms();
+        let result = batches.for_each_record(|rec| {
             let off = rec.offset;
             if off < part.next || part.settled.contains(&off) {
-                continue;
+                return Ok(());
             }
-            let msg = from_record(rec).map_err(|e| storage_error("decode message", e))?;
+            let msg = from_record_ref(&rec).map_err(FillError::Decode)?;
             let expired = msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms)
-                || log
-                    .ttl_ms()
+                || ttl_ms
                     .is_some_and(|ttl| msg.timestamp().as_millis().saturating_add(ttl) <= now_ms);
             if expired {
                 part.mark_settled(off);
                 changed = true;
-                continue;
+                return Ok(());
             }
             let (attempts, not_before_ms) = match part.restored.remove(&off) {
                 Some((ms, a)) => (a, Some(ms)),
@@ -747,18 +889,30 @@ fn fill(
                 _ => PState::Ready,
             };
             let priority = if stream { 0 } else { msg.priority() };
+            match state {
+                PState::Ready => part.ready.push(priority, off),
+                PState::Delayed(at) => {
+                    part.delayed.insert((at, off));
+                }
+                PState::Leased { .. } | PState::Dead => {}
+            }
             part.pending.insert(
                 off,
                 Pending {
-                    msg,
+                    msg: Some(msg),
                     priority,
                     attempts,
-                    state: PState::Dead,
+                    state,
                     first_failure_ms: None,
                     last_failure_ms: None,
                 },
             );
-            part.set_state(off, state);
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(FillError::Log(e)) => return Err(log_error(e)),
+            Err(FillError::Decode(e)) => return Err(storage_error("decode message", e)),
         }
         part.next = batches.next_offset().max(part.next);
     }
@@ -789,3 +943,59 @@ impl std::hash::Hasher for U64Hasher {
 
 /// A `HashMap` keyed by broker-chosen `u64`s.
 pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FIFO fast path must pop in exactly the heap's order (highest
+    /// priority, then lowest offset), whatever mix of pushes and pops.
+    #[test]
+    fn ready_queue_pops_in_priority_then_offset_order_like_a_heap() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let mut q = ReadyQueue::default();
+            let mut model: BinaryHeap<(u8, Reverse<u64>)> = BinaryHeap::new();
+            let mut next = 0u64;
+            for _ in 0..300 {
+                match rand() % 4 {
+                    // Read-ahead: increasing offsets, mostly priority 0.
+                    0 | 1 => {
+                        let prio = if rand() % 5 == 0 {
+                            (rand() % 10) as u8
+                        } else {
+                            0
+                        };
+                        q.push(prio, next);
+                        model.push((prio, Reverse(next)));
+                        next += 1;
+                    }
+                    // A redelivery: an older offset comes back.
+                    2 if next > 0 => {
+                        let off = rand() % next;
+                        let prio = if rand() % 2 == 0 {
+                            0
+                        } else {
+                            (rand() % 10) as u8
+                        };
+                        q.push(prio, off);
+                        model.push((prio, Reverse(off)));
+                    }
+                    _ => {
+                        assert_eq!(q.pop(), model.pop().map(|(_, Reverse(o))| o));
+                    }
+                }
+            }
+            while let Some((_, Reverse(o))) = model.pop() {
+                assert_eq!(q.pop(), Some(o));
+            }
+            assert_eq!(q.pop(), None);
+        }
+    }
+}

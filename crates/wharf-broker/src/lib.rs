@@ -757,15 +757,30 @@ impl Inner {
         let skip: std::collections::HashSet<usize> = same_as.iter().map(|&(i, _)| i).collect();
         let parts = topic.partitions();
         let nparts = u32::try_from(parts.len()).expect("partition count fits u32");
-        let mut by_part: HashMap<u32, (Vec<usize>, Vec<wharf_log::Record>)> = HashMap::new();
+        // (partition, (message indexes, records)), found through `slot`
+        // (partition → position) rather than by hashing every message.
+        type Indexed = (Vec<usize>, Vec<wharf_log::Record>);
+        let mut by_part: Vec<(u32, Indexed)> = Vec::new();
+        let mut slot = vec![usize::MAX; parts.len()];
+        let ids = codec::IdBuffer::new(msgs);
         for (i, m) in msgs.iter().enumerate() {
             if receipts[i].is_some() || skip.contains(&i) {
                 continue;
             }
-            let p = topic.partition_for(m.key().map(|k| &k[..]), nparts);
-            let e = by_part.entry(p).or_default();
+            // A one-partition topic needs no round robin.
+            let p = if nparts == 1 {
+                0
+            } else {
+                topic.partition_for(m.key().map(|k| &k[..]), nparts)
+            };
+            if slot[p as usize] == usize::MAX {
+                slot[p as usize] = by_part.len();
+                let cap = if nparts == 1 { msgs.len() } else { 0 };
+                by_part.push((p, (Vec::with_capacity(cap), Vec::with_capacity(cap))));
+            }
+            let e = &mut by_part[slot[p as usize]].1;
             e.0.push(i);
-            e.1.push(codec::to_record(m));
+            e.1.push(codec::to_record(m, ids.id(i)));
         }
         let _permit = self
             .publish_permits

@@ -66,7 +66,43 @@ impl SubShared {
     }
 }
 
+/// What a lease id stands for: a message of one of the acker's bindings.
 struct LeaseRef {
+    /// Index into [`Leases::bindings`].
+    binding: u32,
+    partition: u32,
+    offset: u64,
+}
+
+/// A subscription's outstanding leases. Bindings are numbered once, so a
+/// lease costs no reference counting of its group and policy.
+#[derive(Default)]
+struct Leases {
+    map: U64Map<LeaseRef>,
+    bindings: Vec<(Arc<GroupTopic>, Arc<Policy>)>,
+}
+
+impl Leases {
+    /// The number of `gt`'s binding, added on first use (bindings are few
+    /// and only ever added, like the subscription's).
+    fn binding(&mut self, gt: &Arc<GroupTopic>, policy: &Arc<Policy>) -> u32 {
+        let i = match self
+            .bindings
+            .iter()
+            .position(|(g, p)| Arc::ptr_eq(g, gt) && Arc::ptr_eq(p, policy))
+        {
+            Some(i) => i,
+            None => {
+                self.bindings.push((gt.clone(), policy.clone()));
+                self.bindings.len() - 1
+            }
+        };
+        u32::try_from(i).expect("binding count fits u32")
+    }
+}
+
+/// A removed lease: the group and policy to settle it with, and the message.
+struct Held {
     gt: Arc<GroupTopic>,
     policy: Arc<Policy>,
     partition: u32,
@@ -76,18 +112,25 @@ struct LeaseRef {
 /// Settles a subscription's deliveries by lease id.
 pub(crate) struct SubAcker {
     inner: Weak<Inner>,
-    leases: Mutex<U64Map<LeaseRef>>,
+    leases: Mutex<Leases>,
     held: AtomicUsize,
     notify: Arc<Notify>,
 }
 
 impl SubAcker {
-    fn remove(&self, lease: u64) -> Option<LeaseRef> {
-        let r = self
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&lease);
+    fn remove(&self, lease: u64) -> Option<Held> {
+        let r = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            leases.map.remove(&lease).map(|r| {
+                let (gt, policy) = &leases.bindings[r.binding as usize];
+                Held {
+                    gt: gt.clone(),
+                    policy: policy.clone(),
+                    partition: r.partition,
+                    offset: r.offset,
+                }
+            })
+        };
         if r.is_some() {
             self.held.fetch_sub(1, Ordering::AcqRel);
             self.notify.notify_one();
@@ -133,8 +176,10 @@ impl Acker for SubAcker {
         let mut groups: Vec<(Arc<GroupTopic>, Vec<(u32, u64, u64)>)> = Vec::new();
         {
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let leases = &mut *leases;
+            let mut last: Option<(u32, usize)> = None;
             for &token in tokens {
-                let Some(r) = leases.remove(&token) else {
+                let Some(r) = leases.map.remove(&token) else {
                     failed.push((
                         token,
                         Error::UnknownDelivery {
@@ -144,10 +189,19 @@ impl Acker for SubAcker {
                     continue;
                 };
                 let ack = (r.partition, r.offset, token);
-                match groups.iter_mut().find(|(gt, _)| Arc::ptr_eq(gt, &r.gt)) {
-                    Some((_, acks)) => acks.push(ack),
-                    None => groups.push((r.gt, vec![ack])),
-                }
+                let gt = &leases.bindings[r.binding as usize].0;
+                let at = match last {
+                    Some((b, at)) if b == r.binding => at,
+                    _ => match groups.iter().position(|(g, _)| Arc::ptr_eq(g, gt)) {
+                        Some(at) => at,
+                        None => {
+                            groups.push((gt.clone(), Vec::with_capacity(tokens.len())));
+                            groups.len() - 1
+                        }
+                    },
+                };
+                last = Some((r.binding, at));
+                groups[at].1.push(ack);
             }
         }
         let removed: usize = groups.iter().map(|(_, a)| a.len()).sum();
@@ -167,10 +221,11 @@ impl Acker for SubAcker {
             .ok_or(Error::Closed { what: "broker" })?;
         let (gt, partition, offset) = {
             let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            let r = leases.get(&token).ok_or(Error::UnknownDelivery {
+            let r = leases.map.get(&token).ok_or(Error::UnknownDelivery {
                 id: token.to_string(),
             })?;
-            (r.gt.clone(), r.partition, r.offset)
+            let gt = &leases.bindings[r.binding as usize].0;
+            (gt.clone(), r.partition, r.offset)
         };
         gt.extend(partition, offset, token, inner.clock.now() + by)
     }
@@ -213,7 +268,7 @@ impl BrokerStream {
     pub(crate) fn new(inner: Arc<Inner>, shared: Arc<SubShared>) -> Self {
         let acker = Arc::new(SubAcker {
             inner: Arc::downgrade(&inner),
-            leases: Mutex::new(U64Map::default()),
+            leases: Mutex::new(Leases::default()),
             held: AtomicUsize::new(0),
             notify: shared.notify.clone(),
         });
@@ -268,19 +323,22 @@ impl BrokerStream {
             }
             if !self.taken.is_empty() {
                 let mut leases = self.acker.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let binding = leases.binding(gt, policy);
                 let topic = gt.topic.name_arc();
+                self.acker
+                    .held
+                    .fetch_add(self.taken.len(), Ordering::AcqRel);
+                room -= self.taken.len();
+                self.buf.reserve(self.taken.len());
                 for t in self.taken.drain(..) {
-                    leases.insert(
+                    leases.map.insert(
                         t.lease,
                         LeaseRef {
-                            gt: gt.clone(),
-                            policy: policy.clone(),
+                            binding,
                             partition: t.partition,
                             offset: t.offset,
                         },
                     );
-                    self.acker.held.fetch_add(1, Ordering::AcqRel);
-                    room -= 1;
                     let info = DeliveryInfo {
                         topic: topic.clone(),
                         partition: t.partition,

@@ -544,3 +544,77 @@ async fn a_batch_ack_reports_an_expired_lease_and_acks_the_rest() {
     assert!(quiet_for(&mut sub, Duration::from_secs(10)).await);
     b.close().await.unwrap();
 }
+
+/// A delivered message leaves the read-ahead; a redelivery and a dead letter
+/// read it back from the log, so they must carry the same id, key, headers
+/// and payload as the first delivery (many messages, so batches are involved).
+#[tokio::test(start_paused = true)]
+async fn redeliveries_and_dead_letters_carry_the_whole_message_read_back_from_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = broker(dir.path()).await;
+    let msgs: Vec<Message> = (0..500)
+        .map(|i| {
+            Message::builder()
+                .key(format!("k{i}"))
+                .header("n", i.to_string())
+                .payload(format!("m{i}"))
+                .build()
+        })
+        .collect();
+    b.publish_batch("rb", msgs.clone()).await.expect("publish");
+    let mut sub = b
+        .subscribe(group("rb").max_deliveries(2))
+        .await
+        .expect("subscribe");
+    // First attempt: nack the even ones, ack the odd ones. Last attempt of
+    // the even ones: reject half, nack the others (which dead-letters them).
+    let mut done = 0;
+    while done < 500 {
+        let d = next(&mut sub).await;
+        let i: usize = d
+            .message()
+            .headers()
+            .get("n")
+            .expect("n")
+            .parse()
+            .expect("n");
+        assert_eq!(d.message(), &msgs[i], "attempt {} of {i}", d.attempt());
+        match (d.attempt(), i % 2, i % 4) {
+            (1, 1, _) => {
+                d.ack().await.expect("ack");
+                done += 1;
+            }
+            (1, _, _) => d.nack().await.expect("nack"),
+            (2, 0, 0) => {
+                d.reject("bad").await.expect("reject");
+                done += 1;
+            }
+            (2, 0, _) => {
+                d.nack().await.expect("nack (last attempt: dead-letters)");
+                done += 1;
+            }
+            (a, _, _) => panic!("unexpected attempt {a} of {i}"),
+        }
+    }
+    assert!(quiet_for(&mut sub, Duration::from_secs(5)).await);
+    let mut dlq = b.subscribe(group("dlq.rb")).await.expect("subscribe dlq");
+    let mut dead = Vec::new();
+    for _ in 0..250 {
+        let d = next(&mut dlq).await;
+        let i: usize = d
+            .message()
+            .headers()
+            .get("n")
+            .expect("n")
+            .parse()
+            .expect("n");
+        assert_eq!(d.message().id(), msgs[i].id());
+        assert_eq!(d.message().key(), msgs[i].key());
+        assert_eq!(d.message().payload(), msgs[i].payload());
+        dead.push(i);
+        d.ack().await.expect("ack");
+    }
+    dead.sort_unstable();
+    assert_eq!(dead, (0..500).step_by(2).collect::<Vec<_>>());
+    b.close().await.expect("close");
+}

@@ -219,8 +219,46 @@ impl Batch {
     /// [`CorruptKind::Decompress`] when a compressed body is invalid; record
     /// level problems are reported by the iterator.
     pub fn records(&self) -> Result<RecordIter, CorruptKind> {
+        Ok(RecordIter {
+            body: self.body()?,
+            pos: 0,
+            index: 0,
+            header: self.header,
+            done: false,
+        })
+    }
+
+    /// Calls `f` with each record decoded in place (see [`RecordRef`]), in
+    /// offset order; stops at the first error, a record-level
+    /// [`CorruptKind`] or `f`'s.
+    ///
+    /// # Errors
+    /// [`CorruptKind::Decompress`] for an invalid compressed body, a
+    /// record-level [`CorruptKind`] for a malformed record (converted with
+    /// `From`), or what `f` returns.
+    pub fn for_each_record<E: From<CorruptKind>>(
+        &self,
+        mut f: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let body = self.body()?;
+        let mut pos = 0;
+        for index in 0..self.header.record_count {
+            let spans = decode_spans(&body, &mut pos, index)?;
+            f(RecordRef::new(&body, &self.header, index, spans))?;
+        }
+        if pos != body.len() {
+            return Err(CorruptKind::TrailingBytes {
+                extra: (body.len() - pos) as u64,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The record bytes, decompressed if needed.
+    fn body(&self) -> Result<Bytes, CorruptKind> {
         let body = self.bytes.slice(HEADER_LEN..);
-        let body = match self.header.compression {
+        Ok(match self.header.compression {
             Compression::None => body,
             Compression::Lz4 => {
                 let declared = self.header.raw_len;
@@ -231,13 +269,6 @@ impl Batch {
                 }
                 Bytes::from(out)
             }
-        };
-        Ok(RecordIter {
-            body,
-            pos: 0,
-            index: 0,
-            header: self.header,
-            done: false,
         })
     }
 }
@@ -284,54 +315,212 @@ impl Iterator for RecordIter {
 
 impl RecordIter {
     fn decode_one(&mut self) -> Result<StoredRecord, CorruptKind> {
-        let index = self.index;
-        let bad = |field| CorruptKind::BadRecord { index, field };
-        let ts_delta = self.varint().ok_or(bad(RecordField::Timestamp))?;
-        let key_tag = self.varint().ok_or(bad(RecordField::Key))?;
-        let key = if key_tag == 0 {
-            None
-        } else {
-            Some(self.take(key_tag - 1).ok_or(bad(RecordField::Key))?)
-        };
-        let value_len = self.varint().ok_or(bad(RecordField::Value))?;
-        let value = self.take(value_len).ok_or(bad(RecordField::Value))?;
-        let header_count = self.varint().ok_or(bad(RecordField::Header))?;
-        // Each header needs at least two bytes; this bounds the allocation.
-        if header_count > ((self.body.len() - self.pos) / 2) as u64 {
-            return Err(bad(RecordField::Header));
-        }
-        let mut headers = Vec::with_capacity(header_count as usize);
-        for _ in 0..header_count {
-            let nl = self.varint().ok_or(bad(RecordField::Header))?;
-            let name = self.take(nl).ok_or(bad(RecordField::Header))?;
-            let vl = self.varint().ok_or(bad(RecordField::Header))?;
-            let hv = self.take(vl).ok_or(bad(RecordField::Header))?;
-            headers.push((name, hv));
-        }
-        Ok(StoredRecord {
-            offset: self.header.base_offset + u64::from(index),
-            timestamp_ms: self.header.first_timestamp.wrapping_add(unzigzag(ts_delta)),
-            key,
-            headers,
-            value,
-        })
+        let spans = decode_spans(&self.body, &mut self.pos, self.index)?;
+        Ok(RecordRef::new(&self.body, &self.header, self.index, spans).to_stored())
     }
+}
 
+/// Where one record's fields lie in its batch body (byte ranges), decoded
+/// and validated by [`decode_spans`] without creating any `Bytes`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordSpans {
+    ts_delta: u64,
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+    /// The encoded headers (count already read), validated.
+    headers: (usize, usize),
+    header_count: u32,
+}
+
+/// Decodes the record at `*pos` of `body` (record number `index` of its
+/// batch), checking every length, and moves `*pos` past it.
+pub(crate) fn decode_spans(
+    body: &[u8],
+    pos: &mut usize,
+    index: u32,
+) -> Result<RecordSpans, CorruptKind> {
+    let bad = |field| CorruptKind::BadRecord { index, field };
+    let mut cur = Cursor { body, pos: *pos };
+    let ts_delta = cur.varint().ok_or(bad(RecordField::Timestamp))?;
+    let key_tag = cur.varint().ok_or(bad(RecordField::Key))?;
+    let key = if key_tag == 0 {
+        None
+    } else {
+        Some(cur.take(key_tag - 1).ok_or(bad(RecordField::Key))?)
+    };
+    let value_len = cur.varint().ok_or(bad(RecordField::Value))?;
+    let value = cur.take(value_len).ok_or(bad(RecordField::Value))?;
+    let header_count = cur.varint().ok_or(bad(RecordField::Header))?;
+    // Each header needs at least two bytes; this bounds the count (and the
+    // allocation of callers that collect the headers).
+    if header_count > ((body.len() - cur.pos) / 2) as u64 {
+        return Err(bad(RecordField::Header));
+    }
+    let headers_start = cur.pos;
+    for _ in 0..header_count {
+        let nl = cur.varint().ok_or(bad(RecordField::Header))?;
+        cur.take(nl).ok_or(bad(RecordField::Header))?;
+        let vl = cur.varint().ok_or(bad(RecordField::Header))?;
+        cur.take(vl).ok_or(bad(RecordField::Header))?;
+    }
+    *pos = cur.pos;
+    Ok(RecordSpans {
+        ts_delta,
+        key,
+        value,
+        headers: (headers_start, cur.pos),
+        header_count: u32::try_from(header_count).map_err(|_| bad(RecordField::Header))?,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
+    body: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
     fn varint(&mut self) -> Option<u64> {
-        let (v, n) = read_varint(&self.body[self.pos..])?;
+        let (v, n) = read_varint(self.body.get(self.pos..)?)?;
         self.pos += n;
         Some(v)
     }
 
-    fn take(&mut self, len: u64) -> Option<Bytes> {
+    /// Skips `len` bytes, returning their range.
+    fn take(&mut self, len: u64) -> Option<(usize, usize)> {
         let len = usize::try_from(len).ok()?;
         let end = self.pos.checked_add(len)?;
         if end > self.body.len() {
             return None;
         }
-        let b = self.body.slice(self.pos..end);
+        let start = self.pos;
         self.pos = end;
-        Some(b)
+        Some((start, end))
+    }
+}
+
+/// A record decoded in place: its fields are borrowed from the batch body,
+/// so reading one creates no `Bytes` (no reference-count traffic) and
+/// allocates nothing. Ask for owned [`Bytes`] only for what you keep
+/// ([`RecordRef::value_bytes`], [`RecordRef::key_bytes`]). Handed out by
+/// [`ReadBatches::for_each_record`](crate::ReadBatches::for_each_record).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    body: &'a Bytes,
+    /// The record's offset in the log.
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    spans: RecordSpans,
+}
+
+impl<'a> RecordRef<'a> {
+    pub(crate) fn new(
+        body: &'a Bytes,
+        header: &BatchHeader,
+        index: u32,
+        spans: RecordSpans,
+    ) -> Self {
+        RecordRef {
+            body,
+            offset: header.base_offset + u64::from(index),
+            timestamp_ms: header
+                .first_timestamp
+                .wrapping_add(unzigzag(spans.ts_delta)),
+            spans,
+        }
+    }
+
+    /// The key, if any.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.spans.key.map(|(a, b)| &self.body[a..b])
+    }
+
+    /// The key as a zero-copy slice of the read buffer.
+    pub fn key_bytes(&self) -> Option<Bytes> {
+        self.spans.key.map(|(a, b)| self.body.slice(a..b))
+    }
+
+    /// The payload.
+    pub fn value(&self) -> &'a [u8] {
+        &self.body[self.spans.value.0..self.spans.value.1]
+    }
+
+    /// The payload as a zero-copy slice of the read buffer.
+    pub fn value_bytes(&self) -> Bytes {
+        self.body.slice(self.spans.value.0..self.spans.value.1)
+    }
+
+    /// Number of headers.
+    pub fn header_count(&self) -> usize {
+        self.spans.header_count as usize
+    }
+
+    /// The headers as (name, value) byte strings, in order.
+    pub fn headers(&self) -> HeaderRefs<'a> {
+        let body: &'a [u8] = self.body;
+        HeaderRefs {
+            cur: Cursor {
+                body: &body[..self.spans.headers.1],
+                pos: self.spans.headers.0,
+            },
+            left: self.spans.header_count,
+        }
+    }
+
+    /// An owned copy whose fields are zero-copy slices of the read buffer.
+    pub fn to_stored(&self) -> StoredRecord {
+        let body = self.body;
+        let mut headers = Vec::with_capacity(self.header_count());
+        let mut it = self.headers();
+        while let Some(((n0, n1), (v0, v1))) = it.next_spans() {
+            headers.push((body.slice(n0..n1), body.slice(v0..v1)));
+        }
+        StoredRecord {
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: self.key_bytes(),
+            headers,
+            value: self.value_bytes(),
+        }
+    }
+}
+
+/// The headers of a [`RecordRef`], borrowed; see [`RecordRef::headers`].
+#[derive(Debug, Clone)]
+pub struct HeaderRefs<'a> {
+    cur: Cursor<'a>,
+    left: u32,
+}
+
+impl HeaderRefs<'_> {
+    /// The byte ranges of the next header's name and value in the body.
+    fn next_spans(&mut self) -> Option<((usize, usize), (usize, usize))> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The region was validated by `decode_spans`, so these cannot fail;
+        // if they did, the iterator would just end.
+        let nl = self.cur.varint()?;
+        let name = self.cur.take(nl)?;
+        let vl = self.cur.varint()?;
+        let value = self.cur.take(vl)?;
+        Some((name, value))
+    }
+}
+
+impl<'a> Iterator for HeaderRefs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let ((n0, n1), (v0, v1)) = self.next_spans()?;
+        let body = self.cur.body;
+        Some((&body[n0..n1], &body[v0..v1]))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
     }
 }
 
@@ -592,6 +781,49 @@ mod tests {
             assert_eq!(back, sample());
             let offsets: Vec<u64> = decoded.iter().map(|r| r.offset).collect();
             assert_eq!(offsets, vec![42, 43, 44, 45]);
+        }
+    }
+
+    #[test]
+    fn records_decoded_in_place_match_the_owned_decoding() {
+        for c in [Compression::None, Compression::Lz4] {
+            let batch = Batch::decode(encode_batch(&sample(), 42, c).expect("encode")).expect("ok");
+            let owned: Vec<StoredRecord> = batch
+                .records()
+                .expect("body")
+                .collect::<Result<_, _>>()
+                .expect("decode");
+            let mut in_place = Vec::new();
+            batch
+                .for_each_record(|r| {
+                    let headers: Vec<(&[u8], &[u8])> = r.headers().collect();
+                    assert_eq!(headers.len(), r.header_count());
+                    assert_eq!(r.value(), &r.value_bytes()[..]);
+                    assert_eq!(r.key(), r.key_bytes().as_deref());
+                    in_place.push(r.to_stored());
+                    Ok::<(), CorruptKind>(())
+                })
+                .expect("decode in place");
+            assert_eq!(in_place, owned);
+        }
+    }
+
+    #[test]
+    fn in_place_decoding_reports_what_the_owned_decoding_reports() {
+        let mut body = Vec::new();
+        encode_records(&sample(), 1_000, &mut body);
+        for cut in 0..body.len() {
+            let truncated = Bytes::copy_from_slice(&body[..cut]);
+            let owned = decode_body_unchecked(truncated.clone(), 4).expect_err("truncated");
+            let mut pos = 0;
+            let mut in_place = Ok(());
+            for index in 0..4 {
+                if let Err(e) = decode_spans(&truncated, &mut pos, index) {
+                    in_place = Err(e);
+                    break;
+                }
+            }
+            assert_eq!(in_place, Err(owned), "cut at {cut}");
         }
     }
 

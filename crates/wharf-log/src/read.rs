@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::batch::{Batch, RecordIter};
+use crate::batch::{Batch, RecordIter, RecordRef};
 use crate::error::LogError;
 use crate::record::StoredRecord;
 
@@ -54,6 +54,54 @@ impl ReadBatches {
         self.batches
             .last()
             .map_or(self.from_offset, |b| b.last_offset() + 1)
+    }
+
+    /// Calls `f` with each record at or after the requested offset, decoded
+    /// in place: a [`RecordRef`] borrows the read buffer, so nothing is
+    /// allocated or reference-counted unless `f` asks for owned `Bytes`
+    /// (the cheap way to scan; [`ReadBatches::records`] makes a
+    /// [`StoredRecord`] with `Bytes` for every field).
+    ///
+    /// # Errors
+    /// Stops at the first error: [`LogError::Corrupt`] for a malformed
+    /// record (as [`ReadBatches::records`] reports it), or what `f` returns.
+    pub fn for_each_record<E: From<LogError>>(
+        &self,
+        mut f: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        enum Stop<E> {
+            Corrupt(crate::error::CorruptKind),
+            Caller(E),
+        }
+        impl<E> From<crate::error::CorruptKind> for Stop<E> {
+            fn from(k: crate::error::CorruptKind) -> Self {
+                Stop::Corrupt(k)
+            }
+        }
+        for (i, b) in self.batches.iter().enumerate() {
+            if b.last_offset() < self.from_offset {
+                continue;
+            }
+            let r = b.for_each_record(|rec| {
+                if rec.offset < self.from_offset {
+                    return Ok(());
+                }
+                f(rec).map_err(Stop::Caller)
+            });
+            match r {
+                Ok(()) => {}
+                Err(Stop::Caller(e)) => return Err(e),
+                Err(Stop::Corrupt(reason)) => {
+                    return Err(LogError::Corrupt {
+                        path: self.path.as_deref().cloned().unwrap_or_default(),
+                        position: self.positions.get(i).copied().unwrap_or(0),
+                        reason,
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Decodes the records at or after the requested offset.

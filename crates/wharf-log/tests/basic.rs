@@ -578,3 +578,23 @@ fn fsync_durations_are_counted_in_shared_sync_stats() {
     never.close().expect("close");
     assert_eq!(stats.snapshot().count, 4, "close syncs the active segment");
 }
+
+#[test]
+fn records_decoded_in_place_are_the_records_read_from_the_middle_of_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, 1 << 20)).expect("open");
+    log.append(&(0..10).map(rec).collect::<Vec<_>>())
+        .expect("append");
+    log.append(&(10..20).map(rec).collect::<Vec<_>>())
+        .expect("append");
+    let rb = log.read(4, 1 << 20).expect("read");
+    let owned: Vec<_> = rb.records().map(|r| r.expect("rec")).collect();
+    let mut in_place = Vec::new();
+    rb.for_each_record(|r| {
+        in_place.push(r.to_stored());
+        Ok::<(), LogError>(())
+    })
+    .expect("decode in place");
+    assert_eq!(in_place.first().map(|r| r.offset), Some(4));
+    assert_eq!(in_place, owned);
+}
