@@ -169,8 +169,12 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
     if let Some(f) = &a.from {
         opts = opts.start(parse_from(f)?);
     }
-    if let Some(n) = a.count {
-        opts = opts.max_in_flight(usize::try_from(n.clamp(1, 256)).unwrap_or(256));
+    if a.count.is_some() {
+        // One at a time, and the last one acknowledged only after the
+        // subscription is closed: otherwise an ack frees a slot the server
+        // fills at once, and that message, fetched past the count and never
+        // shown, would be released (an attempt against max deliveries).
+        opts = opts.max_in_flight(1);
     }
     let mut sub = client.subscribe(opts).await?;
     let mut seen = 0u64;
@@ -224,8 +228,11 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
                 crate::table::opt(d.info().offset)
             );
         }
-        d.ack().await?;
         seen += 1;
+        if a.count == Some(seen) {
+            let _ = sub.close().await;
+        }
+        d.ack().await?;
     }
     let _ = sub.close().await;
     Ok(())

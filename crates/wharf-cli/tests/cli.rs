@@ -110,6 +110,51 @@ fn pub_and_sub_carry_keys_headers_and_stdin_lines() {
 }
 
 #[test]
+fn sub_with_count_takes_exactly_that_many_and_leaves_the_rest_untouched() {
+    // With max deliveries 1, a message fetched past `--count` and released
+    // unseen would go straight to the DLQ: `sub --count` must not fetch it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli(&["topic", "create", "cli.count", "--max-deliveries", "1"]));
+    for i in 0..5 {
+        common::ok(&server.cli(&["pub", "cli.count", &format!("m{i}")]));
+    }
+    let sub = |n: &str| {
+        let out = common::ok(&server.cli(&[
+            "sub",
+            "cli.count",
+            "--group",
+            "g",
+            "--from",
+            "earliest",
+            "--count",
+            n,
+            "--json",
+            "--timeout",
+            "10",
+        ]));
+        json_lines(&out)
+            .iter()
+            .map(|v| {
+                (
+                    v["payload"].as_str().unwrap().to_owned(),
+                    v["attempt"].as_u64(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = sub("2");
+    let rest = sub("3");
+    let mut all: Vec<_> = first.iter().chain(rest.iter()).cloned().collect();
+    all.sort();
+    let want: Vec<_> = (0..5).map(|i| (format!("m{i}"), Some(1))).collect();
+    assert_eq!(all, want, "first {first:?}, rest {rest:?}");
+    // Nothing was dead-lettered: the DLQ topic was never even created.
+    let topics = common::ok(&server.cli(&["topic", "list"]));
+    assert!(!topics.contains("dlq.cli.count"), "{topics}");
+}
+
+#[test]
 fn errors_print_one_line_and_exit_non_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);
