@@ -2,17 +2,16 @@
 //! and dead-lettering (copy to the DLQ topic with `wharf-dlq-*` headers, then term).
 //!
 //! One [`NatsAcker`] serves every delivery of a subscription; it also owns
-//! the subscription's in-flight slots, returned as deliveries are settled.
+//! the subscription's in-flight slots ([`InFlight`]), returned as
+//! deliveries are settled.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
+use wharf_adapter::InFlight;
 use wharf_core::{name, Acker, Error, Message, Result, Settlement, Timestamp};
 
 use crate::backend::Shared;
@@ -25,7 +24,6 @@ pub(crate) struct Pending {
     pub(crate) topic: Arc<str>,
     pub(crate) seq: u64,
     pub(crate) attempt: u32,
-    pub(crate) keeper: Option<JoinHandle<()>>,
 }
 
 /// Settles the deliveries of one subscription.
@@ -36,9 +34,7 @@ pub(crate) struct NatsAcker {
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) ack_wait: Duration,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
-    pub(crate) next_token: AtomicU64,
+    pub(crate) in_flight: InFlight<Pending>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Dropped deliveries waiting to be nacked (lowest stream sequence first).
     pub(crate) release_queue: Mutex<std::collections::VecDeque<Pending>>,
@@ -62,29 +58,6 @@ fn now_ms() -> u64 {
 }
 
 impl NatsAcker {
-    /// Records a delivery and returns its token.
-    pub(crate) fn register(&self, p: Pending) -> u64 {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(token, p);
-        token
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Removes a delivery, stops its lease keeper and frees its in-flight slot.
-    fn take(&self, token: u64) -> Result<Pending> {
-        let mut p = self.lock().remove(&token).ok_or(Error::UnknownDelivery {
-            id: token.to_string(),
-        })?;
-        if let Some(k) = p.keeper.take() {
-            k.abort();
-        }
-        self.permits.add_permits(1);
-        Ok(p)
-    }
-
     async fn send(&self, reply: &str, body: impl Into<Bytes>) -> Result<()> {
         self.shared
             .client
@@ -172,7 +145,7 @@ impl NatsAcker {
 #[async_trait]
 impl Acker for NatsAcker {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
-        let p = self.take(token)?;
+        let p = self.in_flight.take(token)?;
         match settlement {
             Settlement::Ack => {
                 self.forget_failure(&p);
@@ -196,48 +169,23 @@ impl Acker for NatsAcker {
     }
 
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
-        let reply = match self.lock().get(&token) {
-            Some(p) => p.reply.clone(),
-            None => {
-                return Err(Error::UnknownDelivery {
-                    id: token.to_string(),
-                })
-            }
-        };
+        let reply = self.in_flight.get(token, |p| p.reply.clone())?;
         self.send(&reply, Bytes::from_static(b"+WPI")).await?;
-        if by <= self.ack_wait {
-            return Ok(());
-        }
         // `+WPI` restarts AckWait; keep sending it until `by` is covered.
         let client = self.shared.client.clone();
-        let every = (self.ack_wait / 2).max(Duration::from_millis(10));
-        let ack_wait = self.ack_wait;
-        let until = tokio::time::Instant::now() + by;
-        let keeper_reply = reply.clone();
-        let keeper = self.runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let _ = client
-                    .publish(keeper_reply.clone(), Bytes::from_static(b"+WPI"))
-                    .await;
-                if tokio::time::Instant::now() + ack_wait >= until {
-                    break;
-                }
+        let touch = move || {
+            let (client, reply) = (client.clone(), reply.clone());
+            async move {
+                let _ = client.publish(reply, Bytes::from_static(b"+WPI")).await;
             }
-        });
-        match self.lock().get_mut(&token) {
-            Some(p) => {
-                if let Some(old) = p.keeper.replace(keeper) {
-                    old.abort();
-                }
-            }
-            None => keeper.abort(),
-        }
+        };
+        self.in_flight
+            .keep_lease(token, &self.runtime, self.ack_wait, by, touch);
         Ok(())
     }
 
     fn release(&self, token: u64) {
-        let Ok(p) = self.take(token) else {
+        let Ok(p) = self.in_flight.take(token) else {
             return;
         };
         // `release` runs inside `Delivery::drop` while the delivery still

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
-use async_nats::{Client, ConnectOptions};
+use async_nats::Client;
 use async_trait::async_trait;
 use tokio::sync::watch;
 use wharf_core::{
@@ -17,10 +17,10 @@ use wharf_core::{
     SubscribeOptions, Subscriber, Subscription,
 };
 
-use crate::config::{NatsConfig, HEADER_ROOM};
+use crate::config::NatsConfig;
 use crate::error::{backend, unavailable, NatsError};
+use crate::subjects::{self, Subjects};
 use crate::subscription::Inbox;
-use crate::wire;
 
 /// The backend's name in errors and logs.
 pub(crate) const NAME: &str = "nats";
@@ -38,9 +38,7 @@ pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: String,
-    prefix: String,
-    max_payload: usize,
-    limits: Limits,
+    pub(crate) subjects: Subjects,
     request_timeout: Duration,
     pub(crate) closed: watch::Sender<bool>,
     /// When the first failed attempt of (consumer, stream sequence) happened.
@@ -82,13 +80,7 @@ impl NatsBackend {
     /// subjects overlap another stream's).
     pub async fn connect(config: NatsConfig) -> Result<Self> {
         validate_stream_name(&config.stream)?;
-        name::validate_topic(&config.prefix)?;
-        let client = ConnectOptions::new()
-            .connection_timeout(config.connect_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| unavailable("connect", e))?;
+        let (client, subjects) = subjects::connect(&config).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
@@ -117,16 +109,13 @@ impl NatsBackend {
                 Err(e) => return Err(backend("create stream", e)),
             }
         }
-        let max_payload = client.server_info().max_payload;
         let (closed, _) = watch::channel(false);
         Ok(NatsBackend {
             shared: Arc::new(Shared {
                 client,
                 js,
                 stream: config.stream,
-                prefix: config.prefix,
-                max_payload,
-                limits: Limits::new(max_payload.saturating_sub(HEADER_ROOM)),
+                subjects,
                 request_timeout: config.request_timeout,
                 closed,
                 first_failures: Mutex::new(HashMap::new()),
@@ -160,19 +149,6 @@ impl NatsBackend {
 }
 
 impl Shared {
-    /// The NATS subject of a topic or pattern.
-    pub(crate) fn subject(&self, topic: &str) -> String {
-        format!("{}.{topic}", self.prefix)
-    }
-
-    /// The topic of a subject under this backend's prefix.
-    pub(crate) fn topic_of<'a>(&self, subject: &'a str) -> &'a str {
-        subject
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|s| s.strip_prefix('.'))
-            .unwrap_or(subject)
-    }
-
     pub(crate) fn register_inbox(&self, inbox: &Arc<Inbox>) {
         let mut all = self.inboxes.lock().unwrap_or_else(|e| e.into_inner());
         all.retain(|w| w.strong_count() > 0);
@@ -195,26 +171,11 @@ impl Shared {
         message: &Message,
         msg_id: &str,
     ) -> Result<(String, jetstream::message::PublishMessage)> {
-        name::validate_topic(topic)?;
-        let max = self.limits.max_message_bytes;
-        if message.size() > max {
-            return Err(Error::MessageTooLarge {
-                size: message.size(),
-                max,
-            });
-        }
-        let headers = wire::encode_headers(message, msg_id)?;
-        let wire_size = wire::headers_wire_len(&headers) + message.payload().len();
-        if wire_size > self.max_payload {
-            return Err(Error::MessageTooLarge {
-                size: wire_size,
-                max: self.max_payload,
-            });
-        }
+        let (subject, headers) = self.subjects.prepare(topic, message, msg_id)?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.payload().clone())
             .headers(headers);
-        Ok((self.subject(topic), publish))
+        Ok((subject, publish))
     }
 
     /// Sends one prepared publish and returns the PubAck's future.
@@ -319,7 +280,7 @@ impl Backend for NatsBackend {
     }
 
     fn limits(&self) -> Limits {
-        self.shared.limits
+        self.shared.subjects.limits()
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
@@ -351,7 +312,7 @@ impl std::fmt::Debug for NatsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsBackend")
             .field("stream", &self.shared.stream)
-            .field("prefix", &self.shared.prefix)
+            .field("prefix", &self.shared.subjects.prefix())
             .finish_non_exhaustive()
     }
 }

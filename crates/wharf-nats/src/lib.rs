@@ -108,6 +108,7 @@ mod backend;
 mod config;
 mod core_nats;
 mod error;
+mod subjects;
 mod subscription;
 mod wire;
 

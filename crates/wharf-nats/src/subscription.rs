@@ -5,20 +5,18 @@
 //! expiry) to one inbox and forwards deliveries into a channel, so
 //! [`DeliveryStream::next`] is a channel receive: cancel safe.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::StatusCode;
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::watch;
+use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
 use wharf_core::{
-    Capability, Delivery, DeliveryInfo, DeliveryStream, Error, Result, StartPosition,
-    SubscribeOptions, Subscription, Timestamp,
+    Capability, Delivery, DeliveryInfo, Error, Result, StartPosition, SubscribeOptions,
+    Subscription, Timestamp,
 };
 
 use crate::acker::{NatsAcker, Pending};
@@ -87,7 +85,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         ack_policy: AckPolicy::Explicit,
         ack_wait,
         max_deliver: opts.max_deliveries_limit().map_or(-1, i64::from),
-        filter_subject: shared.subject(pattern.as_str()),
+        filter_subject: shared.subjects.subject(pattern.as_str()),
         max_ack_pending: -1,
         inactive_threshold: if group.is_some() {
             Duration::ZERO
@@ -103,8 +101,6 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         .subscribe(inbox.clone())
         .await
         .map_err(|e| unavailable("subscribe", e))?;
-    let max_in_flight = opts.max_in_flight_limit();
-    let permits = Arc::new(Semaphore::new(max_in_flight));
     let acker: Arc<NatsAcker> = Arc::new_cyclic(|me| NatsAcker {
         shared: shared.clone(),
         consumer: consumer_name.clone(),
@@ -112,9 +108,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
         max_deliveries: opts.max_deliveries_limit(),
         ack_wait,
-        permits,
-        pending: Mutex::new(HashMap::new()),
-        next_token: AtomicU64::new(1),
+        in_flight: InFlight::new(opts.max_in_flight_limit()),
         runtime: tokio::runtime::Handle::current(),
         release_queue: Mutex::new(std::collections::VecDeque::new()),
         release_lock: tokio::sync::Mutex::new(()),
@@ -127,9 +121,10 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         acker: acker.clone(),
     });
     shared.register_inbox(&inbox_sub);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let backend_closed = shared.closed.subscribe();
+    let (stream, tx, stop) = ChannelStream::new(shared.closed.subscribe());
+    let shut = inbox_sub.clone();
+    // Unsubscribes the inbox synchronously whenever the stream ends or is dropped.
+    let stream = stream.on_end(move || shut.shut());
     let puller = Puller {
         next_subject: format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
@@ -143,7 +138,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         inbox,
         inbox_sub: inbox_sub.clone(),
         tx,
-        stop: stop_rx,
+        stop,
     };
     if let (Some(_), Some(max)) = (&group, opts.max_deliveries_limit()) {
         let subject = format!(
@@ -159,18 +154,12 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
             puller.acker.clone(),
             advisories,
             max,
-            stop_tx.subscribe(),
+            stream.stop_signal(),
             shared.closed.subscribe(),
         ));
     }
     tokio::spawn(puller.run());
-    Ok(Subscription::new(NatsStream {
-        rx,
-        backend_closed,
-        inbox: inbox_sub,
-        stop: stop_tx,
-        ended: false,
-    }))
+    Ok(Subscription::new(stream))
 }
 
 /// A subscription's inbox: the puller reads it, and closing (the stream's
@@ -210,10 +199,9 @@ impl Inbox {
             self.acker.requeue(Pending {
                 reply,
                 message: wire::decode(m.headers.as_ref(), m.payload.clone()),
-                topic: Arc::from(self.acker.shared.topic_of(m.subject.as_str())),
+                topic: Arc::from(self.acker.shared.subjects.topic_of(m.subject.as_str())),
                 seq: ack.stream_seq,
                 attempt: ack.delivered,
-                keeper: None,
             });
         }
     }
@@ -346,10 +334,9 @@ async fn dead_letter_lapsed(
         let p = Pending {
             reply: String::new(),
             message: wire::decode(Some(&raw.headers), raw.payload),
-            topic: Arc::from(shared.topic_of(raw.subject.as_str())),
+            topic: Arc::from(shared.subjects.topic_of(raw.subject.as_str())),
             seq,
             attempt: u32::try_from(deliveries).unwrap_or(u32::MAX),
-            keeper: None,
         };
         let reason = format!("max deliveries ({max}) exceeded: lease expired");
         if let Err(e) = acker.dead_letter(p, &reason).await {
@@ -367,7 +354,7 @@ struct Puller {
     next_subject: String,
     inbox: String,
     inbox_sub: Arc<Inbox>,
-    tx: mpsc::UnboundedSender<Result<Delivery>>,
+    tx: DeliverySender,
     stop: watch::Receiver<bool>,
     backend_closed: watch::Receiver<bool>,
 }
@@ -390,24 +377,15 @@ enum PullEnd {
 impl Puller {
     async fn run(mut self) {
         loop {
-            let permits = self.acker.permits.clone();
-            let first = tokio::select! {
+            let acker = self.acker.clone();
+            let n = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop, &mut self.backend_closed) => break,
-                p = permits.acquire() => p,
+                n = acker.in_flight.reserve(MAX_PULL_BATCH) => n,
             };
-            let Ok(first) = first else { break };
-            first.forget();
-            let mut n = 1;
-            let extra = permits.available_permits().min(MAX_PULL_BATCH - 1);
-            if extra > 0 {
-                if let Ok(p) = permits.try_acquire_many(extra as u32) {
-                    p.forget();
-                    n += extra;
-                }
-            }
+            let Some(n) = n else { break };
             let (left, end) = self.pull(n).await;
-            permits.add_permits(left);
+            acker.in_flight.free(left);
             if matches!(end, PullEnd::Stop) {
                 break;
             }
@@ -491,12 +469,12 @@ impl Puller {
     fn deliver(&self, msg: async_nats::Message) -> bool {
         let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
             tracing::warn!(subject = %msg.subject, "nats message without ack subject");
-            self.acker.permits.add_permits(1);
+            self.acker.in_flight.free(1);
             return true;
         };
         let Some(ack) = wire::parse_ack_subject(&reply) else {
             tracing::warn!(%reply, "unparsable nats ack subject");
-            self.acker.permits.add_permits(1);
+            self.acker.in_flight.free(1);
             return true;
         };
         let message = wire::decode(msg.headers.as_ref(), msg.payload.clone());
@@ -509,91 +487,27 @@ impl Puller {
             tokio::spawn(async move {
                 let _ = client.publish(reply, Bytes::from_static(b"+ACK")).await;
             });
-            self.acker.permits.add_permits(1);
+            self.acker.in_flight.free(1);
             return true;
         }
-        let topic: Arc<str> = Arc::from(self.shared.topic_of(msg.subject.as_str()));
+        let topic: Arc<str> = Arc::from(self.shared.subjects.topic_of(msg.subject.as_str()));
         let info = DeliveryInfo {
             topic: topic.clone(),
             partition: 0,
             offset: Some(ack.stream_seq),
             attempt: ack.delivered,
         };
-        let token = self.acker.register(Pending {
+        let token = self.acker.in_flight.register(Pending {
             reply,
             message: message.clone(),
             topic,
             seq: ack.stream_seq,
             attempt: ack.delivered,
-            keeper: None,
         });
         let delivery = Delivery::new(message, info, self.acker.clone(), token);
         // On a closed channel the delivery comes back inside the error and is
         // dropped, which releases it for redelivery.
         self.tx.send(Ok(delivery)).is_ok()
-    }
-}
-
-/// The [`DeliveryStream`] of a NATS subscription.
-struct NatsStream {
-    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
-    backend_closed: watch::Receiver<bool>,
-    inbox: Arc<Inbox>,
-    stop: watch::Sender<bool>,
-    ended: bool,
-}
-
-impl Drop for NatsStream {
-    fn drop(&mut self) {
-        self.inbox.shut();
-    }
-}
-
-impl NatsStream {
-    /// Ends the stream: stops the puller and releases what is buffered.
-    fn end(&mut self) {
-        self.ended = true;
-        self.inbox.shut();
-        self.stop.send_replace(true);
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-    }
-}
-
-#[async_trait]
-impl DeliveryStream for NatsStream {
-    async fn next(&mut self) -> Option<Result<Delivery>> {
-        if self.ended {
-            return None;
-        }
-        let item = tokio::select! {
-            biased;
-            _ = self.backend_closed.wait_for(|c| *c) => None,
-            item = self.rx.recv() => Some(item),
-        };
-        match item {
-            Some(Some(d)) => Some(d),
-            Some(None) => {
-                self.ended = true;
-                None
-            }
-            None => {
-                self.end();
-                None
-            }
-        }
-    }
-
-    fn try_next(&mut self) -> Option<Result<Delivery>> {
-        if self.ended {
-            return None;
-        }
-        self.rx.try_recv().ok()
-    }
-
-    async fn close(&mut self) -> Result<()> {
-        self.end();
-        Ok(())
     }
 }
 

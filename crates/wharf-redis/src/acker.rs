@@ -6,14 +6,13 @@
 //! nacks go back to the subscription's own queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
+use wharf_adapter::InFlight;
 use wharf_core::{name, Acker, Error, Message, Result, Settlement, Timestamp};
 
 use crate::backend::Shared;
@@ -25,7 +24,6 @@ pub(crate) struct Pending {
     pub(crate) entry_id: String,
     pub(crate) message: Message,
     pub(crate) attempt: u32,
-    pub(crate) keeper: Option<JoinHandle<()>>,
 }
 
 /// Group subscriptions settle on the server; private ones locally.
@@ -46,9 +44,8 @@ pub(crate) struct RedisAcker {
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) max_deliveries: Option<u32>,
     pub(crate) lease: Duration,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
-    pub(crate) next_token: AtomicU64,
+    /// The deliveries handed out, and the subscription's in-flight slots.
+    pub(crate) in_flight: InFlight<Pending>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) release_queue: Mutex<VecDeque<Pending>>,
     pub(crate) release_lock: tokio::sync::Mutex<()>,
@@ -60,27 +57,6 @@ fn now_ms() -> u64 {
 }
 
 impl RedisAcker {
-    pub(crate) fn register(&self, p: Pending) -> u64 {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(token, p);
-        token
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn take(&self, token: u64) -> Result<Pending> {
-        let mut p = self.lock().remove(&token).ok_or(Error::UnknownDelivery {
-            id: token.to_string(),
-        })?;
-        if let Some(k) = p.keeper.take() {
-            k.abort();
-        }
-        self.permits.add_permits(1);
-        Ok(p)
-    }
-
     fn group(&self) -> Option<&str> {
         match &self.mode {
             Mode::Group { group, .. } => Some(group),
@@ -202,31 +178,23 @@ impl RedisAcker {
         }
     }
 
-    async fn touch(
-        shared: &Shared,
-        topic: &str,
-        group: &str,
-        consumer: &str,
-        id: &str,
-    ) -> Result<()> {
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(shared.stream_key(topic))
+    /// `XCLAIM … JUSTID` of the entry to this consumer: resets its idle time.
+    fn touch(&self, topic: &str, group: &str, consumer: &str, id: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(self.shared.stream_key(topic))
             .arg(group)
             .arg(consumer)
             .arg(0)
             .arg(id)
-            .arg("JUSTID")
-            .query_async(&mut shared.conn.clone())
-            .await
-            .map_err(|e| map("XCLAIM", e))?;
-        Ok(())
+            .arg("JUSTID");
+        cmd
     }
 }
 
 #[async_trait]
 impl Acker for RedisAcker {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
-        let p = self.take(token)?;
+        let p = self.in_flight.take(token)?;
         match settlement {
             Settlement::Ack => {
                 self.failures().remove(&self.failure_key(&p));
@@ -253,48 +221,32 @@ impl Acker for RedisAcker {
     }
 
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
-        let (topic, id) = match self.lock().get(&token) {
-            Some(p) => (p.topic.clone(), p.entry_id.clone()),
-            None => {
-                return Err(Error::UnknownDelivery {
-                    id: token.to_string(),
-                })
-            }
-        };
+        let (topic, id) = self
+            .in_flight
+            .get(token, |p| (p.topic.clone(), p.entry_id.clone()))?;
         let Mode::Group { group, consumer } = &self.mode else {
             return Ok(());
         };
-        Self::touch(&self.shared, &topic, group, consumer, &id).await?;
-        if by <= self.lease {
-            return Ok(());
-        }
+        let touch = self.touch(&topic, group, consumer, &id);
+        let _: Value = touch
+            .query_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| map("XCLAIM", e))?;
         // XCLAIM resets the idle time; keep doing so until `by` is covered.
-        let (shared, group, consumer) = (self.shared.clone(), group.clone(), consumer.clone());
-        let every = (self.lease / 2).max(Duration::from_millis(10));
-        let lease = self.lease;
-        let until = tokio::time::Instant::now() + by;
-        let keeper = self.runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let _ = Self::touch(&shared, &topic, &group, &consumer, &id).await;
-                if tokio::time::Instant::now() + lease >= until {
-                    break;
-                }
+        let conn = self.shared.conn.clone();
+        let touch = move || {
+            let (touch, mut conn) = (touch.clone(), conn.clone());
+            async move {
+                let _: redis::RedisResult<Value> = touch.query_async(&mut conn).await;
             }
-        });
-        match self.lock().get_mut(&token) {
-            Some(p) => {
-                if let Some(old) = p.keeper.replace(keeper) {
-                    old.abort();
-                }
-            }
-            None => keeper.abort(),
-        }
+        };
+        self.in_flight
+            .keep_lease(token, &self.runtime, self.lease, by, touch);
         Ok(())
     }
 
     fn release(&self, token: u64) {
-        if let Ok(p) = self.take(token) {
+        if let Ok(p) = self.in_flight.take(token) {
             self.requeue(p);
         }
     }

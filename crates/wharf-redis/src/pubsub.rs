@@ -5,19 +5,17 @@
 //! Nothing is stored: settling a delivery only frees its in-flight slot.
 //! See the [crate docs](crate#pubsub-non-durable-mode).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
+use wharf_adapter::at_most_once::{self, receipt, Feed, LocalStream};
 use wharf_core::{
-    name, Acker, Backend, Capabilities, Capability, Delivery, DeliveryInfo, DeliveryStream, Error,
-    GroupMode, Limits, Message, Publisher, Receipt, Result, Settlement, StartPosition,
-    SubscribeOptions, Subscriber, Subscription, Timestamp, TopicPattern,
+    name, Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt, Result,
+    SubscribeOptions, Subscriber, Subscription, TopicPattern,
 };
 
 use crate::config::{RedisConfig, MAX_MESSAGE_BYTES};
@@ -148,15 +146,6 @@ impl Shared {
     }
 }
 
-fn receipt(message: &Message) -> Receipt {
-    Receipt {
-        id: message.id(),
-        partition: 0,
-        offset: None,
-        duplicate: false,
-    }
-}
-
 #[async_trait]
 impl Publisher for RedisPubSubBackend {
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
@@ -198,29 +187,7 @@ impl Subscriber for RedisPubSubBackend {
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
         let s = &self.shared;
         s.check_open()?;
-        let pattern = options.validate()?;
-        let unsupported = |capability| Error::Unsupported {
-            backend: NAME,
-            capability,
-        };
-        if options.group_name().is_some() {
-            return Err(unsupported(Capability::ConsumerGroups));
-        }
-        match options.start_position() {
-            StartPosition::Offset(_) => return Err(unsupported(Capability::ReplayFromOffset)),
-            StartPosition::Time(_) => return Err(unsupported(Capability::ReplayFromTime)),
-            // Nothing is stored, so the earliest message still there is the next one.
-            _ => {}
-        }
-        if options.visibility_timeout_value().is_some() {
-            return Err(unsupported(Capability::VisibilityTimeout));
-        }
-        if options.max_deliveries_limit().is_some() {
-            return Err(unsupported(Capability::MaxDeliveries));
-        }
-        if options.group_mode() != GroupMode::Queue {
-            return Err(unsupported(Capability::PartitionAssignment));
-        }
+        let pattern = at_most_once::check_options(NAME, &options, false)?;
         let mut pubsub = tokio::time::timeout(s.connect_timeout, s.client.get_async_pubsub())
             .await
             .map_err(|_| Error::Timeout {
@@ -240,16 +207,16 @@ impl Subscriber for RedisPubSubBackend {
                 .await
                 .map_err(|e| map("PSUBSCRIBE", e))?;
         }
-        Ok(Subscription::new(PubSubDeliveries {
-            messages: Some(pubsub.into_on_message()),
-            channel_prefix: s.channel_prefix(),
-            pattern,
-            acker: Arc::new(LocalAcker {
-                permits: Arc::new(Semaphore::new(options.max_in_flight_limit())),
-                next_token: AtomicU64::new(1),
-            }),
-            backend_closed: s.closed.subscribe(),
-        }))
+        Ok(Subscription::new(LocalStream::new(
+            NAME,
+            options.max_in_flight_limit(),
+            PubSubFeed {
+                channel_prefix: s.channel_prefix(),
+                pattern,
+            },
+            pubsub.into_on_message(),
+            s.closed.subscribe(),
+        )))
     }
 }
 
@@ -286,60 +253,19 @@ impl std::fmt::Debug for RedisPubSubBackend {
     }
 }
 
-/// Settles the deliveries of one subscription in the client alone: every
-/// settlement, and a drop, frees one in-flight slot; nothing is sent.
-struct LocalAcker {
-    permits: Arc<Semaphore>,
-    next_token: AtomicU64,
-}
-
-#[async_trait]
-impl Acker for LocalAcker {
-    async fn settle(&self, _token: u64, settlement: Settlement) -> Result<()> {
-        self.permits.add_permits(1);
-        let unsupported = |capability| {
-            Err(Error::Unsupported {
-                backend: NAME,
-                capability,
-            })
-        };
-        match settlement {
-            Settlement::Ack => Ok(()),
-            // At-most-once: the message is gone either way.
-            Settlement::Nack { delay } if delay.is_zero() => Ok(()),
-            Settlement::Nack { .. } => unsupported(Capability::NackWithDelay),
-            _ => unsupported(Capability::DeadLetter),
-        }
-    }
-
-    async fn extend(&self, _token: u64, _by: Duration) -> Result<()> {
-        Err(Error::Unsupported {
-            backend: NAME,
-            capability: Capability::ExtendLease,
-        })
-    }
-
-    fn release(&self, _token: u64) {
-        self.permits.add_permits(1);
-    }
-}
-
-/// The [`DeliveryStream`] of a Pub/Sub subscription: reads its connection's
-/// messages directly, one in-flight slot per delivery.
-struct PubSubDeliveries {
-    /// `None` once the subscription has ended (dropping it closes the connection).
-    messages: Option<PubSubStream>,
+/// What a Pub/Sub subscription reads: its connection's messages, each
+/// matched against the Wharf pattern again (a glob `*` also spans dots) and
+/// unframed.
+struct PubSubFeed {
     channel_prefix: String,
     pattern: TopicPattern,
-    acker: Arc<LocalAcker>,
-    backend_closed: watch::Receiver<bool>,
 }
 
-impl PubSubDeliveries {
-    /// Turns a received message into a delivery holding `permit`; `None`
-    /// (the permit returned) for a channel the pattern does not match — a
-    /// glob `*` also spans dots — or a message whose TTL has passed.
-    fn deliver(&self, msg: &redis::Msg, permit: OwnedSemaphorePermit) -> Option<Delivery> {
+impl Feed for PubSubFeed {
+    /// Dropping it ends the connection, and with it the subscription.
+    type Stream = PubSubStream;
+
+    fn decode(&self, msg: redis::Msg) -> Option<(Arc<str>, Message)> {
         let topic = msg.get_channel_name().strip_prefix(&self.channel_prefix)?;
         if !self.pattern.matches(topic) {
             return None;
@@ -347,79 +273,16 @@ impl PubSubDeliveries {
         let payload = msg.get_payload_bytes();
         let message =
             wire::unframe(payload).unwrap_or_else(|| Message::new(Bytes::copy_from_slice(payload)));
-        if message
-            .expires_at()
-            .is_some_and(|at| at <= Timestamp::now())
-        {
-            return None;
-        }
-        permit.forget();
-        let info = DeliveryInfo {
-            topic: Arc::from(topic),
-            partition: 0,
-            offset: None,
-            attempt: 1,
-        };
-        let token = self.acker.next_token.fetch_add(1, Ordering::Relaxed);
-        Some(Delivery::new(message, info, self.acker.clone(), token))
-    }
-}
-
-#[async_trait]
-impl DeliveryStream for PubSubDeliveries {
-    async fn next(&mut self) -> Option<Result<Delivery>> {
-        loop {
-            let messages = self.messages.as_mut()?;
-            // Cancel safe: a permit or a message is only taken together.
-            let permit = tokio::select! {
-                biased;
-                _ = self.backend_closed.wait_for(|c| *c) => None,
-                p = self.acker.permits.clone().acquire_owned() => p.ok(),
-            };
-            let Some(permit) = permit else {
-                self.messages = None;
-                return None;
-            };
-            let msg = tokio::select! {
-                biased;
-                _ = self.backend_closed.wait_for(|c| *c) => {
-                    self.messages = None;
-                    return None;
-                }
-                m = messages.next() => m,
-            };
-            let Some(msg) = msg else {
-                // Not closed by us or the backend: the connection went away
-                // (reported once, then the stream ends).
-                self.messages = None;
-                return Some(Err(Error::Unavailable {
-                    backend: NAME,
-                    source: Box::new(RedisError::PubSubClosed),
-                }));
-            };
-            if let Some(d) = self.deliver(&msg, permit) {
-                return Some(Ok(d));
-            }
-        }
+        Some((Arc::from(topic), message))
     }
 
-    fn try_next(&mut self) -> Option<Result<Delivery>> {
-        if *self.backend_closed.borrow() {
-            return None;
-        }
-        loop {
-            let permit = self.acker.permits.clone().try_acquire_owned().ok()?;
-            let msg = self.messages.as_mut()?.next().now_or_never()??;
-            if let Some(d) = self.deliver(&msg, permit) {
-                return Some(Ok(d));
-            }
-        }
-    }
-
-    async fn close(&mut self) -> Result<()> {
-        // Dropping the stream ends its connection, and with it the subscription.
-        self.messages = None;
-        Ok(())
+    /// Not closed by us or the backend: the connection went away (reported
+    /// once, then the subscription ends).
+    fn lost(&self) -> Option<Error> {
+        Some(Error::Unavailable {
+            backend: NAME,
+            source: Box::new(RedisError::PubSubClosed),
+        })
     }
 }
 

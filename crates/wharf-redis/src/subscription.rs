@@ -9,19 +9,18 @@
 //! registry every 200 ms to pick up new topics. Deliveries go through a
 //! channel, so [`DeliveryStream::next`] is a channel receive: cancel safe.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
 use wharf_core::{
-    Capability, Delivery, DeliveryInfo, DeliveryStream, Error, MessageId, Result, StartPosition,
-    SubscribeOptions, Subscription, Timestamp, TopicPattern,
+    Capability, Delivery, DeliveryInfo, Error, MessageId, Result, StartPosition, SubscribeOptions,
+    Subscription, Timestamp, TopicPattern,
 };
 
 use crate::acker::{Mode, Pending, RedisAcker};
@@ -80,16 +79,13 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
         max_deliveries: opts.max_deliveries_limit(),
         lease,
-        permits: Arc::new(Semaphore::new(opts.max_in_flight_limit())),
-        pending: Mutex::new(HashMap::new()),
-        next_token: AtomicU64::new(1),
+        in_flight: InFlight::new(opts.max_in_flight_limit()),
         runtime: tokio::runtime::Handle::current(),
         release_queue: Mutex::new(VecDeque::new()),
         release_lock: tokio::sync::Mutex::new(()),
         me: me.clone(),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stream, tx, stop) = ChannelStream::new(shared.closed.subscribe());
     let mut reader = Reader {
         backend_closed: shared.closed.subscribe(),
         shared: shared.clone(),
@@ -100,7 +96,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         requeue: requeue_rx,
         parked: Vec::new(),
         tx,
-        stop: stop_rx,
+        stop,
         next_reclaim: Instant::now(),
         reclaim_every: (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
         next_rescan: Instant::now() + RESCAN_EVERY,
@@ -115,12 +111,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         reader.add_stream(&t, &start).await?;
     }
     tokio::spawn(reader.run());
-    Ok(Subscription::new(RedisStream {
-        rx,
-        backend_closed: shared.closed.subscribe(),
-        stop: stop_tx,
-        ended: false,
-    }))
+    Ok(Subscription::new(stream))
 }
 
 /// The id of the newest entry of `key`, or `0-0`.
@@ -163,7 +154,7 @@ struct Reader {
     requeue: mpsc::UnboundedReceiver<(Pending, Duration)>,
     /// Nacked deliveries of a private subscription, waiting for their time.
     parked: Vec<(Instant, Pending)>,
-    tx: mpsc::UnboundedSender<Result<Delivery>>,
+    tx: DeliverySender,
     stop: watch::Receiver<bool>,
     backend_closed: watch::Receiver<bool>,
     next_reclaim: Instant,
@@ -178,23 +169,14 @@ impl Reader {
 
     async fn run(mut self) {
         loop {
-            let permits = self.acker.permits.clone();
-            let first = tokio::select! {
+            let acker = self.acker.clone();
+            let n = tokio::select! {
                 biased;
                 _ = self.stop.wait_for(|s| *s) => break,
                 _ = self.backend_closed.wait_for(|s| *s) => break,
-                p = permits.acquire() => p,
+                n = acker.in_flight.reserve(MAX_READ) => n,
             };
-            let Ok(first) = first else { break };
-            first.forget();
-            let mut n = 1;
-            let extra = permits.available_permits().min(MAX_READ - 1);
-            if extra > 0 {
-                if let Ok(p) = permits.try_acquire_many(u32::try_from(extra).unwrap_or(0)) {
-                    p.forget();
-                    n += extra;
-                }
-            }
+            let Some(n) = n else { break };
             let used = match self.round(n).await {
                 Ok(used) => used,
                 Err(e) => {
@@ -203,7 +185,7 @@ impl Reader {
                     0
                 }
             };
-            permits.add_permits(n - used.min(n));
+            acker.in_flight.free(n - used.min(n));
             if self.stopped() {
                 break;
             }
@@ -416,7 +398,6 @@ impl Reader {
                     entry_id: e.id,
                     message: e.message,
                     attempt: count - 1,
-                    keeper: None,
                 };
                 let reason = format!("max deliveries ({max}) exceeded: lease expired");
                 if let Err(err) = self.acker.dead_letter(p, &reason).await {
@@ -457,12 +438,11 @@ impl Reader {
             offset: wire::offset(&e.id),
             attempt,
         };
-        let token = self.acker.register(Pending {
+        let token = self.acker.in_flight.register(Pending {
             topic: topic.clone(),
             entry_id: e.id,
             message: e.message.clone(),
             attempt,
-            keeper: None,
         });
         let d = Delivery::new(e.message, info, self.acker.clone(), token);
         // On a closed channel the delivery comes back in the error and is
@@ -493,65 +473,5 @@ async fn forget_consumer(shared: &Shared, key: &str, group: &str, consumer: &str
             .arg(consumer)
             .query_async(&mut conn)
             .await;
-    }
-}
-
-/// The [`DeliveryStream`] of a Redis subscription.
-struct RedisStream {
-    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
-    backend_closed: watch::Receiver<bool>,
-    stop: watch::Sender<bool>,
-    ended: bool,
-}
-
-impl RedisStream {
-    fn end(&mut self) {
-        self.ended = true;
-        self.stop.send_replace(true);
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-    }
-}
-
-impl Drop for RedisStream {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
-}
-
-#[async_trait]
-impl DeliveryStream for RedisStream {
-    async fn next(&mut self) -> Option<Result<Delivery>> {
-        if self.ended {
-            return None;
-        }
-        let item = tokio::select! {
-            biased;
-            _ = self.backend_closed.wait_for(|c| *c) => None,
-            item = self.rx.recv() => Some(item),
-        };
-        match item {
-            Some(Some(d)) => Some(d),
-            Some(None) => {
-                self.ended = true;
-                None
-            }
-            None => {
-                self.end();
-                None
-            }
-        }
-    }
-
-    fn try_next(&mut self) -> Option<Result<Delivery>> {
-        if self.ended {
-            return None;
-        }
-        self.rx.try_recv().ok()
-    }
-
-    async fn close(&mut self) -> Result<()> {
-        self.end();
-        Ok(())
     }
 }

@@ -1,0 +1,218 @@
+//! [`InFlight`]: what a subscription has handed out and not yet settled.
+//!
+//! An adapter's acker keeps its own per-delivery record `P` (a reply
+//! subject, a stream entry id, …) here under the token the `Delivery`
+//! carries; settling takes it back out, which also stops the delivery's
+//! lease keeper and frees its in-flight slot.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use wharf_core::{Error, Result};
+
+/// A delivery handed out: the adapter's record and the task, if any,
+/// keeping its lease alive.
+struct Held<P> {
+    record: P,
+    keeper: Option<JoinHandle<()>>,
+}
+
+/// The unsettled deliveries of one subscription, by token, and its
+/// in-flight slots (a semaphore with one permit per slot).
+///
+/// The reader task takes slots with [`InFlight::reserve`] before it reads,
+/// forgets one per delivery it hands out and returns the unused ones with
+/// [`InFlight::free`]; [`InFlight::take`] returns a delivery's slot.
+pub struct InFlight<P> {
+    permits: Arc<Semaphore>,
+    held: Mutex<HashMap<u64, Held<P>>>,
+    next_token: AtomicU64,
+}
+
+impl<P> InFlight<P> {
+    /// A registry with `max_in_flight` free slots; tokens start at 1.
+    pub fn new(max_in_flight: usize) -> Self {
+        InFlight {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            held: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Held<P>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a free slot, then also takes every other free one, up to
+    /// `max` in all, and returns how many it took (the caller now holds
+    /// them). `None` if the slots were closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no slot is taken unless the future completes.
+    pub async fn reserve(&self, max: usize) -> Option<usize> {
+        let first = self.permits.acquire().await.ok()?;
+        first.forget();
+        let mut n = 1;
+        let extra = self.permits.available_permits().min(max.saturating_sub(1));
+        if extra > 0 {
+            if let Ok(p) = self
+                .permits
+                .try_acquire_many(u32::try_from(extra).unwrap_or(0))
+            {
+                p.forget();
+                n += extra;
+            }
+        }
+        Some(n)
+    }
+
+    /// Returns `n` slots taken with [`InFlight::reserve`] and not used.
+    pub fn free(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Records a delivery handed out on a reserved slot; returns its token.
+    pub fn register(&self, record: P) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            token,
+            Held {
+                record,
+                keeper: None,
+            },
+        );
+        token
+    }
+
+    /// Removes a delivery, stops its lease keeper and frees its slot.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDelivery`] when `token` is not held (already settled).
+    pub fn take(&self, token: u64) -> Result<P> {
+        let held = self.lock().remove(&token).ok_or_else(|| unknown(token))?;
+        if let Some(k) = held.keeper {
+            k.abort();
+        }
+        self.permits.add_permits(1);
+        Ok(held.record)
+    }
+
+    /// Reads the record of a delivery still held.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDelivery`] when `token` is not held.
+    pub fn get<R>(&self, token: u64, read: impl FnOnce(&P) -> R) -> Result<R> {
+        self.lock()
+            .get(&token)
+            .map(|h| read(&h.record))
+            .ok_or_else(|| unknown(token))
+    }
+
+    /// Keeps the lease of `token` alive until `by` from now: a task on
+    /// `runtime` runs `touch` (which restarts a lease of length `lease` on
+    /// the server) every `lease / 2`, at least every 10 ms, until a lease
+    /// started then would cover `by`. It replaces an earlier keeper of the
+    /// same delivery and stops when the delivery is settled; if the
+    /// delivery is already gone it is stopped at once.
+    ///
+    /// The caller touches once itself first; this only spawns when `by`
+    /// is longer than one lease.
+    pub fn keep_lease<F, Fut>(
+        &self,
+        token: u64,
+        runtime: &tokio::runtime::Handle,
+        lease: Duration,
+        by: Duration,
+        mut touch: F,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        if by <= lease {
+            return;
+        }
+        let every = (lease / 2).max(Duration::from_millis(10));
+        let until = tokio::time::Instant::now() + by;
+        let keeper = runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                touch().await;
+                if tokio::time::Instant::now() + lease >= until {
+                    break;
+                }
+            }
+        });
+        match self.lock().get_mut(&token) {
+            Some(h) => {
+                if let Some(old) = h.keeper.replace(keeper) {
+                    old.abort();
+                }
+            }
+            None => keeper.abort(),
+        }
+    }
+}
+
+fn unknown(token: u64) -> Error {
+    Error::UnknownDelivery {
+        id: token.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn reserve_takes_what_is_free_and_take_returns_one_slot() {
+        let f = InFlight::new(3);
+        assert_eq!(f.reserve(2).await, Some(2));
+        let t = f.register("a");
+        assert_eq!(f.reserve(8).await, Some(1));
+        f.free(1);
+        assert_eq!(f.get(t, |r| *r).expect("held"), "a");
+        assert_eq!(f.take(t).expect("held"), "a");
+        assert!(matches!(f.take(t), Err(Error::UnknownDelivery { .. })));
+        // One slot freed by `free`, one by `take`; one is still reserved.
+        assert_eq!(f.reserve(8).await, Some(2));
+    }
+
+    /// A `touch` that only counts its calls in `touches`.
+    fn counting(touches: &Arc<AtomicUsize>) -> impl FnMut() -> std::future::Ready<()> + Send {
+        let touches = touches.clone();
+        move || {
+            touches.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_keeper_touches_until_covered_and_stops_when_settled() {
+        let f = InFlight::new(1);
+        let t = f.register(());
+        let touches = Arc::new(AtomicUsize::new(0));
+        let rt = tokio::runtime::Handle::current();
+        let lease = Duration::from_secs(10);
+        f.keep_lease(t, &rt, lease, lease * 3, counting(&touches));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Touches at 5, 10, 15 and 20 s: a lease from 20 s reaches 30 s.
+        assert_eq!(touches.load(Ordering::Relaxed), 4);
+
+        f.keep_lease(t, &rt, lease, lease * 100, counting(&touches));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        f.take(t).expect("held");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            touches.load(Ordering::Relaxed),
+            5,
+            "stopped by the settlement"
+        );
+    }
+}
