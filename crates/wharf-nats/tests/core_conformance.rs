@@ -5,7 +5,7 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::NatsCoreFactory::new().await {
+wharf_testkit::conformance_tests!(match service::core_factory().await {
     Some(factory) => factory,
     None => return,
 });

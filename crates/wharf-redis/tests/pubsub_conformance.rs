@@ -6,7 +6,7 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::RedisPubSubFactory::new().await {
+wharf_testkit::conformance_tests!(match service::pubsub_factory().await {
     Some(factory) => factory,
     None => return,
 });

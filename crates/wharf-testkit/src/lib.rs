@@ -33,6 +33,7 @@ use wharf_core::{Backend, Delivery, Subscription};
 
 pub mod cases;
 pub mod load;
+pub mod nondurable;
 pub mod service;
 
 /// How long a case waits for a message it expects.

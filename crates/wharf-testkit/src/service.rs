@@ -1,11 +1,17 @@
 //! Helpers for tests that need a real service (NATS, Redis, RabbitMQ,
 //! PostgreSQL): skip — or, under `WHARF_REQUIRE_SERVICES=1` (CI), fail —
-//! when it is unreachable, and clean up shared servers even from `Drop`.
+//! when it is unreachable, clean up shared servers even from `Drop`, and
+//! a [`ServiceFactory`] for running the suites against such a service.
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
 
-use wharf_core::Error;
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use wharf_core::{Backend, Error};
+
+use crate::BackendFactory;
 
 /// Whether an unreachable service fails the test (`WHARF_REQUIRE_SERVICES=1`)
 /// instead of skipping it.
@@ -58,5 +64,82 @@ where
     .join();
     if joined.is_err() {
         eprintln!("cleanup thread panicked");
+    }
+}
+
+type Connect<C> =
+    Box<dyn Fn(C) -> BoxFuture<'static, Result<Arc<dyn Backend>, Error>> + Send + Sync>;
+
+/// A [`BackendFactory`] for a backend on a shared service: every
+/// [`open`](BackendFactory::open) connects with the same config (so restart
+/// cases see their data again), and an optional cleanup gets the config
+/// when the factory is dropped.
+///
+/// ```ignore
+/// // crates/wharf-redis/tests/service/mod.rs
+/// let factory = ServiceFactory::new("redis", &url(), unique_config(), RedisBackend::connect)
+///     .await?
+///     .cleanup_on_drop(delete_all_blocking);
+/// ```
+pub struct ServiceFactory<C: Clone + Send + Sync + 'static> {
+    service: &'static str,
+    config: C,
+    connect: Connect<C>,
+    cleanup: Option<Box<dyn Fn(C) + Send + Sync>>,
+}
+
+impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
+    /// Connects once with `config` to see that `service` at `url` is up
+    /// (dropping that backend again); returns `None` after reporting it
+    /// unreachable as [`connect_or_skip`] does. Give each factory a config
+    /// of its own (a unique namespace), as the services are shared.
+    pub async fn new<B, F, Fut>(
+        service: &'static str,
+        url: &str,
+        config: C,
+        connect: F,
+    ) -> Option<Self>
+    where
+        B: Backend + 'static,
+        F: Fn(C) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<B, Error>> + Send + 'static,
+    {
+        connect_or_skip(service, url, connect(config.clone())).await?;
+        let connect: Connect<C> = Box::new(move |config| {
+            let connecting = connect(config);
+            Box::pin(async move { Ok(Arc::new(connecting.await?) as Arc<dyn Backend>) })
+        });
+        Some(ServiceFactory {
+            service,
+            config,
+            connect,
+            cleanup: None,
+        })
+    }
+
+    /// Runs `cleanup` with the config when the factory is dropped (it runs
+    /// in `Drop`: see [`cleanup_blocking`]).
+    #[must_use]
+    pub fn cleanup_on_drop(mut self, cleanup: impl Fn(C) + Send + Sync + 'static) -> Self {
+        self.cleanup = Some(Box::new(cleanup));
+        self
+    }
+}
+
+#[async_trait]
+impl<C: Clone + Send + Sync + 'static> BackendFactory for ServiceFactory<C> {
+    async fn open(&self) -> Arc<dyn Backend> {
+        match (self.connect)(self.config.clone()).await {
+            Ok(backend) => backend,
+            Err(e) => panic!("connect to {}: {e}", self.service),
+        }
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Drop for ServiceFactory<C> {
+    fn drop(&mut self) {
+        if let Some(cleanup) = &self.cleanup {
+            cleanup(self.config.clone());
+        }
     }
 }

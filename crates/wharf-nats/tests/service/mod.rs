@@ -1,13 +1,11 @@
 //! Reaching the shared NATS server from tests: the URL, skipping (or failing
-//! under `WHARF_REQUIRE_SERVICES=1`) when it is down, and a factory whose
-//! backends live in a namespace of their own that is deleted on drop.
+//! under `WHARF_REQUIRE_SERVICES=1`) when it is down, and factories whose
+//! backends live in a namespace of their own (deleted on drop).
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
-use wharf_core::Backend;
 use wharf_nats::{NatsBackend, NatsConfig, NatsCoreBackend};
+use wharf_testkit::service::ServiceFactory;
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -62,64 +60,14 @@ impl Drop for Namespace {
 
 /// The conformance factory: every `open` connects to the same namespace, so
 /// restart cases see their data again; the stream is deleted on drop.
-pub struct NatsFactory {
-    config: NatsConfig,
+pub async fn factory() -> Option<ServiceFactory<NatsConfig>> {
+    let factory =
+        ServiceFactory::new("nats", &url(), unique_config(), NatsBackend::connect).await?;
+    Some(factory.cleanup_on_drop(delete_stream_blocking))
 }
 
-impl NatsFactory {
-    /// A factory for a fresh namespace, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        let probe = connect_or_skip(config.clone()).await?;
-        drop(probe);
-        Some(NatsFactory { config })
-    }
-}
-
-#[async_trait::async_trait]
-impl wharf_testkit::BackendFactory for NatsFactory {
-    async fn open(&self) -> Arc<dyn Backend> {
-        Arc::new(
-            NatsBackend::connect(self.config.clone())
-                .await
-                .expect("connect to nats"),
-        )
-    }
-}
-
-impl Drop for NatsFactory {
-    fn drop(&mut self) {
-        delete_stream_blocking(self.config.clone());
-    }
-}
-
-/// The conformance factory of the core NATS mode: a subject prefix of its
-/// own; nothing is stored, so there is nothing to delete.
-pub struct NatsCoreFactory {
-    config: NatsConfig,
-}
-
-impl NatsCoreFactory {
-    /// A factory for a fresh prefix, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        wharf_testkit::service::connect_or_skip(
-            "nats",
-            &url(),
-            NatsCoreBackend::connect(config.clone()),
-        )
-        .await?;
-        Some(NatsCoreFactory { config })
-    }
-}
-
-#[async_trait::async_trait]
-impl wharf_testkit::BackendFactory for NatsCoreFactory {
-    async fn open(&self) -> Arc<dyn Backend> {
-        Arc::new(
-            NatsCoreBackend::connect(self.config.clone())
-                .await
-                .expect("connect to nats"),
-        )
-    }
+/// The factory of the core NATS mode: a subject prefix of its own; nothing
+/// is stored, so there is nothing to delete.
+pub async fn core_factory() -> Option<ServiceFactory<NatsConfig>> {
+    ServiceFactory::new("nats", &url(), unique_config(), NatsCoreBackend::connect).await
 }

@@ -1,13 +1,11 @@
 //! Reaching the shared Redis server from tests: the URL, skipping (or
-//! failing under `WHARF_REQUIRE_SERVICES=1`) when it is down, and a factory
-//! whose backends live under a key prefix of their own, deleted on drop.
+//! failing under `WHARF_REQUIRE_SERVICES=1`) when it is down, and factories
+//! whose backends live under a key prefix of their own (deleted on drop).
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
-use wharf_core::Backend;
 use wharf_redis::{RedisBackend, RedisConfig, RedisPubSubBackend};
+use wharf_testkit::service::ServiceFactory;
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -64,63 +62,20 @@ impl Drop for Namespace {
 
 /// The conformance factory: every `open` uses the same prefix; its keys
 /// are deleted on drop.
-pub struct RedisFactory {
-    config: RedisConfig,
+pub async fn factory() -> Option<ServiceFactory<RedisConfig>> {
+    let factory =
+        ServiceFactory::new("redis", &url(), unique_config(), RedisBackend::connect).await?;
+    Some(factory.cleanup_on_drop(delete_all_blocking))
 }
 
-impl RedisFactory {
-    /// A factory for a fresh prefix, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        connect_or_skip(config.clone()).await?;
-        Some(RedisFactory { config })
-    }
-}
-
-#[async_trait::async_trait]
-impl wharf_testkit::BackendFactory for RedisFactory {
-    async fn open(&self) -> Arc<dyn Backend> {
-        Arc::new(
-            RedisBackend::connect(self.config.clone())
-                .await
-                .expect("connect to redis"),
-        )
-    }
-}
-
-impl Drop for RedisFactory {
-    fn drop(&mut self) {
-        delete_all_blocking(self.config.clone());
-    }
-}
-
-/// The conformance factory of the Pub/Sub mode: channels under a prefix of
-/// its own; nothing is stored, so there is nothing to delete.
-pub struct RedisPubSubFactory {
-    config: RedisConfig,
-}
-
-impl RedisPubSubFactory {
-    /// A factory for a fresh prefix, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        wharf_testkit::service::connect_or_skip(
-            "redis",
-            &url(),
-            RedisPubSubBackend::connect(config.clone()),
-        )
-        .await?;
-        Some(RedisPubSubFactory { config })
-    }
-}
-
-#[async_trait::async_trait]
-impl wharf_testkit::BackendFactory for RedisPubSubFactory {
-    async fn open(&self) -> Arc<dyn Backend> {
-        Arc::new(
-            RedisPubSubBackend::connect(self.config.clone())
-                .await
-                .expect("connect to redis"),
-        )
-    }
+/// The factory of the Pub/Sub mode: channels under a prefix of its own;
+/// nothing is stored, so there is nothing to delete.
+pub async fn pubsub_factory() -> Option<ServiceFactory<RedisConfig>> {
+    ServiceFactory::new(
+        "redis",
+        &url(),
+        unique_config(),
+        RedisPubSubBackend::connect,
+    )
+    .await
 }
