@@ -334,6 +334,7 @@ pub(crate) struct RecordSpans {
 
 /// Decodes the record at `*pos` of `body` (record number `index` of its
 /// batch), checking every length, and moves `*pos` past it.
+#[inline]
 pub(crate) fn decode_spans(
     body: &[u8],
     pos: &mut usize,
@@ -380,13 +381,21 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // Lengths and header counts are almost always below 128: one byte.
+        let &first = self.body.get(self.pos)?;
+        if first < 0x80 {
+            self.pos += 1;
+            return Some(u64::from(first));
+        }
         let (v, n) = read_varint(self.body.get(self.pos..)?)?;
         self.pos += n;
         Some(v)
     }
 
     /// Skips `len` bytes, returning their range.
+    #[inline]
     fn take(&mut self, len: u64) -> Option<(usize, usize)> {
         let len = usize::try_from(len).ok()?;
         let end = self.pos.checked_add(len)?;
@@ -471,10 +480,13 @@ impl<'a> RecordRef<'a> {
     /// An owned copy whose fields are zero-copy slices of the read buffer.
     pub fn to_stored(&self) -> StoredRecord {
         let body = self.body;
-        let mut headers = Vec::with_capacity(self.header_count());
-        let mut it = self.headers();
-        while let Some(((n0, n1), (v0, v1))) = it.next_spans() {
-            headers.push((body.slice(n0..n1), body.slice(v0..v1)));
+        let mut headers = Vec::new();
+        if self.spans.header_count > 0 {
+            headers.reserve_exact(self.header_count());
+            let mut it = self.headers();
+            while let Some(((n0, n1), (v0, v1))) = it.next_spans() {
+                headers.push((body.slice(n0..n1), body.slice(v0..v1)));
+            }
         }
         StoredRecord {
             offset: self.offset,
