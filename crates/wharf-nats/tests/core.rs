@@ -1,4 +1,4 @@
-//! The core NATS mode ([`NatsCoreBackend`]) beyond the conformance suite:
+//! The core NATS mode ([`wharf_nats::NatsCoreBackend`]) beyond the conformance suite:
 //! the shared non-durable scenarios ([`wharf_testkit::nondurable`]: what
 //! at-most-once means for settlements, which options it refuses, that
 //! nothing is kept for a later subscriber), what it declares, and queue
@@ -7,7 +7,6 @@
 mod service;
 
 use wharf_core::{Backend, Capability, Message, Publisher, SubscribeOptions, Subscriber};
-use wharf_nats::NatsCoreBackend;
 use wharf_testkit::{expect_delivery, expect_quiet, QUIET};
 
 wharf_testkit::nondurable_tests!(match service::core_factory().await {
@@ -15,18 +14,12 @@ wharf_testkit::nondurable_tests!(match service::core_factory().await {
     None => return,
 });
 
-async fn connect() -> Option<NatsCoreBackend> {
-    wharf_testkit::service::connect_or_skip(
-        "nats",
-        &service::url(),
-        NatsCoreBackend::connect(service::unique_config()),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declares_groups_wildcards_and_key_order_but_no_storage_or_redelivery() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::core_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let caps = b.capabilities();
     let declared: Vec<Capability> = caps.iter().collect();
     assert_eq!(
@@ -42,7 +35,10 @@ async fn declares_groups_wildcards_and_key_order_but_no_storage_or_redelivery() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_group_and_a_private_subscription_each_get_the_message() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::core_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let mut private = b
         .subscribe(SubscribeOptions::new("events"))
         .await

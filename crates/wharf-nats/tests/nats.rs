@@ -1,18 +1,18 @@
 //! NATS-specific behaviour beyond the conformance suite: dead-lettering on
-//! the last attempt, header rules, limits, errors, and messages surviving a
-//! reconnect.
+//! the last attempt (the shared [`wharf_testkit::dead_letter`] scenarios,
+//! and two groups rejecting one message), header rules, limits, errors, and
+//! messages surviving a reconnect.
 
 mod service;
 
 use std::time::Duration;
 
 use wharf_core::{
-    header, name::dead_letter_topic, Backend, Error, Message, NameKind, Publisher, StartPosition,
+    header, name::dead_letter_topic, Backend, Error, Message, NameKind, Publisher,
     SubscribeOptions, Subscriber,
 };
 use wharf_nats::{NatsBackend, NatsConfig, HEADER_ROOM};
-
-const WAIT: Duration = Duration::from_secs(10);
+use wharf_testkit::expect_delivery;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_is_unavailable() {
@@ -32,87 +32,29 @@ async fn unreachable_server_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
-    let b = &ns.backend;
-    let mut dead = b
-        .subscribe(
-            SubscribeOptions::new(dead_letter_topic("jobs"))
-                .group("ops")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe dlq");
-    let mut sub = b
-        .subscribe(SubscribeOptions::new("jobs").group("g").max_deliveries(1))
-        .await
-        .expect("subscribe");
-    let r = b
-        .publish("jobs", Message::new("crashes"))
-        .await
-        .expect("publish");
-    let d = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("delivery")
-        .expect("open")
-        .expect("ok");
-    drop(d);
-    let dl = tokio::time::timeout(WAIT, dead.next())
-        .await
-        .expect("dead letter")
-        .expect("open")
-        .expect("ok");
-    assert_eq!(dl.message().id(), r.id);
-    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
-    assert_eq!(dl.message().headers().get(header::DLQ_GROUP), Some("g"));
-    dl.ack().await.expect("ack");
+    wharf_testkit::dead_letter::dropping_on_the_last_attempt_dead_letters_the_message(&ns.backend)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
-    let b = &ns.backend;
-    let mut dead = b
-        .subscribe(
-            SubscribeOptions::new(dead_letter_topic("slow"))
-                .group("ops")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe dlq");
-    let opts = SubscribeOptions::new("slow")
-        .group("g")
-        .max_deliveries(1)
-        .visibility_timeout(Duration::from_millis(500));
-    let mut sub = b.subscribe(opts).await.expect("subscribe");
-    let r = b
-        .publish("slow", Message::new("hangs"))
-        .await
-        .expect("publish");
-    let held = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("delivery")
-        .expect("open")
-        .expect("ok");
-    let dl = tokio::time::timeout(WAIT, dead.next())
-        .await
-        .expect("dead letter")
-        .expect("open")
-        .expect("ok");
-    assert_eq!(dl.message().id(), r.id);
-    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
-    dl.ack().await.expect("ack");
-    let again = tokio::time::timeout(Duration::from_millis(800), sub.next()).await;
-    assert!(again.is_err(), "redelivered past max_deliveries");
-    drop(held);
+    let lease = Duration::from_millis(500);
+    wharf_testkit::dead_letter::lease_expiry_on_the_last_attempt_dead_letters_the_message(
+        &ns.backend,
+        lease,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
@@ -132,20 +74,12 @@ async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {
         .await
         .expect("publish");
     for sub in [&mut a, &mut c] {
-        let d = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .expect("delivery")
-            .expect("open")
-            .expect("ok");
+        let d = expect_delivery(sub, "delivery").await;
         d.reject("bad").await.expect("reject");
     }
     let mut groups = Vec::new();
     for _ in 0..2 {
-        let dl = tokio::time::timeout(WAIT, dead.next())
-            .await
-            .expect("dead letter")
-            .expect("open")
-            .expect("ok");
+        let dl = expect_delivery(&mut dead, "dead letter").await;
         groups.push(
             dl.message()
                 .headers()
@@ -161,7 +95,7 @@ async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_names_nats_cannot_carry_are_rejected_before_sending() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let m = Message::builder()
@@ -183,7 +117,7 @@ async fn header_names_nats_cannot_carry_are_rejected_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_is_server_max_payload_minus_header_room() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let max_payload = ns.backend.client().server_info().max_payload;
@@ -202,7 +136,7 @@ async fn limit_is_server_max_payload_minus_header_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_survive_closing_and_reconnecting() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     for i in 0..3 {
@@ -220,11 +154,7 @@ async fn messages_survive_closing_and_reconnecting() {
         .await
         .expect("subscribe");
     for i in 0..3 {
-        let d = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .expect("delivery")
-            .expect("open")
-            .expect("ok");
+        let d = expect_delivery(&mut sub, "delivery").await;
         assert_eq!(&d.message().payload()[..], format!("m{i}").as_bytes());
         d.ack().await.expect("ack");
     }

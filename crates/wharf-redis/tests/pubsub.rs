@@ -1,4 +1,4 @@
-//! The Pub/Sub mode ([`RedisPubSubBackend`]) beyond the conformance suite:
+//! The Pub/Sub mode ([`wharf_redis::RedisPubSubBackend`]) beyond the conformance suite:
 //! the shared non-durable scenarios ([`wharf_testkit::nondurable`]:
 //! at-most-once settlements, refused options (groups among them), nothing
 //! kept for a later subscriber), what it declares, `*` kept to one segment
@@ -10,7 +10,6 @@ mod service;
 use std::time::Duration;
 
 use wharf_core::{Backend, Capability, Message, Publisher, SubscribeOptions, Subscriber};
-use wharf_redis::RedisPubSubBackend;
 use wharf_testkit::{expect_delivery, expect_quiet, QUIET};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -20,18 +19,12 @@ wharf_testkit::nondurable_tests!(match service::pubsub_factory().await {
     None => return,
 });
 
-async fn connect() -> Option<RedisPubSubBackend> {
-    wharf_testkit::service::connect_or_skip(
-        "redis",
-        &service::url(),
-        RedisPubSubBackend::connect(service::unique_config()),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declares_wildcards_and_key_order_only() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::pubsub_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let declared: Vec<Capability> = b.capabilities().iter().collect();
     assert_eq!(
         declared,
@@ -42,7 +35,10 @@ async fn declares_wildcards_and_key_order_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn star_matches_one_segment_though_the_redis_glob_spans_dots() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::pubsub_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let mut star = b
         .subscribe(SubscribeOptions::new("orders.*.eu"))
         .await
@@ -67,7 +63,10 @@ async fn star_matches_one_segment_though_the_redis_glob_spans_dots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_publish_from_another_client_arrives_as_the_payload() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::pubsub_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let mut sub = b
         .subscribe(SubscribeOptions::new("raw"))
         .await
@@ -92,7 +91,10 @@ async fn a_plain_publish_from_another_client_arrives_as_the_payload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_backend_ends_subscriptions_without_an_error() {
-    let Some(b) = connect().await else { return };
+    let Some(ns) = service::pubsub_namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
     let mut sub = b
         .subscribe(SubscribeOptions::new("t"))
         .await

@@ -1,26 +1,15 @@
 //! Redis-specific behaviour beyond the conformance suite: the dedup store,
 //! private wildcard subscriptions, stale settlements, private-subscription nacks,
-//! dead-lettering on the last attempt, and errors.
+//! dead-lettering on the last attempt (the shared
+//! [`wharf_testkit::dead_letter`] scenarios), and errors.
 
 mod service;
 
 use std::time::Duration;
 
-use wharf_core::{
-    header, name::dead_letter_topic, Backend, Error, Message, Publisher, StartPosition,
-    SubscribeOptions, Subscriber,
-};
+use wharf_core::{Backend, Error, Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
 use wharf_redis::{RedisBackend, RedisConfig, RedisDedupStore};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn next(sub: &mut wharf_core::Subscription) -> wharf_core::Delivery {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("a delivery in time")
-        .expect("subscription open")
-        .expect("delivery ok")
-}
+use wharf_testkit::expect_delivery;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_is_unavailable() {
@@ -40,7 +29,7 @@ async fn unreachable_server_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedup_store_admits_a_key_once_per_ttl() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let store = RedisDedupStore::new(ns.backend.connection(), ns.config.key_prefix_value());
@@ -54,7 +43,7 @@ async fn dedup_store_admits_a_key_once_per_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedup_store_release_admits_the_key_again() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let store = RedisDedupStore::new(ns.backend.connection(), ns.config.key_prefix_value());
@@ -71,7 +60,7 @@ async fn dedup_store_release_admits_the_key_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_wildcard_subscription_reads_every_matching_topic() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
@@ -90,7 +79,7 @@ async fn private_wildcard_subscription_reads_every_matching_topic() {
         .expect("publish");
     let mut got = Vec::new();
     for _ in 0..2 {
-        let d = next(&mut sub).await;
+        let d = expect_delivery(&mut sub, "a matching topic").await;
         got.push((d.topic().to_owned(), d.message().payload().clone()));
         d.ack().await.expect("ack");
     }
@@ -108,7 +97,7 @@ async fn private_wildcard_subscription_reads_every_matching_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_of_a_delivery_whose_lease_expired_is_unknown() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
@@ -119,8 +108,8 @@ async fn nack_of_a_delivery_whose_lease_expired_is_unknown() {
     b.publish("lease", Message::new("x"))
         .await
         .expect("publish");
-    let stale = next(&mut sub).await;
-    let fresh = next(&mut sub).await;
+    let stale = expect_delivery(&mut sub, "the first attempt").await;
+    let fresh = expect_delivery(&mut sub, "the redelivery after the lease").await;
     assert_eq!(fresh.attempt(), 2);
     let r = stale.nack().await;
     assert!(matches!(r, Err(Error::UnknownDelivery { .. })), "{r:?}");
@@ -129,7 +118,7 @@ async fn nack_of_a_delivery_whose_lease_expired_is_unknown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_subscription_nack_redelivers_with_next_attempt() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
@@ -140,10 +129,10 @@ async fn private_subscription_nack_redelivers_with_next_attempt() {
     b.publish("solo", Message::new("again"))
         .await
         .expect("publish");
-    let d = next(&mut sub).await;
+    let d = expect_delivery(&mut sub, "the first attempt").await;
     assert_eq!(d.attempt(), 1);
     d.nack().await.expect("nack");
-    let d = next(&mut sub).await;
+    let d = expect_delivery(&mut sub, "the redelivery").await;
     assert_eq!(&d.message().payload()[..], b"again");
     assert_eq!(d.attempt(), 2);
     d.ack().await.expect("ack");
@@ -151,73 +140,29 @@ async fn private_subscription_nack_redelivers_with_next_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
-    let b = &ns.backend;
-    let mut dead = b
-        .subscribe(
-            SubscribeOptions::new(dead_letter_topic("jobs"))
-                .group("ops")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe dlq");
-    let mut sub = b
-        .subscribe(SubscribeOptions::new("jobs").group("g").max_deliveries(1))
-        .await
-        .expect("subscribe");
-    let r = b
-        .publish("jobs", Message::new("crashes"))
-        .await
-        .expect("publish");
-    drop(next(&mut sub).await);
-    let dl = next(&mut dead).await;
-    assert_eq!(dl.message().id(), r.id);
-    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
-    assert_eq!(
-        dl.message().headers().get(header::ORIGINAL_OFFSET),
-        r.offset.map(|o| o.to_string()).as_deref()
-    );
-    dl.ack().await.expect("ack");
+    wharf_testkit::dead_letter::dropping_on_the_last_attempt_dead_letters_the_message(&ns.backend)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
-    let b = &ns.backend;
-    let mut dead = b
-        .subscribe(
-            SubscribeOptions::new(dead_letter_topic("slow"))
-                .group("ops")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe dlq");
-    let opts = SubscribeOptions::new("slow")
-        .group("g")
-        .max_deliveries(1)
-        .visibility_timeout(Duration::from_millis(300));
-    let mut sub = b.subscribe(opts).await.expect("subscribe");
-    let r = b
-        .publish("slow", Message::new("hangs"))
-        .await
-        .expect("publish");
-    let held = next(&mut sub).await;
-    let dl = next(&mut dead).await;
-    assert_eq!(dl.message().id(), r.id);
-    assert_eq!(dl.message().headers().get(header::ATTEMPTS), Some("1"));
-    dl.ack().await.expect("ack");
-    let again = tokio::time::timeout(Duration::from_millis(700), sub.next()).await;
-    assert!(again.is_err(), "redelivered past max_deliveries");
-    drop(held);
+    let lease = Duration::from_millis(300);
+    wharf_testkit::dead_letter::lease_expiry_on_the_last_attempt_dead_letters_the_message(
+        &ns.backend,
+        lease,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_rejected_at_one_mebibyte() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     assert_eq!(ns.backend.limits().max_message_bytes, 1024 * 1024);

@@ -23,6 +23,12 @@
 //! expected messages are bounded by [`WAIT`], and "nothing arrives" checks
 //! watch for [`QUIET`]. Every topic, pattern and group name is unique to the
 //! case run ([`unique_name`]), so suites can share one server.
+//!
+//! Beside the suite, what the adapters' own tests share: [`service`]
+//! (skip-or-fail on a missing service, cleanup, [`service::Namespace`] and
+//! [`service::ServiceFactory`]), scenarios beyond the suite for
+//! [`nondurable`] modes ([`nondurable_tests!`]) and for [`dead_letter`]ing
+//! on the last attempt, and the bench [`load`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use async_trait::async_trait;
 use wharf_core::{Backend, Delivery, Subscription};
 
 pub mod cases;
+pub mod dead_letter;
 pub mod load;
 pub mod nondurable;
 pub mod service;

@@ -1,7 +1,8 @@
 //! Helpers for tests that need a real service (NATS, Redis, RabbitMQ,
 //! PostgreSQL): skip — or, under `WHARF_REQUIRE_SERVICES=1` (CI), fail —
-//! when it is unreachable, clean up shared servers even from `Drop`, and
-//! a [`ServiceFactory`] for running the suites against such a service.
+//! when it is unreachable, clean up shared servers even from `Drop`, a
+//! [`Namespace`] holding one such backend, and a [`ServiceFactory`] for
+//! running the suites against such a service.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -64,6 +65,54 @@ where
     .join();
     if joined.is_err() {
         eprintln!("cleanup thread panicked");
+    }
+}
+
+/// A backend of a shared service in a namespace of its own (a stream, a key
+/// prefix: whatever its config `C` names), for tests that need the concrete
+/// backend type; an optional cleanup gets the config when it is dropped.
+pub struct Namespace<C: Clone, B> {
+    /// The config the backend was connected with.
+    pub config: C,
+    /// The backend.
+    pub backend: B,
+    cleanup: Option<fn(C)>,
+}
+
+impl<C: Clone, B> Namespace<C, B> {
+    /// Connects with `config`; `None` after reporting `service` at `url`
+    /// unreachable, as [`connect_or_skip`] does.
+    pub async fn new<Fut>(
+        service: &str,
+        url: &str,
+        config: C,
+        connect: impl FnOnce(C) -> Fut,
+    ) -> Option<Self>
+    where
+        Fut: Future<Output = Result<B, Error>>,
+    {
+        let backend = connect_or_skip(service, url, connect(config.clone())).await?;
+        Some(Namespace {
+            config,
+            backend,
+            cleanup: None,
+        })
+    }
+
+    /// Runs `cleanup` with the config when the namespace is dropped (before
+    /// the backend is; it runs in `Drop`: see [`cleanup_blocking`]).
+    #[must_use]
+    pub fn cleanup_on_drop(mut self, cleanup: fn(C)) -> Self {
+        self.cleanup = Some(cleanup);
+        self
+    }
+}
+
+impl<C: Clone, B> Drop for Namespace<C, B> {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup {
+            cleanup(self.config.clone());
+        }
     }
 }
 

@@ -20,12 +20,6 @@ pub fn unique_config() -> NatsConfig {
         .subject_prefix(ns)
 }
 
-/// Connects with `config`, or returns `None` after printing why the test is
-/// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
-pub async fn connect_or_skip(config: NatsConfig) -> Option<NatsBackend> {
-    wharf_testkit::service::connect_or_skip("nats", &url(), NatsBackend::connect(config)).await
-}
-
 /// Deletes the stream of `config`; works in `Drop`.
 pub fn delete_stream_blocking(config: NatsConfig) {
     wharf_testkit::service::cleanup_blocking(move || async move {
@@ -38,24 +32,17 @@ pub fn delete_stream_blocking(config: NatsConfig) {
 }
 
 /// A backend in a namespace of its own; the stream is deleted on drop.
-pub struct Namespace {
-    pub config: NatsConfig,
-    pub backend: NatsBackend,
+pub type Namespace<B = NatsBackend> = wharf_testkit::service::Namespace<NatsConfig, B>;
+
+/// A fresh namespace, or `None` when the test is skipped.
+pub async fn namespace() -> Option<Namespace> {
+    let ns = Namespace::new("nats", &url(), unique_config(), NatsBackend::connect).await?;
+    Some(ns.cleanup_on_drop(delete_stream_blocking))
 }
 
-impl Namespace {
-    /// A fresh namespace, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        let backend = connect_or_skip(config.clone()).await?;
-        Some(Namespace { config, backend })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        delete_stream_blocking(self.config.clone());
-    }
+/// A core NATS backend under a subject prefix of its own (nothing to delete).
+pub async fn core_namespace() -> Option<Namespace<NatsCoreBackend>> {
+    Namespace::new("nats", &url(), unique_config(), NatsCoreBackend::connect).await
 }
 
 /// The conformance factory: every `open` connects to the same namespace, so

@@ -17,12 +17,6 @@ pub fn unique_config() -> RedisConfig {
     RedisConfig::new(url()).key_prefix(wharf_testkit::unique_name("wr"))
 }
 
-/// Connects with `config`, or returns `None` after printing why the test is
-/// skipped (panics instead under `WHARF_REQUIRE_SERVICES=1`).
-pub async fn connect_or_skip(config: RedisConfig) -> Option<RedisBackend> {
-    wharf_testkit::service::connect_or_skip("redis", &url(), RedisBackend::connect(config)).await
-}
-
 /// Deletes every key of `config`'s prefix from a thread of its own, so it
 /// works in `Drop`, inside or outside a runtime, even while a test unwinds.
 pub fn delete_all_blocking(config: RedisConfig) {
@@ -40,24 +34,23 @@ pub fn delete_all_blocking(config: RedisConfig) {
 }
 
 /// A backend under a prefix of its own; its keys are deleted on drop.
-pub struct Namespace {
-    pub config: RedisConfig,
-    pub backend: RedisBackend,
+pub type Namespace<B = RedisBackend> = wharf_testkit::service::Namespace<RedisConfig, B>;
+
+/// A fresh namespace, or `None` when the test is skipped.
+pub async fn namespace() -> Option<Namespace> {
+    let ns = Namespace::new("redis", &url(), unique_config(), RedisBackend::connect).await?;
+    Some(ns.cleanup_on_drop(delete_all_blocking))
 }
 
-impl Namespace {
-    /// A fresh namespace, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        let backend = connect_or_skip(config.clone()).await?;
-        Some(Namespace { config, backend })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        delete_all_blocking(self.config.clone());
-    }
+/// A Pub/Sub backend under a prefix of its own (nothing to delete).
+pub async fn pubsub_namespace() -> Option<Namespace<RedisPubSubBackend>> {
+    Namespace::new(
+        "redis",
+        &url(),
+        unique_config(),
+        RedisPubSubBackend::connect,
+    )
+    .await
 }
 
 /// The conformance factory: every `open` uses the same prefix; its keys
