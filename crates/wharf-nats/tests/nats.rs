@@ -30,27 +30,13 @@ async fn unreachable_server_is_unavailable() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::namespace().await else {
-        return;
-    };
-    wharf_testkit::dead_letter::dropping_on_the_last_attempt_dead_letters_the_message(&ns.backend)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::namespace().await else {
-        return;
-    };
-    let lease = Duration::from_millis(500);
-    wharf_testkit::dead_letter::lease_expiry_on_the_last_attempt_dead_letters_the_message(
-        &ns.backend,
-        lease,
-    )
-    .await;
-}
+wharf_testkit::dead_letter_tests!(
+    match service::factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    lease: Duration::from_millis(500)
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_rejecting_one_message_both_reach_the_dead_letter_topic() {

@@ -138,27 +138,13 @@ async fn private_subscription_nack_redelivers_with_next_attempt() {
     d.ack().await.expect("ack");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::namespace().await else {
-        return;
-    };
-    wharf_testkit::dead_letter::dropping_on_the_last_attempt_dead_letters_the_message(&ns.backend)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_expiry_on_the_last_attempt_dead_letters_the_message() {
-    let Some(ns) = service::namespace().await else {
-        return;
-    };
-    let lease = Duration::from_millis(300);
-    wharf_testkit::dead_letter::lease_expiry_on_the_last_attempt_dead_letters_the_message(
-        &ns.backend,
-        lease,
-    )
-    .await;
-}
+wharf_testkit::dead_letter_tests!(
+    match service::factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    lease: Duration::from_millis(300)
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_rejected_at_one_mebibyte() {
