@@ -567,6 +567,36 @@ impl GroupTopic {
         st.dirty = true;
     }
 
+    /// Settles `offset` of `partition` as an ack would, without it being
+    /// delivered (an operator settling one message, such as a replayed dead
+    /// letter). Works on any offset of the log: one in the read-ahead leaves
+    /// it (a lease on it is void, so its ack will report an unknown
+    /// delivery), one beyond it is skipped when read. Returns `false` if it
+    /// was already settled.
+    pub(crate) fn settle_offset(&self, partition: u32, offset: u64) -> bool {
+        let mut st = self.lock();
+        while st.parts.len() <= partition as usize {
+            st.parts.push(PartState::at(0));
+        }
+        let part = &mut st.parts[partition as usize];
+        if offset < part.floor || part.settled.contains(&offset) {
+            return false;
+        }
+        if part.pending.contains_key(&offset) {
+            part.unindex(offset);
+            part.pending.remove(&offset);
+        } else if offset >= part.next && offset == part.floor {
+            // Not read yet and next in line: the floor passes it, and reading
+            // resumes after it.
+            part.next = offset + 1;
+        }
+        part.mark_settled(offset);
+        st.dirty = true;
+        drop(st);
+        self.wake_watchers();
+        true
+    }
+
     /// Settles a message once its dead-letter copy is stored.
     pub(crate) fn finish_dead(&self, partition: u32, offset: u64) {
         let mut st = self.lock();

@@ -385,12 +385,17 @@ impl Broker {
     /// the application's headers; the `wharf-dlq-*` bookkeeping headers are
     /// removed. Returns how many were moved. A moved dead letter is settled
     /// for the internal [`REDRIVE_GROUP`], so it is not moved twice.
+    /// [`Redrive::Id`] finds its letter by reading the topic, so it reaches
+    /// any letter not yet redriven or purged, however many come before it.
     ///
     /// # Errors
     /// [`Error::UnknownTopic`] if `dlq_topic` does not exist; publish failures.
     pub async fn redrive(&self, dlq_topic: &str, which: Redrive) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.existing_topic(dlq_topic)?;
+        if let Redrive::Id(id) = which {
+            return self.redrive_one(dlq_topic, id).await;
+        }
         let opts = SubscribeOptions::new(dlq_topic)
             .group(REDRIVE_GROUP)
             .start(StartPosition::Earliest)
@@ -442,6 +447,92 @@ impl Broker {
         }
         drop(skipped);
         Ok(moved)
+    }
+
+    /// Redrives the letter with id `id`. It is found by reading the topic
+    /// page by page ([`Broker::peek_unsettled`]), so wherever it lies —
+    /// leasing letters to look at them could not reach past the group's
+    /// read-ahead window — and nothing else is touched. Published back
+    /// first, then settled, so a crash in between repeats the publish rather
+    /// than losing the letter.
+    async fn redrive_one(&self, dlq_topic: &str, id: MessageId) -> Result<usize> {
+        let mut from = PeekPosition::START;
+        let found = loop {
+            let page = self.peek_unsettled(dlq_topic, REDRIVE_GROUP, from, 1024)?;
+            if let Some(p) = page.messages.into_iter().find(|p| p.message.id() == id) {
+                break p;
+            }
+            match page.next {
+                Some(next) => from = next,
+                None => return Ok(0),
+            }
+        };
+        let Some(original) = found
+            .message
+            .headers()
+            .get(header::ORIGINAL_TOPIC)
+            .map(str::to_owned)
+        else {
+            return Ok(0);
+        };
+        let mut msg = found.message;
+        wharf_core::dead_letter::unstamp(&mut msg);
+        self.inner
+            .publish(&original, vec![msg], false, true)
+            .await?;
+        self.settle_offset(dlq_topic, REDRIVE_GROUP, found.partition, found.offset)?;
+        Ok(1)
+    }
+
+    /// Settles the message at `partition`/`offset` of `topic` for `group`
+    /// as an ack of it would, without delivering it: the group's position
+    /// moves (out-of-order settlements included) and is persisted with the
+    /// next commit, like any ack. A group with no position on the topic gets
+    /// one, in queue mode from the earliest offset. A lease a consumer holds
+    /// on that message becomes void (its ack reports an unknown delivery).
+    /// Returns `false` if the message was already settled (or is gone by
+    /// retention).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad group name, [`Error::UnknownTopic`],
+    /// [`Error::InvalidArgument`] for a partition or offset the topic does
+    /// not have.
+    pub fn settle_offset(
+        &self,
+        topic: &str,
+        group: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<bool> {
+        self.inner.check_open()?;
+        wharf_core::name::validate_group(group)?;
+        let t = self.inner.existing_topic(topic)?;
+        let parts = t.partitions();
+        let Some(part) = parts.get(partition as usize) else {
+            return Err(Error::InvalidArgument {
+                name: "partition",
+                reason: format!("{topic:?} has {} partitions", parts.len()),
+            });
+        };
+        if offset >= part.end_offset() {
+            return Err(Error::InvalidArgument {
+                name: "offset",
+                reason: format!(
+                    "partition {partition} of {topic:?} ends at {}",
+                    part.end_offset()
+                ),
+            });
+        }
+        if offset < part.start_offset() {
+            return Ok(false);
+        }
+        let gt = self.inner.group_topic(
+            group,
+            &t,
+            wharf_core::GroupMode::Queue,
+            StartPosition::Earliest,
+        )?;
+        Ok(gt.settle_offset(partition, offset))
     }
 
     /// Persists every group position now (they are also committed every
@@ -525,38 +616,18 @@ impl Inner {
         let cfg = topic.config();
         let gt = match opts.group_name() {
             Some(g) => {
-                let key = (g.to_owned(), topic.name().to_owned());
-                let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-                match groups.get(&key) {
-                    Some(gt) if gt.mode != opts.group_mode() => {
-                        return Err(Error::InvalidArgument {
-                            name: "mode",
-                            reason: format!(
-                                "group {g:?} already consumes {:?} in {:?} mode",
-                                topic.name(),
-                                gt.mode
-                            ),
-                        })
-                    }
-                    Some(gt) => gt.clone(),
-                    None => {
-                        let saved = self
-                            .saved
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key)
-                            .unwrap_or_default();
-                        let gt = Arc::new(GroupTopic::new(
-                            g.into(),
-                            opts.group_mode(),
-                            topic.clone(),
-                            opts.start_position(),
-                            &saved,
-                        )?);
-                        groups.insert(key, gt.clone());
-                        gt
-                    }
+                let gt = self.group_topic(g, &topic, opts.group_mode(), opts.start_position())?;
+                if gt.mode != opts.group_mode() {
+                    return Err(Error::InvalidArgument {
+                        name: "mode",
+                        reason: format!(
+                            "group {g:?} already consumes {:?} in {:?} mode",
+                            topic.name(),
+                            gt.mode
+                        ),
+                    });
                 }
+                gt
             }
             None => Arc::new(GroupTopic::new(
                 "".into(),
@@ -592,6 +663,37 @@ impl Inner {
         }
         sub.notify.notify_one();
         Ok(())
+    }
+
+    /// `group`'s state on `topic`: the live one, else made (in `mode`, from
+    /// the position saved before a restart or else from `start`).
+    fn group_topic(
+        &self,
+        group: &str,
+        topic: &Arc<Topic>,
+        mode: wharf_core::GroupMode,
+        start: StartPosition,
+    ) -> Result<Arc<GroupTopic>> {
+        let key = (group.to_owned(), topic.name().to_owned());
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gt) = groups.get(&key) {
+            return Ok(gt.clone());
+        }
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        let gt = Arc::new(GroupTopic::new(
+            group.into(),
+            mode,
+            topic.clone(),
+            start,
+            &saved,
+        )?);
+        groups.insert(key, gt.clone());
+        Ok(gt)
     }
 
     fn live_subscriptions(&self) -> Vec<Arc<SubShared>> {

@@ -618,3 +618,107 @@ async fn redeliveries_and_dead_letters_carry_the_whole_message_read_back_from_th
     assert_eq!(dead, (0..500).step_by(2).collect::<Vec<_>>());
     b.close().await.expect("close");
 }
+
+#[tokio::test(start_paused = true)]
+async fn settle_offset_settles_one_message_beyond_the_read_ahead_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = broker(dir.path()).await;
+    let msgs: Vec<Message> = (0..1_500).map(|i| Message::new(format!("m{i}"))).collect();
+    b.publish_batch("so", msgs).await.expect("publish");
+    // Far beyond the group's read-ahead window, then the floor itself.
+    assert!(b.settle_offset("so", "g", 0, 1_400).expect("settle"));
+    assert!(!b.settle_offset("so", "g", 0, 1_400).expect("again"));
+    assert!(b.settle_offset("so", "g", 0, 0).expect("settle floor"));
+    assert!(matches!(
+        b.settle_offset("so", "g", 1, 0),
+        Err(Error::InvalidArgument {
+            name: "partition",
+            ..
+        })
+    ));
+    assert!(matches!(
+        b.settle_offset("so", "g", 0, 1_500),
+        Err(Error::InvalidArgument { name: "offset", .. })
+    ));
+    assert!(matches!(
+        b.settle_offset("none", "g", 0, 0),
+        Err(Error::UnknownTopic { .. })
+    ));
+    let unsettled = |b: &Broker| -> Vec<u64> {
+        let page = b
+            .peek_unsettled("so", "g", wharf_broker::PeekPosition::START, 2_000)
+            .expect("peek");
+        page.messages.iter().map(|p| p.offset).collect()
+    };
+    let want: Vec<u64> = (1..1_500).filter(|&o| o != 1_400).collect();
+    assert_eq!(unsettled(&b), want);
+    b.close().await.expect("close");
+    drop(b);
+
+    let b = broker(dir.path()).await;
+    assert_eq!(unsettled(&b), want, "persisted like an ack");
+    let mut sub = b.subscribe(group("so")).await.expect("subscribe");
+    for &o in &want {
+        let d = next(&mut sub).await;
+        assert_eq!(d.info().offset, Some(o));
+        d.ack().await.expect("ack");
+    }
+    assert!(quiet_for(&mut sub, Duration::from_secs(5)).await);
+    b.close().await.expect("close");
+}
+
+/// Redrive by id reads the dead-letter topic instead of leasing letters, so
+/// it reaches a letter past the redrive group's read-ahead window.
+#[tokio::test(start_paused = true)]
+async fn redrive_by_id_reaches_a_letter_past_the_read_ahead_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = broker(dir.path()).await;
+    let letters: Vec<Message> = (0..1_100)
+        .map(|i| {
+            let mut m = Message::new(format!("j{i}"));
+            wharf_core::DeadLetter {
+                reason: "bad",
+                topic: "jobs",
+                partition: 0,
+                offset: Some(i),
+                group: Some("workers"),
+                attempts: 1,
+                first_failure_ms: 0,
+                last_failure_ms: 0,
+            }
+            .stamp(&mut m);
+            m
+        })
+        .collect();
+    let last = letters[1_099].id();
+    b.publish_batch("dlq.jobs", letters).await.expect("publish");
+    let mut jobs = b.subscribe(group("jobs")).await.expect("subscribe");
+    assert_eq!(
+        b.redrive("dlq.jobs", Redrive::Id(last))
+            .await
+            .expect("redrive"),
+        1
+    );
+    let d = next(&mut jobs).await;
+    assert_eq!(d.message().id(), last);
+    assert!(!d.message().headers().contains(header::DLQ_REASON));
+    d.ack().await.expect("ack");
+    assert_eq!(
+        b.redrive("dlq.jobs", Redrive::Id(last))
+            .await
+            .expect("again"),
+        0
+    );
+    assert!(quiet_for(&mut jobs, Duration::from_secs(5)).await);
+    let left = b
+        .peek_unsettled(
+            "dlq.jobs",
+            wharf_broker::REDRIVE_GROUP,
+            wharf_broker::PeekPosition::START,
+            2_000,
+        )
+        .expect("peek");
+    assert_eq!(left.messages.len(), 1_099);
+    assert!(left.messages.iter().all(|p| p.message.id() != last));
+    b.close().await.expect("close");
+}

@@ -1,7 +1,10 @@
 //! Admin operations shared by the gRPC and HTTP APIs: topic settings from
 //! requests, and the dead-letter views: listing and finding letters reads
 //! the dead-letter topic ([`Broker::peek_unsettled`], nothing is leased),
-//! purging settles them for the broker's redrive group.
+//! purging settles them for the broker's redrive group. Replay is
+//! [`Broker::redrive`]; by id it finds the letter by reading too (then
+//! settles that one offset for the redrive group), so it reaches letters
+//! past the group's read-ahead window.
 
 use std::time::Duration;
 
@@ -141,8 +144,12 @@ pub(crate) async fn dlq_purge(broker: &Broker, topic: &str) -> Result<usize, Err
             return Ok(n);
         }
         for d in batch {
-            d.ack().await?;
-            n += 1;
+            match d.ack().await {
+                Ok(()) => n += 1,
+                // Replayed by id meanwhile: settled already, not purged here.
+                Err(Error::UnknownDelivery { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -262,5 +269,83 @@ mod tests {
             .messages
             .is_empty());
         assert!(dlq_find(&broker, "dlq.jobs", id).expect("find").is_none());
+    }
+
+    /// Every letter of `topic` the listing shows, page by page.
+    fn list_all(broker: &Broker, topic: &str) -> Vec<Peeked> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = dlq_page(broker, topic, cursor.as_deref(), 500).expect("list");
+            out.extend(page.messages);
+            match page.next {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Replay by id (what `POST /v1/dlq/{topic}/replay {"id": ..}` and the
+    /// gRPC `DlqReplay` call) reaches a letter behind more than the redrive
+    /// group's read-ahead window of 1,024 others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_by_id_reaches_the_last_of_more_than_a_read_ahead_of_letters() {
+        const N: usize = 1_101;
+        let broker = Broker::temporary().await.expect("broker");
+        let jobs: Vec<wharf_core::Message> = (0..N)
+            .map(|i| wharf_core::Message::new(format!("job-{i}")))
+            .collect();
+        wharf_core::Publisher::publish_batch(&broker, "jobs", jobs.clone())
+            .await
+            .expect("publish");
+        let mut workers = broker
+            .subscribe(
+                SubscribeOptions::new("jobs")
+                    .group("workers")
+                    .start(StartPosition::Earliest),
+            )
+            .await
+            .expect("subscribe");
+        for _ in 0..N {
+            let d = workers.next().await.expect("open").expect("delivery");
+            d.reject("cannot parse job").await.expect("reject");
+        }
+        let letters = list_all(&broker, "dlq.jobs");
+        assert_eq!(letters.len(), N);
+        let last = letters[N - 1].message.id();
+        assert_eq!(last, jobs[N - 1].id());
+
+        let redrive = |id| broker.redrive("dlq.jobs", wharf_broker::Redrive::Id(id));
+        assert_eq!(redrive(last).await.expect("replay"), 1);
+        let d = tokio::time::timeout(Duration::from_secs(10), workers.next())
+            .await
+            .expect("the replayed job in time")
+            .expect("open")
+            .expect("delivery");
+        assert_eq!(d.message().id(), last);
+        assert_eq!(
+            &d.message().payload()[..],
+            format!("job-{}", N - 1).as_bytes()
+        );
+        assert_eq!(d.message().headers().get("wharf-dlq-reason"), None);
+        assert_eq!(d.info().attempt, 1);
+        d.ack().await.expect("ack");
+
+        // Re-published once: a second replay finds nothing, and nothing else
+        // comes back to the topic.
+        assert_eq!(redrive(last).await.expect("replay again"), 0);
+        let more = tokio::time::timeout(Duration::from_millis(300), workers.next()).await;
+        assert!(more.is_err(), "only the replayed letter comes back");
+        assert!(dlq_find(&broker, "dlq.jobs", last).expect("find").is_none());
+        let left = list_all(&broker, "dlq.jobs");
+        let left_ids: Vec<MessageId> = left.iter().map(|p| p.message.id()).collect();
+        let want: Vec<MessageId> = letters[..N - 1].iter().map(|p| p.message.id()).collect();
+        assert_eq!(left_ids, want, "the other letters are untouched");
+
+        // The others still replay (and purge) as before.
+        assert_eq!(redrive(want[0]).await.expect("replay first"), 1);
+        assert_eq!(dlq_purge(&broker, "dlq.jobs").await.expect("purge"), N - 2);
+        assert!(list_all(&broker, "dlq.jobs").is_empty());
+        wharf_core::Backend::close(&broker).await.expect("close");
     }
 }
