@@ -204,6 +204,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
+    header_pool: codec::HeaderPool,
     /// fsync durations of every partition's log (see [`Broker::fsync_stats`]).
     sync_stats: Arc<wharf_log::SyncStats>,
 }
@@ -265,6 +266,7 @@ impl Broker {
             dir,
             _temp: temp,
             publish_permits: Semaphore::new(config.max_pending_publishes.max(1)),
+            header_pool: codec::HeaderPool::default(),
             config,
             meta,
             topics: RwLock::new(topics),
@@ -865,6 +867,7 @@ impl Inner {
         let mut by_part: Vec<(u32, Indexed)> = Vec::new();
         let mut slot = vec![usize::MAX; parts.len()];
         let ids = codec::IdBuffer::new(msgs);
+        let mut spare = self.header_pool.take(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             if receipts[i].is_some() || skip.contains(&i) {
                 continue;
@@ -882,7 +885,11 @@ impl Inner {
             }
             let e = &mut by_part[slot[p as usize]].1;
             e.0.push(i);
-            e.1.push(codec::to_record(m, ids.id(i)));
+            e.1.push(codec::to_record(
+                m,
+                ids.id(i),
+                spare.pop().unwrap_or_default(),
+            ));
         }
         let _permit = self
             .publish_permits
@@ -897,6 +904,7 @@ impl Inner {
         if cfg.durability == Durability::Never {
             for (p, (idx, records)) in by_part {
                 fill(p, idx, parts[p as usize].append(&records)?);
+                self.header_pool.give(records);
             }
             return Ok(());
         }
@@ -910,13 +918,17 @@ impl Inner {
                 (
                     p,
                     idx,
-                    tokio::task::spawn_blocking(move || part.append(&records)),
+                    tokio::task::spawn_blocking(move || (part.append(&records), records)),
                 )
             })
             .collect();
         let mut first_err = None;
         for (p, idx, task) in tasks {
-            match task.await.map_err(|e| storage_error("append task", e)) {
+            let appended = task.await.map_err(|e| storage_error("append task", e));
+            match appended.map(|(r, records)| {
+                self.header_pool.give(records);
+                r
+            }) {
                 Ok(Ok(base)) => fill(p, idx, base),
                 Ok(Err(e)) | Err(e) => {
                     first_err.get_or_insert(e);
