@@ -276,6 +276,7 @@ async fn grpc_codes(url: &str, token: Option<&str>) -> Vec<(&'static str, Code)>
                         payload: b"x".to_vec().into(),
                         ..Default::default()
                     }],
+                    ..Default::default()
                 })
                 .await
                 .err()

@@ -1,7 +1,7 @@
 //! The raw gRPC consume stream of a real `wharf serve`: the server sends no
 //! more deliveries than the client granted, settles by delivery id (an
-//! unknown id is a typed error on the same stream), and redelivers what was
-//! unsettled when the stream ends.
+//! unknown id is a typed error on the same stream; `AckMany` names the ids
+//! it could not ack), and redelivers what was unsettled when the stream ends.
 
 mod common;
 
@@ -41,6 +41,7 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     raw.publish(v1::PublishRequest {
         topic: "grpc.credit".into(),
         messages,
+        ..Default::default()
     })
     .await
     .expect("publish");
@@ -140,6 +141,102 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     }
     got.sort();
     assert_eq!(got, ["m1", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn ack_many_acks_known_ids_and_names_the_unknown_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let mut raw = wharf_client::raw_client(&server.url(), None)
+        .await
+        .expect("connect");
+    let messages = (0..3)
+        .map(|i| v1::Message {
+            payload: format!("m{i}").into_bytes().into(),
+            ..Default::default()
+        })
+        .collect();
+    let published = raw
+        .publish(v1::PublishRequest {
+            topic: "grpc.ackmany".into(),
+            messages,
+            compact_receipts: true,
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    // The messages had no ids, so the server answers with full receipts.
+    assert_eq!(published.receipts.len(), 3);
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(req(consume_request::Kind::Subscribe(
+        v1::SubscribeRequest {
+            pattern: "grpc.ackmany".into(),
+            group: Some("g".into()),
+            start: v1::StartKind::StartEarliest as i32,
+            ..Default::default()
+        },
+    )))
+    .expect("send");
+    tx.send(req(consume_request::Kind::Credit(3)))
+        .expect("send");
+    let mut stream = raw
+        .consume(UnboundedReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    assert!(matches!(
+        next_kind(&mut stream).await,
+        Some(consume_response::Kind::Subscribed(true))
+    ));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        match next_kind(&mut stream).await {
+            Some(consume_response::Kind::Delivery(d)) => ids.push(d.delivery_id),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    tx.send(req(consume_request::Kind::AckMany(v1::AckMany {
+        request_id: 7,
+        delivery_ids: vec![ids[0], 999, ids[2]],
+    })))
+    .expect("send");
+    match next_kind(&mut stream).await {
+        Some(consume_response::Kind::Result(r)) => {
+            assert_eq!((r.request_id, r.error), (7, None));
+            assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+            assert_eq!(r.failures[0].delivery_id, 999);
+            let kind = r.failures[0].error.as_ref().map(|e| e.kind);
+            assert_eq!(kind, Some(v1::error_detail::Kind::UnknownDelivery as i32));
+        }
+        other => panic!("expected a settle result, got {other:?}"),
+    }
+
+    // Only the delivery left out of the batch comes back to the group.
+    drop(tx);
+    drop(stream);
+    let client = wharf_client::Client::connect(&server.url(), None)
+        .await
+        .expect("connect");
+    let mut sub = wharf_core::Subscriber::subscribe(
+        &client,
+        wharf_core::SubscribeOptions::new("grpc.ackmany").group("g"),
+    )
+    .await
+    .expect("subscribe");
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(&d.message().payload()[..], b"m1");
+    d.ack().await.expect("ack");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "an acked delivery came back"
+    );
 }
 
 #[tokio::test]

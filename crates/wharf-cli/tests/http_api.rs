@@ -385,6 +385,7 @@ async fn bad_input_gets_the_right_status_and_stores_nothing() {
             payload: vec![b'z'; 10_000].into(),
             ..Default::default()
         }],
+        ..Default::default()
     };
     let err = raw.publish(big).await.expect_err("too large");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");

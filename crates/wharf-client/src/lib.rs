@@ -27,14 +27,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use wharf_core::{
-    Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt,
+    Backend, Capabilities, Capability, Error, Limits, Message, MessageId, Publisher, Receipt,
     SubscribeOptions, Subscriber, Subscription,
 };
-use wharf_proto::convert::{error_from_status, message_to_proto, receipt_from_proto};
+use wharf_proto::codec::WharfCodec;
+use wharf_proto::convert::error_from_status;
+use wharf_proto::publish::{receipts_from_response, PublishBatch};
 use wharf_proto::v1;
 use wharf_proto::v1::wharf_client::WharfClient;
 
@@ -59,8 +62,14 @@ impl tonic::service::Interceptor for AuthInterceptor {
 /// The generated gRPC client with auth, for calls the traits don't cover.
 pub type RawClient = WharfClient<InterceptedService<Channel, AuthInterceptor>>;
 
+/// The channel with auth, as the generated client and [`Inner::grpc`] use it.
+type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+
 pub(crate) struct Inner {
     pub(crate) raw: RawClient,
+    /// The same channel for calls that encode a hand-written request
+    /// ([`PublishBatch`]), which the generated client cannot take.
+    grpc: tonic::client::Grpc<AuthChannel>,
     caps: Capabilities,
     limits: Limits,
     pub(crate) closed: AtomicBool,
@@ -103,6 +112,20 @@ pub async fn raw_client_with(
     token: Option<&str>,
     ca_pem: Option<&[u8]>,
 ) -> Result<RawClient, Error> {
+    Ok(raw_from(connect_channel(url, token, ca_pem).await?))
+}
+
+fn raw_from(channel: AuthChannel) -> RawClient {
+    WharfClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+async fn connect_channel(
+    url: &str,
+    token: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> Result<AuthChannel, Error> {
     #[allow(unused_mut)]
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| Error::InvalidArgument {
@@ -148,11 +171,7 @@ pub async fn raw_client_with(
                 })?,
         ),
     };
-    Ok(
-        WharfClient::with_interceptor(channel, AuthInterceptor(token))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX),
-    )
+    Ok(InterceptedService::new(channel, AuthInterceptor(token)))
 }
 
 impl Client {
@@ -176,7 +195,11 @@ impl Client {
         token: Option<&str>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Client, Error> {
-        let mut raw = raw_client_with(url, token, ca_pem).await?;
+        let channel = connect_channel(url, token, ca_pem).await?;
+        let grpc = tonic::client::Grpc::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut raw = raw_from(channel);
         let info = raw
             .info(v1::InfoRequest {})
             .await
@@ -191,6 +214,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 raw,
+                grpc,
                 caps,
                 limits,
                 closed: AtomicBool::new(false),
@@ -232,19 +256,28 @@ impl Publisher for Client {
     ) -> Result<Vec<Receipt>, Error> {
         self.check_open()?;
         wharf_core::name::validate_topic(topic)?;
-        let req = v1::PublishRequest {
+        let ids: Vec<MessageId> = messages.iter().map(Message::id).collect();
+        let mut req = tonic::Request::new(PublishBatch {
             topic: topic.to_owned(),
-            messages: messages.iter().map(message_to_proto).collect(),
-        };
-        let resp = self
-            .inner
-            .raw
-            .clone()
-            .publish(req)
+            messages,
+            compact_receipts: true,
+        });
+        req.extensions_mut()
+            .insert(tonic::GrpcMethod::new("wharf.v1.Wharf", "Publish"));
+        let mut grpc = self.inner.grpc.clone();
+        grpc.ready().await.map_err(|e| Error::Unavailable {
+            backend: BACKEND,
+            source: e.into(),
+        })?;
+        let resp: tonic::Response<v1::PublishResponse> = grpc
+            .unary(
+                req,
+                PathAndQuery::from_static("/wharf.v1.Wharf/Publish"),
+                WharfCodec::default(),
+            )
             .await
-            .map_err(|s| from_status(&s))?
-            .into_inner();
-        resp.receipts.iter().map(receipt_from_proto).collect()
+            .map_err(|s| from_status(&s))?;
+        receipts_from_response(resp.get_ref(), &ids)
     }
 }
 

@@ -24,7 +24,11 @@ const GEN_SHIFT: u32 = 48;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-type Pending = HashMap<u64, oneshot::Sender<Result<(), Error>>>;
+/// What the server answered to a settlement: its error, or for `AckMany`
+/// the deliveries that failed.
+type Answer = (Option<v1::ErrorDetail>, Vec<v1::SettleFailure>);
+type Pending = HashMap<u64, oneshot::Sender<Answer>>;
+const ID_MASK: u64 = (1 << GEN_SHIFT) - 1;
 
 #[derive(Default)]
 struct AckState {
@@ -66,13 +70,38 @@ impl SubAcker {
         }
     }
 
-    fn complete(&self, request_id: u64, error: Option<v1::ErrorDetail>) {
-        if let Some(waiter) = self.lock().pending.remove(&request_id) {
-            let _ = waiter.send(match error {
-                None => Ok(()),
-                Some(e) => Err(error_from_proto(e, BACKEND)),
-            });
+    fn complete(&self, r: v1::SettleResult) {
+        if let Some(waiter) = self.lock().pending.remove(&r.request_id) {
+            let _ = waiter.send((r.error, r.failures));
         }
+    }
+
+    /// Sends `kind(request_id)` on the current stream of `generation` and
+    /// returns where the answer will arrive; `None` if that stream is gone.
+    fn start(
+        &self,
+        generation: u64,
+        kind: impl FnOnce(u64) -> consume_request::Kind,
+    ) -> Result<oneshot::Receiver<Answer>, StartError> {
+        let mut st = self.lock();
+        let tx = match &st.tx {
+            Some(tx) if st.generation == generation => tx.clone(),
+            _ => return Err(StartError::Unknown),
+        };
+        st.next_request += 1;
+        let request_id = st.next_request;
+        let (wtx, wrx) = oneshot::channel();
+        st.pending.insert(request_id, wtx);
+        if tx
+            .send(v1::ConsumeRequest {
+                kind: Some(kind(request_id)),
+            })
+            .is_err()
+        {
+            st.pending.remove(&request_id);
+            return Err(StartError::Closed);
+        }
+        Ok(wrx)
     }
 
     /// Asks the server to stop new deliveries (settlements keep working).
@@ -96,53 +125,58 @@ impl SubAcker {
         reason: String,
     ) -> Result<(), Error> {
         let generation = token >> GEN_SHIFT;
-        let delivery_id = token & ((1 << GEN_SHIFT) - 1);
-        let rx = {
-            let mut st = self.lock();
-            let tx = match &st.tx {
-                Some(tx) if st.generation == generation => tx.clone(),
-                _ => {
-                    return Err(Error::UnknownDelivery {
-                        id: delivery_id.to_string(),
-                    })
-                }
-            };
-            st.next_request += 1;
-            let request_id = st.next_request;
-            let (wtx, wrx) = oneshot::channel();
-            st.pending.insert(request_id, wtx);
-            let settle = v1::Settle {
-                request_id,
-                delivery_id,
-                action: action as i32,
-                duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-                reason,
-            };
-            if tx
-                .send(v1::ConsumeRequest {
-                    kind: Some(consume_request::Kind::Settle(settle)),
+        let delivery_id = token & ID_MASK;
+        let rx = self
+            .start(generation, |request_id| {
+                consume_request::Kind::Settle(v1::Settle {
+                    request_id,
+                    delivery_id,
+                    action: action as i32,
+                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                    reason,
                 })
-                .is_err()
-            {
-                st.pending.remove(&request_id);
-                return Err(Error::Unavailable {
-                    backend: BACKEND,
-                    source: "consume stream closed".into(),
-                });
-            }
-            wrx
-        };
-        match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Error::Unavailable {
-                backend: BACKEND,
-                source: "consume stream broke before the server answered".into(),
-            }),
-            Err(_) => Err(Error::Timeout {
-                operation: "settle",
-                after: SETTLE_TIMEOUT,
-            }),
+            })
+            .map_err(|e| e.error(delivery_id))?;
+        match wait(rx).await? {
+            (None, _) => Ok(()),
+            (Some(e), _) => Err(error_from_proto(e, BACKEND)),
         }
+    }
+}
+
+enum StartError {
+    /// The delivery came from an earlier stream (or none is open).
+    Unknown,
+    /// The stream's sender is gone.
+    Closed,
+}
+
+impl StartError {
+    fn error(&self, delivery_id: u64) -> Error {
+        match self {
+            StartError::Unknown => Error::UnknownDelivery {
+                id: delivery_id.to_string(),
+            },
+            StartError::Closed => Error::Unavailable {
+                backend: BACKEND,
+                source: "consume stream closed".into(),
+            },
+        }
+    }
+}
+
+/// Waits for the server's answer to a settlement.
+async fn wait(rx: oneshot::Receiver<Answer>) -> Result<Answer, Error> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(Error::Unavailable {
+            backend: BACKEND,
+            source: "consume stream broke before the server answered".into(),
+        }),
+        Err(_) => Err(Error::Timeout {
+            operation: "settle",
+            after: SETTLE_TIMEOUT,
+        }),
     }
 }
 
@@ -165,6 +199,70 @@ impl Acker for SubAcker {
         self.request(token, action, duration, reason).await
     }
 
+    /// One `AckMany` on the stream for the tokens of its generation, one
+    /// answer for all of them.
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let generation = self.generation();
+        let mut ids = Vec::with_capacity(tokens.len());
+        for &t in tokens {
+            if t >> GEN_SHIFT == generation {
+                ids.push(t & ID_MASK);
+            } else {
+                failed.push((t, StartError::Unknown.error(t & ID_MASK)));
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let token = |id: u64| (generation << GEN_SHIFT) | id;
+        let rx = self.start(generation, |request_id| {
+            consume_request::Kind::AckMany(v1::AckMany {
+                request_id,
+                delivery_ids: ids.clone(),
+            })
+        });
+        let answer = match rx {
+            Ok(rx) => wait(rx).await,
+            Err(e) => {
+                failed.extend(ids.iter().map(|&id| (token(id), e.error(id))));
+                return;
+            }
+        };
+        match answer {
+            Ok((None, failures)) => {
+                failed.extend(failures.into_iter().map(|f| {
+                    let e = f.error.unwrap_or_default();
+                    (token(f.delivery_id), error_from_proto(e, BACKEND))
+                }));
+            }
+            Ok((Some(e), _)) => {
+                // The whole request failed: every delivery failed the same way.
+                failed.extend(
+                    ids.iter()
+                        .map(|&id| (token(id), error_from_proto(e.clone(), BACKEND))),
+                );
+            }
+            Err(e) => {
+                // `wait` fails only by timing out or by the stream breaking.
+                let timed_out = matches!(e, Error::Timeout { .. });
+                failed.extend(ids.iter().map(|&id| {
+                    let e = if timed_out {
+                        Error::Timeout {
+                            operation: "settle",
+                            after: SETTLE_TIMEOUT,
+                        }
+                    } else {
+                        Error::Unavailable {
+                            backend: BACKEND,
+                            source: "consume stream broke before the server answered".into(),
+                        }
+                    };
+                    (token(id), e)
+                }));
+            }
+        }
+    }
+
     async fn extend(&self, token: u64, by: Duration) -> Result<(), Error> {
         self.request(token, v1::SettleAction::SettleExtend, by, String::new())
             .await
@@ -175,9 +273,7 @@ impl Acker for SubAcker {
         if token >> GEN_SHIFT == st.generation {
             if let Some(tx) = &st.tx {
                 let _ = tx.send(v1::ConsumeRequest {
-                    kind: Some(consume_request::Kind::Release(
-                        token & ((1 << GEN_SHIFT) - 1),
-                    )),
+                    kind: Some(consume_request::Kind::Release(token & ID_MASK)),
                 });
             }
         }
@@ -335,7 +431,7 @@ async fn read(
             }
             Some(consume_response::Kind::Result(r)) => {
                 if let Some(a) = acker.upgrade() {
-                    a.complete(r.request_id, r.error);
+                    a.complete(r);
                 }
             }
             Some(consume_response::Kind::Ended(_)) => dtx = None,

@@ -4,10 +4,13 @@
 //! [`v1`] holds the messages and the tonic client and server for the
 //! `wharf.v1.Wharf` service; [`FILE_DESCRIPTOR_SET`] is served by gRPC
 //! reflection; [`codec::WharfCodec`] reports malformed protobuf as
-//! `INVALID_ARGUMENT` rather than tonic's default `INTERNAL`.
+//! `INVALID_ARGUMENT` rather than tonic's default `INTERNAL`;
+//! [`publish::PublishBatch`] is the client's publish request, encoded
+//! straight from `wharf-core` messages.
 
 pub mod codec;
 pub mod convert;
+pub mod publish;
 
 /// The `wharf.v1` package: messages, `wharf_client::WharfClient` and `wharf_server::WharfServer`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -15,12 +15,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use wharf_broker::{Redrive, TopicInfo};
 use wharf_core::{
-    Backend, Delivery, Error, GroupMode, MessageId, Publisher, Settlement, StartPosition,
+    AckBatch, Backend, Delivery, Error, GroupMode, MessageId, Publisher, Settlement, StartPosition,
     SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 use wharf_proto::convert::{
     error_to_proto, message_from_proto, message_to_proto, receipt_to_proto, status_for,
 };
+use wharf_proto::publish::compact_response;
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
@@ -205,8 +206,10 @@ impl Wharf for Service {
         let topic = req.get_ref().topic.clone();
         self.check(&req, Right::Publish, &topic)?;
         let started = Instant::now();
+        let req = req.into_inner();
+        // The compact answer names no ids, so only when the client sent them all.
+        let compact = req.compact_receipts && req.messages.iter().all(|m| !m.id.is_empty());
         let msgs = req
-            .into_inner()
             .messages
             .into_iter()
             .map(message_from_proto)
@@ -221,9 +224,17 @@ impl Wharf for Service {
             .await
             .map_err(|e| status_for(&e))?;
         telemetry::published(&topic, "grpc", n, bytes, started.elapsed());
-        Ok(Response::new(v1::PublishResponse {
-            receipts: receipts.iter().map(receipt_to_proto).collect(),
-        }))
+        let compact = if compact {
+            compact_response(&receipts)
+        } else {
+            None
+        };
+        Ok(Response::new(compact.unwrap_or_else(|| {
+            v1::PublishResponse {
+                receipts: receipts.iter().map(receipt_to_proto).collect(),
+                ..Default::default()
+            }
+        })))
     }
 
     type ConsumeStream = ConsumeStream;
@@ -539,7 +550,14 @@ async fn consume_loop(
                         let r = v1::SettleResult {
                             request_id: s.request_id,
                             error: result.err().map(|e| error_to_proto(&e)),
+                            failures: Vec::new(),
                         };
+                        if !send(&tx, consume_response::Kind::Result(r)).await {
+                            break;
+                        }
+                    }
+                    Some(consume_request::Kind::AckMany(m)) => {
+                        let r = ack_many(&mut held, &m).await;
                         if !send(&tx, consume_response::Kind::Result(r)).await {
                             break;
                         }
@@ -600,6 +618,38 @@ async fn next(sub: &mut Option<Subscription>) -> Option<Result<Delivery, Error>>
     match sub {
         Some(s) => s.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Acknowledges every delivery `m` names in one broker call
+/// ([`AckBatch`]); unknown ids and failed acks are reported per delivery.
+async fn ack_many(held: &mut HashMap<u64, Delivery>, m: &v1::AckMany) -> v1::SettleResult {
+    let failure = |id: u64, e: &Error| v1::SettleFailure {
+        delivery_id: id,
+        error: Some(error_to_proto(e)),
+    };
+    let mut failures = Vec::new();
+    let mut batch = AckBatch::new();
+    let mut ids = Vec::with_capacity(m.delivery_ids.len());
+    for &id in &m.delivery_ids {
+        match held.remove(&id) {
+            Some(d) => {
+                ids.push((d.token(), id));
+                batch.push(d);
+            }
+            None => failures.push(failure(id, &Error::UnknownDelivery { id: id.to_string() })),
+        }
+    }
+    telemetry::settled_n("ack", ids.len());
+    for (token, e) in batch.flush().await {
+        if let Some(&(_, id)) = ids.iter().find(|(t, _)| *t == token) {
+            failures.push(failure(id, &e));
+        }
+    }
+    v1::SettleResult {
+        request_id: m.request_id,
+        error: None,
+        failures,
     }
 }
 

@@ -103,7 +103,12 @@ pub(crate) fn delivered(topic: &str, api: &'static str, bytes: usize) {
 
 /// Records a settlement (`ack`, `nack`, `reject`).
 pub(crate) fn settled(kind: &'static str) {
-    metrics::counter!("wharf_settlements_total", "kind" => kind).increment(1);
+    settled_n(kind, 1);
+}
+
+/// Records `n` settlements of one kind.
+pub(crate) fn settled_n(kind: &'static str, n: usize) {
+    metrics::counter!("wharf_settlements_total", "kind" => kind).increment(n as u64);
 }
 
 /// Records a request refused (auth, limits, bad input).
