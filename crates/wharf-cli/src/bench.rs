@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use wharf_broker::{Broker, Durability, TopicConfig};
 use wharf_client::proto as v1;
-use wharf_core::{Backend, Message, StartPosition, SubscribeOptions};
+use wharf_core::{AckBatch, Backend, Message, StartPosition, SubscribeOptions};
 
 use crate::Conn;
 
@@ -61,6 +61,27 @@ pub(crate) struct BenchArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// Latency workload: how the consumer acknowledges — `batch` (one
+    /// `AckBatch` per batch taken, the way a consumer keeps up) or `each`
+    /// (one `ack` per delivery).
+    #[arg(long, value_enum, default_value = "batch")]
+    ack: AckMode,
+    /// Latency workload: time this many raw `write`+`fdatasync`s of one
+    /// tick's bytes in --fsync-dir before each backend's load (0 = skip), so
+    /// the latency can be read against the disk's own.
+    #[arg(long, default_value_t = 2000)]
+    fsync_probe: usize,
+    /// Where the fsync probe writes (put it on the server's data disk).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    fsync_dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AckMode {
+    /// One `AckBatch` per batch taken.
+    Batch,
+    /// One `ack` per delivery.
+    Each,
 }
 
 fn durability(s: &str) -> anyhow::Result<Durability> {
@@ -225,7 +246,50 @@ async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     }))
 }
 
+/// Raw `fdatasync` latency of the disk holding `dir`, for context next to
+/// the publish→consume figures: `n` times, append `size` bytes to a file and
+/// `fdatasync` it (timed together, as a log append under `Always`), one per
+/// millisecond like the latency workload's ticks.
+fn fsync_probe(dir: &std::path::Path, n: usize, size: usize) -> std::io::Result<Histogram<u64>> {
+    use std::io::Write as _;
+    let path = dir.join(format!("wharf-bench-fsync-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let buf = vec![b'x'; size.max(1)];
+    let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+    let result = (|| {
+        for _ in 0..n {
+            let t0 = Instant::now();
+            f.write_all(&buf)?;
+            f.sync_data()?;
+            h.record(t0.elapsed().as_micros() as u64).ok();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    })();
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    result.map(|()| h)
+}
+
+fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({"p50": pct(h, 0.5), "p99": pct(h, 0.99), "p999": pct(h, 0.999), "max": h.max() as f64 / 1000.0})
+}
+
 async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    // The disk's own floor, measured right before this backend's load.
+    let fsync = if a.fsync_probe > 0 {
+        let (dir, n, size) = (
+            a.fsync_dir.clone(),
+            a.fsync_probe,
+            a.size * (a.rate / 1000).max(1) as usize,
+        );
+        Some(tokio::task::spawn_blocking(move || fsync_probe(&dir, n, size)).await??)
+    } else {
+        None
+    };
     let origin = Instant::now();
     let mut consumers = Vec::new();
     for _ in 0..a.consumers.max(1) {
@@ -242,72 +306,99 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     }
     let received = Arc::new(AtomicU64::new(0));
     let total = a.count;
+    let ack_each = a.ack == AckMode::Each;
     let mut readers = Vec::new();
     for mut sub in consumers {
         let received = received.clone();
         readers.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("valid histogram");
             let mut acks = tokio::task::JoinSet::new();
+            let mut buf = Vec::with_capacity(256);
+            let join_err = |e: tokio::task::JoinError| wharf_core::Error::Backend {
+                backend: "bench",
+                source: e.into(),
+            };
             while received.load(Ordering::Relaxed) < total {
-                let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await
-                else {
-                    break;
+                let got =
+                    tokio::time::timeout(Duration::from_secs(5), sub.next_batch(256, &mut buf))
+                        .await;
+                let n = match got {
+                    Ok(Ok(0)) | Err(_) => break,
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(e),
                 };
-                let d = d?;
-                let p = d.message().payload();
-                if p.len() >= 8 {
-                    let sent = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
-                    let now = origin.elapsed().as_micros() as u64;
-                    h.record(now.saturating_sub(sent)).ok();
+                let now = origin.elapsed().as_micros() as u64;
+                let mut batch = AckBatch::new();
+                for d in buf.drain(..) {
+                    let p = d.message().payload();
+                    if p.len() >= 8 {
+                        let sent = u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+                        h.record(now.saturating_sub(sent)).ok();
+                    }
+                    if ack_each {
+                        acks.spawn(async move { d.ack().await });
+                    } else {
+                        batch.push(d);
+                    }
                 }
                 // Settle without stalling the read loop (a remote ack is a
                 // round trip); the latency measured is publish → delivery.
-                acks.spawn(d.ack());
-                while let Some(r) = acks.try_join_next() {
-                    r.map_err(|e| wharf_core::Error::Backend {
-                        backend: "bench",
-                        source: e.into(),
-                    })??;
+                if !batch.is_empty() {
+                    acks.spawn(async move {
+                        match batch.flush().await.into_iter().next() {
+                            Some((_, e)) => Err(e),
+                            None => Ok(()),
+                        }
+                    });
                 }
-                received.fetch_add(1, Ordering::Relaxed);
+                while let Some(r) = acks.try_join_next() {
+                    r.map_err(join_err)??;
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
             }
             while let Some(r) = acks.join_next().await {
-                r.map_err(|e| wharf_core::Error::Backend {
-                    backend: "bench",
-                    source: e.into(),
-                })??;
+                r.map_err(join_err)??;
             }
             Ok::<_, wharf_core::Error>(h)
         }));
     }
-    // Publish `rate` msgs/s as one small batch per millisecond tick.
+    // Publish `rate` msgs/s as one small batch per millisecond tick; each
+    // payload starts with its creation time, and each batch's publish→ack
+    // time (which includes the fsync under `always`) is recorded too.
     let per_tick = (a.rate / 1000).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let bar = indicatif::ProgressBar::new(total);
     let mut sent = 0u64;
     let mut inflight = tokio::task::JoinSet::new();
+    let mut acked = Histogram::<u64>::new(3).expect("valid histogram");
     let started = Instant::now();
     while sent < total {
         tick.tick().await;
         let n = per_tick.min(total - sent);
+        let created = origin.elapsed().as_micros() as u64;
         let msgs: Vec<Message> = (0..n)
             .map(|_| {
                 let mut p = vec![b'x'; a.size.max(8)];
-                p[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_le_bytes());
+                p[..8].copy_from_slice(&created.to_le_bytes());
                 Message::new(p)
             })
             .collect();
         let (b, topic) = (t.backend.clone(), t.topic.clone());
-        inflight.spawn(async move { b.publish_batch(&topic, msgs).await.map(|_| ()) });
+        inflight.spawn(async move {
+            b.publish_batch(&topic, msgs).await?;
+            Ok::<_, wharf_core::Error>(
+                (origin.elapsed().as_micros() as u64).saturating_sub(created),
+            )
+        });
         while let Some(r) = inflight.try_join_next() {
-            r??;
+            acked.record(r??).ok();
         }
         sent += n;
         bar.set_position(received.load(Ordering::Relaxed));
     }
     while let Some(r) = inflight.join_next().await {
-        r??;
+        acked.record(r??).ok();
     }
     let publish_secs = started.elapsed().as_secs_f64();
     let mut h = Histogram::<u64>::new(3).expect("valid histogram");
@@ -315,13 +406,18 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         h.add(r.await??).ok();
     }
     bar.finish_and_clear();
-    Ok(json!({
+    let mut out = json!({
         "backend": t.label,
         "workload": "latency",
         "messages": h.len(),
         "offered_msgs_per_sec": total as f64 / publish_secs,
-        "e2e_latency_ms": {"p50": pct(&h, 0.5), "p99": pct(&h, 0.99), "p999": pct(&h, 0.999), "max": h.max() as f64 / 1000.0},
-    }))
+        "e2e_latency_ms": quantiles(&h),
+        "publish_ack_ms": quantiles(&acked),
+    });
+    if let Some(f) = fsync {
+        out["raw_fdatasync_ms"] = quantiles(&f);
+    }
+    Ok(out)
 }
 
 pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
@@ -369,16 +465,34 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
                 r["batch_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
                 r["batch_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
             ),
-            Workload::Latency => println!(
-                "{:<28} {:>8.0} msgs/s offered  e2e p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms ({} msgs)",
-                r["backend"].as_str().unwrap_or("?"),
-                r["offered_msgs_per_sec"].as_f64().unwrap_or(0.0),
-                r["e2e_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-                r["e2e_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-                r["e2e_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
-                r["e2e_latency_ms"]["max"].as_f64().unwrap_or(0.0),
-                r["messages"],
-            ),
+            Workload::Latency => {
+                let q = |k: &str, p: &str| r[k][p].as_f64().unwrap_or(0.0);
+                println!(
+                    "{:<28} {:>8.0} msgs/s offered  e2e p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms ({} msgs)",
+                    r["backend"].as_str().unwrap_or("?"),
+                    r["offered_msgs_per_sec"].as_f64().unwrap_or(0.0),
+                    q("e2e_latency_ms", "p50"),
+                    q("e2e_latency_ms", "p99"),
+                    q("e2e_latency_ms", "p999"),
+                    q("e2e_latency_ms", "max"),
+                    r["messages"],
+                );
+                println!(
+                    "{:<28} publish→ack p50 {:.2} ms p99 {:.2} ms",
+                    "",
+                    q("publish_ack_ms", "p50"),
+                    q("publish_ack_ms", "p99"),
+                );
+                if r.get("raw_fdatasync_ms").is_some() {
+                    println!(
+                        "{:<28} raw fdatasync (same disk, just before) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
+                        "",
+                        q("raw_fdatasync_ms", "p50"),
+                        q("raw_fdatasync_ms", "p99"),
+                        q("raw_fdatasync_ms", "p999"),
+                    );
+                }
+            }
         }
     }
     Ok(())
