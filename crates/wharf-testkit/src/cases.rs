@@ -244,6 +244,48 @@ pub async fn acked_message_is_not_redelivered<F: BackendFactory>(f: &F) -> Outco
     Outcome::Passed
 }
 
+/// A batch acknowledged with [`wharf_core::AckBatch`] (one `Acker::ack_many`
+/// per acker) is settled like one `ack` per delivery: nothing fails, and
+/// none of it comes back to the group.
+pub async fn batch_ack_settles_every_delivery<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups);
+    let ns = ns();
+    let t = topic(&b, &ns, "batchack").await;
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    for i in 0..5 {
+        publish_text(&b, &t, &format!("m{i}")).await;
+    }
+    let mut acks = wharf_core::AckBatch::new();
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let got = tokio::time::timeout(WAIT, sub.next_batch(5 - seen.len(), &mut buf))
+            .await
+            .expect("deliveries in time")
+            .expect("next_batch");
+        assert!(
+            got > 0,
+            "subscription ended after {} deliveries",
+            seen.len()
+        );
+        for d in buf.drain(..) {
+            seen.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+            acks.push(d);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(acks.len(), 5);
+    let failed = acks.flush().await;
+    assert!(failed.is_empty(), "batch ack failed: {failed:?}");
+    sub.close().await.expect("close subscription");
+    drop(sub);
+    let mut sub = subscribe(&b, group_opts(&t, "g")).await;
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "after batch ack").await, "marker");
+    Outcome::Passed
+}
+
 /// `nack` redelivers the same message with the next attempt number.
 pub async fn nack_redelivers_with_next_attempt<F: BackendFactory>(f: &F) -> Outcome {
     let b = open!(f, Capability::Redelivery);

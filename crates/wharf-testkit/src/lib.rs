@@ -117,6 +117,7 @@ macro_rules! conformance_tests {
             competing_consumers_get_each_message_once,
             ordering_per_key_is_kept,
             acked_message_is_not_redelivered,
+            batch_ack_settles_every_delivery,
             nack_redelivers_with_next_attempt,
             nack_with_delay_waits_before_redelivery,
             reject_dead_letters_with_reason_headers,
