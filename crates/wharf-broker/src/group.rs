@@ -469,9 +469,16 @@ impl GroupTopic {
         clock: &Clock,
     ) -> Result<Option<DeadLetter>, Error> {
         let mut st = self.lock();
+        if matches!(settlement, Settlement::Ack) {
+            ack(&mut st, partition, offset, lease)?;
+            st.dirty = true;
+            return Ok(None);
+        }
         let part = leased(&mut st, partition, offset, lease)?;
-        let log = self.topic.partitions()[partition as usize].clone();
+        // Only a failure may need the message back from the log.
+        let log = || self.topic.partitions()[partition as usize].clone();
         let result = match settlement {
+            // Acks return above through `ack`; this arm is not reached.
             Settlement::Ack => {
                 part.unindex(offset);
                 part.pending.remove(&offset);
@@ -485,7 +492,7 @@ impl GroupTopic {
                 }
                 let dl = fail(
                     part,
-                    &log,
+                    &log(),
                     offset,
                     delay,
                     "max deliveries exceeded",
@@ -508,7 +515,7 @@ impl GroupTopic {
                 p.state = PState::Ready; // so a failed dead-lettering leaves it ready
                 let dl = dead_letter(
                     part,
-                    &log,
+                    &log(),
                     offset,
                     &reason,
                     policy,
@@ -541,28 +548,9 @@ impl GroupTopic {
     pub(crate) fn ack_many(&self, acks: &[(u32, u64, u64)], failed: &mut Vec<(u64, Error)>) {
         let mut st = self.lock();
         for &(partition, offset, lease) in acks {
-            let Some(part) = st.parts.get_mut(partition as usize) else {
-                failed.push((lease, unknown(lease)));
-                continue;
-            };
-            // One hash lookup: check the lease on the entry, then remove it.
-            let std::collections::hash_map::Entry::Occupied(e) = part.pending.entry(offset) else {
-                failed.push((lease, unknown(lease)));
-                continue;
-            };
-            let PState::Leased { lease: l, deadline } = e.get().state else {
-                failed.push((lease, unknown(lease)));
-                continue;
-            };
-            if l != lease {
-                failed.push((lease, unknown(lease)));
-                continue;
+            if let Err(e) = ack(&mut st, partition, offset, lease) {
+                failed.push((lease, e));
             }
-            e.remove();
-            if let Some(d) = deadline {
-                part.leases.remove(&(d, offset));
-            }
-            part.mark_settled(offset);
         }
         st.dirty = true;
     }
@@ -733,6 +721,30 @@ fn leased(
         }) if *l == lease => Ok(part),
         _ => Err(unknown(lease)),
     }
+}
+
+/// Acknowledges a message leased under `lease`: one hash lookup checks the
+/// lease on the entry and removes it.
+fn ack(st: &mut GtState, partition: u32, offset: u64, lease: u64) -> Result<(), Error> {
+    let part = st
+        .parts
+        .get_mut(partition as usize)
+        .ok_or_else(|| unknown(lease))?;
+    let std::collections::hash_map::Entry::Occupied(e) = part.pending.entry(offset) else {
+        return Err(unknown(lease));
+    };
+    let PState::Leased { lease: l, deadline } = e.get().state else {
+        return Err(unknown(lease));
+    };
+    if l != lease {
+        return Err(unknown(lease));
+    }
+    e.remove();
+    if let Some(d) = deadline {
+        part.leases.remove(&(d, offset));
+    }
+    part.mark_settled(offset);
+    Ok(())
 }
 
 fn unknown(lease: u64) -> Error {

@@ -142,7 +142,7 @@ impl SubAcker {
 #[async_trait]
 impl Acker for SubAcker {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
-        let r = self.remove(token).ok_or(Error::UnknownDelivery {
+        let r = self.remove(token).ok_or_else(|| Error::UnknownDelivery {
             id: token.to_string(),
         })?;
         let inner = self
@@ -221,9 +221,12 @@ impl Acker for SubAcker {
             .ok_or(Error::Closed { what: "broker" })?;
         let (gt, partition, offset) = {
             let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            let r = leases.map.get(&token).ok_or(Error::UnknownDelivery {
-                id: token.to_string(),
-            })?;
+            let r = leases
+                .map
+                .get(&token)
+                .ok_or_else(|| Error::UnknownDelivery {
+                    id: token.to_string(),
+                })?;
             let gt = &leases.bindings[r.binding as usize].0;
             (gt.clone(), r.partition, r.offset)
         };
