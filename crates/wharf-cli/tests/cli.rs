@@ -149,9 +149,15 @@ fn sub_with_count_takes_exactly_that_many_and_leaves_the_rest_untouched() {
     all.sort();
     let want: Vec<_> = (0..5).map(|i| (format!("m{i}"), Some(1))).collect();
     assert_eq!(all, want, "first {first:?}, rest {rest:?}");
-    // Nothing was dead-lettered: the DLQ topic was never even created.
+    // Nothing was dead-lettered: the DLQ topic was never even created, and
+    // listing it says so with an empty list.
     let topics = common::ok(&server.cli(&["topic", "list"]));
     assert!(!topics.contains("dlq.cli.count"), "{topics}");
+    let dlq: Value = serde_json::from_str(&common::ok(
+        &server.cli(&["dlq", "list", "cli.count", "--json"]),
+    ))
+    .expect("json");
+    assert_eq!(dlq, serde_json::json!([]));
 }
 
 #[test]

@@ -112,7 +112,26 @@ pub(crate) fn dlq_page(
         Some(c) => c.parse::<PeekPosition>()?,
         None => PeekPosition::START,
     };
-    broker.peek_unsettled(topic, REDRIVE_GROUP, from, limit.clamp(1, DLQ_PAGE_MAX))
+    match broker.peek_unsettled(topic, REDRIVE_GROUP, from, limit.clamp(1, DLQ_PAGE_MAX)) {
+        // Nothing dead-lettered yet: the DLQ topic is made by the first dead
+        // letter. An empty list, not "unknown topic", for a topic that is the
+        // dead-letter topic of an existing one.
+        Err(Error::UnknownTopic { .. }) if is_dead_letter_topic_of_a_topic(broker, topic) => {
+            Ok(PeekPage::default())
+        }
+        r => r,
+    }
+}
+
+/// Whether `dlq` is where some existing topic's dead letters go.
+fn is_dead_letter_topic_of_a_topic(broker: &Broker, dlq: &str) -> bool {
+    broker.topics().iter().any(|t| {
+        t.config
+            .dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| wharf_core::name::dead_letter_topic(&t.name))
+            == dlq
+    })
 }
 
 /// The dead letter with message id `id`, if it is not yet replayed or purged.
@@ -233,6 +252,12 @@ mod tests {
         let broker = Broker::temporary().await.expect("broker");
         let err = dlq_page(&broker, "dlq.none", None, 10).expect_err("unknown topic");
         assert!(matches!(err, Error::UnknownTopic { .. }));
+        // A topic with nothing dead-lettered yet has an empty DLQ listing.
+        wharf_core::Backend::ensure_topic(&broker, "quiet")
+            .await
+            .expect("topic");
+        let page = dlq_page(&broker, "dlq.quiet", None, 10).expect("empty listing");
+        assert!(page.messages.is_empty() && page.next.is_none());
         let mut sub = broker
             .subscribe(
                 SubscribeOptions::new("jobs")
