@@ -65,7 +65,7 @@ struct PartState {
     floor: u64,
     next: u64,
     settled: BTreeSet<u64>,
-    pending: U64Map<Pending>,
+    pending: Window,
     ready: ReadyQueue,
     delayed: BTreeSet<(Instant, u64)>,
     leases: BTreeSet<(Instant, u64)>,
@@ -110,6 +110,174 @@ impl ReadyQueue {
     }
 }
 
+/// The pending messages of a partition by offset: logical slot `i` holds
+/// offset `base + i`, so read-ahead appends at the back and settling in
+/// order empties the front — no hashing, and an entry is written once and
+/// dropped in place (a `VecDeque` would move it out on every pop).
+///
+/// Offsets skipped by read-ahead (already settled, expired) leave empty
+/// slots. One message held for long while later ones settle would stretch
+/// the ring without bound, so entries further than [`Window::MAX_SPAN`]
+/// behind the newest move to a hash map (`stragglers`), which only such
+/// long-held messages ever use.
+#[derive(Debug, Default)]
+struct Window {
+    /// Offset of logical slot 0.
+    base: u64,
+    /// Physical index of logical slot 0.
+    head: usize,
+    /// Logical slots in use (from `base`).
+    span: usize,
+    /// The ring; its length is zero or a power of two.
+    ring: Vec<Option<Pending>>,
+    stragglers: U64Map<Pending>,
+    len: usize,
+}
+
+impl Window {
+    /// Most slots the ring spans.
+    const MAX_SPAN: usize = 16 * 1024;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The physical index of `offset`, if it lies within the ring's span.
+    fn index(&self, offset: u64) -> Option<usize> {
+        let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        (i < self.span).then(|| (self.head + i) & (self.ring.len() - 1))
+    }
+
+    fn get(&self, offset: u64) -> Option<&Pending> {
+        match self.index(offset) {
+            Some(i) => self.ring[i].as_ref(),
+            None => self.stragglers.get(&offset),
+        }
+    }
+
+    fn get_mut(&mut self, offset: u64) -> Option<&mut Pending> {
+        match self.index(offset) {
+            Some(i) => self.ring[i].as_mut(),
+            None => self.stragglers.get_mut(&offset),
+        }
+    }
+
+    fn contains_key(&self, offset: u64) -> bool {
+        self.get(offset).is_some()
+    }
+
+    /// Adds `p` at `offset`, which is not pending (read-ahead adds offsets
+    /// in increasing order, so this is a push at the back).
+    fn insert(&mut self, offset: u64, p: Pending) {
+        if self.span == 0 {
+            self.base = offset;
+            self.head = 0;
+        }
+        if offset < self.base {
+            // Not reached by read-ahead; kept correct all the same.
+            if self.stragglers.insert(offset, p).is_none() {
+                self.len += 1;
+            }
+            return;
+        }
+        let i = usize::try_from(offset - self.base).expect("window span fits usize");
+        if i >= self.span {
+            self.grow(i + 1);
+            self.span = i + 1;
+        }
+        let at = (self.head + i) & (self.ring.len() - 1);
+        let slot = &mut self.ring[at];
+        if slot.is_none() {
+            self.len += 1;
+        }
+        *slot = Some(p);
+        while self.span > Self::MAX_SPAN {
+            if let Some(old) = self.ring[self.head].take() {
+                self.stragglers.insert(self.base, old);
+            }
+            self.advance();
+        }
+        self.trim();
+    }
+
+    /// Makes the ring hold at least `span` slots.
+    fn grow(&mut self, span: usize) {
+        if span <= self.ring.len() {
+            return;
+        }
+        let cap = span.next_power_of_two().max(64);
+        let mut ring: Vec<Option<Pending>> = Vec::with_capacity(cap);
+        let mask = self.ring.len().wrapping_sub(1);
+        for k in 0..self.span {
+            ring.push(self.ring[(self.head + k) & mask].take());
+        }
+        ring.resize_with(cap, || None);
+        self.ring = ring;
+        self.head = 0;
+    }
+
+    fn advance(&mut self) {
+        self.head = (self.head + 1) & (self.ring.len() - 1);
+        self.base += 1;
+        self.span -= 1;
+    }
+
+    /// Removes the entry at `offset`; whether there was one.
+    fn remove(&mut self, offset: u64) -> bool {
+        match self.index(offset) {
+            Some(i) => {
+                if self.ring[i].is_none() {
+                    return false;
+                }
+                self.ring[i] = None;
+                self.trim();
+            }
+            None => {
+                if self.stragglers.remove(&offset).is_none() {
+                    return false;
+                }
+            }
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Drops empty slots at the front.
+    fn trim(&mut self) {
+        while self.span > 0 && self.ring[self.head].is_none() {
+            self.advance();
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(u64, &Pending) -> bool) {
+        for k in 0..self.span {
+            let at = (self.head + k) & (self.ring.len() - 1);
+            let offset = self.base + k as u64;
+            if self.ring[at].as_ref().is_some_and(|p| !keep(offset, p)) {
+                self.ring[at] = None;
+                self.len -= 1;
+            }
+        }
+        let before = self.stragglers.len();
+        self.stragglers.retain(|&o, p| keep(o, p));
+        self.len -= before - self.stragglers.len();
+        self.trim();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Pending)> {
+        (0..self.span)
+            .filter_map(move |k| {
+                let at = (self.head + k) & (self.ring.len() - 1);
+                self.ring[at].as_ref().map(|p| (self.base + k as u64, p))
+            })
+            .chain(self.stragglers.iter().map(|(&o, p)| (o, p)))
+    }
+}
+
 impl PartState {
     fn at(offset: u64) -> Self {
         PartState {
@@ -150,7 +318,7 @@ impl PartState {
 
     /// Removes `offset` from whichever index its state puts it in.
     fn unindex(&mut self, offset: u64) {
-        let Some(p) = self.pending.get(&offset) else {
+        let Some(p) = self.pending.get(offset) else {
             return;
         };
         match p.state {
@@ -170,7 +338,7 @@ impl PartState {
 
     fn set_state(&mut self, offset: u64, state: PState) {
         self.unindex(offset);
-        let Some(p) = self.pending.get_mut(&offset) else {
+        let Some(p) = self.pending.get_mut(offset) else {
             return;
         };
         match state {
@@ -376,7 +544,7 @@ impl GroupTopic {
                     break;
                 }
                 part.leases.pop_first();
-                if let Some(p) = part.pending.get_mut(&off) {
+                if let Some(p) = part.pending.get_mut(off) {
                     p.state = PState::Ready;
                 }
                 if let Some(dl) = fail(
@@ -400,7 +568,7 @@ impl GroupTopic {
                     break;
                 }
                 part.delayed.pop_first();
-                if let Some(p) = part.pending.get_mut(&off) {
+                if let Some(p) = part.pending.get_mut(off) {
                     p.state = PState::Ready;
                     part.ready.push(p.priority, off);
                 }
@@ -413,7 +581,7 @@ impl GroupTopic {
                 let Some(off) = part.ready.pop() else {
                     break;
                 };
-                let Some(p) = part.pending.get_mut(&off) else {
+                let Some(p) = part.pending.get_mut(off) else {
                     continue;
                 };
                 if !matches!(p.state, PState::Ready) {
@@ -426,7 +594,7 @@ impl GroupTopic {
                         Some(m) => m,
                         None => {
                             // Retention removed it meanwhile.
-                            part.pending.remove(&off);
+                            part.pending.remove(off);
                             part.mark_settled(off);
                             changed = true;
                             continue;
@@ -481,13 +649,13 @@ impl GroupTopic {
             // Acks return above through `ack`; this arm is not reached.
             Settlement::Ack => {
                 part.unindex(offset);
-                part.pending.remove(&offset);
+                part.pending.remove(offset);
                 part.mark_settled(offset);
                 None
             }
             Settlement::Nack { delay } => {
                 part.unindex(offset);
-                if let Some(p) = part.pending.get_mut(&offset) {
+                if let Some(p) = part.pending.get_mut(offset) {
                     p.state = PState::Ready;
                 }
                 let dl = fail(
@@ -509,7 +677,7 @@ impl GroupTopic {
             Settlement::Reject { reason } => {
                 part.unindex(offset);
                 let now_ms = clock.now_ms();
-                let p = part.pending.get_mut(&offset).expect("checked above");
+                let p = part.pending.get_mut(offset).expect("checked above");
                 p.first_failure_ms.get_or_insert(now_ms);
                 p.last_failure_ms = Some(now_ms);
                 p.state = PState::Ready; // so a failed dead-lettering leaves it ready
@@ -570,9 +738,9 @@ impl GroupTopic {
         if offset < part.floor || part.settled.contains(&offset) {
             return false;
         }
-        if part.pending.contains_key(&offset) {
+        if part.pending.contains_key(offset) {
             part.unindex(offset);
-            part.pending.remove(&offset);
+            part.pending.remove(offset);
         } else if offset >= part.next && offset == part.floor {
             // Not read yet and next in line: the floor passes it, and reading
             // resumes after it.
@@ -590,13 +758,13 @@ impl GroupTopic {
         let mut st = self.lock();
         if let Some(part) = st.parts.get_mut(partition as usize) {
             if matches!(
-                part.pending.get(&offset),
+                part.pending.get(offset),
                 Some(Pending {
                     state: PState::Dead,
                     ..
                 })
             ) {
-                part.pending.remove(&offset);
+                part.pending.remove(offset);
                 part.mark_settled(offset);
             }
         }
@@ -608,7 +776,7 @@ impl GroupTopic {
         let mut st = self.lock();
         if let Some(part) = st.parts.get_mut(partition as usize) {
             if matches!(
-                part.pending.get(&offset),
+                part.pending.get(offset),
                 Some(Pending {
                     state: PState::Dead,
                     ..
@@ -685,7 +853,7 @@ fn snapshot(st: &GtState, clock: &Clock) -> Vec<(u32, Cursor)> {
             let mut delayed: Vec<(u64, u64, u32)> = p
                 .pending
                 .iter()
-                .filter_map(|(&o, x)| match x.state {
+                .filter_map(|(o, x)| match x.state {
                     PState::Delayed(at) => Some((o, clock.ms_at(at), x.attempts)),
                     _ => None,
                 })
@@ -714,7 +882,7 @@ fn leased(
         .parts
         .get_mut(partition as usize)
         .ok_or_else(|| unknown(lease))?;
-    match part.pending.get(&offset) {
+    match part.pending.get(offset) {
         Some(Pending {
             state: PState::Leased { lease: l, .. },
             ..
@@ -723,23 +891,23 @@ fn leased(
     }
 }
 
-/// Acknowledges a message leased under `lease`: one hash lookup checks the
-/// lease on the entry and removes it.
+/// Acknowledges a message leased under `lease`.
 fn ack(st: &mut GtState, partition: u32, offset: u64, lease: u64) -> Result<(), Error> {
     let part = st
         .parts
         .get_mut(partition as usize)
         .ok_or_else(|| unknown(lease))?;
-    let std::collections::hash_map::Entry::Occupied(e) = part.pending.entry(offset) else {
-        return Err(unknown(lease));
-    };
-    let PState::Leased { lease: l, deadline } = e.get().state else {
+    let Some(&Pending {
+        state: PState::Leased { lease: l, deadline },
+        ..
+    }) = part.pending.get(offset)
+    else {
         return Err(unknown(lease));
     };
     if l != lease {
         return Err(unknown(lease));
     }
-    e.remove();
+    part.pending.remove(offset);
     if let Some(d) = deadline {
         part.leases.remove(&(d, offset));
     }
@@ -769,7 +937,7 @@ fn fail(
     partition: u32,
 ) -> Option<DeadLetter> {
     let now_ms = clock.now_ms();
-    let p = part.pending.get_mut(&offset)?;
+    let p = part.pending.get_mut(offset)?;
     p.first_failure_ms.get_or_insert(now_ms);
     p.last_failure_ms = Some(now_ms);
     if policy.max_deliveries.is_some_and(|max| p.attempts >= max) {
@@ -801,13 +969,13 @@ fn dead_letter(
     group: &str,
     partition: u32,
 ) -> Option<DeadLetter> {
-    let p = part.pending.get_mut(&offset)?;
+    let p = part.pending.get_mut(offset)?;
     let mut msg = match p.msg.clone() {
         Some(m) => m,
         None => match reload(log, offset) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                part.pending.remove(&offset);
+                part.pending.remove(offset);
                 part.mark_settled(offset);
                 return None;
             }
@@ -818,7 +986,7 @@ fn dead_letter(
             }
         },
     };
-    let p = part.pending.get_mut(&offset)?;
+    let p = part.pending.get_mut(offset)?;
     p.state = PState::Dead;
     let last = p.last_failure_ms.unwrap_or(0);
     wharf_core::DeadLetter {
@@ -891,7 +1059,7 @@ fn fill(
     let start = log.start_offset();
     if part.next < start {
         // Retention removed messages the group had not settled: skip them.
-        part.pending.retain(|&o, _| o >= start);
+        part.pending.retain(|o, _| o >= start);
         part.ready.retain(|o| o >= start);
         part.delayed.retain(|&(_, o)| o >= start);
         part.leases.retain(|&(_, o)| o >= start);
@@ -1038,6 +1206,80 @@ mod tests {
                 assert_eq!(q.pop(), Some(o));
             }
             assert_eq!(q.pop(), None);
+        }
+    }
+
+    fn pending_at(attempts: u32) -> Pending {
+        Pending {
+            msg: None,
+            priority: 0,
+            attempts,
+            state: PState::Ready,
+            first_failure_ms: None,
+            last_failure_ms: None,
+        }
+    }
+
+    /// The offset window must behave as the map it replaced, including
+    /// entries left far behind (stragglers) and gaps left by read-ahead.
+    #[test]
+    fn pending_window_matches_a_map_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..50 {
+            let mut w = Window::default();
+            let mut model: std::collections::BTreeMap<u64, u32> = Default::default();
+            let mut next = rand() % 1000;
+            for _ in 0..(3 * Window::MAX_SPAN) {
+                match rand() % 8 {
+                    0..=3 => {
+                        next += 1 + rand() % 3;
+                        let a = (rand() % 100) as u32;
+                        w.insert(next, pending_at(a));
+                        model.insert(next, a);
+                    }
+                    4 | 5 => {
+                        // Settle the oldest most of the time, else any.
+                        let off = if rand() % 4 != 0 {
+                            model.keys().next().copied()
+                        } else {
+                            let k: Vec<u64> = model.keys().copied().collect();
+                            (!k.is_empty()).then(|| k[(rand() % k.len() as u64) as usize])
+                        };
+                        if let Some(off) = off {
+                            assert!(w.remove(off));
+                            model.remove(&off);
+                            assert!(!w.remove(off));
+                        }
+                    }
+                    6 => {
+                        let off = next.saturating_sub(rand() % 64);
+                        assert_eq!(w.get(off).map(|p| p.attempts), model.get(&off).copied());
+                        if let Some(p) = w.get_mut(off) {
+                            p.attempts += 1;
+                            *model.get_mut(&off).unwrap() += 1;
+                        }
+                    }
+                    _ => {
+                        if rand() % 64 == 0 {
+                            let cut = next.saturating_sub(rand() % 128);
+                            w.retain(|o, _| o >= cut);
+                            model.retain(|&o, _| o >= cut);
+                        }
+                    }
+                }
+                assert_eq!(w.len(), model.len());
+                assert!(w.span <= Window::MAX_SPAN);
+            }
+            let mut got: Vec<(u64, u32)> = w.iter().map(|(o, p)| (o, p.attempts)).collect();
+            got.sort_unstable();
+            let want: Vec<(u64, u32)> = model.into_iter().collect();
+            assert_eq!(got, want);
         }
     }
 }

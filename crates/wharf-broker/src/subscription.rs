@@ -18,7 +18,7 @@ use wharf_core::{
     Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement, TopicPattern,
 };
 
-use crate::group::{DeadLetter, GroupTopic, Policy, Taken, U64Map};
+use crate::group::{DeadLetter, GroupTopic, Policy, Taken};
 use crate::Inner;
 
 /// Most messages taken from a binding per lock acquisition.
@@ -78,8 +78,70 @@ struct LeaseRef {
 /// lease costs no reference counting of its group and policy.
 #[derive(Default)]
 struct Leases {
-    map: U64Map<LeaseRef>,
+    map: LeaseTable,
     bindings: Vec<(Arc<GroupTopic>, Arc<Policy>)>,
+}
+
+/// Lease ids → what they stand for, in increasing lease order. Lease ids
+/// come from one broker-wide counter and a subscription takes them in
+/// order, so adding one is a push at the back, and acknowledging in
+/// delivery order pops the front; any other lookup is a binary search.
+/// Settled entries out of order become holes, compacted away once they
+/// outnumber the live ones (so a delivery held for long costs no more than
+/// the live ones around it).
+#[derive(Default)]
+struct LeaseTable {
+    entries: VecDeque<(u64, Option<LeaseRef>)>,
+    live: usize,
+}
+
+impl LeaseTable {
+    fn insert(&mut self, lease: u64, r: LeaseRef) {
+        match self.entries.back() {
+            Some(&(last, _)) if last >= lease => {
+                // Not reached (ids increase); kept correct all the same.
+                match self.entries.binary_search_by_key(&lease, |e| e.0) {
+                    Ok(i) => {
+                        if self.entries[i].1.replace(r).is_none() {
+                            self.live += 1;
+                        }
+                    }
+                    Err(i) => {
+                        self.entries.insert(i, (lease, Some(r)));
+                        self.live += 1;
+                    }
+                }
+            }
+            _ => {
+                self.entries.push_back((lease, Some(r)));
+                self.live += 1;
+            }
+        }
+    }
+
+    fn position(&self, lease: u64) -> Option<usize> {
+        match self.entries.front() {
+            Some(&(first, _)) if first == lease => Some(0),
+            _ => self.entries.binary_search_by_key(&lease, |e| e.0).ok(),
+        }
+    }
+
+    fn get(&self, lease: u64) -> Option<&LeaseRef> {
+        self.entries[self.position(lease)?].1.as_ref()
+    }
+
+    fn remove(&mut self, lease: u64) -> Option<LeaseRef> {
+        let i = self.position(lease)?;
+        let r = self.entries[i].1.take()?;
+        self.live -= 1;
+        while let Some((_, None)) = self.entries.front() {
+            self.entries.pop_front();
+        }
+        if self.entries.len() > 2 * self.live + 64 {
+            self.entries.retain(|e| e.1.is_some());
+        }
+        Some(r)
+    }
 }
 
 impl Leases {
@@ -121,7 +183,7 @@ impl SubAcker {
     fn remove(&self, lease: u64) -> Option<Held> {
         let r = {
             let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-            leases.map.remove(&lease).map(|r| {
+            leases.map.remove(lease).map(|r| {
                 let (gt, policy) = &leases.bindings[r.binding as usize];
                 Held {
                     gt: gt.clone(),
@@ -179,7 +241,7 @@ impl Acker for SubAcker {
             let leases = &mut *leases;
             let mut last: Option<(u32, usize)> = None;
             for &token in tokens {
-                let Some(r) = leases.map.remove(&token) else {
+                let Some(r) = leases.map.remove(token) else {
                     failed.push((
                         token,
                         Error::UnknownDelivery {
@@ -223,7 +285,7 @@ impl Acker for SubAcker {
             let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
             let r = leases
                 .map
-                .get(&token)
+                .get(token)
                 .ok_or_else(|| Error::UnknownDelivery {
                     id: token.to_string(),
                 })?;
