@@ -41,27 +41,36 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
 /// # Errors
 /// [`Error::InvalidArgument`] for an id that is not 16 bytes.
 pub fn message_from_proto(p: v1::Message) -> Result<Message, Error> {
-    let id = if p.id.is_empty() {
-        MessageId::new()
-    } else {
-        let bytes: [u8; 16] =
-            p.id.as_ref()
-                .try_into()
-                .map_err(|_| Error::InvalidArgument {
-                    name: "id",
-                    reason: format!("must be 16 bytes, got {}", p.id.len()),
-                })?;
-        MessageId::from_bytes(bytes)
-    };
-    let timestamp = if p.timestamp_ms == 0 {
-        Timestamp::now()
-    } else {
-        Timestamp::from_millis(p.timestamp_ms)
-    };
+    let id = id_from_wire(&p.id)?;
+    let timestamp = timestamp_from_wire(p.timestamp_ms);
     let headers: Headers = p.headers.into_iter().map(|h| (h.name, h.value)).collect();
     Ok(Message::from_parts(
         id, p.key, headers, p.payload, timestamp,
     ))
+}
+
+/// A message id from its wire form: empty means "assign one".
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an id that is neither empty nor 16 bytes.
+pub(crate) fn id_from_wire(id: &[u8]) -> Result<MessageId, Error> {
+    if id.is_empty() {
+        return Ok(MessageId::new());
+    }
+    let bytes: [u8; 16] = id.try_into().map_err(|_| Error::InvalidArgument {
+        name: "id",
+        reason: format!("must be 16 bytes, got {}", id.len()),
+    })?;
+    Ok(MessageId::from_bytes(bytes))
+}
+
+/// A message timestamp from its wire form: 0 means "now".
+pub(crate) fn timestamp_from_wire(ms: u64) -> Timestamp {
+    if ms == 0 {
+        Timestamp::now()
+    } else {
+        Timestamp::from_millis(ms)
+    }
 }
 
 /// The protobuf form of a receipt.

@@ -1,14 +1,19 @@
-//! The publish request encoded straight from `wharf-core` messages, and the
-//! receipts read back from either form of `PublishResponse`. The client
-//! sends [`PublishBatch`] instead of a `v1::PublishRequest` so that a batch
-//! costs no `v1::Message` (and no copy of each id into a buffer of its own)
-//! per message; the bytes on the wire are those of a `v1::PublishRequest`.
+//! The publish request encoded straight from `wharf-core` messages, decoded
+//! straight back into them, and the receipts read back from either form of
+//! `PublishResponse`. The client sends [`PublishBatch`] instead of a
+//! `v1::PublishRequest` so that a batch costs no `v1::Message` (and no copy
+//! of each id into a buffer of its own) per message; the server reads the
+//! same bytes with [`decode_publish`] into [`DecodedPublish`], whose payloads
+//! and keys are slices of the request buffer.
 
-use bytes::BufMut;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-use wharf_core::{Error, Message, MessageId, Receipt};
+use bytes::{BufMut, Bytes};
+use prost::encoding::{
+    decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, skip_field,
+    DecodeContext, WireType,
+};
+use wharf_core::{Error, Headers, Message, MessageId, Receipt};
 
-use crate::convert::receipt_from_proto;
+use crate::convert::{id_from_wire, message_from_proto, receipt_from_proto, timestamp_from_wire};
 use crate::v1;
 
 /// A `v1::PublishRequest` that owns `wharf-core` messages and encodes them
@@ -138,6 +143,265 @@ impl prost::Message for PublishBatch {
     }
 }
 
+/// A `v1::PublishRequest` decoded into `wharf-core` messages (the server's
+/// side of [`PublishBatch`]).
+#[derive(Debug)]
+pub struct DecodedPublish {
+    /// The topic.
+    pub topic: String,
+    /// The client asked for the compact `PublishResponse`.
+    pub compact_receipts: bool,
+    /// Every message carried its own id (so a compact response, which names
+    /// no ids, is enough for the client).
+    pub all_ids: bool,
+    /// The messages in order, or the error of the first message that is
+    /// well-formed protobuf but not a valid message (an id that is not 16
+    /// bytes). Kept apart from malformed protobuf, which fails the decode,
+    /// so the server can report it after checking the caller's rights, as
+    /// for any other bad input.
+    pub messages: Result<Vec<Message>, Error>,
+}
+
+impl DecodedPublish {
+    /// The same request from its generated form (for callers that already
+    /// decoded one with prost).
+    pub fn from_proto(req: v1::PublishRequest) -> Self {
+        let all_ids = req.messages.iter().all(|m| !m.id.is_empty());
+        DecodedPublish {
+            topic: req.topic,
+            compact_receipts: req.compact_receipts,
+            all_ids,
+            messages: req.messages.into_iter().map(message_from_proto).collect(),
+        }
+    }
+}
+
+/// Why a publish request is not valid protobuf for `v1::PublishRequest`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MalformedPublish {
+    /// A varint, key or skipped field that prost rejects.
+    Protobuf(prost::DecodeError),
+    /// A length-delimited field longer than what is left of its message.
+    Truncated {
+        /// The field (`message`, `id`, `header.name`, …).
+        field: &'static str,
+    },
+    /// A known field sent with another wire type than the schema's.
+    WireType {
+        /// The field.
+        field: &'static str,
+        /// The wire type received.
+        got: WireType,
+    },
+    /// A string field that is not UTF-8.
+    Utf8 {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+impl std::fmt::Display for MalformedPublish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MalformedPublish::Protobuf(e) => write!(f, "{e}"),
+            MalformedPublish::Truncated { field } => {
+                write!(
+                    f,
+                    "PublishRequest.{field}: length past the end of the buffer"
+                )
+            }
+            MalformedPublish::WireType { field, got } => {
+                write!(f, "PublishRequest.{field}: unexpected wire type {got:?}")
+            }
+            MalformedPublish::Utf8 { field } => {
+                write!(f, "PublishRequest.{field}: string is not UTF-8")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MalformedPublish {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MalformedPublish::Protobuf(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<prost::DecodeError> for MalformedPublish {
+    fn from(e: prost::DecodeError) -> Self {
+        MalformedPublish::Protobuf(e)
+    }
+}
+
+fn want(got: WireType, expected: WireType, field: &'static str) -> Result<(), MalformedPublish> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(MalformedPublish::WireType { field, got })
+    }
+}
+
+/// The body of a length-delimited field (its length prefix is next in `cur`).
+fn take<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], MalformedPublish> {
+    let len = decode_varint(cur)?;
+    if len > cur.len() as u64 {
+        return Err(MalformedPublish::Truncated { field });
+    }
+    let (body, rest) = cur.split_at(len as usize);
+    *cur = rest;
+    Ok(body)
+}
+
+fn utf8(b: &[u8], field: &'static str) -> Result<String, MalformedPublish> {
+    std::str::from_utf8(b)
+        .map(str::to_owned)
+        .map_err(|_| MalformedPublish::Utf8 { field })
+}
+
+fn decode_header(mut cur: &[u8]) -> Result<(String, String), MalformedPublish> {
+    let (mut name, mut value) = (String::new(), String::new());
+    while !cur.is_empty() {
+        let (tag, wt) = decode_key(&mut cur)?;
+        match tag {
+            1 => {
+                want(wt, WireType::LengthDelimited, "header.name")?;
+                name = utf8(take(&mut cur, "header.name")?, "header.name")?;
+            }
+            2 => {
+                want(wt, WireType::LengthDelimited, "header.value")?;
+                value = utf8(take(&mut cur, "header.value")?, "header.value")?;
+            }
+            _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// One `v1::Message` from `body` (a slice of `data`): `Err` for malformed
+/// protobuf, `Ok(Err)` for a well-formed message with an invalid id.
+fn decode_message(
+    data: &Bytes,
+    mut cur: &[u8],
+    all_ids: &mut bool,
+) -> Result<Result<Message, Error>, MalformedPublish> {
+    let mut id: &[u8] = &[];
+    let mut key = None;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut payload: &[u8] = &[];
+    let mut ts = 0;
+    while !cur.is_empty() {
+        let (tag, wt) = decode_key(&mut cur)?;
+        match tag {
+            1 => {
+                want(wt, WireType::LengthDelimited, "message.id")?;
+                id = take(&mut cur, "message.id")?;
+            }
+            2 => {
+                want(wt, WireType::LengthDelimited, "message.key")?;
+                key = Some(take(&mut cur, "message.key")?);
+            }
+            3 => {
+                want(wt, WireType::LengthDelimited, "message.headers")?;
+                headers.push(decode_header(take(&mut cur, "message.headers")?)?);
+            }
+            4 => {
+                want(wt, WireType::LengthDelimited, "message.payload")?;
+                payload = take(&mut cur, "message.payload")?;
+            }
+            5 => {
+                want(wt, WireType::Varint, "message.timestamp_ms")?;
+                ts = decode_varint(&mut cur)?;
+            }
+            _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
+        }
+    }
+    *all_ids &= !id.is_empty();
+    let id = match id_from_wire(id) {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    let headers: Headers = if headers.is_empty() {
+        Headers::new()
+    } else {
+        headers.into_iter().collect()
+    };
+    Ok(Ok(Message::from_parts(
+        id,
+        key.map(|k| data.slice_ref(k)),
+        headers,
+        data.slice_ref(payload),
+        timestamp_from_wire(ts),
+    )))
+}
+
+/// How many `messages` fields `data` holds, for the vector's capacity (a
+/// malformed buffer is reported by the decode itself, so this only stops).
+fn count_messages(mut cur: &[u8]) -> usize {
+    let mut n = 0;
+    while let Ok((tag, wt)) = decode_key(&mut cur) {
+        if tag == 2 && wt == WireType::LengthDelimited {
+            n += 1;
+        }
+        if skip_field(wt, tag, &mut cur, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    n
+}
+
+/// Decodes the bytes of a `v1::PublishRequest` straight into `wharf-core`
+/// messages, with the same results as prost's decode followed by
+/// [`message_from_proto`] for each message: unknown fields are skipped, a
+/// repeated scalar field keeps its last value, an empty id gets a fresh one
+/// and a zero timestamp the current time. Keys and payloads are slices of
+/// `data` (no copy); ids are read in place.
+///
+/// # Errors
+/// [`MalformedPublish`] when `data` is not a valid `v1::PublishRequest`.
+/// A message with an id that is neither empty nor 16 bytes is not an error
+/// of the decode: it is the `Err` of [`DecodedPublish::messages`].
+pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> {
+    let mut cur: &[u8] = data;
+    let mut topic = String::new();
+    let mut compact_receipts = false;
+    let mut all_ids = true;
+    let mut messages: Result<Vec<Message>, Error> = Ok(Vec::with_capacity(count_messages(cur)));
+    while !cur.is_empty() {
+        let (tag, wt) = decode_key(&mut cur)?;
+        match tag {
+            1 => {
+                want(wt, WireType::LengthDelimited, "topic")?;
+                topic = utf8(take(&mut cur, "topic")?, "topic")?;
+            }
+            2 => {
+                want(wt, WireType::LengthDelimited, "messages")?;
+                let body = take(&mut cur, "messages")?;
+                let m = decode_message(data, body, &mut all_ids)?;
+                if let Ok(out) = &mut messages {
+                    match m {
+                        Ok(m) => out.push(m),
+                        Err(e) => messages = Err(e),
+                    }
+                }
+            }
+            3 => {
+                want(wt, WireType::Varint, "compact_receipts")?;
+                compact_receipts = decode_varint(&mut cur)? != 0;
+            }
+            _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
+        }
+    }
+    Ok(DecodedPublish {
+        topic,
+        compact_receipts,
+        all_ids,
+        messages,
+    })
+}
+
 fn malformed(what: &str) -> Error {
     Error::Backend {
         backend: "remote",
@@ -236,6 +500,189 @@ mod tests {
             .map(|m| message_from_proto(m).expect("valid"))
             .collect();
         assert_eq!(back, messages);
+    }
+
+    fn generated(req: &v1::PublishRequest) -> Vec<u8> {
+        req.encode_to_vec()
+    }
+
+    #[test]
+    fn decode_publish_reads_what_the_client_encodes() {
+        let messages = vec![
+            Message::builder()
+                .key("k")
+                .header("a", "1")
+                .header("a", "2")
+                .header("empty", "")
+                .payload("hello")
+                .timestamp(Timestamp::from_millis(42))
+                .build(),
+            Message::new(""),
+            Message::builder().key("").payload(vec![7u8; 300]).build(),
+        ];
+        let batch = PublishBatch {
+            topic: "orders".into(),
+            messages: messages.clone(),
+            compact_receipts: true,
+        };
+        let d = decode_publish(&Bytes::from(batch.encode_to_vec())).expect("well-formed");
+        assert_eq!(d.topic, "orders");
+        assert!(d.compact_receipts);
+        assert!(d.all_ids);
+        assert_eq!(d.messages.expect("valid ids"), messages);
+    }
+
+    #[test]
+    fn decode_publish_fills_in_missing_ids_and_timestamps_like_the_generated_path() {
+        let req = v1::PublishRequest {
+            topic: "t".into(),
+            messages: vec![v1::Message {
+                payload: Bytes::from_static(b"p"),
+                ..Default::default()
+            }],
+            compact_receipts: true,
+        };
+        let d = decode_publish(&Bytes::from(generated(&req))).expect("well-formed");
+        assert!(
+            !d.all_ids,
+            "a message without id: the compact answer is not enough"
+        );
+        let m = d.messages.expect("an empty id gets a fresh one");
+        assert_eq!(m.len(), 1);
+        assert_ne!(m[0].timestamp().as_millis(), 0);
+        assert_eq!(m[0].payload(), &Bytes::from_static(b"p"));
+    }
+
+    #[test]
+    fn decode_publish_reports_a_short_id_as_invalid_argument_not_malformed() {
+        let req = v1::PublishRequest {
+            topic: "t".into(),
+            messages: vec![v1::Message {
+                id: Bytes::from_static(b"short"),
+                ..Default::default()
+            }],
+            compact_receipts: false,
+        };
+        let d = decode_publish(&Bytes::from(generated(&req))).expect("well-formed protobuf");
+        assert!(matches!(
+            d.messages,
+            Err(Error::InvalidArgument { name: "id", .. })
+        ));
+    }
+
+    #[test]
+    fn decode_publish_rejects_malformed_protobuf() {
+        // messages field claiming more bytes than there are
+        assert!(matches!(
+            decode_publish(&Bytes::from_static(&[0x12, 0x05, 0x0a])),
+            Err(MalformedPublish::Truncated { field: "messages" })
+        ));
+        // topic sent as a varint
+        assert!(matches!(
+            decode_publish(&Bytes::from_static(&[0x08, 0x01])),
+            Err(MalformedPublish::WireType { field: "topic", .. })
+        ));
+        // a header name that is not UTF-8
+        let bad = [0x12, 0x06, 0x1a, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+        assert!(matches!(
+            decode_publish(&Bytes::copy_from_slice(&bad)),
+            Err(MalformedPublish::Utf8 {
+                field: "header.name"
+            })
+        ));
+        // field number 0
+        assert!(matches!(
+            decode_publish(&Bytes::from_static(&[0x00])),
+            Err(MalformedPublish::Protobuf(_))
+        ));
+    }
+
+    /// Seeded mutations of valid requests (bytes flipped, truncated, fields
+    /// appended): the direct decoder accepts exactly what prost accepts, and
+    /// reads the same messages.
+    #[test]
+    fn decode_publish_agrees_with_prost_on_mutated_requests() {
+        let req = v1::PublishRequest {
+            topic: "orders.created".into(),
+            messages: vec![
+                v1::Message {
+                    id: Bytes::copy_from_slice(&MessageId::new().to_bytes()),
+                    key: Some(Bytes::from_static(b"key")),
+                    headers: vec![
+                        v1::Header {
+                            name: "h".into(),
+                            value: "v".into(),
+                        },
+                        v1::Header {
+                            name: "h".into(),
+                            value: "w".into(),
+                        },
+                    ],
+                    payload: Bytes::from_static(b"payload bytes"),
+                    timestamp_ms: 1_700_000_000_000,
+                },
+                v1::Message {
+                    id: Bytes::copy_from_slice(&MessageId::new().to_bytes()),
+                    payload: Bytes::from(vec![1u8; 200]),
+                    timestamp_ms: 5,
+                    ..Default::default()
+                },
+            ],
+            compact_receipts: true,
+        };
+        let valid = generated(&req);
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut data = valid.clone();
+            for _ in 0..1 + next() % 3 {
+                match next() % 4 {
+                    0 => {
+                        let i = (next() % data.len() as u64) as usize;
+                        data[i] = next() as u8;
+                    }
+                    1 => data.truncate((next() % data.len() as u64) as usize),
+                    2 => data.extend_from_slice(&next().to_le_bytes()[..(next() % 9) as usize]),
+                    _ => {
+                        let i = (next() % data.len() as u64) as usize;
+                        data[i] ^= 1 << (next() % 8);
+                    }
+                }
+                if data.is_empty() {
+                    break;
+                }
+            }
+            let direct = decode_publish(&Bytes::from(data.clone()));
+            let via_prost = v1::PublishRequest::decode(&data[..]);
+            assert_eq!(direct.is_ok(), via_prost.is_ok(), "input {data:02x?}");
+            let (Ok(direct), Ok(p)) = (direct, via_prost) else {
+                continue;
+            };
+            accepted += 1;
+            let p = DecodedPublish::from_proto(p);
+            assert_eq!(direct.topic, p.topic);
+            assert_eq!(direct.compact_receipts, p.compact_receipts);
+            assert_eq!(direct.all_ids, p.all_ids);
+            match (direct.messages, p.messages) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.len(), b.len());
+                    for (a, b) in a.iter().zip(&b) {
+                        assert_eq!(a.key(), b.key());
+                        assert_eq!(a.headers(), b.headers());
+                        assert_eq!(a.payload(), b.payload());
+                    }
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("direct {a:?} vs prost {b:?} for {data:02x?}"),
+            }
+        }
+        assert!(accepted > 100, "the mutations kept some inputs valid");
     }
 
     #[test]

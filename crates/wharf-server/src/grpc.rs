@@ -5,6 +5,7 @@
 //! unsettled deliveries are dropped and the broker redelivers them.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +19,9 @@ use wharf_core::{
     AckBatch, Backend, Delivery, Error, GroupMode, MessageId, Publisher, Settlement, StartPosition,
     SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
-use wharf_proto::convert::{
-    error_to_proto, message_from_proto, message_to_proto, receipt_to_proto, status_for,
-};
-use wharf_proto::publish::compact_response;
+use wharf_proto::codec::PublishCodec;
+use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
+use wharf_proto::publish::{compact_response, DecodedPublish};
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
@@ -33,16 +33,24 @@ use crate::{telemetry, Shared};
 /// The gRPC routes (service plus reflection), to merge into the HTTP router.
 pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
     let max = shared.config.max_request_bytes;
-    let svc = WharfServer::new(Service { shared })
+    let service = Arc::new(Service { shared });
+    let svc = WharfServer::from_arc(service.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(wharf_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
-    tonic::service::Routes::new(svc)
-        .add_service(reflection)
-        .into_axum_router()
+    // `Publish` has a route of its own (a static path wins over the
+    // service's `/wharf.v1.Wharf/{*rest}`), so its request is decoded
+    // straight into core messages rather than into generated structs first.
+    axum::Router::new()
+        .route_service(PUBLISH_PATH, PublishRoute { service, max })
+        .merge(
+            tonic::service::Routes::new(svc)
+                .add_service(reflection)
+                .into_axum_router(),
+        )
         .layer(axum::middleware::map_response(
             too_large_is_resource_exhausted,
         ))
@@ -112,6 +120,101 @@ impl Service {
             .into_iter()
             .find(|t| t.name == name)
             .ok_or_else(|| status_for(&Error::UnknownTopic { topic: name.into() }))
+    }
+}
+
+const PUBLISH_PATH: &str = "/wharf.v1.Wharf/Publish";
+
+impl Service {
+    /// `Publish`, whichever way the request was decoded: rights first, then
+    /// the messages (an invalid id is bad input), then one broker publish.
+    async fn publish_decoded(
+        &self,
+        req: Request<DecodedPublish>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        self.check(&req, Right::Publish, &req.get_ref().topic)?;
+        let started = Instant::now();
+        let DecodedPublish {
+            topic,
+            compact_receipts,
+            all_ids,
+            messages,
+        } = req.into_inner();
+        // The compact answer names no ids, so only when the client sent them all.
+        let compact = compact_receipts && all_ids;
+        let msgs = messages.map_err(|e| status_for(&e))?;
+        let n = msgs.len();
+        let bytes: usize = msgs.iter().map(wharf_core::Message::size).sum();
+        let receipts = self
+            .shared
+            .broker
+            .publish_batch(&topic, msgs)
+            .await
+            .map_err(|e| status_for(&e))?;
+        telemetry::published(&topic, "grpc", n, bytes, started.elapsed());
+        let compact = if compact {
+            compact_response(&receipts)
+        } else {
+            None
+        };
+        Ok(Response::new(compact.unwrap_or_else(|| {
+            v1::PublishResponse {
+                receipts: receipts.iter().map(receipt_to_proto).collect(),
+                ..Default::default()
+            }
+        })))
+    }
+}
+
+/// The `Publish` route: tonic's unary handling (framing, size limit,
+/// status trailers) with [`PublishCodec`].
+#[derive(Clone)]
+struct PublishRoute {
+    service: Arc<Service>,
+    max: usize,
+}
+
+type RouteFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<axum::http::Response<tonic::body::Body>, Infallible>,
+            > + Send,
+    >,
+>;
+
+impl tonic::codegen::Service<axum::http::Request<axum::body::Body>> for PublishRoute {
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<axum::body::Body>) -> RouteFuture {
+        let (service, max) = (self.service.clone(), self.max);
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(PublishCodec)
+                .apply_max_message_size_config(Some(max), Some(usize::MAX));
+            Ok(grpc.unary(PublishCall(service), req).await)
+        })
+    }
+}
+
+struct PublishCall(Arc<Service>);
+
+impl tonic::server::UnaryService<DecodedPublish> for PublishCall {
+    type Response = v1::PublishResponse;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<Response<v1::PublishResponse>, Status>> + Send>,
+    >;
+
+    fn call(&mut self, req: Request<DecodedPublish>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.publish_decoded(req).await })
     }
 }
 
@@ -203,38 +306,8 @@ impl Wharf for Service {
         &self,
         req: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
-        let topic = req.get_ref().topic.clone();
-        self.check(&req, Right::Publish, &topic)?;
-        let started = Instant::now();
-        let req = req.into_inner();
-        // The compact answer names no ids, so only when the client sent them all.
-        let compact = req.compact_receipts && req.messages.iter().all(|m| !m.id.is_empty());
-        let msgs = req
-            .messages
-            .into_iter()
-            .map(message_from_proto)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| status_for(&e))?;
-        let n = msgs.len();
-        let bytes: usize = msgs.iter().map(wharf_core::Message::size).sum();
-        let receipts = self
-            .shared
-            .broker
-            .publish_batch(&topic, msgs)
+        self.publish_decoded(req.map(DecodedPublish::from_proto))
             .await
-            .map_err(|e| status_for(&e))?;
-        telemetry::published(&topic, "grpc", n, bytes, started.elapsed());
-        let compact = if compact {
-            compact_response(&receipts)
-        } else {
-            None
-        };
-        Ok(Response::new(compact.unwrap_or_else(|| {
-            v1::PublishResponse {
-                receipts: receipts.iter().map(receipt_to_proto).collect(),
-                ..Default::default()
-            }
-        })))
     }
 
     type ConsumeStream = ConsumeStream;

@@ -598,6 +598,12 @@ pub fn fuzz_decode_http(data: &[u8]) -> usize {
             .filter(Result::is_ok)
             .count();
     }
+    // The gRPC server's own publish decoder, which skips prost's structs.
+    let direct = wharf_proto::publish::decode_publish(&bytes::Bytes::copy_from_slice(data));
+    ok += direct
+        .ok()
+        .and_then(|p| p.messages.ok())
+        .map_or(0, |m| m.len());
     ok += usize::from(decode::<v1::ConsumeRequest>(data).is_ok());
     ok += usize::from(decode::<v1::CreateTopicRequest>(data).is_ok());
     ok += usize::from(decode::<v1::DlqReplayRequest>(data).is_ok());
