@@ -22,7 +22,7 @@ async fn next_text(sub: &mut wharf_core::Subscription) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_messages_reach_every_group_when_due_and_expired_ones_never_do() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;

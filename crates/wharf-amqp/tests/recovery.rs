@@ -10,7 +10,7 @@ use wharf_core::{Backend, Message, Publisher, StartPosition, SubscribeOptions, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_after_a_channel_error_uses_a_fresh_channel() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let a = &ns.backend;

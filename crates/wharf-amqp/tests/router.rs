@@ -11,7 +11,7 @@ use wharf_router::dedup::MemoryDedupStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_through_retry_topics_to_the_dlq_and_a_resent_request_is_handled_once() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let store = Arc::new(MemoryDedupStore::new());

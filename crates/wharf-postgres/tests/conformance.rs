@@ -3,7 +3,7 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::PgFactory::new().await {
+wharf_testkit::conformance_tests!(match service::factory().await {
     Some(factory) => factory,
     None => return,
 });

@@ -9,7 +9,7 @@ use wharf_postgres::PgDedupStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_is_claimed_once_until_released_or_expired() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let store = PgDedupStore::new(ns.backend.pool().clone(), ns.config.schema_name())
@@ -47,7 +47,7 @@ async fn key_is_claimed_once_until_released_or_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_of_one_key_have_one_winner() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let store = PgDedupStore::new(ns.backend.pool().clone(), ns.config.schema_name())

@@ -9,7 +9,7 @@ use wharf_core::{Message, StartPosition, SubscribeOptions, Subscriber};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_published_in_a_transaction_is_delivered_only_after_commit() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
@@ -47,7 +47,7 @@ async fn message_published_in_a_transaction_is_delivered_only_after_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_to_one_topic_get_distinct_offsets_and_each_is_delivered() {
-    let Some(ns) = service::Namespace::new().await else {
+    let Some(ns) = service::namespace().await else {
         return;
     };
     let b = ns.backend.clone();

@@ -1,13 +1,12 @@
 //! Reaching the shared PostgreSQL server from tests: the URL, skipping (or
-//! failing under `WHARF_REQUIRE_SERVICES=1`) when it is down, and a factory
-//! whose backends live in a schema of their own that is dropped afterwards.
+//! failing under `WHARF_REQUIRE_SERVICES=1`) when it is down, and factories
+//! whose backends live in a schema of their own (dropped on drop).
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
-use wharf_core::{Backend, Error};
+use wharf_core::Error;
 use wharf_postgres::{PostgresBackend, PostgresConfig};
+use wharf_testkit::service::ServiceFactory;
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -32,12 +31,6 @@ pub fn unique_config() -> PostgresConfig {
 /// otherwise prints why the test is skipped.
 pub fn skip_or_fail(e: &Error) {
     wharf_testkit::service::report_unreachable("postgres", &url(), e);
-}
-
-/// Connects with `config`, or returns `None` when the test is skipped.
-pub async fn connect_or_skip(config: PostgresConfig) -> Option<PostgresBackend> {
-    wharf_testkit::service::connect_or_skip("postgres", &url(), PostgresBackend::connect(config))
-        .await
 }
 
 /// Drops `schemas` from a thread of its own, so it works in `Drop`, inside or
@@ -70,58 +63,35 @@ pub fn drop_schemas_blocking(schemas: Vec<String>) {
     });
 }
 
+/// Drops the schema of `config`; works in `Drop`.
+pub fn drop_schema_blocking(config: PostgresConfig) {
+    drop_schemas_blocking(vec![config.schema_name().to_owned()]);
+}
+
 /// A backend in a schema of its own; the schema is dropped on drop.
-pub struct Namespace {
-    pub config: PostgresConfig,
-    pub backend: PostgresBackend,
-}
+pub type Namespace = wharf_testkit::service::Namespace<PostgresConfig, PostgresBackend>;
 
-impl Namespace {
-    /// A fresh schema, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        let backend = connect_or_skip(config.clone()).await?;
-        Some(Namespace { config, backend })
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        drop_schemas_blocking(vec![self.config.schema_name().to_owned()]);
-    }
+/// A fresh schema, or `None` when the test is skipped.
+pub async fn namespace() -> Option<Namespace> {
+    let ns = Namespace::new(
+        "postgres",
+        &url(),
+        unique_config(),
+        PostgresBackend::connect,
+    )
+    .await?;
+    Some(ns.cleanup_on_drop(drop_schema_blocking))
 }
 
 /// The conformance factory: every `open` connects to the same schema, so
 /// restart cases see their data again; the schema is dropped on drop.
-pub struct PgFactory {
-    config: PostgresConfig,
-}
-
-impl PgFactory {
-    /// A factory for a fresh schema, or `None` when the test is skipped.
-    pub async fn new() -> Option<Self> {
-        let config = unique_config();
-        let probe = connect_or_skip(config.clone()).await?;
-        wharf_core::Backend::close(&probe)
-            .await
-            .expect("close the probe");
-        Some(PgFactory { config })
-    }
-}
-
-#[async_trait::async_trait]
-impl wharf_testkit::BackendFactory for PgFactory {
-    async fn open(&self) -> Arc<dyn Backend> {
-        Arc::new(
-            PostgresBackend::connect(self.config.clone())
-                .await
-                .expect("connect to postgres"),
-        )
-    }
-}
-
-impl Drop for PgFactory {
-    fn drop(&mut self) {
-        drop_schemas_blocking(vec![self.config.schema_name().to_owned()]);
-    }
+pub async fn factory() -> Option<ServiceFactory<PostgresConfig>> {
+    let factory = ServiceFactory::new(
+        "postgres",
+        &url(),
+        unique_config(),
+        PostgresBackend::connect,
+    )
+    .await?;
+    Some(factory.cleanup_on_drop(drop_schema_blocking))
 }
