@@ -147,11 +147,13 @@ impl Window {
     }
 
     /// The physical index of `offset`, if it lies within the ring's span.
+    #[inline]
     fn index(&self, offset: u64) -> Option<usize> {
         let i = usize::try_from(offset.checked_sub(self.base)?).ok()?;
         (i < self.span).then(|| (self.head + i) & (self.ring.len() - 1))
     }
 
+    #[inline]
     fn get(&self, offset: u64) -> Option<&Pending> {
         match self.index(offset) {
             Some(i) => self.ring[i].as_ref(),
@@ -159,6 +161,7 @@ impl Window {
         }
     }
 
+    #[inline]
     fn get_mut(&mut self, offset: u64) -> Option<&mut Pending> {
         match self.index(offset) {
             Some(i) => self.ring[i].as_mut(),
@@ -172,6 +175,7 @@ impl Window {
 
     /// Adds `p` at `offset`, which is not pending (read-ahead adds offsets
     /// in increasing order, so this is a push at the back).
+    #[inline]
     fn insert(&mut self, offset: u64, p: Pending) {
         if self.span == 0 {
             self.base = offset;
@@ -227,6 +231,7 @@ impl Window {
     }
 
     /// Removes the entry at `offset`; whether there was one.
+    #[inline]
     fn remove(&mut self, offset: u64) -> bool {
         match self.index(offset) {
             Some(i) => {
@@ -498,7 +503,7 @@ impl GroupTopic {
         }
     }
 
-    /// Takes up to `max` deliverable messages. Returns when to look again if
+    /// Takes up to `max` deliverable messages, handing each to `out`. Returns when to look again if
     /// nothing more is ready (the earliest delay or lease deadline), and
     /// messages that exhausted their deliveries and must be dead-lettered.
     #[allow(clippy::too_many_arguments)]
@@ -509,7 +514,7 @@ impl GroupTopic {
         clock: &Clock,
         lease_ids: &std::sync::atomic::AtomicU64,
         max: usize,
-        out: &mut Vec<Taken>,
+        mut out: impl FnMut(Taken),
         dead: &mut Vec<DeadLetter>,
     ) -> Result<Option<Instant>, Error> {
         let now = clock.now();
@@ -523,6 +528,7 @@ impl GroupTopic {
         st.rr = (st.rr + 1) % n.max(1);
         let mut wake: Option<Instant> = None;
         let mut changed = false;
+        let mut taken = 0;
         let owned = |st: &GtState, p: usize| match self.mode {
             GroupMode::Stream => {
                 let m = &st.members;
@@ -573,11 +579,11 @@ impl GroupTopic {
                     part.ready.push(p.priority, off);
                 }
             }
-            if out.len() < max {
+            if taken < max {
                 changed |= fill(part, &partitions[i], policy, clock, stream)?;
             }
             let deadline = policy.visibility_timeout.map(|vt| now + vt);
-            while out.len() < max {
+            while taken < max {
                 let Some(off) = part.ready.pop() else {
                     break;
                 };
@@ -607,7 +613,8 @@ impl GroupTopic {
                 if let Some(d) = deadline {
                     part.leases.insert((d, off));
                 }
-                out.push(Taken {
+                taken += 1;
+                out(Taken {
                     partition: pid,
                     offset: off,
                     lease,
@@ -1082,7 +1089,9 @@ fn fill(
                 return Ok(());
             }
             let msg = from_record_ref(&rec).map_err(FillError::Decode)?;
-            let expired = msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms)
+            // Expiry, delay and priority travel as headers; most messages have none.
+            let plain = msg.headers().is_empty();
+            let expired = (!plain && msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms))
                 || ttl_ms
                     .is_some_and(|ttl| msg.timestamp().as_millis().saturating_add(ttl) <= now_ms);
             if expired {
@@ -1090,15 +1099,19 @@ fn fill(
                 changed = true;
                 return Ok(());
             }
-            let (attempts, not_before_ms) = match part.restored.remove(&off) {
+            let (attempts, not_before_ms) = match (!part.restored.is_empty())
+                .then(|| part.restored.remove(&off))
+                .flatten()
+            {
                 Some((ms, a)) => (a, Some(ms)),
+                None if plain => (0, None),
                 None => (0, msg.deliver_at().map(|t| t.as_millis())),
             };
             let state = match not_before_ms {
                 Some(ms) if ms > now_ms => PState::Delayed(clock.instant_at_ms(ms)),
                 _ => PState::Ready,
             };
-            let priority = if stream { 0 } else { msg.priority() };
+            let priority = if stream || plain { 0 } else { msg.priority() };
             match state {
                 PState::Ready => part.ready.push(priority, off),
                 PState::Delayed(at) => {

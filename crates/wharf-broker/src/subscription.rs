@@ -325,7 +325,6 @@ pub(crate) struct BrokerStream {
     acker: Arc<SubAcker>,
     buf: VecDeque<Delivery>,
     rr: usize,
-    taken: Vec<Taken>,
     dead: Vec<DeadLetter>,
 }
 
@@ -343,7 +342,6 @@ impl BrokerStream {
             acker,
             buf: VecDeque::new(),
             rr: 0,
-            taken: Vec::new(),
             dead: Vec::new(),
         }
     }
@@ -370,32 +368,23 @@ impl BrokerStream {
         self.rr = self.rr.wrapping_add(1);
         for k in 0..n {
             let (gt, policy) = &bindings[(self.rr + k) % n];
-            self.taken.clear();
+            // Deliveries are built as the group hands messages out (no
+            // intermediate vector); the lease map's lock is taken first,
+            // as everywhere else, and no group lock ever takes it.
+            let mut leases = self.acker.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let binding = leases.binding(gt, policy);
+            let topic = gt.topic.name_arc();
+            let acker = &self.acker;
+            let buf = &mut self.buf;
+            let mut count = 0;
             let w = gt.take(
                 self.shared.id,
                 policy,
                 &self.inner.clock,
                 &self.inner.lease_ids,
                 room,
-                &mut self.taken,
-                &mut self.dead,
-            )?;
-            if let Some(w) = w {
-                wake = Some(wake.map_or(w, |x| x.min(w)));
-            }
-            for dl in self.dead.drain(..) {
-                drop(self.inner.spawn_dead_letter(gt.clone(), dl));
-            }
-            if !self.taken.is_empty() {
-                let mut leases = self.acker.leases.lock().unwrap_or_else(|p| p.into_inner());
-                let binding = leases.binding(gt, policy);
-                let topic = gt.topic.name_arc();
-                self.acker
-                    .held
-                    .fetch_add(self.taken.len(), Ordering::AcqRel);
-                room -= self.taken.len();
-                self.buf.reserve(self.taken.len());
-                for t in self.taken.drain(..) {
+                |t: Taken| {
+                    count += 1;
                     leases.map.insert(
                         t.lease,
                         LeaseRef {
@@ -410,10 +399,22 @@ impl BrokerStream {
                         offset: Some(t.offset),
                         attempt: t.attempt,
                     };
-                    let acker: Arc<dyn Acker> = self.acker.clone();
-                    self.buf
-                        .push_back(Delivery::new(t.msg, info, acker, t.lease));
-                }
+                    let acker: Arc<dyn Acker> = acker.clone();
+                    buf.push_back(Delivery::new(t.msg, info, acker, t.lease));
+                },
+                &mut self.dead,
+            );
+            drop(leases);
+            if count > 0 {
+                self.acker.held.fetch_add(count, Ordering::AcqRel);
+                room -= count;
+            }
+            let w = w?;
+            if let Some(w) = w {
+                wake = Some(wake.map_or(w, |x| x.min(w)));
+            }
+            for dl in self.dead.drain(..) {
+                drop(self.inner.spawn_dead_letter(gt.clone(), dl));
             }
             if room == 0 {
                 break;

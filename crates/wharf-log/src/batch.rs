@@ -446,6 +446,7 @@ impl<'a> RecordRef<'a> {
     }
 
     /// The key as a zero-copy slice of the read buffer.
+    #[inline]
     pub fn key_bytes(&self) -> Option<Bytes> {
         self.spans.key.map(|(a, b)| self.body.slice(a..b))
     }
@@ -456,16 +457,19 @@ impl<'a> RecordRef<'a> {
     }
 
     /// The payload as a zero-copy slice of the read buffer.
+    #[inline]
     pub fn value_bytes(&self) -> Bytes {
         self.body.slice(self.spans.value.0..self.spans.value.1)
     }
 
     /// Number of headers.
+    #[inline]
     pub fn header_count(&self) -> usize {
         self.spans.header_count as usize
     }
 
     /// The headers as (name, value) byte strings, in order.
+    #[inline]
     pub fn headers(&self) -> HeaderRefs<'a> {
         let body: &'a [u8] = self.body;
         HeaderRefs {
@@ -507,6 +511,7 @@ pub struct HeaderRefs<'a> {
 
 impl HeaderRefs<'_> {
     /// The byte ranges of the next header's name and value in the body.
+    #[inline]
     fn next_spans(&mut self) -> Option<((usize, usize), (usize, usize))> {
         if self.left == 0 {
             return None;
@@ -525,6 +530,7 @@ impl HeaderRefs<'_> {
 impl<'a> Iterator for HeaderRefs<'a> {
     type Item = (&'a [u8], &'a [u8]);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let ((n0, n1), (v0, v1)) = self.next_spans()?;
         let body = self.cur.body;
