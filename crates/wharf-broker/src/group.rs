@@ -251,6 +251,31 @@ impl Window {
         true
     }
 
+    /// Removes the entry at `offset` if `check` accepts it (one lookup);
+    /// returns what `check` returned.
+    #[inline]
+    fn remove_if<T>(
+        &mut self,
+        offset: u64,
+        check: impl FnOnce(&Pending) -> Option<T>,
+    ) -> Option<T> {
+        match self.index(offset) {
+            Some(i) => {
+                let out = check(self.ring[i].as_ref()?)?;
+                self.ring[i] = None;
+                self.len -= 1;
+                self.trim();
+                Some(out)
+            }
+            None => {
+                let out = check(self.stragglers.get(&offset)?)?;
+                self.stragglers.remove(&offset);
+                self.len -= 1;
+                Some(out)
+            }
+        }
+    }
+
     /// Drops empty slots at the front.
     fn trim(&mut self) {
         while self.span > 0 && self.ring[self.head].is_none() {
@@ -904,17 +929,13 @@ fn ack(st: &mut GtState, partition: u32, offset: u64, lease: u64) -> Result<(), 
         .parts
         .get_mut(partition as usize)
         .ok_or_else(|| unknown(lease))?;
-    let Some(&Pending {
-        state: PState::Leased { lease: l, deadline },
-        ..
-    }) = part.pending.get(offset)
-    else {
-        return Err(unknown(lease));
-    };
-    if l != lease {
-        return Err(unknown(lease));
-    }
-    part.pending.remove(offset);
+    let deadline = part
+        .pending
+        .remove_if(offset, |p| match p.state {
+            PState::Leased { lease: l, deadline } if l == lease => Some(deadline),
+            _ => None,
+        })
+        .ok_or_else(|| unknown(lease))?;
     if let Some(d) = deadline {
         part.leases.remove(&(d, offset));
     }
