@@ -109,6 +109,7 @@ pub(crate) fn from_record(rec: StoredRecord) -> Result<Message, NotAMessage> {
 /// Decodes a record read in place: the id and headers are parsed from the
 /// borrowed buffer, and only the payload (and key) become `Bytes` slices of
 /// it — one reference-count increment per message on the consume path.
+#[inline]
 pub(crate) fn from_record_ref(rec: &RecordRef<'_>) -> Result<Message, NotAMessage> {
     decode(
         rec.offset,
@@ -119,6 +120,7 @@ pub(crate) fn from_record_ref(rec: &RecordRef<'_>) -> Result<Message, NotAMessag
     )
 }
 
+#[inline]
 fn decode<'a>(
     offset: u64,
     timestamp_ms: i64,

@@ -88,6 +88,10 @@ struct ReadyQueue {
 }
 
 impl ReadyQueue {
+    fn is_empty(&self) -> bool {
+        self.fifo.is_empty() && self.heap.is_empty()
+    }
+
     fn push(&mut self, priority: u8, offset: u64) {
         if priority == 0 && self.fifo.back().is_none_or(|&b| b < offset) {
             self.fifo.push_back(offset);
@@ -175,7 +179,7 @@ impl Window {
 
     /// Adds `p` at `offset`, which is not pending (read-ahead adds offsets
     /// in increasing order, so this is a push at the back).
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, offset: u64, p: Pending) {
         if self.span == 0 {
             self.base = offset;
@@ -608,6 +612,14 @@ impl GroupTopic {
                 changed |= fill(part, &partitions[i], policy, clock, stream)?;
             }
             let deadline = policy.visibility_timeout.map(|vt| now + vt);
+            // Lease ids for this partition's takes, reserved at once (ids
+            // left unused are skipped; they only need to be unique).
+            let room = max - taken;
+            let mut next_lease = if room > 0 && !part.ready.is_empty() {
+                lease_ids.fetch_add(room as u64, std::sync::atomic::Ordering::Relaxed)
+            } else {
+                0
+            };
             while taken < max {
                 let Some(off) = part.ready.pop() else {
                     break;
@@ -632,7 +644,8 @@ impl GroupTopic {
                         }
                     },
                 };
-                let lease = lease_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let lease = next_lease;
+                next_lease += 1;
                 p.attempts += 1;
                 p.state = PState::Leased { lease, deadline };
                 if let Some(d) = deadline {
