@@ -1,7 +1,6 @@
 //! A prost codec for tonic that rejects malformed protobuf with
 //! `INVALID_ARGUMENT` (tonic's own codec says `INTERNAL`, which blames the
-//! server for a client's bad bytes), and the server's `Publish` codec that
-//! decodes the request straight into `wharf-core` messages.
+//! server for a client's bad bytes).
 
 use std::marker::PhantomData;
 
@@ -79,44 +78,4 @@ impl<U: Message + Default> Decoder for WharfDecoder<U> {
 /// `INVALID_ARGUMENT` naming the decode failure.
 pub fn decode<U: Message + Default>(buf: impl prost::bytes::Buf) -> Result<U, Status> {
     U::decode(buf).map_err(|e| Status::invalid_argument(format!("malformed protobuf: {e}")))
-}
-
-/// The server's codec for `Publish`: decodes the request straight into
-/// `wharf-core` messages with [`crate::publish::decode_publish`] (payloads
-/// and keys are slices of the request buffer), encodes the response with
-/// prost. Malformed requests are `INVALID_ARGUMENT`, as with [`WharfCodec`].
-#[derive(Debug, Default)]
-pub struct PublishCodec;
-
-impl Codec for PublishCodec {
-    type Encode = crate::v1::PublishResponse;
-    type Decode = crate::publish::DecodedPublish;
-    type Encoder = WharfEncoder<crate::v1::PublishResponse>;
-    type Decoder = PublishDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WharfEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        PublishDecoder
-    }
-}
-
-/// Decodes a `PublishRequest` into [`crate::publish::DecodedPublish`].
-#[derive(Debug)]
-pub struct PublishDecoder;
-
-impl Decoder for PublishDecoder {
-    type Item = crate::publish::DecodedPublish;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        use prost::bytes::Buf as _;
-        // The whole message, without a copy: tonic's buffer is split off.
-        let data = buf.copy_to_bytes(buf.remaining());
-        crate::publish::decode_publish(&data)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("malformed protobuf: {e}")))
-    }
 }

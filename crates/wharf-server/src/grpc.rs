@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BufMut as _;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,9 +20,8 @@ use wharf_core::{
     AckBatch, Backend, Delivery, Error, GroupMode, MessageId, Publisher, Settlement, StartPosition,
     SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
-use wharf_proto::codec::PublishCodec;
 use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
-use wharf_proto::publish::{compact_response, DecodedPublish};
+use wharf_proto::publish::{compact_response, decode_publish, DecodedPublish};
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
@@ -166,8 +166,14 @@ impl Service {
     }
 }
 
-/// The `Publish` route: tonic's unary handling (framing, size limit,
-/// status trailers) with [`PublishCodec`].
+/// The `Publish` route. A unary call read without tonic's `Streaming`,
+/// which copies the body into a buffer of its own and then, to make room
+/// for a message it already holds, into a buffer twice as large: here the
+/// body's one HTTP/2 DATA frame (the server allows 1 MiB frames) is the
+/// buffer the messages' payloads are sliced from, so a publish is decoded
+/// without copying it once in user space. Same answers as the generated
+/// route: size limit `RESOURCE_EXHAUSTED`, malformed `INVALID_ARGUMENT`,
+/// compressed requests `UNIMPLEMENTED`, errors as trailers-only responses.
 #[derive(Clone)]
 struct PublishRoute {
     service: Arc<Service>,
@@ -197,25 +203,90 @@ impl tonic::codegen::Service<axum::http::Request<axum::body::Body>> for PublishR
     fn call(&mut self, req: axum::http::Request<axum::body::Body>) -> RouteFuture {
         let (service, max) = (self.service.clone(), self.max);
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(PublishCodec)
-                .apply_max_message_size_config(Some(max), Some(usize::MAX));
-            Ok(grpc.unary(PublishCall(service), req).await)
+            Ok(publish_unary(&service, max, req)
+                .await
+                .unwrap_or_else(Status::into_http))
         })
     }
 }
 
-struct PublishCall(Arc<Service>);
+/// The gRPC message header: compression flag and big-endian length.
+const GRPC_HEADER: usize = 5;
 
-impl tonic::server::UnaryService<DecodedPublish> for PublishCall {
-    type Response = v1::PublishResponse;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = Result<Response<v1::PublishResponse>, Status>> + Send>,
-    >;
+async fn publish_unary(
+    service: &Service,
+    max: usize,
+    req: axum::http::Request<axum::body::Body>,
+) -> Result<axum::http::Response<tonic::body::Body>, Status> {
+    use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
-    fn call(&mut self, req: Request<DecodedPublish>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.publish_decoded(req).await })
+    let (parts, body) = req.into_parts();
+    if parts
+        .headers
+        .get("grpc-encoding")
+        .is_some_and(|e| e.as_bytes() != b"identity")
+    {
+        return Err(Status::unimplemented(
+            "compressed requests are not supported",
+        ));
     }
+    let too_large = || {
+        telemetry::refused("too_large");
+        Status::resource_exhausted(format!("request larger than the limit of {max} bytes"))
+    };
+    // One chunk (the usual case) is kept as is; several are joined.
+    let data = match Limited::new(body, max.saturating_add(GRPC_HEADER))
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(Status::cancelled(format!(
+                "reading the request failed: {e}"
+            )))
+        }
+    };
+    let Some((&compressed, rest)) = data.split_first() else {
+        return Err(Status::invalid_argument("missing request message"));
+    };
+    let len = rest
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| Status::invalid_argument("truncated gRPC message header"))?;
+    if compressed != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not supported",
+        ));
+    }
+    if len > max {
+        return Err(too_large());
+    }
+    if data.len() != GRPC_HEADER + len {
+        return Err(Status::invalid_argument(
+            "the request body is not exactly one gRPC message",
+        ));
+    }
+    let decoded = decode_publish(&data.slice(GRPC_HEADER..))
+        .map_err(|e| Status::invalid_argument(format!("malformed protobuf: {e}")))?;
+    let request = Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(parts.headers),
+        parts.extensions,
+        decoded,
+    );
+    let response = service.publish_decoded(request).await?.into_inner();
+    let len = prost::Message::encoded_len(&response);
+    let mut out = bytes::BytesMut::with_capacity(GRPC_HEADER + len);
+    out.put_u8(0);
+    out.put_u32(u32::try_from(len).map_err(|_| Status::internal("response too large"))?);
+    prost::Message::encode_raw(&response, &mut out);
+    let mut trailers = axum::http::HeaderMap::new();
+    trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
+    let body = Full::new(out.freeze()).with_trailers(std::future::ready(Some(Ok(trailers))));
+    axum::http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::new(body))
+        .map_err(|e| Status::internal(format!("building the response failed: {e}")))
 }
 
 pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
