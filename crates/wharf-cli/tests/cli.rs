@@ -153,9 +153,12 @@ fn sub_with_count_takes_exactly_that_many_and_leaves_the_rest_untouched() {
     // listing it says so with an empty list.
     let topics = common::ok(&server.cli(&["topic", "list"]));
     assert!(!topics.contains("dlq.cli.count"), "{topics}");
-    let dlq: Value = serde_json::from_str(&common::ok(
-        &server.cli(&["dlq", "list", "cli.count", "--json"]),
-    ))
+    let dlq: Value = serde_json::from_str(&common::ok(&server.cli(&[
+        "dlq",
+        "list",
+        "cli.count",
+        "--json",
+    ])))
     .expect("json");
     assert_eq!(dlq, serde_json::json!([]));
 }
