@@ -819,14 +819,7 @@ impl Topic {
                 }
             }
             consumer.unhold();
-            let remove = g.orphaned && g.in_flight == 0;
-            if remove {
-                st.groups[gidx] = None;
-                self.notify_space(&st);
-            } else if g.trim() {
-                let (low, cursor) = (g.low, g.cursor);
-                self.group_progressed(&st, low, cursor);
-            }
+            self.after_settle(&mut st, gidx);
         }
         Ok(dead.pop())
     }
@@ -866,13 +859,21 @@ impl Topic {
             return;
         }
         consumer.unhold_n(acked);
-        let remove = g.orphaned && g.in_flight == 0;
-        if remove {
+        self.after_settle(&mut st, gidx);
+    }
+
+    /// After settlements in group `gidx`: an orphaned group goes once nothing
+    /// is in flight; otherwise its low mark moves past what is settled.
+    fn after_settle(&self, st: &mut State, gidx: usize) {
+        let Some(g) = st.groups.get_mut(gidx).and_then(Option::as_mut) else {
+            return;
+        };
+        if g.orphaned && g.in_flight == 0 {
             st.groups[gidx] = None;
-            self.notify_space(&st);
+            self.notify_space(st);
         } else if g.trim() {
             let (low, cursor) = (g.low, g.cursor);
-            self.group_progressed(&st, low, cursor);
+            self.group_progressed(st, low, cursor);
         }
     }
 
