@@ -7,7 +7,8 @@
 //! order never acknowledges a message that was not handled). Acks are
 //! batched ([`wharf_core::AckBatch`]): sent together at the end of a lane
 //! batch, or earlier as soon as a handler (or the service's readiness) is
-//! not ready at once, so an ack never waits on a slow handler.
+//! not ready at once, and before any other settlement, so an ack never waits
+//! on a slow handler or a dead-letter publish.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -94,6 +95,9 @@ pub(crate) async fn run_lane<S>(
                 tally.pending += 1;
                 acks.push(delivery);
             } else {
+                // A nack, reject or dead-letter publish may take a round
+                // trip: the acks before it go first.
+                flush(&mut acks, &mut tally).await;
                 settle(delivery, result, copy, &ctx, &counters).await;
             }
         }
