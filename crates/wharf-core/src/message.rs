@@ -36,8 +36,9 @@ impl MessageId {
     /// back, or more than 65,536 ids in one millisecond, borrows the next
     /// millisecond. The random bits come from a per-thread generator seeded
     /// from the OS: they make ids of different processes distinct, not
-    /// unguessable (ids are not secrets). About 4× cheaper than
-    /// `uuid::Uuid::now_v7`, which matters at millions of messages a second.
+    /// unguessable (ids are not secrets). ~480 instructions fewer per id than
+    /// `uuid::Uuid::now_v7` (callgrind), which matters at millions of
+    /// messages a second.
     fn new_with_millis() -> (Self, u64) {
         static LAST: AtomicU64 = AtomicU64::new(0);
         let now_ms = SystemTime::now()
