@@ -50,7 +50,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
     let group_name = spec
         .name
         .clone()
-        .unwrap_or_else(|| format!("_private-{}", uuid::Uuid::now_v7()));
+        .unwrap_or_else(|| format!("_private-{}", wharf_core::MessageId::new()));
     let mut tx = inner.pool.begin().await.map_err(db_err)?;
     let created: Option<i64> = sqlx::query_scalar(&inner.sql.create_group)
         .bind(&group_name)
