@@ -247,15 +247,20 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn message_round_trips_through_entry_fields_in_header_order() {
-        let m = Message::builder()
+    /// A message with a binary key, headers out of name order and a binary payload.
+    fn sample() -> Message {
+        Message::builder()
             .key(Bytes::from_static(b"\x00bin"))
             .header("z", "1")
             .header("a", "2")
             .payload(Bytes::from_static(b"\xffdata"))
             .timestamp(Timestamp::from_millis(9))
-            .build();
+            .build()
+    }
+
+    #[test]
+    fn message_round_trips_through_entry_fields_in_header_order() {
+        let m = sample();
         let e = entry(&as_value(&fields(&m), "5-1")).expect("entry");
         assert_eq!(e.id, "5-1");
         assert_eq!(e.message, m);
@@ -265,13 +270,7 @@ mod tests {
 
     #[test]
     fn message_round_trips_through_a_frame_and_other_payloads_are_not_frames() {
-        let m = Message::builder()
-            .key(Bytes::from_static(b"\x00bin"))
-            .header("z", "1")
-            .header("a", "2")
-            .payload(Bytes::from_static(b"\xffdata"))
-            .timestamp(Timestamp::from_millis(9))
-            .build();
+        let m = sample();
         let framed = frame(&m);
         let back = unframe(&framed).expect("a frame");
         assert_eq!(back, m);
