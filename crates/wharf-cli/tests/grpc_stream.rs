@@ -25,6 +25,52 @@ async fn next_kind(
     }
 }
 
+/// Opens a consume stream on `pattern` for group `g` from the earliest
+/// offset with `credit` granted, and checks the server confirmed it.
+async fn subscribe(
+    raw: &mut wharf_client::RawClient,
+    pattern: &str,
+    credit: u32,
+) -> (
+    mpsc::UnboundedSender<v1::ConsumeRequest>,
+    tonic::Streaming<v1::ConsumeResponse>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(req(consume_request::Kind::Subscribe(
+        v1::SubscribeRequest {
+            pattern: pattern.into(),
+            group: Some("g".into()),
+            start: v1::StartKind::StartEarliest as i32,
+            ..Default::default()
+        },
+    )))
+    .expect("send");
+    tx.send(req(consume_request::Kind::Credit(credit)))
+        .expect("send");
+    let mut stream = raw
+        .consume(UnboundedReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    assert!(matches!(
+        next_kind(&mut stream).await,
+        Some(consume_response::Kind::Subscribed(true))
+    ));
+    (tx, stream)
+}
+
+/// The delivery ids of the next `n` responses, which must be deliveries.
+async fn take_delivery_ids(s: &mut tonic::Streaming<v1::ConsumeResponse>, n: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        match next_kind(s).await {
+            Some(consume_response::Kind::Delivery(d)) => ids.push(d.delivery_id),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    ids
+}
+
 #[tokio::test]
 async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -46,35 +92,9 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     .await
     .expect("publish");
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(req(consume_request::Kind::Subscribe(
-        v1::SubscribeRequest {
-            pattern: "grpc.credit".into(),
-            group: Some("g".into()),
-            start: v1::StartKind::StartEarliest as i32,
-            ..Default::default()
-        },
-    )))
-    .expect("send");
-    tx.send(req(consume_request::Kind::Credit(2)))
-        .expect("send");
-    let mut stream = raw
-        .consume(UnboundedReceiverStream::new(rx))
-        .await
-        .expect("consume")
-        .into_inner();
-    assert!(matches!(
-        next_kind(&mut stream).await,
-        Some(consume_response::Kind::Subscribed(true))
-    ));
+    let (tx, mut stream) = subscribe(&mut raw, "grpc.credit", 2).await;
 
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        match next_kind(&mut stream).await {
-            Some(consume_response::Kind::Delivery(d)) => ids.push(d.delivery_id),
-            other => panic!("expected a delivery, got {other:?}"),
-        }
-    }
+    let mut ids = take_delivery_ids(&mut stream, 2).await;
     // Credit used up: nothing more arrives until more is granted.
     assert!(
         next_kind(&mut stream).await.is_none(),
@@ -168,34 +188,8 @@ async fn ack_many_acks_known_ids_and_names_the_unknown_ones() {
     // The messages had no ids, so the server answers with full receipts.
     assert_eq!(published.receipts.len(), 3);
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(req(consume_request::Kind::Subscribe(
-        v1::SubscribeRequest {
-            pattern: "grpc.ackmany".into(),
-            group: Some("g".into()),
-            start: v1::StartKind::StartEarliest as i32,
-            ..Default::default()
-        },
-    )))
-    .expect("send");
-    tx.send(req(consume_request::Kind::Credit(3)))
-        .expect("send");
-    let mut stream = raw
-        .consume(UnboundedReceiverStream::new(rx))
-        .await
-        .expect("consume")
-        .into_inner();
-    assert!(matches!(
-        next_kind(&mut stream).await,
-        Some(consume_response::Kind::Subscribed(true))
-    ));
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        match next_kind(&mut stream).await {
-            Some(consume_response::Kind::Delivery(d)) => ids.push(d.delivery_id),
-            other => panic!("expected a delivery, got {other:?}"),
-        }
-    }
+    let (tx, mut stream) = subscribe(&mut raw, "grpc.ackmany", 3).await;
+    let ids = take_delivery_ids(&mut stream, 3).await;
     tx.send(req(consume_request::Kind::AckMany(v1::AckMany {
         request_id: 7,
         delivery_ids: vec![ids[0], 999, ids[2]],
