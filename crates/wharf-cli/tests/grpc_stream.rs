@@ -94,7 +94,7 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
 
     let (tx, mut stream) = subscribe(&mut raw, "grpc.credit", 2).await;
 
-    let mut ids = take_delivery_ids(&mut stream, 2).await;
+    let ids = take_delivery_ids(&mut stream, 2).await;
     // Credit used up: nothing more arrives until more is granted.
     assert!(
         next_kind(&mut stream).await.is_none(),

@@ -784,10 +784,15 @@ async fn ack_many(held: &mut HashMap<u64, Delivery>, m: &v1::AckMany) -> v1::Set
             None => failures.push(failure(id, &Error::UnknownDelivery { id: id.to_string() })),
         }
     }
-    telemetry::settled_n("ack", ids.len());
-    for (token, e) in batch.flush().await {
-        if let Some(&(_, id)) = ids.iter().find(|(t, _)| *t == token) {
-            failures.push(failure(id, &e));
+    let failed = batch.flush().await;
+    // Only what the broker really acknowledged counts as settled.
+    telemetry::settled_n("ack", ids.len() - failed.len());
+    if !failed.is_empty() {
+        let by_token: HashMap<u64, u64> = ids.into_iter().collect();
+        for (token, e) in failed {
+            if let Some(&id) = by_token.get(&token) {
+                failures.push(failure(id, &e));
+            }
         }
     }
     v1::SettleResult {
