@@ -192,7 +192,23 @@ impl Window {
             }
             return;
         }
-        let i = usize::try_from(offset - self.base).expect("window span fits usize");
+        let mut i = usize::try_from(offset - self.base).expect("window span fits usize");
+        if i >= Self::MAX_SPAN {
+            // A jump far past the ring (messages in between expired, or a
+            // restored settled set skipped them): what the ring holds
+            // becomes stragglers and the ring restarts at `offset`, instead
+            // of growing to span the gap.
+            let mask = self.ring.len().wrapping_sub(1);
+            for k in 0..self.span {
+                if let Some(old) = self.ring[(self.head + k) & mask].take() {
+                    self.stragglers.insert(self.base + k as u64, old);
+                }
+            }
+            self.span = 0;
+            self.head = 0;
+            self.base = offset;
+            i = 0;
+        }
         if i >= self.span {
             self.grow(i + 1);
             self.span = i + 1;
@@ -633,14 +649,21 @@ impl GroupTopic {
                 let msg = match p.msg.take() {
                     Some(m) => m,
                     // A redelivery: the first lease took the message.
-                    None => match reload(&partitions[i], off)? {
-                        Some(m) => m,
-                        None => {
+                    None => match reload(&partitions[i], off) {
+                        Ok(Some(m)) => m,
+                        Ok(None) => {
                             // Retention removed it meanwhile.
                             part.pending.remove(off);
                             part.mark_settled(off);
                             changed = true;
                             continue;
+                        }
+                        Err(e) => {
+                            // Still ready: back in the queue, so a later take
+                            // retries it rather than losing track of it.
+                            let priority = p.priority;
+                            part.ready.push(priority, off);
+                            return Err(e);
                         }
                     },
                 };
@@ -1285,7 +1308,12 @@ mod tests {
             for _ in 0..(3 * Window::MAX_SPAN) {
                 match rand() % 8 {
                     0..=3 => {
-                        next += 1 + rand() % 3;
+                        // Now and then a jump far past the ring's span.
+                        next += if rand() % 512 == 0 {
+                            2 * Window::MAX_SPAN as u64
+                        } else {
+                            1 + rand() % 3
+                        };
                         let a = (rand() % 100) as u32;
                         w.insert(next, pending_at(a));
                         model.insert(next, a);
@@ -1322,6 +1350,7 @@ mod tests {
                 }
                 assert_eq!(w.len(), model.len());
                 assert!(w.span <= Window::MAX_SPAN);
+                assert!(w.ring.len() <= Window::MAX_SPAN.next_power_of_two());
             }
             let mut got: Vec<(u64, u32)> = w.iter().map(|(o, p)| (o, p.attempts)).collect();
             got.sort_unstable();
