@@ -20,7 +20,7 @@ use wharf_core::{
 
 use crate::backend::msg_id;
 use crate::config::NatsConfig;
-use crate::error::unavailable;
+use crate::error::unavailable_for;
 use crate::subjects::{self, Subjects};
 use crate::wire;
 
@@ -103,14 +103,14 @@ impl Shared {
         self.client
             .publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| unavailable("publish", e))
+            .map_err(|e| unavailable_for(NAME, "publish", e))
     }
 
     async fn flush(&self) -> Result<()> {
         self.client
             .flush()
             .await
-            .map_err(|e| unavailable("flush", e))
+            .map_err(|e| unavailable_for(NAME, "flush", e))
     }
 }
 
@@ -154,7 +154,7 @@ impl Subscriber for NatsCoreBackend {
             Some(group) => s.client.queue_subscribe(subject, group.to_owned()).await,
             None => s.client.subscribe(subject).await,
         }
-        .map_err(|e| unavailable("subscribe", e))?;
+        .map_err(|e| unavailable_for(NAME, "subscribe", e))?;
         Ok(Subscription::new(LocalStream::new(
             NAME,
             options.max_in_flight_limit(),
@@ -218,6 +218,6 @@ impl Feed for CoreFeed {
     async fn unsubscribe(&self, mut sub: async_nats::Subscriber) -> Result<()> {
         sub.unsubscribe()
             .await
-            .map_err(|e| unavailable("unsubscribe", e))
+            .map_err(|e| unavailable_for(NAME, "unsubscribe", e))
     }
 }

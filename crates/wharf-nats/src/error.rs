@@ -57,8 +57,17 @@ pub(crate) fn unavailable(
     context: &'static str,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> wharf_core::Error {
+    unavailable_for(crate::backend::NAME, context, e)
+}
+
+/// [`unavailable`] on behalf of the backend named `backend`.
+pub(crate) fn unavailable_for(
+    backend: &'static str,
+    context: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> wharf_core::Error {
     wharf_core::Error::Unavailable {
-        backend: crate::backend::NAME,
+        backend,
         source: Box::new(NatsError::Client {
             context,
             source: Box::new(e),

@@ -39,6 +39,15 @@ pub enum RedisError {
 /// Maps a client error: connection trouble is [`wharf_core::Error::Unavailable`],
 /// a timeout [`wharf_core::Error::Timeout`], anything else [`wharf_core::Error::Backend`].
 pub(crate) fn map(context: &'static str, e: redis::RedisError) -> wharf_core::Error {
+    map_for(crate::backend::NAME, context, e)
+}
+
+/// [`map`] on behalf of the backend named `backend`.
+pub(crate) fn map_for(
+    backend: &'static str,
+    context: &'static str,
+    e: redis::RedisError,
+) -> wharf_core::Error {
     if e.is_timeout() {
         return wharf_core::Error::Timeout {
             operation: context,
@@ -48,15 +57,9 @@ pub(crate) fn map(context: &'static str, e: redis::RedisError) -> wharf_core::Er
     let unavailable = e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped();
     let source = Box::new(RedisError::Client { context, source: e });
     if unavailable {
-        wharf_core::Error::Unavailable {
-            backend: crate::backend::NAME,
-            source,
-        }
+        wharf_core::Error::Unavailable { backend, source }
     } else {
-        wharf_core::Error::Backend {
-            backend: crate::backend::NAME,
-            source,
-        }
+        wharf_core::Error::Backend { backend, source }
     }
 }
 

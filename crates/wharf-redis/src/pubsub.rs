@@ -19,7 +19,7 @@ use wharf_core::{
 };
 
 use crate::config::{RedisConfig, MAX_MESSAGE_BYTES};
-use crate::error::{map, RedisError};
+use crate::error::{map_for, RedisError};
 use crate::wire;
 
 /// The backend's name in errors and logs.
@@ -155,7 +155,7 @@ impl Publisher for RedisPubSubBackend {
         let _receivers: i64 = cmd
             .query_async(&mut s.conn.clone())
             .await
-            .map_err(|e| map("PUBLISH", e))?;
+            .map_err(|e| map_for(NAME, "PUBLISH", e))?;
         Ok(receipt(&message))
     }
 
@@ -177,7 +177,7 @@ impl Publisher for RedisPubSubBackend {
         let () = pipe
             .query_async(&mut s.conn.clone())
             .await
-            .map_err(|e| map("PUBLISH", e))?;
+            .map_err(|e| map_for(NAME, "PUBLISH", e))?;
         Ok(messages.iter().map(receipt).collect())
     }
 }
@@ -194,18 +194,18 @@ impl Subscriber for RedisPubSubBackend {
                 operation: "redis pubsub connect",
                 after: s.connect_timeout,
             })?
-            .map_err(|e| map("connect", e))?;
+            .map_err(|e| map_for(NAME, "connect", e))?;
         // Both return once Redis has confirmed the subscription.
         if pattern.is_literal() {
             pubsub
                 .subscribe(s.channel(pattern.as_str()))
                 .await
-                .map_err(|e| map("SUBSCRIBE", e))?;
+                .map_err(|e| map_for(NAME, "SUBSCRIBE", e))?;
         } else {
             pubsub
                 .psubscribe(glob(&s.channel_prefix(), &pattern))
                 .await
-                .map_err(|e| map("PSUBSCRIBE", e))?;
+                .map_err(|e| map_for(NAME, "PSUBSCRIBE", e))?;
         }
         Ok(Subscription::new(LocalStream::new(
             NAME,
