@@ -117,6 +117,11 @@ impl Acker for LocalAcker {
     fn release(&self, _token: u64) {
         self.permits.add_permits(1);
     }
+
+    async fn ack_many(&self, tokens: &[u64], _failed: &mut Vec<(u64, Error)>) {
+        // Acking only frees the slots: all of them at once.
+        self.permits.add_permits(tokens.len());
+    }
 }
 
 /// What a non-durable subscription reads: the client's stream of received
@@ -321,6 +326,20 @@ mod tests {
         ));
         c.ack().await.expect("ack");
         assert!(sub.next().await.is_none(), "the feed ended quietly");
+    }
+
+    #[tokio::test]
+    async fn a_batch_ack_frees_every_slot_it_holds() {
+        let (mut sub, _closed) = subscription(vec!["a", "b", "c", "d"], 2);
+        let mut acks = wharf_core::AckBatch::new();
+        acks.push(sub.next().await.expect("a").expect("ok"));
+        acks.push(sub.next().await.expect("b").expect("ok"));
+        assert!(sub.try_next().is_none(), "two slots, both held");
+        assert!(acks.flush().await.is_empty());
+        let c = sub.try_next().expect("a freed slot").expect("ok");
+        let d = sub.try_next().expect("another freed slot").expect("ok");
+        assert_eq!(c.message().payload().as_ref(), b"c");
+        assert_eq!(d.message().payload().as_ref(), b"d");
     }
 
     #[tokio::test]
