@@ -125,13 +125,13 @@ pub(crate) fn dlq_page(
 
 /// Whether `dlq` is where some existing topic's dead letters go.
 fn is_dead_letter_topic_of_a_topic(broker: &Broker, dlq: &str) -> bool {
-    broker.topics().iter().any(|t| {
-        t.config
-            .dead_letter_topic
-            .clone()
-            .unwrap_or_else(|| wharf_core::name::dead_letter_topic(&t.name))
-            == dlq
-    })
+    broker
+        .topics()
+        .iter()
+        .any(|t| match &t.config.dead_letter_topic {
+            Some(d) => d == dlq,
+            None => wharf_core::name::dead_letter_topic(&t.name) == dlq,
+        })
 }
 
 /// The dead letter with message id `id`, if it is not yet replayed or purged.
