@@ -108,8 +108,13 @@ impl AckBatch {
     }
 
     /// Adds `delivery` (its message is dropped; only the settlement is kept).
-    pub fn push(&mut self, mut delivery: Delivery) {
-        let Some(h) = delivery.handle.take() else {
+    pub fn push(&mut self, delivery: Delivery) {
+        self.push_settler(delivery.settler);
+    }
+
+    /// Adds a delivery by its [`Settler`] (see [`Delivery::into_parts`]).
+    pub fn push_settler(&mut self, mut settler: Settler) {
+        let Some(h) = settler.0.take() else {
             return;
         };
         match self
@@ -204,7 +209,7 @@ struct Handle {
 pub struct Delivery {
     message: Message,
     info: DeliveryInfo,
-    handle: Option<Handle>,
+    settler: Settler,
 }
 
 impl Delivery {
@@ -213,8 +218,16 @@ impl Delivery {
         Delivery {
             message,
             info,
-            handle: Some(Handle { acker, token }),
+            settler: Settler(Some(Handle { acker, token })),
         }
+    }
+
+    /// Splits the delivery into its message, its facts and the [`Settler`]
+    /// that settles it, so the message can move on (e.g. to a handler)
+    /// without a copy while the settler stays behind. Dropping the settler
+    /// unsettled releases the delivery, as dropping the delivery would.
+    pub fn into_parts(self) -> (Message, DeliveryInfo, Settler) {
+        (self.message, self.info, self.settler)
     }
 
     /// The message.
@@ -244,7 +257,69 @@ impl Delivery {
 
     /// The backend's token for this delivery (stable for its lifetime).
     pub fn token(&self) -> u64 {
-        self.handle.as_ref().map_or(0, |h| h.token)
+        self.settler.token()
+    }
+
+    /// Settles with `settlement`; see [`Settler::settle`].
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    pub async fn settle(self, settlement: Settlement) -> Result<()> {
+        self.settler.settle(settlement).await
+    }
+
+    /// Acknowledges: the message is done for this group.
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    pub async fn ack(self) -> Result<()> {
+        self.settler.ack().await
+    }
+
+    /// Asks for redelivery as soon as possible.
+    ///
+    /// # Errors
+    /// See [`Acker::settle`].
+    pub async fn nack(self) -> Result<()> {
+        self.settler.nack().await
+    }
+
+    /// Asks for redelivery after `delay`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on backends without
+    /// [`crate::Capability::NackWithDelay`]; see [`Acker::settle`].
+    pub async fn nack_with_delay(self, delay: Duration) -> Result<()> {
+        self.settler.nack_with_delay(delay).await
+    }
+
+    /// Moves the message to the dead-letter topic, recording `reason`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on backends without
+    /// [`crate::Capability::DeadLetter`]; see [`Acker::settle`].
+    pub async fn reject(self, reason: impl Into<String>) -> Result<()> {
+        self.settler.reject(reason).await
+    }
+
+    /// Extends this delivery's lease by `by` from now, for long work.
+    ///
+    /// # Errors
+    /// See [`Acker::extend`].
+    pub async fn extend(&self, by: Duration) -> Result<()> {
+        self.settler.extend(by).await
+    }
+}
+
+/// The settling half of a [`Delivery`] (see [`Delivery::into_parts`]):
+/// settles it exactly once. Dropping it unsettled releases the delivery for
+/// redelivery, with the same rules as dropping a [`Delivery`].
+pub struct Settler(Option<Handle>);
+
+impl Settler {
+    /// The backend's token for this delivery (0 once settled).
+    pub fn token(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.token)
     }
 
     /// Settles with `settlement`.
@@ -261,7 +336,7 @@ impl Delivery {
     /// settlement may or may not have reached the backend; an unsettled
     /// message is redelivered once its lease expires.
     pub async fn settle(mut self, settlement: Settlement) -> Result<()> {
-        let handle = self.handle.take().ok_or(Error::Closed {
+        let handle = self.0.take().ok_or(Error::Closed {
             what: "delivery (already settled)",
         })?;
         handle.acker.settle(handle.token, settlement).await
@@ -312,7 +387,7 @@ impl Delivery {
     /// # Errors
     /// See [`Acker::extend`].
     pub async fn extend(&self, by: Duration) -> Result<()> {
-        match &self.handle {
+        match &self.0 {
             Some(h) => h.acker.extend(h.token, by).await,
             None => Err(Error::Closed {
                 what: "delivery (already settled)",
@@ -321,11 +396,20 @@ impl Delivery {
     }
 }
 
-impl Drop for Delivery {
+impl Drop for Settler {
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
+        if let Some(h) = self.0.take() {
             h.acker.release(h.token);
         }
+    }
+}
+
+impl fmt::Debug for Settler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settler")
+            .field("token", &self.token())
+            .field("settled", &self.0.is_none())
+            .finish()
     }
 }
 
@@ -334,7 +418,7 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("info", &self.info)
             .field("message", &self.message)
-            .field("settled", &self.handle.is_none())
+            .field("settled", &self.settler.0.is_none())
             .finish()
     }
 }
@@ -409,6 +493,25 @@ mod tests {
         let r = Arc::new(Recorder::default());
         drop(delivery(&r, 9));
         assert_eq!(*r.0.lock().unwrap(), vec!["9:release"]);
+    }
+
+    #[tokio::test]
+    async fn a_split_delivery_settles_or_releases_through_its_settler() {
+        let r = Arc::new(Recorder::default());
+        let (message, info, settler) = delivery(&r, 5).into_parts();
+        assert_eq!(message.payload().as_ref(), b"x");
+        assert_eq!(info.offset, Some(5));
+        assert_eq!(settler.token(), 5);
+        // The message outlives the settler's settlement and vice versa.
+        drop(message);
+        settler.ack().await.unwrap();
+        let (_, _, settler) = delivery(&r, 6).into_parts();
+        drop(settler);
+        let mut batch = AckBatch::new();
+        batch.push_settler(delivery(&r, 7).into_parts().2);
+        assert_eq!(batch.len(), 1);
+        assert!(batch.flush().await.is_empty());
+        assert_eq!(*r.0.lock().unwrap(), vec!["5:Ack", "6:release", "7:Ack"]);
     }
 
     #[tokio::test]

@@ -42,7 +42,7 @@ pub use capability::{Capabilities, Capability};
 pub use codec::{Codec, CodecError, Json};
 pub use dead_letter::DeadLetter;
 pub use dedup::DedupStore;
-pub use delivery::{AckBatch, Acker, Delivery, DeliveryInfo, Settlement};
+pub use delivery::{AckBatch, Acker, Delivery, DeliveryInfo, Settlement, Settler};
 pub use error::{BoxError, Error, NameKind, Result};
 pub use message::{Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY};
 pub use name::TopicPattern;

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
-use wharf_core::{Capability, Delivery, Message, SubscribeOptions, Subscription};
+use wharf_core::{Capability, Delivery, SubscribeOptions, Subscription};
 
 use crate::outcome::{HandlerError, Outcome};
 use crate::request::{Context, Request};
 use crate::router::{needed_by_options, AnyRoute, Running, StartEnv};
-use crate::router::{Counter, LaneCounters};
+use crate::router::{settle, At, Counter, LaneCounters};
 
 /// The messages of one batch, in delivery order.
 #[derive(Debug)]
@@ -197,7 +196,6 @@ async fn batch_loop<S>(
 {
     let StartEnv { ctx, stop, done } = env;
     let _done = done;
-    let placeholder = Message::builder().payload(Bytes::new()).build();
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
     let mut deliveries = Vec::with_capacity(max);
     loop {
@@ -210,15 +208,7 @@ async fn batch_loop<S>(
             }
             break;
         }
-        handle_batch(
-            &mut svc,
-            &mut deliveries,
-            &placeholder,
-            keep_copy,
-            &ctx,
-            &counters,
-        )
-        .await;
+        handle_batch(&mut svc, &mut deliveries, keep_copy, &ctx, &counters).await;
         if !go_on {
             break;
         }
@@ -231,7 +221,6 @@ async fn batch_loop<S>(
 async fn handle_batch<S>(
     svc: &mut S,
     deliveries: &mut Vec<Delivery>,
-    placeholder: &Message,
     keep_copy: bool,
     ctx: &Context,
     counters: &LaneCounters,
@@ -239,14 +228,16 @@ async fn handle_batch<S>(
     S: Service<Batch, Response = Vec<Outcome>, Error = HandlerError>,
 {
     let mut copies = Vec::new();
+    let mut settlers = Vec::with_capacity(deliveries.len());
     let requests = deliveries
-        .iter_mut()
+        .drain(..)
         .map(|d| {
-            let m = std::mem::replace(d.message_mut(), placeholder.clone());
+            let (m, info, settler) = d.into_parts();
             if keep_copy {
-                copies.push(Box::new(m.clone()));
+                copies.push(Box::new((m.clone(), info.clone())));
             }
-            Request::new(m, d.info().clone(), ctx.clone())
+            settlers.push((settler, At::of(&info)));
+            Request::new(m, info, ctx.clone())
         })
         .collect();
     let result = async {
@@ -254,26 +245,26 @@ async fn handle_batch<S>(
         svc.call(Batch { requests }).await
     }
     .await;
-    counters.handled.add(deliveries.len() as u64);
+    counters.handled.add(settlers.len() as u64);
     let mut copies = copies.into_iter();
     match result {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
-            for d in deliveries.drain(..) {
+            for (s, at) in settlers {
                 let o = outcomes.next().unwrap_or_else(Outcome::retry);
-                crate::router::settle(d, Ok(o), copies.next(), ctx, counters).await;
+                settle(s, at, Ok(o), copies.next(), ctx, counters).await;
             }
         }
         Err(e) => {
             let retryable = e.is_retryable();
             let reason = e.to_string();
-            for d in deliveries.drain(..) {
+            for (s, at) in settlers {
                 let r = if retryable {
                     Err(HandlerError::retryable(reason.clone()))
                 } else {
                     Err(HandlerError::permanent(reason.clone()))
                 };
-                crate::router::settle(d, r, copies.next(), ctx, counters).await;
+                settle(s, at, r, copies.next(), ctx, counters).await;
             }
         }
     }

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tower::Service;
-use wharf_core::{AckBatch, Capability, Delivery, Message};
+use wharf_core::{AckBatch, Capability, Delivery, DeliveryInfo, Message, Settler};
 
 use crate::dead_letter;
 use crate::outcome::{HandlerError, HandlerResult, Outcome};
@@ -39,10 +38,6 @@ pub(crate) async fn run_lane<S>(
 ) where
     S: Service<Request, Response = Outcome, Error = HandlerError>,
 {
-    // Swapped into each delivery in place of its message, so the message
-    // moves to the handler without a copy (wharf-core has no
-    // `Delivery::into_parts`); the delivery is then used only to settle.
-    let placeholder = Message::builder().payload(Bytes::new()).build();
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
     // Acks of one batch go to the backend together (one `ack_many` call),
     // flushed at the end of the batch and before waiting on anything that
@@ -58,18 +53,21 @@ pub(crate) async fn run_lane<S>(
             acked: 0,
             pending: 0,
         };
-        for mut delivery in batch {
+        for delivery in batch {
             let ready = flushing(
                 std::pin::pin!(poll_ready_catching(&mut svc)),
                 &mut acks,
                 &mut tally,
             )
             .await;
-            let message = std::mem::replace(delivery.message_mut(), placeholder.clone());
-            let copy = keep_copy.then(|| Box::new(message.clone()));
+            // The message and its facts move into the request; only the
+            // settler stays here.
+            let (message, info, settler) = delivery.into_parts();
+            let at = At::of(&info);
+            let copy = keep_copy.then(|| Box::new((message.clone(), info.clone())));
             let result = match ready {
                 Ok(()) => {
-                    let req = Request::new(message, delivery.info().clone(), ctx.clone());
+                    let req = Request::new(message, info, ctx.clone());
                     match std::panic::catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
                         Ok(fut) => {
                             // Pinned here once; `flushing` takes a reference,
@@ -78,7 +76,7 @@ pub(crate) async fn run_lane<S>(
                             match lease {
                                 None => flushing(fut, &mut acks, &mut tally).await,
                                 Some(lease) => {
-                                    let fut = std::pin::pin!(keep_lease(&delivery, lease, fut));
+                                    let fut = std::pin::pin!(keep_lease(&settler, lease, fut));
                                     flushing(fut, &mut acks, &mut tally).await
                                 }
                             }
@@ -93,12 +91,12 @@ pub(crate) async fn run_lane<S>(
             // The common case inline; everything else in `settle`.
             if matches!(result, Ok(Outcome::Ack)) {
                 tally.pending += 1;
-                acks.push(delivery);
+                acks.push_settler(settler);
             } else {
                 // A nack, reject or dead-letter publish may take a round
                 // trip: the acks before it go first.
                 flush(&mut acks, &mut tally).await;
-                settle(delivery, result, copy, &ctx, &counters).await;
+                settle(settler, at, result, copy, &ctx, &counters).await;
             }
         }
         flush(&mut acks, &mut tally).await;
@@ -154,7 +152,7 @@ impl Drop for Tally<'_> {
 
 /// Awaits `fut`, extending the delivery's lease by `lease` every half
 /// lease, so a slow handler is not raced by a redelivery of its message.
-async fn keep_lease<F: Future>(delivery: &Delivery, lease: Duration, fut: F) -> F::Output {
+async fn keep_lease<F: Future>(settler: &Settler, lease: Duration, fut: F) -> F::Output {
     tokio::pin!(fut);
     let every = (lease / 2).max(Duration::from_millis(1));
     loop {
@@ -162,7 +160,7 @@ async fn keep_lease<F: Future>(delivery: &Delivery, lease: Duration, fut: F) -> 
             biased;
             out = &mut fut => return out,
             () = tokio::time::sleep(every) => {
-                if let Err(e) = delivery.extend(lease).await {
+                if let Err(e) = settler.extend(lease).await {
                     tracing::debug!(error = %e, "extending a lease failed");
                 }
             }
@@ -206,38 +204,62 @@ enum Settled {
     DeadLettered,
 }
 
-/// Settles `delivery` according to the handler's result.
+/// Where a delivery came from, kept (it is `Copy`) for the log lines of
+/// failed handlers after the message and its facts moved into the request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct At {
+    partition: u32,
+    offset: Option<u64>,
+    attempt: u32,
+}
+
+impl At {
+    pub(crate) fn of(info: &DeliveryInfo) -> Self {
+        At {
+            partition: info.partition,
+            offset: info.offset,
+            attempt: info.attempt,
+        }
+    }
+}
+
+/// A copy of a delivered message and its facts, kept for dead-lettering on
+/// backends without [`Capability::DeadLetter`].
+pub(crate) type Copied = Box<(Message, DeliveryInfo)>;
+
+/// Settles a delivery (by its `settler`) according to the handler's result.
 ///
 /// Retryable errors nack (with the backend's redelivery and max-deliveries
 /// rules applying); permanent errors reject with the error as reason. On a
 /// backend without dead letters, a reject is done by publishing `copy` to the
 /// dead-letter topic and acking.
 pub(crate) async fn settle(
-    delivery: Delivery,
+    settler: Settler,
+    at: At,
     result: HandlerResult,
-    copy: Option<Box<Message>>,
+    copy: Option<Copied>,
     ctx: &Context,
     counters: &LaneCounters,
 ) {
     let caps = ctx.capabilities();
     let settled = match result {
-        Ok(Outcome::Ack) => delivery.ack().await.map(|()| Settled::Acked),
+        Ok(Outcome::Ack) => settler.ack().await.map(|()| Settled::Acked),
         Ok(Outcome::Retry { delay }) => {
             if delay.is_zero() || !caps.contains(Capability::NackWithDelay) {
-                delivery.nack().await
+                settler.nack().await
             } else {
-                delivery.nack_with_delay(delay).await
+                settler.nack_with_delay(delay).await
             }
             .map(|()| Settled::Nacked)
         }
-        Ok(Outcome::Reject { reason }) => reject(delivery, reason, copy, ctx).await,
+        Ok(Outcome::Reject { reason }) => reject(settler, reason, copy, ctx).await,
         Err(e) if e.is_retryable() => {
-            tracing::debug!(topic = %delivery.topic(), error = %e, "handler failed; nacking");
-            delivery.nack().await.map(|()| Settled::Nacked)
+            tracing::debug!(group = ?ctx.group(), partition = at.partition, offset = ?at.offset, attempt = at.attempt, error = %e, "handler failed; nacking");
+            settler.nack().await.map(|()| Settled::Nacked)
         }
         Err(e) => {
-            tracing::warn!(topic = %delivery.topic(), error = %e, "handler failed permanently; rejecting");
-            reject(delivery, e.to_string(), copy, ctx).await
+            tracing::warn!(group = ?ctx.group(), partition = at.partition, offset = ?at.offset, attempt = at.attempt, error = %e, "handler failed permanently; rejecting");
+            reject(settler, e.to_string(), copy, ctx).await
         }
     };
     match settled {
@@ -253,20 +275,20 @@ pub(crate) async fn settle(
 }
 
 async fn reject(
-    delivery: Delivery,
+    settler: Settler,
     reason: String,
-    copy: Option<Box<Message>>,
+    copy: Option<Copied>,
     ctx: &Context,
 ) -> wharf_core::Result<Settled> {
-    let Some(message) = copy else {
-        return delivery.reject(reason).await.map(|()| Settled::Rejected);
+    let Some(copy) = copy else {
+        return settler.reject(reason).await.map(|()| Settled::Rejected);
     };
-    let info = delivery.info().clone();
-    match dead_letter::publish_dead_letter(ctx, *message, &info, &reason).await {
-        Ok(_) => delivery.ack().await.map(|()| Settled::DeadLettered),
+    let (message, info) = *copy;
+    match dead_letter::publish_dead_letter(ctx, message, &info, &reason).await {
+        Ok(_) => settler.ack().await.map(|()| Settled::DeadLettered),
         Err(e) => {
             tracing::warn!(error = %e, "dead-lettering failed; nacking instead");
-            delivery.nack().await.map(|()| Settled::Nacked)
+            settler.nack().await.map(|()| Settled::Nacked)
         }
     }
 }

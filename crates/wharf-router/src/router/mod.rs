@@ -28,7 +28,7 @@ use wharf_core::{
 
 use crate::outcome::{HandlerError, Outcome};
 use crate::request::{Context, Request};
-pub(crate) use lane::settle;
+pub(crate) use lane::{settle, At};
 pub(crate) use report::{Counter, LaneCounters};
 pub use report::{RouteReport, ShutdownReport};
 
