@@ -153,6 +153,15 @@ fn main() {
             "trace" => rt
                 .block_on(async { routed_with!(mode_n(), wharf_router::trace::TraceLayer::new()) }),
             "metrics" => rt.block_on(async { routed_with!(mode_n(), MetricsLayer::new()) }),
+            "three" => rt.block_on(async {
+                routed_with!(
+                    mode_n(),
+                    ServiceBuilder::new()
+                        .layer(wharf_router::trace::TraceLayer::new())
+                        .layer(MetricsLayer::new())
+                        .layer(wharf_router::recover::RecoverLayer::new())
+                )
+            }),
             "recover" => rt.block_on(async {
                 routed_with!(mode_n(), wharf_router::recover::RecoverLayer::new())
             }),

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::metrics::{Handles, Instant, MetricsLayer};
+use crate::metrics::{Handles, MetricsLayer, Started};
 use crate::outcome::{HandlerError, Outcome};
 use crate::recover;
 use crate::request::Request;
@@ -118,7 +118,7 @@ pin_project! {
         // future the router moves per message stays small.
         early: Option<Box<String>>,
         span: Option<Box<tracing::Span>>,
-        start: Option<Instant>,
+        start: Option<Started>,
         handles: Arc<Handles>,
     }
 }

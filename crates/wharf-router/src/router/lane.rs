@@ -26,6 +26,7 @@ use crate::dead_letter;
 use crate::outcome::{HandlerError, HandlerResult, Outcome};
 use crate::request::{Context, Request};
 use crate::router::report::LaneCounters;
+use crate::router::Spares;
 
 /// Runs until the channel closes (the fetch task ended) and is drained.
 pub(crate) async fn run_lane<S>(
@@ -34,6 +35,7 @@ pub(crate) async fn run_lane<S>(
     ctx: Context,
     counters: Arc<LaneCounters>,
     window: Arc<Semaphore>,
+    spares: Arc<Spares>,
     lease: Option<Duration>,
 ) where
     S: Service<Request, Response = Outcome, Error = HandlerError>,
@@ -43,7 +45,7 @@ pub(crate) async fn run_lane<S>(
     // flushed at the end of the batch and before waiting on anything that
     // is not ready at once, so an ack never waits on a slow handler.
     let mut acks = AckBatch::new();
-    while let Some(batch) = rx.recv().await {
+    while let Some(mut batch) = rx.recv().await {
         let settled = batch.len();
         // Counted once per batch, and still counted if the lane is aborted
         // mid-batch (the guard is dropped with the task).
@@ -53,7 +55,7 @@ pub(crate) async fn run_lane<S>(
             acked: 0,
             pending: 0,
         };
-        for delivery in batch {
+        for delivery in batch.drain(..) {
             let ready = flushing(
                 std::pin::pin!(poll_ready_catching(&mut svc)),
                 &mut acks,
@@ -103,6 +105,7 @@ pub(crate) async fn run_lane<S>(
         drop(tally);
         // Free the batch's slots in the route's in-flight window at once.
         window.add_permits(settled);
+        spares.give(batch);
     }
 }
 

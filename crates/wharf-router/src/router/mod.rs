@@ -217,6 +217,9 @@ where
         // fetches full batches instead of one delivery per freed slot.
         let window_size = route.options.max_in_flight_limit().max(batch);
         let window = Arc::new(Semaphore::new(window_size));
+        // Every lane's queued batches, the one it works on and the fetch
+        // task's own per-lane batches.
+        let spares = Arc::new(Spares::new(route.lanes * (route.lane_capacity + 2)));
         let lease = route
             .options
             .visibility_timeout_value()
@@ -230,6 +233,7 @@ where
                 ctx.clone(),
                 c.clone(),
                 window.clone(),
+                spares.clone(),
                 lease,
             )));
             senders.push(tx);
@@ -250,6 +254,7 @@ where
                 fetched: fetched.clone(),
                 fetch_errors: fetch_errors.clone(),
                 done,
+                spares,
             },
         ));
         let mut tasks = vec![Some(fetcher)];
@@ -289,6 +294,48 @@ struct Fetch {
     fetched: Arc<Counter>,
     fetch_errors: Arc<Counter>,
     done: mpsc::Sender<()>,
+    spares: Arc<Spares>,
+}
+
+/// Emptied lane batches, given back by the lanes for the fetch task to fill
+/// again: a lane batch is then not allocated by one task and freed by
+/// another each time (malloc's slow path for its size).
+#[derive(Default)]
+pub(crate) struct Spares {
+    batches: std::sync::Mutex<Vec<Vec<Delivery>>>,
+    /// Most kept: as many batches as can exist at once.
+    max: usize,
+}
+
+impl Spares {
+    fn new(max: usize) -> Self {
+        Spares {
+            batches: std::sync::Mutex::new(Vec::with_capacity(max)),
+            max,
+        }
+    }
+
+    /// An empty batch with room for at least `capacity` deliveries.
+    fn take(&self, capacity: usize) -> Vec<Delivery> {
+        let spare = self.batches.lock().ok().and_then(|mut b| b.pop());
+        match spare {
+            Some(mut v) => {
+                v.reserve(capacity);
+                v
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Gives back an emptied batch.
+    pub(crate) fn give(&self, batch: Vec<Delivery>) {
+        debug_assert!(batch.is_empty());
+        if let Ok(mut b) = self.batches.lock() {
+            if b.len() < self.max {
+                b.push(batch);
+            }
+        }
+    }
 }
 
 async fn fetch_loop(mut sub: Subscription, f: Fetch) {
@@ -302,11 +349,12 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
         fetched,
         fetch_errors,
         done,
+        spares,
     } = f;
     let _done = done;
     let lanes = senders.len();
     let mut buf: Vec<Delivery> = Vec::with_capacity(batch);
-    let mut per_lane: Vec<Vec<Delivery>> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut per_lane: Vec<Vec<Delivery>> = (0..lanes).map(|_| spares.take(keyless_run)).collect();
     let mut next_keyless = 0usize;
     let mut keyless_in_run = 0usize;
     'fetch: loop {
@@ -375,8 +423,9 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
             if pending.is_empty() {
                 continue;
             }
-            // The next batch for this lane starts with room for a full run.
-            let next = Vec::with_capacity(pending.len().max(keyless_run));
+            // The next batch for this lane: an emptied one the lanes gave
+            // back, else a new one with room for a full run.
+            let next = spares.take(keyless_run);
             if tx.send(std::mem::replace(pending, next)).await.is_err() {
                 // The lane is gone (only at an aborted shutdown): what we hold
                 // is dropped unsettled and redelivered.
