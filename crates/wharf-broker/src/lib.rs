@@ -22,7 +22,8 @@
 //!
 //! # Semantics
 //! - **Topics** have N partitions; a message goes to `crc32c(key) % N`, or
-//!   round-robin without a key, so order per key holds within a partition.
+//!   round-robin without a key (per batch: a batch's keyless messages go to
+//!   one partition), so order per key holds within a partition.
 //!   Topics are created on first use unless the builder turns that off.
 //! - **Publish** is acknowledged once the log holds the message as durably
 //!   as the topic's [`Durability`] promises (default `Always`: after
@@ -868,15 +869,20 @@ impl Inner {
         let mut slot = vec![usize::MAX; parts.len()];
         let ids = codec::IdBuffer::new(msgs);
         let mut spare = self.header_pool.take(msgs.len());
+        // Keyless messages of one batch all go to one partition (the next
+        // in round robin, per batch): one append and, under `Always`, one
+        // fdatasync instead of one per partition, the batch waiting for the
+        // slowest (Kafka's sticky partitioner does the same).
+        let mut sticky = None;
         for (i, m) in msgs.iter().enumerate() {
             if receipts[i].is_some() || skip.contains(&i) {
                 continue;
             }
             // A one-partition topic needs no round robin.
-            let p = if nparts == 1 {
-                0
-            } else {
-                topic.partition_for(m.key().map(|k| &k[..]), nparts)
+            let p = match m.key() {
+                _ if nparts == 1 => 0,
+                Some(k) => topic.partition_for(Some(&k[..]), nparts),
+                None => *sticky.get_or_insert_with(|| topic.partition_for(None, nparts)),
             };
             if slot[p as usize] == usize::MAX {
                 slot[p as usize] = by_part.len();

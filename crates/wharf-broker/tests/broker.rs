@@ -338,6 +338,65 @@ async fn partitions_grow_and_never_shrink() {
 }
 
 #[tokio::test]
+async fn a_keyless_batch_goes_to_one_partition_and_batches_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("sticky", fast().partitions(4))
+        .await
+        .unwrap();
+    let mut batch_parts = Vec::new();
+    for n in 0..4 {
+        let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("{n}.{i}"))).collect();
+        let receipts = b.publish_batch("sticky", batch).await.unwrap();
+        let parts: std::collections::HashSet<u32> = receipts.iter().map(|r| r.partition).collect();
+        assert_eq!(
+            parts.len(),
+            1,
+            "one keyless batch, one partition: {receipts:?}"
+        );
+        // Offsets within the partition follow the batch order.
+        let offsets: Vec<u64> = receipts.iter().map(|r| r.offset.unwrap()).collect();
+        assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+        batch_parts.push(*parts.iter().next().unwrap());
+    }
+    batch_parts.sort_unstable();
+    assert_eq!(
+        batch_parts,
+        [0, 1, 2, 3],
+        "batches rotate over every partition"
+    );
+    // Keyed messages in a batch still go by their key, keyless ones to one
+    // partition between them.
+    let mixed: Vec<Message> = (0..20)
+        .map(|i| match i % 2 {
+            0 => Message::builder().key(format!("k{i}")).payload("x").build(),
+            _ => Message::new("y"),
+        })
+        .collect();
+    let receipts = b.publish_batch("sticky", mixed.clone()).await.unwrap();
+    let keyless: std::collections::HashSet<u32> = receipts
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(keyless.len(), 1, "{receipts:?}");
+    for (m, r) in mixed.iter().zip(&receipts).step_by(2) {
+        let again = b
+            .publish(
+                "sticky",
+                Message::builder()
+                    .key(m.key().unwrap().clone())
+                    .payload("z")
+                    .build(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.partition, again.partition, "a key keeps its partition");
+    }
+}
+
+#[tokio::test]
 async fn stream_mode_splits_partitions_between_members_and_reports_them() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path()).await;
