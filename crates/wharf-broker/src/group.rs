@@ -695,6 +695,26 @@ impl GroupTopic {
 
     /// Settles a leased message. `Ok(Some(dl))` asks the caller to copy `dl`
     /// to the dead-letter topic and then call [`GroupTopic::finish_dead`].
+    /// Puts a message leased under `lease` back as never handed out (a
+    /// stream's buffer held it unseen): ready again, the attempt its lease
+    /// counted undone, so prefetching never uses up `max_deliveries`.
+    pub(crate) fn return_unseen(
+        &self,
+        partition: u32,
+        offset: u64,
+        lease: u64,
+    ) -> Result<(), Error> {
+        let mut st = self.lock();
+        let part = leased(&mut st, partition, offset, lease)?;
+        if let Some(p) = part.pending.get_mut(offset) {
+            p.attempts = p.attempts.saturating_sub(1);
+        }
+        part.set_state(offset, PState::Ready);
+        drop(st);
+        self.wake_watchers();
+        Ok(())
+    }
+
     pub(crate) fn settle(
         &self,
         partition: u32,

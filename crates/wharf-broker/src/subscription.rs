@@ -295,6 +295,14 @@ impl Acker for SubAcker {
         gt.extend(partition, offset, token, inner.clock.now() + by)
     }
 
+    fn release_unseen(&self, token: u64) {
+        if let Some(r) = self.remove(token) {
+            // An error means the lease is gone already (expired, or the
+            // group was deleted): nothing to give back.
+            let _ = r.gt.return_unseen(r.partition, r.offset, token);
+        }
+    }
+
     fn release(&self, token: u64) {
         let Some(r) = self.remove(token) else {
             return;
@@ -348,6 +356,14 @@ impl BrokerStream {
 
     fn ended(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire) || self.inner.is_closed()
+    }
+
+    /// Gives back what the buffer holds: never handed out, so no attempt
+    /// is counted for it.
+    fn return_unseen(&mut self) {
+        for d in self.buf.drain(..) {
+            d.release_unseen();
+        }
     }
 
     /// Takes what is ready into the buffer; returns when to look again.
@@ -429,7 +445,7 @@ impl DeliveryStream for BrokerStream {
     async fn next(&mut self) -> Option<Result<Delivery>> {
         loop {
             if self.ended() {
-                self.buf.clear();
+                self.return_unseen();
                 return None;
             }
             if let Some(d) = self.buf.pop_front() {
@@ -469,7 +485,7 @@ impl DeliveryStream for BrokerStream {
 
     async fn close(&mut self) -> Result<()> {
         self.shared.end();
-        self.buf.clear();
+        self.return_unseen();
         Ok(())
     }
 }
@@ -477,7 +493,7 @@ impl DeliveryStream for BrokerStream {
 impl Drop for BrokerStream {
     fn drop(&mut self) {
         self.shared.end();
-        self.buf.clear();
+        self.return_unseen();
         self.inner.forget_subscription(&self.shared);
     }
 }

@@ -337,6 +337,42 @@ async fn partitions_grow_and_never_shrink() {
     assert_eq!(b.topics()[0].partitions.len(), 4);
 }
 
+#[tokio::test(start_paused = true)]
+async fn closing_returns_deliveries_never_handed_out_without_counting_an_attempt() {
+    // The stream takes ready messages into a local buffer; with max
+    // deliveries 1, counting those never handed out as failed attempts
+    // would dead-letter messages no handler ever saw.
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("unseen", fast()).await.unwrap();
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+    b.publish_batch("unseen", batch).await.unwrap();
+    let opts = || group("unseen").max_deliveries(1);
+    let mut sub = b.subscribe(opts()).await.unwrap();
+    assert_eq!(take(&mut sub).await, "m0");
+    // Handed out, then dropped unsettled: that one is a failed attempt.
+    let d = next(&mut sub).await;
+    assert_eq!(text(&d), "m1");
+    drop(d);
+    sub.close().await.unwrap();
+    drop(sub);
+    let mut sub = b.subscribe(opts()).await.unwrap();
+    for i in 2..10 {
+        let d = next(&mut sub).await;
+        assert_eq!(text(&d), format!("m{i}"));
+        assert_eq!(d.attempt(), 1, "m{i} was never handed out before");
+        d.ack().await.unwrap();
+    }
+    assert!(quiet_for(&mut sub, Duration::from_millis(200)).await);
+    // m1 used its one delivery: it is in the dead-letter topic, alone.
+    let mut dlq = b
+        .subscribe(SubscribeOptions::new("dlq.unseen").start(StartPosition::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(take(&mut dlq).await, "m1");
+    assert!(quiet_for(&mut dlq, Duration::from_millis(200)).await);
+}
+
 #[tokio::test]
 async fn a_keyless_batch_goes_to_one_partition_and_batches_rotate() {
     let dir = tempfile::tempdir().unwrap();

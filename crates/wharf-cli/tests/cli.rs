@@ -111,8 +111,10 @@ fn pub_and_sub_carry_keys_headers_and_stdin_lines() {
 
 #[test]
 fn sub_with_count_takes_exactly_that_many_and_leaves_the_rest_untouched() {
-    // With max deliveries 1, a message fetched past `--count` and released
-    // unseen would go straight to the DLQ: `sub --count` must not fetch it.
+    // With max deliveries 1, a message taken past `--count` and released
+    // after being handed out would go straight to the DLQ: `sub --count`
+    // must take exactly N (what the client buffered unseen is given back
+    // without counting an attempt).
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);
     common::ok(&server.cli(&["topic", "create", "cli.count", "--max-deliveries", "1"]));

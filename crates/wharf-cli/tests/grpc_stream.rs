@@ -264,3 +264,60 @@ async fn server_reflection_lists_the_wharf_service() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.iter().any(|n| n == "wharf.v1.Wharf"), "{names:?}");
 }
+
+#[tokio::test]
+async fn closing_a_remote_subscription_returns_what_it_never_handed_out() {
+    use wharf_core::{Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
+    // The server pushes up to the granted credit ahead of `next`; with max
+    // deliveries 1, counting those buffered, never handed out deliveries
+    // as failed attempts would dead-letter messages no handler saw.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli(&["topic", "create", "unseen", "--max-deliveries", "1"]));
+    let client = wharf_client::Client::connect(&server.url(), None)
+        .await
+        .expect("connect");
+    let batch: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+    client
+        .publish_batch("unseen", batch)
+        .await
+        .expect("publish");
+    let opts = || {
+        SubscribeOptions::new("unseen")
+            .group("g")
+            .start(StartPosition::Earliest)
+            .max_in_flight(16)
+    };
+    let text =
+        |d: &wharf_core::Delivery| String::from_utf8_lossy(d.message().payload()).into_owned();
+    let within = Duration::from_secs(10);
+    let mut sub = client.subscribe(opts()).await.expect("subscribe");
+    let d = tokio::time::timeout(within, sub.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("delivery");
+    assert_eq!(text(&d), "m0");
+    d.ack().await.expect("ack");
+    // Let the server push the rest into the client's buffer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub.close().await.expect("close");
+    drop(sub);
+    let mut sub = client.subscribe(opts()).await.expect("subscribe again");
+    for i in 1..10 {
+        let d = tokio::time::timeout(within, sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("delivery");
+        assert_eq!(text(&d), format!("m{i}"));
+        assert_eq!(d.attempt(), 1, "m{i} had never been handed out");
+        d.ack().await.expect("ack");
+    }
+    let dlq = common::ok(&server.cli(&["dlq", "list", "unseen", "--json"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&dlq).expect("json"),
+        serde_json::json!([]),
+        "{dlq}"
+    );
+}

@@ -104,6 +104,19 @@ impl SubAcker {
         Ok(wrx)
     }
 
+    /// Tells the server a delivery of the current stream is dropped
+    /// (`kind` says whether it was handed out).
+    fn send_release(&self, token: u64, kind: fn(u64) -> consume_request::Kind) {
+        let st = self.lock();
+        if token >> GEN_SHIFT == st.generation {
+            if let Some(tx) = &st.tx {
+                let _ = tx.send(v1::ConsumeRequest {
+                    kind: Some(kind(token & ID_MASK)),
+                });
+            }
+        }
+    }
+
     /// Asks the server to stop new deliveries (settlements keep working).
     pub(crate) fn close_remote(&self) {
         let mut st = self.lock();
@@ -269,14 +282,11 @@ impl Acker for SubAcker {
     }
 
     fn release(&self, token: u64) {
-        let st = self.lock();
-        if token >> GEN_SHIFT == st.generation {
-            if let Some(tx) = &st.tx {
-                let _ = tx.send(v1::ConsumeRequest {
-                    kind: Some(consume_request::Kind::Release(token & ID_MASK)),
-                });
-            }
-        }
+        self.send_release(token, consume_request::Kind::Release);
+    }
+
+    fn release_unseen(&self, token: u64) {
+        self.send_release(token, consume_request::Kind::ReleaseUnseen);
     }
 }
 
@@ -427,7 +437,11 @@ async fn read(
                         source: "delivery without a message".into(),
                     }),
                 };
-                let _ = tx.send(item);
+                // The stream was closed meanwhile: this one was never
+                // handed out.
+                if let Err(mpsc::error::SendError(Ok(d))) = tx.send(item) {
+                    d.release_unseen();
+                }
             }
             Some(consume_response::Kind::Result(r)) => {
                 if let Some(a) = acker.upgrade() {
@@ -527,14 +541,27 @@ impl DeliveryStream for RemoteStream {
     async fn close(&mut self) -> Result<(), Error> {
         self.closed = true;
         self.acker.close_remote();
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
+        self.return_unseen();
         Ok(())
+    }
+}
+
+impl RemoteStream {
+    /// Gives back what was received but never handed out: the server
+    /// redelivers it without counting an attempt.
+    fn return_unseen(&mut self) {
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(d) = item {
+                d.release_unseen();
+            }
+        }
     }
 }
 
 impl Drop for RemoteStream {
     fn drop(&mut self) {
         self.acker.close_remote();
+        self.return_unseen();
     }
 }

@@ -58,6 +58,15 @@ pub trait Acker: Send + Sync + 'static {
     /// still holds its `Arc<dyn Acker>` while this runs.
     fn release(&self, token: u64);
 
+    /// Called for a delivery the consumer never saw: one a subscription took
+    /// into a local buffer ahead of `next` and then dropped (on close).
+    /// Make it available again *without* counting the attempt, so prefetch
+    /// never uses up `max_deliveries`. Must not block. The default releases
+    /// it like [`Acker::release`] (for backends that cannot undo the count).
+    fn release_unseen(&self, token: u64) {
+        self.release(token);
+    }
+
     /// Acknowledges every delivery in `tokens` (a batch ack, see
     /// [`AckBatch`]); pushes each token that could not be acknowledged to
     /// `failed` with its error, as [`Acker::settle`] would have returned it.
@@ -308,6 +317,16 @@ impl Delivery {
     /// See [`Acker::extend`].
     pub async fn extend(&self, by: Duration) -> Result<()> {
         self.settler.extend(by).await
+    }
+
+    /// Gives the delivery back as never seen ([`Acker::release_unseen`]):
+    /// for backends and wrappers whose subscriptions take deliveries into a
+    /// local buffer and drop them unseen on close. Applications drop (or
+    /// nack) a delivery instead.
+    pub fn release_unseen(mut self) {
+        if let Some(h) = self.settler.0.take() {
+            h.acker.release_unseen(h.token);
+        }
     }
 }
 

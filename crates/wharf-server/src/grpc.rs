@@ -709,6 +709,11 @@ async fn consume_loop(
                     Some(consume_request::Kind::Release(id)) => {
                         held.remove(&id);
                     }
+                    Some(consume_request::Kind::ReleaseUnseen(id)) => {
+                        if let Some(d) = held.remove(&id) {
+                            d.release_unseen();
+                        }
+                    }
                     Some(consume_request::Kind::Close(_)) => {
                         if let Some(mut s) = sub.take() {
                             let _ = s.close().await;
