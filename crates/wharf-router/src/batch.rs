@@ -197,24 +197,46 @@ async fn batch_loop<S>(
     let StartEnv { ctx, stop, done } = env;
     let _done = done;
     let keep_copy = !ctx.capabilities().contains(Capability::DeadLetter);
-    let mut deliveries = Vec::with_capacity(max);
+    // Collected, not yet handed to the handler: given back unseen if the
+    // task is aborted while it waits for more (no attempt counted).
+    let mut deliveries = Collected(Vec::with_capacity(max));
     loop {
-        let before = deliveries.len();
-        let go_on = collect(&mut sub, max, linger, &stop, &mut deliveries, &fetch_errors).await;
-        fetched.add((deliveries.len() - before) as u64);
-        if deliveries.is_empty() {
+        let before = deliveries.0.len();
+        let go_on = collect(
+            &mut sub,
+            max,
+            linger,
+            &stop,
+            &mut deliveries.0,
+            &fetch_errors,
+        )
+        .await;
+        fetched.add((deliveries.0.len() - before) as u64);
+        if deliveries.0.is_empty() {
             if go_on && !stop.is_cancelled() {
                 continue;
             }
             break;
         }
-        handle_batch(&mut svc, &mut deliveries, keep_copy, &ctx, &counters).await;
+        handle_batch(&mut svc, &mut deliveries.0, keep_copy, &ctx, &counters).await;
         if !go_on {
             break;
         }
     }
     if let Err(e) = sub.close().await {
         tracing::debug!(error = %e, "closing the subscription failed");
+    }
+}
+
+/// Deliveries a batch route collected; dropped with some left, it gives them
+/// back with [`Delivery::release_unseen`].
+struct Collected(Vec<Delivery>);
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        for d in self.0.drain(..) {
+            d.release_unseen();
+        }
     }
 }
 

@@ -102,3 +102,63 @@ async fn shutdown_at_the_deadline_then_broker_restart_loses_nothing() {
         "acked before shutdown but delivered again: {second:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_aborted_shutdown_gives_back_what_no_handler_saw_without_an_attempt() {
+    // With max deliveries 1, a message the router fetched but never handed
+    // to a handler must not be dead-lettered when the shutdown deadline
+    // drops it; the ones whose handler was cut off used their attempt.
+    let dir = tempfile::tempdir().unwrap();
+    let b: Arc<dyn Backend> = Arc::new(Broker::open(dir.path()).await.unwrap());
+    publish_n(&b, "jobs", 60, |i| Some(format!("k{}", i % 6))).await;
+    let started: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let s2 = started.clone();
+    let stuck = handler_fn(move |req: Request| {
+        s2.lock().unwrap().push(payload_num(req.message()));
+        async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Outcome::Ack)
+        }
+    });
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.cancel();
+    });
+    let report = Router::new(b.clone())
+        .shutdown_timeout(Duration::from_millis(120))
+        .add_route(Route::new(opts().max_deliveries(1), stuck).lanes(3))
+        .run(stop)
+        .await
+        .unwrap();
+    assert!(report.deadline_exceeded);
+    assert!(report.fetched() > 3, "{report:?}");
+    let started: HashSet<usize> = started.lock().unwrap().iter().copied().collect();
+    assert_eq!(started.len(), 3, "one stuck handler per lane: {started:?}");
+
+    // Everything no handler saw comes back, on its first attempt.
+    let mut sub = b.subscribe(opts().max_deliveries(1)).await.unwrap();
+    let mut back = HashSet::new();
+    for _ in 0..57 {
+        let d = support::next(&mut sub).await;
+        assert_eq!(d.attempt(), 1, "{:?} was never handed out", d.info());
+        back.insert(payload_num(d.message()));
+        d.ack().await.unwrap();
+    }
+    assert!(support::quiet(&mut sub, Duration::from_secs(5)).await);
+    assert!(back.is_disjoint(&started));
+    // The three cut off mid-handling used their one delivery.
+    let mut dlq = b
+        .subscribe(SubscribeOptions::new("dlq.jobs").start(StartPosition::Earliest))
+        .await
+        .unwrap();
+    let mut dead = HashSet::new();
+    for _ in 0..3 {
+        let d = support::next(&mut dlq).await;
+        dead.insert(payload_num(d.message()));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(dead, started);
+    b.close().await.unwrap();
+}

@@ -20,17 +20,17 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tower::Service;
-use wharf_core::{AckBatch, Capability, Delivery, DeliveryInfo, Message, Settler};
+use wharf_core::{AckBatch, Capability, DeliveryInfo, Message, Settler};
 
 use crate::dead_letter;
 use crate::outcome::{HandlerError, HandlerResult, Outcome};
 use crate::request::{Context, Request};
 use crate::router::report::LaneCounters;
-use crate::router::Spares;
+use crate::router::{Spares, Unseen};
 
 /// Runs until the channel closes (the fetch task ended) and is drained.
 pub(crate) async fn run_lane<S>(
-    mut rx: mpsc::Receiver<Vec<Delivery>>,
+    mut rx: mpsc::Receiver<Unseen>,
     mut svc: S,
     ctx: Context,
     counters: Arc<LaneCounters>,
@@ -46,7 +46,7 @@ pub(crate) async fn run_lane<S>(
     // is not ready at once, so an ack never waits on a slow handler.
     let mut acks = AckBatch::new();
     while let Some(mut batch) = rx.recv().await {
-        let settled = batch.len();
+        let settled = batch.0.len();
         // Counted once per batch, and still counted if the lane is aborted
         // mid-batch (the guard is dropped with the task).
         let mut tally = Tally {
@@ -55,7 +55,9 @@ pub(crate) async fn run_lane<S>(
             acked: 0,
             pending: 0,
         };
-        for delivery in batch.drain(..) {
+        // Popped one by one: if the lane is aborted mid-batch, what is left
+        // was never handed to the handler and goes back unseen.
+        while let Some(delivery) = batch.0.pop_front() {
             let ready = flushing(
                 std::pin::pin!(poll_ready_catching(&mut svc)),
                 &mut acks,

@@ -7,11 +7,13 @@
 //! in order and settles each as soon as its handler is done. In-flight work
 //! is bounded by the subscription's `max_in_flight`. Shutdown stops fetching,
 //! drains what was fetched up to a deadline, then drops the rest unsettled
-//! so the backend redelivers it.
+//! so the backend redelivers it (what no handler saw goes back without
+//! counting a delivery attempt).
 
 mod lane;
 mod report;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -285,7 +287,7 @@ pub(crate) fn lane_of(key: &[u8], lanes: usize) -> usize {
 
 /// What a route's fetch task works with.
 struct Fetch {
-    senders: Vec<mpsc::Sender<Vec<Delivery>>>,
+    senders: Vec<mpsc::Sender<Unseen>>,
     batch: usize,
     keyless_run: usize,
     window: Arc<Semaphore>,
@@ -297,12 +299,27 @@ struct Fetch {
     spares: Arc<Spares>,
 }
 
+/// A lane batch: deliveries fetched and not yet handed to the handler, in
+/// order. Dropped with some left (an aborted shutdown, a lane gone), it
+/// gives them back with [`Delivery::release_unseen`]: no attempt is counted
+/// for a message no handler saw, so `max_deliveries` is not used up.
+#[derive(Default)]
+pub(crate) struct Unseen(pub(crate) VecDeque<Delivery>);
+
+impl Drop for Unseen {
+    fn drop(&mut self) {
+        for d in self.0.drain(..) {
+            d.release_unseen();
+        }
+    }
+}
+
 /// Emptied lane batches, given back by the lanes for the fetch task to fill
 /// again: a lane batch is then not allocated by one task and freed by
 /// another each time (malloc's slow path for its size).
 #[derive(Default)]
 pub(crate) struct Spares {
-    batches: std::sync::Mutex<Vec<Vec<Delivery>>>,
+    batches: std::sync::Mutex<Vec<Unseen>>,
     /// Most kept: as many batches as can exist at once.
     max: usize,
 }
@@ -316,20 +333,20 @@ impl Spares {
     }
 
     /// An empty batch with room for at least `capacity` deliveries.
-    fn take(&self, capacity: usize) -> Vec<Delivery> {
+    fn take(&self, capacity: usize) -> Unseen {
         let spare = self.batches.lock().ok().and_then(|mut b| b.pop());
         match spare {
             Some(mut v) => {
-                v.reserve(capacity);
+                v.0.reserve(capacity);
                 v
             }
-            None => Vec::with_capacity(capacity),
+            None => Unseen(VecDeque::with_capacity(capacity)),
         }
     }
 
     /// Gives back an emptied batch.
-    pub(crate) fn give(&self, batch: Vec<Delivery>) {
-        debug_assert!(batch.is_empty());
+    pub(crate) fn give(&self, batch: Unseen) {
+        debug_assert!(batch.0.is_empty());
         if let Ok(mut b) = self.batches.lock() {
             if b.len() < self.max {
                 b.push(batch);
@@ -354,7 +371,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
     let _done = done;
     let lanes = senders.len();
     let mut buf: Vec<Delivery> = Vec::with_capacity(batch);
-    let mut per_lane: Vec<Vec<Delivery>> = (0..lanes).map(|_| spares.take(keyless_run)).collect();
+    let mut per_lane: Vec<Unseen> = (0..lanes).map(|_| spares.take(keyless_run)).collect();
     let mut next_keyless = 0usize;
     let mut keyless_in_run = 0usize;
     'fetch: loop {
@@ -417,10 +434,10 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
                     next_keyless
                 }
             };
-            per_lane[lane].push(d);
+            per_lane[lane].0.push_back(d);
         }
         for (tx, pending) in senders.iter().zip(per_lane.iter_mut()) {
-            if pending.is_empty() {
+            if pending.0.is_empty() {
                 continue;
             }
             // The next batch for this lane: an emptied one the lanes gave
@@ -428,7 +445,7 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
             let next = spares.take(keyless_run);
             if tx.send(std::mem::replace(pending, next)).await.is_err() {
                 // The lane is gone (only at an aborted shutdown): what we hold
-                // is dropped unsettled and redelivered.
+                // goes back unseen and is redelivered.
                 break 'fetch;
             }
         }
@@ -447,7 +464,9 @@ async fn fetch_loop(mut sub: Subscription, f: Fetch) {
 /// each lane handles its messages in order and settles each as soon as its
 /// handler is done. Shutdown stops fetching, drains what was fetched up to
 /// [`Router::shutdown_timeout`], then drops the rest unsettled so the backend
-/// redelivers it, and returns a [`ShutdownReport`].
+/// redelivers it (messages no handler saw go back without counting a
+/// delivery attempt, so `max_deliveries` is not used up by a shutdown), and
+/// returns a [`ShutdownReport`].
 ///
 /// ```no_run
 /// # async fn demo(backend: std::sync::Arc<dyn wharf_core::Backend>) -> Result<(), wharf_core::Error> {
