@@ -47,12 +47,7 @@ async fn shutdown_at_the_deadline_then_broker_restart_loses_nothing() {
     publish_n(&b, "jobs", 60, |i| Some(format!("k{}", i % 6))).await;
 
     let first: Arc<Mutex<Vec<usize>>> = Arc::default();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        s.cancel();
-    });
+    let stop = support::cancelled_after(Duration::from_millis(250));
     let report = Router::new(b.clone())
         .shutdown_timeout(Duration::from_millis(120))
         .add_route(Route::new(opts(), recording(first.clone())).lanes(3))
@@ -120,12 +115,7 @@ async fn an_aborted_shutdown_gives_back_what_no_handler_saw_without_an_attempt()
             Ok(Outcome::Ack)
         }
     });
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        s.cancel();
-    });
+    let stop = support::cancelled_after(Duration::from_millis(250));
     let report = Router::new(b.clone())
         .shutdown_timeout(Duration::from_millis(120))
         .add_route(Route::new(opts().max_deliveries(1), stuck).lanes(3))

@@ -134,12 +134,7 @@ async fn graceful_shutdown_drains_or_releases_and_a_restart_handles_the_rest(b: 
             }
         })
     };
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        trigger.cancel();
-    });
+    let stop = support::cancelled_after(Duration::from_millis(350));
     let report = Router::new(b.clone())
         .shutdown_timeout(Duration::from_millis(120))
         .add_route(

@@ -133,3 +133,14 @@ pub async fn quiet(sub: &mut Subscription, d: Duration) -> bool {
 pub fn payload_num(m: &Message) -> usize {
     std::str::from_utf8(m.payload()).unwrap().parse().unwrap()
 }
+
+/// A token that cancels itself after `d` (e.g. to stop a router mid-run).
+pub fn cancelled_after(d: Duration) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(d).await;
+        trigger.cancel();
+    });
+    stop
+}
