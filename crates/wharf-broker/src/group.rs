@@ -693,8 +693,6 @@ impl GroupTopic {
         Ok(wake)
     }
 
-    /// Settles a leased message. `Ok(Some(dl))` asks the caller to copy `dl`
-    /// to the dead-letter topic and then call [`GroupTopic::finish_dead`].
     /// Puts a message leased under `lease` back as never handed out (a
     /// stream's buffer held it unseen): ready again, the attempt its lease
     /// counted undone, so prefetching never uses up `max_deliveries`.
@@ -715,6 +713,8 @@ impl GroupTopic {
         Ok(())
     }
 
+    /// Settles a leased message. `Ok(Some(dl))` asks the caller to copy `dl`
+    /// to the dead-letter topic and then call [`GroupTopic::finish_dead`].
     pub(crate) fn settle(
         &self,
         partition: u32,

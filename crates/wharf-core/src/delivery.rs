@@ -323,10 +323,8 @@ impl Delivery {
     /// for backends and wrappers whose subscriptions take deliveries into a
     /// local buffer and drop them unseen on close. Applications drop (or
     /// nack) a delivery instead.
-    pub fn release_unseen(mut self) {
-        if let Some(h) = self.settler.0.take() {
-            h.acker.release_unseen(h.token);
-        }
+    pub fn release_unseen(self) {
+        self.settler.release_unseen();
     }
 }
 
@@ -411,6 +409,13 @@ impl Settler {
             None => Err(Error::Closed {
                 what: "delivery (already settled)",
             }),
+        }
+    }
+
+    /// As [`Delivery::release_unseen`], for a split delivery.
+    pub fn release_unseen(mut self) {
+        if let Some(h) = self.0.take() {
+            h.acker.release_unseen(h.token);
         }
     }
 }
@@ -530,7 +535,12 @@ mod tests {
         batch.push_settler(delivery(&r, 7).into_parts().2);
         assert_eq!(batch.len(), 1);
         assert!(batch.flush().await.is_empty());
-        assert_eq!(*r.0.lock().unwrap(), vec!["5:Ack", "6:release", "7:Ack"]);
+        // An acker without its own `release_unseen` releases.
+        delivery(&r, 8).into_parts().2.release_unseen();
+        assert_eq!(
+            *r.0.lock().unwrap(),
+            vec!["5:Ack", "6:release", "7:Ack", "8:release"]
+        );
     }
 
     #[tokio::test]
