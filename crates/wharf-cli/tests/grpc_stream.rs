@@ -71,6 +71,15 @@ async fn take_delivery_ids(s: &mut tonic::Streaming<v1::ConsumeResponse>, n: usi
     ids
 }
 
+/// The next delivery of a client subscription, within ten seconds.
+async fn next_delivery(sub: &mut wharf_core::Subscription) -> wharf_core::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok")
+}
+
 #[tokio::test]
 async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -151,11 +160,7 @@ async fn consume_stream_respects_credit_and_settles_by_delivery_id() {
     .expect("subscribe");
     let mut got = Vec::new();
     for _ in 0..4 {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("ok");
+        let d = next_delivery(&mut sub).await;
         got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
         d.ack().await.expect("ack");
     }
@@ -218,11 +223,7 @@ async fn ack_many_acks_known_ids_and_names_the_unknown_ones() {
     )
     .await
     .expect("subscribe");
-    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("ok");
+    let d = next_delivery(&mut sub).await;
     assert_eq!(&d.message().payload()[..], b"m1");
     d.ack().await.expect("ack");
     assert!(
@@ -290,13 +291,8 @@ async fn closing_a_remote_subscription_returns_what_it_never_handed_out() {
     };
     let text =
         |d: &wharf_core::Delivery| String::from_utf8_lossy(d.message().payload()).into_owned();
-    let within = Duration::from_secs(10);
     let mut sub = client.subscribe(opts()).await.expect("subscribe");
-    let d = tokio::time::timeout(within, sub.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("delivery");
+    let d = next_delivery(&mut sub).await;
     assert_eq!(text(&d), "m0");
     d.ack().await.expect("ack");
     // Let the server push the rest into the client's buffer.
@@ -305,11 +301,7 @@ async fn closing_a_remote_subscription_returns_what_it_never_handed_out() {
     drop(sub);
     let mut sub = client.subscribe(opts()).await.expect("subscribe again");
     for i in 1..10 {
-        let d = tokio::time::timeout(within, sub.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("delivery");
+        let d = next_delivery(&mut sub).await;
         assert_eq!(text(&d), format!("m{i}"));
         assert_eq!(d.attempt(), 1, "m{i} had never been handed out");
         d.ack().await.expect("ack");
