@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use wharf_core::{Error, GroupMode, Message};
+use wharf_core::{Error, GroupMode, Message, MessageId};
 
 use crate::codec::from_record;
 use crate::error::{log_error, storage_error};
@@ -216,6 +216,31 @@ impl Broker {
         max: usize,
     ) -> Result<PeekPage> {
         self.peek_filtered(topic, from, max, Some(group))
+    }
+
+    /// The message with id `id` in `topic` that `group` has not settled,
+    /// if any (a scan of [`Broker::peek_unsettled`] pages; e.g. one dead
+    /// letter by id for `REDRIVE_GROUP`).
+    ///
+    /// # Errors
+    /// As [`Broker::peek`].
+    pub fn find_unsettled(
+        &self,
+        topic: &str,
+        group: &str,
+        id: MessageId,
+    ) -> Result<Option<Peeked>> {
+        let mut from = PeekPosition::START;
+        loop {
+            let page = self.peek_unsettled(topic, group, from, 1024)?;
+            if let Some(p) = page.messages.into_iter().find(|p| p.message.id() == id) {
+                return Ok(Some(p));
+            }
+            match page.next {
+                Some(next) => from = next,
+                None => return Ok(None),
+            }
+        }
     }
 
     /// Every group with a position on a topic (since open): mode, members

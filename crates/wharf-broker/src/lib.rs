@@ -459,16 +459,8 @@ impl Broker {
     /// first, then settled, so a crash in between repeats the publish rather
     /// than losing the letter.
     async fn redrive_one(&self, dlq_topic: &str, id: MessageId) -> Result<usize> {
-        let mut from = PeekPosition::START;
-        let found = loop {
-            let page = self.peek_unsettled(dlq_topic, REDRIVE_GROUP, from, 1024)?;
-            if let Some(p) = page.messages.into_iter().find(|p| p.message.id() == id) {
-                break p;
-            }
-            match page.next {
-                Some(next) => from = next,
-                None => return Ok(0),
-            }
+        let Some(found) = self.find_unsettled(dlq_topic, REDRIVE_GROUP, id)? else {
+            return Ok(0);
         };
         let Some(original) = found
             .message

@@ -140,17 +140,7 @@ pub(crate) fn dlq_find(
     topic: &str,
     id: MessageId,
 ) -> Result<Option<Peeked>, Error> {
-    let mut from = PeekPosition::START;
-    loop {
-        let page = broker.peek_unsettled(topic, REDRIVE_GROUP, from, 1024)?;
-        if let Some(p) = page.messages.into_iter().find(|p| p.message.id() == id) {
-            return Ok(Some(p));
-        }
-        match page.next {
-            Some(next) => from = next,
-            None => return Ok(None),
-        }
-    }
+    broker.find_unsettled(topic, REDRIVE_GROUP, id)
 }
 
 /// Settles every dead letter of `topic` for the redrive group, so it is
