@@ -139,7 +139,7 @@ pub struct ServiceFactory<C: Clone + Send + Sync + 'static> {
 
 impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
     /// Connects once with `config` to see that `service` at `url` is up
-    /// (dropping that backend again); returns `None` after reporting it
+    /// (closing that backend again); returns `None` after reporting it
     /// unreachable as [`connect_or_skip`] does. Give each factory a config
     /// of its own (a unique namespace), as the services are shared.
     pub async fn new<B, F, Fut>(
@@ -153,7 +153,10 @@ impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
         F: Fn(C) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<B, Error>> + Send + 'static,
     {
-        connect_or_skip(service, url, connect(config.clone())).await?;
+        let probe = connect_or_skip(service, url, connect(config.clone())).await?;
+        if let Err(e) = probe.close().await {
+            eprintln!("closing the probe connection to {service} failed: {e}");
+        }
         let connect: Connect<C> = Box::new(move |config| {
             let connecting = connect(config);
             Box::pin(async move { Ok(Arc::new(connecting.await?) as Arc<dyn Backend>) })
