@@ -455,3 +455,46 @@ async fn every_grpc_call_refuses_missing_wrong_and_insufficient_tokens() {
     let refused = wharf_client::Client::connect(&url, Some("wrong")).await;
     assert!(refused.is_err());
 }
+
+/// The client's publish reads the response itself (not through tonic's
+/// `Grpc::unary`): a refused publish is an error naming why, and stores
+/// nothing; an allowed one lands.
+#[tokio::test]
+async fn the_client_library_reports_a_refused_publish_and_stores_nothing() {
+    use wharf_core::{Message, Publisher as _};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(dir.path());
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let url = server.url();
+    let admin = wharf_client::Client::connect(&url, Some(ADMIN))
+        .await
+        .expect("connect");
+    admin
+        .raw()
+        .create_topic(v1::CreateTopicRequest {
+            name: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("admin creates");
+    let orders = wharf_client::Client::connect(&url, Some(ORDERS))
+        .await
+        .expect("connect");
+    let err = orders
+        .publish_batch(TOPIC, vec![Message::new("a"), Message::new("b")])
+        .await
+        .expect_err("no publish right on payments.>");
+    assert!(
+        err.to_string().contains("permission denied"),
+        "names the refusal: {err}"
+    );
+    let receipts = admin
+        .publish_batch(TOPIC, vec![Message::new("c"), Message::new("d")])
+        .await
+        .expect("admin publishes");
+    assert_eq!(
+        receipts.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [Some(0), Some(1)],
+        "the refused batch stored nothing"
+    );
+}

@@ -20,6 +20,7 @@
 //! server redelivers whatever was unsettled (at-least-once), and settling a
 //! delivery from the broken stream fails with `UnknownDelivery`.
 
+mod publish;
 mod subscription;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -35,7 +35,6 @@ use wharf_core::{
     Backend, Capabilities, Capability, Error, Limits, Message, MessageId, Publisher, Receipt,
     SubscribeOptions, Subscriber, Subscription,
 };
-use wharf_proto::codec::WharfCodec;
 use wharf_proto::convert::error_from_status;
 use wharf_proto::publish::{receipts_from_response, PublishBatch};
 use wharf_proto::v1;
@@ -67,9 +66,11 @@ type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
 
 pub(crate) struct Inner {
     pub(crate) raw: RawClient,
-    /// The same channel for calls that encode a hand-written request
-    /// ([`PublishBatch`]), which the generated client cannot take.
-    grpc: tonic::client::Grpc<AuthChannel>,
+    /// The same channel for the publish call, which sends a prebuilt
+    /// request ([`publish::call`]).
+    channel: AuthChannel,
+    /// Buffers for publish requests.
+    publish_bufs: Arc<publish::BufPool>,
     caps: Capabilities,
     limits: Limits,
     pub(crate) closed: AtomicBool,
@@ -196,10 +197,7 @@ impl Client {
         ca_pem: Option<&[u8]>,
     ) -> Result<Client, Error> {
         let channel = connect_channel(url, token, ca_pem).await?;
-        let grpc = tonic::client::Grpc::new(channel.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let mut raw = raw_from(channel);
+        let mut raw = raw_from(channel.clone());
         let info = raw
             .info(v1::InfoRequest {})
             .await
@@ -214,7 +212,8 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 raw,
-                grpc,
+                channel,
+                publish_bufs: Arc::default(),
                 caps,
                 limits,
                 closed: AtomicBool::new(false),
@@ -257,27 +256,15 @@ impl Publisher for Client {
         self.check_open()?;
         wharf_core::name::validate_topic(topic)?;
         let ids: Vec<MessageId> = messages.iter().map(Message::id).collect();
-        let mut req = tonic::Request::new(PublishBatch {
+        let batch = PublishBatch {
             topic: topic.to_owned(),
             messages,
             compact_receipts: true,
-        });
-        req.extensions_mut()
-            .insert(tonic::GrpcMethod::new("wharf.v1.Wharf", "Publish"));
-        let mut grpc = self.inner.grpc.clone();
-        grpc.ready().await.map_err(|e| Error::Unavailable {
-            backend: BACKEND,
-            source: e.into(),
-        })?;
-        let resp: tonic::Response<v1::PublishResponse> = grpc
-            .unary(
-                req,
-                PathAndQuery::from_static("/wharf.v1.Wharf/Publish"),
-                WharfCodec::default(),
-            )
+        };
+        let resp = publish::call(&self.inner.channel, &self.inner.publish_bufs, &batch)
             .await
             .map_err(|s| from_status(&s))?;
-        receipts_from_response(resp.get_ref(), &ids)
+        receipts_from_response(&resp, &ids)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod frame;
 pub mod publish;
 
 /// The `wharf.v1` package: messages, `wharf_client::WharfClient` and `wharf_server::WharfServer`.

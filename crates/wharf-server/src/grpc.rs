@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BufMut as _;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +20,7 @@ use wharf_core::{
     SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
+use wharf_proto::frame::{self, FrameError, GRPC_HEADER};
 use wharf_proto::publish::{compact_response, decode_publish, DecodedPublish};
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
@@ -210,9 +210,6 @@ impl tonic::codegen::Service<axum::http::Request<axum::body::Body>> for PublishR
     }
 }
 
-/// The gRPC message header: compression flag and big-endian length.
-const GRPC_HEADER: usize = 5;
-
 async fn publish_unary(
     service: &Service,
     max: usize,
@@ -247,27 +244,12 @@ async fn publish_unary(
             )))
         }
     };
-    let Some((&compressed, rest)) = data.split_first() else {
-        return Err(Status::invalid_argument("missing request message"));
-    };
-    let len = rest
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or_else(|| Status::invalid_argument("truncated gRPC message header"))?;
-    if compressed != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not supported",
-        ));
-    }
-    if len > max {
-        return Err(too_large());
-    }
-    if data.len() != GRPC_HEADER + len {
-        return Err(Status::invalid_argument(
-            "the request body is not exactly one gRPC message",
-        ));
-    }
-    let decoded = decode_publish(&data.slice(GRPC_HEADER..))
+    let message = frame::unary_message(&data, max).map_err(|e| match e {
+        FrameError::TooLarge { .. } => too_large(),
+        FrameError::Compressed => Status::unimplemented("compressed requests are not supported"),
+        e => Status::invalid_argument(format!("request: {e}")),
+    })?;
+    let decoded = decode_publish(&message)
         .map_err(|e| Status::invalid_argument(format!("malformed protobuf: {e}")))?;
     let request = Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(parts.headers),
@@ -277,8 +259,7 @@ async fn publish_unary(
     let response = service.publish_decoded(request).await?.into_inner();
     let len = prost::Message::encoded_len(&response);
     let mut out = bytes::BytesMut::with_capacity(GRPC_HEADER + len);
-    out.put_u8(0);
-    out.put_u32(u32::try_from(len).map_err(|_| Status::internal("response too large"))?);
+    frame::put_header(&mut out, len).map_err(|_| Status::internal("response too large"))?;
     prost::Message::encode_raw(&response, &mut out);
     let mut trailers = axum::http::HeaderMap::new();
     trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
