@@ -425,14 +425,23 @@ pub fn receipts_from_response(
         }
         return resp.receipts.iter().map(receipt_from_proto).collect();
     }
-    if resp.partitions.len() != ids.len() || resp.offsets.len() != ids.len() {
+    let mut out = Vec::with_capacity(ids.len());
+    for r in &resp.ranges {
+        let next = ids
+            .get(out.len()..out.len() + r.count as usize)
+            .ok_or_else(|| malformed("receipt count differs from message count"))?;
+        if r.base_offset.checked_add(u64::from(r.count)).is_none() {
+            return Err(malformed("offset range past the largest offset"));
+        }
+        out.extend(
+            next.iter()
+                .zip(r.base_offset..)
+                .map(|(&id, o)| Receipt::new(id, r.partition, Some(o))),
+        );
+    }
+    if out.len() != ids.len() {
         return Err(malformed("receipt count differs from message count"));
     }
-    let mut out: Vec<Receipt> = ids
-        .iter()
-        .zip(resp.partitions.iter().zip(&resp.offsets))
-        .map(|(&id, (&p, &o))| Receipt::new(id, p, Some(o)))
-        .collect();
     for &i in &resp.duplicates {
         out.get_mut(i as usize)
             .ok_or_else(|| malformed("duplicate index out of range"))?
@@ -444,17 +453,25 @@ pub fn receipts_from_response(
 /// The compact response for `receipts`, or `None` when a receipt has no
 /// offset (the full form is needed then).
 pub fn compact_response(receipts: &[Receipt]) -> Option<v1::PublishResponse> {
-    let mut resp = v1::PublishResponse {
-        receipts: Vec::new(),
-        partitions: Vec::with_capacity(receipts.len()),
-        offsets: Vec::with_capacity(receipts.len()),
-        duplicates: Vec::new(),
-    };
+    let mut resp = v1::PublishResponse::default();
     for (i, r) in receipts.iter().enumerate() {
-        resp.partitions.push(r.partition);
-        resp.offsets.push(r.offset?);
+        let offset = r.offset?;
         if r.duplicate {
             resp.duplicates.push(u32::try_from(i).ok()?);
+        }
+        match resp.ranges.last_mut() {
+            Some(run)
+                if run.partition == r.partition
+                    && run.base_offset.checked_add(u64::from(run.count)) == Some(offset)
+                    && run.count < u32::MAX =>
+            {
+                run.count += 1;
+            }
+            _ => resp.ranges.push(v1::ReceiptRange {
+                partition: r.partition,
+                base_offset: offset,
+                count: 1,
+            }),
         }
     }
     Some(resp)
@@ -687,14 +704,46 @@ mod tests {
 
     #[test]
     fn compact_receipts_round_trip_with_duplicates() {
-        let ids = [MessageId::new(), MessageId::new(), MessageId::new()];
-        let mut receipts: Vec<Receipt> = ids
+        let ids: Vec<MessageId> = (0..7).map(|_| MessageId::new()).collect();
+        // partition, offset, duplicate: a run, a duplicate of an earlier
+        // message (its old offset), the run going on, another partition,
+        // a gap in the offsets, a run of one.
+        let layout = [
+            (1, 10, false),
+            (1, 11, false),
+            (1, 3, true),
+            (1, 12, false),
+            (0, 12, false),
+            (0, 14, false),
+            (2, 0, false),
+        ];
+        let receipts: Vec<Receipt> = ids
             .iter()
-            .enumerate()
-            .map(|(i, &id)| Receipt::new(id, i as u32 % 2, Some(10 + i as u64)))
+            .zip(layout)
+            .map(|(&id, (p, o, dup))| {
+                let mut r = Receipt::new(id, p, Some(o));
+                r.duplicate = dup;
+                r
+            })
             .collect();
-        receipts[1].duplicate = true;
         let resp = compact_response(&receipts).expect("all have offsets");
+        let runs: Vec<_> = resp
+            .ranges
+            .iter()
+            .map(|r| (r.partition, r.base_offset, r.count))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (1, 10, 2),
+                (1, 3, 1),
+                (1, 12, 1),
+                (0, 12, 1),
+                (0, 14, 1),
+                (2, 0, 1)
+            ]
+        );
+        assert_eq!(resp.duplicates, [2]);
         let wire = v1::PublishResponse::decode(&resp.encode_to_vec()[..]).expect("decodes");
         assert_eq!(
             receipts_from_response(&wire, &ids).expect("valid"),
@@ -703,16 +752,59 @@ mod tests {
     }
 
     #[test]
-    fn a_short_compact_response_is_an_error() {
+    fn a_batch_kept_together_is_one_range() {
+        let ids: Vec<MessageId> = (0..1000).map(|_| MessageId::new()).collect();
+        let receipts: Vec<Receipt> = ids
+            .iter()
+            .zip(500..)
+            .map(|(&id, o)| Receipt::new(id, 3, Some(o)))
+            .collect();
+        let resp = compact_response(&receipts).expect("all have offsets");
+        assert_eq!(resp.ranges.len(), 1);
+        assert!(resp.encoded_len() < 16, "a few bytes for 1000 receipts");
+        assert_eq!(
+            receipts_from_response(&resp, &ids).expect("valid"),
+            receipts
+        );
+    }
+
+    #[test]
+    fn a_receipt_without_offset_needs_the_full_form() {
+        let receipts = [Receipt::new(MessageId::new(), 0, None)];
+        assert!(compact_response(&receipts).is_none());
+    }
+
+    #[test]
+    fn a_compact_response_that_does_not_cover_every_message_is_an_error() {
         let ids = [MessageId::new(), MessageId::new()];
-        let resp = v1::PublishResponse {
-            partitions: vec![0],
-            offsets: vec![1],
+        let ranges = |counts: &[u32]| v1::PublishResponse {
+            ranges: counts
+                .iter()
+                .map(|&count| v1::ReceiptRange {
+                    partition: 0,
+                    base_offset: 1,
+                    count,
+                })
+                .collect(),
             ..Default::default()
         };
-        assert!(matches!(
-            receipts_from_response(&resp, &ids),
-            Err(Error::Backend { .. })
-        ));
+        for bad in [&[1][..], &[3], &[1, 2], &[2, 1], &[]] {
+            assert!(
+                matches!(
+                    receipts_from_response(&ranges(bad), &ids),
+                    Err(Error::Backend { .. })
+                ),
+                "ranges {bad:?} for 2 messages"
+            );
+        }
+        let out_of_range = v1::PublishResponse {
+            duplicates: vec![2],
+            ..ranges(&[2])
+        };
+        assert!(receipts_from_response(&out_of_range, &ids).is_err());
+        let mut overflow = ranges(&[2]);
+        overflow.ranges[0].base_offset = u64::MAX - 1;
+        assert!(receipts_from_response(&overflow, &ids).is_err());
+        assert!(receipts_from_response(&ranges(&[1, 1]), &ids).is_ok());
     }
 }
