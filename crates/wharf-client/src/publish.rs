@@ -18,7 +18,7 @@ use prost::Message as _;
 use tonic::codegen::http;
 use tonic::codegen::Service as _;
 use tonic::{Code, Status};
-use wharf_proto::frame::{self, GRPC_HEADER};
+use wharf_proto::frame;
 use wharf_proto::publish::PublishBatch;
 use wharf_proto::v1;
 
@@ -76,12 +76,10 @@ impl Drop for Pooled {
 
 /// `batch` as one gRPC message in a pooled buffer.
 fn encode(pool: &Arc<BufPool>, batch: &PublishBatch) -> Result<Bytes, Status> {
-    let len = batch.encoded_len();
     let mut buf = pool.take();
-    buf.reserve(GRPC_HEADER + len);
-    frame::put_header(&mut buf, len).map_err(|e| Status::resource_exhausted(e.to_string()))?;
-    batch.encode_raw(&mut buf);
-    debug_assert_eq!(buf.len(), GRPC_HEADER + len);
+    batch
+        .encode_framed(&mut buf)
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
     Ok(Bytes::from_owner(Pooled {
         buf,
         pool: Arc::clone(pool),
@@ -172,7 +170,7 @@ mod tests {
         };
         let body = encode(&pool, &batch).unwrap();
         assert_eq!(
-            &body[GRPC_HEADER..],
+            &body[frame::GRPC_HEADER..],
             &batch.encode_to_vec()[..],
             "the framed message is the batch"
         );

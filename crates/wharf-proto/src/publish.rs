@@ -8,12 +8,12 @@
 
 use bytes::{BufMut, Bytes};
 use prost::encoding::{
-    decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, skip_field,
-    DecodeContext, WireType,
+    decode_key, decode_varint, encoded_len_varint, skip_field, DecodeContext, WireType,
 };
 use wharf_core::{Error, Headers, Message, MessageId, Receipt};
 
 use crate::convert::{id_from_wire, message_from_proto, receipt_from_proto, timestamp_from_wire};
+use crate::frame::{FrameError, GRPC_HEADER};
 use crate::v1;
 
 /// A `v1::PublishRequest` that owns `wharf-core` messages and encodes them
@@ -34,9 +34,35 @@ fn ld_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
+/// `encode_varint` with one `put_slice` instead of a `put_u8` (and its
+/// capacity check) per byte.
+#[inline]
+fn put_varint(mut v: u64, buf: &mut impl BufMut) {
+    if v < 0x80 {
+        buf.put_u8(v as u8);
+        return;
+    }
+    let mut tmp = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        tmp[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    tmp[n] = v as u8;
+    buf.put_slice(&tmp[..=n]);
+}
+
+/// The key of a field below 16 (one byte).
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut impl BufMut) {
+    debug_assert!(tag < 16);
+    buf.put_u8(((tag << 3) | wire_type as u32) as u8);
+}
+
 fn put_ld(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(bytes.len() as u64, buf);
     buf.put_slice(bytes);
 }
 
@@ -80,8 +106,8 @@ fn encode_message(m: &Message, buf: &mut impl BufMut) {
         put_ld(2, k, buf);
     }
     for (name, value) in m.headers().iter() {
-        encode_key(3, WireType::LengthDelimited, buf);
-        encode_varint(header_len(name, value) as u64, buf);
+        put_key(3, WireType::LengthDelimited, buf);
+        put_varint(header_len(name, value) as u64, buf);
         if !name.is_empty() {
             put_ld(1, name.as_bytes(), buf);
         }
@@ -94,8 +120,32 @@ fn encode_message(m: &Message, buf: &mut impl BufMut) {
     }
     let ts = m.timestamp().as_millis();
     if ts != 0 {
-        encode_key(5, WireType::Varint, buf);
-        encode_varint(ts, buf);
+        put_key(5, WireType::Varint, buf);
+        put_varint(ts, buf);
+    }
+}
+
+impl PublishBatch {
+    /// Appends this request to `buf` as one gRPC message: the 5-byte header,
+    /// then the same bytes as [`prost::Message::encode_raw`]. One pass over
+    /// the messages: the header's length is written last, so nothing walks
+    /// the batch first for `encoded_len`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] for a request over 4 GiB (`buf` is then
+    /// left as it was).
+    pub fn encode_framed(&self, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; GRPC_HEADER]);
+        prost::Message::encode_raw(self, buf);
+        let Ok(len) = u32::try_from(buf.len() - start - GRPC_HEADER) else {
+            buf.truncate(start);
+            return Err(FrameError::TooLarge {
+                max: u32::MAX as usize,
+            });
+        };
+        buf[start + 1..start + GRPC_HEADER].copy_from_slice(&len.to_be_bytes());
+        Ok(())
     }
 }
 
@@ -105,13 +155,13 @@ impl prost::Message for PublishBatch {
             put_ld(1, self.topic.as_bytes(), buf);
         }
         for m in &self.messages {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(message_len(m) as u64, buf);
+            put_key(2, WireType::LengthDelimited, buf);
+            put_varint(message_len(m) as u64, buf);
             encode_message(m, buf);
         }
         if self.compact_receipts {
-            encode_key(3, WireType::Varint, buf);
-            encode_varint(1, buf);
+            put_key(3, WireType::Varint, buf);
+            put_varint(1, buf);
         }
     }
 
@@ -517,6 +567,26 @@ mod tests {
             .map(|m| message_from_proto(m).expect("valid"))
             .collect();
         assert_eq!(back, messages);
+
+        let mut framed = b"kept".to_vec();
+        batch.encode_framed(&mut framed).expect("fits");
+        assert_eq!(&framed[..4], b"kept", "appends");
+        let data = bytes::Bytes::from(framed.split_off(4));
+        let message = crate::frame::unary_message(&data, usize::MAX).expect("one message");
+        assert_eq!(&message[..], &bytes[..]);
+    }
+
+    #[test]
+    fn put_varint_writes_what_prost_writes() {
+        let mut values = vec![0, 1, 127, 128, 300, 16_383, 16_384, u64::MAX];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((1..64).map(|b| (1u64 << b) - 1));
+        for v in values {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            put_varint(v, &mut ours);
+            prost::encoding::encode_varint(v, &mut theirs);
+            assert_eq!(ours, theirs, "{v}");
+        }
     }
 
     fn generated(req: &v1::PublishRequest) -> Vec<u8> {
