@@ -103,6 +103,8 @@ struct Target {
     _dir: Option<tempfile_dir::Dir>,
     /// What the backend's acknowledgement means, for adapters.
     durability: Option<&'static str>,
+    /// The server that holds the benchmark topic (deleted after the run).
+    server: Option<wharf_client::RawClient>,
     #[cfg(feature = "adapters")]
     cleanup: Option<crate::adapters::Cleanup>,
 }
@@ -139,6 +141,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             topic,
             _dir: Some(tempfile_dir::Dir(dir)),
             durability: None,
+            server: None,
             #[cfg(feature = "adapters")]
             cleanup: None,
         });
@@ -152,6 +155,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             topic,
             _dir: None,
             durability: Some(durability),
+            server: None,
             cleanup: Some(cleanup),
         });
     }
@@ -175,6 +179,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         .map_err(crate::admin::status_err)?;
     Ok(Target {
         label: spec.to_owned(),
+        server: Some(client.raw()),
         backend: Arc::new(client),
         topic,
         _dir: None,
@@ -435,6 +440,18 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         #[cfg(feature = "adapters")]
         if let Some(c) = t.cleanup.take() {
             c.run().await;
+        }
+        if let Some(mut server) = t.server.take() {
+            let name = v1::TopicName {
+                name: t.topic.clone(),
+            };
+            if let Err(e) = server.delete_topic(name).await {
+                eprintln!(
+                    "warning: cannot delete the benchmark topic {}: {}",
+                    t.topic,
+                    e.message()
+                );
+            }
         }
         t.backend.close().await?;
         results.push(r);

@@ -296,3 +296,67 @@ async fn dead_letter_workflow_list_show_replay_and_purge() {
     );
     assert!(none.contains("replayed 0"), "{none}");
 }
+
+#[test]
+fn bench_compares_embedded_and_a_server_and_leaves_no_topic_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let url = server.url();
+    let out = common::ok(&server.cli(&[
+        "bench",
+        "--backend",
+        "embedded",
+        "--backend",
+        &url,
+        "--count",
+        "2000",
+        "--batch",
+        "100",
+        "--producers",
+        "2",
+        "--json",
+    ]));
+    let runs: Value = serde_json::from_str(&out).expect("json");
+    let runs = runs.as_array().expect("one result per backend");
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(runs[0]["backend"], "embedded");
+    assert_eq!(runs[1]["backend"], url.as_str());
+    for r in runs {
+        assert_eq!(r["messages"], 2000, "{r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+    assert_eq!(runs[0]["ratio_to_first"], 1.0);
+    let ratio = runs[1]["ratio_to_first"].as_f64().expect("a ratio");
+    let expected =
+        runs[1]["msgs_per_sec"].as_f64().unwrap() / runs[0]["msgs_per_sec"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+
+    let latency = common::ok(&server.cli(&[
+        "bench",
+        "--backend",
+        &url,
+        "--workload",
+        "latency",
+        "--count",
+        "500",
+        "--rate",
+        "5000",
+        "--fsync-probe",
+        "0",
+        "--json",
+    ]));
+    let latency: Value = serde_json::from_str(&latency).expect("json");
+    assert_eq!(
+        latency[0]["messages"], 500,
+        "every message consumed: {latency}"
+    );
+    assert!(
+        latency[0]["e2e_latency_ms"]["p99"].as_f64().unwrap_or(0.0) > 0.0,
+        "{latency}"
+    );
+
+    // The benchmark topics were deleted from the server afterwards.
+    let topics: Value =
+        serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");
+    assert_eq!(topics, serde_json::json!([]), "bench left topics behind");
+}
