@@ -20,17 +20,16 @@
 //! server redelivers whatever was unsettled (at-least-once), and settling a
 //! delivery from the broken stream fails with `UnknownDelivery`.
 
+mod conn;
 mod publish;
 mod subscription;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use wharf_core::{
     Backend, Capabilities, Capability, Error, Limits, Message, MessageId, Publisher, Receipt,
     SubscribeOptions, Subscriber, Subscription,
@@ -58,11 +57,14 @@ impl tonic::service::Interceptor for AuthInterceptor {
     }
 }
 
-/// The generated gRPC client with auth, for calls the traits don't cover.
-pub type RawClient = WharfClient<InterceptedService<Channel, AuthInterceptor>>;
+/// The client's HTTP/2 connection (see `conn.rs`), a tower service.
+pub use conn::Conn;
 
-/// The channel with auth, as the generated client and [`Inner::grpc`] use it.
-type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+/// The generated gRPC client with auth, for calls the traits don't cover.
+pub type RawClient = WharfClient<AuthChannel>;
+
+/// The connection with auth, as the generated client and the publish call use it.
+pub type AuthChannel = InterceptedService<Conn, AuthInterceptor>;
 
 pub(crate) struct Inner {
     pub(crate) raw: RawClient,
@@ -81,13 +83,6 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
-}
-
-fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        source: Box::new(e),
-    }
 }
 
 pub(crate) fn from_status(s: &tonic::Status) -> Error {
@@ -127,40 +122,7 @@ async fn connect_channel(
     token: Option<&str>,
     ca_pem: Option<&[u8]>,
 ) -> Result<AuthChannel, Error> {
-    #[allow(unused_mut)]
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::InvalidArgument {
-            name: "url",
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20);
-    if let Some(pem) = ca_pem {
-        #[cfg(feature = "tls")]
-        {
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::InvalidArgument {
-                    name: "ca_cert",
-                    reason: e.to_string(),
-                })?;
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            let _ = pem;
-            return Err(Error::InvalidArgument {
-                name: "ca_cert",
-                reason: "wharf-client was built without the `tls` feature".into(),
-            });
-        }
-    }
-    let channel = endpoint.connect().await.map_err(unavailable)?;
+    let channel = Conn::connect(url, ca_pem).await?;
     let token = match token {
         None => None,
         Some(t) => Some(

@@ -124,11 +124,11 @@ pub(crate) async fn call(
     let mut channel = channel.clone();
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
-        .map_err(|e| Status::from_error(e.into()))?;
+        .map_err(Status::from_error)?;
     let response = channel
         .call(request)
         .await
-        .map_err(|e| Status::from_error(e.into()))?;
+        .map_err(Status::from_error)?;
     let (parts, body) = response.into_parts();
     // A trailers-only response: the call failed before any message.
     if let Some(s) = Status::from_header_map(&parts.headers) {
