@@ -282,7 +282,33 @@ async fn health_metrics_and_openapi_are_served() {
         metrics.contains("wharf_published_messages_total"),
         "{metrics}"
     );
-    assert!(metrics.contains("wharf_topic_messages"), "{metrics}");
+    assert!(
+        metrics.contains("wharf_topic_messages{topic=\"http.metrics\"} 1\n"),
+        "{metrics}"
+    );
+    // Gauges describe what exists now: a deleted topic is gone from them.
+    let deleted = c
+        .delete(format!("{base}/v1/topics/http.metrics"))
+        .send()
+        .await
+        .expect("delete topic");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !metrics.contains("wharf_topic_messages{topic=\"http.metrics\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE wharf_topic_messages gauge"),
+        "{metrics}"
+    );
     let doc: Value = c
         .get(format!("{base}/openapi.json"))
         .send()

@@ -33,31 +33,89 @@ impl Metrics {
         Metrics { handle }
     }
 
-    /// Refreshes the broker gauges and renders everything.
+    /// Renders the recorded metrics, the broker gauges and the fsync
+    /// histogram.
     pub(crate) fn render(&self, broker: &Broker) -> String {
-        for g in broker.groups() {
-            metrics::gauge!("wharf_consumer_lag", "group" => g.group.clone(), "topic" => g.topic.clone())
-                .set(g.lag as f64);
-        }
-        let groups = broker.groups();
-        for t in broker.topics() {
-            let stored: u64 = t.partitions.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
-            metrics::gauge!("wharf_topic_messages", "topic" => t.name.clone()).set(stored as f64);
-            if t.name.starts_with(wharf_core::name::DEAD_LETTER_PREFIX) {
-                let depth = groups
-                    .iter()
-                    .find(|g| g.topic == t.name && g.group == wharf_broker::REDRIVE_GROUP)
-                    .map_or(stored, |g| g.lag);
-                metrics::gauge!("wharf_dlq_depth", "topic" => t.name.clone()).set(depth as f64);
-            }
-        }
         let mut out = self
             .handle
             .as_ref()
             .map(PrometheusHandle::render)
             .unwrap_or_default();
+        broker_gauges(&mut out, broker);
         fsync_histogram(&mut out, &broker.fsync_stats());
         out
+    }
+}
+
+/// One gauge's series from the broker's state now.
+struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+/// Appends consumer lag per group, stored messages per topic and DLQ depth,
+/// read from the broker at scrape time and written straight into the text
+/// (not through the recorder, which would keep reporting the last value of
+/// a deleted topic or group forever).
+fn broker_gauges(out: &mut String, broker: &Broker) {
+    let groups = broker.groups();
+    let mut lag = Gauge {
+        name: "wharf_consumer_lag",
+        help: "Messages of the topic a consumer group has not settled yet.",
+        series: Vec::new(),
+    };
+    for g in &groups {
+        lag.series.push((
+            vec![("group", g.group.clone()), ("topic", g.topic.clone())],
+            g.lag,
+        ));
+    }
+    let mut stored = Gauge {
+        name: "wharf_topic_messages",
+        help: "Messages stored in the topic (all partitions).",
+        series: Vec::new(),
+    };
+    let mut dlq = Gauge {
+        name: "wharf_dlq_depth",
+        help: "Dead letters not yet replayed or purged.",
+        series: Vec::new(),
+    };
+    for t in broker.topics() {
+        let n: u64 = t.partitions.iter().map(|(s, e)| e.saturating_sub(*s)).sum();
+        stored.series.push((vec![("topic", t.name.clone())], n));
+        if t.name.starts_with(wharf_core::name::DEAD_LETTER_PREFIX) {
+            let depth = groups
+                .iter()
+                .find(|g| g.topic == t.name && g.group == wharf_broker::REDRIVE_GROUP)
+                .map_or(n, |g| g.lag);
+            dlq.series.push((vec![("topic", t.name.clone())], depth));
+        }
+    }
+    for g in [lag, stored, dlq] {
+        write_gauge(out, &g);
+    }
+}
+
+/// A label value in the text format: `\`, `"` and newlines escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn write_gauge(out: &mut String, g: &Gauge) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "# HELP {} {}", g.name, g.help);
+    let _ = writeln!(out, "# TYPE {} gauge", g.name);
+    for (labels, v) in &g.series {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(out, "{}{{{}}} {v}", g.name, labels.join(","));
     }
 }
 
@@ -119,6 +177,26 @@ pub(crate) fn refused(reason: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauges_are_prometheus_text_with_escaped_labels() {
+        let g = Gauge {
+            name: "wharf_consumer_lag",
+            help: "Lag.",
+            series: vec![
+                (vec![("group", "g1".into()), ("topic", "a.b".into())], 7),
+                (vec![("group", "q\"\\\n".into()), ("topic", "t".into())], 0),
+            ],
+        };
+        let mut out = String::from("other 1");
+        write_gauge(&mut out, &g);
+        assert_eq!(
+            out,
+            "other 1\n# HELP wharf_consumer_lag Lag.\n# TYPE wharf_consumer_lag gauge\n\
+             wharf_consumer_lag{group=\"g1\",topic=\"a.b\"} 7\n\
+             wharf_consumer_lag{group=\"q\\\"\\\\\\n\",topic=\"t\"} 0\n"
+        );
+    }
 
     #[test]
     fn fsync_histogram_is_cumulative_prometheus_text() {
