@@ -125,10 +125,7 @@ pub(crate) async fn call(
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
         .map_err(Status::from_error)?;
-    let response = channel
-        .call(request)
-        .await
-        .map_err(Status::from_error)?;
+    let response = channel.call(request).await.map_err(Status::from_error)?;
     let (parts, body) = response.into_parts();
     // A trailers-only response: the call failed before any message.
     if let Some(s) = Status::from_header_map(&parts.headers) {
