@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .codec_path("crate::codec::WharfCodec")
+        // No `connect` over tonic's `Channel`: wharf-client brings its own
+        // connection, and without it tonic's client transport is not built.
+        .build_transport(false)
         .bytes(".")
         .compile_fds(fds)?;
     Ok(())

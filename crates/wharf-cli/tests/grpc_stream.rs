@@ -243,9 +243,7 @@ async fn server_reflection_lists_the_wharf_service() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .connect()
+    let channel = wharf_client::Conn::connect(&server.url(), None)
         .await
         .expect("connect");
     let mut client = ServerReflectionClient::new(channel);

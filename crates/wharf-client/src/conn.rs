@@ -45,8 +45,9 @@ struct Shared {
     connecting: tokio::sync::Mutex<()>,
 }
 
-/// A cheap-to-clone handle on the client's connection; a tower service
-/// for the generated gRPC client and the hand-built publish request.
+/// A cheap-to-clone handle on one HTTP/2 connection to a `wharf serve`; a
+/// tower service for generated gRPC clients and the hand-built publish
+/// request.
 #[derive(Clone)]
 pub struct Conn(Arc<Shared>);
 
@@ -59,8 +60,13 @@ fn invalid(name: &'static str, reason: impl ToString) -> Error {
 
 impl Conn {
     /// Connects to `url` (`http://host:port`, or `https://` trusting the
-    /// PEM CA certificate `ca_pem`).
-    pub(crate) async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Conn, Error> {
+    /// PEM CA certificate `ca_pem`). Usable under any tonic-generated
+    /// client (e.g. gRPC reflection) as well as [`crate::Client`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad URL or CA certificate,
+    /// [`Error::Unavailable`] if the server cannot be reached.
+    pub async fn connect(url: &str, ca_pem: Option<&[u8]>) -> Result<Conn, Error> {
         let uri: Uri = url.parse().map_err(|e| invalid("url", e))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = uri
