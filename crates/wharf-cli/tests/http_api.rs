@@ -240,6 +240,17 @@ async fn websocket_stream_delivers_and_takes_manual_acks() {
     ws.close(None).await.expect("close");
 }
 
+/// The body of `GET url` as text.
+async fn text(c: &reqwest::Client, url: String) -> String {
+    c.get(url)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text")
+}
+
 #[tokio::test]
 async fn health_metrics_and_openapi_are_served() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -270,14 +281,7 @@ async fn health_metrics_and_openapi_are_served() {
         json!({"payload": "m"}),
     )
     .await;
-    let metrics = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = text(&c, format!("{base}/metrics")).await;
     assert!(
         metrics.contains("wharf_published_messages_total"),
         "{metrics}"
@@ -293,14 +297,7 @@ async fn health_metrics_and_openapi_are_served() {
         .await
         .expect("delete topic");
     assert!(deleted.status().is_success(), "{}", deleted.status());
-    let metrics = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = text(&c, format!("{base}/metrics")).await;
     assert!(
         !metrics.contains("wharf_topic_messages{topic=\"http.metrics\"}"),
         "{metrics}"
