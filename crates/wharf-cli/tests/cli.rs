@@ -187,8 +187,13 @@ fn errors_print_one_line_and_exit_non_zero() {
     }
     let out = common::cli_with("http://127.0.0.1:1", None, &["topic", "list"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .starts_with("error: cannot use the server at http://127.0.0.1:1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot use the server at http://127.0.0.1:1"),
+        "{err}"
+    );
+    // The cause once, not once per level of the error chain.
+    assert_eq!(err.matches("refused").count(), 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
