@@ -5,8 +5,9 @@
 //! `Channel` puts a `tower::Buffer` worker task between the two, one more
 //! task hand-off (and, on this kind of 2-vCPU VM, often one more wake-up of
 //! an idle CPU) per call. After the connection breaks, the next call
-//! connects again; calls on the broken connection fail with `UNAVAILABLE`
-//! (the subscription resubscribes with backoff, publishers retry).
+//! connects again; calls on the broken connection fail with a transient
+//! `Error::Unavailable` (the subscription resubscribes with backoff,
+//! publishers retry).
 
 use std::future::Future;
 use std::pin::Pin;
