@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use wharf_core::{
-    Backend, Capabilities, Capability, Error, Limits, Message, MessageId, Publisher, Receipt,
+    Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt,
     SubscribeOptions, Subscriber, Subscription,
 };
 use wharf_proto::convert::error_from_status;
@@ -217,7 +217,6 @@ impl Publisher for Client {
     ) -> Result<Vec<Receipt>, Error> {
         self.check_open()?;
         wharf_core::name::validate_topic(topic)?;
-        let ids: Vec<MessageId> = messages.iter().map(Message::id).collect();
         let batch = PublishBatch {
             topic: topic.to_owned(),
             messages,
@@ -226,7 +225,8 @@ impl Publisher for Client {
         let resp = publish::call(&self.inner.channel, &self.inner.publish_bufs, &batch)
             .await
             .map_err(|s| from_status(&s))?;
-        receipts_from_response(&resp, &ids)
+        // The batch is still here: the receipts take their ids from it.
+        receipts_from_response(&resp, &batch.messages)
     }
 }
 

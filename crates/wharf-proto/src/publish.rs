@@ -459,15 +459,34 @@ fn malformed(what: &str) -> Error {
     }
 }
 
-/// The receipts of a publish of messages with `ids` (in request order),
-/// from either form of the response.
+/// What the id of a compact receipt is read from: the message sent (the
+/// client still holds its batch) or its id.
+pub trait SentId {
+    /// The id the message was sent with.
+    fn sent_id(&self) -> MessageId;
+}
+
+impl SentId for MessageId {
+    fn sent_id(&self) -> MessageId {
+        *self
+    }
+}
+
+impl SentId for Message {
+    fn sent_id(&self) -> MessageId {
+        self.id()
+    }
+}
+
+/// The receipts of a publish of `ids` (the messages or their ids, in
+/// request order), from either form of the response.
 ///
 /// # Errors
 /// [`Error::Backend`] when the response does not have one receipt per
 /// message; [`Error::InvalidArgument`] for a receipt id that is not 16 bytes.
-pub fn receipts_from_response(
+pub fn receipts_from_response<T: SentId>(
     resp: &v1::PublishResponse,
-    ids: &[MessageId],
+    ids: &[T],
 ) -> Result<Vec<Receipt>, Error> {
     if !resp.receipts.is_empty() || ids.is_empty() {
         if resp.receipts.len() != ids.len() {
@@ -486,7 +505,7 @@ pub fn receipts_from_response(
         out.extend(
             next.iter()
                 .zip(r.base_offset..)
-                .map(|(&id, o)| Receipt::new(id, r.partition, Some(o))),
+                .map(|(sent, o)| Receipt::new(sent.sent_id(), r.partition, Some(o))),
         );
     }
     if out.len() != ids.len() {
