@@ -13,7 +13,7 @@ use prost::encoding::{
 use wharf_core::{Error, Headers, Message, MessageId, Receipt};
 
 use crate::convert::{id_from_wire, message_from_proto, receipt_from_proto, timestamp_from_wire};
-use crate::frame::{FrameError, GRPC_HEADER};
+use crate::frame::{self, FrameError, GRPC_HEADER};
 use crate::v1;
 
 /// A `v1::PublishRequest` that owns `wharf-core` messages and encodes them
@@ -138,14 +138,9 @@ impl PublishBatch {
         let start = buf.len();
         buf.extend_from_slice(&[0; GRPC_HEADER]);
         prost::Message::encode_raw(self, buf);
-        let Ok(len) = u32::try_from(buf.len() - start - GRPC_HEADER) else {
-            buf.truncate(start);
-            return Err(FrameError::TooLarge {
-                max: u32::MAX as usize,
-            });
-        };
-        buf[start + 1..start + GRPC_HEADER].copy_from_slice(&len.to_be_bytes());
-        Ok(())
+        let len = buf.len() - start - GRPC_HEADER;
+        let header = &mut &mut buf[start..start + GRPC_HEADER];
+        frame::put_header(header, len).inspect_err(|_| buf.truncate(start))
     }
 }
 
