@@ -565,36 +565,167 @@ impl EncodedBatch {
     }
 }
 
-fn encoded_record_len(r: &Record) -> usize {
-    let mut n = 10 + 10 + 10 + 10 + r.value.len();
-    if let Some(k) = &r.key {
-        n += k.len();
-    }
-    for (a, b) in &r.headers {
-        n += 20 + a.len() + b.len();
-    }
-    n
+/// Records encoded one at a time into a batch body, so a caller can append
+/// what it holds in any form (a message, a slice of a request) without
+/// building [`Record`]s first. [`crate::Log::append_built`] seals and
+/// writes it; [`crate::Log::append`] is this over `&[Record]`.
+///
+/// ```
+/// use wharf_log::batch::BatchBuilder;
+///
+/// let mut b = BatchBuilder::with_capacity(64);
+/// b.push(1_700_000_000_000, Some(b"key"), b"value", &[(b"h", b"v")]);
+/// assert_eq!(b.len(), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    /// `HEADER_LEN` reserved bytes, then the raw (uncompressed) records.
+    buf: Vec<u8>,
+    record_count: u32,
+    first_ts: i64,
+    max_ts: i64,
 }
 
-fn encode_records(records: &[Record], first_ts: i64, out: &mut Vec<u8>) {
-    for r in records {
-        put_varint(out, zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
-        match &r.key {
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder::with_capacity(0)
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch with room for about `bytes` of encoded records.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_LEN + bytes.min(MAX_BATCH_BYTES));
+        buf.resize(HEADER_LEN, 0);
+        BatchBuilder {
+            buf,
+            record_count: 0,
+            first_ts: 0,
+            max_ts: i64::MIN,
+        }
+    }
+
+    /// How many bytes a record of these parts takes at most, for
+    /// [`BatchBuilder::with_capacity`].
+    pub fn record_len_bound(
+        key: usize,
+        value: usize,
+        headers: usize,
+        header_bytes: usize,
+    ) -> usize {
+        // Four varints (timestamp, key length, value length, header count)
+        // and two per header, each at most 10 bytes.
+        40 + key + value + 20 * headers + header_bytes
+    }
+
+    /// Appends one record: timestamp (ms since the epoch), optional key,
+    /// value and headers, in the order given.
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&[u8], &[u8])],
+    ) {
+        if self.record_count == 0 {
+            self.first_ts = timestamp_ms;
+        }
+        self.record_count = self.record_count.saturating_add(1);
+        self.max_ts = self.max_ts.max(timestamp_ms);
+        let out = &mut self.buf;
+        put_varint(out, zigzag(timestamp_ms.wrapping_sub(self.first_ts)));
+        match key {
             None => put_varint(out, 0),
             Some(k) => {
                 put_varint(out, k.len() as u64 + 1);
                 out.put_slice(k);
             }
         }
-        put_varint(out, r.value.len() as u64);
-        out.put_slice(&r.value);
-        put_varint(out, r.headers.len() as u64);
-        for (name, value) in &r.headers {
+        put_varint(out, value.len() as u64);
+        out.put_slice(value);
+        put_varint(out, headers.len() as u64);
+        for (name, value) in headers {
             put_varint(out, name.len() as u64);
             out.put_slice(name);
             put_varint(out, value.len() as u64);
             out.put_slice(value);
         }
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.record_count as usize
+    }
+
+    /// No record pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Bytes of encoded records so far (uncompressed, without the batch
+    /// header).
+    pub fn body_len(&self) -> usize {
+        self.buf.len() - HEADER_LEN
+    }
+
+    /// The batch with its header filled in, a zero base offset and no CRC
+    /// yet (see [`EncodedBatch::seal`]); compressed when that is smaller.
+    pub(crate) fn finish(
+        self,
+        compression: Compression,
+        max_batch_bytes: usize,
+    ) -> Result<EncodedBatch, LogError> {
+        if self.record_count == 0 {
+            return Err(LogError::EmptyBatch);
+        }
+        // `push` saturates: a count that reached u32::MAX is too large.
+        if self.record_count == u32::MAX {
+            return Err(LogError::BatchTooLarge {
+                size: usize::MAX,
+                max: max_batch_bytes,
+            });
+        }
+        let BatchBuilder {
+            mut buf,
+            record_count,
+            first_ts,
+            max_ts,
+        } = self;
+        let raw_len = buf.len() - HEADER_LEN;
+        let mut attributes = 0u16;
+        if compression == Compression::Lz4 && raw_len <= MAX_BATCH_BYTES {
+            let raw = &buf[HEADER_LEN..];
+            let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+            let mut out = vec![0u8; HEADER_LEN + bound];
+            if let Ok(n) = lz4_flex::block::compress_into(raw, &mut out[HEADER_LEN..]) {
+                if n < raw_len {
+                    out.truncate(HEADER_LEN + n);
+                    buf = out;
+                    attributes = ATTR_LZ4;
+                }
+            }
+        }
+        if buf.len() > max_batch_bytes || raw_len > MAX_BATCH_BYTES {
+            return Err(LogError::BatchTooLarge {
+                size: buf.len().max(raw_len),
+                max: max_batch_bytes,
+            });
+        }
+        let len = buf.len() as u32;
+        buf[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+        buf[8..12].copy_from_slice(&len.to_le_bytes());
+        buf[12..14].copy_from_slice(&attributes.to_le_bytes());
+        buf[24..28].copy_from_slice(&record_count.to_le_bytes());
+        buf[28..32].copy_from_slice(&(raw_len as u32).to_le_bytes());
+        buf[32..40].copy_from_slice(&first_ts.to_le_bytes());
+        buf[40..48].copy_from_slice(&max_ts.to_le_bytes());
+        let tail_crc = crc32c::crc32c(&buf[TAIL_START..]);
+        Ok(EncodedBatch {
+            buf,
+            tail_crc,
+            record_count,
+            max_timestamp: max_ts,
+        })
     }
 }
 
@@ -604,72 +735,26 @@ pub(crate) fn encode(
     compression: Compression,
     max_batch_bytes: usize,
 ) -> Result<EncodedBatch, LogError> {
-    let Some(first) = records.first() else {
-        return Err(LogError::EmptyBatch);
-    };
-    let record_count = u32::try_from(records.len()).map_err(|_| LogError::BatchTooLarge {
-        size: usize::MAX,
-        max: max_batch_bytes,
-    })?;
-    let first_ts = first.timestamp_ms;
-    let max_ts = records
+    let estimate: usize = records
         .iter()
-        .map(|r| r.timestamp_ms)
-        .max()
-        .unwrap_or(first_ts);
-    let estimate: usize = records.iter().map(encoded_record_len).sum();
-    let mut buf = Vec::with_capacity(HEADER_LEN + estimate.min(max_batch_bytes + 64));
-    buf.resize(HEADER_LEN, 0);
-    let mut attributes = 0u16;
-    let raw_len;
-    match compression {
-        Compression::None => {
-            encode_records(records, first_ts, &mut buf);
-            raw_len = buf.len() - HEADER_LEN;
-        }
-        Compression::Lz4 => {
-            let mut raw = Vec::with_capacity(estimate);
-            encode_records(records, first_ts, &mut raw);
-            raw_len = raw.len();
-            if raw_len <= MAX_BATCH_BYTES {
-                let bound = lz4_flex::block::get_maximum_output_size(raw.len());
-                buf.resize(HEADER_LEN + bound, 0);
-                match lz4_flex::block::compress_into(&raw, &mut buf[HEADER_LEN..]) {
-                    Ok(n) if n < raw.len() => {
-                        buf.truncate(HEADER_LEN + n);
-                        attributes = ATTR_LZ4;
-                    }
-                    _ => {
-                        buf.truncate(HEADER_LEN);
-                        buf.extend_from_slice(&raw);
-                    }
-                }
-            } else {
-                buf.extend_from_slice(&raw);
-            }
-        }
+        .map(|r| {
+            let hb: usize = r.headers.iter().map(|(a, b)| a.len() + b.len()).sum();
+            BatchBuilder::record_len_bound(
+                r.key.as_ref().map_or(0, Bytes::len),
+                r.value.len(),
+                r.headers.len(),
+                hb,
+            )
+        })
+        .sum();
+    let mut b = BatchBuilder::with_capacity(estimate.min(max_batch_bytes + 64));
+    let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
+    for r in records {
+        headers.clear();
+        headers.extend(r.headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        b.push(r.timestamp_ms, r.key.as_deref(), &r.value, &headers);
     }
-    if buf.len() > max_batch_bytes || raw_len > MAX_BATCH_BYTES {
-        return Err(LogError::BatchTooLarge {
-            size: buf.len().max(raw_len),
-            max: max_batch_bytes,
-        });
-    }
-    let len = buf.len() as u32;
-    buf[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
-    buf[8..12].copy_from_slice(&len.to_le_bytes());
-    buf[12..14].copy_from_slice(&attributes.to_le_bytes());
-    buf[24..28].copy_from_slice(&record_count.to_le_bytes());
-    buf[28..32].copy_from_slice(&(raw_len as u32).to_le_bytes());
-    buf[32..40].copy_from_slice(&first_ts.to_le_bytes());
-    buf[40..48].copy_from_slice(&max_ts.to_le_bytes());
-    let tail_crc = crc32c::crc32c(&buf[TAIL_START..]);
-    Ok(EncodedBatch {
-        buf,
-        tail_crc,
-        record_count,
-        max_timestamp: max_ts,
-    })
+    b.finish(compression, max_batch_bytes)
 }
 
 /// Encodes `records` as one complete batch starting at `base_offset`.
@@ -828,8 +913,8 @@ mod tests {
 
     #[test]
     fn in_place_decoding_reports_what_the_owned_decoding_reports() {
-        let mut body = Vec::new();
-        encode_records(&sample(), 1_000, &mut body);
+        let batch = encode(&sample(), Compression::None, MAX_BATCH_BYTES).expect("encode");
+        let body = batch.buf[HEADER_LEN..].to_vec();
         for cut in 0..body.len() {
             let truncated = Bytes::copy_from_slice(&body[..cut]);
             let owned = decode_body_unchecked(truncated.clone(), 4).expect_err("truncated");

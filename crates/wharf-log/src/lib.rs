@@ -50,7 +50,7 @@ pub mod sim;
 mod stats;
 pub mod storage;
 
-pub use crate::batch::{Batch, BatchHeader, HeaderRefs, RecordIter, RecordRef};
+pub use crate::batch::{Batch, BatchBuilder, BatchHeader, HeaderRefs, RecordIter, RecordRef};
 pub use crate::config::{
     Clock, Compression, Durability, LogConfig, LogConfigBuilder, ManualClock, Retention,
     SystemClock,

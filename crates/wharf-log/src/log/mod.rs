@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, Batch, BatchHeader, EncodedBatch, HEADER_LEN};
+use crate::batch::{self, Batch, BatchBuilder, BatchHeader, EncodedBatch, HEADER_LEN};
 use crate::commit::GroupCommit;
 use crate::config::{Durability, LogConfig};
 use crate::error::{CorruptKind, IoOp, LogError};
@@ -148,7 +148,23 @@ impl Log {
     /// failed), [`LogError::Poisoned`] once failed, [`LogError::Closed`].
     pub fn append(&self, records: &[Record]) -> Result<AppendInfo, LogError> {
         let cfg = &self.inner.config;
-        let mut batch = batch::encode(records, cfg.compression, cfg.max_batch_bytes)?;
+        let batch = batch::encode(records, cfg.compression, cfg.max_batch_bytes)?;
+        self.write(batch)
+    }
+
+    /// Appends the records of `batch` (encoded by the caller, see
+    /// [`BatchBuilder`]) as one batch; otherwise the same as
+    /// [`Log::append`].
+    ///
+    /// # Errors
+    /// As [`Log::append`].
+    pub fn append_built(&self, batch: BatchBuilder) -> Result<AppendInfo, LogError> {
+        let cfg = &self.inner.config;
+        self.write(batch.finish(cfg.compression, cfg.max_batch_bytes)?)
+    }
+
+    fn write(&self, mut batch: EncodedBatch) -> Result<AppendInfo, LogError> {
+        let cfg = &self.inner.config;
         let (info, lsn) = self.inner.write_batch(&mut batch)?;
         if cfg.durability == Durability::Always {
             self.inner.wait_durable(lsn)?;
