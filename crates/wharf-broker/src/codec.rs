@@ -4,87 +4,138 @@
 //! as the first header under the name `\0id` (16 bytes), which no valid
 //! header name collides with because it starts with a NUL byte.
 
-use std::sync::Mutex;
-
 use bytes::Bytes;
 use wharf_core::{Headers, Message, MessageId, Timestamp};
-use wharf_log::{Record, RecordRef, StoredRecord};
+use wharf_log::{BatchBuilder, RecordRef, StoredRecord};
 
 const ID_HEADER: &[u8] = b"\0id";
 
-/// The ids of a batch of messages in one buffer, so that storing a
-/// message's id costs a slice of it rather than an allocation.
-pub(crate) struct IdBuffer(Bytes);
+/// A batch of messages to publish, read by index: what the broker needs to
+/// check, deduplicate, partition and store each one. Implemented for
+/// `[Message]`; a server implements it over a decoded request, so a
+/// message goes from the request's bytes into the log's batch without
+/// being built as a [`Message`] in between.
+pub trait PublishSource {
+    /// How many messages.
+    fn len(&self) -> usize;
 
-impl IdBuffer {
-    pub(crate) fn new(msgs: &[Message]) -> Self {
-        let mut buf = Vec::with_capacity(msgs.len() * 16);
-        for m in msgs {
-            buf.extend_from_slice(&m.id().to_bytes());
-        }
-        IdBuffer(Bytes::from(buf))
+    /// No messages.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// The id of message `i` of the batch, as stored.
-    pub(crate) fn id(&self, i: usize) -> Bytes {
-        self.0.slice(i * 16..i * 16 + 16)
+    /// The id of message `i`.
+    fn id(&self, i: usize) -> MessageId;
+
+    /// Its key.
+    fn key(&self, i: usize) -> Option<&[u8]>;
+
+    /// Its payload.
+    fn payload(&self, i: usize) -> &[u8];
+
+    /// Its creation time.
+    fn timestamp(&self, i: usize) -> Timestamp;
+
+    /// Its headers in order, each name once (as in [`Headers`]), appended
+    /// to `out`.
+    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>);
+
+    /// Its size as [`Message::size`] counts it (payload, key, header names
+    /// and values), which the topic's `max_message_bytes` limits.
+    fn size(&self, i: usize) -> usize;
+}
+
+impl PublishSource for [Message] {
+    fn len(&self) -> usize {
+        <[Message]>::len(self)
+    }
+
+    fn id(&self, i: usize) -> MessageId {
+        self[i].id()
+    }
+
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self[i].key().map(|k| &k[..])
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        self[i].payload()
+    }
+
+    fn timestamp(&self, i: usize) -> Timestamp {
+        self[i].timestamp()
+    }
+
+    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
+        out.extend(
+            self[i]
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        );
+    }
+
+    fn size(&self, i: usize) -> usize {
+        self[i].size()
     }
 }
 
-/// Header vectors of appended records, kept for the next publishes: every
-/// record carries at least the id header, so without reuse storing a
-/// message costs an allocation and a free (a quarter of the publish path's
-/// instructions for small messages).
-#[derive(Default)]
-pub(crate) struct HeaderPool(Mutex<Vec<RecordHeaders>>);
-
-type RecordHeaders = Vec<(Bytes, Bytes)>;
-
-/// Most vectors the pool keeps (a few batches' worth).
-const HEADER_POOL_MAX: usize = 8192;
-
-impl HeaderPool {
-    /// Up to `n` empty vectors.
-    pub(crate) fn take(&self, n: usize) -> Vec<RecordHeaders> {
-        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let at = pool.len().saturating_sub(n);
-        pool.split_off(at)
-    }
-
-    /// Takes back the header vectors of appended records.
-    pub(crate) fn give(&self, records: Vec<Record>) {
-        let mut spare: Vec<RecordHeaders> = records
-            .into_iter()
-            .map(|r| {
-                let mut h = r.headers;
-                h.clear();
-                h
-            })
-            .collect();
-        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        spare.truncate(HEADER_POOL_MAX.saturating_sub(pool.len()));
-        pool.append(&mut spare);
-    }
-}
-
-/// The record for `msg`; `id` is its id's 16 bytes (see [`IdBuffer`]),
-/// `headers` an empty vector to fill (see [`HeaderPool`]).
-pub(crate) fn to_record(msg: &Message, id: Bytes, mut headers: RecordHeaders) -> Record {
-    debug_assert_eq!(&id[..], &msg.id().to_bytes()[..]);
-    headers.reserve(msg.headers().len() + 1);
-    headers.push((Bytes::from_static(ID_HEADER), id));
-    for (n, v) in msg.headers().iter() {
-        headers.push((
-            Bytes::copy_from_slice(n.as_bytes()),
-            Bytes::copy_from_slice(v.as_bytes()),
-        ));
-    }
-    Record {
-        timestamp_ms: i64::try_from(msg.timestamp().as_millis()).unwrap_or(i64::MAX),
-        key: msg.key().cloned(),
+/// Appends message `i` of `src` to `batch` as a record: the id's 16 bytes
+/// as the first header, then the message's headers. `scratch` is an empty
+/// vector reused between calls (left empty).
+pub(crate) fn push_record<'a, S: PublishSource + ?Sized>(
+    src: &'a S,
+    i: usize,
+    batch: &mut BatchBuilder,
+    scratch: &mut Vec<(&'a [u8], &'a [u8])>,
+) {
+    let id = src.id(i).to_bytes();
+    src.headers(i, scratch);
+    let headers = IdThen {
+        id: Some((ID_HEADER, &id[..])),
+        rest: scratch.iter(),
+    };
+    batch.push(
+        timestamp_ms(src.timestamp(i)),
+        src.key(i),
+        src.payload(i),
         headers,
-        value: msg.payload().clone(),
+    );
+    scratch.clear();
+}
+
+/// The id header, then the message's headers (an exact-size iterator,
+/// which `std::iter::Chain` is not).
+struct IdThen<'s> {
+    id: Option<(&'s [u8], &'s [u8])>,
+    rest: std::slice::Iter<'s, (&'s [u8], &'s [u8])>,
+}
+
+impl<'s> Iterator for IdThen<'s> {
+    type Item = (&'s [u8], &'s [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.id.take().or_else(|| self.rest.next().copied())
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = usize::from(self.id.is_some()) + self.rest.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for IdThen<'_> {}
+
+/// A record's timestamp for `t` (the log keeps signed milliseconds).
+fn timestamp_ms(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// About how many bytes `src`'s messages take in a batch, for its capacity.
+pub(crate) fn batch_len_estimate<S: PublishSource + ?Sized>(src: &S, i: usize) -> usize {
+    // The id header (name, 16 bytes, two length varints) and the record's
+    // own varints; header names and values are in `size`.
+    BatchBuilder::record_len_bound(0, src.size(i), 1, ID_HEADER.len() + 16)
 }
 
 /// Why a stored record is not a valid message (only a bug or a foreign
@@ -164,48 +215,33 @@ mod tests {
             .payload("body")
             .timestamp(Timestamp::from_millis(1234))
             .build();
-        let r = to_record(
-            &m,
-            IdBuffer::new(std::slice::from_ref(&m)).id(0),
-            Vec::new(),
-        );
-        let stored = StoredRecord {
-            offset: 7,
-            timestamp_ms: r.timestamp_ms,
-            key: r.key.clone(),
-            headers: r.headers.clone(),
-            value: r.value.clone(),
-        };
-        assert_eq!(from_record(stored).unwrap(), m);
-        let batch = wharf_log::Batch::decode(
-            wharf_log::batch::encode_batch(&[r], 7, wharf_log::Compression::None).unwrap(),
-        )
-        .unwrap();
-        let mut decoded = Vec::new();
-        batch
-            .for_each_record(|rec| {
-                decoded.push(from_record_ref(&rec).unwrap());
-                Ok::<(), wharf_log::CorruptKind>(())
-            })
-            .unwrap();
-        assert_eq!(decoded, vec![m]);
-    }
-
-    #[test]
-    fn header_pool_hands_back_empty_vectors_and_stays_bounded() {
-        let pool = HeaderPool::default();
-        let m = Message::builder().header("a", "1").payload("x").build();
-        let ids = IdBuffer::new(std::slice::from_ref(&m));
-        let records: Vec<Record> = (0..HEADER_POOL_MAX + 10)
-            .map(|_| to_record(&m, ids.id(0), Vec::new()))
-            .collect();
-        pool.give(records);
-        let spare = pool.take(HEADER_POOL_MAX + 10);
-        assert_eq!(spare.len(), HEADER_POOL_MAX);
-        assert!(spare.iter().all(|h| h.is_empty() && h.capacity() >= 2));
-        assert!(pool.take(1).is_empty());
-        let r = to_record(&m, ids.id(0), spare.into_iter().next().unwrap());
-        assert_eq!(r.headers.len(), 2);
+        let plain = Message::new("no key, no headers");
+        let msgs = [m, plain];
+        let mut builder = BatchBuilder::with_capacity(0);
+        let mut scratch = Vec::new();
+        for i in 0..msgs.len() {
+            assert!(batch_len_estimate(&msgs[..], i) >= msgs[i].size() + 19);
+            push_record(&msgs[..], i, &mut builder, &mut scratch);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = wharf_log::Log::open(dir.path(), wharf_log::LogConfig::default()).unwrap();
+        log.append_built(builder).unwrap();
+        let read = log.read(0, 1 << 20).unwrap();
+        let mut owned = Vec::new();
+        let mut in_place = Vec::new();
+        for batch in read.batches() {
+            for rec in batch.records().unwrap() {
+                owned.push(from_record(rec.unwrap()).unwrap());
+            }
+            batch
+                .for_each_record(|rec| {
+                    in_place.push(from_record_ref(&rec).unwrap());
+                    Ok::<(), wharf_log::CorruptKind>(())
+                })
+                .unwrap();
+        }
+        assert_eq!(owned, msgs);
+        assert_eq!(in_place, msgs);
     }
 
     #[test]

@@ -75,11 +75,13 @@ use wharf_core::{
     StartPosition, SubscribeOptions, Subscriber, Subscription,
 };
 
+pub use codec::PublishSource;
 pub use config::{BrokerConfig, Durability, TopicConfig, MAX_MESSAGE_BYTES, MAX_PARTITIONS};
 pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::Error;
+use wharf_log::BatchBuilder;
 pub use wharf_log::{SyncStats, SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
 
 use crate::clock::Clock;
@@ -205,7 +207,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
-    header_pool: codec::HeaderPool,
+
     /// fsync durations of every partition's log (see [`Broker::fsync_stats`]).
     sync_stats: Arc<wharf_log::SyncStats>,
 }
@@ -267,7 +269,7 @@ impl Broker {
             dir,
             _temp: temp,
             publish_permits: Semaphore::new(config.max_pending_publishes.max(1)),
-            header_pool: codec::HeaderPool::default(),
+
             config,
             meta,
             topics: RwLock::new(topics),
@@ -442,7 +444,7 @@ impl Broker {
                 let mut msg = d.message().clone();
                 wharf_core::dead_letter::unstamp(&mut msg);
                 self.inner
-                    .publish(&original, vec![msg], false, true)
+                    .publish(&original, std::slice::from_ref(&msg), false, true)
                     .await?;
                 d.ack().await?;
                 moved += 1;
@@ -473,7 +475,7 @@ impl Broker {
         let mut msg = found.message;
         wharf_core::dead_letter::unstamp(&mut msg);
         self.inner
-            .publish(&original, vec![msg], false, true)
+            .publish(&original, std::slice::from_ref(&msg), false, true)
             .await?;
         self.settle_offset(dlq_topic, REDRIVE_GROUP, found.partition, found.offset)?;
         Ok(1)
@@ -717,7 +719,10 @@ impl Inner {
         let inner = self.clone();
         let task = tokio::spawn(async move {
             let (p, o) = (dl.partition, dl.offset);
-            match inner.publish(&dl.topic, vec![dl.msg], false, true).await {
+            match inner
+                .publish(&dl.topic, std::slice::from_ref(&dl.msg), false, true)
+                .await
+            {
                 Ok(_) => {
                     gt.finish_dead(p, o);
                     Ok(())
@@ -741,10 +746,10 @@ impl Inner {
 
     /// The publish path. `dedup` applies the topic's dedup window; `force`
     /// creates the topic even when auto-create is off (dead letters, redrive).
-    async fn publish(
+    async fn publish<S: PublishSource + Sync + ?Sized>(
         &self,
         topic_name: &str,
-        msgs: Vec<Message>,
+        msgs: &S,
         dedup: bool,
         force: bool,
     ) -> Result<Vec<Receipt>> {
@@ -755,10 +760,11 @@ impl Inner {
         }
         let topic = self.topic(topic_name, force)?;
         let cfg = topic.config();
-        for m in &msgs {
-            if m.size() > cfg.max_message_bytes {
+        for i in 0..msgs.len() {
+            let size = msgs.size(i);
+            if size > cfg.max_message_bytes {
                 return Err(Error::MessageTooLarge {
-                    size: m.size(),
+                    size,
                     max: cfg.max_message_bytes,
                 });
             }
@@ -773,7 +779,7 @@ impl Inner {
             let mut first_index: HashMap<MessageId, usize> = HashMap::new();
             let mut i = 0;
             while i < n {
-                let id = msgs[i].id();
+                let id = msgs.id(i);
                 if let Some(&j) = first_index.get(&id) {
                     same_as.push((i, j));
                     i += 1;
@@ -810,7 +816,7 @@ impl Inner {
             }
         }
         let result = self
-            .append(&topic, &cfg, &msgs, &mut receipts, &same_as)
+            .append(&topic, &cfg, msgs, &mut receipts, &same_as)
             .await;
         if window.is_some() {
             let now_ms = self.clock.now_ms();
@@ -843,51 +849,55 @@ impl Inner {
     }
 
     /// Appends the messages that have no receipt yet, one batch per partition.
-    async fn append(
+    async fn append<S: PublishSource + Sync + ?Sized>(
         &self,
         topic: &Arc<Topic>,
         cfg: &TopicConfig,
-        msgs: &[Message],
+        msgs: &S,
         receipts: &mut [Option<Receipt>],
         same_as: &[(usize, usize)],
     ) -> Result<()> {
         let skip: std::collections::HashSet<usize> = same_as.iter().map(|&(i, _)| i).collect();
         let parts = topic.partitions();
         let nparts = u32::try_from(parts.len()).expect("partition count fits u32");
-        // (partition, (message indexes, records)), found through `slot`
+        // (partition, (message indexes, batch)), found through `slot`
         // (partition → position) rather than by hashing every message.
-        type Indexed = (Vec<usize>, Vec<wharf_log::Record>);
+        type Indexed = (Vec<usize>, BatchBuilder);
         let mut by_part: Vec<(u32, Indexed)> = Vec::new();
         let mut slot = vec![usize::MAX; parts.len()];
-        let ids = codec::IdBuffer::new(msgs);
-        let mut spare = self.header_pool.take(msgs.len());
+        let mut scratch = Vec::new();
         // Keyless messages of one batch all go to one partition (the next
         // in round robin, per batch): one append and, under `Always`, one
         // fdatasync instead of one per partition, the batch waiting for the
         // slowest (Kafka's sticky partitioner does the same).
         let mut sticky = None;
-        for (i, m) in msgs.iter().enumerate() {
-            if receipts[i].is_some() || skip.contains(&i) {
+        for (i, receipt) in receipts.iter().enumerate() {
+            if receipt.is_some() || skip.contains(&i) {
                 continue;
             }
             // A one-partition topic needs no round robin.
-            let p = match m.key() {
+            let p = match msgs.key(i) {
                 _ if nparts == 1 => 0,
-                Some(k) => topic.partition_for(Some(&k[..]), nparts),
+                Some(k) => topic.partition_for(Some(k), nparts),
                 None => *sticky.get_or_insert_with(|| topic.partition_for(None, nparts)),
             };
             if slot[p as usize] == usize::MAX {
                 slot[p as usize] = by_part.len();
-                let cap = if nparts == 1 { msgs.len() } else { 0 };
-                by_part.push((p, (Vec::with_capacity(cap), Vec::with_capacity(cap))));
+                // Room for the rest of the batch: exact for one partition
+                // and for keyless batches, grown by doubling otherwise.
+                let rest: usize = (i..msgs.len())
+                    .map(|j| codec::batch_len_estimate(msgs, j))
+                    .sum();
+                let cap = if nparts == 1 || msgs.key(i).is_none() {
+                    rest
+                } else {
+                    rest / nparts as usize
+                };
+                by_part.push((p, (Vec::new(), BatchBuilder::with_capacity(cap))));
             }
             let e = &mut by_part[slot[p as usize]].1;
             e.0.push(i);
-            e.1.push(codec::to_record(
-                m,
-                ids.id(i),
-                spare.pop().unwrap_or_default(),
-            ));
+            codec::push_record(msgs, i, &mut e.1, &mut scratch);
         }
         let _permit = self
             .publish_permits
@@ -896,13 +906,12 @@ impl Inner {
             .map_err(|_| Error::Closed { what: "broker" })?;
         let mut fill = |p: u32, idx: Vec<usize>, base: u64| {
             for (k, i) in idx.into_iter().enumerate() {
-                receipts[i] = Some(Receipt::new(msgs[i].id(), p, Some(base + k as u64)));
+                receipts[i] = Some(Receipt::new(msgs.id(i), p, Some(base + k as u64)));
             }
         };
         if cfg.durability == Durability::Never {
-            for (p, (idx, records)) in by_part {
-                fill(p, idx, parts[p as usize].append(&records)?);
-                self.header_pool.give(records);
+            for (p, (idx, batch)) in by_part {
+                fill(p, idx, parts[p as usize].append(batch)?);
             }
             return Ok(());
         }
@@ -911,22 +920,18 @@ impl Inner {
         // spans N partitions waits for about one fsync, not N in a row.
         let tasks: Vec<_> = by_part
             .into_iter()
-            .map(|(p, (idx, records))| {
+            .map(|(p, (idx, batch))| {
                 let part = parts[p as usize].clone();
                 (
                     p,
                     idx,
-                    tokio::task::spawn_blocking(move || (part.append(&records), records)),
+                    tokio::task::spawn_blocking(move || part.append(batch)),
                 )
             })
             .collect();
         let mut first_err = None;
         for (p, idx, task) in tasks {
-            let appended = task.await.map_err(|e| storage_error("append task", e));
-            match appended.map(|(r, records)| {
-                self.header_pool.give(records);
-                r
-            }) {
+            match task.await.map_err(|e| storage_error("append task", e)) {
                 Ok(Ok(base)) => fill(p, idx, base),
                 Ok(Err(e)) | Err(e) => {
                     first_err.get_or_insert(e);
@@ -994,18 +999,36 @@ async fn commit_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
+impl Broker {
+    /// Publishes the messages `src` describes, with the same checks and
+    /// receipts as [`Publisher::publish_batch`]. For callers that hold
+    /// messages in another form than [`Message`] (a server's decoded
+    /// request): each message is encoded from `src` into the log's batch
+    /// directly.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish_batch`].
+    pub async fn publish_from<S: PublishSource + Sync + ?Sized>(
+        &self,
+        topic: &str,
+        src: &S,
+    ) -> Result<Vec<Receipt>> {
+        self.inner.publish(topic, src, true, false).await
+    }
+}
+
 #[async_trait]
 impl Publisher for Broker {
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
         let mut r = self
             .inner
-            .publish(topic, vec![message], true, false)
+            .publish(topic, std::slice::from_ref(&message), true, false)
             .await?;
         Ok(r.pop().expect("one receipt per message"))
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
-        self.inner.publish(topic, messages, true, false).await
+        self.inner.publish(topic, &messages[..], true, false).await
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::sync::Notify;
 use wharf_core::{Error, MessageId, StartPosition};
-use wharf_log::{Log, LogConfig, ReadBatches, Record, Retention, SyncStats};
+use wharf_log::{BatchBuilder, Log, LogConfig, ReadBatches, Retention, SyncStats};
 
 use crate::codec::{from_record, partition_for_key};
 use crate::config::TopicConfig;
@@ -45,8 +45,8 @@ impl Partition {
         self.ttl_ms
     }
 
-    pub(crate) fn append(&self, records: &[Record]) -> Result<u64, Error> {
-        Ok(self.log.append(records).map_err(log_error)?.base_offset)
+    pub(crate) fn append(&self, batch: BatchBuilder) -> Result<u64, Error> {
+        Ok(self.log.append_built(batch).map_err(log_error)?.base_offset)
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {

@@ -817,3 +817,119 @@ async fn redrive_by_id_reaches_a_letter_past_the_read_ahead_window() {
     assert!(left.messages.iter().all(|p| p.message.id() != last));
     b.close().await.expect("close");
 }
+
+/// Messages held as plain parts, the way a server holds a decoded request.
+struct Parts(
+    Vec<(
+        wharf_core::MessageId,
+        Option<&'static str>,
+        &'static str,
+        u64,
+    )>,
+);
+
+impl wharf_broker::PublishSource for Parts {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn id(&self, i: usize) -> wharf_core::MessageId {
+        self.0[i].0
+    }
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self.0[i].1.map(str::as_bytes)
+    }
+    fn payload(&self, i: usize) -> &[u8] {
+        self.0[i].2.as_bytes()
+    }
+    fn timestamp(&self, i: usize) -> Timestamp {
+        Timestamp::from_millis(self.0[i].3)
+    }
+    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
+        out.push((b"n", self.0[i].2.as_bytes()));
+    }
+    fn size(&self, i: usize) -> usize {
+        self.0[i].1.map_or(0, str::len) + 2 * self.0[i].2.len() + 1
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_from_parts_stores_the_same_messages_with_the_same_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic(
+        "parts",
+        fast()
+            .partitions(2)
+            .dedup_window(Some(Duration::from_secs(60)))
+            .max_message_bytes(64),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<_> = (0..4).map(|_| wharf_core::MessageId::new()).collect();
+    let src = Parts(vec![
+        (ids[0], Some("a"), "one", 1_000),
+        (ids[1], None, "two", 2_000),
+        (ids[2], Some("b"), "three", 3_000),
+        (ids[0], Some("a"), "one", 1_000), // the first again: a duplicate
+    ]);
+    let receipts = b.publish_from("parts", &src).await.unwrap();
+    assert_eq!(receipts.len(), 4);
+    for (r, id) in receipts.iter().zip([ids[0], ids[1], ids[2], ids[0]]) {
+        assert_eq!(r.id, id);
+    }
+    assert!(!receipts[0].duplicate && receipts[3].duplicate);
+    assert_eq!(
+        (receipts[3].partition, receipts[3].offset),
+        (receipts[0].partition, receipts[0].offset)
+    );
+    // Across calls too, through the dedup window.
+    let again = b
+        .publish_from("parts", &Parts(vec![(ids[1], None, "two", 2_000)]))
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+
+    let mut sub = b.subscribe(group("parts")).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut sub).await;
+        let m = d.message().clone();
+        d.ack().await.unwrap();
+        got.push(m);
+    }
+    got.sort_by_key(|m| m.timestamp());
+    let want: Vec<Message> = src.0[..3]
+        .iter()
+        .map(|&(id, key, payload, ts)| {
+            let mut m = Message::builder()
+                .id(id)
+                .payload(payload)
+                .header("n", payload)
+                .timestamp(Timestamp::from_millis(ts));
+            if let Some(k) = key {
+                m = m.key(k);
+            }
+            m.build()
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert!(quiet_for(&mut sub, Duration::from_secs(5)).await);
+
+    // The size limit reads `size`, and refuses the whole batch.
+    let big = "x".repeat(40);
+    let big: &'static str = Box::leak(big.into_boxed_str());
+    let err = b
+        .publish_from(
+            "parts",
+            &Parts(vec![(wharf_core::MessageId::new(), None, big, 1)]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MessageTooLarge { size: 81, max: 64 }),
+        "{err:?}"
+    );
+    let info = b.topics().into_iter().find(|t| t.name == "parts").unwrap();
+    let stored: u64 = info.partitions.iter().map(|(s, e)| e - s).sum();
+    assert_eq!(stored, 3);
+}

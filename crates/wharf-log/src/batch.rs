@@ -574,7 +574,8 @@ impl EncodedBatch {
 /// use wharf_log::batch::BatchBuilder;
 ///
 /// let mut b = BatchBuilder::with_capacity(64);
-/// b.push(1_700_000_000_000, Some(b"key"), b"value", &[(b"h", b"v")]);
+/// let headers: [(&[u8], &[u8]); 1] = [(b"h", b"v")];
+/// b.push(1_700_000_000_000, Some(b"key"), b"value", headers);
 /// assert_eq!(b.len(), 1);
 /// ```
 #[derive(Debug, Clone)]
@@ -619,14 +620,13 @@ impl BatchBuilder {
     }
 
     /// Appends one record: timestamp (ms since the epoch), optional key,
-    /// value and headers, in the order given.
-    pub fn push(
-        &mut self,
-        timestamp_ms: i64,
-        key: Option<&[u8]>,
-        value: &[u8],
-        headers: &[(&[u8], &[u8])],
-    ) {
+    /// value and headers (name, value), in the order given.
+    pub fn push<'h, H>(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: &[u8], headers: H)
+    where
+        H: IntoIterator<Item = (&'h [u8], &'h [u8])>,
+        H::IntoIter: ExactSizeIterator,
+    {
+        let headers = headers.into_iter();
         if self.record_count == 0 {
             self.first_ts = timestamp_ms;
         }
@@ -748,11 +748,9 @@ pub(crate) fn encode(
         })
         .sum();
     let mut b = BatchBuilder::with_capacity(estimate.min(max_batch_bytes + 64));
-    let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
     for r in records {
-        headers.clear();
-        headers.extend(r.headers.iter().map(|(n, v)| (&n[..], &v[..])));
-        b.push(r.timestamp_ms, r.key.as_deref(), &r.value, &headers);
+        let headers = r.headers.iter().map(|(n, v)| (&n[..], &v[..]));
+        b.push(r.timestamp_ms, r.key.as_deref(), &r.value, headers);
     }
     b.finish(compression, max_batch_bytes)
 }

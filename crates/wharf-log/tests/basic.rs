@@ -58,9 +58,8 @@ fn batches_built_from_parts_read_back_like_appended_records() {
                 .collect();
             let mut built = BatchBuilder::with_capacity(0);
             for r in &records {
-                let headers: Vec<(&[u8], &[u8])> =
-                    r.headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-                built.push(r.timestamp_ms, r.key.as_deref(), &r.value, &headers);
+                let headers = r.headers.iter().map(|(n, v)| (&n[..], &v[..]));
+                built.push(r.timestamp_ms, r.key.as_deref(), &r.value, headers);
             }
             assert_eq!(built.len(), records.len());
             // Built and plain appends interleave on one offset sequence.

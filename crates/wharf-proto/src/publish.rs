@@ -10,9 +10,9 @@ use bytes::{BufMut, Bytes};
 use prost::encoding::{
     decode_key, decode_varint, encoded_len_varint, skip_field, DecodeContext, WireType,
 };
-use wharf_core::{Error, Headers, Message, MessageId, Receipt};
+use wharf_core::{Error, Headers, Message, MessageId, Receipt, Timestamp};
 
-use crate::convert::{id_from_wire, message_from_proto, receipt_from_proto, timestamp_from_wire};
+use crate::convert::{id_from_wire, receipt_from_proto, timestamp_from_wire};
 use crate::frame::{self, FrameError, GRPC_HEADER};
 use crate::v1;
 
@@ -188,8 +188,8 @@ impl prost::Message for PublishBatch {
     }
 }
 
-/// A `v1::PublishRequest` decoded into `wharf-core` messages (the server's
-/// side of [`PublishBatch`]).
+/// A `v1::PublishRequest` decoded for the server (its side of
+/// [`PublishBatch`]).
 #[derive(Debug)]
 pub struct DecodedPublish {
     /// The topic.
@@ -204,20 +204,128 @@ pub struct DecodedPublish {
     /// bytes). Kept apart from malformed protobuf, which fails the decode,
     /// so the server can report it after checking the caller's rights, as
     /// for any other bad input.
-    pub messages: Result<Vec<Message>, Error>,
+    pub messages: Result<WireMessages, Error>,
 }
 
 impl DecodedPublish {
     /// The same request from its generated form (for callers that already
     /// decoded one with prost).
     pub fn from_proto(req: v1::PublishRequest) -> Self {
-        let all_ids = req.messages.iter().all(|m| !m.id.is_empty());
-        DecodedPublish {
-            topic: req.topic,
-            compact_receipts: req.compact_receipts,
-            all_ids,
-            messages: req.messages.into_iter().map(message_from_proto).collect(),
-        }
+        let data = Bytes::from(prost::Message::encode_to_vec(&req));
+        decode_publish(&data).expect("what prost encodes is a valid PublishRequest")
+    }
+}
+
+/// The messages of a decoded publish request, read in place: ids,
+/// timestamps and sizes decoded, keys, payloads and headers kept as
+/// positions in the request's bytes (header strings checked as UTF-8). A
+/// server stores them from here without building a [`Message`] per message;
+/// [`WireMessages::message`] builds one when it is needed.
+#[derive(Debug, Clone)]
+pub struct WireMessages {
+    data: Bytes,
+    messages: Vec<WireMessage>,
+    /// (name, value) positions of every message's headers, each message's
+    /// names unique as in [`Headers`] (a repeated name keeps its first
+    /// place and its last value).
+    headers: Vec<(Span, Span)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone)]
+struct WireMessage {
+    id: MessageId,
+    key: Option<Span>,
+    payload: Span,
+    timestamp: Timestamp,
+    /// Index range into `WireMessages::headers`.
+    headers: (usize, usize),
+    size: usize,
+}
+
+impl WireMessages {
+    fn at(&self, s: Span) -> &[u8] {
+        &self.data[s.start..s.end]
+    }
+
+    fn text(&self, s: Span) -> &str {
+        std::str::from_utf8(self.at(s)).expect("header strings are checked at decode")
+    }
+
+    /// How many messages.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// No messages.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// The id of message `i` (a fresh one if the request had none).
+    pub fn id(&self, i: usize) -> MessageId {
+        self.messages[i].id
+    }
+
+    /// Its key.
+    pub fn key(&self, i: usize) -> Option<&[u8]> {
+        self.messages[i].key.map(|k| self.at(k))
+    }
+
+    /// Its payload.
+    pub fn payload(&self, i: usize) -> &[u8] {
+        self.at(self.messages[i].payload)
+    }
+
+    /// Its timestamp (the time of decoding if the request had none).
+    pub fn timestamp(&self, i: usize) -> Timestamp {
+        self.messages[i].timestamp
+    }
+
+    /// Its headers, in order, each name once.
+    pub fn headers(&self, i: usize) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        let (from, to) = self.messages[i].headers;
+        self.headers[from..to]
+            .iter()
+            .map(|&(n, v)| (self.text(n), self.text(v)))
+    }
+
+    /// Its size as [`Message::size`] counts it.
+    pub fn size(&self, i: usize) -> usize {
+        self.messages[i].size
+    }
+
+    /// The sum of every message's size.
+    pub fn total_size(&self) -> usize {
+        self.messages.iter().map(|m| m.size).sum()
+    }
+
+    /// Message `i` as a [`Message`] (key and payload are slices of the
+    /// request's bytes).
+    pub fn message(&self, i: usize) -> Message {
+        let m = &self.messages[i];
+        let headers: Headers = if m.headers.0 == m.headers.1 {
+            Headers::new()
+        } else {
+            self.headers(i).collect()
+        };
+        Message::from_parts(
+            m.id,
+            m.key.map(|k| self.data.slice(k.start..k.end)),
+            headers,
+            self.data.slice(m.payload.start..m.payload.end),
+            m.timestamp,
+        )
+    }
+
+    /// Every message as a [`Message`].
+    pub fn to_messages(&self) -> Vec<Message> {
+        (0..self.len()).map(|i| self.message(i)).collect()
     }
 }
 
@@ -306,18 +414,39 @@ fn utf8(b: &[u8], field: &'static str) -> Result<String, MalformedPublish> {
         .map_err(|_| MalformedPublish::Utf8 { field })
 }
 
-fn decode_header(mut cur: &[u8]) -> Result<(String, String), MalformedPublish> {
-    let (mut name, mut value) = (String::new(), String::new());
+/// Where `part` (a slice of `data`, or any empty slice) lies in `data`.
+fn span(data: &[u8], part: &[u8]) -> Span {
+    if part.is_empty() {
+        return Span { start: 0, end: 0 };
+    }
+    let start = part.as_ptr() as usize - data.as_ptr() as usize;
+    debug_assert!(start + part.len() <= data.len());
+    Span {
+        start,
+        end: start + part.len(),
+    }
+}
+
+/// A string field's bytes, checked as UTF-8.
+fn text<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], MalformedPublish> {
+    let b = take(cur, field)?;
+    std::str::from_utf8(b).map_err(|_| MalformedPublish::Utf8 { field })?;
+    Ok(b)
+}
+
+/// A `v1::Header`'s name and value.
+fn decode_header(mut cur: &[u8]) -> Result<(&[u8], &[u8]), MalformedPublish> {
+    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
     while !cur.is_empty() {
         let (tag, wt) = decode_key(&mut cur)?;
         match tag {
             1 => {
                 want(wt, WireType::LengthDelimited, "header.name")?;
-                name = utf8(take(&mut cur, "header.name")?, "header.name")?;
+                name = text(&mut cur, "header.name")?;
             }
             2 => {
                 want(wt, WireType::LengthDelimited, "header.value")?;
-                value = utf8(take(&mut cur, "header.value")?, "header.value")?;
+                value = text(&mut cur, "header.value")?;
             }
             _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
         }
@@ -325,61 +454,94 @@ fn decode_header(mut cur: &[u8]) -> Result<(String, String), MalformedPublish> {
     Ok((name, value))
 }
 
-/// One `v1::Message` from `body` (a slice of `data`): `Err` for malformed
-/// protobuf, `Ok(Err)` for a well-formed message with an invalid id.
-fn decode_message(
-    data: &Bytes,
-    mut cur: &[u8],
-    all_ids: &mut bool,
-) -> Result<Result<Message, Error>, MalformedPublish> {
-    let mut id: &[u8] = &[];
-    let mut key = None;
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut payload: &[u8] = &[];
-    let mut ts = 0;
-    while !cur.is_empty() {
-        let (tag, wt) = decode_key(&mut cur)?;
-        match tag {
-            1 => {
-                want(wt, WireType::LengthDelimited, "message.id")?;
-                id = take(&mut cur, "message.id")?;
+/// The request being decoded: the parts of [`WireMessages`] plus the time
+/// given to messages without a timestamp (read once per request).
+struct Decoder<'d> {
+    data: &'d [u8],
+    messages: Vec<WireMessage>,
+    headers: Vec<(Span, Span)>,
+    now: Option<Timestamp>,
+}
+
+impl Decoder<'_> {
+    /// One `v1::Message` from `cur` (a slice of `data`): `Err` for
+    /// malformed protobuf, `Ok(Err)` for a well-formed message with an
+    /// invalid id (nothing is kept of it then).
+    fn message(
+        &mut self,
+        mut cur: &[u8],
+        all_ids: &mut bool,
+    ) -> Result<Result<(), Error>, MalformedPublish> {
+        let mut id: &[u8] = &[];
+        let mut key = None;
+        let mut payload: &[u8] = &[];
+        let mut ts = 0;
+        let first_header = self.headers.len();
+        while !cur.is_empty() {
+            let (tag, wt) = decode_key(&mut cur)?;
+            match tag {
+                1 => {
+                    want(wt, WireType::LengthDelimited, "message.id")?;
+                    id = take(&mut cur, "message.id")?;
+                }
+                2 => {
+                    want(wt, WireType::LengthDelimited, "message.key")?;
+                    key = Some(take(&mut cur, "message.key")?);
+                }
+                3 => {
+                    want(wt, WireType::LengthDelimited, "message.headers")?;
+                    let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
+                    let (n, v) = (span(self.data, n), span(self.data, v));
+                    // `Headers::insert`: a repeated name keeps its place
+                    // and takes the new value.
+                    let data = self.data;
+                    let name = &data[n.start..n.end];
+                    match self.headers[first_header..]
+                        .iter_mut()
+                        .find(|(m, _)| &data[m.start..m.end] == name)
+                    {
+                        Some(slot) => slot.1 = v,
+                        None => self.headers.push((n, v)),
+                    }
+                }
+                4 => {
+                    want(wt, WireType::LengthDelimited, "message.payload")?;
+                    payload = take(&mut cur, "message.payload")?;
+                }
+                5 => {
+                    want(wt, WireType::Varint, "message.timestamp_ms")?;
+                    ts = decode_varint(&mut cur)?;
+                }
+                _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
             }
-            2 => {
-                want(wt, WireType::LengthDelimited, "message.key")?;
-                key = Some(take(&mut cur, "message.key")?);
-            }
-            3 => {
-                want(wt, WireType::LengthDelimited, "message.headers")?;
-                headers.push(decode_header(take(&mut cur, "message.headers")?)?);
-            }
-            4 => {
-                want(wt, WireType::LengthDelimited, "message.payload")?;
-                payload = take(&mut cur, "message.payload")?;
-            }
-            5 => {
-                want(wt, WireType::Varint, "message.timestamp_ms")?;
-                ts = decode_varint(&mut cur)?;
-            }
-            _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
         }
+        *all_ids &= !id.is_empty();
+        let id = match id_from_wire(id) {
+            Ok(id) => id,
+            Err(e) => {
+                self.headers.truncate(first_header);
+                return Ok(Err(e));
+            }
+        };
+        let timestamp = if ts == 0 {
+            *self.now.get_or_insert_with(|| timestamp_from_wire(0))
+        } else {
+            timestamp_from_wire(ts)
+        };
+        let header_bytes: usize = self.headers[first_header..]
+            .iter()
+            .map(|(n, v)| n.end - n.start + v.end - v.start)
+            .sum();
+        self.messages.push(WireMessage {
+            id,
+            key: key.map(|k| span(self.data, k)),
+            payload: span(self.data, payload),
+            timestamp,
+            headers: (first_header, self.headers.len()),
+            size: payload.len() + key.map_or(0, <[u8]>::len) + header_bytes,
+        });
+        Ok(Ok(()))
     }
-    *all_ids &= !id.is_empty();
-    let id = match id_from_wire(id) {
-        Ok(id) => id,
-        Err(e) => return Ok(Err(e)),
-    };
-    let headers: Headers = if headers.is_empty() {
-        Headers::new()
-    } else {
-        headers.into_iter().collect()
-    };
-    Ok(Ok(Message::from_parts(
-        id,
-        key.map(|k| data.slice_ref(k)),
-        headers,
-        data.slice_ref(payload),
-        timestamp_from_wire(ts),
-    )))
 }
 
 /// How many `messages` fields `data` holds, for the vector's capacity (a
@@ -397,12 +559,12 @@ fn count_messages(mut cur: &[u8]) -> usize {
     n
 }
 
-/// Decodes the bytes of a `v1::PublishRequest` straight into `wharf-core`
-/// messages, with the same results as prost's decode followed by
+/// Decodes the bytes of a `v1::PublishRequest` in place into
+/// [`WireMessages`], with the same results as prost's decode followed by
 /// [`message_from_proto`] for each message: unknown fields are skipped, a
-/// repeated scalar field keeps its last value, an empty id gets a fresh one
-/// and a zero timestamp the current time. Keys and payloads are slices of
-/// `data` (no copy); ids are read in place.
+/// repeated scalar field keeps its last value, a repeated header name its
+/// first place and last value, an empty id gets a fresh one and a zero
+/// timestamp the current time.
 ///
 /// # Errors
 /// [`MalformedPublish`] when `data` is not a valid `v1::PublishRequest`.
@@ -413,7 +575,13 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
     let mut topic = String::new();
     let mut compact_receipts = false;
     let mut all_ids = true;
-    let mut messages: Result<Vec<Message>, Error> = Ok(Vec::with_capacity(count_messages(cur)));
+    let mut bad_id = None;
+    let mut d = Decoder {
+        data,
+        messages: Vec::with_capacity(count_messages(cur)),
+        headers: Vec::new(),
+        now: None,
+    };
     while !cur.is_empty() {
         let (tag, wt) = decode_key(&mut cur)?;
         match tag {
@@ -424,12 +592,8 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
             2 => {
                 want(wt, WireType::LengthDelimited, "messages")?;
                 let body = take(&mut cur, "messages")?;
-                let m = decode_message(data, body, &mut all_ids)?;
-                if let Ok(out) = &mut messages {
-                    match m {
-                        Ok(m) => out.push(m),
-                        Err(e) => messages = Err(e),
-                    }
+                if let Err(e) = d.message(body, &mut all_ids)? {
+                    bad_id.get_or_insert(e);
                 }
             }
             3 => {
@@ -439,6 +603,14 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
             _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
         }
     }
+    let messages = match bad_id {
+        Some(e) => Err(e),
+        None => Ok(WireMessages {
+            data: data.clone(),
+            messages: d.messages,
+            headers: d.headers,
+        }),
+    };
     Ok(DecodedPublish {
         topic,
         compact_receipts,
@@ -546,7 +718,6 @@ mod tests {
     use super::*;
     use crate::convert::{message_from_proto, message_to_proto};
     use prost::Message as _;
-    use wharf_core::Timestamp;
 
     #[test]
     fn a_publish_batch_encodes_as_the_generated_request() {
@@ -630,7 +801,20 @@ mod tests {
         assert_eq!(d.topic, "orders");
         assert!(d.compact_receipts);
         assert!(d.all_ids);
-        assert_eq!(d.messages.expect("valid ids"), messages);
+        let wire = d.messages.expect("valid ids");
+        assert_eq!(wire.to_messages(), messages);
+        for (i, m) in messages.iter().enumerate() {
+            assert_eq!(wire.id(i), m.id());
+            assert_eq!(wire.key(i), m.key().map(|k| &k[..]));
+            assert_eq!(wire.payload(i), &m.payload()[..]);
+            assert_eq!(wire.timestamp(i), m.timestamp());
+            assert_eq!(wire.size(i), m.size());
+            assert!(wire.headers(i).eq(m.headers().iter()));
+        }
+        assert_eq!(
+            wire.total_size(),
+            messages.iter().map(Message::size).sum::<usize>()
+        );
     }
 
     #[test]
@@ -648,7 +832,10 @@ mod tests {
             !d.all_ids,
             "a message without id: the compact answer is not enough"
         );
-        let m = d.messages.expect("an empty id gets a fresh one");
+        let m = d
+            .messages
+            .expect("an empty id gets a fresh one")
+            .to_messages();
         assert_eq!(m.len(), 1);
         assert_ne!(m[0].timestamp().as_millis(), 0);
         assert_eq!(m[0].payload(), &Bytes::from_static(b"p"));
@@ -766,11 +953,12 @@ mod tests {
                 continue;
             };
             accepted += 1;
-            let p = DecodedPublish::from_proto(p);
             assert_eq!(direct.topic, p.topic);
             assert_eq!(direct.compact_receipts, p.compact_receipts);
-            assert_eq!(direct.all_ids, p.all_ids);
-            match (direct.messages, p.messages) {
+            assert_eq!(direct.all_ids, p.messages.iter().all(|m| !m.id.is_empty()));
+            let p: Result<Vec<Message>, Error> =
+                p.messages.into_iter().map(message_from_proto).collect();
+            match (direct.messages.map(|w| w.to_messages()), p) {
                 (Ok(a), Ok(b)) => {
                     assert_eq!(a.len(), b.len());
                     for (a, b) in a.iter().zip(&b) {
