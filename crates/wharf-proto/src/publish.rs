@@ -399,13 +399,42 @@ fn want(got: WireType, expected: WireType, field: &'static str) -> Result<(), Ma
 
 /// The body of a length-delimited field (its length prefix is next in `cur`).
 fn take<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], MalformedPublish> {
-    let len = decode_varint(cur)?;
+    let len = varint(cur)?;
     if len > cur.len() as u64 {
         return Err(MalformedPublish::Truncated { field });
     }
     let (body, rest) = cur.split_at(len as usize);
     *cur = rest;
     Ok(body)
+}
+
+/// A varint, read inline when it is one byte (every tag and the lengths
+/// under 128 of a publish); prost's decoder otherwise.
+#[inline]
+fn varint(cur: &mut &[u8]) -> Result<u64, prost::DecodeError> {
+    match cur.first() {
+        Some(&b) if b < 0x80 => {
+            *cur = &cur[1..];
+            Ok(u64::from(b))
+        }
+        _ => decode_varint(cur),
+    }
+}
+
+/// A field key: [`varint`]'s fast path for one-byte keys of a valid field
+/// number and wire type, prost's `decode_key` (and its errors) otherwise.
+#[inline]
+fn field_key(cur: &mut &[u8]) -> Result<(u32, WireType), prost::DecodeError> {
+    if let Some(&b) = cur.first() {
+        // Field numbers 1..=15; wire types 0..=5.
+        if b < 0x80 && b >> 3 != 0 {
+            if let Ok(wt) = WireType::try_from(u64::from(b & 7)) {
+                *cur = &cur[1..];
+                return Ok((u32::from(b >> 3), wt));
+            }
+        }
+    }
+    decode_key(cur)
 }
 
 fn utf8(b: &[u8], field: &'static str) -> Result<String, MalformedPublish> {
@@ -438,7 +467,7 @@ fn text<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], Malform
 fn decode_header(mut cur: &[u8]) -> Result<(&[u8], &[u8]), MalformedPublish> {
     let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
     while !cur.is_empty() {
-        let (tag, wt) = decode_key(&mut cur)?;
+        let (tag, wt) = field_key(&mut cur)?;
         match tag {
             1 => {
                 want(wt, WireType::LengthDelimited, "header.name")?;
@@ -478,7 +507,7 @@ impl Decoder<'_> {
         let mut ts = 0;
         let first_header = self.headers.len();
         while !cur.is_empty() {
-            let (tag, wt) = decode_key(&mut cur)?;
+            let (tag, wt) = field_key(&mut cur)?;
             match tag {
                 1 => {
                     want(wt, WireType::LengthDelimited, "message.id")?;
@@ -510,7 +539,7 @@ impl Decoder<'_> {
                 }
                 5 => {
                     want(wt, WireType::Varint, "message.timestamp_ms")?;
-                    ts = decode_varint(&mut cur)?;
+                    ts = varint(&mut cur)?;
                 }
                 _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
             }
@@ -544,21 +573,6 @@ impl Decoder<'_> {
     }
 }
 
-/// How many `messages` fields `data` holds, for the vector's capacity (a
-/// malformed buffer is reported by the decode itself, so this only stops).
-fn count_messages(mut cur: &[u8]) -> usize {
-    let mut n = 0;
-    while let Ok((tag, wt)) = decode_key(&mut cur) {
-        if tag == 2 && wt == WireType::LengthDelimited {
-            n += 1;
-        }
-        if skip_field(wt, tag, &mut cur, DecodeContext::default()).is_err() {
-            break;
-        }
-    }
-    n
-}
-
 /// Decodes the bytes of a `v1::PublishRequest` in place into
 /// [`WireMessages`], with the same results as prost's decode followed by
 /// [`message_from_proto`] for each message: unknown fields are skipped, a
@@ -578,12 +592,12 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
     let mut bad_id = None;
     let mut d = Decoder {
         data,
-        messages: Vec::with_capacity(count_messages(cur)),
+        messages: Vec::new(),
         headers: Vec::new(),
         now: None,
     };
     while !cur.is_empty() {
-        let (tag, wt) = decode_key(&mut cur)?;
+        let (tag, wt) = field_key(&mut cur)?;
         match tag {
             1 => {
                 want(wt, WireType::LengthDelimited, "topic")?;
@@ -592,13 +606,18 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
             2 => {
                 want(wt, WireType::LengthDelimited, "messages")?;
                 let body = take(&mut cur, "messages")?;
+                if d.messages.capacity() == 0 {
+                    // As many more as fit if they are all this long (exact
+                    // for the usual batch of like messages; grows otherwise).
+                    d.messages.reserve(1 + cur.len() / (body.len() + 2));
+                }
                 if let Err(e) = d.message(body, &mut all_ids)? {
                     bad_id.get_or_insert(e);
                 }
             }
             3 => {
                 want(wt, WireType::Varint, "compact_receipts")?;
-                compact_receipts = decode_varint(&mut cur)? != 0;
+                compact_receipts = varint(&mut cur)? != 0;
             }
             _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
         }
