@@ -600,10 +600,11 @@ pub fn fuzz_decode_http(data: &[u8]) -> usize {
     }
     // The gRPC server's own publish decoder, which skips prost's structs.
     let direct = wharf_proto::publish::decode_publish(&bytes::Bytes::copy_from_slice(data));
+    // Read every message back out of the request (spans, header strings).
     ok += direct
         .ok()
         .and_then(|p| p.messages.ok())
-        .map_or(0, |m| m.len());
+        .map_or(0, |m| m.to_messages().len());
     ok += usize::from(decode::<v1::ConsumeRequest>(data).is_ok());
     ok += usize::from(decode::<v1::CreateTopicRequest>(data).is_ok());
     ok += usize::from(decode::<v1::DlqReplayRequest>(data).is_ok());
