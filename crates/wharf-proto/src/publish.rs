@@ -861,6 +861,48 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_header_name_keeps_its_place_and_its_last_value_as_in_headers() {
+        let header = |n: &str, v: &str| v1::Header {
+            name: n.into(),
+            value: v.into(),
+        };
+        let req = v1::PublishRequest {
+            topic: "t".into(),
+            messages: vec![
+                v1::Message {
+                    id: Bytes::copy_from_slice(&MessageId::new().to_bytes()),
+                    headers: vec![header("h", "v"), header("x", "1"), header("h", "longer")],
+                    payload: Bytes::from_static(b"p"),
+                    ..Default::default()
+                },
+                v1::Message {
+                    id: Bytes::copy_from_slice(&MessageId::new().to_bytes()),
+                    headers: vec![header("h", "own")],
+                    ..Default::default()
+                },
+            ],
+            compact_receipts: false,
+        };
+        let wire = decode_publish(&Bytes::from(generated(&req)))
+            .expect("well-formed")
+            .messages
+            .expect("valid ids");
+        // What the broker stores reads these directly, not through `Headers`.
+        let first: Vec<_> = wire.headers(0).collect();
+        assert_eq!(first, vec![("h", "longer"), ("x", "1")]);
+        assert_eq!(wire.headers(1).collect::<Vec<_>>(), vec![("h", "own")]);
+        let via_prost: Vec<Message> = req
+            .messages
+            .into_iter()
+            .map(|m| message_from_proto(m).expect("valid"))
+            .collect();
+        for (i, m) in via_prost.iter().enumerate() {
+            assert!(wire.headers(i).eq(m.headers().iter()));
+            assert_eq!(wire.size(i), m.size());
+        }
+    }
+
+    #[test]
     fn decode_publish_reports_a_short_id_as_invalid_argument_not_malformed() {
         let req = v1::PublishRequest {
             topic: "t".into(),
