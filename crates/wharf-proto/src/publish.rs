@@ -249,6 +249,7 @@ struct WireMessage {
 }
 
 impl WireMessages {
+    #[inline]
     fn at(&self, s: Span) -> &[u8] {
         &self.data[s.start..s.end]
     }
@@ -258,6 +259,7 @@ impl WireMessages {
     }
 
     /// How many messages.
+    #[inline]
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -268,26 +270,31 @@ impl WireMessages {
     }
 
     /// The id of message `i` (a fresh one if the request had none).
+    #[inline]
     pub fn id(&self, i: usize) -> MessageId {
         self.messages[i].id
     }
 
     /// Its key.
+    #[inline]
     pub fn key(&self, i: usize) -> Option<&[u8]> {
         self.messages[i].key.map(|k| self.at(k))
     }
 
     /// Its payload.
+    #[inline]
     pub fn payload(&self, i: usize) -> &[u8] {
         self.at(self.messages[i].payload)
     }
 
     /// Its timestamp (the time of decoding if the request had none).
+    #[inline]
     pub fn timestamp(&self, i: usize) -> Timestamp {
         self.messages[i].timestamp
     }
 
     /// Its headers, in order, each name once.
+    #[inline]
     pub fn headers(&self, i: usize) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         let (from, to) = self.messages[i].headers;
         self.headers[from..to]
@@ -295,7 +302,18 @@ impl WireMessages {
             .map(|&(n, v)| (self.text(n), self.text(v)))
     }
 
+    /// Its headers as [`WireMessages::headers`] gives them, as bytes (no
+    /// second UTF-8 check).
+    #[inline]
+    pub fn header_bytes(&self, i: usize) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
+        let (from, to) = self.messages[i].headers;
+        self.headers[from..to]
+            .iter()
+            .map(|&(n, v)| (self.at(n), self.at(v)))
+    }
+
     /// Its size as [`Message::size`] counts it.
+    #[inline]
     pub fn size(&self, i: usize) -> usize {
         self.messages[i].size
     }
@@ -410,7 +428,7 @@ fn take<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], Malform
 
 /// A varint, read inline when it is one byte (every tag and the lengths
 /// under 128 of a publish); prost's decoder otherwise.
-#[inline]
+#[inline(always)]
 fn varint(cur: &mut &[u8]) -> Result<u64, prost::DecodeError> {
     match cur.first() {
         Some(&b) if b < 0x80 => {
@@ -423,7 +441,7 @@ fn varint(cur: &mut &[u8]) -> Result<u64, prost::DecodeError> {
 
 /// A field key: [`varint`]'s fast path for one-byte keys of a valid field
 /// number and wire type, prost's `decode_key` (and its errors) otherwise.
-#[inline]
+#[inline(always)]
 fn field_key(cur: &mut &[u8]) -> Result<(u32, WireType), prost::DecodeError> {
     if let Some(&b) = cur.first() {
         // Field numbers 1..=15; wire types 0..=5.
@@ -898,6 +916,10 @@ mod tests {
             .collect();
         for (i, m) in via_prost.iter().enumerate() {
             assert!(wire.headers(i).eq(m.headers().iter()));
+            assert!(wire.header_bytes(i).eq(m
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))));
             assert_eq!(wire.size(i), m.size());
         }
     }

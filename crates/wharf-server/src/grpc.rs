@@ -192,7 +192,7 @@ impl PublishSource for Wire {
     }
 
     fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
-        out.extend(self.0.headers(i).map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        out.extend(self.0.header_bytes(i));
     }
 
     fn size(&self, i: usize) -> usize {
