@@ -593,7 +593,7 @@ impl Decoder<'_> {
 
 /// Decodes the bytes of a `v1::PublishRequest` in place into
 /// [`WireMessages`], with the same results as prost's decode followed by
-/// [`message_from_proto`] for each message: unknown fields are skipped, a
+/// [`message_from_proto`](crate::convert::message_from_proto) for each message: unknown fields are skipped, a
 /// repeated scalar field keeps its last value, a repeated header name its
 /// first place and last value, an empty id gets a fresh one and a zero
 /// timestamp the current time.
