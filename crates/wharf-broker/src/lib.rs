@@ -871,6 +871,7 @@ impl Inner {
         // fdatasync instead of one per partition, the batch waiting for the
         // slowest (Kafka's sticky partitioner does the same).
         let mut sticky = None;
+        let (n, mut total) = (msgs.len(), None::<usize>);
         for (i, receipt) in receipts.iter().enumerate() {
             if receipt.is_some() || skip.contains(&i) {
                 continue;
@@ -883,15 +884,16 @@ impl Inner {
             };
             if slot[p as usize] == usize::MAX {
                 slot[p as usize] = by_part.len();
-                // Room for the rest of the batch: exact for one partition
-                // and for keyless batches, grown by doubling otherwise.
-                let rest: usize = (i..msgs.len())
-                    .map(|j| codec::batch_len_estimate(msgs, j))
-                    .sum();
+                // Room for the whole batch where it all goes to one
+                // partition (one partition, keyless), an even share for
+                // keyed messages; grown by doubling past that.
+                let total = *total.get_or_insert_with(|| {
+                    (0..n).map(|j| codec::batch_len_estimate(msgs, j)).sum()
+                });
                 let cap = if nparts == 1 || msgs.key(i).is_none() {
-                    rest
+                    total
                 } else {
-                    rest / nparts as usize
+                    total / nparts as usize
                 };
                 by_part.push((p, (Vec::new(), BatchBuilder::with_capacity(cap))));
             }
