@@ -857,6 +857,13 @@ impl Inner {
         receipts: &mut [Option<Receipt>],
         same_as: &[(usize, usize)],
     ) -> Result<()> {
+        // Taken before encoding, so publishes waiting their turn hold only
+        // their messages, not an encoded copy as well.
+        let _permit = self
+            .publish_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed { what: "broker" })?;
         let skip: std::collections::HashSet<usize> = same_as.iter().map(|&(i, _)| i).collect();
         let parts = topic.partitions();
         let nparts = u32::try_from(parts.len()).expect("partition count fits u32");
@@ -901,11 +908,6 @@ impl Inner {
             e.0.push(i);
             codec::push_record(msgs, i, &mut e.1, &mut scratch);
         }
-        let _permit = self
-            .publish_permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed { what: "broker" })?;
         let mut fill = |p: u32, idx: Vec<usize>, base: u64| {
             for (k, i) in idx.into_iter().enumerate() {
                 receipts[i] = Some(Receipt::new(msgs.id(i), p, Some(base + k as u64)));
