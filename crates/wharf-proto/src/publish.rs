@@ -925,6 +925,30 @@ mod tests {
     }
 
     #[test]
+    fn from_proto_reads_a_generated_request_like_the_wire_decode() {
+        let messages = vec![
+            Message::builder()
+                .key("k")
+                .header("h", "v")
+                .payload("p")
+                .timestamp(Timestamp::from_millis(9))
+                .build(),
+            Message::new(""),
+        ];
+        let req = v1::PublishRequest {
+            topic: "t".into(),
+            messages: messages.iter().map(message_to_proto).collect(),
+            compact_receipts: true,
+        };
+        let d = DecodedPublish::from_proto(req);
+        assert_eq!(
+            (d.topic.as_str(), d.compact_receipts, d.all_ids),
+            ("t", true, true)
+        );
+        assert_eq!(d.messages.expect("valid").to_messages(), messages);
+    }
+
+    #[test]
     fn decode_publish_reports_a_short_id_as_invalid_argument_not_malformed() {
         let req = v1::PublishRequest {
             topic: "t".into(),
