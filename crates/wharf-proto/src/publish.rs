@@ -501,6 +501,9 @@ fn decode_header(mut cur: &[u8]) -> Result<(&[u8], &[u8]), MalformedPublish> {
     Ok((name, value))
 }
 
+/// Headers per message found by a linear scan; more are indexed by name.
+const HEADER_SCAN_MAX: usize = 16;
+
 /// The request being decoded: the parts of [`WireMessages`] plus the time
 /// given to messages without a timestamp (read once per request).
 struct Decoder<'d> {
@@ -524,6 +527,7 @@ impl Decoder<'_> {
         let mut payload: &[u8] = &[];
         let mut ts = 0;
         let first_header = self.headers.len();
+        let mut by_name: Option<std::collections::HashMap<&[u8], usize>> = None;
         while !cur.is_empty() {
             let (tag, wt) = field_key(&mut cur)?;
             match tag {
@@ -540,15 +544,32 @@ impl Decoder<'_> {
                     let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
                     let (n, v) = (span(self.data, n), span(self.data, v));
                     // `Headers::insert`: a repeated name keeps its place
-                    // and takes the new value.
+                    // and takes the new value. Found by a linear scan while
+                    // a message has few headers, by a map past that (a
+                    // request of many tiny headers must not cost n²).
                     let data = self.data;
                     let name = &data[n.start..n.end];
-                    match self.headers[first_header..]
-                        .iter_mut()
-                        .find(|(m, _)| &data[m.start..m.end] == name)
-                    {
-                        Some(slot) => slot.1 = v,
-                        None => self.headers.push((n, v)),
+                    let mine = &mut self.headers[first_header..];
+                    if by_name.is_none() && mine.len() >= HEADER_SCAN_MAX {
+                        by_name = Some(
+                            mine.iter()
+                                .enumerate()
+                                .map(|(j, (m, _))| (&data[m.start..m.end], j))
+                                .collect(),
+                        );
+                    }
+                    let found = match &by_name {
+                        Some(map) => map.get(name).copied(),
+                        None => mine.iter().position(|(m, _)| &data[m.start..m.end] == name),
+                    };
+                    match found {
+                        Some(j) => mine[j].1 = v,
+                        None => {
+                            if let Some(map) = &mut by_name {
+                                map.insert(name, mine.len());
+                            }
+                            self.headers.push((n, v));
+                        }
                     }
                 }
                 4 => {
@@ -898,6 +919,20 @@ mod tests {
                     headers: vec![header("h", "own")],
                     ..Default::default()
                 },
+                // Past the linear scan: names found through the index.
+                v1::Message {
+                    id: Bytes::copy_from_slice(&MessageId::new().to_bytes()),
+                    headers: (0..40)
+                        .map(|j| header(&format!("n{j}"), "first"))
+                        .chain([
+                            header("n5", "again"),
+                            header("n39", "again"),
+                            header("", ""),
+                        ])
+                        .chain((0..3).map(|j| header(&format!("n{}", j * 20), "third")))
+                        .collect(),
+                    ..Default::default()
+                },
             ],
             compact_receipts: false,
         };
@@ -909,6 +944,7 @@ mod tests {
         let first: Vec<_> = wire.headers(0).collect();
         assert_eq!(first, vec![("h", "longer"), ("x", "1")]);
         assert_eq!(wire.headers(1).collect::<Vec<_>>(), vec![("h", "own")]);
+        assert_eq!(wire.headers(2).len(), 42); // n0..n39, "", n40
         let via_prost: Vec<Message> = req
             .messages
             .into_iter()
