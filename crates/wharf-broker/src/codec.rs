@@ -187,12 +187,13 @@ fn decode<'a>(
         }
         _ => return Err(bad("no id header")),
     };
-    let mut out = Headers::new();
-    for (n, v) in headers {
-        let n = std::str::from_utf8(n).map_err(|_| bad("header name is not UTF-8"))?;
-        let v = std::str::from_utf8(v).map_err(|_| bad("header value is not UTF-8"))?;
-        out.insert(n, v);
-    }
+    let out = headers
+        .map(|(n, v)| {
+            let n = std::str::from_utf8(n).map_err(|_| bad("header name is not UTF-8"))?;
+            let v = std::str::from_utf8(v).map_err(|_| bad("header value is not UTF-8"))?;
+            Ok((n, v))
+        })
+        .collect::<Result<Headers, NotAMessage>>()?;
     let timestamp = Timestamp::from_millis(u64::try_from(timestamp_ms).unwrap_or(0));
     Ok(Message::from_parts(id, key, out, value, timestamp))
 }

@@ -247,11 +247,35 @@ impl fmt::Debug for Headers {
     }
 }
 
+/// Headers a collect checks for a repeated name by a linear scan; past
+/// that, by an index (so many headers cost n, not n², to collect).
+const HEADER_SCAN_MAX: usize = 16;
+
 impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    /// As [`Headers::insert`] for each pair in turn.
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let mut h = Headers::new();
+        let mut by_name: Option<std::collections::HashMap<String, usize>> = None;
         for (n, v) in iter {
-            h.insert(n, v);
+            let (n, v) = (n.into(), v.into());
+            if by_name.is_none() && h.0.len() >= HEADER_SCAN_MAX {
+                by_name = Some(
+                    h.0.iter()
+                        .enumerate()
+                        .map(|(i, (n, _))| (n.clone(), i))
+                        .collect(),
+                );
+            }
+            match &mut by_name {
+                None => h.insert(n, v),
+                Some(map) => match map.get(&n) {
+                    Some(&i) => h.0[i].1 = v,
+                    None => {
+                        map.insert(n.clone(), h.0.len());
+                        h.0.push((n, v));
+                    }
+                },
+            }
         }
         h
     }
@@ -490,6 +514,25 @@ impl MessageBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collecting_headers_is_inserting_them_in_turn_below_and_past_the_scan_limit() {
+        for n in [3usize, 16, 17, 200] {
+            // Names repeat (every seventh pair reuses an earlier name).
+            let pairs: Vec<(String, String)> = (0..n)
+                .map(|i| {
+                    let name = if i % 7 == 6 { i / 3 } else { i };
+                    (format!("h{name}"), format!("v{i}"))
+                })
+                .collect();
+            let mut inserted = Headers::new();
+            for (k, v) in &pairs {
+                inserted.insert(k.clone(), v.clone());
+            }
+            let collected: Headers = pairs.into_iter().collect();
+            assert_eq!(collected, inserted, "{n} pairs");
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_sort_in_creation_order() {
