@@ -131,11 +131,12 @@ fn timestamp_ms(t: Timestamp) -> i64 {
     i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// About how many bytes `src`'s messages take in a batch, for its capacity.
-pub(crate) fn batch_len_estimate<S: PublishSource + ?Sized>(src: &S, i: usize) -> usize {
-    // The id header (name, 16 bytes, two length varints) and the record's
-    // own varints; header names and values are in `size`.
-    BatchBuilder::record_len_bound(0, src.size(i), 1, ID_HEADER.len() + 16)
+/// About how many bytes `count` messages of `total_size` (the sum of their
+/// [`PublishSource::size`]) take in a batch, for its capacity.
+pub(crate) fn batch_len_estimate(total_size: usize, count: usize) -> usize {
+    // Per record, the id header (name, 16 bytes, two length varints) and the
+    // record's own varints; header names and values are in the sizes.
+    total_size + count * BatchBuilder::record_len_bound(0, 0, 1, ID_HEADER.len() + 16)
 }
 
 /// Why a stored record is not a valid message (only a bug or a foreign
@@ -221,11 +222,12 @@ mod tests {
         let mut builder = BatchBuilder::with_capacity(0);
         let mut scratch = Vec::new();
         for i in 0..msgs.len() {
-            assert!(batch_len_estimate(&msgs[..], i) >= msgs[i].size() + 19);
             push_record(&msgs[..], i, &mut builder, &mut scratch);
         }
         let dir = tempfile::tempdir().unwrap();
         let log = wharf_log::Log::open(dir.path(), wharf_log::LogConfig::default()).unwrap();
+        let total: usize = msgs.iter().map(Message::size).sum();
+        assert!(batch_len_estimate(total, msgs.len()) >= builder.body_len());
         log.append_built(builder).unwrap();
         let read = log.read(0, 1 << 20).unwrap();
         let mut owned = Vec::new();

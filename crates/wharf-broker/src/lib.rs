@@ -760,6 +760,7 @@ impl Inner {
         }
         let topic = self.topic(topic_name, force)?;
         let cfg = topic.config();
+        let mut total_size = 0;
         for i in 0..msgs.len() {
             let size = msgs.size(i);
             if size > cfg.max_message_bytes {
@@ -768,6 +769,7 @@ impl Inner {
                     max: cfg.max_message_bytes,
                 });
             }
+            total_size += size;
         }
         let n = msgs.len();
         let mut receipts: Vec<Option<Receipt>> = vec![None; n];
@@ -816,7 +818,7 @@ impl Inner {
             }
         }
         let result = self
-            .append(&topic, &cfg, msgs, &mut receipts, &same_as)
+            .append(&topic, &cfg, msgs, total_size, &mut receipts, &same_as)
             .await;
         if window.is_some() {
             let now_ms = self.clock.now_ms();
@@ -849,11 +851,14 @@ impl Inner {
     }
 
     /// Appends the messages that have no receipt yet, one batch per partition.
+    /// `total_size` is the sum of the messages' sizes (for the batches'
+    /// capacity).
     async fn append<S: PublishSource + Sync + ?Sized>(
         &self,
         topic: &Arc<Topic>,
         cfg: &TopicConfig,
         msgs: &S,
+        total_size: usize,
         receipts: &mut [Option<Receipt>],
         same_as: &[(usize, usize)],
     ) -> Result<()> {
@@ -878,7 +883,7 @@ impl Inner {
         // fdatasync instead of one per partition, the batch waiting for the
         // slowest (Kafka's sticky partitioner does the same).
         let mut sticky = None;
-        let (n, mut total) = (msgs.len(), None::<usize>);
+        let total = codec::batch_len_estimate(total_size, msgs.len());
         for (i, receipt) in receipts.iter().enumerate() {
             if receipt.is_some() || skip.contains(&i) {
                 continue;
@@ -894,9 +899,6 @@ impl Inner {
                 // Room for the whole batch where it all goes to one
                 // partition (one partition, keyless), an even share for
                 // keyed messages; grown by doubling past that.
-                let total = *total.get_or_insert_with(|| {
-                    (0..n).map(|j| codec::batch_len_estimate(msgs, j)).sum()
-                });
                 let cap = if nparts == 1 || msgs.key(i).is_none() {
                     total
                 } else {
