@@ -44,6 +44,8 @@ pub use dead_letter::DeadLetter;
 pub use dedup::DedupStore;
 pub use delivery::{AckBatch, Acker, Delivery, DeliveryInfo, Settlement, Settler};
 pub use error::{BoxError, Error, NameKind, Result};
-pub use message::{Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY};
+pub use message::{
+    HeaderIndex, Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY,
+};
 pub use name::TopicPattern;
 pub use subscription::{DeliveryStream, GroupMode, StartPosition, SubscribeOptions, Subscription};

@@ -247,35 +247,60 @@ impl fmt::Debug for Headers {
     }
 }
 
-/// Headers a collect checks for a repeated name by a linear scan; past
-/// that, by an index (so many headers cost n, not n², to collect).
-const HEADER_SCAN_MAX: usize = 16;
+/// [`Headers`]' rule for a repeated name — it keeps its first place and
+/// takes the new value — over a list of (name, value) pairs of any type, so
+/// code that holds headers in another form (a server's decoded request)
+/// keeps the same rule. Names are found by a linear scan while the list is
+/// short and through an index past that, so many headers cost n, not n².
+#[derive(Debug)]
+pub struct HeaderIndex<K> {
+    by_name: Option<std::collections::HashMap<K, usize>>,
+}
+
+impl<K> Default for HeaderIndex<K> {
+    fn default() -> Self {
+        HeaderIndex { by_name: None }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> HeaderIndex<K> {
+    /// Headers found by a linear scan; more are indexed by name.
+    const SCAN_MAX: usize = 16;
+
+    /// Sets `name` to `value` in `list` (which holds only what this index
+    /// was given, in order).
+    pub fn insert<V>(&mut self, list: &mut Vec<(K, V)>, name: K, value: V) {
+        if self.by_name.is_none() && list.len() >= Self::SCAN_MAX {
+            self.by_name = Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, (n, _))| (n.clone(), i))
+                    .collect(),
+            );
+        }
+        let found = match &self.by_name {
+            Some(map) => map.get(&name).copied(),
+            None => list.iter().position(|(n, _)| *n == name),
+        };
+        match found {
+            Some(i) => list[i].1 = value,
+            None => {
+                if let Some(map) = &mut self.by_name {
+                    map.insert(name.clone(), list.len());
+                }
+                list.push((name, value));
+            }
+        }
+    }
+}
 
 impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
     /// As [`Headers::insert`] for each pair in turn.
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let mut h = Headers::new();
-        let mut by_name: Option<std::collections::HashMap<String, usize>> = None;
+        let mut index = HeaderIndex::default();
         for (n, v) in iter {
-            let (n, v) = (n.into(), v.into());
-            if by_name.is_none() && h.0.len() >= HEADER_SCAN_MAX {
-                by_name = Some(
-                    h.0.iter()
-                        .enumerate()
-                        .map(|(i, (n, _))| (n.clone(), i))
-                        .collect(),
-                );
-            }
-            match &mut by_name {
-                None => h.insert(n, v),
-                Some(map) => match map.get(&n) {
-                    Some(&i) => h.0[i].1 = v,
-                    None => {
-                        map.insert(n.clone(), h.0.len());
-                        h.0.push((n, v));
-                    }
-                },
-            }
+            index.insert(&mut h.0, n.into(), v.into());
         }
         h
     }

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes};
 use prost::encoding::{
     decode_key, decode_varint, encoded_len_varint, skip_field, DecodeContext, WireType,
 };
-use wharf_core::{Error, Headers, Message, MessageId, Receipt, Timestamp};
+use wharf_core::{Error, HeaderIndex, Headers, Message, MessageId, Receipt, Timestamp};
 
 use crate::convert::{id_from_wire, receipt_from_proto, timestamp_from_wire};
 use crate::frame::{self, FrameError, GRPC_HEADER};
@@ -501,33 +501,32 @@ fn decode_header(mut cur: &[u8]) -> Result<(&[u8], &[u8]), MalformedPublish> {
     Ok((name, value))
 }
 
-/// Headers per message found by a linear scan; more are indexed by name.
-const HEADER_SCAN_MAX: usize = 16;
-
 /// The request being decoded: the parts of [`WireMessages`] plus the time
 /// given to messages without a timestamp (read once per request).
 struct Decoder<'d> {
     data: &'d [u8],
     messages: Vec<WireMessage>,
     headers: Vec<(Span, Span)>,
+    /// The current message's headers, kept by `Headers`' rule.
+    scratch: Vec<(&'d [u8], &'d [u8])>,
     now: Option<Timestamp>,
 }
 
-impl Decoder<'_> {
+impl<'d> Decoder<'d> {
     /// One `v1::Message` from `cur` (a slice of `data`): `Err` for
     /// malformed protobuf, `Ok(Err)` for a well-formed message with an
     /// invalid id (nothing is kept of it then).
     fn message(
         &mut self,
-        mut cur: &[u8],
+        mut cur: &'d [u8],
         all_ids: &mut bool,
     ) -> Result<Result<(), Error>, MalformedPublish> {
         let mut id: &[u8] = &[];
         let mut key = None;
         let mut payload: &[u8] = &[];
         let mut ts = 0;
-        let first_header = self.headers.len();
-        let mut by_name: Option<std::collections::HashMap<&[u8], usize>> = None;
+        self.scratch.clear();
+        let mut index = HeaderIndex::default();
         while !cur.is_empty() {
             let (tag, wt) = field_key(&mut cur)?;
             match tag {
@@ -542,35 +541,7 @@ impl Decoder<'_> {
                 3 => {
                     want(wt, WireType::LengthDelimited, "message.headers")?;
                     let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
-                    let (n, v) = (span(self.data, n), span(self.data, v));
-                    // `Headers::insert`: a repeated name keeps its place
-                    // and takes the new value. Found by a linear scan while
-                    // a message has few headers, by a map past that (a
-                    // request of many tiny headers must not cost n²).
-                    let data = self.data;
-                    let name = &data[n.start..n.end];
-                    let mine = &mut self.headers[first_header..];
-                    if by_name.is_none() && mine.len() >= HEADER_SCAN_MAX {
-                        by_name = Some(
-                            mine.iter()
-                                .enumerate()
-                                .map(|(j, (m, _))| (&data[m.start..m.end], j))
-                                .collect(),
-                        );
-                    }
-                    let found = match &by_name {
-                        Some(map) => map.get(name).copied(),
-                        None => mine.iter().position(|(m, _)| &data[m.start..m.end] == name),
-                    };
-                    match found {
-                        Some(j) => mine[j].1 = v,
-                        None => {
-                            if let Some(map) = &mut by_name {
-                                map.insert(name, mine.len());
-                            }
-                            self.headers.push((n, v));
-                        }
-                    }
+                    index.insert(&mut self.scratch, n, v);
                 }
                 4 => {
                     want(wt, WireType::LengthDelimited, "message.payload")?;
@@ -586,20 +557,21 @@ impl Decoder<'_> {
         *all_ids &= !id.is_empty();
         let id = match id_from_wire(id) {
             Ok(id) => id,
-            Err(e) => {
-                self.headers.truncate(first_header);
-                return Ok(Err(e));
-            }
+            Err(e) => return Ok(Err(e)),
         };
         let timestamp = if ts == 0 {
             *self.now.get_or_insert_with(|| timestamp_from_wire(0))
         } else {
             timestamp_from_wire(ts)
         };
-        let header_bytes: usize = self.headers[first_header..]
-            .iter()
-            .map(|(n, v)| n.end - n.start + v.end - v.start)
-            .sum();
+        let header_bytes: usize = self.scratch.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let first_header = self.headers.len();
+        let data = self.data;
+        self.headers.extend(
+            self.scratch
+                .drain(..)
+                .map(|(n, v)| (span(data, n), span(data, v))),
+        );
         self.messages.push(WireMessage {
             id,
             key: key.map(|k| span(self.data, k)),
@@ -633,6 +605,7 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
         data,
         messages: Vec::new(),
         headers: Vec::new(),
+        scratch: Vec::new(),
         now: None,
     };
     while !cur.is_empty() {
