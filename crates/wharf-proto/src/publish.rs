@@ -426,17 +426,64 @@ fn take<'a>(cur: &mut &'a [u8], field: &'static str) -> Result<&'a [u8], Malform
     Ok(body)
 }
 
-/// A varint, read inline when it is one byte (every tag and the lengths
-/// under 128 of a publish); prost's decoder otherwise.
+/// A varint: one byte inline; up to eight bytes (every length and
+/// timestamp of a publish) from one little-endian word, see [`in_word`];
+/// prost's decoder for a longer or truncated one (and its errors).
 #[inline(always)]
 fn varint(cur: &mut &[u8]) -> Result<u64, prost::DecodeError> {
-    match cur.first() {
+    let bytes = *cur;
+    match bytes.first() {
         Some(&b) if b < 0x80 => {
-            *cur = &cur[1..];
-            Ok(u64::from(b))
+            *cur = &bytes[1..];
+            return Ok(u64::from(b));
         }
-        _ => decode_varint(cur),
+        None => return decode_varint(cur),
+        Some(_) => {}
     }
+    if let Some(word) = bytes.first_chunk::<8>() {
+        if let Some((v, len)) = in_word(u64::from_le_bytes(*word), 8) {
+            *cur = &bytes[len..];
+            return Ok(v);
+        }
+    }
+    decode_varint(cur)
+}
+
+/// [`varint`] for the last field of a message, where fewer than eight
+/// bytes are left: the word is read from the end of `whole` (which `cur`
+/// is the end of) and shifted down to `cur`'s first byte.
+#[inline(always)]
+fn last_varint(cur: &mut &[u8], whole: &[u8]) -> Result<u64, prost::DecodeError> {
+    let bytes = *cur;
+    debug_assert_eq!(bytes.as_ptr_range().end, whole.as_ptr_range().end);
+    if (2..8).contains(&bytes.len()) && bytes[0] >= 0x80 {
+        if let Some(word) = whole.last_chunk::<8>() {
+            let w = u64::from_le_bytes(*word) >> (8 * (8 - bytes.len()));
+            if let Some((v, len)) = in_word(w, bytes.len()) {
+                *cur = &bytes[len..];
+                return Ok(v);
+            }
+        }
+    }
+    varint(cur)
+}
+
+/// The varint at the start of little-endian word `w`, and its length, if
+/// it ends within the first `avail` bytes: the first byte without its high
+/// bit ends it, and its seven-bit groups are packed together in three
+/// steps (no loop; eight bytes hold 56 bits, so nothing overflows).
+#[inline(always)]
+fn in_word(w: u64, avail: usize) -> Option<(u64, usize)> {
+    let stop = !w & 0x8080_8080_8080_8080;
+    let len = stop.trailing_zeros() as usize / 8 + 1;
+    if stop == 0 || len > avail {
+        return None;
+    }
+    let x = w & (u64::MAX >> (64 - 8 * len)) & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = ((x & 0x7f00_7f00_7f00_7f00) >> 1) | (x & 0x007f_007f_007f_007f);
+    let x = ((x & 0x3fff_0000_3fff_0000) >> 2) | (x & 0x0000_3fff_0000_3fff);
+    let x = ((x & 0x0fff_ffff_0000_0000) >> 4) | (x & 0x0000_0000_0fff_ffff);
+    Some((x, len))
 }
 
 /// A field key: [`varint`]'s fast path for one-byte keys of a valid field
@@ -510,68 +557,117 @@ struct Decoder<'d> {
     /// The current message's headers, kept by `Headers`' rule.
     scratch: Vec<(&'d [u8], &'d [u8])>,
     now: Option<Timestamp>,
+    /// Every message had an id.
+    all_ids: bool,
+    /// The error of the first message with an invalid id.
+    bad_id: Option<Error>,
 }
 
 impl<'d> Decoder<'d> {
     /// One `v1::Message` from `cur` (a slice of `data`): `Err` for
-    /// malformed protobuf, `Ok(Err)` for a well-formed message with an
-    /// invalid id (nothing is kept of it then).
-    fn message(
-        &mut self,
-        mut cur: &'d [u8],
-        all_ids: &mut bool,
-    ) -> Result<Result<(), Error>, MalformedPublish> {
+    /// malformed protobuf; a well-formed message with an invalid id is kept
+    /// out and its error noted in `bad_id` (if it is the first).
+    #[inline]
+    fn message(&mut self, body: &'d [u8]) -> Result<(), MalformedPublish> {
+        let mut cur = body;
         let mut id: &[u8] = &[];
         let mut key = None;
         let mut payload: &[u8] = &[];
         let mut ts = 0;
         self.scratch.clear();
         let mut index = HeaderIndex::default();
+        // The fields as encoders write them, in field order, each one-byte
+        // key tested once (no dispatch); whatever is left (fields out of
+        // order or repeated, unknown fields, other encodings) goes through
+        // the loop below, which gives the same result for any order.
+        if cur.first() == Some(&0x0a) {
+            cur = &cur[1..];
+            id = take(&mut cur, "message.id")?;
+        }
+        if cur.first() == Some(&0x12) {
+            cur = &cur[1..];
+            key = Some(take(&mut cur, "message.key")?);
+        }
+        while cur.first() == Some(&0x1a) {
+            cur = &cur[1..];
+            let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
+            index.insert(&mut self.scratch, n, v);
+        }
+        if cur.first() == Some(&0x22) {
+            cur = &cur[1..];
+            payload = take(&mut cur, "message.payload")?;
+        }
+        if cur.first() == Some(&0x28) {
+            cur = &cur[1..];
+            ts = last_varint(&mut cur, body)?;
+        }
         while !cur.is_empty() {
-            let (tag, wt) = field_key(&mut cur)?;
-            match tag {
-                1 => {
-                    want(wt, WireType::LengthDelimited, "message.id")?;
-                    id = take(&mut cur, "message.id")?;
+            // The key as one byte (field number << 3 | wire type) for the
+            // schema's fields: read in place when it is one of theirs,
+            // through prost's key decoder otherwise (a longer encoding, an
+            // unknown field, which is skipped, or an invalid key).
+            let key_byte = match cur[0] {
+                b @ (0x0a | 0x12 | 0x1a | 0x22 | 0x28) => {
+                    cur = &cur[1..];
+                    b
                 }
-                2 => {
-                    want(wt, WireType::LengthDelimited, "message.key")?;
-                    key = Some(take(&mut cur, "message.key")?);
+                _ => {
+                    let (tag, wt) = field_key(&mut cur)?;
+                    if !(1..=5).contains(&tag) {
+                        skip_field(wt, tag, &mut cur, DecodeContext::default())?;
+                        continue;
+                    }
+                    ((tag as u8) << 3) | wt as u8
                 }
-                3 => {
-                    want(wt, WireType::LengthDelimited, "message.headers")?;
-                    let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
-                    index.insert(&mut self.scratch, n, v);
-                }
-                4 => {
-                    want(wt, WireType::LengthDelimited, "message.payload")?;
-                    payload = take(&mut cur, "message.payload")?;
-                }
-                5 => {
-                    want(wt, WireType::Varint, "message.timestamp_ms")?;
-                    ts = varint(&mut cur)?;
-                }
-                _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
+            };
+            if key_byte == 0x0a {
+                id = take(&mut cur, "message.id")?;
+            } else if key_byte == 0x22 {
+                payload = take(&mut cur, "message.payload")?;
+            } else if key_byte == 0x28 {
+                ts = last_varint(&mut cur, body)?;
+            } else if key_byte == 0x12 {
+                key = Some(take(&mut cur, "message.key")?);
+            } else if key_byte == 0x1a {
+                let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
+                index.insert(&mut self.scratch, n, v);
+            } else {
+                // A known field with another wire type than its own.
+                const FIELDS: [&str; 5] = [
+                    "message.id",
+                    "message.key",
+                    "message.headers",
+                    "message.payload",
+                    "message.timestamp_ms",
+                ];
+                return Err(MalformedPublish::WireType {
+                    field: FIELDS[usize::from(key_byte >> 3) - 1],
+                    got: WireType::try_from(u64::from(key_byte & 7))
+                        .expect("a wire type prost decoded"),
+                });
             }
         }
-        *all_ids &= !id.is_empty();
-        let id = match id_from_wire(id) {
-            Ok(id) => id,
-            Err(e) => return Ok(Err(e)),
+        let id = match <[u8; 16]>::try_from(id) {
+            Ok(bytes) => MessageId::from_bytes(bytes),
+            Err(_) => match self.other_id(id) {
+                Some(id) => id,
+                None => return Ok(()),
+            },
         };
         let timestamp = if ts == 0 {
             *self.now.get_or_insert_with(|| timestamp_from_wire(0))
         } else {
             timestamp_from_wire(ts)
         };
-        let header_bytes: usize = self.scratch.iter().map(|(n, v)| n.len() + v.len()).sum();
         let first_header = self.headers.len();
-        let data = self.data;
-        self.headers.extend(
-            self.scratch
-                .drain(..)
-                .map(|(n, v)| (span(data, n), span(data, v))),
-        );
+        let mut header_bytes = 0;
+        if !self.scratch.is_empty() {
+            let data = self.data;
+            self.headers.extend(self.scratch.drain(..).map(|(n, v)| {
+                header_bytes += n.len() + v.len();
+                (span(data, n), span(data, v))
+            }));
+        }
         self.messages.push(WireMessage {
             id,
             key: key.map(|k| span(self.data, k)),
@@ -580,7 +676,21 @@ impl<'d> Decoder<'d> {
             headers: (first_header, self.headers.len()),
             size: payload.len() + key.map_or(0, <[u8]>::len) + header_bytes,
         });
-        Ok(Ok(()))
+        Ok(())
+    }
+
+    /// The id of a message sent with an id that is not 16 bytes: a fresh
+    /// one for none, `None` (and the error noted) for any other length.
+    #[cold]
+    fn other_id(&mut self, id: &[u8]) -> Option<MessageId> {
+        self.all_ids &= !id.is_empty();
+        match id_from_wire(id) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.bad_id.get_or_insert(e);
+                None
+            }
+        }
     }
 }
 
@@ -599,14 +709,14 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
     let mut cur: &[u8] = data;
     let mut topic = String::new();
     let mut compact_receipts = false;
-    let mut all_ids = true;
-    let mut bad_id = None;
     let mut d = Decoder {
         data,
         messages: Vec::new(),
         headers: Vec::new(),
         scratch: Vec::new(),
         now: None,
+        all_ids: true,
+        bad_id: None,
     };
     while !cur.is_empty() {
         let (tag, wt) = field_key(&mut cur)?;
@@ -623,9 +733,7 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
                     // for the usual batch of like messages; grows otherwise).
                     d.messages.reserve(1 + cur.len() / (body.len() + 2));
                 }
-                if let Err(e) = d.message(body, &mut all_ids)? {
-                    bad_id.get_or_insert(e);
-                }
+                d.message(body)?;
             }
             3 => {
                 want(wt, WireType::Varint, "compact_receipts")?;
@@ -634,7 +742,7 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
             _ => skip_field(wt, tag, &mut cur, DecodeContext::default())?,
         }
     }
-    let messages = match bad_id {
+    let messages = match d.bad_id {
         Some(e) => Err(e),
         None => Ok(WireMessages {
             data: data.clone(),
@@ -645,7 +753,7 @@ pub fn decode_publish(data: &Bytes) -> Result<DecodedPublish, MalformedPublish> 
     Ok(DecodedPublish {
         topic,
         compact_receipts,
-        all_ids,
+        all_ids: d.all_ids,
         messages,
     })
 }
@@ -790,6 +898,48 @@ mod tests {
         let data = bytes::Bytes::from(framed.split_off(4));
         let message = crate::frame::unary_message(&data, usize::MAX).expect("one message");
         assert_eq!(&message[..], &bytes[..]);
+    }
+
+    #[test]
+    fn varint_reads_what_prost_reads() {
+        let mut values = vec![0, 1, 127, 128, 300, 16_383, 16_384, u64::MAX];
+        values.extend((0..64).map(|b| 1u64 << b));
+        values.extend((1..64).map(|b| (1u64 << b) - 1));
+        values.extend((0..64).map(|b| 0x9e37_79b9_7f4a_7c15u64 >> b));
+        for v in values {
+            let mut enc = Vec::new();
+            prost::encoding::encode_varint(v, &mut enc);
+            // Alone, followed by other bytes, and cut short at every length.
+            for tail in [&[][..], &[0x05][..], &[0xff; 12][..]] {
+                let mut buf = enc.clone();
+                buf.extend_from_slice(tail);
+                for end in 0..=buf.len() {
+                    let mut theirs = &buf[..end];
+                    let b = decode_varint(&mut theirs);
+                    // At the end of a longer slice (as a message's last field).
+                    let mut whole = vec![0xaa; 9];
+                    whole.extend_from_slice(&buf[..end]);
+                    let mut last = &whole[9..];
+                    let mut ours = &buf[..end];
+                    for (a, rest) in [
+                        (varint(&mut ours), ours),
+                        (last_varint(&mut last, &whole), last),
+                    ] {
+                        assert_eq!(a.is_ok(), b.is_ok(), "{v} {buf:02x?}[..{end}]");
+                        if let (Ok(a), Ok(b)) = (a, &b) {
+                            assert_eq!(a, *b, "{v} {buf:02x?}[..{end}]");
+                            assert_eq!(rest.len(), theirs.len(), "{v} {buf:02x?}[..{end}]");
+                        }
+                    }
+                }
+            }
+        }
+        // Non-minimal encodings (a zero group with its high bit set) too.
+        for buf in [&[0x80, 0x00][..], &[0xff, 0x80, 0x80, 0x00, 0x07][..]] {
+            let (mut ours, mut theirs) = (buf, buf);
+            assert_eq!(varint(&mut ours).ok(), decode_varint(&mut theirs).ok());
+            assert_eq!(ours.len(), theirs.len());
+        }
     }
 
     #[test]
@@ -1004,6 +1154,45 @@ mod tests {
     /// Seeded mutations of valid requests (bytes flipped, truncated, fields
     /// appended): the direct decoder accepts exactly what prost accepts, and
     /// reads the same messages.
+    #[test]
+    fn fields_out_of_order_repeated_or_with_long_keys_decode_as_prost_does() {
+        let id = MessageId::new().to_bytes();
+        let mut body = Vec::new();
+        body.extend_from_slice(&[0x28, 0xe8, 0x07]); // timestamp_ms = 1000, first
+        body.extend_from_slice(&[0x22, 2, b'p', b'1']); // payload "p1"
+        body.extend_from_slice(&[0x0a, 16]);
+        body.extend_from_slice(&id);
+        body.extend_from_slice(&[0x22, 2, b'p', b'2']); // payload again: "p2" wins
+        body.extend_from_slice(&[0x92, 0x00, 1, b'k']); // key, two-byte field key
+        body.extend_from_slice(&[0x48, 0x01]); // unknown field 9
+        body.extend_from_slice(&[0xa8, 0x00, 0xd0, 0x0f]); // timestamp_ms = 2000, long key
+        body.extend_from_slice(&[0x1a, 5, 0x0a, 1, b'a', 0x12, 0]); // header a=""
+        let mut req = vec![0x12, body.len() as u8];
+        req.extend_from_slice(&body);
+        let direct = decode_publish(&Bytes::from(req.clone())).expect("valid");
+        let p = v1::PublishRequest::decode(&req[..]).expect("valid");
+        let b = message_from_proto(p.messages[0].clone()).expect("valid");
+        let a = direct.messages.expect("valid id").to_messages().remove(0);
+        assert_eq!(a, b);
+        assert_eq!(a.payload(), &b"p2"[..]);
+        assert_eq!(a.key().map(|k| &k[..]), Some(&b"k"[..]));
+        assert_eq!(a.timestamp(), Timestamp::from_millis(2000));
+        assert_eq!(a.id(), MessageId::from_bytes(id));
+
+        // A known field with another wire type, as a one- and a two-byte key.
+        for bad in [&[0x20, 0x01][..], &[0xa0, 0x00, 0x01][..]] {
+            let mut req = vec![0x12, bad.len() as u8];
+            req.extend_from_slice(bad);
+            assert!(v1::PublishRequest::decode(&req[..]).is_err());
+            match decode_publish(&Bytes::from(req)) {
+                Err(MalformedPublish::WireType { field, got }) => {
+                    assert_eq!((field, got), ("message.payload", WireType::Varint));
+                }
+                other => panic!("{bad:02x?}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn decode_publish_agrees_with_prost_on_mutated_requests() {
         let req = v1::PublishRequest {
