@@ -193,10 +193,62 @@ fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// CPU seconds a wharf server has used so far (its `Info` call), if the
+/// target is one and its platform reports it.
+async fn server_cpu(t: &Target) -> Option<f64> {
+    let mut server = t.server.clone()?;
+    server
+        .info(v1::InfoRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .cpu_seconds
+}
+
+/// CPU time used during a load: this process's (the producers, and for
+/// `embedded` the broker too) and the server's, if known.
+struct CpuMeter {
+    bench: Option<Duration>,
+    server: Option<f64>,
+}
+
+impl CpuMeter {
+    async fn start(t: &Target) -> CpuMeter {
+        CpuMeter {
+            bench: wharf_server::process::cpu_time(),
+            server: server_cpu(t).await,
+        }
+    }
+
+    /// `{"bench_seconds", "server_seconds", "us_per_msg"}` since `start`.
+    async fn finish(self, t: &Target, messages: u64) -> serde_json::Value {
+        let server = match (self.server, server_cpu(t).await) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let bench = self
+            .bench
+            .zip(wharf_server::process::cpu_time())
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+        // Per message only when every process doing the work is counted.
+        let whole = match (bench, t.server.is_some(), server) {
+            (Some(b), false, _) if t.durability.is_none() => Some(b),
+            (Some(b), true, Some(s)) => Some(b + s),
+            _ => None,
+        };
+        json!({
+            "bench_seconds": bench,
+            "server_seconds": server,
+            "us_per_msg": whole.map(|w| w * 1e6 / messages.max(1) as f64),
+        })
+    }
+}
+
 async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let per = a.count / a.producers.max(1) as u64;
     let bar = indicatif::ProgressBar::new(per * a.producers as u64);
     let done = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(t).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.producers.max(1) {
@@ -240,7 +292,9 @@ async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let total = per * a.producers.max(1) as u64;
+    let cpu = cpu.finish(t, total).await;
     Ok(json!({
+        "cpu": cpu,
         "backend": t.label,
         "workload": "publish",
         "messages": total,
@@ -463,6 +517,16 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(base) = results
+        .first()
+        .and_then(|r| r["cpu"]["us_per_msg"].as_f64())
+    {
+        for r in &mut results {
+            if let Some(v) = r["cpu"]["us_per_msg"].as_f64() {
+                r["cpu"]["ratio_to_first"] = json!(v / base);
+            }
+        }
+    }
     if conn.json {
         println!("{}", serde_json::Value::Array(results));
         return Ok(());
@@ -472,16 +536,33 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
             println!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
         }
         match a.workload {
-            Workload::Publish => println!(
-                "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
-                r["backend"].as_str().unwrap_or("?"),
-                r["msgs_per_sec"].as_f64().unwrap_or(0.0),
-                r["mb_per_sec"].as_f64().unwrap_or(0.0),
-                r["ratio_to_first"].as_f64().unwrap_or(1.0),
-                r["batch_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-                r["batch_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
-                r["batch_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
-            ),
+            Workload::Publish => {
+                println!(
+                    "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
+                    r["backend"].as_str().unwrap_or("?"),
+                    r["msgs_per_sec"].as_f64().unwrap_or(0.0),
+                    r["mb_per_sec"].as_f64().unwrap_or(0.0),
+                    r["ratio_to_first"].as_f64().unwrap_or(1.0),
+                    r["batch_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                    r["batch_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                    r["batch_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
+                );
+                let c = &r["cpu"];
+                if let Some(us) = c["us_per_msg"].as_f64() {
+                    let split = match c["server_seconds"].as_f64() {
+                        Some(s) => format!(
+                            "client {:.2} s + server {s:.2} s",
+                            c["bench_seconds"].as_f64().unwrap_or(0.0)
+                        ),
+                        None => format!("{:.2} s", c["bench_seconds"].as_f64().unwrap_or(0.0)),
+                    };
+                    println!(
+                        "{:<28} CPU {us:.3} µs/msg ({split})  ratio {:>5.2}",
+                        "",
+                        c["ratio_to_first"].as_f64().unwrap_or(1.0),
+                    );
+                }
+            }
             Workload::Latency => {
                 let q = |k: &str, p: &str| r[k][p].as_f64().unwrap_or(0.0);
                 println!(

@@ -335,6 +335,20 @@ fn bench_compares_embedded_and_a_server_and_leaves_no_topic_behind() {
     let expected =
         runs[1]["msgs_per_sec"].as_f64().unwrap() / runs[0]["msgs_per_sec"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    // CPU per message: the whole in-process run, and the client plus the
+    // server (read from its Info call) for the remote one.
+    let cpu = |r: &Value, k: &str| r["cpu"][k].as_f64();
+    assert!(cpu(&runs[0], "bench_seconds").unwrap_or(0.0) > 0.0, "{out}");
+    assert_eq!(runs[0]["cpu"]["server_seconds"], Value::Null, "{out}");
+    let client = cpu(&runs[1], "bench_seconds").expect("client CPU");
+    let server_cpu = cpu(&runs[1], "server_seconds").expect("server CPU");
+    assert!(client > 0.0 && server_cpu > 0.0, "{out}");
+    let per_msg = cpu(&runs[1], "us_per_msg").expect("per message");
+    assert!(
+        (per_msg - (client + server_cpu) * 1e6 / 2000.0).abs() < 1e-6,
+        "{out}"
+    );
+    assert_eq!(cpu(&runs[0], "ratio_to_first"), Some(1.0), "{out}");
 
     let latency = common::ok(&server.cli(&[
         "bench",

@@ -290,6 +290,17 @@ async fn health_metrics_and_openapi_are_served() {
         metrics.contains("wharf_topic_messages{topic=\"http.metrics\"} 1\n"),
         "{metrics}"
     );
+    // The standard process series, with plausible values.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(value("process_cpu_seconds_total") > 0.0, "{metrics}");
+    assert!(value("process_resident_memory_bytes") > 1e6, "{metrics}");
+    assert!(value("process_open_fds") >= 3.0, "{metrics}");
     // Gauges describe what exists now: a deleted topic is gone from them.
     let deleted = c
         .delete(format!("{base}/v1/topics/http.metrics"))

@@ -16,6 +16,7 @@ mod grpc;
 mod http;
 mod leases;
 mod listen;
+pub mod process;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;

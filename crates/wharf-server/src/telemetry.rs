@@ -43,6 +43,7 @@ impl Metrics {
             .unwrap_or_default();
         broker_gauges(&mut out, broker);
         fsync_histogram(&mut out, &broker.fsync_stats());
+        process_metrics(&mut out, &crate::process::usage());
         out
     }
 }
@@ -139,6 +140,39 @@ fn fsync_histogram(out: &mut String, s: &SyncStatsSnapshot) {
     let _ = writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {}", s.count);
     let _ = writeln!(out, "{NAME}_sum {}", s.total_nanos as f64 / 1e9);
     let _ = writeln!(out, "{NAME}_count {}", s.count);
+}
+
+/// Appends the standard `process_*` series (CPU seconds, resident memory,
+/// open files) that the platform reports.
+fn process_metrics(out: &mut String, u: &crate::process::Usage) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let mut one = |name: &str, kind: &str, help: &str, v: Option<String>| {
+        if let Some(v) = v {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {v}");
+        }
+    };
+    one(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        u.cpu.map(|d| d.as_secs_f64().to_string()),
+    );
+    one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        u.resident_bytes.map(|b| b.to_string()),
+    );
+    one(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        u.open_fds.map(|n| n.to_string()),
+    );
 }
 
 /// Records a successful publish of `n` messages of `bytes` total taking `took`
