@@ -90,7 +90,7 @@ fn messages(t: &v1::TopicInfo) -> u64 {
 
 fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
     if conn.json {
-        println!(
+        outln!(
             "{}",
             serde_json::Value::Array(topics.iter().map(topic_json).collect())
         );
@@ -165,10 +165,10 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             if conn.json {
-                println!("{}", topic_json(&t));
+                outln!("{}", topic_json(&t));
             } else {
                 print_topics(conn, std::slice::from_ref(&t));
-                println!();
+                outln!();
                 let rows: Vec<Vec<String>> = t
                     .partitions
                     .iter()
@@ -188,9 +188,9 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_err)?;
             if conn.json {
-                println!("{}", json!({"deleted": name}));
+                outln!("{}", json!({"deleted": name}));
             } else {
-                println!("deleted topic {name}");
+                outln!("deleted topic {name}");
             }
         }
     }
@@ -272,7 +272,7 @@ pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
         }
     }
     if conn.json {
-        println!(
+        outln!(
             "{}",
             serde_json::Value::Array(groups.iter().map(group_json).collect())
         );
@@ -296,13 +296,13 @@ pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
     }
     for (i, g) in groups.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!();
         }
-        println!("group:    {}", g.group);
-        println!("topic:    {}", g.topic);
-        println!("mode:     {}", mode_str(g));
-        println!("members:  {}", members_str(&g.members));
-        println!("lag:      {}", g.lag);
+        outln!("group:    {}", g.group);
+        outln!("topic:    {}", g.topic);
+        outln!("mode:     {}", mode_str(g));
+        outln!("members:  {}", members_str(&g.members));
+        outln!("lag:      {}", g.lag);
         let rows: Vec<Vec<String>> = g
             .partitions
             .iter()
@@ -417,7 +417,7 @@ pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
                 eprintln!("more dead letters: continue with --cursor {next}");
             }
             if conn.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::Value::Array(r.messages.iter().map(dead_letter_json).collect())
                 );
@@ -456,22 +456,22 @@ pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
                 .map_err(status_err)?
                 .into_inner();
             if conn.json {
-                println!("{}", dead_letter_json(d));
+                outln!("{}", dead_letter_json(d));
             } else {
                 let m = d.message.clone().unwrap_or_default();
-                println!("id:        {}", id_string(&m.id));
-                println!(
+                outln!("id:        {}", id_string(&m.id));
+                outln!(
                     "position:  partition {} offset {}",
                     d.partition,
                     table::opt(d.offset)
                 );
                 if let Some(k) = &m.key {
-                    println!("key:       {}", String::from_utf8_lossy(k));
+                    outln!("key:       {}", String::from_utf8_lossy(k));
                 }
                 for h in &m.headers {
-                    println!("header:    {} = {}", h.name, h.value);
+                    outln!("header:    {} = {}", h.name, h.value);
                 }
-                println!("payload:   {}", String::from_utf8_lossy(&m.payload));
+                outln!("payload:   {}", String::from_utf8_lossy(&m.payload));
             }
         }
         DlqCmd::Replay { topic, id, all } => {
@@ -493,9 +493,9 @@ pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
                 );
             }
             if conn.json {
-                println!("{}", json!({"replayed": n}));
+                outln!("{}", json!({"replayed": n}));
             } else {
-                println!("replayed {n} message(s)");
+                outln!("replayed {n} message(s)");
             }
         }
         DlqCmd::Purge { topic } => {
@@ -508,9 +508,9 @@ pub(crate) async fn dlq(conn: &Conn, cmd: DlqCmd) -> anyhow::Result<()> {
                 .into_inner()
                 .count;
             if conn.json {
-                println!("{}", json!({"purged": n}));
+                outln!("{}", json!({"purged": n}));
             } else {
-                println!("purged {n} message(s)");
+                outln!("purged {n} message(s)");
             }
         }
     }

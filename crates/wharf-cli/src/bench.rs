@@ -528,16 +528,16 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if conn.json {
-        println!("{}", serde_json::Value::Array(results));
+        outln!("{}", serde_json::Value::Array(results));
         return Ok(());
     }
     for r in &results {
         if let Some(d) = r["durability"].as_str() {
-            println!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
+            outln!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
         }
         match a.workload {
             Workload::Publish => {
-                println!(
+                outln!(
                     "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
                     r["backend"].as_str().unwrap_or("?"),
                     r["msgs_per_sec"].as_f64().unwrap_or(0.0),
@@ -556,7 +556,7 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
                         ),
                         None => format!("{:.2} s", c["bench_seconds"].as_f64().unwrap_or(0.0)),
                     };
-                    println!(
+                    outln!(
                         "{:<28} CPU {us:.3} µs/msg ({split})  ratio {:>5.2}",
                         "",
                         c["ratio_to_first"].as_f64().unwrap_or(1.0),
@@ -565,7 +565,7 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
             }
             Workload::Latency => {
                 let q = |k: &str, p: &str| r[k][p].as_f64().unwrap_or(0.0);
-                println!(
+                outln!(
                     "{:<28} {:>8.0} msgs/s offered  e2e p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms ({} msgs)",
                     r["backend"].as_str().unwrap_or("?"),
                     r["offered_msgs_per_sec"].as_f64().unwrap_or(0.0),
@@ -575,14 +575,14 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
                     q("e2e_latency_ms", "max"),
                     r["messages"],
                 );
-                println!(
+                outln!(
                     "{:<28} publish→ack p50 {:.2} ms p99 {:.2} ms",
                     "",
                     q("publish_ack_ms", "p50"),
                     q("publish_ack_ms", "p99"),
                 );
                 if r.get("raw_fdatasync_ms").is_some() {
-                    println!(
+                    outln!(
                         "{:<28} raw fdatasync (same disk, just before) p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
                         "",
                         q("raw_fdatasync_ms", "p50"),

@@ -2,6 +2,18 @@
 //! topics, publish/subscribe, groups, dead letters and benchmarks. Tables for
 //! humans, `--json` for scripts; errors print one line and exit non-zero.
 
+/// `println!` that ends the command quietly when standard output is a
+/// closed pipe (`wharf sub … | head -3`: no panic, and nothing more is
+/// acknowledged), and with one error line for any other write error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(&e);
+        }
+    }};
+}
+
 #[cfg(feature = "adapters")]
 mod adapters;
 mod admin;
@@ -118,6 +130,16 @@ fn main() {
     }
 }
 
+/// Ends the process after a failed write to standard output: quietly (as a
+/// successful run) when the reader has gone, with an error line otherwise.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// `e` and its causes on one line, skipping a cause whose text an outer
 /// error already includes (core errors such as `Unavailable` print their
 /// source and also return it from `source()`).
@@ -186,11 +208,11 @@ async fn serve(
     let server = wharf_server::Server::bind(cfg).await?;
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
-    println!(
+    outln!(
         "wharf listening on {scheme}://{addr} (HTTP/JSON and gRPC), data in {}, auth {auth}",
         data_dir.display()
     );
     server.serve(wharf_server::shutdown_signal()).await?;
-    println!("wharf stopped cleanly");
+    outln!("wharf stopped cleanly");
     Ok(())
 }

@@ -55,12 +55,12 @@ pub(crate) async fn publish(conn: &Conn, a: PubArgs) -> anyhow::Result<()> {
             .publish(&a.topic, build(text, a.key.as_ref(), &headers))
             .await?;
         if conn.json {
-            println!(
+            outln!(
                 "{}",
                 json!({"id": r.id.to_string(), "partition": r.partition, "offset": r.offset, "duplicate": r.duplicate})
             );
         } else {
-            println!(
+            outln!(
                 "published {} to {} partition {} offset {}",
                 r.id,
                 a.topic,
@@ -95,9 +95,9 @@ pub(crate) async fn publish(conn: &Conn, a: PubArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if conn.json {
-        println!("{}", json!({"published": total, "topic": a.topic}));
+        outln!("{}", json!({"published": total, "topic": a.topic}));
     } else {
-        println!("published {total} message(s) to {}", a.topic);
+        outln!("published {total} message(s) to {}", a.topic);
     }
     Ok(())
 }
@@ -203,7 +203,7 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| (k.to_owned(), json!(v)))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "topic": d.topic(),
@@ -221,7 +221,7 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
                 .key()
                 .map(|k| format!(" key={}", String::from_utf8_lossy(k)))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{} [{}@{}]{key} {payload}",
                 d.topic(),
                 d.info().partition,

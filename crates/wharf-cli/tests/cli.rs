@@ -379,3 +379,52 @@ fn bench_compares_embedded_and_a_server_and_leaves_no_topic_behind() {
         serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");
     assert_eq!(topics, serde_json::json!([]), "bench left topics behind");
 }
+
+#[test]
+fn a_closed_standard_output_ends_sub_quietly_and_acks_nothing_unprinted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli_stdin(&["pub", "cli.pipe"], "one\ntwo\nthree\n"));
+    // `wharf sub … | head -0`: the reading end is closed before anything is
+    // written, so the first message's line already fails to print.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "sub",
+            "cli.pipe",
+            "--group",
+            "g",
+            "--from",
+            "earliest",
+            "--count",
+            "3",
+            "--timeout",
+            "10",
+        ])
+        .env("WHARF_URL", server.url())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing printed, so nothing acknowledged: the group gets all three.
+    let again = common::ok(&server.cli(&[
+        "sub",
+        "cli.pipe",
+        "--group",
+        "g",
+        "--count",
+        "3",
+        "--json",
+        "--timeout",
+        "10",
+    ]));
+    let payloads: Vec<String> = json_lines(&again)
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(payloads, ["one", "two", "three"], "{again}");
+}
