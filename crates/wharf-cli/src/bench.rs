@@ -37,9 +37,13 @@ pub(crate) struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     size: usize,
-    /// Messages to publish in total.
+    /// Messages to publish in total (measured).
     #[arg(long, default_value_t = 200_000)]
     count: u64,
+    /// Publish load: messages published first, not measured, so the
+    /// measured part runs warm (default: a tenth of --count).
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Messages per publish call.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -244,12 +248,15 @@ impl CpuMeter {
     }
 }
 
-async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    let per = a.count / a.producers.max(1) as u64;
-    let bar = indicatif::ProgressBar::new(per * a.producers as u64);
-    let done = Arc::new(AtomicU64::new(0));
-    let cpu = CpuMeter::start(t).await;
-    let started = Instant::now();
+/// `per` messages from each of `--producers` concurrent publishers in
+/// batches of `--batch`; the batch round-trip latencies. `done` counts the
+/// messages published so far (for the progress bar).
+async fn produce(
+    t: &Target,
+    a: &BenchArgs,
+    per: u64,
+    done: &Arc<AtomicU64>,
+) -> anyhow::Result<Histogram<u64>> {
     let mut tasks = Vec::new();
     for _ in 0..a.producers.max(1) {
         let (b, topic, batch, size, done) = (
@@ -276,6 +283,22 @@ async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         }));
     }
     let mut h = Histogram::<u64>::new(3).expect("valid histogram");
+    for task in tasks {
+        h.add(task.await??).ok();
+    }
+    Ok(h)
+}
+
+async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let producers = a.producers.max(1) as u64;
+    let per = a.count / producers;
+    // Warm-up, not measured: the same load for a tenth of the messages, so
+    // the measured part finds threads started, buffers allocated and
+    // connections open, as a long-running service would (otherwise the
+    // first backend of a run pays for that and the later ones do not).
+    let warmup = a.warmup.unwrap_or(a.count / 10) / producers;
+    let bar = indicatif::ProgressBar::new((warmup + per) * producers);
+    let done = Arc::new(AtomicU64::new(0));
     let ticker = {
         let (bar, done) = (bar.clone(), done.clone());
         tokio::spawn(async move {
@@ -285,19 +308,24 @@ async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
             }
         })
     };
-    for task in tasks {
-        h.add(task.await??).ok();
+    if warmup > 0 {
+        produce(t, a, warmup, &done).await?;
     }
+    let cpu = CpuMeter::start(t).await;
+    let started = Instant::now();
+    let h = produce(t, a, per, &done).await;
+    let secs = started.elapsed().as_secs_f64();
     ticker.abort();
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    let total = per * a.producers.max(1) as u64;
+    let h = h?;
+    let total = per * producers;
     let cpu = cpu.finish(t, total).await;
     Ok(json!({
         "cpu": cpu,
         "backend": t.label,
         "workload": "publish",
         "messages": total,
+        "warmup_messages": warmup * producers,
         "seconds": secs,
         "msgs_per_sec": total as f64 / secs,
         "mb_per_sec": (total as f64 * a.size as f64) / secs / 1e6,
