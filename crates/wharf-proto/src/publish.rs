@@ -548,6 +548,23 @@ fn decode_header(mut cur: &[u8]) -> Result<(&[u8], &[u8]), MalformedPublish> {
     Ok((name, value))
 }
 
+/// The error for a known field of `v1::Message` sent with another wire type
+/// than its own (`key`: field number << 3 | wire type, as decoded).
+#[cold]
+fn wrong_wire_type(key: u8) -> MalformedPublish {
+    const FIELDS: [&str; 5] = [
+        "message.id",
+        "message.key",
+        "message.headers",
+        "message.payload",
+        "message.timestamp_ms",
+    ];
+    MalformedPublish::WireType {
+        field: FIELDS[usize::from(key >> 3) - 1],
+        got: WireType::try_from(u64::from(key & 7)).expect("a wire type prost decoded"),
+    }
+}
+
 /// The request being decoded: the parts of [`WireMessages`] plus the time
 /// given to messages without a timestamp (read once per request).
 struct Decoder<'d> {
@@ -571,42 +588,58 @@ impl<'d> Decoder<'d> {
     fn message(&mut self, body: &'d [u8]) -> Result<(), MalformedPublish> {
         let mut cur = body;
         let mut id: &[u8] = &[];
-        let mut key = None;
+        let mut key_field = None;
         let mut payload: &[u8] = &[];
         let mut ts = 0;
         self.scratch.clear();
         let mut index = HeaderIndex::default();
-        // The fields as encoders write them, in field order, each one-byte
-        // key tested once (no dispatch); whatever is left (fields out of
-        // order or repeated, unknown fields, other encodings) goes through
-        // the loop below, which gives the same result for any order.
+        // One field of the schema, by its one-byte key (field number << 3 |
+        // wire type), its key already read. A macro rather than a closure:
+        // with a literal key the match folds away where it is expanded.
+        macro_rules! field {
+            ($key:expr) => {
+                match $key {
+                    0x0a => id = take(&mut cur, "message.id")?,
+                    0x12 => key_field = Some(take(&mut cur, "message.key")?),
+                    0x1a => {
+                        let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
+                        index.insert(&mut self.scratch, n, v);
+                    }
+                    0x22 => payload = take(&mut cur, "message.payload")?,
+                    0x28 => ts = last_varint(&mut cur, body)?,
+                    other => return Err(wrong_wire_type(other)),
+                }
+            };
+        }
+        // The fields as encoders write them, in field order, each key
+        // tested once (no dispatch); whatever is left (fields out of order
+        // or repeated, unknown fields, other encodings) goes through the
+        // loop below, which gives the same result for any order.
         if cur.first() == Some(&0x0a) {
             cur = &cur[1..];
-            id = take(&mut cur, "message.id")?;
+            field!(0x0a);
         }
         if cur.first() == Some(&0x12) {
             cur = &cur[1..];
-            key = Some(take(&mut cur, "message.key")?);
+            field!(0x12);
         }
         while cur.first() == Some(&0x1a) {
             cur = &cur[1..];
-            let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
-            index.insert(&mut self.scratch, n, v);
+            field!(0x1a);
         }
         if cur.first() == Some(&0x22) {
             cur = &cur[1..];
-            payload = take(&mut cur, "message.payload")?;
+            field!(0x22);
         }
         if cur.first() == Some(&0x28) {
             cur = &cur[1..];
-            ts = last_varint(&mut cur, body)?;
+            field!(0x28);
         }
         while !cur.is_empty() {
-            // The key as one byte (field number << 3 | wire type) for the
-            // schema's fields: read in place when it is one of theirs,
+            // Read in place when it is one of the schema's one-byte keys,
             // through prost's key decoder otherwise (a longer encoding, an
             // unknown field, which is skipped, or an invalid key).
-            let key_byte = match cur[0] {
+            let k = match cur[0] {
                 b @ (0x0a | 0x12 | 0x1a | 0x22 | 0x28) => {
                     cur = &cur[1..];
                     b
@@ -620,33 +653,9 @@ impl<'d> Decoder<'d> {
                     ((tag as u8) << 3) | wt as u8
                 }
             };
-            if key_byte == 0x0a {
-                id = take(&mut cur, "message.id")?;
-            } else if key_byte == 0x22 {
-                payload = take(&mut cur, "message.payload")?;
-            } else if key_byte == 0x28 {
-                ts = last_varint(&mut cur, body)?;
-            } else if key_byte == 0x12 {
-                key = Some(take(&mut cur, "message.key")?);
-            } else if key_byte == 0x1a {
-                let (n, v) = decode_header(take(&mut cur, "message.headers")?)?;
-                index.insert(&mut self.scratch, n, v);
-            } else {
-                // A known field with another wire type than its own.
-                const FIELDS: [&str; 5] = [
-                    "message.id",
-                    "message.key",
-                    "message.headers",
-                    "message.payload",
-                    "message.timestamp_ms",
-                ];
-                return Err(MalformedPublish::WireType {
-                    field: FIELDS[usize::from(key_byte >> 3) - 1],
-                    got: WireType::try_from(u64::from(key_byte & 7))
-                        .expect("a wire type prost decoded"),
-                });
-            }
+            field!(k);
         }
+        let key = key_field;
         let id = match <[u8; 16]>::try_from(id) {
             Ok(bytes) => MessageId::from_bytes(bytes),
             Err(_) => match self.other_id(id) {
