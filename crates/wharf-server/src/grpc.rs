@@ -377,10 +377,9 @@ impl Wharf for Service {
             a.authenticate(token(&req)).map_err(|d| denied_status(&d))?;
         }
         let b = &self.shared.broker;
-        let usage = crate::process::usage();
         Ok(Response::new(v1::InfoResponse {
-            cpu_seconds: usage.cpu.map(|d| d.as_secs_f64()),
-            resident_memory_bytes: usage.resident_bytes,
+            cpu_seconds: crate::process::cpu_time().map(|d| d.as_secs_f64()),
+            resident_memory_bytes: crate::process::resident_bytes(),
             version: env!("CARGO_PKG_VERSION").into(),
             capabilities: b
                 .capabilities()

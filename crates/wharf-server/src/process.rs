@@ -48,8 +48,9 @@ pub fn cpu_time() -> Option<Duration> {
     None
 }
 
+/// Resident set size (`/proc/self/statm`).
 #[cfg(target_os = "linux")]
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     // statm: size resident shared text lib data dt, in pages.
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
@@ -58,8 +59,9 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// Resident set size (not reported here).
 #[cfg(not(target_os = "linux"))]
-fn resident_bytes() -> Option<u64> {
+pub fn resident_bytes() -> Option<u64> {
     None
 }
 
