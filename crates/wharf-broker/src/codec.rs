@@ -5,80 +5,10 @@
 //! header name collides with because it starts with a NUL byte.
 
 use bytes::Bytes;
-use wharf_core::{Headers, Message, MessageId, Timestamp};
+use wharf_core::{Headers, Message, MessageId, PublishSource, Timestamp};
 use wharf_log::{BatchBuilder, RecordRef, StoredRecord};
 
 const ID_HEADER: &[u8] = b"\0id";
-
-/// A batch of messages to publish, read by index: what the broker needs to
-/// check, deduplicate, partition and store each one. Implemented for
-/// `[Message]`; a server implements it over a decoded request, so a
-/// message goes from the request's bytes into the log's batch without
-/// being built as a [`Message`] in between.
-pub trait PublishSource {
-    /// How many messages.
-    fn len(&self) -> usize;
-
-    /// No messages.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The id of message `i`.
-    fn id(&self, i: usize) -> MessageId;
-
-    /// Its key.
-    fn key(&self, i: usize) -> Option<&[u8]>;
-
-    /// Its payload.
-    fn payload(&self, i: usize) -> &[u8];
-
-    /// Its creation time.
-    fn timestamp(&self, i: usize) -> Timestamp;
-
-    /// Its headers in order, each name once (as in [`Headers`]), appended
-    /// to `out`.
-    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>);
-
-    /// Its size as [`Message::size`] counts it (payload, key, header names
-    /// and values), which the topic's `max_message_bytes` limits.
-    fn size(&self, i: usize) -> usize;
-}
-
-impl PublishSource for [Message] {
-    fn len(&self) -> usize {
-        <[Message]>::len(self)
-    }
-
-    fn id(&self, i: usize) -> MessageId {
-        self[i].id()
-    }
-
-    fn key(&self, i: usize) -> Option<&[u8]> {
-        self[i].key().map(|k| &k[..])
-    }
-
-    fn payload(&self, i: usize) -> &[u8] {
-        self[i].payload()
-    }
-
-    fn timestamp(&self, i: usize) -> Timestamp {
-        self[i].timestamp()
-    }
-
-    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
-        out.extend(
-            self[i]
-                .headers()
-                .iter()
-                .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
-        );
-    }
-
-    fn size(&self, i: usize) -> usize {
-        self[i].size()
-    }
-}
 
 /// Appends message `i` of `src` to `batch` as a record: the id's 16 bytes
 /// as the first header, then the message's headers. `scratch` is an empty

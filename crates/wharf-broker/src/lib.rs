@@ -75,12 +75,11 @@ use wharf_core::{
     StartPosition, SubscribeOptions, Subscriber, Subscription,
 };
 
-pub use codec::PublishSource;
 pub use config::{BrokerConfig, Durability, TopicConfig, MAX_MESSAGE_BYTES, MAX_PARTITIONS};
 pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
-pub use wharf_core::Error;
+pub use wharf_core::{Error, PublishSource};
 use wharf_log::BatchBuilder;
 pub use wharf_log::{SyncStats, SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
 
@@ -207,7 +206,6 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
-
     /// fsync durations of every partition's log (see [`Broker::fsync_stats`]).
     sync_stats: Arc<wharf_log::SyncStats>,
 }
@@ -269,7 +267,6 @@ impl Broker {
             dir,
             _temp: temp,
             publish_permits: Semaphore::new(config.max_pending_publishes.max(1)),
-
             config,
             meta,
             topics: RwLock::new(topics),

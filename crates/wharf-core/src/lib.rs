@@ -35,6 +35,7 @@ mod error;
 pub mod header;
 mod message;
 pub mod name;
+mod publish_source;
 mod subscription;
 
 pub use backend::{Backend, Limits, Publisher, Receipt, Subscriber};
@@ -48,4 +49,5 @@ pub use message::{
     HeaderIndex, Headers, Message, MessageBuilder, MessageId, Timestamp, MAX_PRIORITY,
 };
 pub use name::TopicPattern;
+pub use publish_source::PublishSource;
 pub use subscription::{DeliveryStream, GroupMode, StartPosition, SubscribeOptions, Subscription};

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wharf_core::{Message, Receipt};
+use wharf_core::{Message, PublishSource as _, Receipt};
 use wharf_proto::publish::{
     compact_response, decode_publish, receipts_from_response, PublishBatch,
 };

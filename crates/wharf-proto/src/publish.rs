@@ -10,7 +10,9 @@ use bytes::{BufMut, Bytes};
 use prost::encoding::{
     decode_key, decode_varint, encoded_len_varint, skip_field, DecodeContext, WireType,
 };
-use wharf_core::{Error, HeaderIndex, Headers, Message, MessageId, Receipt, Timestamp};
+use wharf_core::{
+    Error, HeaderIndex, Headers, Message, MessageId, PublishSource, Receipt, Timestamp,
+};
 
 use crate::convert::{id_from_wire, receipt_from_proto, timestamp_from_wire};
 use crate::frame::{self, FrameError, GRPC_HEADER};
@@ -258,41 +260,6 @@ impl WireMessages {
         std::str::from_utf8(self.at(s)).expect("header strings are checked at decode")
     }
 
-    /// How many messages.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    /// No messages.
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    /// The id of message `i` (a fresh one if the request had none).
-    #[inline]
-    pub fn id(&self, i: usize) -> MessageId {
-        self.messages[i].id
-    }
-
-    /// Its key.
-    #[inline]
-    pub fn key(&self, i: usize) -> Option<&[u8]> {
-        self.messages[i].key.map(|k| self.at(k))
-    }
-
-    /// Its payload.
-    #[inline]
-    pub fn payload(&self, i: usize) -> &[u8] {
-        self.at(self.messages[i].payload)
-    }
-
-    /// Its timestamp (the time of decoding if the request had none).
-    #[inline]
-    pub fn timestamp(&self, i: usize) -> Timestamp {
-        self.messages[i].timestamp
-    }
-
     /// Its headers, in order, each name once.
     #[inline]
     pub fn headers(&self, i: usize) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
@@ -300,22 +267,6 @@ impl WireMessages {
         self.headers[from..to]
             .iter()
             .map(|&(n, v)| (self.text(n), self.text(v)))
-    }
-
-    /// Its headers as [`WireMessages::headers`] gives them, as bytes (no
-    /// second UTF-8 check).
-    #[inline]
-    pub fn header_bytes(&self, i: usize) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
-        let (from, to) = self.messages[i].headers;
-        self.headers[from..to]
-            .iter()
-            .map(|&(n, v)| (self.at(n), self.at(v)))
-    }
-
-    /// Its size as [`Message::size`] counts it.
-    #[inline]
-    pub fn size(&self, i: usize) -> usize {
-        self.messages[i].size
     }
 
     /// The sum of every message's size.
@@ -344,6 +295,54 @@ impl WireMessages {
     /// Every message as a [`Message`].
     pub fn to_messages(&self) -> Vec<Message> {
         (0..self.len()).map(|i| self.message(i)).collect()
+    }
+}
+
+/// The broker stores a decoded request from here: ids, timestamps and sizes
+/// as decoded, keys, payloads and headers as slices of the request.
+impl PublishSource for WireMessages {
+    #[inline]
+    fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// The id of message `i` (a fresh one if the request had none).
+    #[inline]
+    fn id(&self, i: usize) -> MessageId {
+        self.messages[i].id
+    }
+
+    #[inline]
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self.messages[i].key.map(|k| self.at(k))
+    }
+
+    #[inline]
+    fn payload(&self, i: usize) -> &[u8] {
+        self.at(self.messages[i].payload)
+    }
+
+    /// Its timestamp (the time of decoding if the request had none).
+    #[inline]
+    fn timestamp(&self, i: usize) -> Timestamp {
+        self.messages[i].timestamp
+    }
+
+    /// As [`WireMessages::headers`] gives them, as bytes (no second UTF-8
+    /// check).
+    #[inline]
+    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
+        let (from, to) = self.messages[i].headers;
+        out.extend(
+            self.headers[from..to]
+                .iter()
+                .map(|&(n, v)| (self.at(n), self.at(v))),
+        );
+    }
+
+    #[inline]
+    fn size(&self, i: usize) -> usize {
+        self.messages[i].size
     }
 }
 
@@ -1084,7 +1083,9 @@ mod tests {
             .collect();
         for (i, m) in via_prost.iter().enumerate() {
             assert!(wire.headers(i).eq(m.headers().iter()));
-            assert!(wire.header_bytes(i).eq(m
+            let mut bytes = Vec::new();
+            PublishSource::headers(&wire, i, &mut bytes);
+            assert!(bytes.into_iter().eq(m
                 .headers()
                 .iter()
                 .map(|(n, v)| (n.as_bytes(), v.as_bytes()))));

@@ -14,14 +14,14 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use wharf_broker::{PublishSource, Redrive, TopicInfo};
+use wharf_broker::{Redrive, TopicInfo};
 use wharf_core::{
-    AckBatch, Backend, Delivery, Error, GroupMode, MessageId, Settlement, StartPosition,
-    SubscribeOptions, Subscriber, Subscription, Timestamp,
+    AckBatch, Backend, Delivery, Error, GroupMode, MessageId, PublishSource, Settlement,
+    StartPosition, SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
 use wharf_proto::frame::{self, FrameError, GRPC_HEADER};
-use wharf_proto::publish::{compact_response, decode_publish, DecodedPublish, WireMessages};
+use wharf_proto::publish::{compact_response, decode_publish, DecodedPublish};
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
@@ -142,9 +142,9 @@ impl Service {
         } = req.into_inner();
         // The compact answer names no ids, so only when the client sent them all.
         let compact = compact_receipts && all_ids;
-        let msgs = Wire(messages.map_err(|e| status_for(&e))?);
-        let n = msgs.0.len();
-        let bytes = msgs.0.total_size();
+        let msgs = messages.map_err(|e| status_for(&e))?;
+        let n = msgs.len();
+        let bytes = msgs.total_size();
         let receipts = self
             .shared
             .broker
@@ -163,40 +163,6 @@ impl Service {
                 ..Default::default()
             }
         })))
-    }
-}
-
-/// A decoded request's messages as the broker reads them: each goes from
-/// the request's bytes into the log's batch, never built as a `Message`.
-struct Wire(WireMessages);
-
-impl PublishSource for Wire {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn id(&self, i: usize) -> MessageId {
-        self.0.id(i)
-    }
-
-    fn key(&self, i: usize) -> Option<&[u8]> {
-        self.0.key(i)
-    }
-
-    fn payload(&self, i: usize) -> &[u8] {
-        self.0.payload(i)
-    }
-
-    fn timestamp(&self, i: usize) -> Timestamp {
-        self.0.timestamp(i)
-    }
-
-    fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
-        out.extend(self.0.header_bytes(i));
-    }
-
-    fn size(&self, i: usize) -> usize {
-        self.0.size(i)
     }
 }
 
