@@ -507,6 +507,22 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     Ok(out)
 }
 
+/// Sets `ratio_to_first` beside `field` of the object at JSON pointer
+/// `parent` in each result: its value over the first result's.
+fn ratio_to_first(results: &mut [serde_json::Value], parent: &str, field: &str) {
+    let value = |r: &serde_json::Value| r.pointer(parent)?.get(field)?.as_f64();
+    let Some(base) = results.first().and_then(value) else {
+        return;
+    };
+    for r in results {
+        if let Some(v) = value(r) {
+            if let Some(obj) = r.pointer_mut(parent) {
+                obj["ratio_to_first"] = json!(v / base);
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for spec in &a.backends {
@@ -538,23 +554,8 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         t.backend.close().await?;
         results.push(r);
     }
-    if let Some(base) = results.first().and_then(|r| r["msgs_per_sec"].as_f64()) {
-        for r in &mut results {
-            if let Some(v) = r["msgs_per_sec"].as_f64() {
-                r["ratio_to_first"] = json!(v / base);
-            }
-        }
-    }
-    if let Some(base) = results
-        .first()
-        .and_then(|r| r["cpu"]["us_per_msg"].as_f64())
-    {
-        for r in &mut results {
-            if let Some(v) = r["cpu"]["us_per_msg"].as_f64() {
-                r["cpu"]["ratio_to_first"] = json!(v / base);
-            }
-        }
-    }
+    ratio_to_first(&mut results, "", "msgs_per_sec");
+    ratio_to_first(&mut results, "/cpu", "us_per_msg");
     if conn.json {
         outln!("{}", serde_json::Value::Array(results));
         return Ok(());
