@@ -30,6 +30,9 @@ pub fn batch_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&batch[TAIL_START..]), &batch[8..TAIL_START])
 }
 const ATTR_LZ4: u16 = 1;
+/// A void batch: written by an operator's repair over a damaged batch's
+/// bytes; it covers the lost offsets and holds no records (FORMAT.md).
+const ATTR_VOID: u16 = 2;
 
 /// The decoded fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +53,9 @@ pub struct BatchHeader {
     pub first_timestamp: i64,
     /// Largest record timestamp in the batch.
     pub max_timestamp: i64,
+    /// A void batch (written by a repair over a damaged batch): its
+    /// offsets were lost and it yields no records.
+    pub void: bool,
 }
 
 impl BatchHeader {
@@ -88,9 +94,10 @@ impl BatchHeader {
         }
         let attributes = le_u16(buf, 12);
         let reserved = le_u16(buf, 14);
-        let compression = match attributes {
-            0 => Compression::None,
-            ATTR_LZ4 => Compression::Lz4,
+        let (compression, void) = match attributes {
+            0 => (Compression::None, false),
+            ATTR_LZ4 => (Compression::Lz4, false),
+            ATTR_VOID => (Compression::None, true),
             _ => return Err(CorruptKind::UnknownAttributes { attributes }),
         };
         if reserved != 0 {
@@ -139,6 +146,7 @@ impl BatchHeader {
             raw_len,
             first_timestamp: le_i64(buf, 32),
             max_timestamp: le_i64(buf, 40),
+            void,
         })
     }
 
@@ -213,18 +221,29 @@ impl Batch {
         &self.bytes
     }
 
-    /// Decodes the records (decompressing the body first if needed).
+    /// True for a void batch (a repair's stand-in for a damaged batch):
+    /// it covers its offsets but yields no records.
+    pub fn is_void(&self) -> bool {
+        self.header.void
+    }
+
+    /// Decodes the records (decompressing the body first if needed). A
+    /// void batch yields none.
     ///
     /// # Errors
     /// [`CorruptKind::Decompress`] when a compressed body is invalid; record
     /// level problems are reported by the iterator.
     pub fn records(&self) -> Result<RecordIter, CorruptKind> {
         Ok(RecordIter {
-            body: self.body()?,
+            body: if self.header.void {
+                Bytes::new()
+            } else {
+                self.body()?
+            },
             pos: 0,
             index: 0,
             header: self.header,
-            done: false,
+            done: self.header.void,
         })
     }
 
@@ -240,6 +259,9 @@ impl Batch {
         &self,
         mut f: impl FnMut(RecordRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        if self.header.void {
+            return Ok(());
+        }
         let body = self.body()?;
         let mut pos = 0;
         for index in 0..self.header.record_count {
@@ -565,6 +587,30 @@ impl EncodedBatch {
     }
 }
 
+/// A void batch of exactly `len` bytes covering `record_count` offsets from
+/// `base_offset`: what a repair writes over a damaged batch's bytes
+/// (`len` >= [`HEADER_LEN`]; the body is zeros). `timestamp_ms` is stored
+/// as both timestamps.
+pub(crate) fn encode_void(
+    len: usize,
+    base_offset: u64,
+    record_count: u32,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    buf[0..4].copy_from_slice(&BATCH_MAGIC.to_le_bytes());
+    buf[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[12..14].copy_from_slice(&ATTR_VOID.to_le_bytes());
+    buf[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    buf[24..28].copy_from_slice(&record_count.to_le_bytes());
+    buf[28..32].copy_from_slice(&((len - HEADER_LEN) as u32).to_le_bytes());
+    buf[32..40].copy_from_slice(&timestamp_ms.to_le_bytes());
+    buf[40..48].copy_from_slice(&timestamp_ms.to_le_bytes());
+    let crc = batch_crc(&buf);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
 /// Records encoded one at a time into a batch body, so a caller can append
 /// what it holds in any form (a message, a slice of a request) without
 /// building [`Record`]s first. [`crate::Log::append_built`] seals and
@@ -798,6 +844,7 @@ pub fn decode_body_unchecked(
         raw_len: 0,
         first_timestamp: 0,
         max_timestamp: 0,
+        void: false,
     };
     RecordIter {
         body,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::damage::IntegrityStats;
 use crate::error::LogError;
 use crate::stats::SyncStats;
 use crate::storage::{FsStorage, Storage};
@@ -111,6 +112,7 @@ pub struct LogConfig {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sync_stats: Arc<SyncStats>,
+    pub(crate) integrity_stats: Arc<IntegrityStats>,
 }
 
 impl Default for LogConfig {
@@ -127,6 +129,7 @@ impl Default for LogConfig {
             storage: Arc::new(FsStorage),
             clock: Arc::new(SystemClock),
             sync_stats: Arc::new(SyncStats::default()),
+            integrity_stats: Arc::new(IntegrityStats::default()),
         }
     }
 }
@@ -223,9 +226,9 @@ impl LogConfigBuilder {
     }
 
     /// When recovery finds damage in the last segment that is followed by
-    /// valid batches, truncate at the damage instead of failing `open`
-    /// with `Corrupt` (default `false`: never drop possibly acknowledged
-    /// records silently).
+    /// valid batches, truncate at the damage instead of recording it as a
+    /// damaged batch that reads report until an operator repairs it
+    /// (default `false`: never drop possibly acknowledged records silently).
     pub fn truncate_corrupt_tail(mut self, truncate: bool) -> Self {
         self.config.truncate_corrupt_tail = truncate;
         self
@@ -247,6 +250,14 @@ impl LogConfigBuilder {
     /// log's own); pass one `Arc` to several logs to count them together.
     pub fn sync_stats(mut self, stats: Arc<SyncStats>) -> Self {
         self.config.sync_stats = stats;
+        self
+    }
+
+    /// Where to count damaged batches found and repaired (defaults to
+    /// counters of this log's own); pass one `Arc` to several logs to count
+    /// them together.
+    pub fn integrity_stats(mut self, stats: Arc<IntegrityStats>) -> Self {
+        self.config.integrity_stats = stats;
         self
     }
 

@@ -217,6 +217,16 @@ pub enum LogError {
         /// Kind of the I/O error that failed the log.
         cause: io::ErrorKind,
     },
+    /// A repair cannot apply to the damage it was asked about.
+    #[error("cannot repair the damaged batch at byte {position} of {path:?}: {why}")]
+    RepairRefused {
+        /// The damaged segment file.
+        path: PathBuf,
+        /// Byte position of the damaged batch.
+        position: u64,
+        /// Why not.
+        why: &'static str,
+    },
     /// The log was closed.
     #[error("log is closed")]
     Closed,

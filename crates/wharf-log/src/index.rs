@@ -83,6 +83,18 @@ impl SegmentIndex {
         }
     }
 
+    /// The last entry at or before byte `pos`: (relative offset, position)
+    /// of a batch start from which to walk forward to `pos`.
+    pub(crate) fn entry_at_or_before(&self, pos: u64) -> (u64, u64) {
+        let i = self.offsets.partition_point(|&(_, p)| u64::from(p) <= pos);
+        if i == 0 {
+            (0, 0)
+        } else {
+            let (rel, p) = self.offsets[i - 1];
+            (u64::from(rel), u64::from(p))
+        }
+    }
+
     /// Relative offset from which to scan for the first record with a
     /// timestamp >= `ts`: every batch before it has timestamps < `ts`.
     pub(crate) fn scan_start_for_time(&self, ts: i64) -> u32 {

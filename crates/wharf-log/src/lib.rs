@@ -30,7 +30,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Invariants: a batch whose CRC fails is never served; an `Always` append
+//! Invariants: a batch whose CRC fails is never served, and is skipped only
+//! by an explicit [`Log::repair`]; an `Always` append
 //! returns only after `fdatasync` covers it; after a write or sync error the
 //! log refuses appends (fail-stop) and data acknowledged before stays
 //! readable after reopen.
@@ -40,6 +41,7 @@
 pub mod batch;
 mod commit;
 mod config;
+mod damage;
 mod error;
 mod index;
 mod log;
@@ -54,6 +56,9 @@ pub use crate::batch::{Batch, BatchBuilder, BatchHeader, HeaderRefs, RecordIter,
 pub use crate::config::{
     Clock, Compression, Durability, LogConfig, LogConfigBuilder, ManualClock, Retention,
     SystemClock,
+};
+pub use crate::damage::{
+    Damage, IntegrityStats, IntegrityStatsSnapshot, RepairAction, RepairReport,
 };
 pub use crate::error::{CorruptKind, IoOp, LogError, RecordField};
 pub use crate::log::{AppendInfo, Log};

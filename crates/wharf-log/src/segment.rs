@@ -156,10 +156,26 @@ pub(crate) fn scan(
     len: u64,
     interval: u32,
 ) -> io::Result<ScanOutcome> {
-    let mut cursor = Cursor::new(file, len);
     let mut index = SegmentIndex::new();
-    let mut pos = 0u64;
-    let mut expected = base;
+    let mut out = scan_from(file, base, 0, base, len, interval, &mut index)?;
+    out.index = index;
+    Ok(out)
+}
+
+/// [`scan`] from byte `start` (where a batch with base offset `expected`
+/// starts), adding the batches it validates to `index`. The returned
+/// outcome's own index is empty.
+fn scan_from(
+    file: &dyn StorageFile,
+    base: u64,
+    start: u64,
+    mut expected: u64,
+    len: u64,
+    interval: u32,
+    index: &mut SegmentIndex,
+) -> io::Result<ScanOutcome> {
+    let mut cursor = Cursor::new(file, len);
+    let mut pos = start;
     let mut error = None;
     while pos < len {
         let avail = len - pos;
@@ -209,41 +225,132 @@ pub(crate) fn scan(
         pos += u64::from(h.len);
     }
     Ok(ScanOutcome {
-        index,
+        index: SegmentIndex::new(),
         valid_len: pos,
         next_offset: expected,
         error,
     })
 }
 
-/// After an invalid batch at `bad_pos`, is there a valid batch later in
-/// the file that continues the log (base offset >= `expected`)? If so the
-/// damage is in the middle of acknowledged data, not a torn tail.
-pub(crate) fn has_valid_batch_after(
+/// A damaged stretch found by [`scan_resync`]: bytes `[pos, end_pos)`
+/// that should hold offsets `[start, end)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Damaged {
+    pub pos: u64,
+    pub end_pos: u64,
+    pub start: u64,
+    pub end: u64,
+    pub reason: CorruptKind,
+}
+
+/// What [`scan_resync`] found: the valid batches (indexed), the damaged
+/// stretches between them, and an invalid tail after the last valid batch.
+#[derive(Debug)]
+pub(crate) struct FullScan {
+    pub index: SegmentIndex,
+    /// End of the last valid batch.
+    pub valid_len: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+    pub damaged: Vec<Damaged>,
+    /// Position and cause of invalid bytes after the last valid batch.
+    pub tail: Option<(u64, CorruptKind)>,
+}
+
+/// Walks `[0, len)` like [`scan`], but on an invalid batch looks for the
+/// next valid one that continues the log ([`find_resume`]): the stretch in
+/// between is recorded as damaged and the walk goes on from there. Invalid
+/// bytes with no valid batch after them are the `tail`.
+pub(crate) fn scan_resync(
+    file: &dyn StorageFile,
+    base: u64,
+    len: u64,
+    interval: u32,
+) -> io::Result<FullScan> {
+    let mut out = FullScan {
+        index: SegmentIndex::new(),
+        valid_len: 0,
+        next_offset: base,
+        damaged: Vec::new(),
+        tail: None,
+    };
+    let mut pos = 0;
+    loop {
+        let step = scan_from(
+            file,
+            base,
+            pos,
+            out.next_offset,
+            len,
+            interval,
+            &mut out.index,
+        )?;
+        out.valid_len = step.valid_len;
+        out.next_offset = step.next_offset;
+        let Some((bad, reason)) = step.error else {
+            return Ok(out);
+        };
+        match find_resume(file, bad, len, out.next_offset)? {
+            Some((resume, h)) => {
+                out.damaged.push(Damaged {
+                    pos: bad,
+                    end_pos: resume,
+                    start: out.next_offset,
+                    end: h.base_offset,
+                    reason,
+                });
+                pos = resume;
+                out.next_offset = h.base_offset;
+            }
+            None => {
+                out.tail = Some((bad, reason));
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The first position after `bad_pos` (within `[0, len)`) where a whole,
+/// CRC-valid batch with base offset >= `expected` starts, with its header:
+/// where the log resumes after damage. Reads the file in chunks (looking
+/// for the magic), so memory stays bounded by one batch.
+pub(crate) fn find_resume(
     file: &dyn StorageFile,
     bad_pos: u64,
     len: u64,
     expected: u64,
-) -> io::Result<bool> {
-    let start = bad_pos + 1;
-    if start >= len {
-        return Ok(false);
-    }
-    let mut rest = vec![0u8; (len - start) as usize];
-    read_exact_at(file, &mut rest, start)?;
+) -> io::Result<Option<(u64, BatchHeader)>> {
     let magic = BATCH_MAGIC.to_le_bytes();
-    let mut i = 0;
-    while i + HEADER_LEN <= rest.len() {
-        if rest[i..i + 4] == magic {
-            if let Ok(h) = BatchHeader::parse(&rest[i..]) {
-                let end = i + h.len as usize;
-                if h.base_offset >= expected && end <= rest.len() && h.verify(&rest[i..end]).is_ok()
-                {
-                    return Ok(true);
-                }
+    let mut chunk_pos = bad_pos + 1;
+    let mut buf = Vec::new();
+    while chunk_pos + HEADER_LEN as u64 <= len {
+        let n = SCAN_CHUNK.min(len - chunk_pos) as usize;
+        buf.resize(n, 0);
+        read_exact_at(file, &mut buf, chunk_pos)?;
+        for i in 0..n.saturating_sub(3) {
+            if buf[i..i + 4] != magic {
+                continue;
+            }
+            let p = chunk_pos + i as u64;
+            if p + HEADER_LEN as u64 > len {
+                break;
+            }
+            let mut head = [0u8; HEADER_LEN];
+            read_exact_at(file, &mut head, p)?;
+            let Ok(h) = BatchHeader::parse(&head) else {
+                continue;
+            };
+            if h.base_offset < expected || p + u64::from(h.len) > len {
+                continue;
+            }
+            let mut whole = vec![0u8; h.len as usize];
+            read_exact_at(file, &mut whole, p)?;
+            if h.verify(&whole).is_ok() {
+                return Ok(Some((p, h)));
             }
         }
-        i += 1;
+        // Overlap by three bytes so a magic split across chunks is seen.
+        chunk_pos += (n - 3) as u64;
     }
-    Ok(false)
+    Ok(None)
 }

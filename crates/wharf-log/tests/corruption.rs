@@ -112,7 +112,7 @@ fn bit_flip_anywhere_in_a_sealed_segment_is_reported_with_file_and_batch_positio
 }
 
 #[test]
-fn bit_flip_in_the_middle_of_the_tail_after_a_crash_fails_open_with_its_position() {
+fn bit_flip_in_the_middle_of_the_tail_after_a_crash_opens_and_reports_the_damaged_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     build(dir.path(), 120);
     std::fs::remove_file(dir.path().join("clean.shutdown")).expect("simulate crash");
@@ -123,9 +123,14 @@ fn bit_flip_in_the_middle_of_the_tail_after_a_crash_fails_open_with_its_position
     assert!(starts.len() >= 3);
     let victim = starts[1];
     flip(&last, victim + 30, 0x04);
-    let err = Log::open(dir.path(), fs_config(Durability::Never, SEGMENT)).expect_err("corrupt");
+    let log = Log::open(dir.path(), fs_config(Durability::Never, SEGMENT)).expect("opens");
+    let damage = log.damage();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!((&damage[0].path, damage[0].position), (&last, victim));
+    assert_eq!(damage[0].end_position, starts[2]);
+    let (_, err) = read_until_error(&log);
     assert!(
-        matches!(&err, LogError::Corrupt { path, position, .. } if *path == last && *position == victim),
+        matches!(&err, Some(LogError::Corrupt { path, position, .. }) if *path == last && *position == victim),
         "{err:?}"
     );
 }

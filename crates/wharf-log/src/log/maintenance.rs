@@ -38,6 +38,8 @@ impl Inner {
         self.set_segments(|s| {
             s.drain(..n);
         });
+        let gone: Vec<PathBuf> = segs[..n].iter().map(|s| s.path.clone()).collect();
+        self.forget_damage(|d| gone.contains(&d.path));
         for seg in &segs[..n] {
             self.remove_segment_files(seg.base)?;
         }
@@ -90,9 +92,12 @@ impl Inner {
             .file
             .size()
             .map_err(|e| LogError::io(&seg.path, IoOp::Len, e))?;
-        let out = scan(&*seg.file, seg.base, len, self.config.index_interval_bytes)
+        // Damage before the cut stays known (and skipped by the index
+        // rebuilt here); everything from the cut on is gone.
+        self.forget_damage(|d| d.start_offset >= to);
+        let out = scan_resync(&*seg.file, seg.base, len, self.config.index_interval_bytes)
             .map_err(|e| LogError::io(&seg.path, IoOp::Read, e))?;
-        if let Some((pos, reason)) = out.error {
+        if let Some((pos, reason)) = out.tail {
             return Err(LogError::corrupt(&seg.path, pos, reason));
         }
         {
@@ -151,8 +156,21 @@ impl Inner {
             let st = seg.state();
             (st.index.position_for(to - seg.base), st.written_len)
         };
+        let known = self.damage_in(&seg.path);
         let mut head = [0u8; HEADER_LEN];
         while pos < len {
+            if let Some(d) = known.iter().find(|d| d.position == pos) {
+                if d.start_offset >= to {
+                    // Cutting at (or before) a damaged batch: its bytes
+                    // need not be read.
+                    return Ok((pos, None));
+                }
+                if d.end_offset <= to {
+                    pos = d.end_position;
+                    continue;
+                }
+                return Err(LogError::corrupt(&d.path, d.position, d.reason.clone()));
+            }
             read_exact_at(&*seg.file, &mut head, pos)
                 .map_err(|e| LogError::io(&seg.path, IoOp::Read, e))?;
             let h = BatchHeader::parse(&head).map_err(|e| LogError::corrupt(&seg.path, pos, e))?;

@@ -16,12 +16,14 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{self, Batch, BatchBuilder, BatchHeader, EncodedBatch, HEADER_LEN};
 use crate::commit::GroupCommit;
 use crate::config::{Durability, LogConfig};
+use crate::damage::{Damage, RepairAction, RepairReport};
 use crate::error::{CorruptKind, IoOp, LogError};
 use crate::index::{CleanMarker, SegmentIndex};
 use crate::read::ReadBatches;
 use crate::record::Record;
 use crate::segment::{
-    has_valid_batch_after, index_name, log_name, parse_name, scan, time_index_name, Segment,
+    find_resume, index_name, log_name, parse_name, scan, scan_resync, time_index_name, Damaged,
+    FullScan, Segment,
 };
 use crate::stats::{timed, SyncStats};
 use crate::storage::{read_exact_at, write_all_at, Storage, StorageFile};
@@ -29,6 +31,7 @@ use crate::storage::{read_exact_at, write_all_at, Storage, StorageFile};
 mod maintenance;
 mod reader;
 mod recovery;
+mod repair;
 
 /// Name of the clean-shutdown marker file.
 pub(crate) const MARKER_NAME: &str = "clean.shutdown";
@@ -92,6 +95,10 @@ struct Inner {
     /// Held shared by reads and exclusively while truncation rewrites a
     /// segment in place, so a read never sees a half-rewritten batch.
     rewrite: RwLock<()>,
+    /// Damaged batches found (by recovery or a read) and not yet repaired,
+    /// by offset; `has_damage` lets reads skip the lock when there are none.
+    damage: Mutex<Vec<Damage>>,
+    has_damage: AtomicBool,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,8 +111,10 @@ impl Log {
     ///
     /// After a clean [`Log::close`] only index files and the marker are
     /// read. Otherwise the last segment is scanned batch by batch: a torn
-    /// or corrupt tail is truncated, unless valid batches follow the damage
-    /// (then it is corruption of acknowledged data and open fails).
+    /// or corrupt tail is truncated (and logged), unless valid batches
+    /// follow the damage: then it is a damaged batch of possibly
+    /// acknowledged data, recorded in [`Log::damage`] (reads report it
+    /// until [`Log::repair`]) while the rest of the log opens and serves.
     ///
     /// ```
     /// use wharf_log::{Log, LogConfig, Record};
@@ -121,7 +130,7 @@ impl Log {
     ///
     /// # Errors
     /// [`LogError::Io`] for file-system failures, [`LogError::Corrupt`]
-    /// when stored data is damaged in a way recovery must not paper over.
+    /// when sealed segments do not line up (a segment file missing).
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log, LogError> {
         let inner = Arc::new(Inner::open(dir.as_ref(), config)?);
         let flusher = match inner.config.durability {
@@ -183,7 +192,9 @@ impl Log {
     /// # Errors
     /// [`LogError::OffsetOutOfRange`] below the start or past the end,
     /// [`LogError::Corrupt`] naming the file and byte position of a batch
-    /// that fails validation, [`LogError::Io`], [`LogError::Closed`].
+    /// that fails validation when it is the first batch to return (batches
+    /// before it are returned first; it is then listed by [`Log::damage`]),
+    /// [`LogError::Io`], [`LogError::Closed`].
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<ReadBatches, LogError> {
         self.inner.check_open()?;
         let _guard = self.inner.read_guard();

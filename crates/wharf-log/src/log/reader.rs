@@ -39,7 +39,7 @@ impl Inner {
         if from >= vis_end {
             return Ok(ReadBatches::empty(from));
         }
-        let corrupt = |pos: u64, reason| LogError::corrupt(&seg.path, pos, reason);
+        let mut known = self.damage_in(&seg.path);
         let budget = max_bytes.max(1) as u64;
         let slack = u64::from(self.config.index_interval_bytes) + HEADER_LEN as u64;
         let mut batches = Vec::new();
@@ -49,76 +49,97 @@ impl Inner {
         let mut buf = Bytes::new();
         let mut buf_pos = 0u64;
         let mut cur = start_pos;
-        while cur < vis_len {
+        let in_buf = |pos: u64, n: u64, buf: &Bytes, buf_pos: u64| {
+            pos >= buf_pos && pos + n <= buf_pos + buf.len() as u64
+        };
+        'walk: while cur < vis_len {
+            if let Some(d) = known.iter().find(|d| d.position == cur) {
+                if d.end_offset <= from && d.end_position > cur {
+                    // Damage before the offset asked for: step over it.
+                    cur = d.end_position;
+                    continue;
+                }
+                if !batches.is_empty() {
+                    break;
+                }
+                return Err(LogError::corrupt(&d.path, d.position, d.reason.clone()));
+            }
             let avail = vis_len - cur;
-            if avail < HEADER_LEN as u64 {
-                return Err(corrupt(
-                    cur,
-                    CorruptKind::Truncated {
+            let reason = 'bad: {
+                if avail < HEADER_LEN as u64 {
+                    break 'bad CorruptKind::Truncated {
                         needed: HEADER_LEN as u64,
                         available: avail,
-                    },
-                ));
-            }
-            let in_buf = |pos: u64, n: u64, buf: &Bytes, buf_pos: u64| {
-                pos >= buf_pos && pos + n <= buf_pos + buf.len() as u64
-            };
-            if !in_buf(cur, HEADER_LEN as u64, &buf, buf_pos) {
-                let want = (budget.saturating_sub(total) + slack).min(avail);
-                buf = read_bytes(&*seg.file, &seg.path, cur, want)?;
-                buf_pos = cur;
-            }
-            let off = (cur - buf_pos) as usize;
-            let h = BatchHeader::parse(&buf[off..]).map_err(|e| corrupt(cur, e))?;
-            let blen = u64::from(h.len);
-            if blen > avail {
-                return Err(corrupt(
-                    cur,
-                    CorruptKind::Truncated {
+                    };
+                }
+                if !in_buf(cur, HEADER_LEN as u64, &buf, buf_pos) {
+                    let want = (budget.saturating_sub(total) + slack).min(avail);
+                    buf = read_bytes(&*seg.file, &seg.path, cur, want)?;
+                    buf_pos = cur;
+                }
+                let off = (cur - buf_pos) as usize;
+                let h = match BatchHeader::parse(&buf[off..]) {
+                    Ok(h) => h,
+                    Err(e) => break 'bad e,
+                };
+                let blen = u64::from(h.len);
+                if blen > avail {
+                    break 'bad CorruptKind::Truncated {
                         needed: blen,
                         available: avail,
-                    },
-                ));
-            }
-            if h.next_offset() <= from {
-                cur += blen;
-                continue;
-            }
-            if !batches.is_empty() && total + blen > budget {
-                break;
-            }
-            if !in_buf(cur, blen, &buf, buf_pos) {
-                let want = blen
-                    .max(budget.saturating_sub(total) + HEADER_LEN as u64)
-                    .min(avail);
-                buf = read_bytes(&*seg.file, &seg.path, cur, want)?;
-                buf_pos = cur;
-            }
-            let off = (cur - buf_pos) as usize;
-            let bytes = buf.slice(off..off + h.len as usize);
-            h.verify(&bytes).map_err(|e| corrupt(cur, e))?;
-            let want_base = expected.unwrap_or(from);
-            let dense = match expected {
-                None => h.base_offset <= from,
-                Some(e) => h.base_offset == e,
-            };
-            if !dense {
-                return Err(corrupt(
-                    cur,
-                    CorruptKind::OffsetMismatch {
+                    };
+                }
+                if h.next_offset() <= from {
+                    cur += blen;
+                    continue 'walk;
+                }
+                if !batches.is_empty() && total + blen > budget {
+                    break 'walk;
+                }
+                if !in_buf(cur, blen, &buf, buf_pos) {
+                    let want = blen
+                        .max(budget.saturating_sub(total) + HEADER_LEN as u64)
+                        .min(avail);
+                    buf = read_bytes(&*seg.file, &seg.path, cur, want)?;
+                    buf_pos = cur;
+                }
+                let off = (cur - buf_pos) as usize;
+                let bytes = buf.slice(off..off + h.len as usize);
+                if let Err(e) = h.verify(&bytes) {
+                    break 'bad e;
+                }
+                let want_base = expected.unwrap_or(from);
+                let dense = match expected {
+                    None => h.base_offset <= from,
+                    Some(e) => h.base_offset == e,
+                };
+                if !dense {
+                    break 'bad CorruptKind::OffsetMismatch {
                         expected: want_base,
                         found: h.base_offset,
-                    },
-                ));
-            }
-            expected = Some(h.next_offset());
-            batches.push(Batch::from_parts(h, bytes));
-            positions.push(cur);
-            total += blen;
-            cur += blen;
-            if total >= budget {
+                    };
+                }
+                expected = Some(h.next_offset());
+                batches.push(Batch::from_parts(h, bytes));
+                positions.push(cur);
+                total += blen;
+                cur += blen;
+                if total >= budget {
+                    break 'walk;
+                }
+                continue 'walk;
+            };
+            if !batches.is_empty() {
+                // Serve what precedes the damage; the next read reports it.
                 break;
             }
+            let d = self.locate_damage(seg, cur, reason)?;
+            if d.position == cur && d.end_offset <= from && d.end_position > cur {
+                cur = d.end_position;
+                known.push(d);
+                continue;
+            }
+            return Err(LogError::corrupt(&d.path, d.position, d.reason));
         }
         Ok(ReadBatches {
             batches,

@@ -59,6 +59,7 @@ impl Inner {
         let now = config.clock.now_ms();
         let interval = config.index_interval_bytes;
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
+        let mut damage: Vec<Damage> = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let last = i + 1 == bases.len();
             let path = dir.join(log_name(base));
@@ -78,36 +79,68 @@ impl Inner {
             let (index, len, next) = match loaded {
                 Some((index, next)) => (index, len, next),
                 None if !last => {
-                    let out = scan(&*file, base, len, interval)
+                    let out = scan_resync(&*file, base, len, interval)
                         .map_err(|e| LogError::io(&path, IoOp::Read, e))?;
-                    if out.error.is_none() {
-                        write_index_files(&*storage, &dir, base, &out.index, len, out.next_offset)?;
+                    let mut found = out.damaged;
+                    if let Some((pos, reason)) = out.tail {
+                        // A sealed segment was synced when it was rolled:
+                        // bad bytes at its end are damage, not a torn write.
+                        // The next segment's base tells where it ends.
+                        found.push(Damaged {
+                            pos,
+                            end_pos: len,
+                            start: out.next_offset,
+                            end: bases[i + 1],
+                            reason,
+                        });
                     }
-                    // On corruption, keep what was indexed; reads that reach
-                    // the bad batch report it. The next segment's base tells
-                    // where this one ends.
-                    let next = if out.error.is_some() {
-                        bases[i + 1]
-                    } else {
+                    let next = if found.is_empty() {
+                        write_index_files(&*storage, &dir, base, &out.index, len, out.next_offset)?;
                         out.next_offset
+                    } else {
+                        bases[i + 1]
                     };
+                    for d in found {
+                        damage.push(detected(&config, &path, d));
+                    }
                     (out.index, len, next)
                 }
                 None => {
-                    let out = scan(&*file, base, len, interval)
+                    let mut out = scan_resync(&*file, base, len, interval)
                         .map_err(|e| LogError::io(&path, IoOp::Read, e))?;
-                    if let Some((pos, reason)) = out.error {
-                        let resumes = has_valid_batch_after(&*file, pos, len, out.next_offset)
-                            .map_err(|e| LogError::io(&path, IoOp::Read, e))?;
-                        if resumes && !config.truncate_corrupt_tail {
-                            return Err(LogError::corrupt(&path, pos, reason));
+                    if config.truncate_corrupt_tail {
+                        if let Some(first) = out.damaged.first() {
+                            // Asked to keep only the prefix before any damage.
+                            let cut = scan(&*file, base, first.pos, interval)
+                                .map_err(|e| LogError::io(&path, IoOp::Read, e))?;
+                            out = FullScan {
+                                index: cut.index,
+                                valid_len: cut.valid_len,
+                                next_offset: cut.next_offset,
+                                damaged: Vec::new(),
+                                tail: Some((first.pos, first.reason.clone())),
+                            };
                         }
+                    }
+                    if let Some((pos, reason)) = &out.tail {
                         // A torn tail: nothing in it was acknowledged as
                         // durable (an fdatasync would have completed it).
-                        file.set_len(pos)
+                        file.set_len(out.valid_len)
                             .map_err(|e| LogError::io(&path, IoOp::SetLen, e))?;
                         file.sync_data()
                             .map_err(|e| LogError::io(&path, IoOp::SyncData, e))?;
+                        config.integrity_stats.on_torn_tail();
+                        tracing::warn!(
+                            path = %path.display(),
+                            position = pos,
+                            dropped_bytes = len - out.valid_len,
+                            next_offset = out.next_offset,
+                            %reason,
+                            "recovery truncated a torn tail (never acknowledged)"
+                        );
+                    }
+                    for d in std::mem::take(&mut out.damaged) {
+                        damage.push(detected(&config, &path, d));
                     }
                     (out.index, out.valid_len, out.next_offset)
                 }
@@ -160,9 +193,39 @@ impl Inner {
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             rewrite: RwLock::new(()),
+            has_damage: AtomicBool::new(!damage.is_empty()),
+            damage: Mutex::new(damage),
             config,
         })
     }
+}
+
+/// Turns a damaged stretch found by a scan into a [`Damage`], logging and
+/// counting it.
+pub(super) fn detected(config: &LogConfig, path: &Path, d: Damaged) -> Damage {
+    let damage = Damage {
+        path: path.to_path_buf(),
+        position: d.pos,
+        end_position: d.end_pos,
+        start_offset: d.start,
+        end_offset: d.end,
+        reason: d.reason,
+    };
+    log_detected(config, &damage);
+    damage
+}
+
+pub(super) fn log_detected(config: &LogConfig, d: &Damage) {
+    config.integrity_stats.on_detected();
+    tracing::error!(
+        path = %d.path.display(),
+        position = d.position,
+        end_position = d.end_position,
+        first_offset = d.start_offset,
+        end_offset = d.end_offset,
+        reason = %d.reason,
+        "damaged batch detected: its records are not served until it is repaired"
+    );
 }
 
 fn unreachable_segments(dir: &Path) -> Result<Arc<Segment>, LogError> {
