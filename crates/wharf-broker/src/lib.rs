@@ -41,7 +41,8 @@
 //! - **Delayed publish, TTL, dedup**: `deliver_at` messages are stored at once
 //!   and become deliverable at their time; expired messages are skipped; a
 //!   message id seen within the topic's dedup window is not stored again and
-//!   the publish returns the original receipt.
+//!   the publish returns the original receipt — also when the first publish
+//!   of it was cancelled (see *Cancel safety* on [`Broker::publish_from`]).
 //! - **Restarts**: published messages, topic configs and group positions
 //!   survive a clean close and `kill -9`. Group positions are committed every
 //!   [`BrokerConfig::commit_interval`] (and at close), so after a crash a
@@ -51,6 +52,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(test)]
+mod cancel_tests;
 mod clock;
 mod codec;
 mod config;
@@ -88,7 +91,7 @@ use crate::error::storage_error;
 use crate::group::{DeadLetter, GroupTopic, Policy};
 use crate::meta::{Cursor, CursorKey, Meta};
 use crate::subscription::{Binding, BrokerStream, SubShared};
-use crate::topic::{DedupCheck, Topic};
+use crate::topic::{DedupCheck, Reservation, Topic};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -139,6 +142,10 @@ impl BrokerBuilder {
     /// [`Error::InvalidArgument`] for a bad default topic config;
     /// [`Error::Backend`] if the directory, metadata or a log can't be opened
     /// (including when another broker has it open).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn open(self, dir: impl AsRef<Path>) -> Result<Broker> {
         Broker::open_with(dir.as_ref().to_path_buf(), None, self.config).await
     }
@@ -147,6 +154,10 @@ impl BrokerBuilder {
     ///
     /// # Errors
     /// As [`BrokerBuilder::open`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn temporary(self) -> Result<Broker> {
         let tmp = tempfile::tempdir().map_err(|e| storage_error("create temp dir", e))?;
         Broker::open_with(tmp.path().to_path_buf(), Some(tmp), self.config).await
@@ -215,6 +226,10 @@ impl Broker {
     ///
     /// # Errors
     /// As [`BrokerBuilder::open`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn open(dir: impl AsRef<Path>) -> Result<Broker> {
         Broker::builder().open(dir).await
     }
@@ -223,6 +238,10 @@ impl Broker {
     ///
     /// # Errors
     /// As [`BrokerBuilder::open`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn temporary() -> Result<Broker> {
         Broker::builder().temporary().await
     }
@@ -295,6 +314,10 @@ impl Broker {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::InvalidArgument`] for a bad config,
     /// storage failures.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         self.inner.check_open()?;
         validate_topic(name)?;
@@ -308,6 +331,10 @@ impl Broker {
     /// # Errors
     /// [`Error::UnknownTopic`], [`Error::InvalidArgument`] when `n` is lower
     /// than the current count or above [`MAX_PARTITIONS`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn set_partitions(&self, name: &str, n: u32) -> Result<()> {
         self.inner.check_open()?;
         let t = self.inner.existing_topic(name)?;
@@ -326,6 +353,10 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::UnknownTopic`], storage failures.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.inner.check_open()?;
         let t = {
@@ -392,6 +423,12 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::UnknownTopic`] if `dlq_topic` does not exist; publish failures.
+    ///
+    /// # Cancel safety
+    /// Not atomic per letter: each is published back, then settled.
+    /// Cancelled in between, the letter stays in the DLQ and a later
+    /// redrive moves it again (at-least-once, like a crash there). Letters
+    /// leased but not reached are released.
     pub async fn redrive(&self, dlq_topic: &str, which: Redrive) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.existing_topic(dlq_topic)?;
@@ -534,6 +571,10 @@ impl Broker {
     ///
     /// # Errors
     /// Metadata write failures.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     pub async fn commit(&self) -> Result<()> {
         self.inner.commit(true)
     }
@@ -771,70 +812,48 @@ impl Inner {
         let n = msgs.len();
         let mut receipts: Vec<Option<Receipt>> = vec![None; n];
         let mut same_as: Vec<(usize, usize)> = Vec::new();
-        let reservation = Arc::new(Notify::new());
-        let mut reserved: Vec<MessageId> = Vec::new();
-        let window = cfg.dedup_window_ms.filter(|_| dedup);
-        if let Some(window_ms) = window {
-            let mut first_index: HashMap<MessageId, usize> = HashMap::new();
-            let mut i = 0;
-            while i < n {
-                let id = msgs.id(i);
-                if let Some(&j) = first_index.get(&id) {
-                    same_as.push((i, j));
-                    i += 1;
-                    continue;
-                }
-                let check = topic
-                    .dedup
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .check_and_reserve(id, self.clock.now_ms(), window_ms, &reservation);
-                match check {
-                    DedupCheck::New => {
-                        first_index.insert(id, i);
-                        reserved.push(id);
+        let mut reservation = None;
+        if let Some(window_ms) = cfg.dedup_window_ms.filter(|_| dedup) {
+            let mut checks = Vec::with_capacity(n);
+            let r = loop {
+                let mut r = Reservation::new(topic.clone());
+                match r.reserve(msgs, self.clock.now_ms(), window_ms, &mut checks) {
+                    Ok(()) => break r,
+                    // Another publish has one of the ids in flight; this one
+                    // holds nothing while it waits for that one to finish
+                    // (or be cancelled), then checks the whole batch again.
+                    Err(mut other) => {
+                        drop(r);
+                        let _ = other.changed().await;
                     }
+                }
+            };
+            for (i, c) in checks.into_iter().enumerate() {
+                match c {
+                    DedupCheck::New => {}
+                    DedupCheck::SameAs(j) => same_as.push((i, j)),
                     DedupCheck::Duplicate { partition, offset } => {
                         receipts[i] = Some(Receipt {
-                            id,
+                            id: msgs.id(i),
                             partition,
                             offset: Some(offset),
                             duplicate: true,
                         });
                     }
-                    DedupCheck::Wait(other) => {
-                        // The other publish finishes by calling notify_waiters
-                        // after it updated the window; poll briefly so a
-                        // notification between the check and here is not missed.
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(5), other.notified()).await;
-                        continue; // check the same id again
-                    }
-                }
-                i += 1;
-            }
-        }
-        let result = self
-            .append(&topic, &cfg, msgs, total_size, &mut receipts, &same_as)
-            .await;
-        if window.is_some() {
-            let now_ms = self.clock.now_ms();
-            let mut guard = topic.dedup.lock().unwrap_or_else(|p| p.into_inner());
-            for id in reserved {
-                let stored = receipts
-                    .iter()
-                    .flatten()
-                    .find(|r| r.id == id && !r.duplicate)
-                    .and_then(|r| r.offset.map(|o| (r.partition, o)));
-                match stored {
-                    Some((p, o)) => guard.stored(id, p, o, now_ms),
-                    None => guard.abandon(id),
                 }
             }
-            drop(guard);
-            reservation.notify_waiters();
+            reservation = Some(r).filter(|r| !r.is_empty());
         }
-        result?;
+        self.append(
+            &topic,
+            &cfg,
+            msgs,
+            total_size,
+            &mut receipts,
+            &same_as,
+            reservation,
+        )
+        .await?;
         for (i, j) in same_as {
             let mut r = receipts[j].expect("first occurrence has a receipt");
             r.duplicate = true;
@@ -849,7 +868,11 @@ impl Inner {
 
     /// Appends the messages that have no receipt yet, one batch per partition.
     /// `total_size` is the sum of the messages' sizes (for the batches'
-    /// capacity).
+    /// capacity). `reservation` holds the batch's new ids in the dedup
+    /// window; it records where they were stored once the appends are done,
+    /// even if this future is cancelled while they run (they are on blocking
+    /// threads and finish regardless, so the record of them must too).
+    #[allow(clippy::too_many_arguments)]
     async fn append<S: PublishSource + Sync + ?Sized>(
         &self,
         topic: &Arc<Topic>,
@@ -858,9 +881,11 @@ impl Inner {
         total_size: usize,
         receipts: &mut [Option<Receipt>],
         same_as: &[(usize, usize)],
+        reservation: Option<Reservation>,
     ) -> Result<()> {
         // Taken before encoding, so publishes waiting their turn hold only
-        // their messages, not an encoded copy as well.
+        // their messages, not an encoded copy as well. (Cancelled here, the
+        // reservation drops and abandons its ids.)
         let _permit = self
             .publish_permits
             .acquire()
@@ -907,36 +932,72 @@ impl Inner {
             e.0.push(i);
             codec::push_record(msgs, i, &mut e.1, &mut scratch);
         }
-        let mut fill = |p: u32, idx: Vec<usize>, base: u64| {
-            for (k, i) in idx.into_iter().enumerate() {
-                receipts[i] = Some(Receipt::new(msgs.id(i), p, Some(base + k as u64)));
+        let appended: Vec<Appended> = if cfg.durability == Durability::Never {
+            // In turn, stopping at the first failure.
+            let mut out: Vec<Appended> = Vec::with_capacity(by_part.len());
+            for (p, (idx, batch)) in by_part {
+                let r = parts[p as usize].append(batch);
+                let failed = r.is_err();
+                out.push((p, idx, r));
+                if failed {
+                    break;
+                }
+            }
+            if let Some(r) = reservation {
+                r.finish(stored_at(&out), self.clock.now_ms());
+            }
+            out
+        } else {
+            // One blocking append per partition, all started before any is
+            // awaited: each waits for its own log's fdatasync, so a batch that
+            // spans N partitions waits for about one fsync, not N in a row.
+            let tasks: Vec<_> = by_part
+                .into_iter()
+                .map(|(p, (idx, batch))| {
+                    let part = parts[p as usize].clone();
+                    (
+                        p,
+                        idx,
+                        tokio::task::spawn_blocking(move || part.append(batch)),
+                    )
+                })
+                .collect();
+            let join = async move {
+                let mut out: Vec<Appended> = Vec::with_capacity(tasks.len());
+                for (p, idx, task) in tasks {
+                    let r = task
+                        .await
+                        .unwrap_or_else(|e| Err(storage_error("append task", e)));
+                    out.push((p, idx, r));
+                }
+                out
+            };
+            match reservation {
+                None => join.await,
+                // Waited for and recorded on a task of its own, so a caller
+                // cancelled meanwhile still leaves the window saying where
+                // the messages went (a retry gets the original receipt).
+                Some(r) => {
+                    let clock = self.clock;
+                    tokio::spawn(async move {
+                        let out = join.await;
+                        r.finish(stored_at(&out), clock.now_ms());
+                        out
+                    })
+                    .await
+                    .map_err(|e| storage_error("append task", e))?
+                }
             }
         };
-        if cfg.durability == Durability::Never {
-            for (p, (idx, batch)) in by_part {
-                fill(p, idx, parts[p as usize].append(batch)?);
-            }
-            return Ok(());
-        }
-        // One blocking append per partition, all started before any is
-        // awaited: each waits for its own log's fdatasync, so a batch that
-        // spans N partitions waits for about one fsync, not N in a row.
-        let tasks: Vec<_> = by_part
-            .into_iter()
-            .map(|(p, (idx, batch))| {
-                let part = parts[p as usize].clone();
-                (
-                    p,
-                    idx,
-                    tokio::task::spawn_blocking(move || part.append(batch)),
-                )
-            })
-            .collect();
         let mut first_err = None;
-        for (p, idx, task) in tasks {
-            match task.await.map_err(|e| storage_error("append task", e)) {
-                Ok(Ok(base)) => fill(p, idx, base),
-                Ok(Err(e)) | Err(e) => {
+        for (p, idx, r) in appended {
+            match r {
+                Ok(base) => {
+                    for (k, i) in idx.into_iter().enumerate() {
+                        receipts[i] = Some(Receipt::new(msgs.id(i), p, Some(base + k as u64)));
+                    }
+                }
+                Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
@@ -984,6 +1045,20 @@ impl Inner {
     }
 }
 
+/// One partition's append: the partition, the batch indexes of its
+/// messages in order, and the base offset they were stored at.
+type Appended = (u32, Vec<usize>, Result<u64>);
+
+/// `(batch index, partition, offset)` of every message the appends stored.
+fn stored_at(appended: &[Appended]) -> impl Iterator<Item = (usize, u32, u64)> + '_ {
+    appended.iter().flat_map(|(p, idx, r)| {
+        let base = r.as_ref().ok().copied();
+        idx.iter()
+            .enumerate()
+            .filter_map(move |(k, &i)| base.map(|b| (i, *p, b + k as u64)))
+    })
+}
+
 async fn commit_loop(inner: Weak<Inner>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -1011,6 +1086,16 @@ impl Broker {
     ///
     /// # Errors
     /// As [`Publisher::publish_batch`].
+    ///
+    /// # Cancel safety
+    /// Cancelled before its append started (waiting for a publish permit,
+    /// or for another publish of one of its ids), it stores nothing and
+    /// its ids are free at once. Cancelled during the append, the append
+    /// completes on blocking threads and the topic's dedup window records
+    /// it, so a retry with the same ids returns the original receipts
+    /// (marked duplicate) rather than storing the messages twice — which
+    /// is what a client retrying after a disconnect or deadline needs.
+    /// (Without a dedup window, such a retry may store a second copy.)
     pub async fn publish_from<S: PublishSource + Sync + ?Sized>(
         &self,
         topic: &str,
@@ -1022,6 +1107,17 @@ impl Broker {
 
 #[async_trait]
 impl Publisher for Broker {
+    /// Publishes one message; see [`Broker::publish_from`] for the checks.
+    ///
+    /// # Cancel safety
+    /// Cancelled before its append started (waiting for a publish permit,
+    /// or for another publish of one of its ids), it stores nothing and
+    /// its ids are free at once. Cancelled during the append, the append
+    /// completes on blocking threads and the topic's dedup window records
+    /// it, so a retry with the same ids returns the original receipts
+    /// (marked duplicate) rather than storing the messages twice — which
+    /// is what a client retrying after a disconnect or deadline needs.
+    /// (Without a dedup window, such a retry may store a second copy.)
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
         let mut r = self
             .inner
@@ -1030,6 +1126,17 @@ impl Publisher for Broker {
         Ok(r.pop().expect("one receipt per message"))
     }
 
+    /// Publishes a batch; see [`Broker::publish_from`] for the checks.
+    ///
+    /// # Cancel safety
+    /// Cancelled before its append started (waiting for a publish permit,
+    /// or for another publish of one of its ids), it stores nothing and
+    /// its ids are free at once. Cancelled during the append, the append
+    /// completes on blocking threads and the topic's dedup window records
+    /// it, so a retry with the same ids returns the original receipts
+    /// (marked duplicate) rather than storing the messages twice — which
+    /// is what a client retrying after a disconnect or deadline needs.
+    /// (Without a dedup window, such a retry may store a second copy.)
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
         self.inner.publish(topic, &messages[..], true, false).await
     }
@@ -1037,6 +1144,11 @@ impl Publisher for Broker {
 
 #[async_trait]
 impl Subscriber for Broker {
+    /// Subscribes (binding every matching topic; see the trait).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point, so once polled it runs to
+    /// completion; dropped before that, it does nothing.
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription> {
         self.inner.check_open()?;
         let pattern = options.validate()?;
@@ -1124,12 +1236,23 @@ impl Backend for Broker {
         Limits::new(self.inner.config.default_topic.max_message_bytes)
     }
 
+    /// Creates `topic` with the default config if it does not exist.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it has no await point.
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
         self.inner.check_open()?;
         validate_topic(topic)?;
         self.inner.topic(topic, true).map(|_| ())
     }
 
+    /// Closes the broker: subscriptions end, group positions are committed
+    /// and the logs closed.
+    ///
+    /// # Cancel safety
+    /// The broker is closed from the first poll; the commit and the closing
+    /// of the logs run on a blocking thread and complete even if this
+    /// future is dropped.
     async fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use wharf_core::{Error, MessageId, StartPosition};
 use wharf_log::{BatchBuilder, Log, LogConfig, ReadBatches, Retention, SyncStats};
 
@@ -88,8 +88,17 @@ impl Partition {
 /// Where a published id was stored, or that a publish of it is under way.
 #[derive(Clone)]
 enum Seen {
-    InFlight(Arc<Notify>),
-    Stored { partition: u32, offset: u64 },
+    /// Reserved by a publish in progress; `done` ends (its sender is
+    /// dropped) once that publish has recorded its outcome. `index` is the
+    /// id's first position in that publish's batch.
+    InFlight {
+        done: watch::Receiver<()>,
+        index: usize,
+    },
+    Stored {
+        partition: u32,
+        offset: u64,
+    },
 }
 
 /// Ids published within the dedup window, bounded by [`DEDUP_CAPACITY`].
@@ -102,11 +111,15 @@ pub(crate) struct Dedup {
 /// Most ids a topic's dedup window remembers; older ones are forgotten first.
 pub const DEDUP_CAPACITY: usize = 200_000;
 
-/// Outcome of checking one id against the window.
+/// What checking one message of a batch against the window found.
+#[derive(Clone, Copy)]
 pub(crate) enum DedupCheck {
+    /// Reserved for this publish.
     New,
+    /// The same id appears earlier in the batch, at this index.
+    SameAs(usize),
+    /// Stored before, here.
     Duplicate { partition: u32, offset: u64 },
-    Wait(Arc<Notify>),
 }
 
 impl Dedup {
@@ -122,25 +135,58 @@ impl Dedup {
         }
     }
 
-    pub(crate) fn check_and_reserve(
+    /// Checks every id of a batch and reserves the new ones for `owner`,
+    /// all at once or not at all: when another publish has one of the ids
+    /// in flight, nothing is reserved and its `done` is returned to wait
+    /// on. A publish never holds a reservation while it waits for another,
+    /// so two batches sharing ids in opposite orders cannot deadlock.
+    pub(crate) fn reserve_batch(
         &mut self,
-        id: MessageId,
+        len: usize,
+        id_at: impl Fn(usize) -> MessageId,
         now_ms: u64,
         window_ms: u64,
-        reservation: &Arc<Notify>,
-    ) -> DedupCheck {
+        owner: &Reservation,
+        out: &mut Vec<DedupCheck>,
+    ) -> Result<(), watch::Receiver<()>> {
         self.expire(now_ms, window_ms);
-        match self.seen.get(&id) {
-            Some(Seen::Stored { partition, offset }) => DedupCheck::Duplicate {
-                partition: *partition,
-                offset: *offset,
-            },
-            Some(Seen::InFlight(n)) => DedupCheck::Wait(n.clone()),
-            None => {
-                self.seen.insert(id, Seen::InFlight(reservation.clone()));
-                DedupCheck::New
-            }
+        out.clear();
+        for i in 0..len {
+            let id = id_at(i);
+            let check = match self.seen.get(&id) {
+                Some(Seen::Stored { partition, offset }) => DedupCheck::Duplicate {
+                    partition: *partition,
+                    offset: *offset,
+                },
+                Some(Seen::InFlight { done, index }) if done.same_channel(&owner.done) => {
+                    DedupCheck::SameAs(*index)
+                }
+                Some(Seen::InFlight { done, .. }) => {
+                    let done = done.clone();
+                    // Undo this batch's reservations: nobody saw them (the
+                    // lock is held), and none is held while waiting.
+                    for (j, c) in out.iter().enumerate() {
+                        if matches!(c, DedupCheck::New) {
+                            self.seen.remove(&id_at(j));
+                        }
+                    }
+                    out.clear();
+                    return Err(done);
+                }
+                None => {
+                    self.seen.insert(
+                        id,
+                        Seen::InFlight {
+                            done: owner.done.clone(),
+                            index: i,
+                        },
+                    );
+                    DedupCheck::New
+                }
+            };
+            out.push(check);
         }
+        Ok(())
     }
 
     pub(crate) fn stored(&mut self, id: MessageId, partition: u32, offset: u64, now_ms: u64) {
@@ -148,9 +194,90 @@ impl Dedup {
         self.order.push_back((now_ms, id));
     }
 
-    pub(crate) fn abandon(&mut self, id: MessageId) {
-        if matches!(self.seen.get(&id), Some(Seen::InFlight(_))) {
+    /// Forgets `id`'s reservation if `owner` holds it.
+    fn abandon(&mut self, id: MessageId, owner: &watch::Receiver<()>) {
+        if matches!(self.seen.get(&id), Some(Seen::InFlight { done, .. }) if done.same_channel(owner))
+        {
             self.seen.remove(&id);
+        }
+    }
+}
+
+/// A publish's reservation of its new ids in a topic's dedup window: a
+/// guard. [`Reservation::finish`] records where the messages were stored;
+/// whatever it has not recorded when the guard drops — the publish failed,
+/// or its future was cancelled before its append started — is abandoned,
+/// so a retry of those ids stores them. Dropping it wakes every publish
+/// waiting on one of its ids.
+pub(crate) struct Reservation {
+    topic: Arc<Topic>,
+    /// Batch index → the id reserved there (`None`: not reserved by us).
+    ids: Vec<Option<MessageId>>,
+    /// Ends when `_tx` drops with the guard, after the window is updated.
+    done: watch::Receiver<()>,
+    _tx: watch::Sender<()>,
+}
+
+impl Reservation {
+    /// An empty reservation on `topic`'s window.
+    pub(crate) fn new(topic: Arc<Topic>) -> Self {
+        let (tx, done) = watch::channel(());
+        Reservation {
+            topic,
+            ids: Vec::new(),
+            done,
+            _tx: tx,
+        }
+    }
+
+    /// Reserves the batch's new ids (see [`Dedup::reserve_batch`]).
+    pub(crate) fn reserve<S: wharf_core::PublishSource + ?Sized>(
+        &mut self,
+        msgs: &S,
+        now_ms: u64,
+        window_ms: u64,
+        out: &mut Vec<DedupCheck>,
+    ) -> Result<(), watch::Receiver<()>> {
+        let topic = self.topic.clone();
+        let mut dedup = topic.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        dedup.reserve_batch(msgs.len(), |i| msgs.id(i), now_ms, window_ms, self, out)?;
+        self.ids = out
+            .iter()
+            .enumerate()
+            .map(|(i, c)| matches!(c, DedupCheck::New).then(|| msgs.id(i)))
+            .collect();
+        Ok(())
+    }
+
+    /// Whether any id is reserved.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.iter().all(Option::is_none)
+    }
+
+    /// Records the messages at the given batch indexes as stored at their
+    /// `(partition, offset)`; the rest are abandoned when the guard drops.
+    pub(crate) fn finish(mut self, stored: impl Iterator<Item = (usize, u32, u64)>, now_ms: u64) {
+        let topic = self.topic.clone();
+        let mut dedup = topic.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, p, o) in stored {
+            if let Some(id) = self.ids.get_mut(i).and_then(Option::take) {
+                dedup.stored(id, p, o, now_ms);
+            }
+        }
+        for id in self.ids.drain(..).flatten() {
+            dedup.abandon(id, &self.done);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.is_empty() {
+            return;
+        }
+        let mut dedup = self.topic.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        for id in self.ids.drain(..).flatten() {
+            dedup.abandon(id, &self.done);
         }
     }
 }
