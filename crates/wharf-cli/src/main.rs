@@ -25,13 +25,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Durable messaging: server, admin and client in one command.
 #[derive(Parser)]
 #[command(name = "wharf", version, about)]
 struct Cli {
-    /// Server URL for client commands.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of the commands that talk to a running server (everything but
+/// `serve`), accepted before or after a nested subcommand.
+#[derive(Args)]
+#[command(next_help_heading = "Server connection")]
+struct ClientArgs {
+    /// Server URL.
     #[arg(
         long,
         env = "WHARF_URL",
@@ -39,7 +48,15 @@ struct Cli {
         global = true
     )]
     url: String,
-    /// Bearer token for client commands.
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// Credentials and output format, shared by the client commands and `bench`.
+#[derive(Args)]
+#[command(next_help_heading = "Server connection")]
+struct AuthArgs {
+    /// Bearer token (the server's config lists tokens and their rights).
     #[arg(long, env = "WHARF_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// PEM CA certificate to trust for an https:// URL.
@@ -48,46 +65,95 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    #[command(subcommand)]
-    command: Command,
+}
+
+/// `wharf serve`'s options.
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the broker stores its data.
+    #[arg(long, default_value = "wharf-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (HTTP and gRPC).
+    #[arg(long, default_value = wharf_server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// TOML config file (tokens, limits, TLS).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS and gRPC over TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: gRPC and HTTP on one port (default 127.0.0.1:7420).
     /// Logs go to stderr at the level in WHARF_LOG (default info).
-    Serve {
-        /// Where the broker stores its data.
-        #[arg(long, default_value = "wharf-data")]
-        data_dir: PathBuf,
-        /// Address to listen on (HTTP and gRPC).
-        #[arg(long, default_value = wharf_server::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// TOML config file (tokens, limits, TLS).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// PEM certificate chain: serve HTTPS and gRPC over TLS (with --tls-key).
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key for --tls-cert.
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Create, list, describe and delete topics.
-    #[command(subcommand)]
-    Topic(admin::TopicCmd),
+    Topic {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: admin::TopicCmd,
+    },
     /// Publish MESSAGE, or one message per line of standard input.
-    Pub(pubsub::PubArgs),
+    Pub {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: pubsub::PubArgs,
+    },
     /// Subscribe and print messages (acking each once printed).
-    Sub(pubsub::SubArgs),
+    Sub {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: pubsub::SubArgs,
+    },
     /// Consumer groups and their lag.
-    #[command(subcommand)]
-    Group(admin::GroupCmd),
+    Group {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: admin::GroupCmd,
+    },
     /// Dead letters: list, show, replay, purge.
-    #[command(subcommand)]
-    Dlq(admin::DlqCmd),
+    Dlq {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: admin::DlqCmd,
+    },
     /// Publish/consume load test; prints throughput and latency percentiles.
-    Bench(bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+}
+
+impl ClientArgs {
+    fn conn(self) -> Conn {
+        Conn {
+            url: self.url,
+            ..self.auth.conn()
+        }
+    }
+}
+
+impl AuthArgs {
+    fn conn(self) -> Conn {
+        Conn {
+            url: String::new(),
+            ca_cert: self.ca_cert,
+            token: self.token,
+            json: self.json,
+        }
+    }
 }
 
 /// Connection settings shared by client commands.
@@ -159,35 +225,26 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let conn = Conn {
-        url: cli.url,
-        ca_cert: cli.ca_cert,
-        token: cli.token,
-        json: cli.json,
-    };
     match cli.command {
-        Command::Serve {
-            data_dir,
-            listen,
-            config,
-            tls_cert,
-            tls_key,
-        } => serve(data_dir, listen, config, tls_cert.zip(tls_key)).await,
-        Command::Topic(c) => admin::topic(&conn, c).await,
-        Command::Pub(a) => pubsub::publish(&conn, a).await,
-        Command::Sub(a) => pubsub::subscribe(&conn, a).await,
-        Command::Group(c) => admin::group(&conn, c).await,
-        Command::Dlq(c) => admin::dlq(&conn, c).await,
-        Command::Bench(a) => bench::run(&conn, a).await,
+        Command::Serve(a) => serve(a).await,
+        Command::Topic { client, cmd } => admin::topic(&client.conn(), cmd).await,
+        Command::Pub { client, args } => pubsub::publish(&client.conn(), args).await,
+        Command::Sub { client, args } => pubsub::subscribe(&client.conn(), args).await,
+        Command::Group { client, cmd } => admin::group(&client.conn(), cmd).await,
+        Command::Dlq { client, cmd } => admin::dlq(&client.conn(), cmd).await,
+        Command::Bench { auth, args } => bench::run(&auth.conn(), args).await,
     }
 }
 
-async fn serve(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    config: Option<PathBuf>,
-    tls: Option<(PathBuf, PathBuf)>,
-) -> anyhow::Result<()> {
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        data_dir,
+        listen,
+        config,
+        tls_cert,
+        tls_key,
+    } = a;
+    let tls = tls_cert.zip(tls_key);
     let level = std::env::var("WHARF_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())

@@ -428,3 +428,29 @@ fn a_closed_standard_output_ends_sub_quietly_and_acks_nothing_unprinted() {
         .collect();
     assert_eq!(payloads, ["one", "two", "three"], "{again}");
 }
+
+/// Runs `wharf ARGS` with no server and no `WHARF_*` environment.
+fn offline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .args(args)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .env_remove("WHARF_CA_CERT")
+        .output()
+        .expect("run wharf")
+}
+
+#[test]
+fn client_options_are_offered_by_client_commands_and_not_by_serve() {
+    let serve = common::ok(&offline(&["serve", "--help"]));
+    for opt in ["--url", "--token", "--ca-cert", "--json"] {
+        assert!(!serve.contains(opt), "serve --help offers {opt}:\n{serve}");
+    }
+    let refused = offline(&["serve", "--url", "http://127.0.0.1:1"]);
+    assert!(!refused.status.success(), "serve accepted --url");
+    // On a nested command the options are accepted after the subcommand.
+    let create = common::ok(&offline(&["topic", "create", "--help"]));
+    for opt in ["--url", "--token", "--ca-cert", "--json"] {
+        assert!(create.contains(opt), "topic create --help lacks {opt}");
+    }
+}

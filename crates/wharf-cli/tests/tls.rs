@@ -62,7 +62,7 @@ async fn tls_round_trip_with_the_given_ca_and_plain_text_is_refused() {
     let out = common::cli_with(
         &url,
         None,
-        &["--ca-cert", ca, "pub", "tls.t", "via cli"],
+        &["pub", "tls.t", "via cli", "--ca-cert", ca],
         None,
     );
     let text = common::ok(&out);
