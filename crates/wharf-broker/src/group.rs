@@ -20,6 +20,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ enum PState {
     Leased {
         lease: u64,
         deadline: Option<Instant>,
+        /// The consumer (subscription) holding it.
+        member: u64,
     },
     Dead,
 }
@@ -69,7 +72,8 @@ struct PartState {
     ready: ReadyQueue,
     delayed: BTreeSet<(Instant, u64)>,
     leases: BTreeSet<(Instant, u64)>,
-    /// Delays restored from the metadata: offset → (not-before ms, attempts).
+    /// Delays and attempt counts restored from the metadata:
+    /// offset → (not-before ms, attempts).
     restored: U64Map<(u64, u32)>,
 }
 
@@ -347,7 +351,12 @@ impl PartState {
                 .copied()
                 .filter(|&o| o >= c.floor)
                 .collect(),
-            restored: c.delayed.iter().map(|&(o, ms, a)| (o, (ms, a))).collect(),
+            restored: c
+                .delayed
+                .iter()
+                .map(|&(o, ms, a)| (o, (ms, a)))
+                .chain(c.attempts.iter().map(|&(o, a)| (o, (0, a))))
+                .collect(),
             ..Default::default()
         }
     }
@@ -461,6 +470,9 @@ struct GtState {
     /// Live consumers in join order; in stream mode partition `p` belongs to
     /// `members[p % members.len()]`.
     members: Vec<u64>,
+    /// Per member, the highest lease id its stream has handed to the
+    /// application (leases above it sit unseen in the stream's buffer).
+    handed: U64Map<Arc<AtomicU64>>,
 }
 
 impl GroupTopic {
@@ -490,6 +502,7 @@ impl GroupTopic {
                 dirty: false,
                 rr: 0,
                 members: Vec::new(),
+                handed: U64Map::default(),
             }),
             watchers: Mutex::new(Vec::new()),
         })
@@ -505,15 +518,22 @@ impl GroupTopic {
         w.push(Arc::downgrade(n));
     }
 
-    /// Adds a live consumer (rebalancing partitions in stream mode).
-    pub(crate) fn join(&self, member: u64) {
-        self.lock().members.push(member);
+    /// Adds a live consumer (rebalancing partitions in stream mode);
+    /// `handed` is the highest lease id its stream handed out.
+    pub(crate) fn join(&self, member: u64, handed: Arc<AtomicU64>) {
+        let mut st = self.lock();
+        st.members.push(member);
+        st.handed.insert(member, handed);
+        drop(st);
         self.wake_watchers();
     }
 
     /// Removes a consumer; its partitions go to the others.
     pub(crate) fn leave(&self, member: u64) {
-        self.lock().members.retain(|&m| m != member);
+        let mut st = self.lock();
+        st.members.retain(|&m| m != member);
+        st.handed.remove(&member);
+        drop(st);
         self.wake_watchers();
     }
 
@@ -646,6 +666,28 @@ impl GroupTopic {
                 if !matches!(p.state, PState::Ready) {
                     continue;
                 }
+                if policy.max_deliveries.is_some_and(|max| p.attempts >= max) {
+                    // Its attempts were used up by consumers that died holding
+                    // it (counted before a crash, restored from the metadata):
+                    // dead-lettered rather than delivered again.
+                    let now_ms = clock.now_ms();
+                    p.first_failure_ms.get_or_insert(now_ms);
+                    p.last_failure_ms.get_or_insert(now_ms);
+                    if let Some(dl) = dead_letter(
+                        part,
+                        &partitions[i],
+                        off,
+                        "max deliveries exceeded",
+                        policy,
+                        &self.topic,
+                        &self.group,
+                        pid,
+                    ) {
+                        dead.push(dl);
+                    }
+                    changed = true;
+                    continue;
+                }
                 let msg = match p.msg.take() {
                     Some(m) => m,
                     // A redelivery: the first lease took the message.
@@ -670,7 +712,11 @@ impl GroupTopic {
                 let lease = next_lease;
                 next_lease += 1;
                 p.attempts += 1;
-                p.state = PState::Leased { lease, deadline };
+                p.state = PState::Leased {
+                    lease,
+                    deadline,
+                    member,
+                };
                 if let Some(d) = deadline {
                     part.leases.insert((d, off));
                 }
@@ -687,7 +733,8 @@ impl GroupTopic {
                 wake = Some(wake.map_or(w, |x: Instant| x.min(w)));
             }
         }
-        if changed {
+        // A lease changes the attempt counts the next commit persists.
+        if changed || taken > 0 {
             st.dirty = true;
         }
         Ok(wake)
@@ -887,11 +934,16 @@ impl GroupTopic {
     ) -> Result<(), Error> {
         let mut st = self.lock();
         let part = leased(&mut st, partition, offset, lease)?;
+        let member = match part.pending.get(offset).map(|p| &p.state) {
+            Some(&PState::Leased { member, .. }) => member,
+            _ => return Err(unknown(lease)),
+        };
         part.set_state(
             offset,
             PState::Leased {
                 lease,
                 deadline: Some(deadline),
+                member,
             },
         );
         Ok(())
@@ -947,12 +999,36 @@ fn snapshot(st: &GtState, clock: &Clock) -> Vec<(u32, Cursor)> {
                 })
                 .collect();
             delayed.sort_unstable();
+            // Attempts of the rest. A lease still unseen in its stream's
+            // buffer is not counted: the application never had it, so a
+            // crash then is no failed attempt of it.
+            let mut attempts: Vec<(u64, u32)> = p
+                .pending
+                .iter()
+                .filter_map(|(o, x)| {
+                    let a = match x.state {
+                        PState::Delayed(_) => return None,
+                        PState::Leased { lease, member, .. }
+                            if st
+                                .handed
+                                .get(&member)
+                                .is_some_and(|h| h.load(Ordering::Acquire) < lease) =>
+                        {
+                            x.attempts.saturating_sub(1)
+                        }
+                        _ => x.attempts,
+                    };
+                    (a > 0).then_some((o, a))
+                })
+                .collect();
+            attempts.sort_unstable();
             (
                 u32::try_from(i).expect("partition count fits u32"),
                 Cursor {
                     floor: p.floor,
                     settled: p.settled.iter().copied().collect(),
                     delayed,
+                    attempts,
                 },
             )
         })
@@ -988,7 +1064,9 @@ fn ack(st: &mut GtState, partition: u32, offset: u64, lease: u64) -> Result<(), 
     let deadline = part
         .pending
         .remove_if(offset, |p| match p.state {
-            PState::Leased { lease: l, deadline } if l == lease => Some(deadline),
+            PState::Leased {
+                lease: l, deadline, ..
+            } if l == lease => Some(deadline),
             _ => None,
         })
         .ok_or_else(|| unknown(lease))?;

@@ -47,8 +47,14 @@
 //!   survive a clean close and `kill -9`. Group positions are committed every
 //!   [`BrokerConfig::commit_interval`] (and at close), so after a crash a
 //!   message acked within that interval before the crash can be delivered
-//!   again — that is the at-least-once window. Delivery attempt counts of
-//!   in-flight messages restart at 1 (nack delays are kept).
+//!   again — that is the at-least-once window. Delivery attempt counts are
+//!   committed with the positions: a message a consumer held (had been
+//!   handed) at a crash counts that attempt as failed, so one that keeps
+//!   crashing its consumer process reaches `max_deliveries` and the
+//!   dead-letter topic. An attempt younger than the commit interval at the
+//!   crash may go uncounted (at most one per crash: a later attempt is
+//!   counted once the consumer outlives a commit); deliveries still unseen
+//!   in a subscription's buffer are never charged.
 
 #![warn(missing_docs)]
 
@@ -692,7 +698,7 @@ impl Inner {
                 return Ok(());
             }
             gt.watch(&sub.notify);
-            gt.join(sub.id);
+            gt.join(sub.id, sub.handed.clone());
             topic.watch(&sub.notify);
             bindings.push(Binding { gt, policy });
         }
@@ -1159,6 +1165,7 @@ impl Subscriber for Broker {
             bindings: Mutex::new(Vec::new()),
             notify: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
+            handed: Arc::new(AtomicU64::new(0)),
         });
         // Register first so a topic created meanwhile binds too.
         self.inner

@@ -26,6 +26,13 @@ pub(crate) struct Cursor {
     pub settled: Vec<u64>,
     /// Nacked messages waiting for a delay: (offset, not-before ms, attempts so far).
     pub delayed: Vec<(u64, u64, u32)>,
+    /// Other unsettled messages with delivery attempts: (offset, attempts).
+    /// A message leased (and handed to the application) at the commit counts
+    /// that lease: if the process dies holding it, the attempt failed — so a
+    /// message that keeps crashing its consumer reaches `max_deliveries`.
+    /// Absent in metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<(u64, u32)>,
 }
 
 /// Key of a cursor: the group, topic and partition it belongs to.
@@ -180,6 +187,7 @@ mod tests {
             floor: 10,
             settled: vec![12, 14],
             delayed: vec![(11, 99, 2)],
+            attempts: vec![(13, 3)],
         };
         {
             let m = Meta::open(&path).unwrap();

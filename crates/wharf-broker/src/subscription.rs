@@ -8,7 +8,7 @@
 //! appends to its topics, settlements in its groups, and broker shutdown.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub(crate) struct SubShared {
     pub bindings: Mutex<Vec<Binding>>,
     pub notify: Arc<Notify>,
     pub closed: AtomicBool,
+    /// The highest lease id handed to the application (deliveries above it
+    /// wait unseen in the stream's buffer); its groups read it when they
+    /// persist attempt counts.
+    pub handed: Arc<AtomicU64>,
 }
 
 impl SubShared {
@@ -331,7 +335,9 @@ pub(crate) struct BrokerStream {
     inner: Arc<Inner>,
     shared: Arc<SubShared>,
     acker: Arc<SubAcker>,
-    buf: VecDeque<Delivery>,
+    /// Deliveries taken but not handed out yet, with their lease ids (in
+    /// increasing order).
+    buf: VecDeque<(u64, Delivery)>,
     rr: usize,
     dead: Vec<DeadLetter>,
 }
@@ -361,9 +367,16 @@ impl BrokerStream {
     /// Gives back what the buffer holds: never handed out, so no attempt
     /// is counted for it.
     fn return_unseen(&mut self) {
-        for d in self.buf.drain(..) {
+        for (_, d) in self.buf.drain(..) {
             d.release_unseen();
         }
+    }
+
+    /// The next buffered delivery, now handed to the application.
+    fn pop(&mut self) -> Option<Delivery> {
+        let (lease, d) = self.buf.pop_front()?;
+        self.shared.handed.store(lease, Ordering::Release);
+        Some(d)
     }
 
     /// Takes what is ready into the buffer; returns when to look again.
@@ -416,7 +429,7 @@ impl BrokerStream {
                         attempt: t.attempt,
                     };
                     let acker: Arc<dyn Acker> = acker.clone();
-                    buf.push_back(Delivery::new(t.msg, info, acker, t.lease));
+                    buf.push_back((t.lease, Delivery::new(t.msg, info, acker, t.lease)));
                 },
                 &mut self.dead,
             );
@@ -448,7 +461,7 @@ impl DeliveryStream for BrokerStream {
                 self.return_unseen();
                 return None;
             }
-            if let Some(d) = self.buf.pop_front() {
+            if let Some(d) = self.pop() {
                 return Some(Ok(d));
             }
             let wake = match self.fill() {
@@ -480,7 +493,7 @@ impl DeliveryStream for BrokerStream {
                 return Some(Err(e));
             }
         }
-        self.buf.pop_front().map(Ok)
+        self.pop().map(Ok)
     }
 
     async fn close(&mut self) -> Result<()> {
