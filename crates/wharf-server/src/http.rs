@@ -766,20 +766,25 @@ async fn consume(
     let lease = p.lease_ms.map_or(s.config.lease, Duration::from_millis);
     let sub = s.pollers.get(&s, &topic, &group, start).await?;
     let mut batch = Vec::new();
-    {
+    // The wait covers taking the subscription too: polls of one group take
+    // turns on it, and each gives up when its own `wait_ms` ends rather than
+    // after the waits of every poll ahead of it. Both the lock and
+    // `next_batch` (while waiting for its first delivery) are cancel safe.
+    let poll = async {
         let mut guard = sub.lock().await;
-        let got = tokio::select! {
-            r = tokio::time::timeout(wait, guard.next_batch(max, &mut batch)) => r,
-            () = s.stopping() => Ok(Ok(0)),
-        };
-        match got {
-            Ok(Ok(0)) if batch.is_empty() && !*s.shutdown.borrow() => {
-                // The subscription ended (broker closing): forget it.
-                s.pollers.remove(&topic, &group);
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            _ => {}
+        guard.next_batch(max, &mut batch).await
+    };
+    let got = tokio::select! {
+        r = tokio::time::timeout(wait, poll) => r,
+        () = s.stopping() => Ok(Ok(0)),
+    };
+    match got {
+        Ok(Ok(0)) if batch.is_empty() && !*s.shutdown.borrow() => {
+            // The subscription ended (broker closing): forget it.
+            s.pollers.remove(&topic, &group);
         }
+        Ok(Err(e)) => return Err(e.into()),
+        _ => {}
     }
     let deliveries = batch
         .into_iter()
