@@ -463,3 +463,66 @@ async fn bad_input_gets_the_right_status_and_stores_nothing() {
     assert_eq!(st, 200);
     assert_eq!(stored(&c, &base, "http.bad").await, 1);
 }
+
+/// A typo in an HTTP path is a 404 with the JSON error body, not a `200`
+/// with gRPC headers; a gRPC request (by content type) for an unknown
+/// method still gets gRPC's UNIMPLEMENTED.
+#[tokio::test]
+async fn unknown_http_paths_are_404_json_and_unknown_grpc_methods_unimplemented() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    for (method, path) in [
+        ("POST", "/v1/topic/orders/messages"),
+        ("GET", "/nope"),
+        ("POST", "/wharf.v1.Wharf/NoSuchCall"),
+    ] {
+        let r = c
+            .request(method.parse().expect("method"), format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(r#"{"payload":"x"}"#)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 404, "{method} {path}");
+        assert!(
+            r.headers().get("grpc-status").is_none(),
+            "{method} {path}: {:?}",
+            r.headers()
+        );
+        let body: Value = r.json().await.expect("JSON error body");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(path)),
+            "{body}"
+        );
+    }
+    for path in ["/wharf.v1.Wharf/NoSuchCall", "/no.such.Service/Call"] {
+        let r = c
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0])
+            .send()
+            .await
+            .expect("grpc request");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert_eq!(
+            r.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"12"[..]),
+            "{path}: {:?}",
+            r.headers()
+        );
+    }
+    // Known routes are unaffected.
+    let (st, _) = post(
+        &c,
+        format!("{base}/v1/topics/http.known/messages"),
+        json!({"payload": "x"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+}

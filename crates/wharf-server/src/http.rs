@@ -61,6 +61,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/dlq/{topic}/{id}", get(dlq_show))
         .route("/v1/dlq/{topic}/replay", post(dlq_replay))
         .route("/v1/dlq/{topic}/purge", post(dlq_purge))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
@@ -609,6 +610,16 @@ pub fn fuzz_decode_http(data: &[u8]) -> usize {
     ok += usize::from(decode::<v1::CreateTopicRequest>(data).is_ok());
     ok += usize::from(decode::<v1::DlqReplayRequest>(data).is_ok());
     ok
+}
+
+/// Any path no route matches (gRPC calls never get here: they are routed by
+/// content type, see [`crate::route`]).
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
 }
 
 // ---------- health, metrics, docs ----------

@@ -17,6 +17,7 @@ mod http;
 mod leases;
 mod listen;
 pub mod process;
+mod route;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
@@ -163,7 +164,7 @@ impl Server {
             stop,
             tls,
         } = self;
-        let app = http::router(shared.clone()).merge(grpc::routes(shared.clone()));
+        let app = route::Api::new(http::router(shared.clone()), grpc::routes(shared.clone()));
         let reaper = tokio::spawn(leases::reap(shared.clone()));
         let mut done = shared.shutdown.clone();
         let stop = Arc::new(stop);

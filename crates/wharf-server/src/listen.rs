@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
+use crate::route::Api;
 use crate::Acceptor;
 
 /// How long stop waits for open connections to finish.
@@ -31,7 +32,7 @@ fn builder() -> Builder<TokioExecutor> {
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Acceptor>,
-    app: axum::Router,
+    app: Api,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
