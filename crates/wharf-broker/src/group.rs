@@ -488,6 +488,13 @@ impl GroupTopic {
         for (i, p) in topic.partitions().iter().enumerate() {
             let i = u32::try_from(i).expect("partition count fits u32");
             let st = match saved.get(&i) {
+                // A cursor past the end: the partition was truncated (a
+                // repair) after it was saved.
+                Some(c) if c.floor > p.end_offset() => {
+                    let mut c = c.clone();
+                    c.clamp(p.end_offset());
+                    PartState::from_cursor(&c)
+                }
                 Some(c) => PartState::from_cursor(c),
                 None => PartState::at(p.start_position(start, topic.name(), i)?),
             };
@@ -645,7 +652,14 @@ impl GroupTopic {
                 }
             }
             if taken < max {
-                changed |= fill(part, &partitions[i], policy, clock, stream)?;
+                match fill(part, &partitions[i], policy, clock, stream) {
+                    Ok(c) => changed |= c,
+                    // A damaged batch stops this partition only: what was
+                    // read before it is still delivered below, and the
+                    // other partitions go on. The log reported it.
+                    Err(e) if is_damage(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
             let deadline = policy.visibility_timeout.map(|vt| now + vt);
             // Lease ids for this partition's takes, reserved at once (ids
@@ -705,6 +719,11 @@ impl GroupTopic {
                             // retries it rather than losing track of it.
                             let priority = p.priority;
                             part.ready.push(priority, off);
+                            if is_damage(&e) {
+                                // This partition waits for a repair; the
+                                // others go on.
+                                break;
+                            }
                             return Err(e);
                         }
                     },
@@ -738,6 +757,23 @@ impl GroupTopic {
             st.dirty = true;
         }
         Ok(wake)
+    }
+
+    /// Forgets everything at or past `end` in `partition` (a repair
+    /// truncated it there), so the group reads new messages from `end`.
+    pub(crate) fn clamp(&self, partition: u32, end: u64) {
+        let mut st = self.lock();
+        let Some(part) = st.parts.get_mut(partition as usize) else {
+            return;
+        };
+        part.pending.retain(|o, _| o < end);
+        part.ready.retain(|o| o < end);
+        part.delayed.retain(|&(_, o)| o < end);
+        part.leases.retain(|&(_, o)| o < end);
+        part.settled.retain(|&o| o < end);
+        part.next = part.next.min(end);
+        part.floor = part.floor.min(end);
+        st.dirty = true;
     }
 
     /// Puts a message leased under `lease` back as never handed out (a
@@ -1170,6 +1206,13 @@ fn dead_letter(
     })
 }
 
+/// Whether `e` is a damaged batch in a partition's log (reported by the
+/// log, repaired by an operator), rather than a failure of the call.
+fn is_damage(e: &Error) -> bool {
+    matches!(e, Error::Backend { source, .. }
+        if matches!(source.downcast_ref::<wharf_log::LogError>(), Some(wharf_log::LogError::Corrupt { .. })))
+}
+
 /// Reads the message at `offset` back from the log (its first lease moved
 /// it out of the read-ahead). `Ok(None)` when retention removed it.
 fn reload(log: &crate::topic::Partition, offset: u64) -> Result<Option<Message>, Error> {
@@ -1293,6 +1336,16 @@ fn fill(
             Err(FillError::Decode(e)) => return Err(storage_error("decode message", e)),
         }
         part.next = batches.next_offset().max(part.next);
+        // A void batch (a repair skipped a damaged batch): its offsets hold
+        // no message, so they count as settled and the floor passes them.
+        for b in batches.batches().iter().filter(|b| b.is_void()) {
+            for off in b.base_offset()..=b.last_offset() {
+                if !part.settled.contains(&off) && !part.pending.contains_key(off) {
+                    part.mark_settled(off);
+                    changed = true;
+                }
+            }
+        }
     }
     Ok(changed)
 }

@@ -303,7 +303,7 @@ impl Broker {
     /// broker opened (group commits, the `Interval` flusher, segment rolls
     /// and closes), for latency metrics.
     pub fn fsync_stats(&self) -> crate::SyncStatsSnapshot {
-        self.inner.sync_stats.snapshot()
+        self.inner.stats.sync.snapshot()
     }
 
     fn peek_filtered(

@@ -67,6 +67,7 @@ mod error;
 mod group;
 mod inspect;
 mod meta;
+mod repair;
 mod subscription;
 mod topic;
 
@@ -90,14 +91,17 @@ pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::{Error, PublishSource};
 use wharf_log::BatchBuilder;
-pub use wharf_log::{SyncStats, SyncStatsSnapshot, SYNC_BUCKET_BOUNDS_MICROS};
+pub use wharf_log::{
+    Damage, IntegrityStatsSnapshot, RepairAction, RepairReport, SyncStats, SyncStatsSnapshot,
+    SYNC_BUCKET_BOUNDS_MICROS,
+};
 
 use crate::clock::Clock;
 use crate::error::storage_error;
 use crate::group::{DeadLetter, GroupTopic, Policy};
 use crate::meta::{Cursor, CursorKey, Meta};
 use crate::subscription::{Binding, BrokerStream, SubShared};
-use crate::topic::{DedupCheck, Reservation, Topic};
+use crate::topic::{DedupCheck, LogStats, Reservation, Topic};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -180,6 +184,10 @@ pub struct TopicInfo {
     pub config: TopicConfig,
     /// `(first offset, next offset)` of each partition.
     pub partitions: Vec<(u64, u64)>,
+    /// Damaged batches found and not repaired, with their partition: those
+    /// partitions deliver nothing past the damage until
+    /// [`Broker::repair`] (the others serve as usual).
+    pub damage: Vec<(u32, Damage)>,
 }
 
 /// One group's position on one topic, from [`Broker::groups`].
@@ -223,8 +231,9 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
-    /// fsync durations of every partition's log (see [`Broker::fsync_stats`]).
-    sync_stats: Arc<wharf_log::SyncStats>,
+    /// fsync durations (see [`Broker::fsync_stats`]) and damage counts (see
+    /// [`Broker::integrity_stats`]) of every partition's log.
+    stats: LogStats,
 }
 
 impl Broker {
@@ -267,17 +276,17 @@ impl Broker {
             .map_err(|e| storage_error("create data dir", e))?;
         let meta = Meta::open(&dir.join("meta.redb"))?;
         let clock = Clock::new();
-        let sync_stats = Arc::new(wharf_log::SyncStats::default());
+        let stats = LogStats::default();
         let mut topics = HashMap::new();
         for (name, cfg) in meta.topics()? {
             let t = Topic::open(
                 &name,
                 dir.join("topics").join(&name),
                 cfg.clone(),
-                sync_stats.clone(),
+                stats.clone(),
             )?;
             if let Some(w) = cfg.dedup_window_ms {
-                t.rebuild_dedup(clock.now_ms(), w)?;
+                t.rebuild_dedup(clock.now_ms(), w);
             }
             topics.insert(Arc::<str>::from(name.as_str()), Arc::new(t));
         }
@@ -301,7 +310,7 @@ impl Broker {
             closed: AtomicBool::new(false),
             clock,
             lease_ids: AtomicU64::new(1),
-            sync_stats,
+            stats,
         });
         tokio::spawn(commit_loop(
             Arc::downgrade(&inner),
@@ -395,6 +404,7 @@ impl Broker {
                     .iter()
                     .map(|p| (p.start_offset(), p.end_offset()))
                     .collect(),
+                damage: t.damage(),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -635,7 +645,7 @@ impl Inner {
                 name,
                 self.dir.join("topics").join(name),
                 cfg.clone(),
-                self.sync_stats.clone(),
+                self.stats.clone(),
             )?);
             self.meta.put_topic(name, &cfg)?;
             topics.insert(t.name_arc(), t.clone());

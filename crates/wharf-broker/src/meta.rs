@@ -35,6 +35,16 @@ pub(crate) struct Cursor {
     pub attempts: Vec<(u64, u32)>,
 }
 
+impl Cursor {
+    /// Keeps the cursor within a partition that now ends at `end` (it was
+    /// truncated): nothing at or past `end` counts as settled.
+    pub(crate) fn clamp(&mut self, end: u64) {
+        self.floor = self.floor.min(end);
+        self.settled.retain(|&o| o < end);
+        self.delayed.retain(|&(o, _, _)| o < end);
+    }
+}
+
 /// Key of a cursor: the group, topic and partition it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct CursorKey {

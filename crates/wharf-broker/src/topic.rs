@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::sync::{watch, Notify};
 use wharf_core::{Error, MessageId, StartPosition};
-use wharf_log::{BatchBuilder, Log, LogConfig, ReadBatches, Retention, SyncStats};
+use wharf_log::{
+    BatchBuilder, Damage, IntegrityStats, Log, LogConfig, LogError, ReadBatches, RepairAction,
+    RepairReport, Retention, SyncStats,
+};
 
 use crate::codec::{from_record, partition_for_key};
 use crate::config::TopicConfig;
@@ -53,6 +56,20 @@ impl Partition {
         self.log.close().map_err(log_error)
     }
 
+    /// Damaged batches found in this partition and not repaired.
+    pub(crate) fn damage(&self) -> Vec<Damage> {
+        self.log.damage()
+    }
+
+    /// See [`Log::repair`].
+    pub(crate) fn repair(
+        &self,
+        action: RepairAction,
+        dry_run: bool,
+    ) -> Result<RepairReport, LogError> {
+        self.log.repair(action, dry_run)
+    }
+
     /// Resolves where a new group starts in this partition.
     pub(crate) fn start_position(
         &self,
@@ -83,6 +100,53 @@ impl Partition {
             _ => lo,
         })
     }
+}
+
+fn rebuild_partition(
+    p: &Partition,
+    pid: u32,
+    since: i64,
+    now_ms: u64,
+    window_ms: u64,
+    dedup: &mut Dedup,
+) -> Result<(), LogError> {
+    let start = match p.log.offset_for_timestamp(since) {
+        Ok(Some(o)) => o,
+        Ok(None) => return Ok(()),
+        // A damaged batch on the way: rebuild from the oldest offset then.
+        Err(LogError::Corrupt { .. }) => p.start_offset(),
+        Err(e) => return Err(e),
+    };
+    let mut off = start;
+    let end = p.readable_end();
+    while off < end {
+        let batches = match p.read(off, 1024 * 1024) {
+            Ok(b) => b,
+            Err(LogError::Corrupt { .. }) => {
+                match p.damage().iter().find(|d| d.offsets().contains(&off)) {
+                    Some(d) => {
+                        off = d.end_offset;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if batches.is_empty() {
+            break;
+        }
+        for rec in batches.records() {
+            let rec = rec?;
+            let o = rec.offset;
+            if let Ok(m) = from_record(rec) {
+                let at = m.timestamp().as_millis();
+                dedup.stored(m.id(), pid, o, at.max(now_ms.saturating_sub(window_ms)));
+            }
+        }
+        off = batches.next_offset();
+    }
+    Ok(())
 }
 
 /// Where a published id was stored, or that a publish of it is under way.
@@ -291,13 +355,21 @@ pub(crate) struct Topic {
     round_robin: AtomicU32,
     watchers: Mutex<Vec<Weak<Notify>>>,
     pub(crate) dedup: Mutex<Dedup>,
-    /// The broker's fsync counters, shared by every partition's log.
-    sync_stats: Arc<SyncStats>,
+    /// The broker's fsync and damage counters, shared by every partition's log.
+    stats: LogStats,
 }
 
-fn log_config(cfg: &TopicConfig, sync_stats: &Arc<SyncStats>) -> Result<LogConfig, Error> {
+/// The counters every partition's log of a broker shares.
+#[derive(Clone, Default)]
+pub(crate) struct LogStats {
+    pub sync: Arc<SyncStats>,
+    pub integrity: Arc<IntegrityStats>,
+}
+
+fn log_config(cfg: &TopicConfig, stats: &LogStats) -> Result<LogConfig, Error> {
     LogConfig::builder()
-        .sync_stats(Arc::clone(sync_stats))
+        .sync_stats(Arc::clone(&stats.sync))
+        .integrity_stats(Arc::clone(&stats.integrity))
         .durability(cfg.durability.to_log())
         .segment_max_bytes(cfg.segment_bytes)
         .max_batch_bytes(
@@ -317,10 +389,9 @@ fn open_partition(
     dir: &Path,
     i: u32,
     cfg: &TopicConfig,
-    sync_stats: &Arc<SyncStats>,
+    stats: &LogStats,
 ) -> Result<Arc<Partition>, Error> {
-    let log =
-        Log::open(dir.join(i.to_string()), log_config(cfg, sync_stats)?).map_err(log_error)?;
+    let log = Log::open(dir.join(i.to_string()), log_config(cfg, stats)?).map_err(log_error)?;
     Ok(Arc::new(Partition {
         log,
         ttl_ms: cfg.ttl_ms,
@@ -329,15 +400,15 @@ fn open_partition(
 
 impl Topic {
     /// Opens (creating if needed) the topic's partitions under `dir`; their
-    /// logs record fsync durations in `sync_stats`.
+    /// logs record fsync durations and damage in `stats`.
     pub(crate) fn open(
         name: &str,
         dir: PathBuf,
         cfg: TopicConfig,
-        sync_stats: Arc<SyncStats>,
+        stats: LogStats,
     ) -> Result<Topic, Error> {
         let parts = (0..cfg.partitions)
-            .map(|i| open_partition(&dir, i, &cfg, &sync_stats))
+            .map(|i| open_partition(&dir, i, &cfg, &stats))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Topic {
             name: name.into(),
@@ -347,7 +418,7 @@ impl Topic {
             round_robin: AtomicU32::new(0),
             watchers: Mutex::new(Vec::new()),
             dedup: Mutex::new(Dedup::default()),
-            sync_stats,
+            stats,
         })
     }
 
@@ -379,7 +450,7 @@ impl Topic {
         let mut parts = self.partitions.write().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<Arc<Partition>> = parts.as_ref().clone();
         for i in cfg.partitions..n {
-            v.push(open_partition(&self.dir, i, &cfg, &self.sync_stats)?);
+            v.push(open_partition(&self.dir, i, &cfg, &self.stats)?);
         }
         cfg.partitions = cfg.partitions.max(n);
         *parts = Arc::new(v);
@@ -408,39 +479,33 @@ impl Topic {
         }
     }
 
-    /// Rebuilds the dedup window from the messages stored in the last `window_ms`.
-    pub(crate) fn rebuild_dedup(&self, now_ms: u64, window_ms: u64) -> Result<(), Error> {
+    /// Rebuilds the dedup window from the messages stored in the last
+    /// `window_ms`. A damaged batch in a partition is stepped over (its ids
+    /// are unknown; the damage is logged and reported by the log), so one
+    /// damaged partition never stops the broker from opening.
+    pub(crate) fn rebuild_dedup(&self, now_ms: u64, window_ms: u64) {
         let since = i64::try_from(now_ms.saturating_sub(window_ms)).unwrap_or(0);
         let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
         for (i, p) in self.partitions().iter().enumerate() {
             let pid = u32::try_from(i).expect("partition count fits u32");
-            let Some(mut off) = p.log.offset_for_timestamp(since).map_err(log_error)? else {
-                continue;
-            };
-            let end = p.readable_end();
-            while off < end {
-                let batches = p.read(off, 1024 * 1024).map_err(log_error)?;
-                if batches.is_empty() {
-                    break;
-                }
-                for rec in batches.records() {
-                    let rec = rec.map_err(log_error)?;
-                    let o = rec.offset;
-                    if let Ok(m) = from_record(rec) {
-                        dedup.stored(
-                            m.id(),
-                            pid,
-                            o,
-                            m.timestamp()
-                                .as_millis()
-                                .max(now_ms.saturating_sub(window_ms)),
-                        );
-                    }
-                }
-                off = batches.next_offset();
+            if let Err(e) = rebuild_partition(p, pid, since, now_ms, window_ms, &mut dedup) {
+                tracing::warn!(
+                    topic = %self.name,
+                    partition = pid,
+                    error = %e,
+                    "dedup window of this partition not rebuilt past a read error"
+                );
             }
         }
-        Ok(())
+    }
+
+    /// Forgets the dedup entries of messages at or past `from` in
+    /// `partition` (a truncation removed them, so a retry must store again).
+    pub(crate) fn forget_dedup_from(&self, partition: u32, from: u64) {
+        let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        dedup.seen.retain(|_, s| {
+            !matches!(s, Seen::Stored { partition: p, offset } if *p == partition && *offset >= from)
+        });
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {
