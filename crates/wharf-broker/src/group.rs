@@ -15,6 +15,10 @@
 //! that need it again — redelivery and dead-lettering — read it back from
 //! the log.
 //!
+//! In stream mode each partition has one owner among the members, assigned
+//! stickily and handed over only once the previous owner's leases there
+//! have ended (see [`Owner`]).
+//!
 //! Everything here is synchronous and runs under one mutex per group and
 //! topic; time is passed in, so tests drive it directly.
 
@@ -467,12 +471,126 @@ struct GtState {
     parts: Vec<PartState>,
     dirty: bool,
     rr: usize,
-    /// Live consumers in join order; in stream mode partition `p` belongs to
-    /// `members[p % members.len()]`.
+    /// Live consumers in join order.
     members: Vec<u64>,
+    /// Stream mode: each partition's owner (see [`Owner`]).
+    owners: Vec<Owner>,
     /// Per member, the highest lease id its stream has handed to the
     /// application (leases above it sit unseen in the stream's buffer).
     handed: U64Map<Arc<AtomicU64>>,
+}
+
+/// Who consumes a partition in stream mode. Assignment is sticky: a
+/// rebalance moves only the partitions it must (from members that left, or
+/// above their fair share to members below it). A move is a hand-off, as in
+/// Kafka's cooperative protocol: the old owner is revoked at once (it takes
+/// nothing more from the partition), and the new owner starts only once
+/// every lease the old owner holds there has ended — settled, released
+/// (its stream gives back what it buffered unseen), or expired — so one
+/// key's messages are never in two consumers' hands at once.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owner {
+    member: Option<u64>,
+    /// The previous owner, while it may still hold leases on the partition.
+    from: Option<u64>,
+}
+
+impl GtState {
+    /// Recomputes the stream-mode assignment after members or partitions
+    /// changed (see [`Owner`]).
+    fn rebalance(&mut self) {
+        let n = self.parts.len();
+        self.owners.resize(n, Owner::default());
+        let m = self.members.len();
+        let mut owners = std::mem::take(&mut self.owners);
+        let mut revoke = |o: &mut Owner| {
+            if let Some(old) = o.member.take() {
+                // A revoked owner that never completed its own hand-off
+                // holds nothing there; the one before it still may.
+                o.from = o.from.or(Some(old));
+            }
+        };
+        if m == 0 {
+            owners.iter_mut().for_each(&mut revoke);
+            self.owners = owners;
+            return;
+        }
+        // Fair shares: `n / m` each, one more for `n % m` members — those
+        // that own the most now, so the fewest partitions move.
+        let mut count: U64Map<usize> = self.members.iter().map(|&x| (x, 0)).collect();
+        for o in owners.iter_mut() {
+            match o.member {
+                Some(x) if count.contains_key(&x) => *count.get_mut(&x).expect("present") += 1,
+                Some(_) => revoke(o),
+                None => {}
+            }
+        }
+        let mut by_count: Vec<u64> = self.members.clone();
+        by_count.sort_by_key(|x| std::cmp::Reverse(count[x]));
+        let quota: U64Map<usize> = by_count
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| (x, n / m + usize::from(k < n % m)))
+            .collect();
+        let mut kept: U64Map<usize> = U64Map::default();
+        for o in owners.iter_mut() {
+            if let Some(x) = o.member {
+                let k = kept.entry(x).or_default();
+                if *k < quota[&x] {
+                    *k += 1;
+                } else {
+                    revoke(o);
+                }
+            }
+        }
+        let mut takers = self.members.iter().copied();
+        let mut cur = takers.next();
+        for o in owners.iter_mut().filter(|o| o.member.is_none()) {
+            while let Some(x) = cur {
+                if kept.get(&x).copied().unwrap_or(0) < quota[&x] {
+                    break;
+                }
+                cur = takers.next();
+            }
+            let Some(x) = cur else { break };
+            *kept.entry(x).or_default() += 1;
+            o.member = Some(x);
+            if o.from == Some(x) {
+                o.from = None;
+            }
+        }
+        self.owners = owners;
+    }
+
+    /// Whether partition `p` waits for its previous owner's leases to end
+    /// (so a settlement there may let the new owner start).
+    fn handing_off(&self, p: u32) -> bool {
+        self.owners
+            .get(p as usize)
+            .is_some_and(|o| o.from.is_some())
+    }
+
+    /// Whether `member` may take from partition `p` now: it owns it (always,
+    /// outside stream mode) and the hand-off to it is complete.
+    fn may_take(&mut self, mode: GroupMode, p: usize, member: u64) -> bool {
+        if mode != GroupMode::Stream {
+            return true;
+        }
+        let Some(o) = self.owners.get(p).copied() else {
+            return false;
+        };
+        if o.member != Some(member) {
+            return false;
+        }
+        let Some(old) = o.from else { return true };
+        let held = self.parts[p].pending.iter().any(
+            |(_, x)| matches!(x.state, PState::Leased { member: holder, .. } if holder == old),
+        );
+        if !held {
+            self.owners[p].from = None;
+        }
+        !held
+    }
 }
 
 impl GroupTopic {
@@ -510,6 +628,7 @@ impl GroupTopic {
                 rr: 0,
                 members: Vec::new(),
                 handed: U64Map::default(),
+                owners: Vec::new(),
             }),
             watchers: Mutex::new(Vec::new()),
         })
@@ -531,6 +650,9 @@ impl GroupTopic {
         let mut st = self.lock();
         st.members.push(member);
         st.handed.insert(member, handed);
+        if self.mode == GroupMode::Stream {
+            st.rebalance();
+        }
         drop(st);
         self.wake_watchers();
     }
@@ -540,6 +662,9 @@ impl GroupTopic {
         let mut st = self.lock();
         st.members.retain(|&m| m != member);
         st.handed.remove(&member);
+        if self.mode == GroupMode::Stream {
+            st.rebalance();
+        }
         drop(st);
         self.wake_watchers();
     }
@@ -554,17 +679,31 @@ impl GroupTopic {
         self.lock().members.clone()
     }
 
+    /// Each partition's owner in stream mode (by partition); empty in queue mode.
+    pub(crate) fn owners(&self) -> Vec<Option<u64>> {
+        if self.mode != GroupMode::Stream {
+            return Vec::new();
+        }
+        let mut st = self.lock();
+        let n = self.topic.partitions().len().max(st.parts.len());
+        if st.owners.len() < n {
+            while st.parts.len() < n {
+                st.parts.push(PartState::at(0));
+            }
+            st.rebalance();
+        }
+        st.owners.iter().map(|o| o.member).collect()
+    }
+
     /// `(partition, owner)` for stream mode; empty in queue mode.
     pub(crate) fn assignment(&self) -> Vec<(u32, Option<u64>)> {
         if self.mode != GroupMode::Stream {
             return Vec::new();
         }
-        let st = self.lock();
-        (0..st.parts.len())
-            .map(|p| {
-                let owner = (!st.members.is_empty()).then(|| st.members[p % st.members.len()]);
-                (u32::try_from(p).expect("partition count fits u32"), owner)
-            })
+        self.owners()
+            .into_iter()
+            .enumerate()
+            .map(|(p, owner)| (u32::try_from(p).expect("partition count fits u32"), owner))
             .collect()
     }
 
@@ -595,26 +734,24 @@ impl GroupTopic {
         while st.parts.len() < partitions.len() {
             st.parts.push(PartState::at(0));
         }
+        if self.mode == GroupMode::Stream && st.owners.len() < st.parts.len() {
+            st.rebalance();
+        }
         let n = st.parts.len();
         let start = st.rr;
         st.rr = (st.rr + 1) % n.max(1);
         let mut wake: Option<Instant> = None;
         let mut changed = false;
         let mut taken = 0;
-        let owned = |st: &GtState, p: usize| match self.mode {
-            GroupMode::Stream => {
-                let m = &st.members;
-                !m.is_empty() && m[p % m.len()] == member
-            }
-            _ => true,
-        };
+        let stream = self.mode == GroupMode::Stream;
         for k in 0..n {
             let i = (start + k) % n;
-            if !owned(&st, i) {
+            // The owner (still waiting for a hand-off, or not) also runs
+            // the partition's timers, so the old owner's expired leases end.
+            if stream && st.owners.get(i).and_then(|o| o.member) != Some(member) {
                 continue;
             }
             let pid = u32::try_from(i).expect("partition count fits u32");
-            let stream = self.mode == GroupMode::Stream;
             let part = &mut st.parts[i];
             // Leases that ran out: the consumer failed to settle in time.
             while let Some(&(deadline, off)) = part.leases.first() {
@@ -651,6 +788,14 @@ impl GroupTopic {
                     part.ready.push(p.priority, off);
                 }
             }
+            // Not handed off yet: the previous owner still holds leases here.
+            if !st.may_take(self.mode, i, member) {
+                if let Some(w) = st.parts[i].next_wake() {
+                    wake = Some(wake.map_or(w, |x: Instant| x.min(w)));
+                }
+                continue;
+            }
+            let part = &mut st.parts[i];
             if taken < max {
                 match fill(part, &partitions[i], policy, clock, stream) {
                     Ok(c) => changed |= c,
@@ -811,6 +956,11 @@ impl GroupTopic {
         if matches!(settlement, Settlement::Ack) {
             ack(&mut st, partition, offset, lease)?;
             st.dirty = true;
+            let handing_off = st.handing_off(partition);
+            drop(st);
+            if handing_off {
+                self.wake_watchers();
+            }
             return Ok(None);
         }
         let part = leased(&mut st, partition, offset, lease)?;
@@ -886,12 +1036,18 @@ impl GroupTopic {
     /// the ones whose lease is no longer held go to `failed`.
     pub(crate) fn ack_many(&self, acks: &[(u32, u64, u64)], failed: &mut Vec<(u64, Error)>) {
         let mut st = self.lock();
+        let mut handing_off = false;
         for &(partition, offset, lease) in acks {
             if let Err(e) = ack(&mut st, partition, offset, lease) {
                 failed.push((lease, e));
             }
+            handing_off |= st.handing_off(partition);
         }
         st.dirty = true;
+        drop(st);
+        if handing_off {
+            self.wake_watchers();
+        }
     }
 
     /// Settles `offset` of `partition` as an ack would, without it being
@@ -940,6 +1096,11 @@ impl GroupTopic {
             }
         }
         st.dirty = true;
+        let handing_off = st.handing_off(partition);
+        drop(st);
+        if handing_off {
+            self.wake_watchers();
+        }
     }
 
     /// Makes a message whose dead-letter copy could not be stored ready again.

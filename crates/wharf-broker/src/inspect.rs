@@ -260,6 +260,7 @@ impl Broker {
             .map(|((group, topic), gt)| {
                 let cursors = gt.cursors(&self.inner.clock);
                 let members = gt.members();
+                let owners = gt.owners();
                 let partitions: Vec<GroupPartition> = gt
                     .topic
                     .partitions()
@@ -271,8 +272,7 @@ impl Broker {
                             .get(i)
                             .map_or((0, 0), |(_, c)| (c.floor, c.settled.len() as u64));
                         let end_offset = part.end_offset();
-                        let member = (gt.mode == GroupMode::Stream && !members.is_empty())
-                            .then(|| members[i % members.len()]);
+                        let member = owners.get(i).copied().flatten();
                         GroupPartition {
                             partition,
                             committed_offset: floor,
