@@ -10,6 +10,17 @@ use crate::{table, Conn};
 
 /// A gRPC failure as one readable line.
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
+    // A bad-input message is already a sentence ("invalid argument
+    // partitions: must be …"); print it as "invalid partitions: must be …"
+    // rather than behind a second "invalid argument:".
+    if s.code() == tonic::Code::InvalidArgument {
+        let m = s.message();
+        return match m.strip_prefix("invalid argument ") {
+            Some(rest) => anyhow!("invalid {rest}"),
+            None if m.starts_with("invalid ") => anyhow!("{m}"),
+            None => anyhow!("invalid argument: {m}"),
+        };
+    }
     let what = match s.code() {
         tonic::Code::Unauthenticated => "unauthenticated",
         tonic::Code::PermissionDenied => "permission denied",
@@ -24,43 +35,189 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 
 #[derive(Subcommand)]
 pub(crate) enum TopicCmd {
-    /// Create a topic (an existing topic keeps its settings).
+    /// Create a topic. On an existing topic: nothing changes; the command
+    /// succeeds if the settings given match, and fails naming each one
+    /// that differs.
     Create(CreateArgs),
     /// List topics.
     List,
     /// Show a topic's settings and offsets.
-    Describe { name: String },
+    Describe {
+        /// Topic name.
+        name: String,
+    },
     /// Delete a topic and its data.
-    Delete { name: String },
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// `topic create`'s help for a setting: what it is and the default a new
+/// topic gets, read from the broker's own [`TopicConfig::default`] so help
+/// and behaviour cannot drift.
+mod defaults {
+    use wharf_broker::TopicConfig;
+
+    fn d() -> TopicConfig {
+        TopicConfig::default()
+    }
+
+    fn or_none<T: std::fmt::Display>(v: Option<T>, none: &str) -> String {
+        v.map_or_else(|| none.to_owned(), |v| v.to_string())
+    }
+
+    pub(super) fn partitions() -> String {
+        format!(
+            "Partitions: order holds per key within one (can be raised later, never lowered) [default: {}]",
+            d().partitions
+        )
+    }
+    pub(super) fn durability() -> String {
+        "When a publish is acknowledged: always (after fdatasync) | never (once written) | interval:MS (background sync every MS) [default: always]".to_owned()
+    }
+    pub(super) fn retention_bytes() -> String {
+        format!(
+            "Delete the oldest segments beyond this many bytes per partition [default: {}]",
+            or_none(d().retention_bytes, "none, keep everything")
+        )
+    }
+    pub(super) fn retention_ms() -> String {
+        format!(
+            "Delete segments whose newest message is older than this many ms [default: {}]",
+            or_none(d().retention_ms, "none, keep everything")
+        )
+    }
+    pub(super) fn max_message_bytes() -> String {
+        format!(
+            "Largest message accepted, payload + key + headers, in bytes [default: {}]",
+            d().max_message_bytes
+        )
+    }
+    pub(super) fn ttl_ms() -> String {
+        format!(
+            "Messages older than this many ms are no longer delivered [default: {}]",
+            or_none(d().ttl_ms, "none, no expiry")
+        )
+    }
+    pub(super) fn dead_letter_topic() -> String {
+        "Where rejected messages and those past --max-deliveries go [default: dlq.NAME]".to_owned()
+    }
+    pub(super) fn max_deliveries() -> String {
+        format!(
+            "Dead-letter a message after this many delivery attempts (groups may set their own) [default: {}]",
+            or_none(d().max_deliveries, "none, redeliver without limit")
+        )
+    }
+    pub(super) fn visibility_timeout_ms() -> String {
+        format!(
+            "Lease of a delivery in ms: unsettled after this, it is redelivered (groups may set their own) [default: {}]",
+            or_none(
+                d().visibility_timeout_ms,
+                "none, leased until settled or its subscription ends"
+            )
+        )
+    }
+    pub(super) fn dedup_window_ms() -> String {
+        format!(
+            "A publish of a message id seen within this many ms returns the first receipt; 0 = off [default: {}]",
+            or_none(d().dedup_window_ms, "0")
+        )
+    }
 }
 
 #[derive(Args)]
 pub(crate) struct CreateArgs {
+    /// Topic name: dot-separated segments of A-Z a-z 0-9 _ -.
     name: String,
-    #[arg(long)]
+    #[arg(long, help = defaults::partitions())]
     partitions: Option<u32>,
-    /// always | never | interval:MS
-    #[arg(long)]
+    #[arg(long, help = defaults::durability())]
     durability: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = defaults::retention_bytes())]
     retention_bytes: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = defaults::retention_ms())]
     retention_ms: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = defaults::max_message_bytes())]
     max_message_bytes: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = defaults::ttl_ms())]
     ttl_ms: Option<u64>,
-    /// Dead-letter topic (default dlq.NAME).
-    #[arg(long)]
+    #[arg(long, help = defaults::dead_letter_topic())]
     dead_letter_topic: Option<String>,
-    /// Dead-letter a message after this many delivery attempts.
-    #[arg(long)]
+    #[arg(long, help = defaults::max_deliveries())]
     max_deliveries: Option<u32>,
-    #[arg(long)]
+    #[arg(long, help = defaults::visibility_timeout_ms())]
     visibility_timeout_ms: Option<u64>,
-    /// Dedup window in ms (0 = off; default 120000).
-    #[arg(long)]
+    #[arg(long, help = defaults::dedup_window_ms())]
     dedup_window_ms: Option<u64>,
+}
+
+impl CreateArgs {
+    /// The settings given that an existing topic's `c` does not have, as
+    /// "--flag asked (topic has current)".
+    fn differences(&self, c: &v1::TopicConfig) -> Vec<String> {
+        fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+            v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+        }
+        let mut out = Vec::new();
+        let mut check = |flag: &str, asked: Option<String>, has: String| {
+            if let Some(asked) = asked {
+                if asked != has {
+                    out.push(format!("--{flag} {asked} (the topic has {has})"));
+                }
+            }
+        };
+        check(
+            "partitions",
+            self.partitions.map(|v| v.to_string()),
+            c.partitions.to_string(),
+        );
+        check("durability", self.durability.clone(), c.durability.clone());
+        check(
+            "retention-bytes",
+            self.retention_bytes.map(|v| v.to_string()),
+            opt(c.retention_bytes),
+        );
+        check(
+            "retention-ms",
+            self.retention_ms.map(|v| v.to_string()),
+            opt(c.retention_ms),
+        );
+        check(
+            "max-message-bytes",
+            self.max_message_bytes.map(|v| v.to_string()),
+            c.max_message_bytes.to_string(),
+        );
+        check("ttl-ms", self.ttl_ms.map(|v| v.to_string()), opt(c.ttl_ms));
+        check(
+            "dead-letter-topic",
+            self.dead_letter_topic.clone(),
+            effective_dlq(&self.name, c),
+        );
+        check(
+            "max-deliveries",
+            self.max_deliveries.map(|v| v.to_string()),
+            opt(c.max_deliveries),
+        );
+        check(
+            "visibility-timeout-ms",
+            self.visibility_timeout_ms.map(|v| v.to_string()),
+            opt(c.visibility_timeout_ms),
+        );
+        check(
+            "dedup-window-ms",
+            self.dedup_window_ms.map(|v| v.to_string()),
+            c.dedup_window_ms.unwrap_or(0).to_string(),
+        );
+        out
+    }
+}
+
+/// The dead-letter topic of `topic`: its own setting, or `dlq.<topic>`.
+fn effective_dlq(topic: &str, c: &v1::TopicConfig) -> String {
+    c.dead_letter_topic
+        .clone()
+        .unwrap_or_else(|| wharf_core::name::dead_letter_topic(topic))
 }
 
 fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
@@ -103,11 +260,11 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
             vec![
                 t.name.clone(),
                 c.partitions.to_string(),
-                c.durability,
+                c.durability.clone(),
                 messages(t).to_string(),
                 table::opt(c.retention_bytes),
                 table::opt(c.retention_ms),
-                table::opt(c.dead_letter_topic),
+                effective_dlq(&t.name, &c),
                 table::opt(c.max_deliveries),
             ]
         })
@@ -131,6 +288,43 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
     let mut raw = conn.client().await?.raw();
     match cmd {
         TopicCmd::Create(a) => {
+            // `create` never changes an existing topic; say so instead of
+            // printing the old settings as if the new ones had been applied.
+            let existing = match raw
+                .describe_topic(v1::TopicName {
+                    name: a.name.clone(),
+                })
+                .await
+            {
+                Ok(t) => Some(t.into_inner()),
+                // A token that may create but not describe: let create decide.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::NotFound | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    None
+                }
+                Err(s) => return Err(status_err(s)),
+            };
+            if let Some(t) = existing {
+                let c = t.config.clone().unwrap_or_default();
+                let diff = a.differences(&c);
+                if !diff.is_empty() {
+                    bail!(
+                        "topic {} already exists and was not changed: {}; `topic create` never changes an existing topic (to change these, delete it, which deletes its messages, and create it again)",
+                        a.name,
+                        diff.join(", ")
+                    );
+                }
+                eprintln!(
+                    "topic {} already exists with these settings; nothing changed",
+                    a.name
+                );
+                print_topics(conn, &[t]);
+                return Ok(());
+            }
             let t = raw
                 .create_topic(v1::CreateTopicRequest {
                     name: a.name,
@@ -204,6 +398,7 @@ pub(crate) enum GroupCmd {
     /// One group's members and, per partition, committed offset, end
     /// offset, lag and (stream mode) assigned member.
     Describe {
+        /// Group name.
         group: String,
         /// Only this topic (default: every topic the group consumes).
         topic: Option<String>,
@@ -336,7 +531,9 @@ pub(crate) enum DlqCmd {
     /// not yet replayed or purged. Reads them without consuming; when more
     /// remain, the cursor for the next page is printed on stderr.
     List {
+        /// The topic whose dead letters to list (or its dead-letter topic, dlq.TOPIC).
         topic: String,
+        /// Most dead letters to print in one page.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Start at PARTITION:OFFSET (the cursor a previous page printed).
@@ -344,17 +541,30 @@ pub(crate) enum DlqCmd {
         cursor: Option<String>,
     },
     /// Show one dead letter with all its headers.
-    Show { topic: String, id: String },
-    /// Move dead letters back to their original topic.
-    Replay {
+    Show {
+        /// The topic (or its dead-letter topic).
         topic: String,
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        /// Message id, as `dlq list` prints it.
+        id: String,
+    },
+    /// Move dead letters back to their original topic: one (--id) or every
+    /// one (--all).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Replay {
+        /// The topic (or its dead-letter topic).
+        topic: String,
+        /// Replay only this dead letter (its message id, as `dlq list` prints it).
+        #[arg(long)]
         id: Option<String>,
+        /// Replay every dead letter of TOPIC.
         #[arg(long)]
         all: bool,
     },
     /// Discard every dead letter of TOPIC.
-    Purge { topic: String },
+    Purge {
+        /// The topic (or its dead-letter topic).
+        topic: String,
+    },
 }
 
 fn dlq_topic(t: &str) -> String {

@@ -163,13 +163,24 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             cleanup: Some(cleanup),
         });
     }
+    #[cfg(not(feature = "adapters"))]
+    if let Some((scheme, _)) = spec.split_once("://") {
+        if matches!(
+            scheme,
+            "nats" | "redis" | "amqp" | "postgres" | "postgresql"
+        ) {
+            anyhow::bail!(
+                "--backend {scheme}://… needs a wharf built with the `adapters` feature: cargo build --release -p wharf-cli --features adapters"
+            );
+        }
+    }
     let ca = match &conn.ca_cert {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => None,
     };
     let client = wharf_client::Client::connect_with(spec, conn.token.as_deref(), ca.as_deref())
         .await
-        .with_context(|| format!("cannot use the server at {spec}"))?;
+        .map_err(|e| crate::connect_error(spec, e))?;
     client
         .raw()
         .create_topic(v1::CreateTopicRequest {

@@ -73,8 +73,9 @@ struct ServeArgs {
     /// Where the broker stores its data.
     #[arg(long, default_value = "wharf-data")]
     data_dir: PathBuf,
-    /// Address to listen on (HTTP and gRPC).
-    #[arg(long, default_value = wharf_server::DEFAULT_LISTEN)]
+    /// Address to listen on (HTTP and gRPC): HOST:PORT, where HOST is an IP
+    /// address or a name such as localhost (port 0 picks a free port).
+    #[arg(long, default_value = wharf_server::DEFAULT_LISTEN, value_parser = parse_listen)]
     listen: SocketAddr,
     /// TOML config file (tokens, limits, TLS).
     #[arg(long)]
@@ -136,6 +137,27 @@ enum Command {
     },
 }
 
+/// `--listen`: `IP:PORT`, or `NAME:PORT` resolved to its first address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!(
+            "{s:?} has no port: write HOST:PORT, e.g. localhost:7420"
+        ));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "cannot resolve {s:?} ({e}): write HOST:PORT, e.g. 127.0.0.1:7420"
+        )),
+    }
+}
+
 impl ClientArgs {
     fn conn(self) -> Conn {
         Conn {
@@ -172,9 +194,53 @@ impl Conn {
             }
             None => None,
         };
-        wharf_client::Client::connect_with(&self.url, self.token.as_deref(), ca.as_deref())
+        match wharf_client::Client::connect_with(&self.url, self.token.as_deref(), ca.as_deref())
             .await
-            .with_context(|| format!("cannot use the server at {}", self.url))
+        {
+            Ok(c) => Ok(c),
+            Err(e) => Err(connect_error(&self.url, e)),
+        }
+    }
+}
+
+/// A failed connect as a sentence that says what to do. Transport errors
+/// arrive as `Unavailable` with the stack's own words (rustls, hyper), so
+/// the common causes are told apart by those words.
+pub(crate) fn connect_error(url: &str, e: wharf_core::Error) -> anyhow::Error {
+    let unavailable = matches!(e, wharf_core::Error::Unavailable { .. });
+    let text = one_line(&anyhow::Error::new(e));
+    let e = anyhow::anyhow!("{text}");
+    // Something answered, but not in HTTP/2 (a web server, another service).
+    let not_h2 = ["h2 protocol error", "http2 error", "operation was canceled"]
+        .iter()
+        .any(|w| text.contains(w));
+    if !unavailable && !not_h2 {
+        return e.context(format!("cannot use the server at {url}"));
+    }
+    let https = url.starts_with("https://");
+    if https && (text.contains("InvalidContentType") || text.contains("corrupt message")) {
+        anyhow::anyhow!(
+            "the server at {url} does not use TLS: use http:// in the URL (or start `wharf serve` with --tls-cert and --tls-key)"
+        )
+    } else if text.contains("Connection refused") {
+        anyhow::anyhow!(
+            "nothing is listening at {url}: start `wharf serve`, or point --url (or WHARF_URL) at a running server"
+        )
+    } else if text.contains("certificate") || text.contains("UnknownIssuer") {
+        e.context(format!(
+            "cannot verify the TLS certificate of {url}: pass the CA that signed it with --ca-cert"
+        ))
+    } else if text.contains("dns error") || text.contains("failed to lookup") {
+        e.context(format!(
+            "cannot resolve the host of {url}: check --url (or WHARF_URL)"
+        ))
+    } else if text.contains("timed out") {
+        e.context(format!("the server at {url} did not answer in time"))
+    } else {
+        anyhow::anyhow!(
+            "the server at {url} did not answer as a Wharf server (gRPC over HTTP/2{}): check that --url (or WHARF_URL) names a `wharf serve` ({text})",
+            if https { "" } else { "; if it uses TLS, the URL starts with https://" }
+        )
     }
 }
 
@@ -262,7 +328,24 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cfg.tls = tls;
     }
     let auth = if cfg.tokens.is_empty() { "off" } else { "on" };
-    let server = wharf_server::Server::bind(cfg).await?;
+    // A serve that fails to start leaves no data dir it created behind.
+    let existed = data_dir.exists();
+    let server = match wharf_server::Server::bind(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            if !existed {
+                let _ = std::fs::remove_dir_all(&data_dir);
+            }
+            let text = one_line(&anyhow::Error::new(e));
+            if text.contains("already open") || text.contains("Cannot acquire lock") {
+                anyhow::bail!(
+                    "the data dir {} is in use by another running `wharf serve` (one data dir serves one server): stop that server, or pass another --data-dir",
+                    data_dir.display()
+                );
+            }
+            anyhow::bail!("{text}");
+        }
+    };
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     outln!(

@@ -13,11 +13,12 @@ use crate::Conn;
 
 #[derive(Args)]
 pub(crate) struct PubArgs {
-    /// Topic to publish to.
+    /// Topic to publish to (created on first publish if the server allows it).
     topic: String,
     /// Message text; without it, each line of standard input is one message.
     message: Option<String>,
-    /// Partitioning / ordering key.
+    /// Partitioning / ordering key: messages with one key keep their order
+    /// [default: none, spread round robin].
     #[arg(long)]
     key: Option<String>,
     /// Header as name=value (repeatable).
@@ -106,18 +107,54 @@ pub(crate) async fn publish(conn: &Conn, a: PubArgs) -> anyhow::Result<()> {
 pub(crate) struct SubArgs {
     /// Topic or pattern (`orders.*`, `orders.>`).
     topic: String,
-    /// Consumer group; without one the subscription is private.
+    /// Consumer group: each group gets every message once, shared among its
+    /// consumers, and resumes where it left off. Without one the
+    /// subscription is private and gets everything.
     #[arg(long)]
     group: Option<String>,
-    /// earliest | latest | OFFSET | TIME (RFC 3339 like 2026-11-23T18:00:00Z, or ms since the epoch as @MS).
+    /// Where to start: earliest | latest | OFFSET (in every partition) |
+    /// PARTITION:OFFSET (that partition only, as `sub` prints `[P@O]`; no
+    /// --group) | TIME (RFC 3339 like 2026-11-23T18:00:00Z, or ms since the
+    /// epoch as @MS). Applies to a private subscription or a group's first
+    /// subscription; a known group resumes where it left off. [default:
+    /// earliest with --group, latest without]
     #[arg(long)]
     from: Option<String>,
-    /// Exit after this many messages.
+    /// Exit after this many messages [default: run until Ctrl-C].
     #[arg(long)]
     count: Option<u64>,
-    /// Exit with an error if a message takes longer than this to arrive (seconds).
+    /// Exit with an error if a message takes longer than this to arrive, in
+    /// seconds [default: wait forever].
     #[arg(long)]
     timeout: Option<f64>,
+    /// Print each message's headers (text mode; --json always has them).
+    #[arg(long)]
+    headers: bool,
+}
+
+/// A parsed `--from`: a start position for every partition, or one
+/// partition from an offset.
+#[derive(Debug, PartialEq)]
+pub(crate) enum From {
+    /// Every partition from this position.
+    All(StartPosition),
+    /// `PARTITION:OFFSET`: only this partition, from this offset.
+    Partition(u32, u64),
+}
+
+/// Parses a `--from` value, including the `PARTITION:OFFSET` form.
+pub(crate) fn parse_from_arg(s: &str) -> anyhow::Result<From> {
+    if let Some((p, o)) = s.split_once(':') {
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if digits(p) && digits(o) {
+            return Ok(From::Partition(
+                p.parse()
+                    .with_context(|| format!("--from {s:?}: partition"))?,
+                o.parse().with_context(|| format!("--from {s:?}: offset"))?,
+            ));
+        }
+    }
+    parse_from(s).map(From::All)
 }
 
 /// Parses a `--from` value.
@@ -130,7 +167,11 @@ pub(crate) fn parse_from(s: &str) -> anyhow::Result<StartPosition> {
             s[1..].parse().with_context(|| format!("--from {s:?}"))?,
         )),
         _ => StartPosition::Time(Timestamp::from_millis(parse_rfc3339_ms(s).ok_or_else(
-            || anyhow!("--from {s:?} is not earliest, latest, an offset or a time"),
+            || {
+                anyhow!(
+                    "--from {s:?} is not earliest, latest, an offset, PARTITION:OFFSET or a time"
+                )
+            },
         )?)),
     })
 }
@@ -161,13 +202,30 @@ fn parse_rfc3339_ms(s: &str) -> Option<u64> {
 }
 
 pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
+    let from = a.from.as_deref().map(parse_from_arg).transpose()?;
+    // `P:O`: the whole topic from its start, showing only partition P from
+    // offset O (a start position names one offset for every partition).
+    let only = match from {
+        Some(From::Partition(p, o)) => {
+            if a.group.is_some() {
+                bail!(
+                    "--from PARTITION:OFFSET reads one partition, which a group cannot (it shares all partitions); leave out --group, or use --from OFFSET"
+                );
+            }
+            Some((p, o))
+        }
+        _ => None,
+    };
     let client = conn.client().await?;
+    warn_if_missing(&client, &a.topic).await;
     let mut opts = SubscribeOptions::new(&a.topic);
     if let Some(g) = &a.group {
         opts = opts.group(g.clone());
     }
-    if let Some(f) = &a.from {
-        opts = opts.start(parse_from(f)?);
+    match from {
+        Some(From::All(start)) => opts = opts.start(start),
+        Some(From::Partition(..)) => opts = opts.start(StartPosition::Earliest),
+        None => {}
     }
     if a.count.is_some() {
         // One at a time, and the last one acknowledged only after the
@@ -195,6 +253,13 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
             bail!("the subscription ended after {seen} message(s)");
         };
         let d = d?;
+        if let Some((p, o)) = only {
+            if d.info().partition != p || d.info().offset.is_none_or(|off| off < o) {
+                // A private subscription: settling skips it for nobody else.
+                d.ack().await?;
+                continue;
+            }
+        }
         let m = d.message();
         let payload = String::from_utf8_lossy(m.payload());
         if conn.json {
@@ -227,6 +292,11 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
                 d.info().partition,
                 crate::table::opt(d.info().offset)
             );
+            if a.headers {
+                for (k, v) in m.headers().iter() {
+                    outln!("  {k}: {v}");
+                }
+            }
         }
         seen += 1;
         if a.count == Some(seen) {
@@ -236,6 +306,25 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
     }
     let _ = sub.close().await;
     Ok(())
+}
+
+/// Says on standard error when `topic` (not a pattern) does not exist:
+/// the subscription waits for it, which looks like a hang after a typo.
+async fn warn_if_missing(client: &wharf_client::Client, topic: &str) {
+    if topic.contains(['*', '>']) {
+        return;
+    }
+    let r = client
+        .raw()
+        .describe_topic(wharf_client::proto::TopicName {
+            name: topic.to_owned(),
+        })
+        .await;
+    if matches!(&r, Err(s) if s.code() == tonic::Code::NotFound) {
+        eprintln!(
+            "note: topic {topic} does not exist; waiting for it to be created (`wharf topic create {topic}`) or published to"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -259,5 +348,11 @@ mod tests {
             StartPosition::Time(Timestamp::from_millis(1_795_456_800_500))
         );
         assert!(parse_from("yesterday").is_err());
+        assert_eq!(parse_from_arg("2:15").unwrap(), From::Partition(2, 15));
+        assert_eq!(
+            parse_from_arg("15").unwrap(),
+            From::All(StartPosition::Offset(15))
+        );
+        assert!(parse_from_arg("2:x").is_err());
     }
 }

@@ -27,7 +27,9 @@ impl Metrics {
             .get_or_init(|| {
                 let recorder = PrometheusBuilder::new().build_recorder();
                 let handle = recorder.handle();
-                metrics::set_global_recorder(recorder).ok().map(|()| handle)
+                let installed = metrics::set_global_recorder(recorder).ok().map(|()| handle);
+                describe();
+                installed
             })
             .clone();
         Metrics { handle }
@@ -46,6 +48,49 @@ impl Metrics {
         process_metrics(&mut out, &crate::process::usage());
         out
     }
+}
+
+/// `# HELP` text for every family recorded through the `metrics` facade
+/// (a family without a description is rendered without `# HELP`). A new
+/// `counter!`/`histogram!` gets its line here; a test scrapes `/metrics`
+/// for a family without one.
+fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "wharf_published_messages_total",
+        Unit::Count,
+        "Messages stored by publishes, per topic and API (grpc, http)."
+    );
+    describe_counter!(
+        "wharf_published_bytes_total",
+        Unit::Bytes,
+        "Bytes (payload, key and headers) stored by publishes, per topic."
+    );
+    describe_histogram!(
+        "wharf_publish_duration_seconds",
+        Unit::Seconds,
+        "Time to store a publish call, including the fsync of an `always` topic, per API."
+    );
+    describe_counter!(
+        "wharf_delivered_messages_total",
+        Unit::Count,
+        "Deliveries handed to consumers (redeliveries included), per topic and API."
+    );
+    describe_counter!(
+        "wharf_delivered_bytes_total",
+        Unit::Bytes,
+        "Bytes of the deliveries handed to consumers, per topic."
+    );
+    describe_counter!(
+        "wharf_settlements_total",
+        Unit::Count,
+        "Deliveries settled, per kind (ack, nack, reject, …)."
+    );
+    describe_counter!(
+        "wharf_refused_requests_total",
+        Unit::Count,
+        "Requests refused (authentication, rights, limits, bad input), per reason."
+    );
 }
 
 /// One gauge's series from the broker's state now.
