@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Wharf in one minute: build the `wharf` binary, start `wharf serve` on a
+# Wharf in one minute (after the build): build the `wharf` binary, start `wharf serve` on a
 # temporary data dir and a free port, publish a few messages with
 # `wharf pub`, consume them with `wharf sub`, then stop the server with
 # SIGTERM (graceful: flush and persist group positions).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-echo "==> building wharf (cargo build -p wharf-cli)"
-cargo build -q -p wharf-cli
-WHARF="${CARGO_TARGET_DIR:-target}/debug/wharf"
+# The release build the README's server section uses, so the binary built
+# here is the one you go on with (target/release/wharf). The first build
+# compiles every dependency and takes a few minutes; cargo shows progress.
+echo "==> building wharf (cargo build --release -p wharf-cli)"
+cargo build --release -p wharf-cli
+WHARF="${CARGO_TARGET_DIR:-target}/release/wharf"
 
 DATA="$(mktemp -d)"
 LOG="$DATA/serve.log"
