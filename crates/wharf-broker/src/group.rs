@@ -24,7 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -475,9 +475,20 @@ struct GtState {
     members: Vec<u64>,
     /// Stream mode: each partition's owner (see [`Owner`]).
     owners: Vec<Owner>,
-    /// Per member, the highest lease id its stream has handed to the
-    /// application (leases above it sit unseen in the stream's buffer).
-    handed: U64Map<Arc<AtomicU64>>,
+    /// Per member, what its stream shares with the group.
+    handed: U64Map<Arc<MemberState>>,
+}
+
+/// What a consumer's stream shares with the groups it is a member of.
+#[derive(Debug, Default)]
+pub(crate) struct MemberState {
+    /// The highest lease id handed to the application (leases above it sit
+    /// unseen in the stream's buffer).
+    pub handed: AtomicU64,
+    /// Set when a rebalance took a partition from it: its stream gives back
+    /// what it buffered from partitions it no longer owns, so the hand-off
+    /// waits only for deliveries the application has.
+    pub revoked: AtomicBool,
 }
 
 /// Who consumes a partition in stream mode. Assignment is sticky: a
@@ -503,8 +514,12 @@ impl GtState {
         self.owners.resize(n, Owner::default());
         let m = self.members.len();
         let mut owners = std::mem::take(&mut self.owners);
+        let handed = &self.handed;
         let mut revoke = |o: &mut Owner| {
             if let Some(old) = o.member.take() {
+                if let Some(s) = handed.get(&old) {
+                    s.revoked.store(true, Ordering::Release);
+                }
                 // A revoked owner that never completed its own hand-off
                 // holds nothing there; the one before it still may.
                 o.from = o.from.or(Some(old));
@@ -645,11 +660,11 @@ impl GroupTopic {
     }
 
     /// Adds a live consumer (rebalancing partitions in stream mode);
-    /// `handed` is the highest lease id its stream handed out.
-    pub(crate) fn join(&self, member: u64, handed: Arc<AtomicU64>) {
+    /// `state` is what its stream shares with the group.
+    pub(crate) fn join(&self, member: u64, state: Arc<MemberState>) {
         let mut st = self.lock();
         st.members.push(member);
-        st.handed.insert(member, handed);
+        st.handed.insert(member, state);
         if self.mode == GroupMode::Stream {
             st.rebalance();
         }
@@ -693,6 +708,17 @@ impl GroupTopic {
             st.rebalance();
         }
         st.owners.iter().map(|o| o.member).collect()
+    }
+
+    /// Whether `member` may be given messages of `partition` (always
+    /// outside stream mode).
+    pub(crate) fn owns(&self, member: u64, partition: u32) -> bool {
+        self.mode != GroupMode::Stream
+            || self
+                .lock()
+                .owners
+                .get(partition as usize)
+                .is_some_and(|o| o.member == Some(member))
     }
 
     /// `(partition, owner)` for stream mode; empty in queue mode.
@@ -1209,7 +1235,7 @@ fn snapshot(st: &GtState, clock: &Clock) -> Vec<(u32, Cursor)> {
                             if st
                                 .handed
                                 .get(&member)
-                                .is_some_and(|h| h.load(Ordering::Acquire) < lease) =>
+                                .is_some_and(|h| h.handed.load(Ordering::Acquire) < lease) =>
                         {
                             x.attempts.saturating_sub(1)
                         }

@@ -708,7 +708,7 @@ impl Inner {
                 return Ok(());
             }
             gt.watch(&sub.notify);
-            gt.join(sub.id, sub.handed.clone());
+            gt.join(sub.id, sub.member.clone());
             topic.watch(&sub.notify);
             bindings.push(Binding { gt, policy });
         }
@@ -1175,7 +1175,7 @@ impl Subscriber for Broker {
             bindings: Mutex::new(Vec::new()),
             notify: Arc::new(Notify::new()),
             closed: AtomicBool::new(false),
-            handed: Arc::new(AtomicU64::new(0)),
+            member: Arc::default(),
         });
         // Register first so a topic created meanwhile binds too.
         self.inner

@@ -8,7 +8,7 @@
 //! appends to its topics, settlements in its groups, and broker shutdown.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use wharf_core::{
     Acker, Delivery, DeliveryInfo, DeliveryStream, Error, Result, Settlement, TopicPattern,
 };
 
-use crate::group::{DeadLetter, GroupTopic, Policy, Taken};
+use crate::group::{DeadLetter, GroupTopic, MemberState, Policy, Taken};
 use crate::Inner;
 
 /// Most messages taken from a binding per lock acquisition.
@@ -39,9 +39,9 @@ pub(crate) struct SubShared {
     pub notify: Arc<Notify>,
     pub closed: AtomicBool,
     /// The highest lease id handed to the application (deliveries above it
-    /// wait unseen in the stream's buffer); its groups read it when they
-    /// persist attempt counts.
-    pub handed: Arc<AtomicU64>,
+    /// wait unseen in the stream's buffer), which its groups read when they
+    /// persist attempt counts, and whether a rebalance revoked a partition.
+    pub member: Arc<MemberState>,
 }
 
 impl SubShared {
@@ -374,9 +374,40 @@ impl BrokerStream {
 
     /// The next buffered delivery, now handed to the application.
     fn pop(&mut self) -> Option<Delivery> {
+        if self.shared.member.revoked.load(Ordering::Acquire) {
+            self.give_back_revoked();
+        }
         let (lease, d) = self.buf.pop_front()?;
-        self.shared.handed.store(lease, Ordering::Release);
+        self.shared.member.handed.store(lease, Ordering::Release);
         Some(d)
+    }
+
+    /// Gives back, unseen, the buffered deliveries of partitions a
+    /// rebalance moved to another member (stream mode), so their hand-off
+    /// does not wait for this consumer to work through its buffer.
+    fn give_back_revoked(&mut self) {
+        self.shared.member.revoked.store(false, Ordering::Release);
+        let bindings: Vec<Arc<GroupTopic>> = self
+            .shared
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|b| b.gt.clone())
+            .collect();
+        let id = self.shared.id;
+        let (keep, give): (VecDeque<_>, VecDeque<_>) =
+            self.buf.drain(..).partition(|(_, d): &(u64, Delivery)| {
+                let info = d.info();
+                bindings
+                    .iter()
+                    .find(|gt| *gt.topic.name() == *info.topic)
+                    .is_none_or(|gt| gt.owns(id, info.partition))
+            });
+        self.buf = keep;
+        for (_, d) in give {
+            d.release_unseen();
+        }
     }
 
     /// Takes what is ready into the buffer; returns when to look again.

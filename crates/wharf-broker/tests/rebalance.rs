@@ -150,3 +150,108 @@ async fn keys_stay_in_order_while_members_join_and_leave_mid_flight() {
     );
     b.close().await.unwrap();
 }
+
+/// A member that loses a partition gives back what it buffered from it as
+/// soon as it asks for its next message, so the new owner starts after the
+/// deliveries the old one actually handed out — not after its whole buffer.
+async fn next(s: &mut wharf_core::Subscription) -> wharf_core::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("a delivery")
+        .expect("open")
+        .expect("delivery")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_member_gives_back_its_buffered_deliveries_of_the_moved_partition() {
+    let b = Broker::builder()
+        .default_topic(TopicConfig::default().durability(Durability::Never))
+        .temporary()
+        .await
+        .unwrap();
+    let topic = "orders.handoff";
+    b.create_topic(
+        topic,
+        TopicConfig::default()
+            .durability(Durability::Never)
+            .partitions(2),
+    )
+    .await
+    .unwrap();
+    // 20 keyed messages per partition, in publish order per partition.
+    let mut per_part: [Vec<String>; 2] = Default::default();
+    let mut i = 0;
+    while per_part.iter().any(|v| v.len() < 20) {
+        let payload = format!("m{i}");
+        let r = b
+            .publish(
+                topic,
+                Message::builder()
+                    .key(format!("key-{i}"))
+                    .payload(payload.clone())
+                    .build(),
+            )
+            .await
+            .unwrap();
+        per_part[r.partition as usize].push(payload);
+        i += 1;
+    }
+    let opts = || {
+        SubscribeOptions::new(topic)
+            .group("billing")
+            .mode(GroupMode::Stream)
+            .start(StartPosition::Earliest)
+            .max_in_flight(100)
+    };
+    let mut a = b.subscribe(opts()).await.unwrap();
+    let first = next(&mut a).await; // A now buffers everything else
+    let mut handled: [Vec<String>; 2] = Default::default();
+    let text =
+        |d: &wharf_core::Delivery| String::from_utf8_lossy(d.message().payload()).into_owned();
+    handled[first.info().partition as usize].push(text(&first));
+    let mut c = b.subscribe(opts()).await.unwrap();
+    let moved = b.groups()[0]
+        .assignment
+        .iter()
+        .position(|&(_, o)| o != b.groups()[0].assignment[first.info().partition as usize].1)
+        .map(|p| p as u32);
+    first.ack().await.unwrap();
+    // A asks for more: what it buffered from the moved partition goes back.
+    let d = next(&mut a).await;
+    assert_ne!(
+        Some(d.info().partition),
+        moved,
+        "A got a message of a partition it lost"
+    );
+    handled[d.info().partition as usize].push(text(&d));
+    d.ack().await.unwrap();
+    let moved = moved.expect("a partition moved to the new member") as usize;
+    // The new owner starts at once, at the first message A never handled.
+    let d = tokio::time::timeout(Duration::from_secs(2), c.next())
+        .await
+        .expect("the new owner starts without waiting for A's buffer")
+        .expect("open")
+        .expect("delivery");
+    assert_eq!(d.info().partition as usize, moved);
+    handled[moved].push(text(&d));
+    d.ack().await.unwrap();
+    while handled.iter().map(Vec::len).sum::<usize>() < 40 {
+        tokio::select! {
+            d = next(&mut a) => {
+                assert_ne!(d.info().partition as usize, moved);
+                handled[d.info().partition as usize].push(text(&d));
+                d.ack().await.unwrap();
+            }
+            d = next(&mut c) => {
+                assert_eq!(d.info().partition as usize, moved);
+                handled[moved].push(text(&d));
+                d.ack().await.unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        handled, per_part,
+        "every message once, in order per partition"
+    );
+    b.close().await.unwrap();
+}
