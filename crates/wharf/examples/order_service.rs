@@ -4,7 +4,7 @@
 //! and deduplication so a re-sent order is not charged twice.
 //!
 //! ```text
-//! cargo run -p wharf-router --example order_service
+//! cargo run -p wharf --features router --example order_service
 //! ```
 
 use std::collections::HashSet;
@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use wharf_core::{header, Backend, Json, Message, StartPosition, SubscribeOptions};
-use wharf_memory::MemoryBackend;
-use wharf_router::dead_letter::DeadLetterLayer;
-use wharf_router::dedup::{DedupLayer, MemoryDedupStore};
-use wharf_router::retry::{ExponentialBackoff, RetryLayer};
-use wharf_router::timeout::TimeoutLayer;
-use wharf_router::{typed, DefaultLayer, HandlerError, Outcome, Request, Router};
+use wharf::memory::MemoryBackend;
+use wharf::router::dead_letter::DeadLetterLayer;
+use wharf::router::dedup::{DedupLayer, MemoryDedupStore};
+use wharf::router::retry::{ExponentialBackoff, RetryLayer};
+use wharf::router::timeout::TimeoutLayer;
+use wharf::router::{
+    typed, CancellationToken, DefaultLayer, HandlerError, Outcome, Request, Router, ServiceBuilder,
+};
+use wharf::{header, Backend, Json, Message, StartPosition, SubscribeOptions};
 
 /// What the shop front publishes.
 #[derive(Debug, Serialize, Deserialize)]
