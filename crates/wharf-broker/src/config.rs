@@ -202,7 +202,18 @@ pub struct BrokerConfig {
     pub read_ahead: usize,
     /// Publishes that may wait on the log at once; more wait their turn.
     pub max_pending_publishes: usize,
+    /// Most headers a published message may have (dead letters and
+    /// replays, which add `wharf-*` headers of their own, are exempt).
+    pub max_headers: usize,
+    /// Most bytes of header names and values a published message may have
+    /// (with the same exemption).
+    pub max_header_bytes: usize,
 }
+
+/// Default [`BrokerConfig::max_headers`].
+pub const DEFAULT_MAX_HEADERS: usize = 256;
+/// Default [`BrokerConfig::max_header_bytes`] (64 KiB).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -212,6 +223,8 @@ impl Default for BrokerConfig {
             commit_interval: Duration::from_millis(100),
             read_ahead: 1024,
             max_pending_publishes: 1024,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }

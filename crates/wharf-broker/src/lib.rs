@@ -85,7 +85,10 @@ use wharf_core::{
     StartPosition, SubscribeOptions, Subscriber, Subscription,
 };
 
-pub use config::{BrokerConfig, Durability, TopicConfig, MAX_MESSAGE_BYTES, MAX_PARTITIONS};
+pub use config::{
+    BrokerConfig, Durability, TopicConfig, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_BYTES,
+    MAX_MESSAGE_BYTES, MAX_PARTITIONS,
+};
 pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
@@ -143,6 +146,16 @@ impl BrokerBuilder {
     /// Messages read ahead per group and partition (default 1,024).
     pub fn read_ahead(mut self, n: usize) -> Self {
         self.config.read_ahead = n.max(1);
+        self
+    }
+
+    /// Most headers, and most bytes of header names and values, a published
+    /// message may have (defaults [`DEFAULT_MAX_HEADERS`] and
+    /// [`DEFAULT_MAX_HEADER_BYTES`]); past them a publish fails with
+    /// [`Error::TooManyHeaders`] / [`Error::HeadersTooLarge`].
+    pub fn header_limits(mut self, max_headers: usize, max_header_bytes: usize) -> Self {
+        self.config.max_headers = max_headers;
+        self.config.max_header_bytes = max_header_bytes;
         self
     }
 
@@ -815,12 +828,35 @@ impl Inner {
         let topic = self.topic(topic_name, force)?;
         let cfg = topic.config();
         let mut total_size = 0;
+        // Dead letters and replays (`force`) carry `wharf-*` headers the
+        // broker added, so the header limits apply to what clients publish.
+        let (max_headers, max_header_bytes) = if force {
+            (usize::MAX, usize::MAX)
+        } else {
+            (self.config.max_headers, self.config.max_header_bytes)
+        };
         for i in 0..msgs.len() {
             let size = msgs.size(i);
             if size > cfg.max_message_bytes {
                 return Err(Error::MessageTooLarge {
                     size,
                     max: cfg.max_message_bytes,
+                });
+            }
+            let count = msgs.header_count(i);
+            if count > max_headers {
+                return Err(Error::TooManyHeaders {
+                    count,
+                    max: max_headers,
+                });
+            }
+            let header_bytes = size
+                .saturating_sub(msgs.payload(i).len())
+                .saturating_sub(msgs.key(i).map_or(0, <[u8]>::len));
+            if header_bytes > max_header_bytes {
+                return Err(Error::HeadersTooLarge {
+                    size: header_bytes,
+                    max: max_header_bytes,
                 });
             }
             total_size += size;
@@ -1250,7 +1286,9 @@ impl Backend for Broker {
     }
 
     fn limits(&self) -> Limits {
-        Limits::new(self.inner.config.default_topic.max_message_bytes)
+        let c = &self.inner.config;
+        Limits::new(c.default_topic.max_message_bytes)
+            .with_header_limits(c.max_headers, c.max_header_bytes)
     }
 
     /// Creates `topic` with the default config if it does not exist.

@@ -847,6 +847,9 @@ impl wharf_broker::PublishSource for Parts {
     fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>) {
         out.push((b"n", self.0[i].2.as_bytes()));
     }
+    fn header_count(&self, _: usize) -> usize {
+        1
+    }
     fn size(&self, i: usize) -> usize {
         self.0[i].1.map_or(0, str::len) + 2 * self.0[i].2.len() + 1
     }
@@ -932,4 +935,60 @@ async fn publish_from_parts_stores_the_same_messages_with_the_same_checks() {
     let info = b.topics().into_iter().find(|t| t.name == "parts").unwrap();
     let stored: u64 = info.partitions.iter().map(|(s, e)| e - s).sum();
     assert_eq!(stored, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_limits_refuse_a_publish_with_typed_errors_but_not_its_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::builder()
+        .default_topic(fast())
+        .header_limits(3, 16)
+        .open(dir.path())
+        .await
+        .expect("open broker");
+    assert_eq!(b.limits().max_headers, 3);
+    assert_eq!(b.limits().max_header_bytes, 16);
+    let with = |n: usize| {
+        (0..n)
+            .fold(Message::builder().payload("p"), |m, i| {
+                m.header(format!("h{i}"), "v")
+            })
+            .build()
+    };
+    let err = b.publish("hl", with(4)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyHeaders { count: 4, max: 3 }),
+        "{err:?}"
+    );
+    assert!(err.is_bad_input());
+    let long = Message::builder()
+        .payload("p")
+        .header("name", "a value longer than 16")
+        .build();
+    let err = b.publish("hl", long).await.unwrap_err();
+    assert!(
+        matches!(err, Error::HeadersTooLarge { size: 26, max: 16 }),
+        "{err:?}"
+    );
+    // A batch with one bad message stores nothing.
+    let err = b
+        .publish_batch("hl", vec![with(1), with(4)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooManyHeaders { .. }), "{err:?}");
+    assert!(b
+        .topics()
+        .iter()
+        .filter(|t| t.name == "hl")
+        .all(|t| t.partitions.iter().all(|(s, e)| s == e)));
+
+    // At the limit it is stored, and rejecting it dead-letters it with the
+    // broker's own `wharf-dlq-*` headers on top.
+    b.publish("hl", with(3)).await.expect("at the limit");
+    let mut sub = b.subscribe(group("hl")).await.unwrap();
+    next(&mut sub).await.reject("bad").await.expect("reject");
+    let mut dlq = b.subscribe(group("dlq.hl")).await.unwrap();
+    let dead = next(&mut dlq).await;
+    assert!(dead.message().headers().len() > 3);
+    assert_eq!(dead.message().headers().get("h2"), Some("v"));
 }

@@ -19,6 +19,7 @@ mod adapters;
 mod admin;
 mod bench;
 mod pubsub;
+mod serve_limits;
 mod table;
 
 use std::net::SocketAddr;
@@ -86,6 +87,8 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    limits: serve_limits::ServeLimits,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +312,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         config,
         tls_cert,
         tls_key,
+        limits,
     } = a;
     let tls = tls_cert.zip(tls_key);
     let level = std::env::var("WHARF_LOG")
@@ -327,6 +331,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if tls.is_some() {
         cfg.tls = tls;
     }
+    limits.apply(&mut cfg);
     let auth = if cfg.tokens.is_empty() { "off" } else { "on" };
     // A serve that fails to start leaves no data dir it created behind.
     let existed = data_dir.exists();

@@ -42,12 +42,31 @@ impl Receipt {
 pub struct Limits {
     /// Largest [`Message::size`] accepted.
     pub max_message_bytes: usize,
+    /// Most headers a message may have ([`crate::Error::TooManyHeaders`]
+    /// past it); `usize::MAX` when the backend sets no such limit.
+    pub max_headers: usize,
+    /// Most bytes of header names and values a message may have
+    /// ([`crate::Error::HeadersTooLarge`] past it); `usize::MAX` when the
+    /// backend sets no such limit.
+    pub max_header_bytes: usize,
 }
 
 impl Limits {
-    /// Limits with the given maximum message size.
+    /// Limits with the given maximum message size and no header limits.
     pub const fn new(max_message_bytes: usize) -> Self {
-        Limits { max_message_bytes }
+        Limits {
+            max_message_bytes,
+            max_headers: usize::MAX,
+            max_header_bytes: usize::MAX,
+        }
+    }
+
+    /// These limits with a header count and header size limit.
+    #[must_use]
+    pub const fn with_header_limits(mut self, max_headers: usize, max_header_bytes: usize) -> Self {
+        self.max_headers = max_headers;
+        self.max_header_bytes = max_header_bytes;
+        self
     }
 }
 

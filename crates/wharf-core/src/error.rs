@@ -65,6 +65,26 @@ pub enum Error {
         max: usize,
     },
 
+    /// A message has more headers than the backend allows
+    /// ([`crate::Limits::max_headers`]). Nothing was stored.
+    #[error("message has {count} headers, more than the limit of {max}")]
+    TooManyHeaders {
+        /// Number of headers of the message (each name once).
+        count: usize,
+        /// The limit in force.
+        max: usize,
+    },
+
+    /// A message's header names and values together are larger than the
+    /// backend allows ([`crate::Limits::max_header_bytes`]). Nothing was stored.
+    #[error("message headers of {size} bytes exceed the limit of {max} bytes")]
+    HeadersTooLarge {
+        /// Bytes of all header names and values.
+        size: usize,
+        /// The limit in force.
+        max: usize,
+    },
+
     /// The topic does not exist and the backend does not create topics on demand.
     #[error("unknown topic {topic:?}")]
     UnknownTopic {
@@ -167,6 +187,8 @@ impl Error {
             self,
             Error::InvalidName { .. }
                 | Error::MessageTooLarge { .. }
+                | Error::TooManyHeaders { .. }
+                | Error::HeadersTooLarge { .. }
                 | Error::InvalidOffset { .. }
                 | Error::InvalidArgument { .. }
                 | Error::Codec(_)

@@ -33,6 +33,10 @@ pub trait PublishSource {
     /// to `out`.
     fn headers<'a>(&'a self, i: usize, out: &mut Vec<(&'a [u8], &'a [u8])>);
 
+    /// How many headers it has (each name once, as [`PublishSource::headers`]
+    /// gives them).
+    fn header_count(&self, i: usize) -> usize;
+
     /// Its size as [`Message::size`] counts it (payload, key, header names
     /// and values), which the topic's `max_message_bytes` limits.
     fn size(&self, i: usize) -> usize;
@@ -66,6 +70,10 @@ impl PublishSource for [Message] {
                 .iter()
                 .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
         );
+    }
+
+    fn header_count(&self, i: usize) -> usize {
+        self[i].headers().len()
     }
 
     fn size(&self, i: usize) -> usize {

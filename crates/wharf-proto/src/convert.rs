@@ -136,6 +136,16 @@ pub fn error_to_proto(e: &Error) -> v1::ErrorDetail {
             d.size = *size as u64;
             d.max = *max as u64;
         }
+        Error::TooManyHeaders { count, max } => {
+            d.kind = Kind::TooManyHeaders as i32;
+            d.size = *count as u64;
+            d.max = *max as u64;
+        }
+        Error::HeadersTooLarge { size, max } => {
+            d.kind = Kind::HeadersTooLarge as i32;
+            d.size = *size as u64;
+            d.max = *max as u64;
+        }
         Error::UnknownTopic { topic } => {
             d.kind = Kind::UnknownTopic as i32;
             d.name = topic.clone();
@@ -213,6 +223,14 @@ pub fn error_from_proto(d: v1::ErrorDetail, backend: &'static str) -> Error {
             size: usize::try_from(d.size).unwrap_or(usize::MAX),
             max: usize::try_from(d.max).unwrap_or(usize::MAX),
         },
+        Kind::TooManyHeaders => Error::TooManyHeaders {
+            count: usize::try_from(d.size).unwrap_or(usize::MAX),
+            max: usize::try_from(d.max).unwrap_or(usize::MAX),
+        },
+        Kind::HeadersTooLarge => Error::HeadersTooLarge {
+            size: usize::try_from(d.size).unwrap_or(usize::MAX),
+            max: usize::try_from(d.max).unwrap_or(usize::MAX),
+        },
         Kind::UnknownTopic => Error::UnknownTopic { topic: d.name },
         Kind::InvalidOffset => Error::InvalidOffset {
             topic: d.name,
@@ -264,8 +282,9 @@ pub fn code_for(e: &Error) -> Code {
         Error::InvalidName { .. }
         | Error::InvalidArgument { .. }
         | Error::InvalidOffset { .. }
+        | Error::TooManyHeaders { .. }
         | Error::Codec(_) => Code::InvalidArgument,
-        Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+        Error::MessageTooLarge { .. } | Error::HeadersTooLarge { .. } => Code::ResourceExhausted,
         Error::UnknownTopic { .. } | Error::UnknownDelivery { .. } => Code::NotFound,
         Error::Unsupported { .. } => Code::Unimplemented,
         Error::Unavailable { .. } | Error::Closed { .. } => Code::Unavailable,
@@ -339,6 +358,8 @@ mod tests {
                 reason: "may only contain [A-Za-z0-9_.-]",
             },
             Error::MessageTooLarge { size: 11, max: 10 },
+            Error::TooManyHeaders { count: 9, max: 8 },
+            Error::HeadersTooLarge { size: 70, max: 64 },
             Error::UnknownTopic { topic: "t".into() },
             Error::Closed { what: "broker" },
             Error::UnknownDelivery { id: "7".into() },

@@ -341,6 +341,12 @@ impl PublishSource for WireMessages {
     }
 
     #[inline]
+    fn header_count(&self, i: usize) -> usize {
+        let (from, to) = self.messages[i].headers;
+        to - from
+    }
+
+    #[inline]
     fn size(&self, i: usize) -> usize {
         self.messages[i].size
     }

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! max_request_bytes = 16777216
+//! max_headers = 256            # per message
+//! max_header_bytes = 65536     # per message: names and values
 //! [[tokens]]
 //! token = "s3cret"
 //! publish = ["orders.>"]
@@ -68,6 +70,10 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     /// Lease length for HTTP long-poll deliveries, in ms.
     pub lease_ms: Option<u64>,
+    /// Most headers a published message may have.
+    pub max_headers: Option<usize>,
+    /// Most bytes of header names and values a published message may have.
+    pub max_header_bytes: Option<usize>,
     /// Tokens; when non-empty, every endpoint except health needs one.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -88,6 +94,12 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Lease length for HTTP long-poll deliveries.
     pub lease: Duration,
+    /// Most headers a published message may have (`400 too_many_headers`,
+    /// gRPC `INVALID_ARGUMENT` past it).
+    pub max_headers: usize,
+    /// Most bytes of header names and values a published message may have
+    /// (`413 headers_too_large`, gRPC `RESOURCE_EXHAUSTED` past it).
+    pub max_header_bytes: usize,
     /// Tokens; empty means no auth.
     pub tokens: Vec<TokenConfig>,
     /// TLS certificate chain and private key (PEM files); `None` serves plain text.
@@ -95,13 +107,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults: [`DEFAULT_LISTEN`], 16 MiB requests, 30 s leases, no auth.
+    /// Defaults: [`DEFAULT_LISTEN`], 16 MiB requests, 30 s leases, 256
+    /// headers and 64 KiB of headers per message, no auth.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             max_request_bytes: 16 * 1024 * 1024,
             lease: Duration::from_secs(30),
+            max_headers: wharf_broker::DEFAULT_MAX_HEADERS,
+            max_header_bytes: wharf_broker::DEFAULT_MAX_HEADER_BYTES,
             tokens: Vec::new(),
             tls: None,
         }
@@ -125,6 +140,12 @@ impl ServerConfig {
         }
         if let Some(ms) = file.lease_ms {
             self.lease = Duration::from_millis(ms);
+        }
+        if let Some(n) = file.max_headers {
+            self.max_headers = n;
+        }
+        if let Some(n) = file.max_header_bytes {
+            self.max_header_bytes = n;
         }
         self.tokens = file.tokens;
         match (file.tls_cert, file.tls_key) {
@@ -161,11 +182,12 @@ mod tests {
         let path = dir.path().join("wharf.toml");
         std::fs::write(
             &path,
-            "max_request_bytes = 1000\n[[tokens]]\ntoken = \"t1\"\npublish = [\"a.>\"]\n",
+            "max_request_bytes = 1000\nmax_headers = 7\nmax_header_bytes = 99\n[[tokens]]\ntoken = \"t1\"\npublish = [\"a.>\"]\n",
         )
         .expect("write");
         let cfg = ServerConfig::new("/tmp/x").with_file(&path).expect("valid");
         assert_eq!(cfg.max_request_bytes, 1000);
+        assert_eq!((cfg.max_headers, cfg.max_header_bytes), (7, 99));
         assert_eq!(cfg.tokens.len(), 1);
         assert!(cfg.auth().expect("valid tokens").is_some());
     }

@@ -53,6 +53,8 @@ impl From<Error> for ApiError {
             Error::InvalidOffset { .. } => (StatusCode::BAD_REQUEST, "invalid_offset"),
             Error::Codec(_) => (StatusCode::BAD_REQUEST, "codec"),
             Error::MessageTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large"),
+            Error::TooManyHeaders { .. } => (StatusCode::BAD_REQUEST, "too_many_headers"),
+            Error::HeadersTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "headers_too_large"),
             Error::UnknownTopic { .. } => (StatusCode::NOT_FOUND, "unknown_topic"),
             Error::UnknownDelivery { .. } => (StatusCode::NOT_FOUND, "unknown_delivery"),
             Error::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),

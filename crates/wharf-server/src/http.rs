@@ -475,10 +475,7 @@ fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
     if let Some(k) = m.key {
         b = b.key(k);
     }
-    for (k, v) in m.headers {
-        b = b.header(k, v);
-    }
-    Ok(b.build())
+    Ok(b.headers(m.headers.into_iter().collect()).build())
 }
 
 fn payload_json(bytes: &[u8]) -> (String, Encoding) {

@@ -110,7 +110,10 @@ impl Server {
                 }))
             }
         };
-        let broker = Broker::open(&config.data_dir).await?;
+        let broker = Broker::builder()
+            .header_limits(config.max_headers, config.max_header_bytes)
+            .open(&config.data_dir)
+            .await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind {

@@ -27,8 +27,19 @@ impl Server {
 
     /// Starts a server listening on `listen`.
     pub fn start_on(data_dir: &Path, config: Option<&Path>, listen: &str) -> Server {
+        Self::start_with(data_dir, config, listen, &[])
+    }
+
+    /// Starts a server listening on `listen` with extra `wharf serve` flags.
+    pub fn start_with(
+        data_dir: &Path,
+        config: Option<&Path>,
+        listen: &str,
+        flags: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
+            .args(flags)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")

@@ -1,0 +1,29 @@
+//! `wharf serve`'s limit flags, one block flattened into the command: each
+//! overrides the config file's key of the same name (and the server's
+//! default when neither is given), so defaults live in one place,
+//! `wharf_server::ServerConfig::new`.
+
+use wharf_server::ServerConfig;
+
+/// Limits of what one client may send (defaults in the README's security section).
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct ServeLimits {
+    /// Most headers per published message [default: 256].
+    #[arg(long, value_name = "N")]
+    max_headers: Option<usize>,
+    /// Most bytes of header names and values per published message [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_header_bytes: Option<usize>,
+}
+
+impl ServeLimits {
+    /// Applies the flags that were given on top of `cfg`.
+    pub(crate) fn apply(&self, cfg: &mut ServerConfig) {
+        if let Some(n) = self.max_headers {
+            cfg.max_headers = n;
+        }
+        if let Some(n) = self.max_header_bytes {
+            cfg.max_header_bytes = n;
+        }
+    }
+}
