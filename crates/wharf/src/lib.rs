@@ -132,6 +132,13 @@
 //! (`cargo run -p wharf --features router --example order_service`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(
+    all(feature = "router", feature = "memory", feature = "broker"),
+    doc = "\n# Guide\n\nThe [`guide`] explains the concepts and shows each pattern \
+           (retry, retry topics, dead letters, idempotent consumer, outbox, ordering, \
+           batching, backpressure, rate limiting, circuit breaker, graceful shutdown, \
+           request-reply) with a complete, tested example, and what each backend supports."
+)]
 
 pub use wharf_core::*;
 
@@ -144,6 +151,10 @@ pub use wharf_core::{HeaderIndex, PublishSource};
 /// leases, dead-lettering and backpressure, without durability.
 ///
 /// The full documentation is [`wharf_memory`]'s.
+#[cfg(all(feature = "router", feature = "memory", feature = "broker"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "router")))]
+pub mod guide;
+
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory {
