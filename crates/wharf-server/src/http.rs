@@ -11,16 +11,18 @@ use std::time::{Duration, Instant};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wharf_broker::Redrive;
 use wharf_core::{
     Delivery, Error, Message, MessageId, Publisher, Settlement, StartPosition, SubscribeOptions,
@@ -35,90 +37,55 @@ use crate::{telemetry, Shared};
 type AppState = State<Arc<Shared>>;
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The HTTP routes with their OpenAPI operations: each handler is registered
+/// through `routes!`, which adds the route and its `#[utoipa::path]` together,
+/// so the document lists exactly the routes served (see [`openapi`]).
+fn api() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list_topics, create_topic))
+        .routes(routes!(describe_topic, delete_topic))
+        .routes(routes!(publish))
+        .routes(routes!(consume))
+        .routes(routes!(sse))
+        .routes(routes!(ws))
+        .routes(routes!(ack))
+        .routes(routes!(nack))
+        .routes(routes!(reject))
+        .routes(routes!(extend))
+        .routes(routes!(list_groups))
+        .routes(routes!(dlq_list))
+        .routes(routes!(dlq_show))
+        .routes(routes!(dlq_replay))
+        .routes(routes!(dlq_purge))
+}
+
 /// The HTTP routes.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_request_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/topics", get(list_topics).post(create_topic))
-        .route(
-            "/v1/topics/{topic}",
-            get(describe_topic).delete(delete_topic),
-        )
-        .route("/v1/topics/{topic}/messages", post(publish))
-        .route("/v1/topics/{topic}/consume", post(consume))
-        .route("/v1/topics/{topic}/events", get(sse))
-        .route("/v1/topics/{topic}/ws", get(ws))
-        .route("/v1/deliveries/{id}/ack", post(ack))
-        .route("/v1/deliveries/{id}/nack", post(nack))
-        .route("/v1/deliveries/{id}/reject", post(reject))
-        .route("/v1/deliveries/{id}/extend", post(extend))
-        .route("/v1/groups", get(list_groups))
-        .route("/v1/dlq/{topic}", get(dlq_list))
-        .route("/v1/dlq/{topic}/{id}", get(dlq_show))
-        .route("/v1/dlq/{topic}/replay", post(dlq_replay))
-        .route("/v1/dlq/{topic}/purge", post(dlq_purge))
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
 
-/// The OpenAPI document of the HTTP API.
+/// The OpenAPI document of the HTTP API, generated from the routes the
+/// server registers (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The document's fixed parts; the paths and their schemas come from the
+/// routes in [`openapi`].
 #[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Wharf HTTP API",
-        description = "Durable messaging over HTTP/JSON. Send `Authorization: Bearer <token>` when the server has tokens configured."
-    ),
-    paths(
-        healthz,
-        readyz,
-        metrics,
-        publish,
-        consume,
-        ack,
-        nack,
-        reject,
-        extend,
-        sse,
-        ws,
-        list_topics,
-        create_topic,
-        describe_topic,
-        delete_topic,
-        list_groups,
-        dlq_list,
-        dlq_show,
-        dlq_replay,
-        dlq_purge
-    ),
-    components(schemas(
-        PublishMessage,
-        PublishBatch,
-        PublishResponse,
-        ReceiptJson,
-        Encoding,
-        MessageJson,
-        DeliveryJson,
-        ConsumeResponse,
-        NackBody,
-        RejectBody,
-        ExtendBody,
-        CreateTopicBody,
-        TopicJson,
-        PartitionJson,
-        GroupJson,
-        GroupPartitionJson,
-        DeadLetterJson,
-        DlqPageJson,
-        CountJson,
-        ReplayBody,
-        ErrorBody
-    ))
-)]
+#[openapi(info(
+    title = "Wharf HTTP API",
+    description = "Durable messaging over HTTP/JSON. Send `Authorization: Bearer <token>` when the server has tokens configured."
+))]
 pub struct ApiDoc;
 
 // ---------- JSON types ----------
@@ -644,12 +611,14 @@ async fn metrics(State(s): AppState, headers: HeaderMap) -> ApiResult<String> {
     Ok(s.metrics.render(&s.broker))
 }
 
-async fn openapi(
-    State(s): AppState,
-    headers: HeaderMap,
-) -> ApiResult<Json<utoipa::openapi::OpenApi>> {
+/// This document (OpenAPI 3.1, JSON).
+#[utoipa::path(get, path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json"), (status = 401, body = ErrorBody)))]
+async fn openapi_json(State(s): AppState, headers: HeaderMap) -> ApiResult<Response> {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     authenticated(&s, &headers)?;
-    Ok(Json(ApiDoc::openapi()))
+    let doc = DOC.get_or_init(|| openapi().to_json().unwrap_or_default());
+    Ok(([(CONTENT_TYPE, "application/json")], doc.as_str()).into_response())
 }
 
 // ---------- publish ----------

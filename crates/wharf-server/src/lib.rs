@@ -33,7 +33,7 @@ use wharf_core::Backend;
 
 pub use auth::{Auth, Right, TokenConfig};
 pub use config::{ConfigError, ServerConfig, DEFAULT_LISTEN};
-pub use http::{fuzz_decode_http, ApiDoc};
+pub use http::{fuzz_decode_http, openapi, ApiDoc};
 
 /// Why the server failed to start or run.
 #[derive(Debug, thiserror::Error)]
