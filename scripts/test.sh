@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-services.sh || echo "some services are down: their tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
+# The OpenAPI validator and schemathesis for the HTTP API's contract tests.
+bash scripts/python-tools.sh || echo "python tools missing: the OpenAPI tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
 cargo test --workspace --no-fail-fast "$@"
 # The facade's router docs, guide pages and examples need its `router`
 # feature, which no other crate turns on.

@@ -526,3 +526,78 @@ async fn unknown_http_paths_are_404_json_and_unknown_grpc_methods_unimplemented(
     .await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test]
+async fn a_json_value_payload_is_stored_as_its_json_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.values/messages"),
+        json!({"messages": [{"payload": {"id": 5}}, {"payload": [1, true, null]}, {"payload": 7}]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let (_, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.values/consume?group=g&max=10&wait_ms=2000"),
+        json!({}),
+    )
+    .await;
+    let payloads: Vec<&str> = r["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| d["message"]["payload"].as_str().expect("text payload"))
+        .collect();
+    assert_eq!(payloads, [r#"{"id":5}"#, "[1,true,null]", "7"]);
+    // What is wrong is said plainly, not as "no variant of an untagged enum".
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.values/messages"),
+        json!({"paylod": "typo"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    let msg = r["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("paylod") && !msg.contains("untagged"), "{msg}");
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.values/messages"),
+        json!({"payload": {"a": 1}, "encoding": "base64"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("base64"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn get_on_post_only_routes_answers_405_with_allow() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    for path in [
+        "/v1/dlq/dlq.orders/replay",
+        "/v1/dlq/dlq.orders/purge",
+        "/v1/dlq/orders/replay",
+        "/v1/topics/orders/consume",
+        "/v1/deliveries/x/ack",
+    ] {
+        let r = c.get(format!("{base}{path}")).send().await.expect("get");
+        assert_eq!(r.status().as_u16(), 405, "{path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("POST"),
+            "{path}"
+        );
+    }
+}

@@ -148,6 +148,14 @@ impl TopicPattern {
     /// [`Error::InvalidName`] with kind [`NameKind::Pattern`].
     pub fn parse(pattern: &str) -> Result<Self, Error> {
         check_segments(NameKind::Pattern, pattern, true)?;
+        // A pattern without wildcards names one topic: the topic rules
+        // (its length limit too) apply, as subscribing may create it.
+        if pattern.len() > MAX_TOPIC_LEN
+            && !pattern.starts_with(DEAD_LETTER_PREFIX)
+            && !pattern.split('.').any(|s| s == "*" || s == ">")
+        {
+            return Err(invalid(NameKind::Pattern, pattern, "longer than 249 bytes"));
+        }
         let segments = pattern
             .split('.')
             .map(|s| match s {
@@ -273,6 +281,18 @@ mod tests {
         assert!(p.matches("orders.created"));
         assert!(!p.matches("orders.created.x"));
         assert!(!p.matches("orders"));
+    }
+
+    #[test]
+    fn a_literal_pattern_keeps_the_topic_length_limit() {
+        let long = "a".repeat(MAX_TOPIC_LEN + 1);
+        assert!(TopicPattern::parse(&long).is_err());
+        assert!(TopicPattern::parse(&"a".repeat(MAX_TOPIC_LEN)).is_ok());
+        assert!(TopicPattern::parse(&format!(
+            "{DEAD_LETTER_PREFIX}{}",
+            "a".repeat(MAX_TOPIC_LEN)
+        ))
+        .is_ok());
     }
 
     #[test]

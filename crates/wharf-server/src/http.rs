@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -105,8 +107,10 @@ pub(crate) enum Encoding {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PublishMessage {
-    /// The payload, as UTF-8 text or base64 (see `encoding`).
-    payload: String,
+    /// The payload: a string is its UTF-8 text (or base64 with `encoding:
+    /// base64`); any other JSON value (object, array, number, boolean,
+    /// null) is stored as its JSON text.
+    payload: serde_json::Value,
     #[serde(default)]
     encoding: Encoding,
     /// Partitioning / ordering key.
@@ -114,6 +118,7 @@ pub(crate) struct PublishMessage {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     /// Message id (UUID) for deduplication; assigned by the server if absent.
+    #[schema(format = "uuid")]
     id: Option<String>,
 }
 
@@ -124,16 +129,52 @@ pub(crate) struct PublishBatch {
     messages: Vec<PublishMessage>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One message, or a batch (`{"messages": [..]}`).
+// The variants describe the body for the document; `PublishBody::parse`
+// reads it (by `messages`, for errors that name the field at fault).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum PublishBody {
+pub(crate) enum PublishBody {
     Batch(PublishBatch),
     One(PublishMessage),
+}
+
+impl PublishBody {
+    /// The messages of a publish body. An object with `messages` is a batch,
+    /// any other a single message, so a refusal names the field at fault
+    /// (serde's untagged enum only says no variant matched).
+    fn parse(bytes: &[u8]) -> ApiResult<Vec<PublishMessage>> {
+        let value: serde_json::Value = parse_json(bytes)?;
+        let malformed = |e: serde_json::Error| {
+            telemetry::refused("malformed");
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {e}"),
+            )
+        };
+        if value.get("messages").is_some() {
+            let b: PublishBatch = serde_json::from_value(value).map_err(malformed)?;
+            Ok(b.messages)
+        } else if value.is_object() {
+            let m: PublishMessage = serde_json::from_value(value).map_err(malformed)?;
+            Ok(vec![m])
+        } else {
+            telemetry::refused("malformed");
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "malformed JSON: expected an object: {\"payload\": ..} or {\"messages\": [..]}",
+            ))
+        }
+    }
 }
 
 /// Where a message was stored.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ReceiptJson {
+    #[schema(format = "uuid")]
     id: String,
     partition: u32,
     offset: Option<u64>,
@@ -149,6 +190,7 @@ pub(crate) struct PublishResponse {
 /// A message as delivered.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MessageJson {
+    #[schema(format = "uuid")]
     id: String,
     key: Option<String>,
     headers: BTreeMap<String, String>,
@@ -176,13 +218,17 @@ pub(crate) struct ConsumeResponse {
 
 /// Nack options.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NackBody {
     /// Redeliver after this many ms (default 0).
+    #[serde(default, deserialize_with = "whole::opt_u64")]
+    #[schema(maximum = 86_400_000)]
     delay_ms: Option<u64>,
 }
 
 /// Reject options.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RejectBody {
     /// Why; stored in the dead letter's `wharf-dlq-reason` header.
     reason: Option<String>,
@@ -190,8 +236,11 @@ pub(crate) struct RejectBody {
 
 /// Lease extension.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ExtendBody {
     /// New lease length from now, in ms.
+    #[schema(maximum = 86_400_000)]
+    #[serde(deserialize_with = "whole::u64")]
     by_ms: u64,
 }
 
@@ -199,18 +248,32 @@ pub(crate) struct ExtendBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTopicBody {
+    #[schema(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
     name: String,
+    #[schema(minimum = 1, maximum = 4096)]
+    #[serde(default, deserialize_with = "whole::opt_u32")]
     partitions: Option<u32>,
     /// `always`, `never` or `interval:<ms>`.
+    #[schema(pattern = "^(always|never|interval:[0-9]{1,19}|[0-9]{1,19}ms)$")]
     durability: Option<String>,
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     retention_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     retention_ms: Option<u64>,
+    #[schema(minimum = 1, maximum = 67_108_864)]
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     max_message_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     ttl_ms: Option<u64>,
+    #[schema(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
     dead_letter_topic: Option<String>,
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole::opt_u32")]
     max_deliveries: Option<u32>,
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     visibility_timeout_ms: Option<u64>,
     /// Dedup window in ms; 0 turns dedup off.
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     dedup_window_ms: Option<u64>,
 }
 
@@ -297,53 +360,168 @@ pub(crate) struct CountJson {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayBody {
+    /// The message id of one dead letter.
+    #[schema(format = "uuid")]
     id: Option<String>,
     all: Option<bool>,
 }
 
+// The name rules of `wharf_core::name` as JSON Schema patterns, for the
+// document (the server checks names with `wharf_core::name` itself).
+// A topic: dot-separated segments of [A-Za-z0-9_-].
+// A pattern: the same, where a segment may be `*` and the last one `>`.
+// A group: [A-Za-z0-9_.-], 1 to 128 bytes.
+
 /// Long-poll parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ConsumeParams {
-    /// Consumer group (required).
-    group: Option<String>,
-    /// At most this many deliveries (default 1, max 1000).
+    /// Consumer group.
+    #[param(pattern = r"^[A-Za-z0-9_.\-]{1,128}$")]
+    group: String,
+    /// At most this many deliveries (default 1; values above 1000 take 1000).
     max: Option<usize>,
-    /// Wait up to this long for the first delivery (default 1000, max 30000).
+    /// Wait up to this long for the first delivery (default 1000; values
+    /// above 30000 wait 30000).
     wait_ms: Option<u64>,
-    /// Lease length in ms before an unsettled delivery is redelivered.
+    /// Lease length in ms before an unsettled delivery is redelivered
+    /// (default: the server's `lease`).
+    #[param(maximum = 86_400_000)]
     lease_ms: Option<u64>,
     /// For a new group: `earliest` (default), `latest`, an offset, or `time:<ms>`.
+    #[param(pattern = r"^(earliest|latest|[0-9]{1,19}|time:[0-9]{1,19})$")]
     from: Option<String>,
 }
 
-/// Stream parameters (SSE and WebSocket).
+/// Stream parameters (SSE).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamParams {
     /// Consumer group; without one the stream is private.
+    #[param(pattern = r"^[A-Za-z0-9_.\-]{1,128}$")]
     group: Option<String>,
     /// `earliest`, `latest` (default without a group), an offset, or `time:<ms>`.
+    #[param(pattern = r"^(earliest|latest|[0-9]{1,19}|time:[0-9]{1,19})$")]
     from: Option<String>,
-    /// WebSocket only: `auto` (default) acks each message when sent; `manual`
-    /// waits for `{"op":"ack","delivery_id":..}` messages.
+}
+
+/// WebSocket parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct WsParams {
+    /// Consumer group; without one the stream is private.
+    #[param(pattern = r"^[A-Za-z0-9_.\-]{1,128}$")]
+    group: Option<String>,
+    /// `earliest`, `latest` (default without a group), an offset, or `time:<ms>`.
+    #[param(pattern = r"^(earliest|latest|[0-9]{1,19}|time:[0-9]{1,19})$")]
+    from: Option<String>,
+    /// `auto` (default) acks each message when sent; `manual` waits for
+    /// `{"op":"ack","delivery_id":..}` messages.
+    #[param(pattern = "^(auto|manual)$")]
     ack: Option<String>,
 }
 
 /// DLQ listing parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DlqParams {
-    /// At most this many (default 100, max 10000).
+    /// At most this many (default 100; values above 10000 take 10000, 0 takes 1).
     limit: Option<usize>,
     /// `PARTITION:OFFSET` to start at: a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,9}:[0-9]{1,19}$")]
     cursor: Option<String>,
 }
 
 /// Group listing filters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct GroupParams {
     /// Only this group.
     group: Option<String>,
     /// Only this topic.
     topic: Option<String>,
+}
+
+/// A topic in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct TopicPath {
+    /// Topic name: dot-separated segments of `[A-Za-z0-9_-]`.
+    #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
+    topic: String,
+}
+
+/// A topic or subscription pattern in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct PatternPath {
+    /// Topic name or pattern: segments of `[A-Za-z0-9_-]`, `*` for one
+    /// segment, a final `>` for one or more.
+    #[param(
+        pattern = r"^(([A-Za-z0-9_\-]+|\*)\.)*([A-Za-z0-9_\-]+|\*|>)$",
+        max_length = 249
+    )]
+    topic: String,
+}
+
+/// A dead-letter topic in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct DlqPath {
+    /// A topic (its dead-letter topic is meant) or a dead-letter topic.
+    #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
+    topic: String,
+}
+
+/// One dead letter in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct LetterPath {
+    /// A topic (its dead-letter topic is meant) or a dead-letter topic.
+    #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
+    topic: String,
+    /// The dead letter's message id.
+    #[param(format = "uuid")]
+    id: String,
+}
+
+/// A long-poll delivery in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct DeliveryPath {
+    /// The `delivery_id` from a long poll.
+    id: String,
+}
+
+/// Axum's `Query`, refusing with the API's JSON error body.
+pub(crate) struct ApiQuery<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(r) => {
+                telemetry::refused("malformed");
+                Err(ApiError::bad_request(r.body_text()))
+            }
+        }
+    }
+}
+
+/// Axum's `Path`, refusing with the API's JSON error body.
+pub(crate) struct ApiPath<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(r) => Err(ApiError::new(r.status(), "bad_request", r.body_text())),
+        }
+    }
 }
 
 // ---------- helpers ----------
@@ -415,22 +593,75 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     })
 }
 
+/// An optional body: empty or `null` takes the defaults.
 fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> ApiResult<T> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {
-        parse_json(bytes)
+        Ok(parse_json::<Option<T>>(bytes)?.unwrap_or_default())
+    }
+}
+
+/// Integers in request bodies as JSON Schema counts them: `5` and `5.0`
+/// are both the integer 5 (serde alone refuses `5.0` for a `u64`).
+mod whole {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    /// Largest integer taken: the document's `int64` format.
+    const MAX: u64 = i64::MAX as u64;
+
+    fn from_number<E: serde::de::Error>(n: &serde_json::Number) -> Result<u64, E> {
+        let v = match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => v,
+            // 2^63 is exactly representable, so `< 2^63` keeps the cast in range.
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 9_223_372_036_854_775_808.0 => {
+                f as u64
+            }
+            _ => return Err(E::custom(format!("{n} is not a non-negative integer"))),
+        };
+        if v > MAX {
+            return Err(E::custom(format!("{v} is larger than {MAX}")));
+        }
+        Ok(v)
+    }
+
+    pub(super) fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        from_number(&serde_json::Number::deserialize(d)?)
+    }
+
+    pub(super) fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| from_number(&n))
+            .transpose()
+    }
+
+    pub(super) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        // The document's `int32` format.
+        const MAX32: u64 = i32::MAX as u64;
+        opt_u64(d)?
+            .map(|v| match u32::try_from(v) {
+                Ok(v) if u64::from(v) <= MAX32 => Ok(v),
+                _ => Err(D::Error::custom(format!("{v} is larger than {MAX32}"))),
+            })
+            .transpose()
     }
 }
 
 fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
-    let payload = match m.encoding {
-        Encoding::Utf8 => Bytes::from(m.payload.into_bytes()),
-        Encoding::Base64 => Bytes::from(
+    let payload = match (m.payload, m.encoding) {
+        (serde_json::Value::String(s), Encoding::Utf8) => Bytes::from(s.into_bytes()),
+        (serde_json::Value::String(s), Encoding::Base64) => Bytes::from(
             base64::engine::general_purpose::STANDARD
-                .decode(m.payload.as_bytes())
+                .decode(s.as_bytes())
                 .map_err(|e| ApiError::bad_request(format!("payload is not valid base64: {e}")))?,
         ),
+        (other, Encoding::Utf8) => Bytes::from(other.to_string().into_bytes()),
+        (_, Encoding::Base64) => {
+            return Err(ApiError::bad_request(
+                "encoding base64 needs the payload as a base64 string",
+            ))
+        }
     };
     let mut b = Message::builder().payload(payload);
     if let Some(id) = m.id {
@@ -481,6 +712,18 @@ fn delivery_json(d: &Delivery, id: Option<String>) -> DeliveryJson {
         attempt: info.attempt,
         message: message_json(d.message()),
     }
+}
+
+/// Longest lease a client may ask for (a day), so a deadline never overflows.
+const MAX_LEASE_MS: u64 = 86_400_000;
+
+fn lease_duration(name: &str, ms: u64) -> ApiResult<Duration> {
+    if ms > MAX_LEASE_MS {
+        return Err(ApiError::bad_request(format!(
+            "{name} {ms} is longer than the maximum of {MAX_LEASE_MS} ms"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn parse_from(from: Option<&str>) -> ApiResult<Option<StartPosition>> {
@@ -542,11 +785,7 @@ pub fn fuzz_decode_http(data: &[u8]) -> usize {
     use wharf_proto::codec::decode;
     use wharf_proto::v1;
     let mut ok = 0;
-    if let Ok(body) = serde_json::from_slice::<PublishBody>(data) {
-        let msgs = match body {
-            PublishBody::Batch(b) => b.messages,
-            PublishBody::One(m) => vec![m],
-        };
+    if let Ok(msgs) = PublishBody::parse(data) {
         ok += msgs
             .into_iter()
             .map(to_message)
@@ -589,13 +828,13 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
 // ---------- health, metrics, docs ----------
 
 /// Liveness: 200 while the process runs. Never needs a token.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: 200 while accepting work, 503 once shutting down. Never needs a token.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "shutting down")))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String, content_type = "text/plain"), (status = 503, description = "shutting down", body = String, content_type = "text/plain")))]
 async fn readyz(State(s): AppState) -> Response {
     if *s.shutdown.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
@@ -605,7 +844,7 @@ async fn readyz(State(s): AppState) -> Response {
 }
 
 /// Prometheus metrics (text format).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, body = ErrorBody, description = "no or unknown token")))]
 async fn metrics(State(s): AppState, headers: HeaderMap) -> ApiResult<String> {
     authenticated(&s, &headers)?;
     Ok(s.metrics.render(&s.broker))
@@ -625,26 +864,23 @@ async fn openapi_json(State(s): AppState, headers: HeaderMap) -> ApiResult<Respo
 
 /// Publishes one message (`{"payload": ..}`) or a batch (`{"messages": [..]}`).
 #[utoipa::path(post, path = "/v1/topics/{topic}/messages",
-    params(("topic" = String, Path, description = "Topic name")),
-    request_body(content = PublishBatch, description = "A batch, or a single PublishMessage object"),
+    params(TopicPath),
+    request_body(content = PublishBody, description = "One message, or a batch as `{\"messages\": [..]}`"),
     responses(
         (status = 200, body = PublishResponse),
-        (status = 400, body = ErrorBody, description = "malformed JSON, bad name or encoding"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "malformed JSON, bad name, id or encoding"),
+        (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
         (status = 413, body = ErrorBody, description = "body or message too large"),
     ))]
 async fn publish(
     State(s): AppState,
-    Path(topic): Path<String>,
+    ApiPath(TopicPath { topic }): ApiPath<TopicPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PublishResponse>> {
     check(&s, &headers, Right::Publish, &topic)?;
     let body = body_bytes(&s, body)?;
-    let msgs = match parse_json::<PublishBody>(&body)? {
-        PublishBody::Batch(b) => b.messages,
-        PublishBody::One(m) => vec![m],
-    };
+    let msgs = PublishBody::parse(&body)?;
     let msgs = msgs
         .into_iter()
         .map(to_message)
@@ -721,26 +957,27 @@ impl Pollers {
 /// Long poll: waits up to `wait_ms` for deliveries, leases them for
 /// `lease_ms`; settle each by its `delivery_id` before the lease runs out.
 #[utoipa::path(post, path = "/v1/topics/{topic}/consume",
-    params(("topic" = String, Path, description = "Topic or pattern"), ConsumeParams),
+    params(PatternPath, ConsumeParams),
     responses(
         (status = 200, body = ConsumeResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "unknown topic"),
+        (status = 400, body = ErrorBody, description = "bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown topic"),
     ))]
 async fn consume(
     State(s): AppState,
-    Path(topic): Path<String>,
-    Query(p): Query<ConsumeParams>,
+    ApiPath(PatternPath { topic }): ApiPath<PatternPath>,
+    ApiQuery(p): ApiQuery<ConsumeParams>,
     headers: HeaderMap,
 ) -> ApiResult<Json<ConsumeResponse>> {
     check(&s, &headers, Right::Consume, &topic)?;
-    let group = p
-        .group
-        .ok_or_else(|| ApiError::bad_request("query parameter `group` is required"))?;
+    let group = p.group;
     let start = parse_from(p.from.as_deref())?;
     let max = p.max.unwrap_or(1).clamp(1, 1000);
     let wait = Duration::from_millis(p.wait_ms.unwrap_or(1000).min(30_000));
-    let lease = p.lease_ms.map_or(s.config.lease, Duration::from_millis);
+    let lease = match p.lease_ms {
+        None => s.config.lease,
+        Some(ms) => lease_duration("lease_ms", ms)?,
+    };
     let sub = s.pollers.get(&s, &topic, &group, start).await?;
     let mut batch = Vec::new();
     // The wait covers taking the subscription too: polls of one group take
@@ -794,11 +1031,11 @@ async fn settle_lease(
 
 /// Acknowledges a long-poll delivery.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/ack",
-    params(("id" = String, Path, description = "delivery_id from a long poll")),
-    responses((status = 204, description = "acked"), (status = 404, body = ErrorBody, description = "unknown or expired delivery")))]
+    params(DeliveryPath),
+    responses((status = 204, description = "acked"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown or expired delivery")))]
 async fn ack(
     State(s): AppState,
-    Path(id): Path<String>,
+    ApiPath(DeliveryPath { id }): ApiPath<DeliveryPath>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     settle_lease(&s, &headers, &id, Settlement::Ack, "ack").await
@@ -806,28 +1043,30 @@ async fn ack(
 
 /// Returns a delivery for redelivery, optionally after `delay_ms`.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/nack",
-    params(("id" = String, Path, description = "delivery_id from a long poll")),
-    request_body(content = NackBody),
-    responses((status = 204, description = "nacked"), (status = 404, body = ErrorBody)))]
+    params(DeliveryPath),
+    request_body(content = Option<NackBody>, description = "optional: an empty body takes the defaults"),
+    responses((status = 204, description = "nacked"), (status = 400, body = ErrorBody, description = "malformed JSON"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown or expired delivery"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn nack(
     State(s): AppState,
-    Path(id): Path<String>,
+    ApiPath(DeliveryPath { id }): ApiPath<DeliveryPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
     let b: NackBody = parse_json_or_default(&body_bytes(&s, body)?)?;
-    let delay = Duration::from_millis(b.delay_ms.unwrap_or(0));
+    let delay = lease_duration("delay_ms", b.delay_ms.unwrap_or(0))?;
     settle_lease(&s, &headers, &id, Settlement::Nack { delay }, "nack").await
 }
 
 /// Moves a delivery to its dead-letter topic.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/reject",
-    params(("id" = String, Path, description = "delivery_id from a long poll")),
-    request_body(content = RejectBody),
-    responses((status = 204, description = "rejected"), (status = 404, body = ErrorBody)))]
+    params(DeliveryPath),
+    request_body(content = Option<RejectBody>, description = "optional: an empty body takes the defaults"),
+    responses((status = 204, description = "rejected"), (status = 400, body = ErrorBody, description = "malformed JSON"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown or expired delivery"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn reject(
     State(s): AppState,
-    Path(id): Path<String>,
+    ApiPath(DeliveryPath { id }): ApiPath<DeliveryPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
@@ -838,12 +1077,13 @@ async fn reject(
 
 /// Extends a delivery's lease to `by_ms` from now.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/extend",
-    params(("id" = String, Path, description = "delivery_id from a long poll")),
+    params(DeliveryPath),
     request_body(content = ExtendBody),
-    responses((status = 204, description = "extended"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "extended"), (status = 400, body = ErrorBody, description = "malformed JSON or lease too long"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown or expired delivery"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn extend(
     State(s): AppState,
-    Path(id): Path<String>,
+    ApiPath(DeliveryPath { id }): ApiPath<DeliveryPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
@@ -853,7 +1093,7 @@ async fn extend(
     let topic = s.leases.topic(&id).ok_or_else(unknown)?;
     check(&s, &headers, Right::Consume, &topic)?;
     let d = s.leases.take(&id).ok_or_else(unknown)?;
-    let by = Duration::from_millis(b.by_ms);
+    let by = lease_duration("by_ms", b.by_ms)?;
     let r = d.extend(by).await;
     s.leases.put(id.clone(), d, by);
     r?;
@@ -862,12 +1102,17 @@ async fn extend(
 
 // ---------- streams ----------
 
-async fn stream_subscription(s: &Shared, topic: &str, p: &StreamParams) -> ApiResult<Subscription> {
+async fn stream_subscription(
+    s: &Shared,
+    topic: &str,
+    group: Option<&str>,
+    from: Option<&str>,
+) -> ApiResult<Subscription> {
     let mut opts = SubscribeOptions::new(topic);
-    if let Some(g) = &p.group {
-        opts = opts.group(g.clone());
+    if let Some(g) = group {
+        opts = opts.group(g);
     }
-    if let Some(st) = parse_from(p.from.as_deref())? {
+    if let Some(st) = parse_from(from)? {
         opts = opts.start(st);
     }
     Ok(s.broker.subscribe(opts).await?)
@@ -875,16 +1120,17 @@ async fn stream_subscription(s: &Shared, topic: &str, p: &StreamParams) -> ApiRe
 
 /// Server-Sent Events: one `message` event per delivery (acked when sent).
 #[utoipa::path(get, path = "/v1/topics/{topic}/events",
-    params(("topic" = String, Path, description = "Topic or pattern"), StreamParams),
-    responses((status = 200, description = "text/event-stream of DeliveryJson events"), (status = 404, body = ErrorBody)))]
+    params(PatternPath, StreamParams),
+    responses((status = 200, description = "`message` events, each a DeliveryJson", content_type = "text/event-stream"),
+        (status = 400, body = ErrorBody, description = "bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn sse(
     State(s): AppState,
-    Path(topic): Path<String>,
-    Query(p): Query<StreamParams>,
+    ApiPath(PatternPath { topic }): ApiPath<PatternPath>,
+    ApiQuery(p): ApiQuery<StreamParams>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check(&s, &headers, Right::Consume, &topic)?;
-    let sub = stream_subscription(&s, &topic, &p).await?;
+    let sub = stream_subscription(&s, &topic, p.group.as_deref(), p.from.as_deref()).await?;
     let stream = futures_util::stream::unfold((sub, s), |(mut sub, s)| async move {
         let next = tokio::select! {
             d = sub.next() => d,
@@ -922,15 +1168,18 @@ struct WsCommand {
 /// WebSocket: one JSON DeliveryJson text message per delivery; with
 /// `ack=manual` the client settles with `{"op":"ack"|"nack"|"reject","delivery_id":..}`.
 #[utoipa::path(get, path = "/v1/topics/{topic}/ws",
-    params(("topic" = String, Path, description = "Topic or pattern"), StreamParams),
-    responses((status = 101, description = "WebSocket of DeliveryJson messages"), (status = 404, body = ErrorBody)))]
+    params(PatternPath, WsParams),
+    responses((status = 101, description = "WebSocket of DeliveryJson messages"),
+        (status = 400, body = ErrorBody, description = "not a WebSocket upgrade request, bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown topic"), (status = 426, body = ErrorBody, description = "the connection cannot be upgraded")))]
 async fn ws(
     State(s): AppState,
-    Path(topic): Path<String>,
-    Query(p): Query<StreamParams>,
+    ApiPath(PatternPath { topic }): ApiPath<PatternPath>,
+    ApiQuery(p): ApiQuery<WsParams>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let upgrade = upgrade.map_err(|r| ApiError::new(r.status(), "not_websocket", r.body_text()))?;
     check(&s, &headers, Right::Consume, &topic)?;
     let manual = match p.ack.as_deref() {
         None | Some("auto") => false,
@@ -941,7 +1190,7 @@ async fn ws(
             )))
         }
     };
-    let sub = stream_subscription(&s, &topic, &p).await?;
+    let sub = stream_subscription(&s, &topic, p.group.as_deref(), p.from.as_deref()).await?;
     Ok(upgrade.on_upgrade(move |socket| ws_loop(s, sub, socket, manual)))
 }
 
@@ -1008,7 +1257,7 @@ async fn ws_loop(s: Arc<Shared>, mut sub: Subscription, mut socket: WebSocket, m
 // ---------- admin ----------
 
 /// Every topic the token may administer.
-#[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = Vec<TopicJson>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/topics", responses((status = 200, body = Vec<TopicJson>), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right")))]
 async fn list_topics(State(s): AppState, headers: HeaderMap) -> ApiResult<Json<Vec<TopicJson>>> {
     check_any(&s, &headers, Right::Admin)?;
     Ok(Json(
@@ -1023,7 +1272,7 @@ async fn list_topics(State(s): AppState, headers: HeaderMap) -> ApiResult<Json<V
 
 /// Creates a topic (an existing topic keeps its settings).
 #[utoipa::path(post, path = "/v1/topics", request_body = CreateTopicBody,
-    responses((status = 201, body = TopicJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = TopicJson), (status = 400, body = ErrorBody, description = "malformed JSON, bad name or setting"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn create_topic(
     State(s): AppState,
     headers: HeaderMap,
@@ -1059,11 +1308,11 @@ fn find_topic(s: &Shared, name: &str) -> ApiResult<wharf_broker::TopicInfo> {
 }
 
 /// One topic's settings and offsets.
-#[utoipa::path(get, path = "/v1/topics/{topic}", params(("topic" = String, Path, description = "Topic name")),
-    responses((status = 200, body = TopicJson), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/topics/{topic}", params(TopicPath),
+    responses((status = 200, body = TopicJson), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn describe_topic(
     State(s): AppState,
-    Path(topic): Path<String>,
+    ApiPath(TopicPath { topic }): ApiPath<TopicPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<TopicJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
@@ -1071,11 +1320,11 @@ async fn describe_topic(
 }
 
 /// Deletes a topic, its data and its group positions.
-#[utoipa::path(delete, path = "/v1/topics/{topic}", params(("topic" = String, Path, description = "Topic name")),
-    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/topics/{topic}", params(TopicPath),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn delete_topic(
     State(s): AppState,
-    Path(topic): Path<String>,
+    ApiPath(TopicPath { topic }): ApiPath<TopicPath>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     check(&s, &headers, Right::Admin, &topic)?;
@@ -1113,10 +1362,10 @@ fn group_json(g: wharf_broker::GroupDetail) -> GroupJson {
 /// Consumer groups (with a position since the server started): mode,
 /// members, and per partition the committed offset, end offset, lag and
 /// (stream mode) assigned member.
-#[utoipa::path(get, path = "/v1/groups", params(GroupParams), responses((status = 200, body = Vec<GroupJson>)))]
+#[utoipa::path(get, path = "/v1/groups", params(GroupParams), responses((status = 200, body = Vec<GroupJson>), (status = 400, body = ErrorBody, description = "bad parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right")))]
 async fn list_groups(
     State(s): AppState,
-    Query(p): Query<GroupParams>,
+    ApiQuery(p): ApiQuery<GroupParams>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<GroupJson>>> {
     check_any(&s, &headers, Right::Admin)?;
@@ -1142,12 +1391,12 @@ fn dead_letter_json(p: &wharf_broker::Peeked) -> DeadLetterJson {
 
 /// Dead letters not yet replayed or purged, by partition then offset. Read
 /// from the topic without consuming: listing twice returns the same letters.
-#[utoipa::path(get, path = "/v1/dlq/{topic}", params(("topic" = String, Path, description = "Dead-letter topic, e.g. dlq.orders"), DlqParams),
-    responses((status = 200, body = DlqPageJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dlq/{topic}", params(DlqPath, DlqParams),
+    responses((status = 200, body = DlqPageJson), (status = 400, body = ErrorBody, description = "bad name or cursor"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn dlq_list(
     State(s): AppState,
-    Path(topic): Path<String>,
-    Query(p): Query<DlqParams>,
+    ApiPath(DlqPath { topic }): ApiPath<DlqPath>,
+    ApiQuery(p): ApiQuery<DlqParams>,
     headers: HeaderMap,
 ) -> ApiResult<Json<DlqPageJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
@@ -1164,11 +1413,11 @@ async fn dlq_list(
 }
 
 /// One dead letter (not yet replayed or purged) by message id.
-#[utoipa::path(get, path = "/v1/dlq/{topic}/{id}", params(("topic" = String, Path, description = "Dead-letter topic"), ("id" = String, Path, description = "Message id")),
-    responses((status = 200, body = DeadLetterJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/dlq/{topic}/{id}", params(LetterPath),
+    responses((status = 200, body = DeadLetterJson), (status = 400, body = ErrorBody, description = "bad name or id"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic or dead letter")))]
 async fn dlq_show(
     State(s): AppState,
-    Path((topic, id)): Path<(String, String)>,
+    ApiPath(LetterPath { topic, id }): ApiPath<LetterPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<DeadLetterJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
@@ -1186,11 +1435,12 @@ async fn dlq_show(
 }
 
 /// Moves dead letters back to their original topics: one by `id`, or `all`.
-#[utoipa::path(post, path = "/v1/dlq/{topic}/replay", params(("topic" = String, Path, description = "Dead-letter topic")),
-    request_body = ReplayBody, responses((status = 200, body = CountJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/dlq/{topic}/replay", params(DlqPath),
+    request_body = ReplayBody, responses((status = 200, body = CountJson), (status = 400, body = ErrorBody, description = "malformed JSON, bad name or id"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown topic"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn dlq_replay(
     State(s): AppState,
-    Path(topic): Path<String>,
+    ApiPath(DlqPath { topic }): ApiPath<DlqPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<CountJson>> {
@@ -1209,11 +1459,11 @@ async fn dlq_replay(
 }
 
 /// Discards every dead letter of the topic (they are no longer listed or replayed).
-#[utoipa::path(post, path = "/v1/dlq/{topic}/purge", params(("topic" = String, Path, description = "Dead-letter topic")),
-    responses((status = 200, body = CountJson), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/dlq/{topic}/purge", params(DlqPath),
+    responses((status = 200, body = CountJson), (status = 400, body = ErrorBody, description = "bad name"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn dlq_purge(
     State(s): AppState,
-    Path(topic): Path<String>,
+    ApiPath(DlqPath { topic }): ApiPath<DlqPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<CountJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
