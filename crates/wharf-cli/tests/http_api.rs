@@ -527,6 +527,104 @@ async fn unknown_http_paths_are_404_json_and_unknown_grpc_methods_unimplemented(
     assert_eq!(st, 200);
 }
 
+/// Long-polls `topic` for group `group` and returns how many deliveries came.
+async fn consume_count(c: &reqwest::Client, base: &str, topic: &str, group: &str) -> usize {
+    let (st, r) = post(
+        c,
+        format!("{base}/v1/topics/{topic}/consume?group={group}&max=100&wait_ms=500"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    r["deliveries"].as_array().expect("deliveries").len()
+}
+
+#[tokio::test]
+async fn dlq_routes_act_on_the_dead_letter_topic_never_on_the_topic_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    for i in 0..2 {
+        let (st, r) = post(
+            &c,
+            format!("{base}/v1/topics/http.jobs/messages"),
+            json!({"payload": format!("job {i}")}),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+    }
+    // `jobs` has no dead letters: its own messages are not listed as letters.
+    let page: Value = c
+        .get(format!("{base}/v1/dlq/http.jobs"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["letters"], json!([]), "{page}");
+    // Purge on the topic purges its (empty) dead-letter topic, not the topic.
+    let (st, r) = post(&c, format!("{base}/v1/dlq/http.jobs/purge"), json!({})).await;
+    assert_eq!((st, r["count"].as_u64()), (200, Some(0)), "{r}");
+    assert_eq!(consume_count(&c, &base, "http.jobs", "g").await, 2);
+
+    // A rejected delivery is a letter, listed under both names and purged
+    // for real: neither listed nor replayable afterwards.
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.jobs/messages"),
+        json!({"payload": "poison"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let (_, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.jobs/consume?group=g&wait_ms=2000"),
+        json!({}),
+    )
+    .await;
+    let id = r["deliveries"][0]["delivery_id"]
+        .as_str()
+        .expect("delivery")
+        .to_owned();
+    let (st, _) = post(&c, format!("{base}/v1/deliveries/{id}/reject"), json!({})).await;
+    assert_eq!(st, 204);
+    for name in ["http.jobs", "dlq.http.jobs"] {
+        let page: Value = c
+            .get(format!("{base}/v1/dlq/{name}"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            page["letters"].as_array().map(Vec::len),
+            Some(1),
+            "{name}: {page}"
+        );
+    }
+    let (st, r) = post(&c, format!("{base}/v1/dlq/http.jobs/purge"), json!({})).await;
+    assert_eq!((st, r["count"].as_u64()), (200, Some(1)), "{r}");
+    let page: Value = c
+        .get(format!("{base}/v1/dlq/dlq.http.jobs"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["letters"], json!([]), "{page}");
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/dlq/http.jobs/replay"),
+        json!({"all": true}),
+    )
+    .await;
+    assert_eq!((st, r["count"].as_u64()), (200, Some(0)), "{r}");
+}
+
 #[tokio::test]
 async fn a_json_value_payload_is_stored_as_its_json_text() {
     let dir = tempfile::tempdir().expect("temp dir");

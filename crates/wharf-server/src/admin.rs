@@ -95,6 +95,26 @@ impl TopicSettings {
     }
 }
 
+/// The dead-letter topic an admin request naming `topic` acts on, as
+/// `wharf dlq` maps it: a dead-letter topic (`dlq.<topic>`, or one that a
+/// topic names as its `dead_letter_topic`) is itself; any other topic means
+/// its dead letters: its configured dead-letter topic, else `dlq.<topic>`.
+/// So `/v1/dlq/orders` and `/v1/dlq/dlq.orders` both act on `dlq.orders`,
+/// never on `orders`' own messages.
+pub(crate) fn dlq_topic(broker: &Broker, topic: &str) -> String {
+    if topic.starts_with(wharf_core::name::DEAD_LETTER_PREFIX)
+        || is_dead_letter_topic_of_a_topic(broker, topic)
+    {
+        return topic.to_owned();
+    }
+    broker
+        .topics()
+        .into_iter()
+        .find(|t| t.name == topic)
+        .and_then(|t| t.config.dead_letter_topic)
+        .unwrap_or_else(|| wharf_core::name::dead_letter_topic(topic))
+}
+
 /// Most dead letters one listing returns.
 pub(crate) const DLQ_PAGE_MAX: usize = 10_000;
 
@@ -165,6 +185,10 @@ pub(crate) async fn dlq_purge(broker: &Broker, topic: &str) -> Result<usize, Err
 
 async fn dlq_take(broker: &Broker, topic: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
     if !broker.topics().iter().any(|t| t.name == topic) {
+        // Nothing dead-lettered yet, as in `dlq_page`: nothing to purge.
+        if is_dead_letter_topic_of_a_topic(broker, topic) {
+            return Ok(Vec::new());
+        }
         return Err(Error::UnknownTopic {
             topic: topic.to_owned(),
         });

@@ -525,9 +525,10 @@ impl Wharf for Service {
         req: Request<v1::DlqListRequest>,
     ) -> Result<Response<v1::DlqListResponse>, Status> {
         let r = req.get_ref();
-        self.check(&req, Right::Admin, &r.topic)?;
+        let topic = admin::dlq_topic(&self.shared.broker, &r.topic);
+        self.check(&req, Right::Admin, &topic)?;
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
-        let page = admin::dlq_page(&self.shared.broker, &r.topic, r.cursor.as_deref(), limit)
+        let page = admin::dlq_page(&self.shared.broker, &topic, r.cursor.as_deref(), limit)
             .map_err(|e| status_for(&e))?;
         Ok(Response::new(v1::DlqListResponse {
             messages: page.messages.iter().map(dead_letter_to_proto).collect(),
@@ -540,16 +541,17 @@ impl Wharf for Service {
         req: Request<v1::DlqShowRequest>,
     ) -> Result<Response<v1::DeadLetter>, Status> {
         let r = req.get_ref();
-        self.check(&req, Right::Admin, &r.topic)?;
+        let topic = admin::dlq_topic(&self.shared.broker, &r.topic);
+        self.check(&req, Right::Admin, &topic)?;
         let id = r.id.parse::<MessageId>().map_err(|_| {
             status_for(&Error::InvalidArgument {
                 name: "id",
                 reason: format!("{:?} is not a message id", r.id),
             })
         })?;
-        let found = admin::dlq_find(&self.shared.broker, &r.topic, id)
+        let found = admin::dlq_find(&self.shared.broker, &topic, id)
             .map_err(|e| status_for(&e))?
-            .ok_or_else(|| Status::not_found(format!("no dead letter {id} in {}", r.topic)))?;
+            .ok_or_else(|| Status::not_found(format!("no dead letter {id} in {topic}")))?;
         Ok(Response::new(dead_letter_to_proto(&found)))
     }
 
@@ -558,7 +560,8 @@ impl Wharf for Service {
         req: Request<v1::DlqReplayRequest>,
     ) -> Result<Response<v1::DlqCountResponse>, Status> {
         let r = req.get_ref();
-        self.check(&req, Right::Admin, &r.topic)?;
+        let topic = admin::dlq_topic(&self.shared.broker, &r.topic);
+        self.check(&req, Right::Admin, &topic)?;
         let which = match &r.id {
             None => Redrive::All,
             Some(id) => Redrive::Id(id.parse::<MessageId>().map_err(|_| {
@@ -571,7 +574,7 @@ impl Wharf for Service {
         let n = self
             .shared
             .broker
-            .redrive(&r.topic, which)
+            .redrive(&topic, which)
             .await
             .map_err(|e| status_for(&e))?;
         Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))
@@ -581,7 +584,7 @@ impl Wharf for Service {
         &self,
         req: Request<v1::TopicName>,
     ) -> Result<Response<v1::DlqCountResponse>, Status> {
-        let name = req.get_ref().name.clone();
+        let name = admin::dlq_topic(&self.shared.broker, &req.get_ref().name);
         self.check(&req, Right::Admin, &name)?;
         let n = admin::dlq_purge(&self.shared.broker, &name)
             .await

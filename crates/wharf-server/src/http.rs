@@ -1399,6 +1399,7 @@ async fn dlq_list(
     ApiQuery(p): ApiQuery<DlqParams>,
     headers: HeaderMap,
 ) -> ApiResult<Json<DlqPageJson>> {
+    let topic = admin::dlq_topic(&s.broker, &topic);
     check(&s, &headers, Right::Admin, &topic)?;
     let page = admin::dlq_page(
         &s.broker,
@@ -1420,6 +1421,7 @@ async fn dlq_show(
     ApiPath(LetterPath { topic, id }): ApiPath<LetterPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<DeadLetterJson>> {
+    let topic = admin::dlq_topic(&s.broker, &topic);
     check(&s, &headers, Right::Admin, &topic)?;
     let mid = id
         .parse::<MessageId>()
@@ -1444,6 +1446,7 @@ async fn dlq_replay(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<CountJson>> {
+    let topic = admin::dlq_topic(&s.broker, &topic);
     check(&s, &headers, Right::Admin, &topic)?;
     let b: ReplayBody = parse_json(&body_bytes(&s, body)?)?;
     let which = match (b.id, b.all) {
@@ -1466,6 +1469,7 @@ async fn dlq_purge(
     ApiPath(DlqPath { topic }): ApiPath<DlqPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<CountJson>> {
+    let topic = admin::dlq_topic(&s.broker, &topic);
     check(&s, &headers, Right::Admin, &topic)?;
     let n = admin::dlq_purge(&s.broker, &topic).await?;
     Ok(Json(CountJson { count: n as u64 }))
