@@ -106,16 +106,16 @@ enum Command {
     /// Publish MESSAGE, or one message per line of standard input.
     Pub {
         #[command(flatten)]
-        client: ClientArgs,
-        #[command(flatten)]
         args: pubsub::PubArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Subscribe and print messages (acking each once printed).
     Sub {
         #[command(flatten)]
-        client: ClientArgs,
-        #[command(flatten)]
         args: pubsub::SubArgs,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Consumer groups and their lag.
     Group {
@@ -134,9 +134,9 @@ enum Command {
     /// Publish/consume load test; prints throughput and latency percentiles.
     Bench {
         #[command(flatten)]
-        auth: AuthArgs,
-        #[command(flatten)]
         args: bench::BenchArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
 }
 

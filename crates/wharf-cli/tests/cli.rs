@@ -460,6 +460,13 @@ fn client_options_are_offered_by_client_commands_and_not_by_serve() {
     for opt in ["--url", "--token", "--ca-cert", "--json"] {
         assert!(create.contains(opt), "topic create --help lacks {opt}");
     }
+    // A command's own options are not filed under the connection heading.
+    let publish = common::ok(&offline(&["pub", "--help"]));
+    let (own, connection) = publish
+        .split_once("Server connection:")
+        .expect("a connection heading");
+    assert!(own.contains("--key"), "{publish}");
+    assert!(!connection.contains("--key"), "{publish}");
 }
 
 /// The standard error of a failed command, asserting it failed.
