@@ -79,6 +79,9 @@ struct PartState {
     /// Delays and attempt counts restored from the metadata:
     /// offset → (not-before ms, attempts).
     restored: U64Map<(u64, u32)>,
+    /// Whether this partition's first delivery since the broker opened was
+    /// made (see [`Taken::persist_first`]).
+    first_taken: bool,
 }
 
 /// Ready offsets, highest priority then lowest offset first. Entries are
@@ -447,6 +450,12 @@ pub(crate) struct Taken {
     pub lease: u64,
     pub attempt: u32,
     pub msg: Message,
+    /// The partition's first delivery since the broker opened, under a
+    /// `max_deliveries` policy: its attempt is committed before the
+    /// application gets it. A message that crashes its consumer process
+    /// at once is the first one of its partition the next process is
+    /// given, so its attempts are counted however quickly it kills.
+    pub persist_first: bool,
 }
 
 /// A message to copy to its dead-letter topic before it is settled.
@@ -911,12 +920,15 @@ impl GroupTopic {
                     part.leases.insert((d, off));
                 }
                 taken += 1;
+                let persist_first = policy.max_deliveries.is_some() && !part.first_taken;
+                part.first_taken = true;
                 out(Taken {
                     partition: pid,
                     offset: off,
                     lease,
                     attempt: p.attempts,
                     msg,
+                    persist_first,
                 });
             }
             if let Some(w) = part.next_wake() {

@@ -51,10 +51,13 @@
 //!   committed with the positions: a message a consumer held (had been
 //!   handed) at a crash counts that attempt as failed, so one that keeps
 //!   crashing its consumer process reaches `max_deliveries` and the
-//!   dead-letter topic. An attempt younger than the commit interval at the
-//!   crash may go uncounted (at most one per crash: a later attempt is
-//!   counted once the consumer outlives a commit); deliveries still unseen
-//!   in a subscription's buffer are never charged.
+//!   dead-letter topic. Under a `max_deliveries` policy a partition's first
+//!   delivery after the broker opens is committed before it is handed out,
+//!   so a message that kills its consumer at once — the first one the next
+//!   process is given — is counted every time; other deliveries are counted
+//!   by the periodic commit, so one that kills its consumer within a commit
+//!   interval of receiving it mid-stream goes uncounted that once.
+//!   Deliveries still unseen in a subscription's buffer are never charged.
 
 #![warn(missing_docs)]
 

@@ -338,6 +338,10 @@ pub(crate) struct BrokerStream {
     /// Deliveries taken but not handed out yet, with their lease ids (in
     /// increasing order).
     buf: VecDeque<(u64, Delivery)>,
+    /// The lease of a buffered delivery to commit before handing it out
+    /// (see [`Taken::persist_first`](crate::group::Taken)), at most one
+    /// per partition and broker life.
+    persist_first: Vec<u64>,
     rr: usize,
     dead: Vec<DeadLetter>,
 }
@@ -355,6 +359,7 @@ impl BrokerStream {
             shared,
             acker,
             buf: VecDeque::new(),
+            persist_first: Vec::new(),
             rr: 0,
             dead: Vec::new(),
         }
@@ -367,9 +372,50 @@ impl BrokerStream {
     /// Gives back what the buffer holds: never handed out, so no attempt
     /// is counted for it.
     fn return_unseen(&mut self) {
+        self.persist_first.clear();
         for (_, d) in self.buf.drain(..) {
             d.release_unseen();
         }
+    }
+
+    fn front_needs_persist(&self) -> bool {
+        !self.persist_first.is_empty()
+            && self
+                .buf
+                .front()
+                .is_some_and(|(l, _)| self.persist_first.contains(l))
+    }
+
+    /// Commits the attempt of the front delivery before it is handed out,
+    /// if it must be (counted as handed: a crash from now on is a failed
+    /// attempt of it). Cancel safe: the delivery stays buffered until the
+    /// commit is done.
+    async fn persist_front(&mut self) {
+        if !self.front_needs_persist() {
+            return;
+        }
+        let Some(&(lease, _)) = self.buf.front() else {
+            return;
+        };
+        self.shared.member.handed.store(lease, Ordering::Release);
+        for b in self
+            .shared
+            .bindings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            b.gt.mark_dirty();
+        }
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || inner.commit(false)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "committing a delivery attempt failed; delivering it anyway")
+            }
+            Err(e) => tracing::warn!(error = %e, "commit task failed"),
+        }
+        self.persist_first.retain(|&l| l != lease);
     }
 
     /// The next buffered delivery, now handed to the application.
@@ -436,6 +482,7 @@ impl BrokerStream {
             let topic = gt.topic.name_arc();
             let acker = &self.acker;
             let buf = &mut self.buf;
+            let persist_first = &mut self.persist_first;
             let mut count = 0;
             let w = gt.take(
                 self.shared.id,
@@ -459,6 +506,9 @@ impl BrokerStream {
                         offset: Some(t.offset),
                         attempt: t.attempt,
                     };
+                    if t.persist_first {
+                        persist_first.push(t.lease);
+                    }
                     let acker: Arc<dyn Acker> = acker.clone();
                     buf.push_back((t.lease, Delivery::new(t.msg, info, acker, t.lease)));
                 },
@@ -492,6 +542,7 @@ impl DeliveryStream for BrokerStream {
                 self.return_unseen();
                 return None;
             }
+            self.persist_front().await;
             if let Some(d) = self.pop() {
                 return Some(Ok(d));
             }
@@ -523,6 +574,10 @@ impl DeliveryStream for BrokerStream {
             if let Err(e) = self.fill() {
                 return Some(Err(e));
             }
+        }
+        if self.front_needs_persist() {
+            // Handed out by `next`, which can wait for the commit.
+            return None;
         }
         self.pop().map(Ok)
     }

@@ -6,11 +6,11 @@
 //! messages that sat unseen in the dying consumer's buffer are not charged
 //! for its deaths.
 //!
-//! Attempt counts are persisted with the group's periodic commit, so the
-//! consumer here dies a few commit intervals after it received the message
-//! (a consumer that dies sooner may not have that attempt counted; see the
-//! README's semantics). Runs without the libtest harness so the child can be
-//! the same executable.
+//! Two consumers: one that works on the message for a few commit intervals
+//! before it dies (counted by the group's periodic commit), and one that
+//! dies the instant it gets it (counted because a partition's first
+//! delivery after a start is committed before it is handed out). Runs
+//! without the libtest harness so the child can be the same executable.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -23,6 +23,7 @@ use wharf_core::{
 };
 
 const CHILD_DIR: &str = "WHARF_BROKER_POISON_DIR";
+const CHILD_DELAY: &str = "WHARF_BROKER_POISON_DELAY_MS";
 const TOPIC: &str = "poison.orders";
 const MAX_DELIVERIES: u32 = 3;
 const COMMIT: Duration = Duration::from_millis(50);
@@ -39,9 +40,9 @@ async fn open(dir: &Path) -> Broker {
     panic!("open broker: {last:?}");
 }
 
-/// The consumer: acks everything but `poison`, on which it works for a
-/// while and then aborts. Exits normally once nothing has come for a second.
-async fn child(dir: String) {
+/// The consumer: acks everything but `poison`, on which it works for
+/// `delay` and then aborts. Exits normally once nothing has come for a second.
+async fn child(dir: String, delay: Duration) {
     let b = open(Path::new(&dir)).await;
     let mut sub = b
         .subscribe(
@@ -57,7 +58,7 @@ async fn child(dir: String) {
         let payload = String::from_utf8_lossy(d.message().payload()).into_owned();
         println!("got {payload} attempt {}", d.info().attempt);
         if payload == "poison" {
-            tokio::time::sleep(COMMIT * 6).await;
+            tokio::time::sleep(delay).await;
             std::process::abort();
         }
         d.ack().await.expect("ack");
@@ -73,16 +74,30 @@ fn main() {
         .build()
         .expect("runtime");
     if let Ok(dir) = std::env::var(CHILD_DIR) {
-        rt.block_on(child(dir));
+        let ms: u64 = std::env::var(CHILD_DELAY)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        rt.block_on(child(dir, Duration::from_millis(ms)));
         return;
     }
+    // Dies a few commit intervals after receiving it, behind a message
+    // that is handled fine.
+    let slow = poison_pill(&rt, COMMIT * 6, &["before", "poison", "after-1", "after-2"]);
+    // Dies at once; the poison is the first message of its partition.
+    let instant = poison_pill(&rt, Duration::ZERO, &["poison", "after-1", "after-2"]);
+    println!("poison: the message reached the DLQ after {slow} and {instant} consumer deaths");
+    println!("2 passed, 0 failed");
+}
+
+/// Publishes `payloads`, runs consumers that abort `delay` after receiving
+/// `poison` until one exits normally, and checks the outcome; returns the
+/// number of consumer deaths.
+fn poison_pill(rt: &tokio::runtime::Runtime, delay: Duration, payloads: &[&'static str]) -> u32 {
     let dir = tempfile::tempdir().expect("temp dir");
     rt.block_on(async {
         let b = open(dir.path()).await;
-        let msgs = ["before", "poison", "after-1", "after-2"]
-            .into_iter()
-            .map(Message::new)
-            .collect();
+        let msgs = payloads.iter().map(|&p| Message::new(p)).collect();
         b.publish_batch(TOPIC, msgs).await.expect("publish");
         b.close().await.expect("close");
     });
@@ -92,6 +107,7 @@ fn main() {
     loop {
         let out = Command::new(&exe)
             .env(CHILD_DIR, dir.path())
+            .env(CHILD_DELAY, delay.as_millis().to_string())
             .output()
             .expect("run consumer");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -128,7 +144,7 @@ fn main() {
         want.iter().collect::<Vec<_>>(),
         "attempts count across deaths"
     );
-    for m in ["before", "after-1", "after-2"] {
+    for &m in payloads.iter().filter(|&&p| p != "poison") {
         let got: Vec<&String> = seen
             .iter()
             .filter(|l| l.starts_with(&format!("got {m} ")))
@@ -169,6 +185,5 @@ fn main() {
         drop(dlq);
         b.close().await.expect("close");
     });
-    println!("poison: the message reached the DLQ after {deaths} consumer deaths");
-    println!("1 passed, 0 failed");
+    deaths
 }
