@@ -3,7 +3,23 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::factory().await {
-    Some(factory) => factory,
-    None => return,
-});
+wharf_testkit::conformance_tests!(
+    match service::factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    capabilities: [
+        Persistence,
+        OrderingPerKey,
+        ConsumerGroups,
+        NackWithDelay,
+        DelayedPublish,
+        Priorities,
+        Ttl,
+        Wildcards,
+        DeadLetter,
+        MaxDeliveries,
+        Retention,
+        Redelivery,
+    ]
+);

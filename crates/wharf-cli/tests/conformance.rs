@@ -41,4 +41,26 @@ impl wharf_testkit::BackendFactory for Factory {
     }
 }
 
-wharf_testkit::conformance_tests!(Factory::new());
+wharf_testkit::conformance_tests!(
+    Factory::new(),
+    capabilities: [
+        Persistence,
+        OrderingPerKey,
+        ConsumerGroups,
+        NackWithDelay,
+        VisibilityTimeout,
+        ExtendLease,
+        DelayedPublish,
+        Priorities,
+        Ttl,
+        Dedup,
+        ReplayFromOffset,
+        ReplayFromTime,
+        Wildcards,
+        DeadLetter,
+        MaxDeliveries,
+        PartitionAssignment,
+        Retention,
+        Redelivery,
+    ]
+);

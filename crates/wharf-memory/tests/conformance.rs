@@ -12,4 +12,24 @@ impl wharf_testkit::BackendFactory for Factory {
     }
 }
 
-wharf_testkit::conformance_tests!(Factory);
+wharf_testkit::conformance_tests!(
+    Factory,
+    capabilities: [
+        OrderingPerKey,
+        ConsumerGroups,
+        NackWithDelay,
+        VisibilityTimeout,
+        ExtendLease,
+        DelayedPublish,
+        Ttl,
+        ReplayFromOffset,
+        ReplayFromTime,
+        Wildcards,
+        DeadLetter,
+        MaxDeliveries,
+        Backpressure,
+        PartitionAssignment,
+        Retention,
+        Redelivery,
+    ]
+);

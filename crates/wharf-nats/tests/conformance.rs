@@ -3,7 +3,24 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::factory().await {
-    Some(factory) => factory,
-    None => return,
-});
+wharf_testkit::conformance_tests!(
+    match service::factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    capabilities: [
+        Persistence,
+        ConsumerGroups,
+        NackWithDelay,
+        VisibilityTimeout,
+        ExtendLease,
+        Ttl,
+        Dedup,
+        ReplayFromOffset,
+        Wildcards,
+        DeadLetter,
+        MaxDeliveries,
+        Retention,
+        Redelivery,
+    ]
+);

@@ -5,7 +5,14 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::core_factory().await {
-    Some(factory) => factory,
-    None => return,
-});
+wharf_testkit::conformance_tests!(
+    match service::core_factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    capabilities: [
+        ConsumerGroups,
+        OrderingPerKey,
+        Wildcards,
+    ]
+);

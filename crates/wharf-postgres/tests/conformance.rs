@@ -3,7 +3,28 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::factory().await {
-    Some(factory) => factory,
-    None => return,
-});
+wharf_testkit::conformance_tests!(
+    match service::factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    capabilities: [
+        Persistence,
+        OrderingPerKey,
+        ConsumerGroups,
+        NackWithDelay,
+        VisibilityTimeout,
+        ExtendLease,
+        DelayedPublish,
+        Priorities,
+        Ttl,
+        Dedup,
+        ReplayFromOffset,
+        ReplayFromTime,
+        Wildcards,
+        DeadLetter,
+        MaxDeliveries,
+        Retention,
+        Redelivery,
+    ]
+);

@@ -6,7 +6,13 @@
 
 mod service;
 
-wharf_testkit::conformance_tests!(match service::pubsub_factory().await {
-    Some(factory) => factory,
-    None => return,
-});
+wharf_testkit::conformance_tests!(
+    match service::pubsub_factory().await {
+        Some(factory) => factory,
+        None => return,
+    },
+    capabilities: [
+        OrderingPerKey,
+        Wildcards,
+    ]
+);

@@ -5,7 +5,11 @@
 //! `#[tokio::test]` per case in [`cases`]. Each case first checks the
 //! capabilities it needs against [`wharf_core::Backend::capabilities`] and,
 //! if one is missing, prints `SKIPPED <case>: backend lacks <capability>` and
-//! returns, so a backend is held to exactly what it declares.
+//! returns, so a backend is held to exactly what it declares. What it
+//! declares is pinned in turn: the macro takes the backend's exact capability
+//! set and generates `declares_exactly_the_pinned_capabilities`, so dropping
+//! (or adding) a capability fails a test instead of silently turning cases
+//! into passing skips.
 //!
 //! ```ignore
 //! // crates/wharf-memory/tests/conformance.rs
@@ -16,7 +20,7 @@
 //!         std::sync::Arc::new(wharf_memory::MemoryBackend::new())
 //!     }
 //! }
-//! wharf_testkit::conformance_tests!(Factory);
+//! wharf_testkit::conformance_tests!(Factory, capabilities: [ConsumerGroups, Wildcards]);
 //! ```
 //!
 //! Cases use real time (they must work against remote servers): waits for
@@ -35,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use wharf_core::{Backend, Delivery, Subscription};
+use wharf_core::{Backend, Capabilities, Capability, Delivery, Subscription};
 
 pub mod cases;
 pub mod dead_letter;
@@ -102,14 +106,47 @@ pub async fn expect_quiet(sub: &mut Subscription, window: Duration, what: &str) 
     }
 }
 
+/// Panics unless the backend `f` opens declares exactly `pinned`, naming
+/// what was added and what was dropped. [`conformance_tests!`] runs it as
+/// `declares_exactly_the_pinned_capabilities`.
+pub async fn assert_capabilities_pinned<F: BackendFactory>(f: &F, pinned: &[Capability]) {
+    let backend = f.open().await;
+    let declared = backend.capabilities();
+    let pinned: Capabilities = pinned.iter().copied().collect();
+    let added: Vec<Capability> = declared.iter().filter(|c| !pinned.contains(*c)).collect();
+    let dropped: Vec<Capability> = pinned.iter().filter(|c| !declared.contains(*c)).collect();
+    assert!(
+        added.is_empty() && dropped.is_empty(),
+        "the backend declares {declared:?}, its test pins {pinned:?}: declared but not pinned \
+         {added:?}, pinned but no longer declared {dropped:?} (change the pin only together \
+         with the backend's docs)"
+    );
+}
+
+#[doc(hidden)]
+pub mod __macro_support {
+    pub use wharf_core::Capability;
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each opening a
-/// backend from a fresh `$factory` value.
+/// backend from a fresh `$factory` value, plus
+/// `declares_exactly_the_pinned_capabilities`, which fails unless the
+/// backend declares exactly the listed [`Capability`] variants.
 ///
 /// `$factory` is an expression evaluated once per case (e.g. a struct
 /// literal or a constructor call) whose type implements [`BackendFactory`].
 #[macro_export]
 macro_rules! conformance_tests {
-    ($factory:expr) => {
+    ($factory:expr, capabilities: [$($cap:ident),* $(,)?] $(,)?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn declares_exactly_the_pinned_capabilities() {
+            let factory = $factory;
+            $crate::assert_capabilities_pinned(
+                &factory,
+                &[$($crate::__macro_support::Capability::$cap),*],
+            )
+            .await;
+        }
         $crate::conformance_tests!(@cases $factory;
             round_trip_preserves_id_key_headers_and_payload,
             batch_publish_is_delivered_in_order,
