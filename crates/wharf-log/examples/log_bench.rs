@@ -32,6 +32,7 @@ fn config(durability: Durability) -> LogConfig {
 /// CPU time (user + system) used by this process so far, in seconds. On a
 /// shared 2-core machine "records per CPU-second" is far steadier than
 /// records per wall-clock second.
+#[allow(unsafe_code)] // audited: one libc call, see SAFETY
 fn cpu_secs() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a full `rusage` into the pointer we pass.
@@ -255,6 +256,7 @@ fn scenario_c(root: &Path) -> (f64, f64, f64) {
 /// Evicts this log's files from the page cache (POSIX_FADV_DONTNEED on
 /// each file, after syncing it) so the next open reads from the device;
 /// other processes' cached data is untouched.
+#[allow(unsafe_code)] // audited: an advisory libc call, see SAFETY
 fn evict(dir: &Path) {
     for e in std::fs::read_dir(dir).expect("list").flatten() {
         let f = std::fs::File::open(e.path()).expect("open for evict");

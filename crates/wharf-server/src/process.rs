@@ -28,6 +28,7 @@ pub fn usage() -> Usage {
 
 /// User plus system CPU time of the whole process (`getrusage`).
 #[cfg(unix)]
+#[allow(unsafe_code)] // audited: one libc call, see SAFETY
 pub fn cpu_time() -> Option<Duration> {
     // SAFETY: `getrusage` only writes the struct it is given, which is
     // plain data and fully initialized by a zeroed value.
@@ -50,6 +51,7 @@ pub fn cpu_time() -> Option<Duration> {
 
 /// Resident set size (`/proc/self/statm`).
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // audited: one libc call, see SAFETY
 pub fn resident_bytes() -> Option<u64> {
     // statm: size resident shared text lib data dt, in pages.
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
