@@ -1,6 +1,8 @@
 //! Criterion benches of the broker's hot paths: batched publish, and
 //! publish→consume→ack end to end, both for 100 B messages with durability
-//! `Never` (no fsync, so the broker's own cost is what is measured).
+//! `Never` (no fsync, so the broker's own cost is what is measured) and the
+//! other topic defaults (the 120 s dedup window); batched publish also with
+//! dedup off, labelled, beside it.
 //! `broker_bench` (examples/) prints the same paths as ratios of the bare log.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -17,17 +19,13 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn broker(rt: &tokio::runtime::Runtime) -> Broker {
-    rt.block_on(
-        Broker::builder()
-            .default_topic(
-                TopicConfig::default()
-                    .durability(Durability::Never)
-                    .dedup_window(None),
-            )
-            .temporary(),
-    )
-    .expect("broker")
+fn broker(rt: &tokio::runtime::Runtime, dedup: bool) -> Broker {
+    let mut cfg = TopicConfig::default().durability(Durability::Never);
+    if !dedup {
+        cfg = cfg.dedup_window(None);
+    }
+    rt.block_on(Broker::builder().default_topic(cfg).temporary())
+        .expect("broker")
 }
 
 fn batch() -> Vec<Message> {
@@ -36,25 +34,30 @@ fn batch() -> Vec<Message> {
 
 fn publish(c: &mut Criterion) {
     let rt = rt();
-    let b = broker(&rt);
     let mut g = c.benchmark_group("broker");
     g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("publish_batch_1000x100B", |bench| {
-        bench.to_async(&rt).iter_batched(
-            batch,
-            |msgs| {
-                let b = b.clone();
-                async move { b.publish_batch("bench.pub", msgs).await.expect("publish") }
-            },
-            BatchSize::SmallInput,
-        );
-    });
+    for (name, dedup) in [
+        ("publish_batch_1000x100B", true),
+        ("publish_batch_1000x100B_dedup_off", false),
+    ] {
+        let b = broker(&rt, dedup);
+        g.bench_function(name, |bench| {
+            bench.to_async(&rt).iter_batched(
+                batch,
+                |msgs| {
+                    let b = b.clone();
+                    async move { b.publish_batch("bench.pub", msgs).await.expect("publish") }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
     g.finish();
 }
 
 fn end_to_end(c: &mut Criterion) {
     let rt = rt();
-    let b = broker(&rt);
+    let b = broker(&rt, true);
     let mut sub = rt
         .block_on(
             b.subscribe(

@@ -2,15 +2,19 @@
 //!
 //! `cargo run --release -p wharf-broker --example broker_bench [-- N [BACKLOG]]`
 //!
-//! Prints, for 100 B messages with durability `Never`:
+//! Prints, for 100 B messages with durability `Never` (so the broker's own
+//! cost is measured, not the disk's) and otherwise the topic defaults a user
+//! gets — in particular the 120 s dedup window:
 //! 1. the bare `wharf-log`: append in batches of 1,000, then read and decode everything;
 //! 2. broker publish→consume end to end (batched publish, queue-mode group,
 //!    `next_batch`, the batch acknowledged with an `AckBatch`), as a ratio of (1);
 //! 3. the same in stream mode, and queue mode with one `ack().await` per
 //!    message;
-//! 4. with BACKLOG > 0: RSS while a group starts consuming a backlog of BACKLOG messages.
+//! 4. queue mode again with dedup off (labelled), so the dedup window's cost
+//!    reads as a ratio from the same run;
+//! 5. with BACKLOG > 0: RSS while a group starts consuming a backlog of BACKLOG messages.
 //!
-//! `WHARF_BENCH_ONLY=log|queue|stream|per-message` runs one part alone, for
+//! `WHARF_BENCH_ONLY=log|queue|stream|per-message|queue-dedup-off` runs one part alone, for
 //! counting instructions per message with
 //! `valgrind --tool=callgrind target/release/examples/broker_bench 200000`.
 
@@ -71,13 +75,20 @@ fn bare_log(n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn broker_e2e(n: usize, mode: GroupMode, batch_ack: bool) -> f64 {
+/// The topic configuration of every broker run: the defaults, but no fsync;
+/// `dedup: false` turns the (default 120 s) dedup window off.
+fn topic_config(dedup: bool) -> TopicConfig {
+    let cfg = TopicConfig::default().durability(Durability::Never);
+    if dedup {
+        cfg
+    } else {
+        cfg.dedup_window(None)
+    }
+}
+
+async fn broker_e2e(n: usize, mode: GroupMode, batch_ack: bool, dedup: bool) -> f64 {
     let b = Broker::builder()
-        .default_topic(
-            TopicConfig::default()
-                .durability(Durability::Never)
-                .dedup_window(None),
-        )
+        .default_topic(topic_config(dedup))
         .temporary()
         .await
         .expect("broker");
@@ -135,11 +146,7 @@ async fn broker_e2e(n: usize, mode: GroupMode, batch_ack: bool) -> f64 {
 
 async fn backlog_rss(n: usize) -> (f64, f64) {
     let b = Broker::builder()
-        .default_topic(
-            TopicConfig::default()
-                .durability(Durability::Never)
-                .dedup_window(None),
-        )
+        .default_topic(topic_config(true))
         .temporary()
         .await
         .expect("broker");
@@ -183,10 +190,13 @@ async fn main() {
             "log" => tokio::task::spawn_blocking(move || bare_log(n))
                 .await
                 .expect("bare log"),
-            "queue" => broker_e2e(n, GroupMode::Queue, true).await,
-            "stream" => broker_e2e(n, GroupMode::Stream, true).await,
-            "per-message" => broker_e2e(n, GroupMode::Queue, false).await,
-            other => panic!("WHARF_BENCH_ONLY={other}: expected log, queue, stream or per-message"),
+            "queue" => broker_e2e(n, GroupMode::Queue, true, true).await,
+            "stream" => broker_e2e(n, GroupMode::Stream, true, true).await,
+            "per-message" => broker_e2e(n, GroupMode::Queue, false, true).await,
+            "queue-dedup-off" => broker_e2e(n, GroupMode::Queue, true, false).await,
+            other => panic!(
+                "WHARF_BENCH_ONLY={other}: expected log, queue, stream, per-message or queue-dedup-off"
+            ),
         };
         println!("{only}: {rate:.0} msgs/s");
         return;
@@ -194,10 +204,14 @@ async fn main() {
     let log = tokio::task::spawn_blocking(move || bare_log(n))
         .await
         .expect("bare log");
-    let queue = broker_e2e(n, GroupMode::Queue, true).await;
-    let stream = broker_e2e(n, GroupMode::Stream, true).await;
-    let per_message = broker_e2e(n, GroupMode::Queue, false).await;
-    println!("messages: {n} x 100 B, durability Never, publish batches of {BATCH}");
+    let queue = broker_e2e(n, GroupMode::Queue, true, true).await;
+    let stream = broker_e2e(n, GroupMode::Stream, true, true).await;
+    let per_message = broker_e2e(n, GroupMode::Queue, false, true).await;
+    let no_dedup = broker_e2e(n, GroupMode::Queue, true, false).await;
+    println!(
+        "messages: {n} x 100 B, durability Never, publish batches of {BATCH}, \
+         topic defaults (dedup window 120 s) unless labelled"
+    );
     println!("bare log append+read:               {:>12.0} msgs/s", log);
     println!(
         "broker publish->consume, queue:     {:>12.0} msgs/s  ({:.0}% of bare log)",
@@ -213,6 +227,12 @@ async fn main() {
         "broker, queue, one ack per message: {:>12.0} msgs/s  ({:.0}% of bare log)",
         per_message,
         100.0 * per_message / log
+    );
+    println!(
+        "broker, queue, dedup off:           {:>12.0} msgs/s  ({:.0}% of bare log, {:.2}x the default)",
+        no_dedup,
+        100.0 * no_dedup / log,
+        no_dedup / queue
     );
     if backlog > 0 {
         let (a, c) = backlog_rss(backlog).await;

@@ -22,6 +22,10 @@ pub(crate) enum Workload {
     Publish,
     /// Publish at --rate msgs/s while consuming; publish→consume latency.
     Latency,
+    /// Drain a backlog of --count messages (published first, not measured)
+    /// with a consumer group of --consumers members taking batches of up to
+    /// --batch and acknowledging each batch with one batch ack.
+    Consume,
 }
 
 #[derive(Args)]
@@ -50,7 +54,7 @@ pub(crate) struct BenchArgs {
     /// Concurrent publishers.
     #[arg(long, default_value_t = 4)]
     producers: usize,
-    /// Concurrent consumers (latency workload).
+    /// Concurrent consumers (latency and consume workloads).
     #[arg(long, default_value_t = 1)]
     consumers: usize,
     /// Target publish rate for the latency workload (msgs/s).
@@ -59,9 +63,10 @@ pub(crate) struct BenchArgs {
     /// Topic durability: always | never | interval:MS.
     #[arg(long, default_value = "always")]
     durability: String,
-    /// Dedup window of the benchmark topic in ms (0 = off, the default).
-    #[arg(long, default_value_t = 0)]
-    dedup_window_ms: u64,
+    /// Dedup window of the benchmark topic in ms; 0 turns dedup off. Default:
+    /// the topic default a user gets (120 s), so headline figures include it.
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
@@ -107,6 +112,9 @@ struct Target {
     _dir: Option<tempfile_dir::Dir>,
     /// What the backend's acknowledgement means, for adapters.
     durability: Option<&'static str>,
+    /// The benchmark topic's dedup window as the broker or server reports
+    /// it after creating the topic (0 = off; `None` for adapters).
+    dedup_window_ms: Option<u64>,
     /// The server that holds the benchmark topic (deleted after the run).
     server: Option<wharf_client::RawClient>,
     #[cfg(feature = "adapters")]
@@ -130,16 +138,24 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    let cfg = TopicConfig::default()
+    let mut cfg = TopicConfig::default()
         .partitions(a.partitions)
-        .durability(durability(&a.durability)?)
-        .dedup_window((a.dedup_window_ms > 0).then(|| Duration::from_millis(a.dedup_window_ms)));
+        .durability(durability(&a.durability)?);
+    if let Some(ms) = a.dedup_window_ms {
+        cfg = cfg.dedup_window((ms > 0).then(|| Duration::from_millis(ms)));
+    }
     if spec == "embedded" {
         let dir =
             std::env::temp_dir().join(format!("wharf-bench-{}-{}", std::process::id(), topic));
         let broker = Broker::open(&dir).await?;
         broker.create_topic(&topic, cfg).await?;
+        let dedup_window_ms = broker
+            .topics()
+            .into_iter()
+            .find(|i| i.name == topic)
+            .map(|i| i.config.dedup_window_ms.unwrap_or(0));
         return Ok(Target {
+            dedup_window_ms,
             label: "embedded".into(),
             backend: Arc::new(broker),
             topic,
@@ -159,6 +175,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
             topic,
             _dir: None,
             durability: Some(durability),
+            dedup_window_ms: None,
             server: None,
             cleanup: Some(cleanup),
         });
@@ -181,18 +198,20 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     let client = wharf_client::Client::connect_with(spec, conn.token.as_deref(), ca.as_deref())
         .await
         .map_err(|e| crate::connect_error(spec, e))?;
-    client
+    let created = client
         .raw()
         .create_topic(v1::CreateTopicRequest {
             name: topic.clone(),
             partitions: Some(a.partitions),
             durability: Some(a.durability.clone()),
-            dedup_window_ms: Some(a.dedup_window_ms),
+            dedup_window_ms: a.dedup_window_ms,
             ..Default::default()
         })
         .await
-        .map_err(crate::admin::status_err)?;
+        .map_err(crate::admin::status_err)?
+        .into_inner();
     Ok(Target {
+        dedup_window_ms: created.config.map(|c| c.dedup_window_ms.unwrap_or(0)),
         label: spec.to_owned(),
         server: Some(client.raw()),
         backend: Arc::new(client),
@@ -341,6 +360,87 @@ async fn publish_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         "msgs_per_sec": total as f64 / secs,
         "mb_per_sec": (total as f64 * a.size as f64) / secs / 1e6,
         "batch_latency_ms": {"p50": pct(&h, 0.5), "p99": pct(&h, 0.99), "p999": pct(&h, 0.999), "max": h.max() as f64 / 1000.0},
+    }))
+}
+
+/// The consume workload: `--count` messages published first (not measured,
+/// by the same producers as the publish load), then drained by a group of
+/// `--consumers` members, each taking batches of up to `--batch` with
+/// `next_batch` and acknowledging every batch with one `AckBatch` — the way
+/// a consumer catching up on a backlog runs.
+async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let producers = a.producers.max(1) as u64;
+    let per = a.count / producers;
+    let total = per * producers;
+    let done = Arc::new(AtomicU64::new(0));
+    produce(t, a, per, &done).await?;
+    let group = format!("bench-consume-{}", std::process::id());
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    for _ in 0..a.consumers.max(1) {
+        subs.push(
+            t.backend
+                .subscribe(
+                    SubscribeOptions::new(t.topic.clone())
+                        .group(group.clone())
+                        .start(StartPosition::Earliest)
+                        .max_in_flight(a.batch.max(1) * 4),
+                )
+                .await?,
+        );
+    }
+    let cpu = CpuMeter::start(t).await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut sub in subs {
+        let (taken, batch) = (taken.clone(), a.batch.max(1));
+        tasks.spawn(async move {
+            let mut buf = Vec::with_capacity(batch);
+            let mut acks = AckBatch::new();
+            while taken.load(Ordering::Relaxed) < total {
+                buf.clear();
+                let got = sub.next_batch(batch, &mut buf).await?;
+                if got == 0 {
+                    anyhow::bail!(
+                        "the subscription ended after {} messages",
+                        taken.load(Ordering::Relaxed)
+                    );
+                }
+                for d in buf.drain(..) {
+                    acks.push(d);
+                }
+                let failed = acks.flush().await;
+                anyhow::ensure!(failed.is_empty(), "{} acks failed", failed.len());
+                taken.fetch_add(got as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+    }
+    // The member that acknowledges the last message ends; the others are
+    // waiting for more and are stopped (nothing of theirs is unsettled).
+    let mut stopping = false;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(r) => r?,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !stopping && taken.load(Ordering::Relaxed) >= total {
+            stopping = true;
+            tasks.abort_all();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let consumed = taken.load(Ordering::Relaxed);
+    let cpu = cpu.finish(t, consumed).await;
+    Ok(json!({
+        "cpu": cpu,
+        "backend": t.label,
+        "workload": "consume",
+        "messages": consumed,
+        "seconds": secs,
+        "msgs_per_sec": consumed as f64 / secs,
+        "mb_per_sec": (consumed as f64 * a.size as f64) / secs / 1e6,
     }))
 }
 
@@ -518,6 +618,25 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     Ok(out)
 }
 
+/// Prints a result's CPU per message, when every process doing the work was counted.
+fn cpu_line(r: &serde_json::Value) {
+    let c = &r["cpu"];
+    if let Some(us) = c["us_per_msg"].as_f64() {
+        let split = match c["server_seconds"].as_f64() {
+            Some(s) => format!(
+                "client {:.2} s + server {s:.2} s",
+                c["bench_seconds"].as_f64().unwrap_or(0.0)
+            ),
+            None => format!("{:.2} s", c["bench_seconds"].as_f64().unwrap_or(0.0)),
+        };
+        outln!(
+            "{:<28} CPU {us:.3} µs/msg ({split})  ratio {:>5.2}",
+            "",
+            c["ratio_to_first"].as_f64().unwrap_or(1.0),
+        );
+    }
+}
+
 /// Sets `ratio_to_first` beside `field` of the object at JSON pointer
 /// `parent` in each result: its value over the first result's.
 fn ratio_to_first(results: &mut [serde_json::Value], parent: &str, field: &str) {
@@ -542,9 +661,13 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         let mut r = match a.workload {
             Workload::Publish => publish_load(&t, &a).await?,
             Workload::Latency => latency_load(&t, &a).await?,
+            Workload::Consume => consume_load(&t, &a).await?,
         };
         if let Some(d) = t.durability {
             r["durability"] = json!(d);
+        }
+        if let Some(w) = t.dedup_window_ms {
+            r["dedup_window_ms"] = json!(w);
         }
         #[cfg(feature = "adapters")]
         if let Some(c) = t.cleanup.take() {
@@ -571,11 +694,35 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         outln!("{}", serde_json::Value::Array(results));
         return Ok(());
     }
+    let dedup = match a.dedup_window_ms {
+        Some(0) => "off".to_owned(),
+        Some(ms) => format!("{ms} ms"),
+        None => match TopicConfig::default().dedup_window_ms {
+            Some(ms) => format!("{} s (the default)", ms / 1000),
+            None => "off (the default)".to_owned(),
+        },
+    };
+    outln!(
+        "topic: {} partitions, durability {}, dedup window {dedup}",
+        a.partitions,
+        a.durability
+    );
     for r in &results {
         if let Some(d) = r["durability"].as_str() {
             outln!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
         }
         match a.workload {
+            Workload::Consume => {
+                outln!(
+                    "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  (drained {} msgs with batch acks)",
+                    r["backend"].as_str().unwrap_or("?"),
+                    r["msgs_per_sec"].as_f64().unwrap_or(0.0),
+                    r["mb_per_sec"].as_f64().unwrap_or(0.0),
+                    r["ratio_to_first"].as_f64().unwrap_or(1.0),
+                    r["messages"],
+                );
+                cpu_line(r);
+            }
             Workload::Publish => {
                 outln!(
                     "{:<28} {:>10.0} msgs/s {:>8.1} MB/s  ratio {:>5.2}  batch p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms",
@@ -587,21 +734,7 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
                     r["batch_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
                     r["batch_latency_ms"]["p999"].as_f64().unwrap_or(0.0),
                 );
-                let c = &r["cpu"];
-                if let Some(us) = c["us_per_msg"].as_f64() {
-                    let split = match c["server_seconds"].as_f64() {
-                        Some(s) => format!(
-                            "client {:.2} s + server {s:.2} s",
-                            c["bench_seconds"].as_f64().unwrap_or(0.0)
-                        ),
-                        None => format!("{:.2} s", c["bench_seconds"].as_f64().unwrap_or(0.0)),
-                    };
-                    outln!(
-                        "{:<28} CPU {us:.3} µs/msg ({split})  ratio {:>5.2}",
-                        "",
-                        c["ratio_to_first"].as_f64().unwrap_or(1.0),
-                    );
-                }
+                cpu_line(r);
             }
             Workload::Latency => {
                 let q = |k: &str, p: &str| r[k][p].as_f64().unwrap_or(0.0);

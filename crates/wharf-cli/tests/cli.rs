@@ -388,6 +388,58 @@ fn bench_compares_embedded_and_a_server_and_leaves_no_topic_behind() {
 }
 
 #[test]
+fn bench_runs_on_the_topic_defaults_unless_told_and_drains_a_backlog_with_a_group() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let url = server.url();
+    let bench = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec![
+            "bench",
+            "--backend",
+            "embedded",
+            "--backend",
+            &url,
+            "--count",
+            "3000",
+            "--batch",
+            "100",
+            "--producers",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = common::ok(&server.cli(&args));
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v.as_array().expect("one result per backend").clone()
+    };
+    // Headline runs use what a user gets: the 120 s dedup window, read back
+    // from the broker and the server after they created the topic.
+    for r in bench(&[]) {
+        assert_eq!(r["dedup_window_ms"], 120_000, "{r}");
+    }
+    for r in bench(&["--dedup-window-ms", "0"]) {
+        assert_eq!(r["dedup_window_ms"], 0, "dedup off when asked: {r}");
+    }
+    // The consume workload drains every message of the backlog, with two
+    // group members, on both backends.
+    let runs = bench(&["--workload", "consume", "--consumers", "2"]);
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        assert_eq!(r["workload"], "consume", "{r}");
+        assert_eq!(r["messages"], 3000, "every message drained: {r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+    assert_eq!(runs[0]["ratio_to_first"], 1.0);
+    assert!(
+        runs[1]["cpu"]["server_seconds"].as_f64().is_some(),
+        "{runs:?}"
+    );
+    let topics: Value =
+        serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");
+    assert_eq!(topics, serde_json::json!([]), "bench left topics behind");
+}
+
+#[test]
 fn a_closed_standard_output_ends_sub_quietly_and_acks_nothing_unprinted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);
