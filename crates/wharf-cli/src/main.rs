@@ -41,14 +41,11 @@ struct Cli {
 #[derive(Args)]
 #[command(next_help_heading = "Server connection")]
 struct ClientArgs {
-    /// Server URL.
-    #[arg(
-        long,
-        env = "WHARF_URL",
-        default_value = "http://127.0.0.1:7420",
-        global = true
-    )]
-    url: String,
+    // No clap default: one would show `--url <URL>` as if required in the
+    // usage line of every error.
+    /// Server URL [default: http://127.0.0.1:7420].
+    #[arg(long, env = "WHARF_URL", global = true)]
+    url: Option<String>,
     #[command(flatten)]
     auth: AuthArgs,
 }
@@ -140,6 +137,9 @@ enum Command {
     },
 }
 
+/// Where client commands look for a server without --url or WHARF_URL.
+const DEFAULT_URL: &str = "http://127.0.0.1:7420";
+
 /// `--listen`: `IP:PORT`, or `NAME:PORT` resolved to its first address.
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs as _;
@@ -164,7 +164,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 impl ClientArgs {
     fn conn(self) -> Conn {
         Conn {
-            url: self.url,
+            url: self.url.unwrap_or_else(|| DEFAULT_URL.to_owned()),
             ..self.auth.conn()
         }
     }

@@ -572,8 +572,24 @@ fn help_shows_every_default_and_dlq_replay_needs_id_or_all() {
     assert!(replay.contains("<--id <ID>|--all>"), "{replay}");
     let neither = failed(&offline(&["dlq", "replay", "orders"]));
     assert!(neither.contains("<--id <ID>|--all>"), "{neither}");
+    assert!(
+        !neither.contains("--url <URL>"),
+        "--url shown as required: {neither}"
+    );
+    assert!(common::ok(&offline(&["sub", "--help"])).contains("[default: http://127.0.0.1:7420]"));
     let both = failed(&offline(&["dlq", "replay", "orders", "--id", "x", "--all"]));
     assert!(both.contains("cannot be used with"), "{both}");
+}
+
+#[test]
+fn dlq_replay_before_anything_was_dead_lettered_replays_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli(&["topic", "create", "cli.clean"]));
+    let out = common::ok(&server.cli(&["dlq", "replay", "cli.clean", "--all"]));
+    assert_eq!(out.trim(), "replayed 0 message(s)");
+    let err = failed(&server.cli(&["dlq", "replay", "cli.nosuchtopic", "--all"]));
+    assert!(err.contains("unknown topic"), "{err}");
 }
 
 #[test]

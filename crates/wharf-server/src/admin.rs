@@ -143,6 +143,20 @@ pub(crate) fn dlq_page(
     }
 }
 
+/// Replays dead letters of `topic` ([`Broker::redrive`]); a dead-letter
+/// topic not created yet (nothing dead-lettered so far) has none to
+/// replay, as `dlq_page` lists none, rather than being an unknown topic.
+pub(crate) async fn dlq_replay(
+    broker: &Broker,
+    topic: &str,
+    which: wharf_broker::Redrive,
+) -> Result<usize, Error> {
+    match broker.redrive(topic, which).await {
+        Err(Error::UnknownTopic { .. }) if is_dead_letter_topic_of_a_topic(broker, topic) => Ok(0),
+        r => r,
+    }
+}
+
 /// Whether `dlq` is where some existing topic's dead letters go.
 fn is_dead_letter_topic_of_a_topic(broker: &Broker, dlq: &str) -> bool {
     broker

@@ -571,10 +571,7 @@ impl Wharf for Service {
                 })
             })?),
         };
-        let n = self
-            .shared
-            .broker
-            .redrive(&topic, which)
+        let n = admin::dlq_replay(&self.shared.broker, &topic, which)
             .await
             .map_err(|e| status_for(&e))?;
         Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))

@@ -1457,7 +1457,7 @@ async fn dlq_replay(
         (None, Some(true)) => Redrive::All,
         _ => return Err(ApiError::bad_request("give either `id` or `all: true`")),
     };
-    let n = s.broker.redrive(&topic, which).await?;
+    let n = admin::dlq_replay(&s.broker, &topic, which).await?;
     Ok(Json(CountJson { count: n as u64 }))
 }
 
