@@ -200,6 +200,11 @@ pub struct BrokerConfig {
     /// Messages a group reads ahead per partition (the window that
     /// priorities and redeliveries are ordered within).
     pub read_ahead: usize,
+    /// Bytes of messages a group reads ahead per partition (by
+    /// [`wharf_core::Message::size`]); reading stops at whichever of this and
+    /// `read_ahead` is reached first, so large messages don't multiply a
+    /// group's memory. A read may pass it by one stored batch.
+    pub read_ahead_bytes: usize,
     /// Publishes that may wait on the log at once; more wait their turn.
     pub max_pending_publishes: usize,
     /// Most headers a published message may have (dead letters and
@@ -208,6 +213,14 @@ pub struct BrokerConfig {
     /// Most bytes of header names and values a published message may have
     /// (with the same exemption).
     pub max_header_bytes: usize,
+    /// A group that has had no consumer and no unsettled delivery for this
+    /// long is unloaded: its position is persisted and its read-ahead
+    /// freed; the next subscriber loads it again from the saved position.
+    pub group_idle: Duration,
+    /// Most groups (per topic: a group consuming two topics counts twice)
+    /// loaded at once; subscribing a new one past it fails with
+    /// [`wharf_core::Error::ResourceExhausted`] until idle ones unload.
+    pub max_groups: usize,
 }
 
 /// Default [`BrokerConfig::max_headers`].
@@ -222,9 +235,12 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             commit_interval: Duration::from_millis(100),
             read_ahead: 1024,
+            read_ahead_bytes: 1024 * 1024,
             max_pending_publishes: 1024,
             max_headers: DEFAULT_MAX_HEADERS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            group_idle: Duration::from_secs(60),
+            max_groups: 10_000,
         }
     }
 }

@@ -147,6 +147,15 @@ struct Window {
     ring: Vec<Option<Pending>>,
     stragglers: U64Map<Pending>,
     len: usize,
+    /// Bytes of the decoded messages held ([`Message::size`] of each entry
+    /// that still has its message): what the read-ahead byte budget limits.
+    bytes: usize,
+}
+
+/// Bytes a pending entry holds for the read-ahead budget.
+#[inline]
+fn held(p: &Pending) -> usize {
+    p.msg.as_ref().map_or(0, Message::size)
 }
 
 impl Window {
@@ -159,6 +168,11 @@ impl Window {
 
     fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes of the messages held (see [`Window::bytes`]).
+    fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The physical index of `offset`, if it lies within the ring's span.
@@ -192,14 +206,16 @@ impl Window {
     /// in increasing order, so this is a push at the back).
     #[inline(always)]
     fn insert(&mut self, offset: u64, p: Pending) {
+        self.bytes += held(&p);
         if self.span == 0 {
             self.base = offset;
             self.head = 0;
         }
         if offset < self.base {
             // Not reached by read-ahead; kept correct all the same.
-            if self.stragglers.insert(offset, p).is_none() {
-                self.len += 1;
+            match self.stragglers.insert(offset, p) {
+                None => self.len += 1,
+                Some(old) => self.bytes -= held(&old),
             }
             return;
         }
@@ -226,8 +242,9 @@ impl Window {
         }
         let at = (self.head + i) & (self.ring.len() - 1);
         let slot = &mut self.ring[at];
-        if slot.is_none() {
-            self.len += 1;
+        match slot {
+            None => self.len += 1,
+            Some(old) => self.bytes -= held(old),
         }
         *slot = Some(p);
         while self.span > Self::MAX_SPAN {
@@ -266,16 +283,17 @@ impl Window {
     fn remove(&mut self, offset: u64) -> bool {
         match self.index(offset) {
             Some(i) => {
-                if self.ring[i].is_none() {
+                let Some(old) = self.ring[i].take() else {
                     return false;
-                }
-                self.ring[i] = None;
+                };
+                self.bytes -= held(&old);
                 self.trim();
             }
             None => {
-                if self.stragglers.remove(&offset).is_none() {
+                let Some(old) = self.stragglers.remove(&offset) else {
                     return false;
-                }
+                };
+                self.bytes -= held(&old);
             }
         }
         self.len -= 1;
@@ -293,14 +311,18 @@ impl Window {
         match self.index(offset) {
             Some(i) => {
                 let out = check(self.ring[i].as_ref()?)?;
-                self.ring[i] = None;
+                if let Some(old) = self.ring[i].take() {
+                    self.bytes -= held(&old);
+                }
                 self.len -= 1;
                 self.trim();
                 Some(out)
             }
             None => {
                 let out = check(self.stragglers.get(&offset)?)?;
-                self.stragglers.remove(&offset);
+                if let Some(old) = self.stragglers.remove(&offset) {
+                    self.bytes -= held(&old);
+                }
                 self.len -= 1;
                 Some(out)
             }
@@ -319,12 +341,22 @@ impl Window {
             let at = (self.head + k) & (self.ring.len() - 1);
             let offset = self.base + k as u64;
             if self.ring[at].as_ref().is_some_and(|p| !keep(offset, p)) {
-                self.ring[at] = None;
+                if let Some(old) = self.ring[at].take() {
+                    self.bytes -= held(&old);
+                }
                 self.len -= 1;
             }
         }
         let before = self.stragglers.len();
-        self.stragglers.retain(|&o, p| keep(o, p));
+        let mut dropped = 0;
+        self.stragglers.retain(|&o, p| {
+            let k = keep(o, p);
+            if !k {
+                dropped += held(p);
+            }
+            k
+        });
+        self.bytes -= dropped;
         self.len -= before - self.stragglers.len();
         self.trim();
     }
@@ -441,6 +473,9 @@ pub(crate) struct Policy {
     pub max_deliveries: Option<u32>,
     pub dead_letter_topic: String,
     pub read_ahead: usize,
+    /// Bytes of decoded messages read ahead per partition (see
+    /// [`crate::BrokerConfig::read_ahead_bytes`]).
+    pub read_ahead_bytes: usize,
 }
 
 /// A message taken for delivery.
@@ -486,6 +521,9 @@ struct GtState {
     owners: Vec<Owner>,
     /// Per member, what its stream shares with the group.
     handed: U64Map<Arc<MemberState>>,
+    /// When a consumer last took from or left the group: how long it has
+    /// been idle once nothing holds it (see `Inner::unload_idle`).
+    used: Instant,
 }
 
 /// What a consumer's stream shares with the groups it is a member of.
@@ -653,6 +691,7 @@ impl GroupTopic {
                 members: Vec::new(),
                 handed: U64Map::default(),
                 owners: Vec::new(),
+                used: Instant::now(),
             }),
             watchers: Mutex::new(Vec::new()),
         })
@@ -689,8 +728,14 @@ impl GroupTopic {
         if self.mode == GroupMode::Stream {
             st.rebalance();
         }
+        st.used = Instant::now();
         drop(st);
         self.wake_watchers();
+    }
+
+    /// When a consumer last took from the group or left it.
+    pub(crate) fn last_used(&self) -> Instant {
+        self.lock().used
     }
 
     /// Number of live consumers.
@@ -766,6 +811,7 @@ impl GroupTopic {
         let now = clock.now();
         let partitions = self.topic.partitions();
         let mut st = self.lock();
+        st.used = now;
         while st.parts.len() < partitions.len() {
             st.parts.push(PartState::at(0));
         }
@@ -850,6 +896,9 @@ impl GroupTopic {
             } else {
                 0
             };
+            // Bytes of messages moved into deliveries, taken off the
+            // window's count once the loop no longer borrows an entry.
+            let mut freed = 0;
             while taken < max {
                 let Some(off) = part.ready.pop() else {
                     break;
@@ -883,7 +932,10 @@ impl GroupTopic {
                     continue;
                 }
                 let msg = match p.msg.take() {
-                    Some(m) => m,
+                    Some(m) => {
+                        freed += m.size();
+                        m
+                    }
                     // A redelivery: the first lease took the message.
                     None => match reload(&partitions[i], off) {
                         Ok(Some(m)) => m,
@@ -904,6 +956,7 @@ impl GroupTopic {
                                 // others go on.
                                 break;
                             }
+                            part.pending.bytes -= freed;
                             return Err(e);
                         }
                     },
@@ -931,6 +984,7 @@ impl GroupTopic {
                     persist_first,
                 });
             }
+            part.pending.bytes -= freed;
             if let Some(w) = part.next_wake() {
                 wake = Some(wake.map_or(w, |x: Instant| x.min(w)));
             }
@@ -1473,8 +1527,16 @@ fn fill(
         changed = true;
     }
     let end = log.readable_end();
-    while part.pending.len() < policy.read_ahead && part.next < end {
-        let batches = log.read(part.next, READ_CHUNK).map_err(log_error)?;
+    while part.pending.len() < policy.read_ahead
+        && part.pending.bytes() < policy.read_ahead_bytes
+        && part.next < end
+    {
+        // Never read much past the byte budget: a read returns at least
+        // one batch, so the window holds at most the budget plus one batch.
+        let room = policy.read_ahead_bytes - part.pending.bytes();
+        let batches = log
+            .read(part.next, READ_CHUNK.min(room))
+            .map_err(log_error)?;
         if batches.is_empty() {
             break;
         }

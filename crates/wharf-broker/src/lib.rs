@@ -162,6 +162,26 @@ impl BrokerBuilder {
         self
     }
 
+    /// Bytes of messages read ahead per group and partition (default 1 MiB).
+    pub fn read_ahead_bytes(mut self, n: usize) -> Self {
+        self.config.read_ahead_bytes = n.max(1);
+        self
+    }
+
+    /// How long a group with no consumer and no unsettled delivery stays
+    /// loaded (default 60 s); see [`BrokerConfig::group_idle`].
+    pub fn group_idle(mut self, d: Duration) -> Self {
+        self.config.group_idle = d;
+        self
+    }
+
+    /// Most groups loaded at once (default 10,000); see
+    /// [`BrokerConfig::max_groups`].
+    pub fn max_groups(mut self, n: usize) -> Self {
+        self.config.max_groups = n.max(1);
+        self
+    }
+
     /// Opens (creating if needed) the broker in `dir`.
     ///
     /// # Errors
@@ -398,6 +418,13 @@ impl Broker {
         };
         self.inner
             .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, topic), _| topic != name);
+        // Positions of unloaded groups too, so a topic made again under the
+        // name starts afresh.
+        self.inner
+            .saved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, topic), _| topic != name);
@@ -715,6 +742,7 @@ impl Inner {
                 .or(cfg.dead_letter_topic.clone())
                 .unwrap_or_else(|| dead_letter_topic(topic.name())),
             read_ahead: self.config.read_ahead,
+            read_ahead_bytes: self.config.read_ahead_bytes,
         });
         {
             // Check and push under one lock: a topic created while the
@@ -745,6 +773,12 @@ impl Inner {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(gt) = groups.get(&key) {
             return Ok(gt.clone());
+        }
+        if groups.len() >= self.config.max_groups {
+            return Err(Error::ResourceExhausted {
+                resource: "consumer groups",
+                limit: self.config.max_groups as u64,
+            });
         }
         let saved = self
             .saved
@@ -1060,6 +1094,66 @@ impl Inner {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Unloads groups that nothing holds (no subscription is bound, no
+    /// delivery of theirs is unsettled, no caller is using one) and that
+    /// have been unused for [`BrokerConfig::group_idle`]: each one's
+    /// position is persisted and kept among the saved positions, from which
+    /// the next subscriber loads it, and its read-ahead is freed. Held
+    /// under the groups lock from check to persist, so no subscriber binds
+    /// a group while it is being unloaded, nor loads it before its position
+    /// is stored. Returns how many were unloaded.
+    fn unload_idle(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let idle = self.config.group_idle;
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it: nothing can reach it but through the map,
+        // whose lock this holds.
+        let unused = |gt: &Arc<GroupTopic>| {
+            Arc::strong_count(gt) == 1 && now.saturating_duration_since(gt.last_used()) >= idle
+        };
+        if !groups.values().any(unused) {
+            return Ok(0);
+        }
+        let keys: Vec<(String, String)> = groups
+            .iter()
+            .filter(|(_, gt)| unused(gt))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut rows = Vec::new();
+        let mut unloaded = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(gt) = groups.remove(&key) else {
+                continue;
+            };
+            let cursors = gt.cursors(&self.clock);
+            for (partition, c) in &cursors {
+                rows.push((
+                    CursorKey {
+                        group: key.0.clone(),
+                        topic: key.1.clone(),
+                        partition: *partition,
+                    },
+                    c.clone(),
+                ));
+            }
+            unloaded.push((key, gt, cursors));
+        }
+        if let Err(e) = self.meta.commit_cursors(&rows) {
+            // Not stored: keep them loaded, to be persisted by a later commit.
+            for (key, gt, _) in unloaded {
+                gt.mark_dirty();
+                groups.insert(key, gt);
+            }
+            return Err(e);
+        }
+        let n = unloaded.len();
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, _, cursors) in unloaded {
+            saved.insert(key, cursors.into_iter().collect());
+        }
+        Ok(n)
+    }
+
     fn commit(&self, all: bool) -> Result<()> {
         let groups: Vec<Arc<GroupTopic>> = self
             .groups
@@ -1121,7 +1215,15 @@ async fn commit_loop(inner: Weak<Inner>, every: Duration) {
         if i.is_closed() {
             return;
         }
-        let r = tokio::task::spawn_blocking(move || i.commit(false)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            i.commit(false)?;
+            let n = i.unload_idle()?;
+            if n > 0 {
+                tracing::debug!(groups = n, "unloaded idle consumer groups");
+            }
+            Ok::<(), Error>(())
+        })
+        .await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -14,6 +14,14 @@ pub(crate) struct ServeLimits {
     /// Most bytes of header names and values per published message [default: 65536].
     #[arg(long, value_name = "BYTES")]
     max_header_bytes: Option<usize>,
+    /// Most consumer groups loaded at once, counted per topic [default:
+    /// 10000]; past it a new group is refused until idle ones unload.
+    #[arg(long, value_name = "N")]
+    max_groups: Option<usize>,
+    /// Most HTTP long-poll subscriptions (one per topic and group) at once
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_pollers: Option<usize>,
 }
 
 impl ServeLimits {
@@ -24,6 +32,12 @@ impl ServeLimits {
         }
         if let Some(n) = self.max_header_bytes {
             cfg.max_header_bytes = n;
+        }
+        if let Some(n) = self.max_groups {
+            cfg.max_groups = n;
+        }
+        if let Some(n) = self.max_pollers {
+            cfg.max_pollers = n;
         }
     }
 }

@@ -78,3 +78,206 @@ async fn long_polls_sharing_a_group_each_return_within_their_wait() {
         "slowest poll took {slowest:?} with wait_ms=1000"
     );
 }
+
+/// The server's resident memory, from `/proc/PID/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS line");
+    kb * 1024
+}
+
+fn config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("wharf.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The bound README.md documents for this load: 10,000 group names, each
+/// polled once and abandoned, on a topic with more data than a group reads
+/// ahead. Without unloading and the byte budget, each group keeps the whole
+/// topic (~300 KB) read ahead, and the server passes this bound before the
+/// 500th group name.
+const RSS_BOUND: u64 = 150 * 1024 * 1024;
+
+/// 10,000 fresh group names, each polled once and abandoned: pollers and
+/// groups expire (short idle times here so the test runs in seconds), and
+/// the server's RSS stays under [`RSS_BOUND`] throughout and at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_abandoned_group_names_keep_rss_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(
+        dir.path(),
+        "group_idle_ms = 200\npoller_idle_ms = 200\nread_ahead_bytes = 65536\n",
+    );
+    let data = dir.path().join("data");
+    let server = common::Server::start(&data, Some(&cfg));
+    let base = server.url();
+    let pid = server.pid();
+    let c = http();
+    // 300 messages of 1 KiB: more than the 256 KiB a group reads ahead.
+    let payload = "x".repeat(1024);
+    for _ in 0..3 {
+        let messages: Vec<Value> = (0..100).map(|_| json!({"payload": payload})).collect();
+        let (st, r) = post(
+            &c,
+            format!("{base}/v1/topics/rss.t/messages"),
+            json!({"messages": messages}),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let before = rss_bytes(pid);
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, base, next, peak) = (c.clone(), base.clone(), next.clone(), peak.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= 10_000 {
+                        return;
+                    }
+                    let url = format!(
+                        "{base}/v1/topics/rss.t/consume?group=abandoned-{i}&wait_ms=0&lease_ms=100"
+                    );
+                    let (st, r) = post(&c, url, json!({})).await;
+                    assert_eq!(st, 200, "poll {i}: {r}");
+                    if i % 100 == 0 {
+                        let rss = rss_bytes(pid);
+                        peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+                        assert!(
+                            rss < RSS_BOUND,
+                            "RSS {} MB after {i} group names (bound {} MB)",
+                            rss >> 20,
+                            RSS_BOUND >> 20
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let took = started.elapsed();
+    // Every abandoned poller and group expires: none stays listed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let groups: Value = c
+            .get(format!("{base}/v1/groups?topic=rss.t"))
+            .send()
+            .await
+            .expect("groups")
+            .json()
+            .await
+            .expect("json");
+        let n = groups.as_array().expect("list").len();
+        if n == 0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = rss_bytes(pid);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(after);
+    eprintln!(
+        "10,000 abandoned groups in {took:?}: RSS {} MB before, peak {} MB, {} MB after",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    assert_eq!(listed, 0, "abandoned groups still loaded");
+    assert!(peak < RSS_BOUND, "peak RSS {} MB", peak >> 20);
+}
+
+/// Past `--max-groups` a new group is refused with a typed error (HTTP 429
+/// `resource_exhausted`, gRPC RESOURCE_EXHAUSTED); past `max_pollers` a new
+/// long poll is too; an idle poller expires, its consumer leaves the group
+/// (no member of a gone client stays listed), and its slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_on_groups_and_pollers_answer_with_typed_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(
+        dir.path(),
+        "max_pollers = 1\npoller_idle_ms = 300\ngroup_idle_ms = 600000\n",
+    );
+    let data = dir.path().join("data");
+    let server =
+        common::Server::start_with(&data, Some(&cfg), "127.0.0.1:0", &["--max-groups", "2"]);
+    let base = server.url();
+    let c = http();
+    let poll = |g: &str| format!("{base}/v1/topics/caps.t/consume?group={g}&wait_ms=0");
+
+    let (st, r) = post(&c, poll("g1"), json!({})).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, r) = post(&c, poll("g2"), json!({})).await;
+    assert_eq!(st, 429, "{r}");
+    assert_eq!(r["error"]["code"], "resource_exhausted", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("long-poll")),
+        "{r}"
+    );
+    let members = |c: reqwest::Client, g: &'static str| {
+        let url = format!("{base}/v1/groups?group={g}");
+        async move {
+            let v: Value = c
+                .get(url)
+                .send()
+                .await
+                .expect("groups")
+                .json()
+                .await
+                .expect("json");
+            v[0]["members"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(members(c.clone(), "g1").await, 1);
+    // The poller expires: its consumer leaves, and a new poll fits again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while members(c.clone(), "g1").await > 0 {
+        assert!(Instant::now() < deadline, "g1's gone poller still a member");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, r) = post(&c, poll("g2"), json!({})).await;
+    assert_eq!(st, 200, "{r}");
+
+    // Groups g1 and g2 are loaded (g1 idle but within group_idle): a third
+    // group is refused, over gRPC too.
+    let mut raw = wharf_client::raw_client(&base, None)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(wharf_client::proto::ConsumeRequest {
+        kind: Some(wharf_client::proto::consume_request::Kind::Subscribe(
+            wharf_client::proto::SubscribeRequest {
+                pattern: "caps.t".into(),
+                group: Some("g3".into()),
+                ..Default::default()
+            },
+        )),
+    })
+    .expect("send");
+    let status = match raw
+        .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Err(s) => s,
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            match stream.message().await {
+                Err(s) => s,
+                Ok(m) => panic!("subscribed past max_groups: {m:?}"),
+            }
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("consumer groups"), "{status:?}");
+}

@@ -135,6 +135,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A server-wide cap is reached (consumer groups, pollers); retrying
+    /// after others are released may succeed. Nothing was changed.
+    #[error("too many {resource}: the limit is {limit}")]
+    ResourceExhausted {
+        /// What ran out, e.g. `"consumer groups"`.
+        resource: &'static str,
+        /// The cap in force.
+        limit: u64,
+    },
+
     /// An operation did not complete in time.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
@@ -178,7 +188,10 @@ impl Error {
     /// Whether retrying the same call later may succeed (the backend was
     /// unavailable or slow), as opposed to bad input or a closed handle.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::ResourceExhausted { .. }
+        )
     }
 
     /// Whether the error is the caller's fault: the same input will always fail.

@@ -188,6 +188,11 @@ pub fn error_to_proto(e: &Error) -> v1::ErrorDetail {
             d.name = id.clone();
         }
         Error::Codec(_) => d.kind = Kind::Codec as i32,
+        Error::ResourceExhausted { resource, limit } => {
+            d.kind = Kind::ResourceExhausted as i32;
+            d.name = (*resource).into();
+            d.max = *limit;
+        }
         _ => d.kind = Kind::Other as i32,
     }
     d
@@ -269,6 +274,10 @@ pub fn error_from_proto(d: v1::ErrorDetail, backend: &'static str) -> Error {
             content_type: "remote",
             source: d.message.into(),
         }),
+        Kind::ResourceExhausted => Error::ResourceExhausted {
+            resource: intern(&d.name),
+            limit: d.max,
+        },
         Kind::Other => Error::Backend {
             backend,
             source: d.message.into(),
@@ -284,7 +293,9 @@ pub fn code_for(e: &Error) -> Code {
         | Error::InvalidOffset { .. }
         | Error::TooManyHeaders { .. }
         | Error::Codec(_) => Code::InvalidArgument,
-        Error::MessageTooLarge { .. } | Error::HeadersTooLarge { .. } => Code::ResourceExhausted,
+        Error::MessageTooLarge { .. }
+        | Error::HeadersTooLarge { .. }
+        | Error::ResourceExhausted { .. } => Code::ResourceExhausted,
         Error::UnknownTopic { .. } | Error::UnknownDelivery { .. } => Code::NotFound,
         Error::Unsupported { .. } => Code::Unimplemented,
         Error::Unavailable { .. } | Error::Closed { .. } => Code::Unavailable,
@@ -363,6 +374,10 @@ mod tests {
             Error::UnknownTopic { topic: "t".into() },
             Error::Closed { what: "broker" },
             Error::UnknownDelivery { id: "7".into() },
+            Error::ResourceExhausted {
+                resource: "consumer groups",
+                limit: 3,
+            },
         ];
         for e in cases {
             let back = error_from_status(&status_for(&e), "remote");

@@ -5,6 +5,11 @@
 //! max_request_bytes = 16777216
 //! max_headers = 256            # per message
 //! max_header_bytes = 65536     # per message: names and values
+//! max_groups = 10000           # consumer groups loaded at once (per topic)
+//! max_pollers = 1000           # HTTP long-poll subscriptions at once
+//! group_idle_ms = 60000        # unload a group this long without consumers
+//! poller_idle_ms = 30000       # drop a long-poll subscription this long unpolled
+//! read_ahead_bytes = 262144    # per group and partition
 //! [[tokens]]
 //! token = "s3cret"
 //! publish = ["orders.>"]
@@ -74,6 +79,16 @@ pub struct FileConfig {
     pub max_headers: Option<usize>,
     /// Most bytes of header names and values a published message may have.
     pub max_header_bytes: Option<usize>,
+    /// Most consumer groups loaded at once (per topic).
+    pub max_groups: Option<usize>,
+    /// Most HTTP long-poll subscriptions (one per topic and group) at once.
+    pub max_pollers: Option<usize>,
+    /// Unload a group after this many ms without consumers or unsettled deliveries.
+    pub group_idle_ms: Option<u64>,
+    /// Drop a long-poll subscription after this many ms without a poll.
+    pub poller_idle_ms: Option<u64>,
+    /// Bytes of messages read ahead per group and partition.
+    pub read_ahead_bytes: Option<usize>,
     /// Tokens; when non-empty, every endpoint except health needs one.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -104,11 +119,28 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenConfig>,
     /// TLS certificate chain and private key (PEM files); `None` serves plain text.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Most consumer groups loaded at once, counted per topic; a new one
+    /// past it is refused (HTTP 429 `resource_exhausted`, gRPC
+    /// `RESOURCE_EXHAUSTED`) until idle ones unload.
+    pub max_groups: usize,
+    /// Most HTTP long-poll subscriptions (one per topic and group) at once;
+    /// refused like `max_groups` past it.
+    pub max_pollers: usize,
+    /// A group with no consumer and no unsettled delivery for this long is
+    /// unloaded (position persisted, read-ahead freed).
+    pub group_idle: Duration,
+    /// A long-poll subscription not polled for this long is dropped (its
+    /// consumer leaves the group).
+    pub poller_idle: Duration,
+    /// Bytes of messages a group reads ahead per partition.
+    pub read_ahead_bytes: usize,
 }
 
 impl ServerConfig {
     /// Defaults: [`DEFAULT_LISTEN`], 16 MiB requests, 30 s leases, 256
-    /// headers and 64 KiB of headers per message, no auth.
+    /// headers and 64 KiB of headers per message, no auth, 10,000 groups,
+    /// 1,000 pollers, groups unloaded after 60 s idle, pollers dropped after
+    /// 30 s unpolled, 256 KiB read-ahead.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
@@ -119,6 +151,11 @@ impl ServerConfig {
             max_header_bytes: wharf_broker::DEFAULT_MAX_HEADER_BYTES,
             tokens: Vec::new(),
             tls: None,
+            max_groups: 10_000,
+            max_pollers: 1_000,
+            group_idle: Duration::from_secs(60),
+            poller_idle: Duration::from_secs(30),
+            read_ahead_bytes: 256 * 1024,
         }
     }
 
@@ -146,6 +183,21 @@ impl ServerConfig {
         }
         if let Some(n) = file.max_header_bytes {
             self.max_header_bytes = n;
+        }
+        if let Some(n) = file.max_groups {
+            self.max_groups = n;
+        }
+        if let Some(n) = file.max_pollers {
+            self.max_pollers = n;
+        }
+        if let Some(ms) = file.group_idle_ms {
+            self.group_idle = Duration::from_millis(ms);
+        }
+        if let Some(ms) = file.poller_idle_ms {
+            self.poller_idle = Duration::from_millis(ms);
+        }
+        if let Some(n) = file.read_ahead_bytes {
+            self.read_ahead_bytes = n;
         }
         self.tokens = file.tokens;
         match (file.tls_cert, file.tls_key) {
@@ -182,12 +234,14 @@ mod tests {
         let path = dir.path().join("wharf.toml");
         std::fs::write(
             &path,
-            "max_request_bytes = 1000\nmax_headers = 7\nmax_header_bytes = 99\n[[tokens]]\ntoken = \"t1\"\npublish = [\"a.>\"]\n",
+            "max_request_bytes = 1000\nmax_headers = 7\nmax_header_bytes = 99\nmax_groups = 7\npoller_idle_ms = 250\n[[tokens]]\ntoken = \"t1\"\npublish = [\"a.>\"]\n",
         )
         .expect("write");
         let cfg = ServerConfig::new("/tmp/x").with_file(&path).expect("valid");
         assert_eq!(cfg.max_request_bytes, 1000);
         assert_eq!((cfg.max_headers, cfg.max_header_bytes), (7, 99));
+        assert_eq!(cfg.max_groups, 7);
+        assert_eq!(cfg.poller_idle, Duration::from_millis(250));
         assert_eq!(cfg.tokens.len(), 1);
         assert!(cfg.auth().expect("valid tokens").is_some());
     }

@@ -61,6 +61,9 @@ impl From<Error> for ApiError {
             Error::Closed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            Error::ResourceExhausted { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted")
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())

@@ -905,13 +905,37 @@ async fn publish(
 
 // ---------- long-poll consume ----------
 
-type SharedSub = Arc<tokio::sync::Mutex<Subscription>>;
-type PollerMap = HashMap<(String, String), SharedSub>;
+/// The broker subscription behind the long polls of one (topic, group).
+struct Poller {
+    sub: tokio::sync::Mutex<Subscription>,
+    /// When a poll last started or ended (for idle expiry).
+    used: Mutex<tokio::time::Instant>,
+}
 
-/// The shared broker subscriptions behind long polls, one per (topic, group).
+impl Poller {
+    fn touch(&self) {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+    }
+}
+
+type PollerMap = HashMap<(String, String), Arc<Poller>>;
+
+/// The shared broker subscriptions behind long polls, one per (topic,
+/// group), at most `max_pollers`. One not polled for `poller_idle` is
+/// dropped by [`reap_pollers`], so its consumer leaves the group and the
+/// group can unload.
 #[derive(Default)]
 pub(crate) struct Pollers {
     subs: Mutex<PollerMap>,
+}
+
+fn too_many_pollers(max: usize) -> ApiError {
+    telemetry::refused("too_many_pollers");
+    Error::ResourceExhausted {
+        resource: "long-poll subscriptions",
+        limit: max as u64,
+    }
+    .into()
 }
 
 impl Pollers {
@@ -921,10 +945,18 @@ impl Pollers {
         topic: &str,
         group: &str,
         start: Option<StartPosition>,
-    ) -> ApiResult<Arc<tokio::sync::Mutex<Subscription>>> {
+    ) -> ApiResult<Arc<Poller>> {
         let key = (topic.to_owned(), group.to_owned());
-        if let Some(found) = self.lock().get(&key) {
-            return Ok(found.clone());
+        let max = s.config.max_pollers;
+        {
+            let map = self.lock();
+            if let Some(found) = map.get(&key) {
+                found.touch();
+                return Ok(found.clone());
+            }
+            if map.len() >= max {
+                return Err(too_many_pollers(max));
+            }
         }
         let mut opts = SubscribeOptions::new(topic)
             .group(group)
@@ -932,8 +964,44 @@ impl Pollers {
         if let Some(st) = start {
             opts = opts.start(st);
         }
-        let sub = Arc::new(tokio::sync::Mutex::new(s.broker.subscribe(opts).await?));
-        Ok(self.lock().entry(key).or_insert(sub).clone())
+        let sub = s.broker.subscribe(opts).await?;
+        let mut map = self.lock();
+        if let Some(found) = map.get(&key) {
+            // Made meanwhile by a concurrent first poll: use that one.
+            found.touch();
+            return Ok(found.clone());
+        }
+        if map.len() >= max {
+            drop(map);
+            drop(sub);
+            return Err(too_many_pollers(max));
+        }
+        let poller = Arc::new(Poller {
+            sub: tokio::sync::Mutex::new(sub),
+            used: Mutex::new(tokio::time::Instant::now()),
+        });
+        map.insert(key, poller.clone());
+        Ok(poller)
+    }
+
+    /// Drops the subscriptions no poll is using that were last used
+    /// `idle` or longer before `now`; returns how many.
+    fn expire(&self, now: tokio::time::Instant, idle: Duration) -> usize {
+        let mut gone = Vec::new();
+        self.lock().retain(|_, p| {
+            // A poll in progress holds a clone.
+            let keep = Arc::strong_count(p) > 1
+                || now.saturating_duration_since(*p.used.lock().unwrap_or_else(|e| e.into_inner()))
+                    < idle;
+            if !keep {
+                gone.push(p.clone());
+            }
+            keep
+        });
+        // Dropped outside the map's lock: each leaves its group.
+        let n = gone.len();
+        drop(gone);
+        n
     }
 
     fn remove(&self, topic: &str, group: &str) {
@@ -962,6 +1030,7 @@ impl Pollers {
         (status = 200, body = ConsumeResponse),
         (status = 400, body = ErrorBody, description = "bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
         (status = 404, body = ErrorBody, description = "unknown topic"),
+        (status = 429, body = ErrorBody, description = "too many consumer groups or long-poll subscriptions (`resource_exhausted`)"),
     ))]
 async fn consume(
     State(s): AppState,
@@ -978,20 +1047,22 @@ async fn consume(
         None => s.config.lease,
         Some(ms) => lease_duration("lease_ms", ms)?,
     };
-    let sub = s.pollers.get(&s, &topic, &group, start).await?;
+    let poller = s.pollers.get(&s, &topic, &group, start).await?;
     let mut batch = Vec::new();
     // The wait covers taking the subscription too: polls of one group take
     // turns on it, and each gives up when its own `wait_ms` ends rather than
     // after the waits of every poll ahead of it. Both the lock and
     // `next_batch` (while waiting for its first delivery) are cancel safe.
     let poll = async {
-        let mut guard = sub.lock().await;
+        let mut guard = poller.sub.lock().await;
         guard.next_batch(max, &mut batch).await
     };
     let got = tokio::select! {
         r = tokio::time::timeout(wait, poll) => r,
         () = s.stopping() => Ok(Ok(0)),
     };
+    poller.touch();
+    drop(poller);
     match got {
         Ok(Ok(0)) if batch.is_empty() && !*s.shutdown.borrow() => {
             // The subscription ended (broker closing): forget it.
@@ -1010,6 +1081,20 @@ async fn consume(
         })
         .collect();
     Ok(Json(ConsumeResponse { deliveries }))
+}
+
+/// Drops idle long-poll subscriptions every 250 ms until the task is aborted.
+pub(crate) async fn reap_pollers(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let n = shared
+            .pollers
+            .expire(tokio::time::Instant::now(), shared.config.poller_idle);
+        if n > 0 {
+            tracing::debug!(expired = n, "idle long-poll subscriptions dropped");
+        }
+    }
 }
 
 async fn settle_lease(
@@ -1122,7 +1207,7 @@ async fn stream_subscription(
 #[utoipa::path(get, path = "/v1/topics/{topic}/events",
     params(PatternPath, StreamParams),
     responses((status = 200, description = "`message` events, each a DeliveryJson", content_type = "text/event-stream"),
-        (status = 400, body = ErrorBody, description = "bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
+        (status = 400, body = ErrorBody, description = "bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic"), (status = 429, body = ErrorBody, description = "too many consumer groups (`resource_exhausted`)")))]
 async fn sse(
     State(s): AppState,
     ApiPath(PatternPath { topic }): ApiPath<PatternPath>,
@@ -1171,7 +1256,7 @@ struct WsCommand {
     params(PatternPath, WsParams),
     responses((status = 101, description = "WebSocket of DeliveryJson messages"),
         (status = 400, body = ErrorBody, description = "not a WebSocket upgrade request, bad name or parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
-        (status = 404, body = ErrorBody, description = "unknown topic"), (status = 426, body = ErrorBody, description = "the connection cannot be upgraded")))]
+        (status = 404, body = ErrorBody, description = "unknown topic"), (status = 426, body = ErrorBody, description = "the connection cannot be upgraded"), (status = 429, body = ErrorBody, description = "too many consumer groups (`resource_exhausted`)")))]
 async fn ws(
     State(s): AppState,
     ApiPath(PatternPath { topic }): ApiPath<PatternPath>,

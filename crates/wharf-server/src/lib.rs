@@ -112,6 +112,9 @@ impl Server {
         };
         let broker = Broker::builder()
             .header_limits(config.max_headers, config.max_header_bytes)
+            .max_groups(config.max_groups)
+            .group_idle(config.group_idle)
+            .read_ahead_bytes(config.read_ahead_bytes)
             .open(&config.data_dir)
             .await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -169,6 +172,7 @@ impl Server {
         } = self;
         let app = route::Api::new(http::router(shared.clone()), grpc::routes(shared.clone()));
         let reaper = tokio::spawn(leases::reap(shared.clone()));
+        let poll_reaper = tokio::spawn(http::reap_pollers(shared.clone()));
         let mut done = shared.shutdown.clone();
         let stop = Arc::new(stop);
         let stop2 = stop.clone();
@@ -191,6 +195,7 @@ impl Server {
         };
         let _ = stop.send(true);
         reaper.abort();
+        poll_reaper.abort();
         shared.leases.clear();
         shared.pollers.clear();
         shared.broker.close().await?;
