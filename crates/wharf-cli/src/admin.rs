@@ -51,6 +51,27 @@ pub(crate) enum TopicCmd {
         /// Topic name.
         name: String,
     },
+    /// Repair a partition's first damaged batch (see `describe`): skip it or
+    /// truncate there. Try --dry-run first: it reports what would be lost.
+    Repair(RepairArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["skip_batch", "truncate_at"])))]
+pub(crate) struct RepairArgs {
+    /// Topic name.
+    topic: String,
+    /// The damaged partition.
+    partition: u32,
+    /// Lose only the damaged batch's offsets; every other record stays.
+    #[arg(long)]
+    skip_batch: bool,
+    /// Drop every record from OFFSET on (default: the damaged batch's first).
+    #[arg(long, value_name = "OFFSET", num_args = 0..=1, default_missing_value = "damage")]
+    truncate_at: Option<String>,
+    /// Report what would be lost; change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `topic create`'s help for a setting: what it is and the default a new
@@ -234,8 +255,83 @@ fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
         "dead_letter_topic": c.dead_letter_topic,
         "max_deliveries": c.max_deliveries,
         "visibility_timeout_ms": c.visibility_timeout_ms,
-        "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset})).collect::<Vec<_>>(),
+        "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset, "damage": p.damage.iter().map(damage_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
+}
+
+fn damage_json(d: &v1::DamagedBatch) -> serde_json::Value {
+    json!({
+        "file": d.file,
+        "position": d.position,
+        "end_position": d.end_position,
+        "start_offset": d.start_offset,
+        "end_offset": d.end_offset,
+        "reason": d.reason,
+    })
+}
+
+fn damage_line(d: &v1::DamagedBatch) -> String {
+    format!(
+        "offsets {}..{} lost to a damaged batch at bytes {}..{} of {} ({})",
+        d.start_offset, d.end_offset, d.position, d.end_position, d.file, d.reason
+    )
+}
+
+async fn repair(conn: &Conn, a: RepairArgs) -> anyhow::Result<()> {
+    use v1::repair_partition_request::Action;
+    let action = match (&a.truncate_at, a.skip_batch) {
+        (None, _) => Action::SkipBatch(v1::Empty {}),
+        (Some(at), _) if at == "damage" => Action::TruncateAt(v1::TruncateAt { offset: None }),
+        (Some(at), _) => Action::TruncateAt(v1::TruncateAt {
+            offset: Some(
+                at.parse()
+                    .map_err(|_| anyhow!("--truncate-at takes an offset"))?,
+            ),
+        }),
+    };
+    let r = conn
+        .client()
+        .await?
+        .raw()
+        .repair_partition(v1::RepairPartitionRequest {
+            topic: a.topic.clone(),
+            partition: a.partition,
+            action: Some(action),
+            dry_run: a.dry_run,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let lost = r.lost_to.saturating_sub(r.lost_from);
+    if conn.json {
+        outln!(
+            "{}",
+            json!({
+                "dry_run": r.dry_run,
+                "damage": r.damage.as_ref().map(damage_json),
+                "lost_from": r.lost_from,
+                "lost_to": r.lost_to,
+                "lost_count": lost,
+                "remaining": r.remaining,
+            })
+        );
+        return Ok(());
+    }
+    let Some(d) = &r.damage else {
+        outln!(
+            "{} partition {}: no damage found (every batch's CRC checked)",
+            a.topic,
+            a.partition
+        );
+        return Ok(());
+    };
+    outln!("{} partition {}: {}", a.topic, a.partition, damage_line(d));
+    let verb = if r.dry_run { "would lose" } else { "lost" };
+    outln!("{verb} {lost} offsets: {}..{}", r.lost_from, r.lost_to);
+    if r.remaining > 0 {
+        outln!("{} more damaged batches in this partition", r.remaining);
+    }
+    Ok(())
 }
 
 fn messages(t: &v1::TopicInfo) -> u64 {
@@ -285,6 +381,9 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
 }
 
 pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
+    if let TopicCmd::Repair(a) = cmd {
+        return repair(conn, a).await;
+    }
     let mut raw = conn.client().await?.raw();
     match cmd {
         TopicCmd::Create(a) => {
@@ -375,8 +474,15 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                     })
                     .collect();
                 table::print(&["partition", "start_offset", "end_offset"], &rows);
+                for p in &t.partitions {
+                    for d in &p.damage {
+                        outln!("DAMAGED partition {}: {}", p.partition, damage_line(d));
+                        outln!("  repair: wharf topic repair {} {} --skip-batch|--truncate-at --dry-run", t.name, p.partition);
+                    }
+                }
             }
         }
+        TopicCmd::Repair(_) => {}
         TopicCmd::Delete { name } => {
             raw.delete_topic(v1::TopicName { name: name.clone() })
                 .await

@@ -294,8 +294,25 @@ pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
                 partition: i as u32,
                 start_offset: *s,
                 end_offset: *e,
+                damage: t
+                    .damage
+                    .iter()
+                    .filter(|(p, _)| *p as usize == i)
+                    .map(|(_, d)| damage_to_proto(d))
+                    .collect(),
             })
             .collect(),
+    }
+}
+
+fn damage_to_proto(d: &wharf_broker::Damage) -> v1::DamagedBatch {
+    v1::DamagedBatch {
+        file: d.path.display().to_string(),
+        position: d.position,
+        end_position: d.end_position,
+        start_offset: d.start_offset,
+        end_offset: d.end_offset,
+        reason: d.reason.to_string(),
     }
 }
 
@@ -502,6 +519,37 @@ impl Wharf for Service {
         Ok(Response::new(topic_to_proto(&self.topic_info(&r.name)?)))
     }
 
+    async fn repair_partition(
+        &self,
+        req: Request<v1::RepairPartitionRequest>,
+    ) -> Result<Response<v1::RepairPartitionResponse>, Status> {
+        use v1::repair_partition_request::Action;
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.topic)?;
+        let action = match &r.action {
+            Some(Action::SkipBatch(_)) => wharf_broker::RepairAction::SkipBatch,
+            Some(Action::TruncateAt(t)) => wharf_broker::RepairAction::TruncateAt(t.offset),
+            None => {
+                return Err(Status::invalid_argument(
+                    "action: skip_batch or truncate_at",
+                ))
+            }
+        };
+        let report = self
+            .shared
+            .broker
+            .repair(&r.topic, r.partition, action, r.dry_run)
+            .await
+            .map_err(|e| status_for(&e))?;
+        Ok(Response::new(v1::RepairPartitionResponse {
+            dry_run: report.dry_run,
+            damage: report.damage.as_ref().map(damage_to_proto),
+            lost_from: report.lost.start,
+            lost_to: report.lost.end,
+            remaining: u32::try_from(report.remaining).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn list_groups(
         &self,
         req: Request<v1::ListGroupsRequest>,
@@ -653,6 +701,8 @@ async fn consume_loop(
 ) {
     let mut sub = Some(sub);
     let mut credit: u64 = 0;
+    let mut backoff = crate::backoff::ErrorBackoff::default();
+    let mut paused: Option<tokio::time::Instant> = None;
     let mut held: HashMap<u64, Delivery> = HashMap::new();
     let mut next_id: u64 = 1;
     let stopping = shared.stopping();
@@ -715,9 +765,13 @@ async fn consume_loop(
                     }
                 }
             }
-            d = next(&mut sub), if credit > 0 && sub.is_some() => {
+            () = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                paused = None;
+            }
+            d = next(&mut sub), if credit > 0 && sub.is_some() && paused.is_none() => {
                 match d {
                     Some(Ok(d)) => {
+                        backoff.succeeded();
                         credit -= 1;
                         let id = next_id;
                         next_id += 1;
@@ -729,6 +783,8 @@ async fn consume_loop(
                         }
                     }
                     Some(Err(e)) => {
+                        // Repeated errors: pause longer each time, not spin.
+                        paused = Some(tokio::time::Instant::now() + backoff.failed());
                         if !send(&tx, consume_response::Kind::Error(error_to_proto(&e))).await {
                             break;
                         }

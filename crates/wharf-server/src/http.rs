@@ -33,6 +33,7 @@ use wharf_core::{
 
 use crate::admin::{self, durability_str, TopicSettings};
 use crate::auth::Right;
+use crate::backoff::ErrorBackoff;
 use crate::error::{ApiError, ErrorBody};
 use crate::{telemetry, Shared};
 
@@ -50,6 +51,7 @@ fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(openapi_json))
         .routes(routes!(list_topics, create_topic))
         .routes(routes!(describe_topic, delete_topic))
+        .routes(routes!(repair_partition))
         .routes(routes!(publish))
         .routes(routes!(consume))
         .routes(routes!(sse))
@@ -283,6 +285,75 @@ pub(crate) struct PartitionJson {
     partition: u32,
     start_offset: u64,
     end_offset: u64,
+    /// Damaged batches found and not repaired: the partition delivers
+    /// nothing past the first one until it is repaired.
+    damage: Vec<DamageJson>,
+}
+
+/// A stored batch that fails its CRC (or other validation) with valid data
+/// after it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DamageJson {
+    /// The segment file.
+    file: String,
+    /// Byte range of the damaged batch in the file.
+    position: u64,
+    end_position: u64,
+    /// The offsets it held: `[start_offset, end_offset)`.
+    start_offset: u64,
+    end_offset: u64,
+    /// What is wrong with the bytes.
+    reason: String,
+}
+
+/// What a repair does with the partition's first damaged batch.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RepairKind {
+    /// Replace it with a void batch: its offsets are skipped, every other
+    /// record stays.
+    SkipBatch,
+    /// Drop everything from `truncate_at` (default: the damaged batch's
+    /// first offset) on.
+    Truncate,
+}
+
+/// Body of a repair.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RepairBody {
+    action: RepairKind,
+    /// With `truncate`: the cut (at most the damaged batch's first offset).
+    #[serde(default)]
+    truncate_at: Option<u64>,
+    /// Report what would be lost, change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a repair did (or, as a dry run, would do).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RepairJson {
+    dry_run: bool,
+    /// The damaged batch acted on; null when the partition has none.
+    damage: Option<DamageJson>,
+    /// Offsets lost (or that would be): `[lost_from, lost_to)`.
+    lost_from: u64,
+    lost_to: u64,
+    lost_count: u64,
+    /// Damaged batches left in the partition.
+    remaining: usize,
+}
+
+fn damage_json(d: &wharf_broker::Damage) -> DamageJson {
+    DamageJson {
+        file: d.path.display().to_string(),
+        position: d.position,
+        end_position: d.end_position,
+        start_offset: d.start_offset,
+        end_offset: d.end_offset,
+        reason: d.reason.to_string(),
+    }
 }
 
 /// A topic and its settings.
@@ -449,6 +520,17 @@ pub(crate) struct TopicPath {
     /// Topic name: dot-separated segments of `[A-Za-z0-9_-]`.
     #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
     topic: String,
+}
+
+/// A partition of a topic in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct PartitionPath {
+    /// Topic name: dot-separated segments of `[A-Za-z0-9_-]`.
+    #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
+    topic: String,
+    /// Partition number (from 0).
+    partition: u32,
 }
 
 /// A topic or subscription pattern in the path.
@@ -773,6 +855,12 @@ fn topic_json(t: &wharf_broker::TopicInfo) -> TopicJson {
                 partition: i as u32,
                 start_offset: *s,
                 end_offset: *e,
+                damage: t
+                    .damage
+                    .iter()
+                    .filter(|(p, _)| *p as usize == i)
+                    .map(|(_, d)| damage_json(d))
+                    .collect(),
             })
             .collect(),
     }
@@ -1216,13 +1304,15 @@ async fn sse(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     check(&s, &headers, Right::Consume, &topic)?;
     let sub = stream_subscription(&s, &topic, p.group.as_deref(), p.from.as_deref()).await?;
-    let stream = futures_util::stream::unfold((sub, s), |(mut sub, s)| async move {
+    let state = (sub, s, ErrorBackoff::default());
+    let stream = futures_util::stream::unfold(state, |(mut sub, s, mut backoff)| async move {
         let next = tokio::select! {
             d = sub.next() => d,
             () = s.stopping() => None,
         };
         let event = match next? {
             Ok(d) => {
+                backoff.succeeded();
                 telemetry::delivered(d.topic(), "sse", d.message().size());
                 let json = delivery_json(&d, None);
                 let mut ev = Event::default().event("message");
@@ -1235,9 +1325,16 @@ async fn sse(
                 let _ = d.ack().await;
                 ev
             }
-            Err(e) => Event::default().event("error").data(e.to_string()),
+            Err(e) => {
+                // Repeated errors: pause longer each time, not spin.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.failed()) => {}
+                    () = s.stopping() => return None,
+                }
+                Event::default().event("error").data(e.to_string())
+            }
         };
-        Some((Ok(event), (sub, s)))
+        Some((Ok(event), (sub, s, backoff)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
@@ -1282,12 +1379,18 @@ async fn ws(
 async fn ws_loop(s: Arc<Shared>, mut sub: Subscription, mut socket: WebSocket, manual: bool) {
     let mut held: HashMap<String, Delivery> = HashMap::new();
     let mut next_id: u64 = 1;
+    let mut backoff = ErrorBackoff::default();
+    let mut paused: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            d = sub.next(), if !manual || held.len() < 256 => {
+            () = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                paused = None;
+            }
+            d = sub.next(), if paused.is_none() && (!manual || held.len() < 256) => {
                 let Some(d) = d else { break };
                 let text = match d {
                     Ok(d) => {
+                        backoff.succeeded();
                         telemetry::delivered(d.topic(), "ws", d.message().size());
                         let id = manual.then(|| { let id = next_id.to_string(); next_id += 1; id });
                         let json = delivery_json(&d, id.clone());
@@ -1297,7 +1400,11 @@ async fn ws_loop(s: Arc<Shared>, mut sub: Subscription, mut socket: WebSocket, m
                         }
                         serde_json::to_string(&json).unwrap_or_default()
                     }
-                    Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+                    Err(e) => {
+                        // Repeated errors: pause longer each time, not spin.
+                        paused = Some(tokio::time::Instant::now() + backoff.failed());
+                        serde_json::json!({"error": e.to_string()}).to_string()
+                    }
                 };
                 if socket.send(WsMessage::Text(text.into())).await.is_err() {
                     break;
@@ -1402,6 +1509,38 @@ async fn describe_topic(
 ) -> ApiResult<Json<TopicJson>> {
     check(&s, &headers, Right::Admin, &topic)?;
     Ok(Json(topic_json(&find_topic(&s, &topic)?)))
+}
+
+/// Repairs the first damaged batch of a partition: skips it (its offsets
+/// are lost, every other record stays) or truncates the partition at it.
+/// With `dry_run` it only reports what would be lost.
+#[utoipa::path(post, path = "/v1/topics/{topic}/partitions/{partition}/repair", params(PartitionPath),
+    request_body = RepairBody,
+    responses((status = 200, body = RepairJson), (status = 400, body = ErrorBody, description = "malformed JSON, no such partition, or an action that cannot apply"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic"), (status = 413, body = ErrorBody, description = "body too large")))]
+async fn repair_partition(
+    State(s): AppState,
+    ApiPath(PartitionPath { topic, partition }): ApiPath<PartitionPath>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RepairJson>> {
+    check(&s, &headers, Right::Admin, &topic)?;
+    let b: RepairBody = parse_json(&body_bytes(&s, body)?)?;
+    let action = match b.action {
+        RepairKind::SkipBatch => wharf_broker::RepairAction::SkipBatch,
+        RepairKind::Truncate => wharf_broker::RepairAction::TruncateAt(b.truncate_at),
+    };
+    let r = s
+        .broker
+        .repair(&topic, partition, action, b.dry_run)
+        .await?;
+    Ok(Json(RepairJson {
+        dry_run: r.dry_run,
+        damage: r.damage.as_ref().map(damage_json),
+        lost_from: r.lost.start,
+        lost_to: r.lost.end,
+        lost_count: r.lost_count(),
+        remaining: r.remaining,
+    }))
 }
 
 /// Deletes a topic, its data and its group positions.

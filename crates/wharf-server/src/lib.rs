@@ -10,6 +10,7 @@
 
 mod admin;
 mod auth;
+mod backoff;
 mod config;
 mod error;
 mod grpc;

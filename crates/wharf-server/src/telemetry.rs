@@ -45,6 +45,7 @@ impl Metrics {
             .unwrap_or_default();
         broker_gauges(&mut out, broker);
         fsync_histogram(&mut out, &broker.fsync_stats());
+        storage_integrity(&mut out, broker);
         process_metrics(&mut out, &crate::process::usage());
         out
     }
@@ -185,6 +186,58 @@ fn fsync_histogram(out: &mut String, s: &SyncStatsSnapshot) {
     let _ = writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {}", s.count);
     let _ = writeln!(out, "{NAME}_sum {}", s.total_nanos as f64 / 1e9);
     let _ = writeln!(out, "{NAME}_count {}", s.count);
+}
+
+/// Appends the damaged-batch counters (detections, torn tails, repairs by
+/// action) and the number of damaged batches each partition holds now.
+fn storage_integrity(out: &mut String, broker: &Broker) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let s = broker.integrity_stats();
+    let mut counter = |name: &str, help: &str, lines: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, v) in lines {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    counter(
+        "wharf_storage_damage_detected_total",
+        "Damaged stored batches detected (by CRC on open or on read).",
+        &[("", s.detected)],
+    );
+    counter(
+        "wharf_storage_torn_tails_truncated_total",
+        "Torn tails (never acknowledged) truncated by recovery.",
+        &[("", s.torn_tails)],
+    );
+    counter(
+        "wharf_storage_repairs_total",
+        "Damaged batches repaired by an operator, by action.",
+        &[
+            ("{action=\"skip_batch\"}", s.skipped),
+            ("{action=\"truncate\"}", s.truncated),
+        ],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wharf_storage_damaged_batches Damaged batches not yet repaired, per partition."
+    );
+    let _ = writeln!(out, "# TYPE wharf_storage_damaged_batches gauge");
+    for t in broker.topics() {
+        let mut per: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+        for (p, _) in &t.damage {
+            *per.entry(*p).or_default() += 1;
+        }
+        for (p, n) in per {
+            let _ = writeln!(
+                out,
+                "wharf_storage_damaged_batches{{topic=\"{}\",partition=\"{p}\"}} {n}",
+                t.name
+            );
+        }
+    }
 }
 
 /// Appends the standard `process_*` series (CPU seconds, resident memory,
