@@ -862,9 +862,6 @@ impl Inner {
         if msgs.is_empty() {
             return Ok(Vec::new());
         }
-        let topic = self.topic(topic_name, force)?;
-        let cfg = topic.config();
-        let mut total_size = 0;
         // Dead letters and replays (`force`) carry `wharf-*` headers the
         // broker added, so the header limits apply to what clients publish.
         let (max_headers, max_header_bytes) = if force {
@@ -872,32 +869,28 @@ impl Inner {
         } else {
             (self.config.max_headers, self.config.max_header_bytes)
         };
-        for i in 0..msgs.len() {
-            let size = msgs.size(i);
-            if size > cfg.max_message_bytes {
-                return Err(Error::MessageTooLarge {
-                    size,
-                    max: cfg.max_message_bytes,
-                });
+        // Only an accepted publish creates a topic: an unknown topic's batch
+        // is checked against the config it would get before it is created.
+        let topic = match self.existing_topic(topic_name) {
+            Ok(t) => t,
+            Err(_) => {
+                if !(self.config.auto_create_topics || force) {
+                    return Err(Error::UnknownTopic {
+                        topic: topic_name.into(),
+                    });
+                }
+                let default = &self.config.default_topic;
+                check_batch(
+                    msgs,
+                    default.max_message_bytes,
+                    max_headers,
+                    max_header_bytes,
+                )?;
+                self.topic(topic_name, force)?
             }
-            let count = msgs.header_count(i);
-            if count > max_headers {
-                return Err(Error::TooManyHeaders {
-                    count,
-                    max: max_headers,
-                });
-            }
-            let header_bytes = size
-                .saturating_sub(msgs.payload(i).len())
-                .saturating_sub(msgs.key(i).map_or(0, <[u8]>::len));
-            if header_bytes > max_header_bytes {
-                return Err(Error::HeadersTooLarge {
-                    size: header_bytes,
-                    max: max_header_bytes,
-                });
-            }
-            total_size += size;
-        }
+        };
+        let cfg = topic.config();
+        let total_size = check_batch(msgs, cfg.max_message_bytes, max_headers, max_header_bytes)?;
         let n = msgs.len();
         let mut receipts: Vec<Option<Receipt>> = vec![None; n];
         let mut same_as: Vec<(usize, usize)> = Vec::new();
@@ -1441,4 +1434,42 @@ impl Backend for Broker {
         .await
         .map_err(|e| storage_error("close task", e))?
     }
+}
+
+/// Checks every message of a batch against the size and header limits;
+/// returns the batch's total size.
+fn check_batch<S: PublishSource + Sync + ?Sized>(
+    msgs: &S,
+    max_message_bytes: usize,
+    max_headers: usize,
+    max_header_bytes: usize,
+) -> Result<usize> {
+    let mut total_size = 0;
+    for i in 0..msgs.len() {
+        let size = msgs.size(i);
+        if size > max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size,
+                max: max_message_bytes,
+            });
+        }
+        let count = msgs.header_count(i);
+        if count > max_headers {
+            return Err(Error::TooManyHeaders {
+                count,
+                max: max_headers,
+            });
+        }
+        let header_bytes = size
+            .saturating_sub(msgs.payload(i).len())
+            .saturating_sub(msgs.key(i).map_or(0, <[u8]>::len));
+        if header_bytes > max_header_bytes {
+            return Err(Error::HeadersTooLarge {
+                size: header_bytes,
+                max: max_header_bytes,
+            });
+        }
+        total_size += size;
+    }
+    Ok(total_size)
 }

@@ -86,6 +86,11 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     limits: serve_limits::ServeLimits,
+    /// Create topics only explicitly (`wharf topic create`): publishing to
+    /// an unknown topic fails with "unknown topic" instead of creating it
+    /// (config file: auto_create_topics = false).
+    #[arg(long)]
+    no_auto_create_topics: bool,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +318,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tls_cert,
         tls_key,
         limits,
+        no_auto_create_topics,
     } = a;
     let tls = tls_cert.zip(tls_key);
     let level = std::env::var("WHARF_LOG")
@@ -332,6 +338,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cfg.tls = tls;
     }
     limits.apply(&mut cfg);
+    if no_auto_create_topics {
+        cfg.auto_create_topics = false;
+    }
     let auth = if cfg.tokens.is_empty() { "off" } else { "on" };
     // A serve that fails to start leaves no data dir it created behind.
     let existed = data_dir.exists();

@@ -699,3 +699,96 @@ async fn get_on_post_only_routes_answers_405_with_allow() {
         );
     }
 }
+
+async fn topic_names(c: &reqwest::Client, base: &str) -> Vec<String> {
+    let topics: Value = c
+        .get(format!("{base}/v1/topics"))
+        .send()
+        .await
+        .expect("list topics")
+        .json()
+        .await
+        .expect("json");
+    topics
+        .as_array()
+        .expect("topics")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_publish_creates_no_topic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "max_headers = 1\n").expect("config");
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let base = server.url();
+    let c = http();
+    // Over the default topic's 1 MiB message limit, within the 16 MiB body limit.
+    let big = "a".repeat(2 * 1024 * 1024);
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.big/messages"),
+        json!({"payload": big}),
+    )
+    .await;
+    assert_eq!(st, 413, "{r}");
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.headers/messages"),
+        json!({"payload": "x", "headers": {"a": "1", "b": "2"}}),
+    )
+    .await;
+    assert_eq!(st, 400, "{r}");
+    let names = topic_names(&c, &base).await;
+    assert!(
+        !names.iter().any(|n| n == "http.big" || n == "http.headers"),
+        "{names:?}"
+    );
+    // An accepted publish does create its topic.
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.big/messages"),
+        json!({"payload": "small"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert!(topic_names(&c, &base).await.iter().any(|n| n == "http.big"));
+}
+
+#[tokio::test]
+async fn with_auto_create_off_an_unknown_topic_is_a_typed_404() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start_with(
+        dir.path(),
+        None,
+        "127.0.0.1:0",
+        &["--no-auto-create-topics"],
+    );
+    let base = server.url();
+    let c = http();
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.auto/messages"),
+        json!({"payload": "x"}),
+    )
+    .await;
+    assert_eq!(st, 404, "{r}");
+    assert_eq!(r["error"]["code"], "unknown_topic", "{r}");
+    assert!(topic_names(&c, &base).await.is_empty());
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.auto"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{r}");
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.auto/messages"),
+        json!({"payload": "x"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+}

@@ -10,6 +10,7 @@
 //! group_idle_ms = 60000        # unload a group this long without consumers
 //! poller_idle_ms = 30000       # drop a long-poll subscription this long unpolled
 //! read_ahead_bytes = 262144    # per group and partition
+//! auto_create_topics = true    # false: publishing to an unknown topic is 404
 //! [[tokens]]
 //! token = "s3cret"
 //! publish = ["orders.>"]
@@ -89,6 +90,9 @@ pub struct FileConfig {
     pub poller_idle_ms: Option<u64>,
     /// Bytes of messages read ahead per group and partition.
     pub read_ahead_bytes: Option<usize>,
+    /// Whether an accepted publish (or a subscription) creates an unknown
+    /// topic with the default settings.
+    pub auto_create_topics: Option<bool>,
     /// Tokens; when non-empty, every endpoint except health needs one.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -115,6 +119,11 @@ pub struct ServerConfig {
     /// Most bytes of header names and values a published message may have
     /// (`413 headers_too_large`, gRPC `RESOURCE_EXHAUSTED` past it).
     pub max_header_bytes: usize,
+    /// Whether an accepted publish (or a subscription) creates an unknown
+    /// topic with the default settings (default `true`); when off, only
+    /// `POST /v1/topics` / `wharf topic create` do, and publishing to an
+    /// unknown topic is `404 unknown_topic` (gRPC `NOT_FOUND`).
+    pub auto_create_topics: bool,
     /// Tokens; empty means no auth.
     pub tokens: Vec<TokenConfig>,
     /// TLS certificate chain and private key (PEM files); `None` serves plain text.
@@ -149,6 +158,7 @@ impl ServerConfig {
             lease: Duration::from_secs(30),
             max_headers: wharf_broker::DEFAULT_MAX_HEADERS,
             max_header_bytes: wharf_broker::DEFAULT_MAX_HEADER_BYTES,
+            auto_create_topics: true,
             tokens: Vec::new(),
             tls: None,
             max_groups: 10_000,
@@ -198,6 +208,9 @@ impl ServerConfig {
         }
         if let Some(n) = file.read_ahead_bytes {
             self.read_ahead_bytes = n;
+        }
+        if let Some(on) = file.auto_create_topics {
+            self.auto_create_topics = on;
         }
         self.tokens = file.tokens;
         match (file.tls_cert, file.tls_key) {

@@ -951,6 +951,9 @@ async fn openapi_json(State(s): AppState, headers: HeaderMap) -> ApiResult<Respo
 // ---------- publish ----------
 
 /// Publishes one message (`{"payload": ..}`) or a batch (`{"messages": [..]}`).
+/// An accepted publish to an unknown topic creates it with the default
+/// settings (unless the server runs with `--no-auto-create-topics`); a
+/// refused one creates nothing.
 #[utoipa::path(post, path = "/v1/topics/{topic}/messages",
     params(TopicPath),
     request_body(content = PublishBody, description = "One message, or a batch as `{\"messages\": [..]}`"),
@@ -958,6 +961,7 @@ async fn openapi_json(State(s): AppState, headers: HeaderMap) -> ApiResult<Respo
         (status = 200, body = PublishResponse),
         (status = 400, body = ErrorBody, description = "malformed JSON, bad name, id or encoding"),
         (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+        (status = 404, body = ErrorBody, description = "unknown topic, when the server does not create topics on publish"),
         (status = 413, body = ErrorBody, description = "body or message too large"),
     ))]
 async fn publish(

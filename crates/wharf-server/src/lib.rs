@@ -116,6 +116,7 @@ impl Server {
             .max_groups(config.max_groups)
             .group_idle(config.group_idle)
             .read_ahead_bytes(config.read_ahead_bytes)
+            .auto_create_topics(config.auto_create_topics)
             .open(&config.data_dir)
             .await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
