@@ -324,7 +324,7 @@ pub(crate) enum RepairKind {
 pub(crate) struct RepairBody {
     action: RepairKind,
     /// With `truncate`: the cut (at most the damaged batch's first offset).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u64")]
     truncate_at: Option<u64>,
     /// Report what would be lost, change nothing.
     #[serde(default)]
