@@ -60,6 +60,13 @@ pub struct TopicConfig {
     pub visibility_timeout_ms: Option<u64>,
     /// Segment file size at which a new segment is started.
     pub segment_bytes: u64,
+    /// The per-topic policy for a damaged stored batch: `false` (default)
+    /// stops its partition at the damage until an operator repairs it
+    /// ([`Broker::repair`](crate::Broker::repair)); `true` skips it at once,
+    /// as a `SkipBatch` repair would (its messages are lost, logged and
+    /// counted), so consumers go on without an operator.
+    #[serde(default)]
+    pub skip_damaged_batches: bool,
 }
 
 impl Default for TopicConfig {
@@ -76,6 +83,7 @@ impl Default for TopicConfig {
             max_deliveries: None,
             visibility_timeout_ms: None,
             segment_bytes: 64 * 1024 * 1024,
+            skip_damaged_batches: false,
         }
     }
 }
@@ -149,6 +157,15 @@ impl TopicConfig {
     #[must_use]
     pub fn segment_bytes(mut self, n: u64) -> Self {
         self.segment_bytes = n;
+        self
+    }
+
+    /// Skips a damaged stored batch as soon as it is found instead of
+    /// waiting for an operator's repair (see
+    /// [`TopicConfig::skip_damaged_batches`]).
+    #[must_use]
+    pub fn skip_damaged_batches(mut self, on: bool) -> Self {
+        self.skip_damaged_batches = on;
         self
     }
 

@@ -883,7 +883,7 @@ impl GroupTopic {
                     // A damaged batch stops this partition only: what was
                     // read before it is still delivered below, and the
                     // other partitions go on. The log reported it.
-                    Err(e) if is_damage(&e) => {}
+                    Err(e) if is_damage(&e) => self.topic.on_damage(pid),
                     Err(e) => return Err(e),
                 }
             }
@@ -954,6 +954,7 @@ impl GroupTopic {
                             if is_damage(&e) {
                                 // This partition waits for a repair; the
                                 // others go on.
+                                self.topic.on_damage(pid);
                                 break;
                             }
                             part.pending.bytes -= freed;

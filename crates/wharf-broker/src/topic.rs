@@ -357,6 +357,9 @@ pub(crate) struct Topic {
     pub(crate) dedup: Mutex<Dedup>,
     /// The broker's fsync and damage counters, shared by every partition's log.
     stats: LogStats,
+    /// Partitions whose damage the topic's policy is skipping (or failed
+    /// to skip: not tried again until a restart).
+    auto_skipping: Mutex<std::collections::HashSet<u32>>,
 }
 
 /// The counters every partition's log of a broker shares.
@@ -417,6 +420,7 @@ impl Topic {
             partitions: RwLock::new(Arc::new(parts)),
             round_robin: AtomicU32::new(0),
             watchers: Mutex::new(Vec::new()),
+            auto_skipping: Mutex::new(std::collections::HashSet::new()),
             dedup: Mutex::new(Dedup::default()),
             stats,
         })
@@ -469,6 +473,55 @@ impl Topic {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         w.retain(|x| x.strong_count() > 0);
         w.push(Arc::downgrade(n));
+    }
+
+    /// A consumer ran into a damaged batch in `partition`. With the
+    /// topic's `skip_damaged_batches` policy it is skipped on a blocking
+    /// thread (never under the caller's locks) and consumers are woken;
+    /// otherwise the partition waits for an operator's repair.
+    pub(crate) fn on_damage(self: &Arc<Self>, partition: u32) {
+        if !self.config().skip_damaged_batches {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self
+            .auto_skipping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition)
+        {
+            return;
+        }
+        let t = Arc::clone(self);
+        rt.spawn_blocking(move || {
+            let Some(p) = t.partitions().get(partition as usize).cloned() else {
+                return;
+            };
+            match p.repair(RepairAction::SkipBatch, false) {
+                Ok(r) => {
+                    tracing::warn!(
+                        topic = %t.name,
+                        partition,
+                        lost_from = r.lost.start,
+                        lost_to = r.lost.end,
+                        "the topic's skip_damaged_batches policy skipped a damaged batch"
+                    );
+                    t.auto_skipping
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&partition);
+                }
+                Err(e) => tracing::error!(
+                    topic = %t.name,
+                    partition,
+                    error = %e,
+                    "the skip_damaged_batches policy could not skip a damaged batch; repair it by hand"
+                ),
+            }
+            t.wake();
+        });
     }
 
     /// Wakes every consumer watching the topic (new data is readable).

@@ -264,3 +264,43 @@ async fn a_damaged_batch_after_a_crash_does_not_stop_the_broker_and_is_skipped_b
 async fn a_damaged_batch_after_a_crash_is_truncated_by_a_repair() {
     scenario(true, RepairAction::TruncateAt(None)).await;
 }
+
+#[tokio::test]
+async fn with_the_skip_policy_a_damaged_batch_is_skipped_without_an_operator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = TopicConfig::default()
+        .durability(Durability::Never)
+        .partitions(PARTITIONS)
+        .skip_damaged_batches(true);
+    let stored = {
+        let b = open(dir.path()).await;
+        b.create_topic("s", cfg).await.expect("create");
+        let stored = fill(&b, "s").await;
+        b.close().await.expect("close");
+        stored
+    };
+    let v = (0..PARTITIONS)
+        .max_by_key(|&p| stored.keys().filter(|k| k.0 == p).count())
+        .expect("a partition");
+    let (lo, hi) = damage_third_batch(&segment(dir.path(), "s", v));
+    let b = open(dir.path()).await;
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("s")
+                .group("g")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    let got = drain(&mut sub, Duration::from_millis(1500)).await;
+    assert_eq!(
+        got,
+        without(&stored, |p, o| p != v || !(lo..hi).contains(&o))
+    );
+    assert_eq!(
+        b.integrity_stats().skipped,
+        1,
+        "skipped by the policy, counted"
+    );
+    assert!(b.topics().iter().all(|t| t.damage.is_empty()));
+}
