@@ -32,6 +32,11 @@ pub(crate) fn log_error(e: wharf_log::LogError) -> Error {
     match e {
         // The broker is shutting down under a concurrent publish.
         wharf_log::LogError::Closed => Error::Closed { what: "broker" },
+        // Nothing was stored and the log goes on: retry once space is freed.
+        e if e.is_storage_full() => Error::StorageFull {
+            backend: BACKEND,
+            source: Box::new(e),
+        },
         e => Error::Backend {
             backend: BACKEND,
             source: Box::new(e),

@@ -267,6 +267,8 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) lease_ids: AtomicU64,
     publish_permits: Semaphore,
+    /// Set while writes fail for lack of space (see [`Broker::storage_full`]).
+    storage_full: AtomicBool,
     /// fsync durations (see [`Broker::fsync_stats`]) and damage counts (see
     /// [`Broker::integrity_stats`]) of every partition's log.
     stats: LogStats,
@@ -337,6 +339,7 @@ impl Broker {
             dir,
             _temp: temp,
             publish_permits: Semaphore::new(config.max_pending_publishes.max(1)),
+            storage_full: AtomicBool::new(false),
             config,
             meta,
             topics: RwLock::new(topics),
@@ -353,6 +356,15 @@ impl Broker {
             inner.config.commit_interval,
         ));
         Ok(Broker { inner })
+    }
+
+    /// Whether writes are failing because the storage is full: set by a
+    /// publish, topic creation or group-position commit that failed with
+    /// [`Error::StorageFull`]; cleared by the next write that succeeds or
+    /// by a probe (every `commit_interval`) that finds space again. Reads
+    /// keep working meanwhile, and so does deleting topics.
+    pub fn storage_full(&self) -> bool {
+        self.inner.storage_full.load(Ordering::Acquire)
     }
 
     /// The directory the broker stores its data in.
@@ -373,7 +385,9 @@ impl Broker {
         self.inner.check_open()?;
         validate_topic(name)?;
         config.validate()?;
-        self.inner.create_topic(name, config)?;
+        let r = self.inner.create_topic(name, config);
+        self.inner.note_storage(&r);
+        r?;
         Ok(())
     }
 
@@ -428,10 +442,16 @@ impl Broker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, topic), _| topic != name);
-        self.inner.meta.delete_topic(name)?;
-        t.close()?;
+        // Data first, so a full disk has room for the metadata change; a
+        // log that failed cannot close cleanly, which deleting it makes moot.
+        if let Err(e) = t.close() {
+            tracing::warn!(topic = name, error = %e, "closing a deleted topic's logs failed");
+        }
+        // Its open files hold their space until the last handle goes.
+        drop(t);
         std::fs::remove_dir_all(self.inner.dir.join("topics").join(name))
-            .map_err(|e| storage_error("delete topic dir", e))
+            .map_err(|e| storage_error("delete topic dir", e))?;
+        self.inner.meta.delete_topic(name)
     }
 
     /// Every topic with its config and offsets.
@@ -640,6 +660,45 @@ impl Broker {
 }
 
 impl Inner {
+    /// Tracks whether writes fail for lack of space: set by a
+    /// [`Error::StorageFull`], cleared by a write that succeeds.
+    fn note_storage<T>(&self, r: &Result<T>) {
+        match r {
+            Err(Error::StorageFull { .. }) => {
+                if !self.storage_full.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(dir = %self.dir.display(), "storage is full: writes fail until space is freed");
+                }
+            }
+            Ok(_) => {
+                if self.storage_full.swap(false, Ordering::AcqRel) {
+                    tracing::info!(dir = %self.dir.display(), "storage has space again: writes resume");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// While the storage is full, checks whether space is back by writing,
+    /// syncing and removing a small file in the data directory, so
+    /// readiness recovers even when no publish arrives to try.
+    fn probe_space(&self) {
+        if !self.storage_full.load(Ordering::Acquire) {
+            return;
+        }
+        let path = self.dir.join(".space-probe");
+        let r = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&[0u8; 64 * 1024])?;
+            f.sync_data()
+        })();
+        let _ = std::fs::remove_file(&path);
+        let r = r.map_err(|e| storage_error("space probe", e));
+        if r.is_ok() {
+            self.note_storage(&r);
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -926,16 +985,19 @@ impl Inner {
             }
             reservation = Some(r).filter(|r| !r.is_empty());
         }
-        self.append(
-            &topic,
-            &cfg,
-            msgs,
-            total_size,
-            &mut receipts,
-            &same_as,
-            reservation,
-        )
-        .await?;
+        let appended = self
+            .append(
+                &topic,
+                &cfg,
+                msgs,
+                total_size,
+                &mut receipts,
+                &same_as,
+                reservation,
+            )
+            .await;
+        self.note_storage(&appended);
+        appended?;
         for (i, j) in same_as {
             let mut r = receipts[j].expect("first occurrence has a receipt");
             r.duplicate = true;
@@ -1209,7 +1271,12 @@ async fn commit_loop(inner: Weak<Inner>, every: Duration) {
             return;
         }
         let r = tokio::task::spawn_blocking(move || {
-            i.commit(false)?;
+            i.probe_space();
+            let r = i.commit(false);
+            if matches!(r, Err(Error::StorageFull { .. })) {
+                i.note_storage(&r);
+            }
+            r?;
             let n = i.unload_idle()?;
             if n > 0 {
                 tracing::debug!(groups = n, "unloaded idle consumer groups");

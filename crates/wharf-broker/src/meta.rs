@@ -6,13 +6,15 @@
 //! group's position is the last committed one (acks after it are redelivered).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TopicConfig;
-use crate::error::{storage_error, Error};
+use crate::error::{storage_error, Error, StorageError, BACKEND};
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("cursors");
@@ -72,7 +74,25 @@ impl CursorKey {
 }
 
 pub(crate) struct Meta {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while a reopen failed (the next call tries again).
+    db: RwLock<Option<Database>>,
+    /// Set by an I/O error: redb then refuses every transaction
+    /// (`PreviousIo`) until it is reopened, which the next call does.
+    reopen: AtomicBool,
+}
+
+/// The open database, held for the length of one metadata call.
+struct Db<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        match self.0.as_ref() {
+            Some(db) => db,
+            None => unreachable!("Meta::db returns only an open database"),
+        }
+    }
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -80,6 +100,57 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Meta {
+    /// The database, reopened first if an I/O error (a full disk) left it
+    /// refusing transactions, so metadata writes resume once the cause
+    /// passes instead of failing until a restart.
+    fn db(&self) -> Result<Db<'_>, Error> {
+        if self.reopen.load(Ordering::Acquire) {
+            let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.reopen.swap(false, Ordering::AcqRel) || g.is_none() {
+                // The old handle must be closed before the file is opened again.
+                *g = None;
+                match Database::create(&self.path) {
+                    Ok(db) => *g = Some(db),
+                    Err(e) => return Err(self.fail("reopen metadata", e.into())),
+                }
+            }
+        }
+        let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            return Err(storage_error("metadata", "not open after a failed reopen"));
+        }
+        Ok(Db(g))
+    }
+
+    /// A redb failure during `what`: a full disk becomes
+    /// [`Error::StorageFull`]; any I/O error schedules a reopen.
+    fn fail(&self, what: &'static str, e: redb::Error) -> Error {
+        let full = match &e {
+            redb::Error::Io(io) => {
+                self.reopen.store(true, Ordering::Release);
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }
+            redb::Error::PreviousIo => {
+                self.reopen.store(true, Ordering::Release);
+                false
+            }
+            _ => false,
+        };
+        if full {
+            return Error::StorageFull {
+                backend: BACKEND,
+                source: Box::new(StorageError {
+                    what,
+                    detail: e.to_string(),
+                }),
+            };
+        }
+        storage_error(what, e)
+    }
+
     pub(crate) fn open(path: &Path) -> Result<Meta, Error> {
         let db = Database::create(path).map_err(|e| storage_error("open metadata", e))?;
         let txn = db
@@ -91,44 +162,56 @@ impl Meta {
             .map_err(|e| storage_error("open metadata", e))?;
         txn.commit()
             .map_err(|e| storage_error("open metadata", e))?;
-        Ok(Meta { db })
+        Ok(Meta {
+            path: path.to_owned(),
+            db: RwLock::new(Some(db)),
+            reopen: AtomicBool::new(false),
+        })
     }
 
     pub(crate) fn topics(&self) -> Result<Vec<(String, TopicConfig)>, Error> {
-        let err = |e: &dyn std::fmt::Display| storage_error("read topics", e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = txn.open_table(TOPICS).map_err(|e| err(&e))?;
+        let what = "read topics";
+        let err = |e: redb::Error| self.fail(what, e);
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(TOPICS).map_err(|e| err(e.into()))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| err(&e))? {
-            let (k, v) = row.map_err(|e| err(&e))?;
-            let cfg: TopicConfig = serde_json::from_slice(v.value()).map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            let cfg: TopicConfig =
+                serde_json::from_slice(v.value()).map_err(|e| storage_error(what, e))?;
             out.push((k.value().to_owned(), cfg));
         }
         Ok(out)
     }
 
     pub(crate) fn put_topic(&self, name: &str, cfg: &TopicConfig) -> Result<(), Error> {
-        let err = |e: &dyn std::fmt::Display| storage_error("write topic", e.to_string());
-        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let what = "write topic";
+        let err = |e: redb::Error| self.fail(what, e);
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
         {
-            let mut t = txn.open_table(TOPICS).map_err(|e| err(&e))?;
-            t.insert(name, json(cfg).as_slice()).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(TOPICS).map_err(|e| err(e.into()))?;
+            t.insert(name, json(cfg).as_slice())
+                .map_err(|e| err(e.into()))?;
         }
-        txn.commit().map_err(|e| err(&e))
+        txn.commit().map_err(|e| err(e.into()))
     }
 
     /// Removes a topic and every group position on it.
     pub(crate) fn delete_topic(&self, name: &str) -> Result<(), Error> {
-        let err = |e: &dyn std::fmt::Display| storage_error("delete topic", e.to_string());
-        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let what = "delete topic";
+        let err = |e: redb::Error| self.fail(what, e);
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
         {
-            let mut t = txn.open_table(TOPICS).map_err(|e| err(&e))?;
-            t.remove(name).map_err(|e| err(&e))?;
-            let mut c = txn.open_table(CURSORS).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(TOPICS).map_err(|e| err(e.into()))?;
+            t.remove(name).map_err(|e| err(e.into()))?;
+            let mut c = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
             let prefix = format!("{name}\0");
             let keys: Vec<String> = c
                 .range(prefix.as_str()..)
-                .map_err(|e| err(&e))?
+                .map_err(|e| err(e.into()))?
                 .map_while(|row| {
                     let (k, _) = row.ok()?;
                     let k = k.value().to_owned();
@@ -136,23 +219,26 @@ impl Meta {
                 })
                 .collect();
             for k in keys {
-                c.remove(k.as_str()).map_err(|e| err(&e))?;
+                c.remove(k.as_str()).map_err(|e| err(e.into()))?;
             }
         }
-        txn.commit().map_err(|e| err(&e))
+        txn.commit().map_err(|e| err(e.into()))
     }
 
     pub(crate) fn cursors(&self) -> Result<HashMap<CursorKey, Cursor>, Error> {
-        let err = |e: &dyn std::fmt::Display| storage_error("read cursors", e.to_string());
-        let txn = self.db.begin_read().map_err(|e| err(&e))?;
-        let table = txn.open_table(CURSORS).map_err(|e| err(&e))?;
+        let what = "read cursors";
+        let err = |e: redb::Error| self.fail(what, e);
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
         let mut out = HashMap::new();
-        for row in table.iter().map_err(|e| err(&e))? {
-            let (k, v) = row.map_err(|e| err(&e))?;
+        for row in table.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
             let Some(key) = CursorKey::decode(k.value()) else {
                 continue;
             };
-            let c: Cursor = serde_json::from_slice(v.value()).map_err(|e| err(&e))?;
+            let c: Cursor =
+                serde_json::from_slice(v.value()).map_err(|e| storage_error(what, e))?;
             out.insert(key, c);
         }
         Ok(out)
@@ -163,16 +249,18 @@ impl Meta {
         if cursors.is_empty() {
             return Ok(());
         }
-        let err = |e: &dyn std::fmt::Display| storage_error("commit cursors", e.to_string());
-        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        let what = "commit cursors";
+        let err = |e: redb::Error| self.fail(what, e);
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
         {
-            let mut t = txn.open_table(CURSORS).map_err(|e| err(&e))?;
+            let mut t = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
             for (k, c) in cursors {
                 t.insert(k.encode().as_str(), json(c).as_slice())
-                    .map_err(|e| err(&e))?;
+                    .map_err(|e| err(e.into()))?;
             }
         }
-        txn.commit().map_err(|e| err(&e))
+        txn.commit().map_err(|e| err(e.into()))
     }
 }
 

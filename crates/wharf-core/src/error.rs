@@ -145,6 +145,18 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The backend's storage is full (no space left, or over quota).
+    /// Nothing of the failed call was stored; retrying once space is freed
+    /// (retention, a deleted topic, a bigger disk) succeeds.
+    #[error("backend {backend} is out of storage space: {source}")]
+    StorageFull {
+        /// The backend's name.
+        backend: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
     /// An operation did not complete in time.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
@@ -186,11 +198,15 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same call later may succeed (the backend was
-    /// unavailable or slow), as opposed to bad input or a closed handle.
+    /// unavailable, slow, or out of storage space), as opposed to bad input
+    /// or a closed handle.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Timeout { .. } | Error::ResourceExhausted { .. }
+            Error::Unavailable { .. }
+                | Error::Timeout { .. }
+                | Error::ResourceExhausted { .. }
+                | Error::StorageFull { .. }
         )
     }
 

@@ -209,9 +209,11 @@ pub enum LogError {
         /// What it must satisfy.
         requirement: &'static str,
     },
-    /// An earlier write or fsync failed; the log refuses further appends
-    /// (fail-stop). Data acknowledged before the failure is safe; reopen the
-    /// log to recover.
+    /// An earlier failure could not be cleaned up (cutting back a failed
+    /// append failed too, or an fsync failed under a policy that had
+    /// already acknowledged the unsynced records); the log refuses further
+    /// appends (fail-stop). Data acknowledged before the failure is safe;
+    /// reopen the log to recover.
     #[error("log is failed after an earlier {cause:?} I/O error; reopen it to recover")]
     Poisoned {
         /// Kind of the I/O error that failed the log.
@@ -227,12 +229,43 @@ pub enum LogError {
         /// Why not.
         why: &'static str,
     },
+    /// A write or `fdatasync` failed before this append was durable, so
+    /// the log cut its unacknowledged tail (this batch included) back to
+    /// the last synced point and goes on. Nothing of the batch is stored;
+    /// retrying may succeed once the cause passes (space is freed).
+    #[error(
+        "append discarded after a {cause:?} I/O error; the log cut its unsynced tail and goes on"
+    )]
+    Discarded {
+        /// Kind of the I/O error that failed the write or sync.
+        cause: io::ErrorKind,
+    },
     /// The log was closed.
     #[error("log is closed")]
     Closed,
 }
 
 impl LogError {
+    /// The kind of the I/O error behind this error, if there is one.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            LogError::Io { source, .. } => Some(source.kind()),
+            LogError::Poisoned { cause } | LogError::Discarded { cause } => Some(*cause),
+            _ => None,
+        }
+    }
+
+    /// Whether the storage is full (`ENOSPC`, or a quota: `EDQUOT`): the
+    /// append stored nothing, and retrying once space is freed succeeds.
+    /// False for [`LogError::Poisoned`]: a failed log needs a reopen.
+    pub fn is_storage_full(&self) -> bool {
+        !matches!(self, LogError::Poisoned { .. })
+            && matches!(
+                self.io_kind(),
+                Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            )
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, op: IoOp, source: io::Error) -> Self {
         LogError::Io {
             path: path.into(),

@@ -73,6 +73,16 @@ impl SegmentIndex {
         self.since_time_entry += u64::from(len);
     }
 
+    /// Forgets every batch at byte `pos` or later (relative offset `rel`
+    /// or later), after the segment was cut back there. `max_timestamp`
+    /// is kept: an overestimate only makes time searches scan more.
+    pub(crate) fn cut(&mut self, pos: u64, rel: u64) {
+        self.offsets.retain(|&(_, p)| u64::from(p) < pos);
+        self.times.retain(|&(_, r)| u64::from(r) < rel);
+        self.since_offset_entry = 0;
+        self.since_time_entry = 0;
+    }
+
     /// Byte position from which to scan for relative offset `rel`.
     pub(crate) fn position_for(&self, rel: u64) -> u64 {
         let i = self.offsets.partition_point(|&(o, _)| u64::from(o) <= rel);

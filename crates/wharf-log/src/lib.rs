@@ -31,10 +31,13 @@
 //! ```
 //!
 //! Invariants: a batch whose CRC fails is never served, and is skipped only
-//! by an explicit [`Log::repair`]; an `Always` append
-//! returns only after `fdatasync` covers it; after a write or sync error the
-//! log refuses appends (fail-stop) and data acknowledged before stays
-//! readable after reopen.
+//! by an explicit [`Log::repair`]; an `Always` append returns only after
+//! `fdatasync` covers it; an append that returns an error stores nothing
+//! (a failed write or, under `Always`, a failed sync cuts the
+//! unacknowledged tail back and the log goes on — a full disk is
+//! [`LogError::is_storage_full`], retryable); only when that cut is not
+//! possible does the log refuse appends (fail-stop), and data acknowledged
+//! before stays readable after reopen.
 
 #![warn(missing_docs)]
 
@@ -61,7 +64,7 @@ pub use crate::damage::{
     Damage, IntegrityStats, IntegrityStatsSnapshot, RepairAction, RepairReport,
 };
 pub use crate::error::{CorruptKind, IoOp, LogError, RecordField};
-pub use crate::log::{AppendInfo, Log};
+pub use crate::log::{AppendInfo, Log, Written};
 pub use crate::read::{ReadBatches, Records};
 pub use crate::record::{Record, StoredRecord};
 pub use crate::sim::{SimStats, SimStorage};

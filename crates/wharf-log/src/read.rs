@@ -43,6 +43,15 @@ impl ReadBatches {
         self.batches.is_empty()
     }
 
+    /// Drops the batches that start at or after `end`, so a caller that
+    /// exposes a log only up to an offset of its own (a publish committed
+    /// across several logs) never hands out a record past it.
+    pub fn truncate_at(&mut self, end: u64) {
+        let keep = self.batches.partition_point(|b| b.base_offset() < end);
+        self.batches.truncate(keep);
+        self.positions.truncate(keep);
+    }
+
     /// Total stored size of the batches.
     pub fn total_bytes(&self) -> usize {
         self.batches.iter().map(|b| b.as_bytes().len()).sum()

@@ -1,7 +1,8 @@
 //! [`SimStorage`]: an in-memory [`Storage`] for tests that remembers, per
 //! file, what the last completed `sync_data` made durable. It can inject
-//! short writes, fsync failures and ENOSPC, count reads, and simulate a
-//! crash that drops unsynced bytes at a chosen cut.
+//! short writes, fsync failures and ENOSPC (also at the n-th write or
+//! sync), count reads, and simulate a crash that drops unsynced bytes at a
+//! chosen cut.
 //!
 //! Simplification (documented in FORMAT.md): directory operations
 //! (create, remove, rename) are durable at once.
@@ -33,6 +34,26 @@ struct Faults {
     fail_syncs: u32,
     write_budget: Option<u64>,
     max_write_chunk: Option<usize>,
+    /// (successful `write_at` calls still allowed, errno of the next one).
+    nth_write: Option<(u64, i32)>,
+    /// (successful `sync_data` calls still allowed, errno of the next one).
+    nth_sync: Option<(u64, i32)>,
+}
+
+/// Counts one call down; `Some(errno)` when this call must fail.
+fn countdown(fault: &mut Option<(u64, i32)>) -> Option<i32> {
+    match fault {
+        Some((0, errno)) => {
+            let errno = *errno;
+            *fault = None;
+            Some(errno)
+        }
+        Some((n, _)) => {
+            *n -= 1;
+            None
+        }
+        None => None,
+    }
 }
 
 /// A file's bytes. `data[..synced_len]` is durable unless `shadow` holds
@@ -96,19 +117,22 @@ struct SimState {
 /// let log = Log::open("/log", config(&sim)?)?;
 /// log.append(&[Record::new(0, "acknowledged")])?;
 ///
-/// // The next fdatasync fails: the append errors and the log fails-stop.
+/// // The next fdatasync fails: the append errors, the log cuts it and
+/// // goes on.
 /// sim.fail_next_syncs(1);
 /// assert!(log.append(&[Record::new(1, "lost")]).is_err());
-/// assert!(matches!(
-///     log.append(&[Record::new(2, "refused")]),
-///     Err(LogError::Poisoned { .. })
-/// ));
+/// log.append(&[Record::new(2, "after")])?;
+/// // The disk fills: a typed error, nothing stored, and no fail-stop.
+/// sim.fail_writes_after(0);
+/// let err = log.append(&[Record::new(3, "full")]).unwrap_err();
+/// assert!(err.is_storage_full());
+/// sim.clear_faults();
 ///
 /// // Power cut: bytes not covered by a completed sync are dropped.
 /// let after = sim.crash(|_path, _unsynced_len| 0);
 /// drop(log);
 /// let log = Log::open("/log", config(&after)?)?;
-/// assert_eq!(log.end_offset(), 1);
+/// assert_eq!(log.end_offset(), 2);
 /// # Ok::<(), LogError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
@@ -175,6 +199,18 @@ impl SimStorage {
     /// write that crosses the limit is partial).
     pub fn fail_writes_after(&self, bytes: u64) {
         lock(&self.shared).faults.write_budget = Some(bytes);
+    }
+
+    /// Lets `n` more `write_at` calls succeed, then fails the next one
+    /// (writing nothing) with the OS error `errno` (e.g. 28, ENOSPC).
+    pub fn fail_write_after_calls(&self, n: u64, errno: i32) {
+        lock(&self.shared).faults.nth_write = Some((n, errno));
+    }
+
+    /// Lets `n` more `sync_data` calls succeed, then fails the next one
+    /// with the OS error `errno` (e.g. 5, EIO; 28, ENOSPC).
+    pub fn fail_sync_after_calls(&self, n: u64, errno: i32) {
+        lock(&self.shared).faults.nth_sync = Some((n, errno));
     }
 
     /// Makes every `write_at` accept at most `max` bytes (short writes).
@@ -328,6 +364,9 @@ impl StorageFile for SimFile {
 
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<usize> {
         let mut st = self.state()?;
+        if let Some(errno) = countdown(&mut st.faults.nth_write) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         let mut n = buf.len();
         if let Some(max) = st.faults.max_write_chunk {
             n = n.min(max);
@@ -356,6 +395,9 @@ impl StorageFile for SimFile {
         if st.faults.fail_syncs > 0 {
             st.faults.fail_syncs -= 1;
             return Err(io::Error::from_raw_os_error(5));
+        }
+        if let Some(errno) = countdown(&mut st.faults.nth_sync) {
+            return Err(io::Error::from_raw_os_error(errno));
         }
         let f = st.files.get_mut(&self.id).ok_or(io::ErrorKind::NotFound)?;
         f.synced_len = f.data.len();

@@ -1,10 +1,11 @@
 //! Fault injection through `SimStorage`: fsync failures, ENOSPC and short
-//! writes surface as typed errors, fail the log (fail-stop), and never cost
-//! data that was acknowledged before the fault.
+//! writes surface as typed errors, store nothing of the failed append, and
+//! never cost data acknowledged before the fault. Under `Always` the log
+//! cuts its unacknowledged tail and goes on; an fsync failure under a
+//! policy that had acknowledged unsynced data fails the log (fail-stop).
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use common::{read_all, rec, sim_config};
@@ -13,7 +14,7 @@ use wharf_log::{Durability, IoOp, Log, LogError, SimStorage};
 const DIR: &str = "/log";
 
 #[test]
-fn fsync_failure_fails_the_append_refuses_later_ones_and_keeps_acknowledged_data() {
+fn under_always_a_failed_fsync_fails_its_append_cuts_it_and_the_log_goes_on() {
     let sim = SimStorage::new();
     let log = Log::open(DIR, sim_config(&sim, Durability::Always, 1 << 20)).expect("open");
     for i in 0..10 {
@@ -25,56 +26,110 @@ fn fsync_failure_fails_the_append_refuses_later_ones_and_keeps_acknowledged_data
         matches!(&err, LogError::Io { op: IoOp::SyncData, path, .. } if path.ends_with("00000000000000000000.log")),
         "{err:?}"
     );
-    let err = log.append(&[rec(11)]).expect_err("refused");
-    assert!(matches!(err, LogError::Poisoned { .. }), "{err:?}");
-    assert!(matches!(log.sync(), Err(LogError::Poisoned { .. })));
-    assert!(matches!(log.close(), Err(LogError::Poisoned { .. })));
-    assert!(
-        !sim.file_names(Path::new(DIR))
-            .contains(&"clean.shutdown".to_string()),
-        "a failed log must not claim a clean shutdown"
+    // The unacknowledged batch was cut: its offset is given out again.
+    assert_eq!(log.end_offset(), 10);
+    assert_eq!(
+        log.append(&[rec(11)]).expect("the log goes on").base_offset,
+        10
     );
-    let after = sim.crash(|_, _| 0);
+    log.close().expect("close");
+    let after = sim.crash(|_, unsynced| unsynced);
     drop(log);
     let log = Log::open(DIR, sim_config(&after, Durability::Always, 1 << 20)).expect("reopen");
-    let got = read_all(&log);
-    assert_eq!(got.len(), 10);
-    for (i, r) in got.iter().enumerate() {
-        assert_eq!(r.to_record(), rec(i as u64));
-    }
-    assert_eq!(log.append(&[rec(99)]).expect("append").base_offset, 10);
+    let got: Vec<_> = read_all(&log).iter().map(|r| r.to_record()).collect();
+    let want: Vec<_> = (0..10).chain([11]).map(rec).collect();
+    assert_eq!(got, want);
 }
 
 #[test]
-fn enospc_mid_batch_fails_the_log_and_recovery_drops_the_torn_batch() {
-    let sim = SimStorage::new();
-    let log = Log::open(DIR, sim_config(&sim, Durability::Always, 1 << 20)).expect("open");
-    for i in 0..10 {
-        log.append(&[rec(i)]).expect("append");
-    }
-    sim.fail_writes_after(20);
-    let err = log.append(&[rec(10), rec(11)]).expect_err("ENOSPC");
-    match &err {
-        LogError::Io { op, source, .. } => {
-            assert_eq!(*op, IoOp::Write);
-            assert_eq!(source.raw_os_error(), Some(28));
+fn enospc_mid_batch_stores_nothing_of_it_and_appends_resume_once_space_is_back() {
+    for durability in [Durability::Always, Durability::Never] {
+        let sim = SimStorage::new();
+        let log = Log::open(DIR, sim_config(&sim, durability, 1 << 20)).expect("open");
+        for i in 0..10 {
+            log.append(&[rec(i)]).expect("append");
         }
-        other => panic!("expected Io error, got {other:?}"),
+        sim.fail_writes_after(20);
+        let err = log.append(&[rec(10), rec(11)]).expect_err("ENOSPC");
+        match &err {
+            LogError::Io { op, source, .. } => {
+                assert_eq!(*op, IoOp::Write);
+                assert_eq!(source.raw_os_error(), Some(28));
+            }
+            other => panic!("expected Io error, got {other:?}"),
+        }
+        assert!(err.is_storage_full(), "{err:?}");
+        // Still full: a typed, retryable error again, not a failed log.
+        let err = log.append(&[rec(12)]).expect_err("still full");
+        assert!(err.is_storage_full(), "{err:?}");
+        // Reads still serve what was acknowledged.
+        assert_eq!(read_all(&log).len(), 10);
+        assert_eq!(log.end_offset(), 10);
+        sim.clear_faults();
+        assert_eq!(
+            log.append(&[rec(13)]).expect("space is back").base_offset,
+            10
+        );
+        log.sync().expect("sync");
+        // Crash keeping every byte written: nothing of the failed appends.
+        let after = sim.crash(|_, unsynced| unsynced);
+        drop(log);
+        let log = Log::open(DIR, sim_config(&after, durability, 1 << 20)).expect("reopen");
+        let got: Vec<_> = read_all(&log).iter().map(|r| r.to_record()).collect();
+        let want: Vec<_> = (0..10).chain([13]).map(rec).collect();
+        assert_eq!(got, want, "{durability:?}");
     }
-    assert!(matches!(
-        log.append(&[rec(12)]),
-        Err(LogError::Poisoned { .. })
-    ));
-    // Reads still serve what was acknowledged.
-    assert_eq!(read_all(&log).len(), 10);
-    // Crash keeping the 20 torn bytes on disk.
-    let after = sim.crash(|_, unsynced| unsynced);
-    after.clear_faults();
-    drop(log);
-    let log = Log::open(DIR, sim_config(&after, Durability::Always, 1 << 20)).expect("reopen");
-    assert_eq!(log.end_offset(), 10);
-    assert_eq!(read_all(&log).len(), 10);
-    assert_eq!(log.append(&[rec(10)]).expect("append").base_offset, 10);
+}
+
+/// A write or fsync failure at every position of a run of appends that
+/// roll segments: every append that returned `Ok` is stored, in order, and
+/// nothing of an append that returned an error — also after a crash that
+/// keeps every unsynced byte — and appends after the failure succeed.
+#[test]
+fn under_always_a_fault_at_any_write_or_fsync_stores_exactly_the_acknowledged_appends() {
+    for sync_fault in [false, true] {
+        for n in 0..40 {
+            let sim = SimStorage::new();
+            let log = Log::open(DIR, sim_config(&sim, Durability::Always, 4096)).expect("open");
+            if sync_fault {
+                sim.fail_sync_after_calls(n, 5);
+            } else {
+                sim.fail_write_after_calls(n, 28);
+            }
+            let mut acked = Vec::new();
+            let mut failures = 0;
+            for i in 0..100 {
+                let batch = [rec(2 * i), rec(2 * i + 1)];
+                match log.append(&batch) {
+                    Ok(_) => acked.extend(batch),
+                    Err(e) => {
+                        assert!(
+                            matches!(e, LogError::Io { .. }),
+                            "n={n} sync={sync_fault}: {e:?}"
+                        );
+                        failures += 1;
+                    }
+                }
+            }
+            assert!(
+                failures <= 1,
+                "n={n} sync={sync_fault}: {failures} failures"
+            );
+            assert_eq!(
+                read_all(&log)
+                    .iter()
+                    .map(|r| r.to_record())
+                    .collect::<Vec<_>>(),
+                acked,
+                "n={n} sync={sync_fault}: readable before the crash"
+            );
+            let after = sim.crash(|_, unsynced| unsynced);
+            drop(log);
+            let log = Log::open(DIR, sim_config(&after, Durability::Always, 4096)).expect("reopen");
+            let got: Vec<_> = read_all(&log).iter().map(|r| r.to_record()).collect();
+            assert_eq!(got, acked, "n={n} sync={sync_fault}: after the crash");
+        }
+    }
 }
 
 #[test]
@@ -134,7 +189,7 @@ fn fsync_failure_while_rolling_a_segment_fails_the_log() {
 }
 
 #[test]
-fn waiters_sharing_a_failed_fsync_all_get_an_error() {
+fn waiters_sharing_a_failed_fsync_get_an_error_and_only_acknowledged_appends_are_kept() {
     let sim = SimStorage::new();
     let log =
         Arc::new(Log::open(DIR, sim_config(&sim, Durability::Always, 1 << 20)).expect("open"));
@@ -149,14 +204,16 @@ fn waiters_sharing_a_failed_fsync_all_get_an_error() {
         .into_iter()
         .map(|t| t.join().expect("join"))
         .collect();
-    // The first fsync fails; nobody may be acknowledged after it, and
-    // appends that were waiting for it report failure.
-    let after_fail_ok = log.append(&[rec(100)]).is_ok();
-    assert!(
-        !after_fail_ok,
-        "log must refuse appends after a failed fsync"
-    );
+    // The first fsync fails: the appends it covered report failure and are
+    // cut; the ones acknowledged are exactly the ones readable.
     assert!(oks.iter().filter(|&&ok| ok).count() < 8, "{oks:?}");
+    let mut got: Vec<_> = read_all(&log).iter().map(|r| r.to_record()).collect();
+    let mut want: Vec<_> = (0..8).filter(|&t| oks[t as usize]).map(rec).collect();
+    got.sort_by(|a, b| a.value.cmp(&b.value));
+    want.sort_by(|a, b| a.value.cmp(&b.value));
+    assert_eq!(got, want);
+    log.append(&[rec(100)])
+        .expect("the log goes on after a cut");
 }
 
 #[test]
@@ -166,8 +223,9 @@ fn under_always_a_batch_whose_sync_failed_is_never_readable() {
     log.append(&[rec(0), rec(1)]).expect("append");
     sim.fail_next_syncs(1);
     assert!(log.append(&[rec(2)]).is_err());
-    // Written to the file but never acknowledged: readers must not see it.
-    assert_eq!(log.end_offset(), 3);
+    // Written to the file but never acknowledged: readers must not see it,
+    // and the log cut it.
+    assert_eq!(log.end_offset(), 2);
     assert_eq!(log.readable_end_offset(), 2);
     assert!(log.read(2, 1024).expect("read at readable end").is_empty());
     assert_eq!(read_all(&log).len(), 2);

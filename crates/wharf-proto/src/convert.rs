@@ -174,6 +174,7 @@ pub fn error_to_proto(e: &Error) -> v1::ErrorDetail {
             d.name = capability.as_str().into();
         }
         Error::Unavailable { .. } => d.kind = Kind::Unavailable as i32,
+        Error::StorageFull { .. } => d.kind = Kind::StorageFull as i32,
         Error::Timeout { operation, after } => {
             d.kind = Kind::Timeout as i32;
             d.name = (*operation).into();
@@ -262,6 +263,10 @@ pub fn error_from_proto(d: v1::ErrorDetail, backend: &'static str) -> Error {
             backend,
             source: d.message.into(),
         },
+        Kind::StorageFull => Error::StorageFull {
+            backend,
+            source: d.message.into(),
+        },
         Kind::Timeout => Error::Timeout {
             operation: intern(&d.name),
             after: Duration::from_millis(d.after_ms),
@@ -295,7 +300,8 @@ pub fn code_for(e: &Error) -> Code {
         | Error::Codec(_) => Code::InvalidArgument,
         Error::MessageTooLarge { .. }
         | Error::HeadersTooLarge { .. }
-        | Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+        | Error::ResourceExhausted { .. }
+        | Error::StorageFull { .. } => Code::ResourceExhausted,
         Error::UnknownTopic { .. } | Error::UnknownDelivery { .. } => Code::NotFound,
         Error::Unsupported { .. } => Code::Unimplemented,
         Error::Unavailable { .. } | Error::Closed { .. } => Code::Unavailable,
@@ -358,6 +364,23 @@ mod tests {
             .build();
         let back = message_from_proto(message_to_proto(&m)).expect("valid");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_and_stays_a_retryable_storage_full_error() {
+        let e = Error::StorageFull {
+            backend: "broker",
+            source: "no space left on device".into(),
+        };
+        let status = status_for(&e);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let back = error_from_status(&status, "remote");
+        assert!(matches!(back, Error::StorageFull { .. }), "{back:?}");
+        assert!(back.is_transient());
+        assert!(
+            back.to_string().contains("no space left on device"),
+            "{back}"
+        );
     }
 
     #[test]

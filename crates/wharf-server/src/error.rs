@@ -64,6 +64,7 @@ impl From<Error> for ApiError {
             Error::ResourceExhausted { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted")
             }
+            Error::StorageFull { .. } => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())

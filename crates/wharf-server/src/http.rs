@@ -921,11 +921,15 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: 200 while accepting work, 503 once shutting down. Never needs a token.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String, content_type = "text/plain"), (status = 503, description = "shutting down", body = String, content_type = "text/plain")))]
+/// Readiness: 200 while accepting work; 503 once shutting down, or while
+/// writes fail because the storage is full (reads still work; it turns 200
+/// again by itself once space is freed). Never needs a token.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String, content_type = "text/plain"), (status = 503, description = "shutting down, or the storage is full", body = String, content_type = "text/plain")))]
 async fn readyz(State(s): AppState) -> Response {
     if *s.shutdown.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if s.broker.storage_full() {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage full").into_response()
     } else {
         "ready".into_response()
     }

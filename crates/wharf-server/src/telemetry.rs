@@ -139,7 +139,12 @@ fn broker_gauges(out: &mut String, broker: &Broker) {
             dlq.series.push((vec![("topic", t.name.clone())], depth));
         }
     }
-    for g in [lag, stored, dlq] {
+    let full = Gauge {
+        name: "wharf_storage_full",
+        help: "1 while writes fail because the storage is full (no space, or over quota), else 0.",
+        series: vec![(Vec::new(), u64::from(broker.storage_full()))],
+    };
+    for g in [lag, stored, dlq, full] {
         write_gauge(out, &g);
     }
 }
@@ -162,7 +167,11 @@ fn write_gauge(out: &mut String, g: &Gauge) {
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
             .collect();
-        let _ = writeln!(out, "{}{{{}}} {v}", g.name, labels.join(","));
+        if labels.is_empty() {
+            let _ = writeln!(out, "{} {v}", g.name);
+        } else {
+            let _ = writeln!(out, "{}{{{}}} {v}", g.name, labels.join(","));
+        }
     }
 }
 

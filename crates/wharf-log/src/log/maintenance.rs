@@ -61,11 +61,20 @@ impl Inner {
     pub(super) fn truncate(&self, to: u64) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;
         self.check_writable(&w)?;
+        if to >= self.next_offset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // A failed flush cut the log back to its synced point (unless it
+        // failed the log); the truncation then applies to what is left.
+        if let Err(e) = self.flush_pending(&mut w) {
+            if self.failed.get().is_some() {
+                return Err(e);
+            }
+        }
         let end = self.next_offset.load(Ordering::Acquire);
         if to >= end {
             return Ok(());
         }
-        self.flush_pending(&mut w)?;
         let segs = self.segments_snapshot();
         let start = segs.first().map_or(0, |s| s.base);
         if to < start {
@@ -112,6 +121,7 @@ impl Inner {
         self.next_offset.store(to, Ordering::Release);
         w.active = seg;
         w.epoch += 1;
+        w.visible_lsn = w.lsn;
         self.mark_synced(w.lsn);
         Ok(())
     }

@@ -46,6 +46,15 @@ pub struct AppendInfo {
     pub last_offset: u64,
 }
 
+/// A batch written by [`Log::write_built`], not yet known durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The offsets assigned.
+    pub info: AppendInfo,
+    /// Bytes written by this log up to and including the batch.
+    lsn: u64,
+}
+
 /// A crash-safe, segmented, append-only log of record batches.
 ///
 /// All methods take `&self`; the log is `Send + Sync` and meant to be
@@ -74,7 +83,14 @@ struct Writer {
     pending: Vec<u8>,
     /// File position of `pending[0]` in the active segment.
     pending_pos: u64,
+    /// The LSN the active segment's visible (under `Always`: synced)
+    /// prefix ends at; a cut back discards the LSNs after it.
+    visible_lsn: u64,
 }
+
+/// Most cut-back LSN ranges remembered (a waiter is woken when its range is
+/// cut, so only an append between its write and its wait needs one).
+const MAX_CUTS: usize = 1024;
 
 /// Batches at least this large are written at once even under `Always`.
 const DIRECT_WRITE_BYTES: usize = 32 * 1024;
@@ -89,6 +105,9 @@ struct Inner {
     sync: GroupCommit,
     next_offset: AtomicU64,
     failed: OnceLock<io::ErrorKind>,
+    /// LSN ranges `(lo, hi]` of appends cut back after a failed write or
+    /// sync, with the cause: their waiters get [`LogError::Discarded`].
+    cuts: Mutex<std::collections::VecDeque<(u64, u64, io::ErrorKind)>>,
     closed: AtomicBool,
     stop: Mutex<bool>,
     stop_cv: Condvar,
@@ -153,8 +172,12 @@ impl Log {
     ///
     /// # Errors
     /// [`LogError::EmptyBatch`], [`LogError::BatchTooLarge`],
-    /// [`LogError::Io`] when the write or sync fails (the log is then
-    /// failed), [`LogError::Poisoned`] once failed, [`LogError::Closed`].
+    /// [`LogError::Io`] when the write or sync fails and
+    /// [`LogError::Discarded`] when another append's failure cut this one:
+    /// the batch is not stored, the log cut its unacknowledged tail and
+    /// goes on (retry once the cause passes, see
+    /// [`LogError::is_storage_full`]); [`LogError::Poisoned`] once the log
+    /// failed for good, [`LogError::Closed`].
     pub fn append(&self, records: &[Record]) -> Result<AppendInfo, LogError> {
         let cfg = &self.inner.config;
         let batch = batch::encode(records, cfg.compression, cfg.max_batch_bytes)?;
@@ -170,6 +193,36 @@ impl Log {
     pub fn append_built(&self, batch: BatchBuilder) -> Result<AppendInfo, LogError> {
         let cfg = &self.inner.config;
         self.write(batch.finish(cfg.compression, cfg.max_batch_bytes)?)
+    }
+
+    /// Writes `batch` (see [`BatchBuilder`]) like [`Log::append_built`]
+    /// but returns without waiting for durability: under `Always` call
+    /// [`Log::wait_durable`] with the result before acknowledging it (the
+    /// records are readable only once synced); under the other policies
+    /// the records are readable at once. For callers that write to several
+    /// logs first and wait for all of them together.
+    ///
+    /// # Errors
+    /// As [`Log::append`] (never a sync failure).
+    pub fn write_built(&self, batch: BatchBuilder) -> Result<Written, LogError> {
+        let cfg = &self.inner.config;
+        let mut batch = batch.finish(cfg.compression, cfg.max_batch_bytes)?;
+        let (info, lsn) = self.inner.write_batch(&mut batch)?;
+        Ok(Written { info, lsn })
+    }
+
+    /// Returns once the write is durable under `Always` (at once under the
+    /// other policies), sharing the `fdatasync` with concurrent appenders.
+    ///
+    /// # Errors
+    /// As [`Log::append`]: [`LogError::Io`] or [`LogError::Discarded`]
+    /// when the sync failed and the log cut the write (it is not stored),
+    /// [`LogError::Poisoned`], [`LogError::Closed`].
+    pub fn wait_durable(&self, written: &Written) -> Result<(), LogError> {
+        if self.inner.config.durability == Durability::Always {
+            self.inner.wait_durable(written.lsn)?;
+        }
+        Ok(())
     }
 
     fn write(&self, mut batch: EncodedBatch) -> Result<AppendInfo, LogError> {
@@ -497,7 +550,11 @@ impl Inner {
             }
             w.pending.extend_from_slice(&batch.buf);
         } else if let Err(e) = write_all_at(&*seg.file, &batch.buf, pos) {
-            self.fail(e.kind());
+            // Nothing of this batch was accounted: cut its partial bytes
+            // and go on (the bytes before `pos` are untouched).
+            if let Err(cut) = seg.file.set_len(pos) {
+                self.fail(cut.kind());
+            }
             return Err(LogError::io(&seg.path, IoOp::Write, e));
         }
         let next = base + count;
@@ -532,22 +589,76 @@ impl Inner {
     /// Group commit (see `commit.rs`): returns once an fdatasync covers
     /// `target`.
     fn wait_durable(&self, target: u64) -> Result<(), LogError> {
-        self.sync.wait(
-            target,
-            || self.sync_once(),
-            || self.failed.get().map(|&cause| LogError::Poisoned { cause }),
-        )
+        self.sync
+            .wait(target, || self.sync_once(), || self.failure_for(target))
+    }
+
+    /// Why an append whose bytes end at LSN `target` can no longer become
+    /// durable: the log failed, or a cut back discarded it.
+    fn failure_for(&self, target: u64) -> Option<LogError> {
+        if let Some(&cause) = self.failed.get() {
+            return Some(LogError::Poisoned { cause });
+        }
+        relock(&self.cuts)
+            .iter()
+            .rev()
+            .find(|&&(lo, hi, _)| target > lo && target <= hi)
+            .map(|&(_, _, cause)| LogError::Discarded { cause })
+    }
+
+    /// After a failed write or `fdatasync` of `seg` under `Always`: cuts
+    /// the active segment back to what the last sync made durable (nothing
+    /// after it was acknowledged or readable), durably, so the log goes
+    /// on; the appends cut get [`LogError::Discarded`]. Fails the log
+    /// instead when that is not possible (another policy had acknowledged
+    /// the unsynced records, `seg` was rolled meanwhile, or the cut fails).
+    fn cut_back(&self, w: &mut Writer, seg: &Arc<Segment>, cause: io::ErrorKind) {
+        if self.config.durability != Durability::Always || !Arc::ptr_eq(&w.active, seg) {
+            self.fail(cause);
+            return;
+        }
+        let (pos, end) = {
+            let st = seg.state();
+            (st.visible_len, st.visible_end)
+        };
+        if let Err(e) = seg.file.set_len(pos).and_then(|()| seg.file.sync_data()) {
+            self.fail(e.kind());
+            return;
+        }
+        w.pending.clear();
+        {
+            let mut st = seg.state_mut();
+            st.index.cut(pos, end - seg.base);
+            st.written_len = pos;
+            st.written_end = end;
+        }
+        self.next_offset.store(end, Ordering::Release);
+        // A sync that raced this must not publish the cut bytes.
+        w.epoch += 1;
+        if w.lsn > w.visible_lsn {
+            let mut cuts = relock(&self.cuts);
+            if cuts.len() == MAX_CUTS {
+                cuts.pop_front();
+            }
+            cuts.push_back((w.visible_lsn, w.lsn, cause));
+        }
+        // LSNs up to `w.lsn` now need no sync: the cut ones fail through
+        // `failure_for`, the rest were durable already.
+        w.visible_lsn = w.lsn;
+        self.sync.wake_all();
     }
 
     /// Writes the queued batches of the active segment (under the writer
-    /// lock, so file order is offset order). A failure fails the log.
+    /// lock, so file order is offset order). A failure cuts the log back
+    /// to its last synced point (see [`Inner::cut_back`]).
     fn flush_pending(&self, w: &mut Writer) -> Result<(), LogError> {
         if w.pending.is_empty() {
             return Ok(());
         }
         if let Err(e) = write_all_at(&*w.active.file, &w.pending, w.pending_pos) {
-            self.fail(e.kind());
-            return Err(LogError::io(&w.active.path, IoOp::Write, e));
+            let seg = Arc::clone(&w.active);
+            self.cut_back(w, &seg, e.kind());
+            return Err(LogError::io(&seg.path, IoOp::Write, e));
         }
         w.pending.clear();
         Ok(())
@@ -569,14 +680,16 @@ impl Inner {
         // Sealed segments were synced when they were rolled, so syncing
         // the active one covers everything up to `lsn`.
         if let Err(e) = timed(&self.config.sync_stats, || seg.file.sync_data()) {
-            self.fail(e.kind());
+            let mut w = self.lock_writer()?;
+            self.cut_back(&mut w, &seg, e.kind());
             return Err(LogError::io(&seg.path, IoOp::SyncData, e));
         }
-        let w = self.lock_writer()?;
+        let mut w = self.lock_writer()?;
         if w.epoch == epoch {
             let mut st = seg.state_mut();
             st.visible_len = st.visible_len.max(len);
             st.visible_end = st.visible_end.max(end);
+            w.visible_lsn = w.visible_lsn.max(lsn);
         }
         Ok(lsn)
     }
@@ -586,20 +699,16 @@ impl Inner {
     }
 
     /// Seals the active segment (sync, write its indexes) and starts a new
-    /// one. Any failure fails the log.
+    /// one. A failed write or sync cuts back (see [`Inner::cut_back`]); a
+    /// failure after the sync (index files, the new segment's file) leaves
+    /// the synced segment active, and the next append tries again.
     fn roll(&self, w: &mut Writer) -> Result<(), LogError> {
-        let r = self.roll_inner(w);
-        if let Err(LogError::Io { source, .. }) = &r {
-            self.fail(source.kind());
-        }
-        r
-    }
-
-    fn roll_inner(&self, w: &mut Writer) -> Result<(), LogError> {
         self.flush_pending(w)?;
         let old = Arc::clone(&w.active);
-        timed(&self.config.sync_stats, || old.file.sync_data())
-            .map_err(|e| LogError::io(&old.path, IoOp::SyncData, e))?;
+        if let Err(e) = timed(&self.config.sync_stats, || old.file.sync_data()) {
+            self.cut_back(w, &old, e.kind());
+            return Err(LogError::io(&old.path, IoOp::SyncData, e));
+        }
         let (len, end, index) = {
             let st = old.state();
             (st.written_len, st.written_end, st.index.clone())
@@ -610,6 +719,7 @@ impl Inner {
             st.visible_len = len;
             st.visible_end = end;
         }
+        w.visible_lsn = w.lsn;
         self.mark_synced(w.lsn);
         let path = self.path(&log_name(end));
         let file = self
