@@ -1,9 +1,12 @@
 //! Token auth: each configured token has publish / consume / admin rights on
 //! topic patterns. A missing or unknown token is `Unauthenticated` (401 /
 //! `UNAUTHENTICATED`); a known token without the right is `Forbidden` (403 /
-//! `PERMISSION_DENIED`).
+//! `PERMISSION_DENIED`). A presented token is compared with every configured
+//! one in constant time (length included), so timing tells nothing about
+//! which token, or how much of one, matched.
 
 use serde::Deserialize;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use wharf_core::TopicPattern;
 
 use crate::config::ConfigError;
@@ -50,9 +53,11 @@ pub struct TokenConfig {
     pub admin: Vec<String>,
 }
 
-#[derive(Debug)]
 struct Token {
-    token: String,
+    /// The token's bytes, zero-padded to [`Auth::width`].
+    secret: Box<[u8]>,
+    /// The token's real length.
+    len: u64,
     publish: Vec<TopicPattern>,
     consume: Vec<TopicPattern>,
     admin: Vec<TopicPattern>,
@@ -75,10 +80,23 @@ pub enum Denied {
     },
 }
 
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("publish", &self.publish)
+            .field("consume", &self.consume)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The configured tokens.
 #[derive(Debug)]
 pub struct Auth {
     tokens: Vec<Token>,
+    /// The longest configured token's length: every comparison covers this
+    /// many bytes.
+    width: usize,
 }
 
 impl Auth {
@@ -88,6 +106,7 @@ impl Auth {
     /// [`ConfigError::Token`] for an empty token or an invalid pattern.
     pub fn new(entries: &[TokenConfig]) -> Result<Auth, ConfigError> {
         let mut tokens = Vec::new();
+        let width = entries.iter().map(|e| e.token.len()).max().unwrap_or(0);
         for (index, e) in entries.iter().enumerate() {
             if e.token.is_empty() {
                 return Err(ConfigError::Token {
@@ -105,22 +124,43 @@ impl Auth {
                     })
                     .collect::<Result<Vec<_>, _>>()
             };
+            let mut secret = vec![0u8; width].into_boxed_slice();
+            secret[..e.token.len()].copy_from_slice(e.token.as_bytes());
             tokens.push(Token {
-                token: e.token.clone(),
+                secret,
+                len: e.token.len() as u64,
                 publish: parse(&e.publish)?,
                 consume: parse(&e.consume)?,
                 admin: parse(&e.admin)?,
             });
         }
-        Ok(Auth { tokens })
+        Ok(Auth { tokens, width })
     }
 
+    /// The configured token equal to `token`. Every configured token is
+    /// compared over the same [`Auth::width`] bytes plus the length, with
+    /// no early return, so the time taken depends only on the number of
+    /// tokens, the width and the presented token's own length.
     fn find(&self, token: Option<&str>) -> Result<&Token, Denied> {
-        let token = token.ok_or(Denied::Unauthenticated)?;
-        self.tokens
-            .iter()
-            .find(|t| constant_time_eq(t.token.as_bytes(), token.as_bytes()))
-            .ok_or(Denied::Unauthenticated)
+        let presented = token.ok_or(Denied::Unauthenticated)?.as_bytes();
+        let mut padded = vec![0u8; self.width];
+        let n = presented.len().min(self.width);
+        padded[..n].copy_from_slice(&presented[..n]);
+        let len = presented.len() as u64;
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, t) in self.tokens.iter().enumerate() {
+            let eq = t.secret.ct_eq(&padded[..]) & t.len.ct_eq(&len);
+            index.conditional_assign(&(i as u64), eq);
+            found |= eq;
+        }
+        if bool::from(found) {
+            self.tokens
+                .get(usize::try_from(index).unwrap_or(usize::MAX))
+                .ok_or(Denied::Unauthenticated)
+        } else {
+            Err(Denied::Unauthenticated)
+        }
     }
 
     /// Checks that `token` is one of the configured tokens.
@@ -176,13 +216,6 @@ impl Auth {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Whether right pattern `right` matches every topic that `target` (a topic
 /// or pattern) can match.
 fn covers(right: &str, target: &str) -> bool {
@@ -232,6 +265,50 @@ mod tests {
             a.check(Some("nope"), Right::Publish, "orders.x"),
             Err(Denied::Unauthenticated)
         );
+    }
+
+    #[test]
+    fn only_the_exact_token_authenticates_whatever_the_lengths() {
+        let entry = |token: &str, publish: &str| TokenConfig {
+            token: token.into(),
+            publish: vec![publish.into()],
+            ..Default::default()
+        };
+        let a = Auth::new(&[
+            entry("long-token-one", "one.>"),
+            entry("short", "two.>"),
+            entry("long-token-three", "three.>"),
+        ])
+        .expect("valid");
+        for wrong in [
+            "",
+            "s",
+            "shor",
+            "short ",
+            "short\0",
+            "long-token",
+            "long-token-one\0",
+            "long-token-threeX",
+            "long-token-three-and-more-than-the-width",
+        ] {
+            assert_eq!(
+                a.authenticate(Some(wrong)),
+                Err(Denied::Unauthenticated),
+                "{wrong:?}"
+            );
+        }
+        // Each token finds its own rights, not a neighbour's.
+        assert!(a
+            .check(Some("long-token-one"), Right::Publish, "one.x")
+            .is_ok());
+        assert!(a.check(Some("short"), Right::Publish, "two.x").is_ok());
+        assert!(a.check(Some("short"), Right::Publish, "one.x").is_err());
+        assert!(a
+            .check(Some("long-token-three"), Right::Publish, "three.x")
+            .is_ok());
+        assert!(a
+            .check(Some("long-token-three"), Right::Publish, "one.x")
+            .is_err());
     }
 
     #[test]
