@@ -124,7 +124,7 @@ async fn every_http_route_refuses_missing_wrong_and_insufficient_tokens() {
 
     let routes: Vec<(Method, String, Option<Value>, bool)> = vec![
         // (method, path, body, forbidden for ORDERS: false = any valid token may use it)
-        (Method::GET, "/metrics".into(), None, false),
+        (Method::GET, "/metrics".into(), None, true),
         (Method::GET, "/openapi.json".into(), None, false),
         (Method::GET, "/v1/topics".into(), None, false),
         (

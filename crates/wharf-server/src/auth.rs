@@ -1,5 +1,6 @@
 //! Token auth: each configured token has publish / consume / admin rights on
-//! topic patterns. A missing or unknown token is `Unauthenticated` (401 /
+//! topic patterns, and optionally the metrics right (`/metrics`, which names
+//! every topic). A missing or unknown token is `Unauthenticated` (401 /
 //! `UNAUTHENTICATED`); a known token without the right is `Forbidden` (403 /
 //! `PERMISSION_DENIED`). A presented token is compared with every configured
 //! one in constant time (length included), so timing tells nothing about
@@ -21,6 +22,9 @@ pub enum Right {
     Consume,
     /// Create, delete and inspect topics, groups and dead letters.
     Admin,
+    /// Read `/metrics` (every topic's name and counts). Held by tokens with
+    /// `metrics = true` and by tokens with admin on every topic (`>`).
+    Metrics,
 }
 
 impl Right {
@@ -29,6 +33,7 @@ impl Right {
             Right::Publish => "publish",
             Right::Consume => "consume",
             Right::Admin => "admin",
+            Right::Metrics => "metrics",
         }
     }
 }
@@ -51,6 +56,9 @@ pub struct TokenConfig {
     /// Topic patterns this token may administer (`>` for everything).
     #[serde(default)]
     pub admin: Vec<String>,
+    /// Whether this token may read `/metrics` (admin on `>` may too).
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 struct Token {
@@ -61,6 +69,7 @@ struct Token {
     publish: Vec<TopicPattern>,
     consume: Vec<TopicPattern>,
     admin: Vec<TopicPattern>,
+    metrics: bool,
 }
 
 /// Why a request was refused.
@@ -86,6 +95,7 @@ impl std::fmt::Debug for Token {
             .field("publish", &self.publish)
             .field("consume", &self.consume)
             .field("admin", &self.admin)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +142,7 @@ impl Auth {
                 publish: parse(&e.publish)?,
                 consume: parse(&e.consume)?,
                 admin: parse(&e.admin)?,
+                metrics: e.metrics,
             });
         }
         Ok(Auth { tokens, width })
@@ -182,6 +193,7 @@ impl Auth {
             Right::Publish => &t.publish,
             Right::Consume => &t.consume,
             Right::Admin => &t.admin,
+            Right::Metrics => return Self::metrics_right(t),
         };
         if list.iter().any(|p| covers(p.as_str(), topic)) {
             Ok(())
@@ -204,6 +216,7 @@ impl Auth {
             Right::Publish => &t.publish,
             Right::Consume => &t.consume,
             Right::Admin => &t.admin,
+            Right::Metrics => return Self::metrics_right(t),
         };
         if list.is_empty() {
             Err(Denied::Forbidden {
@@ -212,6 +225,18 @@ impl Auth {
             })
         } else {
             Ok(())
+        }
+    }
+
+    /// The metrics right: `metrics = true`, or admin on every topic.
+    fn metrics_right(t: &Token) -> Result<(), Denied> {
+        if t.metrics || t.admin.iter().any(|p| covers(p.as_str(), ">")) {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden {
+                right: Right::Metrics.as_str(),
+                topic: ">".into(),
+            })
         }
     }
 }
@@ -250,6 +275,7 @@ mod tests {
             consume: vec!["orders.*".into()],
             admin: vec![],
             name: None,
+            metrics: false,
         }])
         .expect("valid")
     }
@@ -309,6 +335,36 @@ mod tests {
         assert!(a
             .check(Some("long-token-three"), Right::Publish, "one.x")
             .is_err());
+    }
+
+    #[test]
+    fn metrics_need_the_flag_or_admin_on_everything() {
+        let entry = |token: &str, admin: &[&str], metrics: bool| TokenConfig {
+            token: token.into(),
+            admin: admin.iter().map(|s| (*s).to_owned()).collect(),
+            metrics,
+            ..Default::default()
+        };
+        let a = Auth::new(&[
+            entry("flag", &[], true),
+            entry("root", &[">"], false),
+            entry("some", &["orders.>"], false),
+        ])
+        .expect("valid");
+        for (token, ok) in [("flag", true), ("root", true), ("some", false)] {
+            assert_eq!(
+                a.check_any(Some(token), Right::Metrics).is_ok(),
+                ok,
+                "{token}"
+            );
+            assert_eq!(
+                a.check(Some(token), Right::Metrics, ">").is_ok(),
+                ok,
+                "{token}"
+            );
+        }
+        // The flag grants nothing else.
+        assert!(a.check(Some("flag"), Right::Admin, "orders.x").is_err());
     }
 
     #[test]

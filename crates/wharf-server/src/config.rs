@@ -16,6 +16,7 @@
 //! publish = ["orders.>"]
 //! consume = ["orders.>"]
 //! admin = []
+//! metrics = false     # /metrics (also allowed with admin = [">"])
 //! ```
 
 use std::net::SocketAddr;

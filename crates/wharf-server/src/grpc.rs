@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use wharf_broker::{Redrive, TopicInfo};
 use wharf_core::{
@@ -37,10 +38,19 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
     let svc = WharfServer::from_arc(service.clone())
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wharf_proto::FILE_DESCRIPTOR_SET)
+    // Reflection (v1, and v1alpha that stock grpcio clients still ask for)
+    // describes the API, so it needs a valid token like `Info` does.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wharf_proto::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
         .build_v1()
         .expect("the embedded descriptor set is valid");
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor set is valid");
+    let auth = authenticated_interceptor(service.shared.clone());
     // `Publish` has a route of its own (a static path wins over the
     // service's `/wharf.v1.Wharf/{*rest}`), so its request is decoded
     // straight into core messages rather than into generated structs first.
@@ -48,12 +58,29 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
         .route_service(PUBLISH_PATH, PublishRoute { service, max })
         .merge(
             tonic::service::Routes::new(svc)
-                .add_service(reflection)
+                .add_service(InterceptedService::new(v1, auth.clone()))
+                .add_service(InterceptedService::new(v1alpha, auth))
                 .into_axum_router(),
         )
         .layer(axum::middleware::map_response(
             too_large_is_resource_exhausted,
         ))
+}
+
+/// Refuses a call without a valid token (when auth is on), before the
+/// service sees it.
+fn authenticated_interceptor(
+    shared: Arc<Shared>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        if let Some(a) = &shared.auth {
+            a.authenticate(token(&req)).map_err(|d| {
+                telemetry::refused("auth");
+                denied_status(&d)
+            })?;
+        }
+        Ok(req)
+    }
 }
 
 /// tonic reports a request over `max_decoding_message_size` as

@@ -935,10 +935,11 @@ async fn readyz(State(s): AppState) -> Response {
     }
 }
 
-/// Prometheus metrics (text format).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, body = ErrorBody, description = "no or unknown token")))]
+/// Prometheus metrics (text format). They name every topic, so with auth on
+/// they need the metrics right (`metrics = true`, or admin on `>`).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "no metrics right")))]
 async fn metrics(State(s): AppState, headers: HeaderMap) -> ApiResult<String> {
-    authenticated(&s, &headers)?;
+    check_any(&s, &headers, Right::Metrics)?;
     Ok(s.metrics.render(&s.broker))
 }
 
