@@ -87,6 +87,18 @@ pub enum Denied {
         /// The topic or pattern.
         topic: String,
     },
+    /// The token lacks the right on a topic that a field of the request
+    /// names (a dead-letter target, a header the broker trusts), as opposed
+    /// to the topic the request is addressed to.
+    #[error("token has no {right} right on {topic:?}, named by {field}")]
+    ForbiddenField {
+        /// The right needed.
+        right: &'static str,
+        /// The topic the field names.
+        topic: String,
+        /// The field (e.g. `dead_letter_topic`, header `wharf-original-topic`).
+        field: &'static str,
+    },
 }
 
 impl std::fmt::Debug for Token {
@@ -203,6 +215,29 @@ impl Auth {
                 topic: topic.to_owned(),
             })
         }
+    }
+
+    /// As [`Auth::check`] for a topic named by `field` of the request
+    /// (every field that names a topic to write to is an authorization
+    /// decision, not only the topic the request is addressed to).
+    ///
+    /// # Errors
+    /// `Denied::Unauthenticated`, or `Denied::ForbiddenField` naming `field`.
+    pub fn check_field(
+        &self,
+        token: Option<&str>,
+        right: Right,
+        topic: &str,
+        field: &'static str,
+    ) -> Result<(), Denied> {
+        self.check(token, right, topic).map_err(|d| match d {
+            Denied::Forbidden { right, topic } => Denied::ForbiddenField {
+                right,
+                topic,
+                field,
+            },
+            other => other,
+        })
     }
 
     /// Checks that `token` is valid and holds `right` on at least one pattern

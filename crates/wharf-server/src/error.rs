@@ -77,7 +77,7 @@ impl From<Denied> for ApiError {
             Denied::Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", d.to_string())
             }
-            Denied::Forbidden { .. } => {
+            Denied::Forbidden { .. } | Denied::ForbiddenField { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "permission_denied", d.to_string())
             }
         }
@@ -100,6 +100,8 @@ impl IntoResponse for ApiError {
 pub(crate) fn denied_status(d: &Denied) -> tonic::Status {
     match d {
         Denied::Unauthenticated => tonic::Status::unauthenticated(d.to_string()),
-        Denied::Forbidden { .. } => tonic::Status::permission_denied(d.to_string()),
+        Denied::Forbidden { .. } | Denied::ForbiddenField { .. } => {
+            tonic::Status::permission_denied(d.to_string())
+        }
     }
 }

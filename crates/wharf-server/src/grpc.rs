@@ -123,6 +123,23 @@ impl Service {
         }
     }
 
+    /// As [`Service::check`] for a topic that `field` of the request names.
+    fn check_field<T>(
+        &self,
+        req: &Request<T>,
+        right: Right,
+        topic: &str,
+        field: &'static str,
+    ) -> Result<(), Status> {
+        match &self.shared.auth {
+            None => Ok(()),
+            Some(a) => a.check_field(token(req), right, topic, field).map_err(|d| {
+                telemetry::refused("auth");
+                denied_status(&d)
+            }),
+        }
+    }
+
     fn check_any<T>(&self, req: &Request<T>, right: Right) -> Result<(), Status> {
         match &self.shared.auth {
             None => Ok(()),
@@ -430,8 +447,17 @@ impl Wharf for Service {
             ));
         };
         if let Some(a) = &self.shared.auth {
+            let refused = |d| {
+                telemetry::refused("auth");
+                denied_status(&d)
+            };
             a.check(tok.as_deref(), Right::Consume, &s.pattern)
-                .map_err(|d| denied_status(&d))?;
+                .map_err(refused)?;
+            // Rejected and exhausted deliveries are written there.
+            if let Some(dlq) = &s.dead_letter_topic {
+                a.check_field(tok.as_deref(), Right::Publish, dlq, "dead_letter_topic")
+                    .map_err(refused)?;
+            }
         }
         let sub = self
             .shared
@@ -455,6 +481,10 @@ impl Wharf for Service {
     ) -> Result<Response<v1::TopicInfo>, Status> {
         let r = req.get_ref();
         self.check(&req, Right::Admin, &r.name)?;
+        // Rejects from any consumer will be written there.
+        if let Some(dlq) = &r.dead_letter_topic {
+            self.check_field(&req, Right::Publish, dlq, "dead_letter_topic")?;
+        }
         let settings = TopicSettings {
             partitions: r.partitions,
             durability: r.durability.clone(),

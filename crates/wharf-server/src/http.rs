@@ -623,6 +623,25 @@ fn check(s: &Shared, headers: &HeaderMap, right: Right, topic: &str) -> ApiResul
     }
 }
 
+/// As [`check`] for a topic that `field` of the request names.
+fn check_field(
+    s: &Shared,
+    headers: &HeaderMap,
+    right: Right,
+    topic: &str,
+    field: &'static str,
+) -> ApiResult<()> {
+    match &s.auth {
+        None => Ok(()),
+        Some(a) => a
+            .check_field(bearer(headers), right, topic, field)
+            .map_err(|d| {
+                telemetry::refused("auth");
+                d.into()
+            }),
+    }
+}
+
 fn check_any(s: &Shared, headers: &HeaderMap, right: Right) -> ApiResult<()> {
     match &s.auth {
         None => Ok(()),
@@ -1481,6 +1500,10 @@ async fn create_topic(
 ) -> ApiResult<(StatusCode, Json<TopicJson>)> {
     let b: CreateTopicBody = parse_json(&body_bytes(&s, body)?)?;
     check(&s, &headers, Right::Admin, &b.name)?;
+    // Rejects from any consumer will be written there.
+    if let Some(dlq) = &b.dead_letter_topic {
+        check_field(&s, &headers, Right::Publish, dlq, "dead_letter_topic")?;
+    }
     let settings = TopicSettings {
         partitions: b.partitions,
         durability: b.durability,
