@@ -509,10 +509,26 @@ impl Broker {
     /// redrive moves it again (at-least-once, like a crash there). Letters
     /// leased but not reached are released.
     pub async fn redrive(&self, dlq_topic: &str, which: Redrive) -> Result<usize> {
+        self.redrive_where(dlq_topic, which, &|_| true).await
+    }
+
+    /// As [`Broker::redrive`], moving only letters whose original topic
+    /// `allow` accepts; the others stay in `dlq_topic`, not redriven. The
+    /// header is whatever the letter's writer stored, so a caller acting
+    /// for someone (`wharf serve`) passes that someone's publish right.
+    ///
+    /// # Errors
+    /// As [`Broker::redrive`].
+    pub async fn redrive_where(
+        &self,
+        dlq_topic: &str,
+        which: Redrive,
+        allow: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize> {
         self.inner.check_open()?;
         self.inner.existing_topic(dlq_topic)?;
         if let Redrive::Id(id) = which {
-            return self.redrive_one(dlq_topic, id).await;
+            return self.redrive_one(dlq_topic, id, allow).await;
         }
         let opts = SubscribeOptions::new(dlq_topic)
             .group(REDRIVE_GROUP)
@@ -550,7 +566,7 @@ impl Broker {
                     skipped.push(d);
                     continue;
                 };
-                if !matches {
+                if !matches || !allow(&original) {
                     skipped.push(d);
                     continue;
                 }
@@ -573,7 +589,12 @@ impl Broker {
     /// read-ahead window — and nothing else is touched. Published back
     /// first, then settled, so a crash in between repeats the publish rather
     /// than losing the letter.
-    async fn redrive_one(&self, dlq_topic: &str, id: MessageId) -> Result<usize> {
+    async fn redrive_one(
+        &self,
+        dlq_topic: &str,
+        id: MessageId,
+        allow: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize> {
         let Some(found) = self.find_unsettled(dlq_topic, REDRIVE_GROUP, id)? else {
             return Ok(0);
         };
@@ -585,6 +606,9 @@ impl Broker {
         else {
             return Ok(0);
         };
+        if !allow(&original) {
+            return Ok(0);
+        }
         let mut msg = found.message;
         wharf_core::dead_letter::unstamp(&mut msg);
         self.inner

@@ -507,6 +507,56 @@ async fn redrive_moves_dead_letters_back_without_dlq_headers() {
 }
 
 #[tokio::test]
+async fn redrive_where_leaves_letters_whose_original_topic_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    // Two letters in one dead-letter topic, bound for different topics.
+    let letter = |to: &str| {
+        Message::builder()
+            .header(header::ORIGINAL_TOPIC, to)
+            .payload(format!("for {to}"))
+            .build()
+    };
+    let open = letter("open.t");
+    let secret = letter("secret.t");
+    b.publish("dlq.mixed", open.clone()).await.unwrap();
+    b.publish("dlq.mixed", secret.clone()).await.unwrap();
+    b.ensure_topic("secret.t").await.unwrap();
+    b.ensure_topic("open.t").await.unwrap();
+    let allow = |t: &str| t != "secret.t";
+    assert_eq!(
+        b.redrive_where("dlq.mixed", Redrive::Id(secret.id()), &allow)
+            .await
+            .unwrap(),
+        0,
+        "refused by id"
+    );
+    assert_eq!(
+        b.redrive_where("dlq.mixed", Redrive::All, &allow)
+            .await
+            .unwrap(),
+        1,
+        "only the allowed one"
+    );
+    let end = |t: &str| {
+        b.topics()
+            .into_iter()
+            .find(|i| i.name == t)
+            .map(|i| i.partitions[0].1)
+    };
+    assert_eq!(end("open.t"), Some(1));
+    assert_eq!(end("secret.t"), Some(0), "nothing written where refused");
+    // The refused letter is still there for a caller that may.
+    assert_eq!(
+        b.redrive("dlq.mixed", Redrive::Id(secret.id()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(end("secret.t"), Some(1));
+}
+
+#[tokio::test]
 async fn delete_topic_removes_its_data_and_groups() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path()).await;

@@ -4,14 +4,16 @@
 //! purging settles them for the broker's redrive group. Replay is
 //! [`Broker::redrive`]; by id it finds the letter by reading too (then
 //! settles that one offset for the redrive group), so it reaches letters
-//! past the group's read-ahead window.
+//! past the group's read-ahead window; [`replay_targets`] lists where a
+//! replay would write, for the caller's publish right.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use wharf_broker::{
-    Broker, Durability, PeekPage, PeekPosition, Peeked, TopicConfig, REDRIVE_GROUP,
+    Broker, Durability, PeekPage, PeekPosition, Peeked, Redrive, TopicConfig, REDRIVE_GROUP,
 };
-use wharf_core::{Delivery, Error, MessageId, StartPosition, SubscribeOptions, Subscriber};
+use wharf_core::{header, Delivery, Error, MessageId, StartPosition, SubscribeOptions, Subscriber};
 
 /// Requested topic settings; `None` keeps the server default.
 #[derive(Debug, Clone, Default)]
@@ -143,15 +145,17 @@ pub(crate) fn dlq_page(
     }
 }
 
-/// Replays dead letters of `topic` ([`Broker::redrive`]); a dead-letter
-/// topic not created yet (nothing dead-lettered so far) has none to
-/// replay, as `dlq_page` lists none, rather than being an unknown topic.
+/// Replays dead letters of `topic` whose original topic `allow` accepts
+/// ([`Broker::redrive_where`]); a dead-letter topic not created yet
+/// (nothing dead-lettered so far) has none to replay, as `dlq_page` lists
+/// none, rather than being an unknown topic.
 pub(crate) async fn dlq_replay(
     broker: &Broker,
     topic: &str,
     which: wharf_broker::Redrive,
+    allow: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<usize, Error> {
-    match broker.redrive(topic, which).await {
+    match broker.redrive_where(topic, which, allow).await {
         Err(Error::UnknownTopic { .. }) if is_dead_letter_topic_of_a_topic(broker, topic) => Ok(0),
         r => r,
     }
@@ -175,6 +179,43 @@ pub(crate) fn dlq_find(
     id: MessageId,
 ) -> Result<Option<Peeked>, Error> {
     broker.find_unsettled(topic, REDRIVE_GROUP, id)
+}
+
+/// The distinct original topics (`wharf-original-topic`) of the letters in
+/// `topic` that replaying `which` would move: what the caller needs the
+/// publish right on. Reads the topic page by page; nothing is leased.
+pub(crate) fn replay_targets(
+    broker: &Broker,
+    topic: &str,
+    which: Redrive,
+) -> Result<BTreeSet<String>, Error> {
+    let mut out = BTreeSet::new();
+    let mut add = |p: &Peeked| {
+        if let Some(t) = p.message.headers().get(header::ORIGINAL_TOPIC) {
+            out.insert(t.to_owned());
+        }
+    };
+    if let Redrive::Id(id) = which {
+        if let Some(p) = dlq_find(broker, topic, id)? {
+            add(&p);
+        }
+        return Ok(out);
+    }
+    let mut from = PeekPosition::START;
+    loop {
+        let page = match broker.peek_unsettled(topic, REDRIVE_GROUP, from, DLQ_PAGE_MAX) {
+            // Nothing dead-lettered yet: nothing to replay (see dlq_replay).
+            Err(Error::UnknownTopic { .. }) if is_dead_letter_topic_of_a_topic(broker, topic) => {
+                return Ok(out)
+            }
+            r => r?,
+        };
+        page.messages.iter().for_each(&mut add);
+        match page.next {
+            Some(next) => from = next,
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Settles every dead letter of `topic` for the redrive group, so it is

@@ -12,6 +12,16 @@ use wharf_core::TopicPattern;
 
 use crate::config::ConfigError;
 
+/// The field name in refusals for a message's `wharf-original-topic`
+/// header: the one reserved header the server trusts to decide where to
+/// write (a DLQ replay publishes the letter there), so a publish carrying
+/// it needs the publish right on the topic it names.
+pub(crate) const ORIGINAL_TOPIC_HEADER: &str = "header wharf-original-topic";
+
+/// The field name in refusals for the original topic of a letter being
+/// replayed.
+pub(crate) const REPLAY_TARGET: &str = "the letter's wharf-original-topic";
+
 /// A right a token can hold on a set of topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -17,7 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use wharf_broker::{Redrive, TopicInfo};
 use wharf_core::{
-    AckBatch, Backend, Delivery, Error, GroupMode, MessageId, PublishSource, Settlement,
+    header, AckBatch, Backend, Delivery, Error, GroupMode, MessageId, PublishSource, Settlement,
     StartPosition, SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
@@ -27,7 +27,7 @@ use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
 use crate::admin::{self, durability_str, TopicSettings};
-use crate::auth::Right;
+use crate::auth::{Right, ORIGINAL_TOPIC_HEADER, REPLAY_TARGET};
 use crate::error::denied_status;
 use crate::{telemetry, Shared};
 
@@ -177,6 +177,17 @@ impl Service {
         req: Request<DecodedPublish>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
         self.check(&req, Right::Publish, &req.get_ref().topic)?;
+        if self.shared.auth.is_some() {
+            if let Ok(msgs) = &req.get_ref().messages {
+                for i in 0..msgs.len() {
+                    for (name, value) in msgs.headers(i) {
+                        if name == header::ORIGINAL_TOPIC {
+                            self.check_field(&req, Right::Publish, value, ORIGINAL_TOPIC_HEADER)?;
+                        }
+                    }
+                }
+            }
+        }
         let started = Instant::now();
         let DecodedPublish {
             topic,
@@ -676,7 +687,16 @@ impl Wharf for Service {
                 })
             })?),
         };
-        let n = admin::dlq_replay(&self.shared.broker, &topic, which)
+        // As over HTTP: publish on every original topic a letter names.
+        if self.shared.auth.is_some() {
+            let targets = admin::replay_targets(&self.shared.broker, &topic, which)
+                .map_err(|e| status_for(&e))?;
+            for t in targets {
+                self.check_field(&req, Right::Publish, &t, REPLAY_TARGET)?;
+            }
+        }
+        let allow = |t: &str| self.allowed(&req, Right::Publish, t);
+        let n = admin::dlq_replay(&self.shared.broker, &topic, which, &allow)
             .await
             .map_err(|e| status_for(&e))?;
         Ok(Response::new(v1::DlqCountResponse { count: n as u64 }))

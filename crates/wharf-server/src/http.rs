@@ -27,12 +27,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wharf_broker::Redrive;
 use wharf_core::{
-    Delivery, Error, Message, MessageId, Publisher, Settlement, StartPosition, SubscribeOptions,
-    Subscriber, Subscription, Timestamp,
+    header, Delivery, Error, Message, MessageId, Publisher, Settlement, StartPosition,
+    SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 
 use crate::admin::{self, durability_str, TopicSettings};
-use crate::auth::Right;
+use crate::auth::{Right, ORIGINAL_TOPIC_HEADER, REPLAY_TARGET};
 use crate::backoff::ErrorBackoff;
 use crate::error::{ApiError, ErrorBody};
 use crate::{telemetry, Shared};
@@ -1001,6 +1001,13 @@ async fn publish(
         .into_iter()
         .map(to_message)
         .collect::<Result<Vec<_>, _>>()?;
+    if s.auth.is_some() {
+        for m in &msgs {
+            if let Some(t) = m.headers().get(header::ORIGINAL_TOPIC) {
+                check_field(&s, &headers, Right::Publish, t, ORIGINAL_TOPIC_HEADER)?;
+            }
+        }
+    }
     let started = Instant::now();
     let n = msgs.len();
     let bytes: usize = msgs.iter().map(Message::size).sum();
@@ -1693,8 +1700,10 @@ async fn dlq_show(
 }
 
 /// Moves dead letters back to their original topics: one by `id`, or `all`.
+/// Needs admin on the dead-letter topic and publish on every original topic
+/// a moved letter names (refused with nothing moved otherwise).
 #[utoipa::path(post, path = "/v1/dlq/{topic}/replay", params(DlqPath),
-    request_body = ReplayBody, responses((status = 200, body = CountJson), (status = 400, body = ErrorBody, description = "malformed JSON, bad name or id"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
+    request_body = ReplayBody, responses((status = 200, body = CountJson), (status = 400, body = ErrorBody, description = "malformed JSON, bad name or id"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks admin on the dead-letter topic or publish on a letter's original topic"),
         (status = 404, body = ErrorBody, description = "unknown topic"), (status = 413, body = ErrorBody, description = "body too large")))]
 async fn dlq_replay(
     State(s): AppState,
@@ -1713,7 +1722,16 @@ async fn dlq_replay(
         (None, Some(true)) => Redrive::All,
         _ => return Err(ApiError::bad_request("give either `id` or `all: true`")),
     };
-    let n = admin::dlq_replay(&s.broker, &topic, which).await?;
+    // Replay writes each letter to the topic its header names: the caller
+    // needs the publish right there. Refused before anything moves; a
+    // letter arriving meanwhile with a refused target is left in place.
+    if s.auth.is_some() {
+        for t in admin::replay_targets(&s.broker, &topic, which)? {
+            check_field(&s, &headers, Right::Publish, &t, REPLAY_TARGET)?;
+        }
+    }
+    let allow = |t: &str| allowed(&s, &headers, Right::Publish, t);
+    let n = admin::dlq_replay(&s.broker, &topic, which, &allow).await?;
     Ok(Json(CountJson { count: n as u64 }))
 }
 
