@@ -468,3 +468,788 @@ async fn reflection_needs_a_token_like_the_api_and_speaks_v1_and_v1alpha() {
         .expect("v1alpha");
     assert!(alpha.iter().any(|n| n == "wharf.v1.Wharf"), "{alpha:?}");
 }
+
+// ---------- the authorization matrix ----------
+
+/// Rights a matrix token holds on `m.>` and `dlq.m.>` (never on `x.>`).
+const P: u8 = 1;
+const C: u8 = 2;
+const A: u8 = 4;
+const M: u8 = 8;
+/// Every right on every topic.
+const ROOT: u8 = 16;
+
+/// The matrix tokens: each right alone, the pairs some calls need, none
+/// (a valid token without rights), and root.
+const MATRIX_TOKENS: [(&str, u8); 8] = [
+    ("m-none", 0),
+    ("m-publish", P),
+    ("m-consume", C),
+    ("m-admin", A),
+    ("m-metrics", M),
+    ("m-publish-admin", P | A),
+    ("m-consume-publish", C | P),
+    ("m-root", ROOT | P | C | A | M),
+];
+
+fn matrix_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("matrix.toml");
+    let mut text = String::new();
+    for (token, rights) in MATRIX_TOKENS {
+        let on = |r: u8| {
+            if rights & ROOT != 0 {
+                r#"[">"]"#
+            } else if rights & r != 0 {
+                r#"["m.>", "dlq.m.>"]"#
+            } else {
+                "[]"
+            }
+        };
+        text.push_str(&format!(
+            "[[tokens]]\ntoken = \"{token}\"\npublish = {}\nconsume = {}\nadmin = {}\nmetrics = {}\n\n",
+            on(P),
+            on(C),
+            on(A),
+            rights & M != 0 && rights & ROOT == 0,
+        ));
+    }
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Who a call is for.
+#[derive(Clone, Copy)]
+enum Need {
+    /// Anyone, without a token.
+    Nothing,
+    /// Any valid token.
+    Token,
+    /// A token holding every right in the mask (on `m.>`).
+    All(u8),
+    /// A token holding at least one right in the mask.
+    Any(u8),
+}
+
+impl Need {
+    fn allows(self, rights: u8) -> bool {
+        match self {
+            Need::Nothing | Need::Token => true,
+            Need::All(mask) => rights & mask == mask,
+            Need::Any(mask) => rights & mask != 0,
+        }
+    }
+}
+
+/// What a cell needs in place before its request (`{x}` in the path or
+/// body is replaced by what the setup returns).
+#[derive(Clone, Copy)]
+enum Setup {
+    None,
+    /// A fresh long-poll lease on `m.t`.
+    Lease,
+    /// A fresh topic to delete.
+    Topic,
+    /// A letter in the dead-letter topic (first) bound for the topic (second).
+    Letter(&'static str, &'static str),
+}
+
+struct HttpCase {
+    /// The route as the OpenAPI document names it, `METHOD /path/{param}`.
+    route: &'static str,
+    /// What this row varies (a field that names a topic).
+    what: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    setup: Setup,
+    need: Need,
+}
+
+const fn http_case(
+    route: &'static str,
+    what: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    setup: Setup,
+    need: Need,
+) -> HttpCase {
+    HttpCase {
+        route,
+        what,
+        path,
+        body,
+        setup,
+        need,
+    }
+}
+
+/// Every HTTP route, and a row per field that names a topic.
+const HTTP_MATRIX: &[HttpCase] = &[
+    http_case(
+        "GET /healthz",
+        "",
+        "/healthz",
+        None,
+        Setup::None,
+        Need::Nothing,
+    ),
+    http_case(
+        "GET /readyz",
+        "",
+        "/readyz",
+        None,
+        Setup::None,
+        Need::Nothing,
+    ),
+    http_case(
+        "GET /openapi.json",
+        "",
+        "/openapi.json",
+        None,
+        Setup::None,
+        Need::Token,
+    ),
+    http_case(
+        "GET /metrics",
+        "",
+        "/metrics",
+        None,
+        Setup::None,
+        Need::Any(M),
+    ),
+    http_case(
+        "GET /v1/topics",
+        "",
+        "/v1/topics",
+        None,
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/topics",
+        "",
+        "/v1/topics",
+        Some(r#"{"name":"m.new"}"#),
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/topics",
+        "dead_letter_topic in m.>",
+        "/v1/topics",
+        Some(r#"{"name":"m.new2","dead_letter_topic":"m.dl"}"#),
+        Setup::None,
+        Need::All(A | P),
+    ),
+    http_case(
+        "POST /v1/topics",
+        "dead_letter_topic outside",
+        "/v1/topics",
+        Some(r#"{"name":"m.new3","dead_letter_topic":"x.t"}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/topics/{topic}",
+        "",
+        "/v1/topics/m.t",
+        None,
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "DELETE /v1/topics/{topic}",
+        "",
+        "/v1/topics/{x}",
+        None,
+        Setup::Topic,
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/topics/{topic}/partitions/{partition}/repair",
+        "",
+        "/v1/topics/m.t/partitions/0/repair",
+        Some(r#"{"action":"skip_batch","dry_run":true}"#),
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/topics/{topic}/messages",
+        "",
+        "/v1/topics/m.t/messages",
+        Some(r#"{"payload":"p"}"#),
+        Setup::None,
+        Need::Any(P),
+    ),
+    http_case(
+        "POST /v1/topics/{topic}/messages",
+        "wharf-original-topic in m.>",
+        "/v1/topics/dlq.m.t/messages",
+        Some(r#"{"payload":"p","headers":{"wharf-original-topic":"m.o"}}"#),
+        Setup::None,
+        Need::Any(P),
+    ),
+    http_case(
+        "POST /v1/topics/{topic}/messages",
+        "wharf-original-topic outside",
+        "/v1/topics/dlq.m.t/messages",
+        Some(r#"{"payload":"p","headers":{"wharf-original-topic":"x.t"}}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "POST /v1/topics/{topic}/consume",
+        "",
+        "/v1/topics/m.t/consume?group=mg&wait_ms=0",
+        None,
+        Setup::None,
+        Need::Any(C),
+    ),
+    http_case(
+        "GET /v1/topics/{topic}/events",
+        "",
+        "/v1/topics/m.t/events?group=mg",
+        None,
+        Setup::None,
+        Need::Any(C),
+    ),
+    http_case(
+        "GET /v1/topics/{topic}/ws",
+        "",
+        "/v1/topics/m.t/ws?group=mg",
+        None,
+        Setup::None,
+        Need::Any(C),
+    ),
+    http_case(
+        "POST /v1/deliveries/{id}/ack",
+        "",
+        "/v1/deliveries/{x}/ack",
+        None,
+        Setup::Lease,
+        Need::Any(C),
+    ),
+    http_case(
+        "POST /v1/deliveries/{id}/nack",
+        "",
+        "/v1/deliveries/{x}/nack",
+        None,
+        Setup::Lease,
+        Need::Any(C),
+    ),
+    http_case(
+        "POST /v1/deliveries/{id}/reject",
+        "",
+        "/v1/deliveries/{x}/reject",
+        None,
+        Setup::Lease,
+        Need::Any(C),
+    ),
+    http_case(
+        "POST /v1/deliveries/{id}/extend",
+        "",
+        "/v1/deliveries/{x}/extend",
+        Some(r#"{"by_ms":1000}"#),
+        Setup::Lease,
+        Need::Any(C),
+    ),
+    http_case(
+        "GET /v1/groups",
+        "",
+        "/v1/groups",
+        None,
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "GET /v1/dlq/{topic}",
+        "",
+        "/v1/dlq/dlq.m.t",
+        None,
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "GET /v1/dlq/{topic}/{id}",
+        "",
+        "/v1/dlq/dlq.m.t/{x}",
+        None,
+        Setup::Letter("dlq.m.t", "m.t"),
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/dlq/{topic}/replay",
+        "letter bound for m.>",
+        "/v1/dlq/dlq.m.r/replay",
+        Some(r#"{"all":true}"#),
+        Setup::Letter("dlq.m.r", "m.t"),
+        Need::All(A | P),
+    ),
+    http_case(
+        "POST /v1/dlq/{topic}/replay",
+        "letter bound outside",
+        "/v1/dlq/dlq.m.u/replay",
+        Some(r#"{"id":"{x}"}"#),
+        Setup::Letter("dlq.m.u", "x.t"),
+        Need::All(ROOT),
+    ),
+    http_case(
+        "POST /v1/dlq/{topic}/purge",
+        "",
+        "/v1/dlq/dlq.m.t/purge",
+        None,
+        Setup::None,
+        Need::Any(A),
+    ),
+];
+
+async fn root_json(req: reqwest::RequestBuilder) -> Value {
+    let r = req
+        .bearer_auth("m-root")
+        .send()
+        .await
+        .expect("setup request");
+    assert!(r.status().is_success(), "setup: {}", r.status());
+    r.json().await.unwrap_or(Value::Null)
+}
+
+/// Runs `setup` as root and returns what replaces `{x}`.
+async fn run_setup(c: &reqwest::Client, base: &str, setup: Setup, n: usize) -> String {
+    match setup {
+        Setup::None => String::new(),
+        Setup::Lease => {
+            let publish = c
+                .post(format!("{base}/v1/topics/m.t/messages"))
+                .json(&json!({"payload": "lease"}));
+            root_json(publish).await;
+            let consume = c.post(format!(
+                "{base}/v1/topics/m.t/consume?group=leases&wait_ms=5000"
+            ));
+            let r = root_json(consume).await;
+            r["deliveries"][0]["delivery_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a lease: {r}"))
+                .to_owned()
+        }
+        Setup::Topic => {
+            let name = format!("m.del{n}");
+            let create = c
+                .post(format!("{base}/v1/topics"))
+                .json(&json!({"name": name}));
+            root_json(create).await;
+            name
+        }
+        Setup::Letter(dlq, to) => {
+            let publish = c
+                .post(format!("{base}/v1/topics/{dlq}/messages"))
+                .json(&forged(to));
+            let r = root_json(publish).await;
+            r["receipts"][0]["id"].as_str().expect("id").to_owned()
+        }
+    }
+}
+
+/// The HTTP status of one cell (the WebSocket route through a real upgrade).
+async fn http_status(
+    c: &reqwest::Client,
+    base: &str,
+    case: &HttpCase,
+    x: &str,
+    token: Option<&str>,
+) -> u16 {
+    let path = case.path.replace("{x}", x);
+    let (method, _) = case.route.split_once(' ').expect("METHOD /path");
+    if path.contains("/ws") {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = format!("{}{path}", base.replace("http://", "ws://"));
+        let mut req = url.into_client_request().expect("ws request");
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        return match tokio_tungstenite::connect_async(req).await {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("ws {path}: {e}"),
+        };
+    }
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut r = c.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = case.body {
+        r = r
+            .header("content-type", "application/json")
+            .body(b.replace("{x}", x));
+    }
+    // Streams (SSE) answer with their status before the first event.
+    r.send().await.expect("request").status().as_u16()
+}
+
+/// Every OpenAPI operation as `METHOD /path`.
+async fn openapi_routes(c: &reqwest::Client, base: &str) -> Vec<String> {
+    let doc = root_json(c.get(format!("{base}/openapi.json"))).await;
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("operations").keys() {
+            if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                out.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_route_and_topic_field_allows_exactly_the_tokens_with_the_right() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = matrix_config(dir.path());
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let base = server.url();
+    let c = http();
+    for t in ["m.t", "x.t", "dlq.m.t"] {
+        root_json(
+            c.post(format!("{base}/v1/topics"))
+                .json(&json!({"name": t})),
+        )
+        .await;
+    }
+
+    // A route without a row fails here: add it to HTTP_MATRIX.
+    for route in openapi_routes(&c, &base).await {
+        assert!(
+            HTTP_MATRIX.iter().any(|case| case.route == route),
+            "{route} has no row in HTTP_MATRIX"
+        );
+    }
+
+    let mut wrong = Vec::new();
+    let mut n = 0;
+    for case in HTTP_MATRIX {
+        let mut cells: Vec<(&str, Option<&str>, u8)> =
+            vec![("no token", None, 0), ("wrong token", Some("wrong"), 0)];
+        cells.extend(MATRIX_TOKENS.iter().map(|&(t, r)| (t, Some(t), r)));
+        for (who, token, rights) in cells {
+            n += 1;
+            let x = run_setup(&c, &base, case.setup, n).await;
+            let got = http_status(&c, &base, case, &x, token).await;
+            let allowed = match case.need {
+                Need::Nothing => true,
+                _ if token.is_none() || token == Some("wrong") => false,
+                need => need.allows(rights),
+            };
+            let ok = if allowed {
+                got != 401 && got != 403 && got < 500
+            } else if token.is_none() || token == Some("wrong") {
+                got == 401
+            } else {
+                got == 403
+            };
+            if !ok {
+                wrong.push(format!(
+                    "{} [{}] as {who}: {got}, expected {}",
+                    case.route,
+                    case.what,
+                    if allowed { "allowed" } else { "refused" }
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong cells:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+struct GrpcCase {
+    rpc: &'static str,
+    what: &'static str,
+    setup: Setup,
+    need: Need,
+}
+
+const fn grpc_case(rpc: &'static str, what: &'static str, setup: Setup, need: Need) -> GrpcCase {
+    GrpcCase {
+        rpc,
+        what,
+        setup,
+        need,
+    }
+}
+
+/// Every RPC, and a row per field that names a topic.
+const GRPC_MATRIX: &[GrpcCase] = &[
+    grpc_case("Info", "", Setup::None, Need::Token),
+    grpc_case("Publish", "", Setup::None, Need::Any(P)),
+    grpc_case(
+        "Publish",
+        "wharf-original-topic in m.>",
+        Setup::None,
+        Need::Any(P),
+    ),
+    grpc_case(
+        "Publish",
+        "wharf-original-topic outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("Consume", "", Setup::None, Need::Any(C)),
+    grpc_case(
+        "Consume",
+        "dead_letter_topic in m.>",
+        Setup::None,
+        Need::All(C | P),
+    ),
+    grpc_case(
+        "Consume",
+        "dead_letter_topic outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("CreateTopic", "", Setup::None, Need::Any(A)),
+    grpc_case(
+        "CreateTopic",
+        "dead_letter_topic in m.>",
+        Setup::None,
+        Need::All(A | P),
+    ),
+    grpc_case(
+        "CreateTopic",
+        "dead_letter_topic outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("EnsureTopic", "", Setup::None, Need::Any(A | P)),
+    grpc_case("ListTopics", "", Setup::None, Need::Any(A)),
+    grpc_case("DescribeTopic", "", Setup::None, Need::Any(A)),
+    grpc_case("DeleteTopic", "", Setup::Topic, Need::Any(A)),
+    grpc_case("SetPartitions", "", Setup::None, Need::Any(A)),
+    grpc_case("RepairPartition", "", Setup::None, Need::Any(A)),
+    grpc_case("ListGroups", "", Setup::None, Need::Any(A)),
+    grpc_case("DlqList", "", Setup::None, Need::Any(A)),
+    grpc_case("DlqShow", "", Setup::Letter("dlq.m.t", "m.t"), Need::Any(A)),
+    grpc_case(
+        "DlqReplay",
+        "letter bound for m.>",
+        Setup::Letter("dlq.m.r", "m.t"),
+        Need::All(A | P),
+    ),
+    grpc_case(
+        "DlqReplay",
+        "letter bound outside",
+        Setup::Letter("dlq.m.u", "x.t"),
+        Need::All(ROOT),
+    ),
+    grpc_case("DlqPurge", "", Setup::None, Need::Any(A)),
+];
+
+/// The code one gRPC cell gets (`Ok` when the call was accepted).
+async fn grpc_code(url: &str, case: &GrpcCase, x: &str, token: Option<&str>) -> Code {
+    let mut c = wharf_client::raw_client(url, token).await.expect("connect");
+    let header = |to: &str| v1::Header {
+        name: "wharf-original-topic".into(),
+        value: to.into(),
+    };
+    let publish = |headers: Vec<v1::Header>, topic: &str| v1::PublishRequest {
+        topic: topic.into(),
+        messages: vec![v1::Message {
+            payload: b"p".to_vec().into(),
+            headers,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let create = |name: &str, dlq: Option<&str>| v1::CreateTopicRequest {
+        name: name.into(),
+        dead_letter_topic: dlq.map(str::to_owned),
+        ..Default::default()
+    };
+    let name = |n: &str| v1::TopicName { name: n.into() };
+    let code = |e: Option<tonic::Status>| e.map_or(Code::Ok, |s| s.code());
+    match (case.rpc, case.what) {
+        ("Info", _) => code(c.info(v1::InfoRequest {}).await.err()),
+        ("Publish", "") => code(c.publish(publish(vec![], "m.t")).await.err()),
+        ("Publish", "wharf-original-topic in m.>") => code(
+            c.publish(publish(vec![header("m.o")], "dlq.m.t"))
+                .await
+                .err(),
+        ),
+        ("Publish", _) => code(
+            c.publish(publish(vec![header("x.t")], "dlq.m.t"))
+                .await
+                .err(),
+        ),
+        ("Consume", what) => {
+            let dlq = match what {
+                "" => None,
+                "dead_letter_topic in m.>" => Some("m.dl"),
+                _ => Some("x.t"),
+            };
+            let once = futures_util::stream::iter(vec![v1::ConsumeRequest {
+                kind: Some(v1::consume_request::Kind::Subscribe(v1::SubscribeRequest {
+                    pattern: "m.t".into(),
+                    group: Some("mg".into()),
+                    dead_letter_topic: dlq.map(str::to_owned),
+                    ..Default::default()
+                })),
+            }])
+            .chain(futures_util::stream::pending());
+            code(c.consume(once).await.err())
+        }
+        ("CreateTopic", "") => code(c.create_topic(create("m.g1", None)).await.err()),
+        ("CreateTopic", "dead_letter_topic in m.>") => {
+            code(c.create_topic(create("m.g2", Some("m.dl"))).await.err())
+        }
+        ("CreateTopic", _) => code(c.create_topic(create("m.g3", Some("x.t"))).await.err()),
+        ("EnsureTopic", _) => code(c.ensure_topic(name("m.t")).await.err()),
+        ("ListTopics", _) => code(c.list_topics(v1::ListTopicsRequest {}).await.err()),
+        ("DescribeTopic", _) => code(c.describe_topic(name("m.t")).await.err()),
+        ("DeleteTopic", _) => code(c.delete_topic(name(x)).await.err()),
+        ("SetPartitions", _) => code(
+            c.set_partitions(v1::SetPartitionsRequest {
+                name: "m.t".into(),
+                partitions: 1,
+            })
+            .await
+            .err(),
+        ),
+        ("RepairPartition", _) => code(
+            c.repair_partition(v1::RepairPartitionRequest {
+                topic: "m.t".into(),
+                partition: 0,
+                action: Some(v1::repair_partition_request::Action::SkipBatch(
+                    v1::Empty {},
+                )),
+                dry_run: true,
+            })
+            .await
+            .err(),
+        ),
+        ("ListGroups", _) => code(
+            c.list_groups(v1::ListGroupsRequest { group: None })
+                .await
+                .err(),
+        ),
+        ("DlqList", _) => code(
+            c.dlq_list(v1::DlqListRequest {
+                topic: "dlq.m.t".into(),
+                limit: 10,
+                cursor: None,
+            })
+            .await
+            .err(),
+        ),
+        ("DlqShow", _) => code(
+            c.dlq_show(v1::DlqShowRequest {
+                topic: "dlq.m.t".into(),
+                id: x.into(),
+            })
+            .await
+            .err(),
+        ),
+        ("DlqReplay", "letter bound for m.>") => code(
+            c.dlq_replay(v1::DlqReplayRequest {
+                topic: "dlq.m.r".into(),
+                id: None,
+            })
+            .await
+            .err(),
+        ),
+        ("DlqReplay", _) => code(
+            c.dlq_replay(v1::DlqReplayRequest {
+                topic: "dlq.m.u".into(),
+                id: Some(x.into()),
+            })
+            .await
+            .err(),
+        ),
+        ("DlqPurge", _) => code(c.dlq_purge(name("dlq.m.t")).await.err()),
+        (rpc, what) => panic!("no call for {rpc} [{what}]"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grpc_call_and_topic_field_allows_exactly_the_tokens_with_the_right() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = matrix_config(dir.path());
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let base = server.url();
+    let c = http();
+    for t in ["m.t", "x.t", "dlq.m.t"] {
+        root_json(
+            c.post(format!("{base}/v1/topics"))
+                .json(&json!({"name": t})),
+        )
+        .await;
+    }
+
+    // An RPC without a row fails here: add it to GRPC_MATRIX.
+    let proto = include_str!("../../wharf-proto/proto/wharf.proto");
+    let rpcs: Vec<&str> = proto
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split('(').next())
+        .map(str::trim)
+        .collect();
+    assert!(rpcs.len() >= 14, "{rpcs:?}");
+    for rpc in &rpcs {
+        assert!(
+            GRPC_MATRIX.iter().any(|case| case.rpc == *rpc),
+            "{rpc} has no row in GRPC_MATRIX"
+        );
+    }
+
+    let mut wrong = Vec::new();
+    let mut n = 0;
+    for case in GRPC_MATRIX {
+        let mut cells: Vec<(&str, Option<&str>, u8)> =
+            vec![("no token", None, 0), ("wrong token", Some("wrong"), 0)];
+        cells.extend(MATRIX_TOKENS.iter().map(|&(t, r)| (t, Some(t), r)));
+        for (who, token, rights) in cells {
+            n += 1;
+            let x = run_setup(&c, &base, case.setup, n).await;
+            let got = grpc_code(&base, case, &x, token).await;
+            let valid = token.is_some() && token != Some("wrong");
+            let allowed = valid && case.need.allows(rights);
+            let ok = if allowed {
+                !matches!(
+                    got,
+                    Code::Unauthenticated | Code::PermissionDenied | Code::Internal | Code::Unknown
+                )
+            } else if valid {
+                got == Code::PermissionDenied
+            } else {
+                got == Code::Unauthenticated
+            };
+            if !ok {
+                wrong.push(format!(
+                    "{} [{}] as {who}: {got:?}, expected {}",
+                    case.rpc,
+                    case.what,
+                    if allowed { "allowed" } else { "refused" }
+                ));
+            }
+        }
+    }
+    // Reflection follows the API: any valid token, v1 and v1alpha.
+    for (token, _) in MATRIX_TOKENS {
+        assert!(
+            list_services_v1(&base, Some(token)).await.is_ok(),
+            "v1 as {token}"
+        );
+        assert!(
+            list_services_v1alpha(&base, Some(token)).await.is_ok(),
+            "v1alpha as {token}"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong cells:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
