@@ -151,7 +151,29 @@ impl Meta {
         storage_error(what, e)
     }
 
+    /// Opens the store and reads it once through. Damaged bytes in it are
+    /// an error naming the file (the store's own checks, or a panic inside
+    /// it caught here): the server refuses to start rather than crash, and
+    /// the topics' data under `topics/` is untouched.
     pub(crate) fn open(path: &Path) -> Result<Meta, Error> {
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let m = Self::open_unchecked(path)?;
+            m.topics()?;
+            m.cursors()?;
+            Ok(m)
+        }));
+        checked.unwrap_or_else(|_| {
+            Err(storage_error(
+                "open metadata",
+                format!(
+                    "{} is damaged (reading it failed its own consistency checks); restore it from a backup",
+                    path.display()
+                ),
+            ))
+        })
+    }
+
+    fn open_unchecked(path: &Path) -> Result<Meta, Error> {
         let db = Database::create(path).map_err(|e| storage_error("open metadata", e))?;
         let txn = db
             .begin_write()
