@@ -493,6 +493,13 @@ pub(crate) struct Taken {
     pub persist_first: bool,
 }
 
+/// Whether `msg` is past its own expiry (the `wharf-expires-at-ms` header)
+/// or its topic's TTL (`ttl_ms` after its timestamp) at `now_ms`.
+fn is_expired(msg: &Message, ttl_ms: Option<u64>, now_ms: u64) -> bool {
+    (!msg.headers().is_empty() && msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms))
+        || ttl_ms.is_some_and(|ttl| msg.timestamp().as_millis().saturating_add(ttl) <= now_ms)
+}
+
 /// A message to copy to its dead-letter topic before it is settled.
 pub(crate) struct DeadLetter {
     pub topic: String,
@@ -962,6 +969,15 @@ impl GroupTopic {
                         }
                     },
                 };
+                // Checked again at every take, not only when read: a message
+                // nacked with a delay (or waiting for a hand-off) may outlive
+                // its TTL before it comes round again.
+                if is_expired(&msg, partitions[i].ttl_ms(), clock.now_ms()) {
+                    part.pending.remove(off);
+                    part.mark_settled(off);
+                    changed = true;
+                    continue;
+                }
                 let lease = next_lease;
                 next_lease += 1;
                 p.attempts += 1;
@@ -1551,10 +1567,7 @@ fn fill(
             let msg = from_record_ref(&rec).map_err(FillError::Decode)?;
             // Expiry, delay and priority travel as headers; most messages have none.
             let plain = msg.headers().is_empty();
-            let expired = (!plain && msg.expires_at().is_some_and(|t| t.as_millis() <= now_ms))
-                || ttl_ms
-                    .is_some_and(|ttl| msg.timestamp().as_millis().saturating_add(ttl) <= now_ms);
-            if expired {
+            if is_expired(&msg, ttl_ms, now_ms) {
                 part.mark_settled(off);
                 changed = true;
                 return Ok(());

@@ -39,9 +39,10 @@
 //!   ([`BrokerConfig::read_ahead`] per partition): among ready messages the
 //!   highest priority goes first, then the lowest offset.
 //! - **Delayed publish, TTL, dedup**: `deliver_at` messages are stored at once
-//!   and become deliverable at their time; expired messages are skipped; a
-//!   message id seen within the topic's dedup window is not stored again and
-//!   the publish returns the original receipt — also when the first publish
+//!   and become deliverable at their time; expired messages are skipped, also
+//!   when one comes round again (a redelivery, a nack with a delay) past its
+//!   TTL; a message id seen within the topic's dedup window is not stored
+//!   again and the publish returns the original receipt — also when the first publish
 //!   of it was cancelled (see *Cancel safety* on [`Broker::publish_from`]).
 //! - **Restarts**: published messages, topic configs and group positions
 //!   survive a clean close and `kill -9`. Group positions are committed every
