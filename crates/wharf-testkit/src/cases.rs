@@ -985,3 +985,420 @@ pub async fn stream_mode_gives_each_key_to_one_consumer_and_rebalances<F: Backen
     ack(d).await;
     Outcome::Passed
 }
+
+/// A message of exactly `max_message_bytes` (payload, key and headers
+/// counted) is accepted and delivered whole; one byte more is refused with
+/// `MessageTooLarge` and nothing of it is stored.
+pub async fn message_of_exactly_the_maximum_size_is_delivered_whole<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f);
+    let ns = ns();
+    let t = topic(&b, &ns, "edge").await;
+    let early = if b.capabilities().contains(Capability::Retention) {
+        None
+    } else {
+        Some(subscribe(&b, sole_opts(&b, &t)).await)
+    };
+    let max = b.limits().max_message_bytes;
+    let sized = |payload_len: usize| {
+        Message::builder()
+            .key("edge-key")
+            .header("edge-header", "v")
+            .payload(Bytes::from(vec![b'z'; payload_len]))
+            .build()
+    };
+    let overhead = sized(0).size();
+    let over = sized(max + 1 - overhead);
+    assert_eq!(over.size(), max + 1);
+    match b.publish(&t, over).await {
+        Err(Error::MessageTooLarge { size, max: m }) => {
+            assert_eq!((size, m), (max + 1, max));
+        }
+        other => panic!("one byte over the limit: expected MessageTooLarge, got {other:?}"),
+    }
+    let exact = sized(max - overhead);
+    assert_eq!(exact.size(), max);
+    let r = b
+        .publish(&t, exact.clone())
+        .await
+        .expect("a message of exactly the maximum size");
+    assert!(!r.duplicate);
+    publish_text(&b, &t, "marker").await;
+    let mut sub = match early {
+        Some(sub) => sub,
+        None => subscribe(&b, sole_opts(&b, &t)).await,
+    };
+    let d = expect_delivery(&mut sub, "the maximum-size message").await;
+    let got = d.message();
+    assert_eq!(got.id(), exact.id(), "the refused message was stored");
+    assert_eq!(got.size(), max);
+    assert_eq!(got.key(), exact.key());
+    assert_eq!(got.headers().get("edge-header"), Some("v"));
+    assert!(
+        got.payload() == exact.payload(),
+        "payload not delivered whole"
+    );
+    ack(d).await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    expect_quiet(&mut sub, QUIET, "after the marker").await;
+    Outcome::Passed
+}
+
+/// The same id twice in one `publish_batch` is stored once: the second
+/// receipt says duplicate and points at the first.
+pub async fn duplicate_id_within_one_batch_is_stored_once<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Dedup, Capability::Retention);
+    let ns = ns();
+    let t = topic(&b, &ns, "dedup-batch").await;
+    let m = Message::new("once");
+    let batch = vec![m.clone(), Message::new("between"), m.clone()];
+    let receipts = b.publish_batch(&t, batch).await.expect("publish_batch");
+    assert_eq!(receipts.len(), 3);
+    assert!(!receipts[0].duplicate && !receipts[1].duplicate);
+    assert!(
+        receipts[2].duplicate,
+        "second copy in the batch: {receipts:?}"
+    );
+    assert_eq!(receipts[2].id, m.id());
+    assert_eq!(receipts[2].offset, receipts[0].offset);
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    assert_eq!(take_text(&mut sub, "once").await, "once");
+    assert_eq!(take_text(&mut sub, "between").await, "between");
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    Outcome::Passed
+}
+
+/// Two publishers racing to publish one id: exactly one receipt is not a
+/// duplicate, and the message is stored and delivered once.
+pub async fn concurrent_publishers_of_one_id_store_it_once<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Dedup, Capability::Retention);
+    let ns = ns();
+    let t = topic(&b, &ns, "dedup-race").await;
+    let rounds = 10;
+    for i in 0..rounds {
+        let m = Message::new(format!("m{i}"));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (b, t, m) = (b.clone(), t.clone(), m.clone());
+                tokio::spawn(async move { b.publish(&t, m).await })
+            })
+            .collect();
+        let mut fresh = 0;
+        for r in racers {
+            let r = r.await.expect("publisher task").expect("publish");
+            assert_eq!(r.id, m.id());
+            fresh += usize::from(!r.duplicate);
+        }
+        assert_eq!(fresh, 1, "round {i}: receipts not saying duplicate");
+    }
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    let mut seen = HashSet::new();
+    for _ in 0..rounds {
+        let s = take_text(&mut sub, "raced message").await;
+        assert!(seen.insert(s.clone()), "{s} delivered twice");
+    }
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    Outcome::Passed
+}
+
+/// Dedup outlives a clean restart: an id published before is a duplicate after.
+pub async fn duplicate_id_is_detected_across_a_restart<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(
+        f,
+        Capability::Dedup,
+        Capability::Retention,
+        Capability::Persistence
+    );
+    let ns = ns();
+    let t = topic(&b, &ns, "dedup-restart").await;
+    let m = Message::new("once");
+    let r1 = b.publish(&t, m.clone()).await.expect("publish");
+    assert!(!r1.duplicate);
+    b.close().await.expect("close");
+    drop(b);
+    let b = f.open().await;
+    let r2 = b
+        .publish(&t, m.clone())
+        .await
+        .expect("publish after restart");
+    assert!(r2.duplicate, "not detected as a duplicate after a restart");
+    assert_eq!(r2.offset, r1.offset);
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    assert_eq!(take_text(&mut sub, "once").await, "once");
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    Outcome::Passed
+}
+
+/// A rejected message and one nacked past `max_deliveries` each reach the
+/// dead-letter topic exactly once; afterwards the dead-letter topic and the
+/// source stay quiet.
+pub async fn each_failure_dead_letters_exactly_once<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(
+        f,
+        Capability::DeadLetter,
+        Capability::MaxDeliveries,
+        Capability::Redelivery
+    );
+    let ns = ns();
+    let t = topic(&b, &ns, "failing").await;
+    let dlq = dead_letter_topic(&t);
+    b.ensure_topic(&dlq).await.expect("ensure dlq");
+    let mut dead = subscribe(&b, group_opts(&dlq, "ops")).await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t).max_deliveries(2)).await;
+    let rejected = publish_text(&b, &t, "reject me").await;
+    let exhausted = publish_text(&b, &t, "nack me").await;
+    let mut nacks = 0;
+    let mut rejects = 0;
+    while nacks < 2 || rejects < 1 {
+        let d = expect_delivery(&mut sub, "source").await;
+        if d.message().id() == rejected.id {
+            rejects += 1;
+            assert_eq!(rejects, 1, "rejected message redelivered");
+            d.reject("bad").await.expect("reject");
+        } else {
+            assert_eq!(d.message().id(), exhausted.id);
+            nacks += 1;
+            assert!(nacks <= 2, "redelivered past max_deliveries");
+            d.nack().await.expect("nack");
+        }
+    }
+    let mut want = HashSet::from([rejected.id, exhausted.id]);
+    for _ in 0..2 {
+        let dl = expect_delivery(&mut dead, "dead letter").await;
+        assert!(
+            want.remove(&dl.message().id()),
+            "dead-lettered twice: {}",
+            text(&dl)
+        );
+        ack(dl).await;
+    }
+    expect_quiet(&mut dead, QUIET, "a second dead letter").await;
+    expect_quiet(&mut sub, QUIET, "a dead-lettered message redelivered").await;
+    Outcome::Passed
+}
+
+/// A message nacked with a delay longer than its remaining TTL expires
+/// instead of coming back.
+pub async fn ttl_expires_during_nack_delay<F: BackendFactory>(f: &F) -> Outcome {
+    let b = open!(f, Capability::Ttl, Capability::NackWithDelay);
+    let ns = ns();
+    let t = topic(&b, &ns, "ttl-nack").await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    let ttl = Duration::from_millis(400);
+    let m = Message::builder().payload("short-lived").ttl(ttl).build();
+    b.publish(&t, m).await.expect("publish");
+    let d = expect_delivery(&mut sub, "first").await;
+    let delay = Duration::from_millis(900);
+    d.nack_with_delay(delay).await.expect("nack_with_delay");
+    expect_quiet(&mut sub, delay + QUIET * 2, "redelivered after its TTL").await;
+    publish_text(&b, &t, "marker").await;
+    assert_eq!(take_text(&mut sub, "marker").await, "marker");
+    expect_quiet(&mut sub, QUIET, "after the marker").await;
+    Outcome::Passed
+}
+
+/// Several publishers, each owning its keys, and several stream-mode
+/// consumers of one group: every key arrives in order across the group and
+/// nothing is lost or duplicated.
+pub async fn order_per_key_holds_with_concurrent_publishers_and_consumers<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(
+        f,
+        Capability::PartitionAssignment,
+        Capability::OrderingPerKey
+    );
+    let ns = ns();
+    let t = topic(&b, &ns, "keyed").await;
+    let opts = || group_opts(&t, "g").mode(GroupMode::Stream);
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        subs.push(subscribe(&b, opts()).await);
+    }
+    let (publishers, keys_each, per_key) = (3, 3, 15);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (b, t) = (b.clone(), t.clone());
+            tokio::spawn(async move {
+                for seq in 0..per_key {
+                    for k in 0..keys_each {
+                        let key = format!("p{p}k{k}");
+                        let m = Message::builder()
+                            .key(key.clone())
+                            .payload(format!("{key}:{seq}"))
+                            .build();
+                        b.publish(&t, m).await.expect("publish");
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = publishers * keys_each * per_key;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut sub| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(d) = sub.next().await {
+                    let d = d.expect("delivery");
+                    let s = text(&d);
+                    ack(d).await;
+                    if tx.send(s).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for got in 0..total {
+        let s = match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(s)) => s,
+            _ => panic!("stalled at {got} of {total}"),
+        };
+        let (k, seq) = s.split_once(':').expect("k:seq");
+        let seq: i64 = seq.parse().expect("seq");
+        let prev = last.insert(k.to_owned(), seq).unwrap_or(-1);
+        assert_eq!(seq, prev + 1, "key {k} out of order or duplicated");
+    }
+    for task in tasks {
+        task.await.expect("publisher");
+    }
+    if let Ok(Some(s)) = tokio::time::timeout(QUIET, rx.recv()).await {
+        panic!("extra delivery {s}");
+    }
+    for r in readers {
+        r.abort();
+    }
+    Outcome::Passed
+}
+
+/// A publisher that backpressure holds back (the group is behind by a full
+/// window) resumes once the consumer acks.
+pub async fn publisher_blocked_by_backpressure_resumes_after_acks<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::Backpressure);
+    let ns = ns();
+    let t = topic(&b, &ns, "full").await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Bounded, so a backend that never pushes back fails instead of filling memory.
+    let (chunk, cap) = (512, 1 << 21);
+    let publisher = {
+        let (b, t, published) = (b.clone(), t.clone(), published.clone());
+        tokio::spawn(async move {
+            while published.load(std::sync::atomic::Ordering::SeqCst) < cap {
+                let msgs = (0..chunk).map(|_| Message::new("x")).collect();
+                b.publish_batch(&t, msgs).await.expect("publish_batch");
+                published.fetch_add(chunk, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let count = || published.load(std::sync::atomic::Ordering::SeqCst);
+    // Blocked: no progress for a while, and not finished.
+    let deadline = Instant::now() + WAIT * 3;
+    let mut seen = count();
+    loop {
+        tokio::time::sleep(QUIET).await;
+        assert!(
+            !publisher.is_finished(),
+            "{} messages published without waiting",
+            count()
+        );
+        let now = count();
+        if now == seen {
+            break;
+        }
+        seen = now;
+        assert!(Instant::now() < deadline, "publisher never blocked");
+    }
+    // Consume and ack until the publisher moves again.
+    let mut buf = Vec::new();
+    let mut acks = wharf_core::AckBatch::new();
+    let deadline = Instant::now() + WAIT;
+    while count() == seen {
+        assert!(
+            Instant::now() < deadline,
+            "publisher still blocked after acks"
+        );
+        let got = tokio::time::timeout(WAIT, sub.next_batch(chunk, &mut buf))
+            .await
+            .expect("deliveries in time")
+            .expect("next_batch");
+        assert!(got > 0, "subscription ended");
+        for d in buf.drain(..) {
+            acks.push(d);
+        }
+        let failed = acks.flush().await;
+        assert!(failed.is_empty(), "ack failed: {failed:?}");
+        tokio::task::yield_now().await;
+    }
+    publisher.abort();
+    Outcome::Passed
+}
+
+/// Stream mode: a member holds unacked deliveries when a second member
+/// joins; once the first acks, the rest arrive across both, each once.
+pub async fn stream_mode_join_with_work_in_flight_loses_nothing<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(
+        f,
+        Capability::PartitionAssignment,
+        Capability::ConsumerGroups
+    );
+    let ns = ns();
+    let t = topic(&b, &ns, "joining").await;
+    let opts = || group_opts(&t, "g").mode(GroupMode::Stream);
+    let mut a = subscribe(&b, opts().max_in_flight(4)).await;
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5"];
+    let per_key = 5;
+    for seq in 0..per_key {
+        for k in keys {
+            let m = Message::builder()
+                .key(k)
+                .payload(format!("{k}:{seq}"))
+                .build();
+            b.publish(&t, m).await.expect("publish");
+        }
+    }
+    let total = keys.len() * per_key;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(expect_delivery(&mut a, "held by the first member").await);
+    }
+    let mut c = subscribe(&b, opts().max_in_flight(4)).await;
+    // Give the join time to rebalance while the work is still in flight.
+    tokio::time::sleep(QUIET).await;
+    let mut seen: HashSet<String> = HashSet::new();
+    for d in held {
+        assert!(seen.insert(text(&d)));
+        ack(d).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} delivered",
+            seen.len()
+        );
+        let d = tokio::select! {
+            Some(d) = a.next() => d,
+            Some(d) = c.next() => d,
+            _ = tokio::time::sleep(WAIT) => panic!("stalled at {} of {total}", seen.len()),
+        }
+        .expect("delivery");
+        assert!(seen.insert(text(&d)), "delivered twice: {}", text(&d));
+        ack(d).await;
+    }
+    expect_quiet(&mut a, QUIET, "first member after all").await;
+    expect_quiet(&mut c, QUIET, "second member after all").await;
+    Outcome::Passed
+}

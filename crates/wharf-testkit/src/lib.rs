@@ -182,6 +182,15 @@ macro_rules! conformance_tests {
             restart_keeps_published_messages,
             restart_keeps_group_position_and_unacked_messages,
             stream_mode_gives_each_key_to_one_consumer_and_rebalances,
+            message_of_exactly_the_maximum_size_is_delivered_whole,
+            duplicate_id_within_one_batch_is_stored_once,
+            concurrent_publishers_of_one_id_store_it_once,
+            duplicate_id_is_detected_across_a_restart,
+            each_failure_dead_letters_exactly_once,
+            ttl_expires_during_nack_delay,
+            order_per_key_holds_with_concurrent_publishers_and_consumers,
+            publisher_blocked_by_backpressure_resumes_after_acks,
+            stream_mode_join_with_work_in_flight_loses_nothing,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
