@@ -261,6 +261,9 @@ pub(crate) struct Inner {
     config: BrokerConfig,
     meta: Meta,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
+    /// One lock per topic name being created or deleted (see
+    /// [`Inner::name_lock`]): the file work runs under it, not under `topics`.
+    name_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     groups: Mutex<HashMap<(String, String), Arc<GroupTopic>>>,
     saved: Mutex<HashMap<(String, String), HashMap<u32, Cursor>>>,
     subs: Mutex<Vec<Weak<SubShared>>>,
@@ -344,6 +347,7 @@ impl Broker {
             config,
             meta,
             topics: RwLock::new(topics),
+            name_locks: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             saved: Mutex::new(saved),
             subs: Mutex::new(Vec::new()),
@@ -379,17 +383,27 @@ impl Broker {
     /// [`Error::InvalidName`], [`Error::InvalidArgument`] for a bad config,
     /// storage failures.
     ///
+    /// The partitions' files are made on a blocking thread, holding no
+    /// lock other topics need: publishes, consumes and admin calls on other
+    /// topics go on meanwhile. Calls naming this topic wait for it (a
+    /// publish or subscribe that would create it finds it made).
+    ///
     /// # Cancel safety
-    /// Cancel-safe: it has no await point, so once polled it runs to
-    /// completion; dropped before that, it does nothing.
+    /// Cancel-safe: once started, the creation finishes on its blocking
+    /// thread even if this future is dropped (the topic then exists).
     pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         self.inner.check_open()?;
         validate_topic(name)?;
         config.validate()?;
-        let r = self.inner.create_topic(name, config);
-        self.inner.note_storage(&r);
-        r?;
-        Ok(())
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let r = inner.create_topic(&name, config);
+            inner.note_storage(&r);
+            r.map(drop)
+        })
+        .await
+        .map_err(|e| storage_error("create topic task", e))?
     }
 
     /// Raises a topic's partition count (it can never be lowered).
@@ -420,39 +434,21 @@ impl Broker {
     /// # Errors
     /// [`Error::UnknownTopic`], storage failures.
     ///
+    /// The files are removed on a blocking thread, under the topic name's
+    /// own lock (so the name is not made again until they are gone) and
+    /// no lock other topics need.
+    ///
     /// # Cancel safety
-    /// Cancel-safe: it has no await point, so once polled it runs to
-    /// completion; dropped before that, it does nothing.
+    /// Cancel-safe: once started, the deletion finishes on its blocking
+    /// thread even if this future is dropped.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         self.inner.check_open()?;
-        let t = {
-            let mut topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-            topics
-                .remove(name)
-                .ok_or_else(|| Error::UnknownTopic { topic: name.into() })?
-        };
-        self.inner
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, topic), _| topic != name);
-        // Positions of unloaded groups too, so a topic made again under the
-        // name starts afresh.
-        self.inner
-            .saved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, topic), _| topic != name);
-        // Data first, so a full disk has room for the metadata change; a
-        // log that failed cannot close cleanly, which deleting it makes moot.
-        if let Err(e) = t.close() {
-            tracing::warn!(topic = name, error = %e, "closing a deleted topic's logs failed");
-        }
-        // Its open files hold their space until the last handle goes.
-        drop(t);
-        std::fs::remove_dir_all(self.inner.dir.join("topics").join(name))
-            .map_err(|e| storage_error("delete topic dir", e))?;
-        self.inner.meta.delete_topic(name)
+        validate_topic(name)?;
+        let inner = self.inner.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || inner.delete_topic(&name))
+            .await
+            .map_err(|e| storage_error("delete topic task", e))?
     }
 
     /// Every topic with its config and offsets.
@@ -762,11 +758,70 @@ impl Inner {
         self.create_topic(name, self.config.default_topic.clone())
     }
 
+    /// Deletes a topic: out of the map at once (new calls find no topic),
+    /// then its groups, positions and files, all under the name's lock.
+    /// Blocking: called on a blocking thread.
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        let lock = self.name_lock(name);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| Error::UnknownTopic { topic: name.into() })?;
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, topic), _| topic != name);
+        // Positions of unloaded groups too, so a topic made again under the
+        // name starts afresh.
+        self.saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, topic), _| topic != name);
+        // Data first, so a full disk has room for the metadata change; a
+        // log that failed cannot close cleanly, which deleting it makes moot.
+        if let Err(e) = t.close() {
+            tracing::warn!(topic = name, error = %e, "closing a deleted topic's logs failed");
+        }
+        // Its open files hold their space until the last handle goes.
+        drop(t);
+        std::fs::remove_dir_all(self.dir.join("topics").join(name))
+            .map_err(|e| storage_error("delete topic dir", e))?;
+        self.meta.delete_topic(name)
+    }
+
+    /// The lock of one topic name, held while the topic's files are made or
+    /// removed; entries no one holds are dropped as others are taken.
+    fn name_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.name_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Creates a topic, or returns the existing one. The partitions' files
+    /// are made under the name's lock only; the map of topics is locked
+    /// just to look and to insert, so other topics are served meanwhile.
+    /// Blocking for a topic with many partitions: async callers run it on a
+    /// blocking thread ([`Broker::create_topic`]).
     fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<Arc<Topic>> {
+        let lookup = || {
+            self.topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned()
+        };
+        if let Some(t) = lookup() {
+            return Ok(t);
+        }
         let topic = {
-            let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = topics.get(name) {
-                return Ok(t.clone());
+            let lock = self.name_lock(name);
+            let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+            // Made (or its deletion finished) while this waited.
+            if let Some(t) = lookup() {
+                return Ok(t);
             }
             let t = Arc::new(Topic::open(
                 name,
@@ -775,7 +830,10 @@ impl Inner {
                 self.stats.clone(),
             )?);
             self.meta.put_topic(name, &cfg)?;
-            topics.insert(t.name_arc(), t.clone());
+            self.topics
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(t.name_arc(), t.clone());
             t
         };
         // Bind pattern subscriptions that match the new topic.
