@@ -21,7 +21,7 @@ impl Broker {
     /// Consumers waiting on the topic are woken.
     ///
     /// # Errors
-    /// [`Error::TopicNotFound`], [`Error::InvalidArgument`] for a partition
+    /// [`Error::UnknownTopic`], [`Error::InvalidArgument`] for a partition
     /// the topic lacks or an action that cannot apply (a cut past the
     /// damage, a stretch too short to void), storage failures.
     ///
