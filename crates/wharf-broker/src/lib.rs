@@ -97,7 +97,7 @@ pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::{Error, PublishSource};
-use wharf_log::BatchBuilder;
+use wharf_log::{BatchBuilder, Written};
 pub use wharf_log::{
     Damage, IntegrityStatsSnapshot, RepairAction, RepairReport, SyncStats, SyncStatsSnapshot,
     SYNC_BUCKET_BOUNDS_MICROS,
@@ -108,7 +108,7 @@ use crate::error::storage_error;
 use crate::group::{DeadLetter, GroupTopic, Policy};
 use crate::meta::{Cursor, CursorKey, Meta};
 use crate::subscription::{Binding, BrokerStream, SubShared};
-use crate::topic::{DedupCheck, LogStats, Reservation, Topic};
+use crate::topic::{DedupCheck, LogStats, Reservation, Topic, WrittenPublish};
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -1159,77 +1159,114 @@ impl Inner {
             e.0.push(i);
             codec::push_record(msgs, i, &mut e.1, &mut scratch);
         }
-        let appended: Vec<Appended> = if cfg.durability == Durability::Never {
-            // In turn, stopping at the first failure.
-            let mut out: Vec<Appended> = Vec::with_capacity(by_part.len());
-            for (p, (idx, batch)) in by_part {
-                let r = parts[p as usize].append(batch);
-                let failed = r.is_err();
-                out.push((p, idx, r));
-                if failed {
-                    break;
-                }
-            }
-            if let Some(r) = reservation {
-                r.finish(stored_at(&out), self.clock.now_ms());
-            }
-            out
-        } else {
-            // One blocking append per partition, all started before any is
-            // awaited: each waits for its own log's fdatasync, so a batch that
-            // spans N partitions waits for about one fsync, not N in a row.
-            let tasks: Vec<_> = by_part
-                .into_iter()
-                .map(|(p, (idx, batch))| {
-                    let part = parts[p as usize].clone();
-                    (
-                        p,
-                        idx,
-                        tokio::task::spawn_blocking(move || part.append(batch)),
-                    )
-                })
-                .collect();
-            let join = async move {
-                let mut out: Vec<Appended> = Vec::with_capacity(tasks.len());
-                for (p, idx, task) in tasks {
-                    let r = task
-                        .await
-                        .unwrap_or_else(|e| Err(storage_error("append task", e)));
-                    out.push((p, idx, r));
-                }
-                out
-            };
-            match reservation {
-                None => join.await,
-                // Waited for and recorded on a task of its own, so a caller
-                // cancelled meanwhile still leaves the window saying where
-                // the messages went (a retry gets the original receipt).
-                Some(r) => {
-                    let clock = self.clock;
-                    tokio::spawn(async move {
-                        let out = join.await;
-                        r.finish(stored_at(&out), clock.now_ms());
-                        out
-                    })
-                    .await
-                    .map_err(|e| storage_error("append task", e))?
+        // Written under the topic's commit order, readable only once the
+        // whole publish succeeded: a publish that fails stores nothing.
+        let batches = by_part
+            .into_iter()
+            .map(|(p, (idx, batch))| (p, idx, batch))
+            .collect();
+        let WrittenPublish {
+            id,
+            outcome,
+            written,
+            failed,
+        } = topic.write_publish(batches);
+        let durable = cfg.durability == Durability::Always;
+        let mut fill = |written: &[(u32, Vec<usize>, Written)]| {
+            for (p, idx, w) in written {
+                let base = w.info.base_offset;
+                for (k, &i) in idx.iter().enumerate() {
+                    receipts[i] = Some(Receipt::new(msgs.id(i), *p, Some(base + k as u64)));
                 }
             }
         };
-        let mut first_err = None;
-        for (p, idx, r) in appended {
-            match r {
-                Ok(base) => {
-                    for (k, i) in idx.into_iter().enumerate() {
-                        receipts[i] = Some(Receipt::new(msgs.id(i), p, Some(base + k as u64)));
+        // The common case without a sync to wait for: settled at once.
+        if !durable && failed.is_none() && topic.try_commit(id) {
+            let mut outcome = outcome;
+            if let Ok(r) = outcome.try_recv() {
+                let stored = r.is_ok().then(|| stored_at(&written)).into_iter().flatten();
+                if let Some(res) = reservation {
+                    res.finish(stored, self.clock.now_ms());
+                }
+                r?;
+                fill(&written);
+                return Ok(());
+            }
+            return self
+                .finish_publish(topic, None, id, outcome, written, reservation, &mut fill)
+                .await;
+        }
+        let settle = (durable || failed.is_some()).then_some(failed);
+        self.finish_publish(topic, settle, id, outcome, written, reservation, &mut fill)
+            .await
+    }
+
+    /// The rest of a publish after its writes, on a task of its own (so a
+    /// cancelled caller still settles it, and still records its ids in the
+    /// dedup window): `settle` = `Some(first write error)` waits for the
+    /// writes to be durable and settles the publish; `None` means it was
+    /// settled already. Then waits for its outcome (every earlier publish
+    /// of the topic settled) and fills the receipts.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_publish(
+        &self,
+        topic: &Arc<Topic>,
+        settle: Option<Option<Error>>,
+        id: u64,
+        outcome: tokio::sync::oneshot::Receiver<Result<()>>,
+        written: Vec<(u32, Vec<usize>, Written)>,
+        reservation: Option<Reservation>,
+        fill: &mut impl FnMut(&[(u32, Vec<usize>, Written)]),
+    ) -> Result<()> {
+        let topic = topic.clone();
+        let clock = self.clock;
+        let parts = topic.partitions();
+        let task = tokio::spawn(async move {
+            if let Some(failed) = settle {
+                let mut result = failed.map_or(Ok(()), Err);
+                if result.is_ok() {
+                    // One blocking wait per partition, all started before any
+                    // is awaited: a batch that spans N partitions waits for
+                    // about one fsync, not N in a row.
+                    let waits: Vec<_> = written
+                        .iter()
+                        .filter_map(|(p, _, w)| {
+                            let part = parts.get(*p as usize)?.clone();
+                            let w = *w;
+                            Some(tokio::task::spawn_blocking(move || part.wait_durable(&w)))
+                        })
+                        .collect();
+                    for wait in waits {
+                        let r = wait
+                            .await
+                            .unwrap_or_else(|e| Err(storage_error("append task", e)));
+                        if let Err(e) = r {
+                            if result.is_ok() {
+                                result = Err(e);
+                            }
+                        }
                     }
                 }
-                Err(e) => {
-                    first_err.get_or_insert(e);
+                if !(result.is_ok() && topic.try_commit(id)) {
+                    let t = topic.clone();
+                    let settled = tokio::task::spawn_blocking(move || t.settle(id, result)).await;
+                    if let Err(e) = settled {
+                        tracing::error!(error = %e, "settling a publish failed");
+                    }
                 }
             }
-        }
-        first_err.map_or(Ok(()), Err)
+            let r = outcome
+                .await
+                .unwrap_or_else(|_| Err(Error::Closed { what: "topic" }));
+            if let Some(res) = reservation {
+                let stored = r.is_ok().then(|| stored_at(&written)).into_iter().flatten();
+                res.finish(stored, clock.now_ms());
+            }
+            r.map(|()| written)
+        });
+        let written = task.await.map_err(|e| storage_error("append task", e))??;
+        fill(&written);
+        Ok(())
     }
 
     /// Unloads groups that nothing holds (no subscription is bound, no
@@ -1334,15 +1371,15 @@ impl Inner {
 
 /// One partition's append: the partition, the batch indexes of its
 /// messages in order, and the base offset they were stored at.
-type Appended = (u32, Vec<usize>, Result<u64>);
-
-/// `(batch index, partition, offset)` of every message the appends stored.
-fn stored_at(appended: &[Appended]) -> impl Iterator<Item = (usize, u32, u64)> + '_ {
-    appended.iter().flat_map(|(p, idx, r)| {
-        let base = r.as_ref().ok().copied();
+/// `(batch index, partition, offset)` of every message a publish wrote.
+fn stored_at(
+    written: &[(u32, Vec<usize>, Written)],
+) -> impl Iterator<Item = (usize, u32, u64)> + '_ {
+    written.iter().flat_map(|(p, idx, w)| {
+        let base = w.info.base_offset;
         idx.iter()
             .enumerate()
-            .filter_map(move |(k, &i)| base.map(|b| (i, *p, b + k as u64)))
+            .map(move |(k, &i)| (i, *p, base + k as u64))
     })
 }
 

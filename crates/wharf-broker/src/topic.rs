@@ -3,24 +3,28 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use wharf_core::{Error, MessageId, StartPosition};
 use wharf_log::{
     BatchBuilder, Damage, IntegrityStats, Log, LogConfig, LogError, ReadBatches, RepairAction,
-    RepairReport, Retention, SyncStats,
+    RepairReport, Retention, SyncStats, Written,
 };
 
 use crate::codec::{from_record, partition_for_key};
 use crate::config::TopicConfig;
 use crate::error::log_error;
 
-/// One partition: a log.
+/// One partition: a log, read only up to its committed end.
 pub(crate) struct Partition {
     log: Log,
     ttl_ms: Option<u64>,
+    /// The end of what publishes that succeeded as a whole stored (see
+    /// [`Commits`]): consumers, peeks and offsets never reach past it, so
+    /// a batch of a publish that fails on another partition is never seen.
+    committed: AtomicU64,
 }
 
 impl Partition {
@@ -28,28 +32,41 @@ impl Partition {
         self.log.start_offset()
     }
 
+    /// The committed end (the next offset a consumer can wait for).
     pub(crate) fn end_offset(&self) -> u64 {
-        self.log.end_offset()
+        self.committed
+            .load(Ordering::Acquire)
+            .min(self.log.end_offset())
     }
 
     pub(crate) fn readable_end(&self) -> u64 {
-        self.log.readable_end_offset()
+        self.log.readable_end_offset().min(self.end_offset())
     }
 
+    /// Reads whole batches from `from`, none at or past the committed end.
     pub(crate) fn read(
         &self,
         from: u64,
         max_bytes: usize,
     ) -> Result<ReadBatches, wharf_log::LogError> {
-        self.log.read(from, max_bytes)
+        let end = self.end_offset();
+        let mut read = self.log.read(from, max_bytes)?;
+        read.truncate_at(end);
+        Ok(read)
     }
 
     pub(crate) fn ttl_ms(&self) -> Option<u64> {
         self.ttl_ms
     }
 
-    pub(crate) fn append(&self, batch: BatchBuilder) -> Result<u64, Error> {
-        Ok(self.log.append_built(batch).map_err(log_error)?.base_offset)
+    /// Writes a batch, not yet committed (see [`Topic::write_publish`]).
+    pub(crate) fn write(&self, batch: BatchBuilder) -> Result<Written, Error> {
+        self.log.write_built(batch).map_err(log_error)
+    }
+
+    /// Waits until `w` is as durable as the topic promises.
+    pub(crate) fn wait_durable(&self, w: &Written) -> Result<(), Error> {
+        self.log.wait_durable(w).map_err(log_error)
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {
@@ -67,7 +84,11 @@ impl Partition {
         action: RepairAction,
         dry_run: bool,
     ) -> Result<RepairReport, LogError> {
-        self.log.repair(action, dry_run)
+        let r = self.log.repair(action, dry_run);
+        // A truncating repair moves the end back; the committed end with it.
+        self.committed
+            .fetch_min(self.log.end_offset(), Ordering::AcqRel);
+        r
     }
 
     /// Resolves where a new group starts in this partition.
@@ -95,6 +116,7 @@ impl Partition {
                 self.log
                     .offset_for_timestamp(ms)
                     .map_err(log_error)?
+                    .filter(|&o| o < hi)
                     .unwrap_or(hi)
             }
             _ => lo,
@@ -355,6 +377,8 @@ pub(crate) struct Topic {
     round_robin: AtomicU32,
     watchers: Mutex<Vec<Weak<Notify>>>,
     pub(crate) dedup: Mutex<Dedup>,
+    /// Publishes in the order they wrote, until each is settled.
+    commits: Mutex<Commits>,
     /// The broker's fsync and damage counters, shared by every partition's log.
     stats: LogStats,
     /// Partitions whose damage the topic's policy is skipping (or failed
@@ -367,6 +391,139 @@ pub(crate) struct Topic {
 pub(crate) struct LogStats {
     pub sync: Arc<SyncStats>,
     pub integrity: Arc<IntegrityStats>,
+}
+
+/// The publishes of one topic in the order they wrote their batches (one
+/// per partition, all written under this lock, so this order is also the
+/// order of the batches in every partition). A publish is settled as a
+/// whole: committed — its batches become readable once every earlier
+/// publish is settled too — or rolled back: each partition it wrote is
+/// truncated at its batch, which also cuts every later publish's batch
+/// there (those fail too, as nothing of theirs was acknowledged yet). So a
+/// publish that returns an error leaves none of its messages readable,
+/// and never a gap.
+#[derive(Default)]
+pub(crate) struct Commits {
+    next_id: u64,
+    queue: VecDeque<Pending>,
+}
+
+struct Pending {
+    id: u64,
+    /// (partition, base offset, next offset, cut by an earlier rollback).
+    parts: Vec<(u32, u64, u64, bool)>,
+    state: PendingState,
+    done: Option<oneshot::Sender<Result<(), Error>>>,
+}
+
+enum PendingState {
+    /// Written; its publisher has not settled it yet.
+    Open,
+    /// An earlier publish's rollback cut some of its batches; it rolls back
+    /// the rest when its publisher settles it.
+    Cut(Error),
+    /// Succeeded: readable once it is the oldest.
+    Committed,
+    /// Rolled back.
+    Failed(Error),
+}
+
+/// What a publish cut by an earlier failed one fails with: a full disk
+/// stays a full disk (retryable), anything else a storage failure.
+fn cut_error(cause: &Error) -> Error {
+    let detail = format!("an earlier publish to the topic failed and was rolled back: {cause}");
+    match cause {
+        Error::StorageFull { backend, .. } => Error::StorageFull {
+            backend,
+            source: detail.into(),
+        },
+        _ => crate::error::storage_error("publish", detail),
+    }
+}
+
+/// What [`Topic::write_publish`] wrote: its id, the receiver of its
+/// outcome, `(partition, message indexes, write)` per batch written, and
+/// the first write that failed (the publish then fails).
+pub(crate) struct WrittenPublish {
+    pub id: u64,
+    pub outcome: oneshot::Receiver<Result<(), Error>>,
+    pub written: Vec<(u32, Vec<usize>, Written)>,
+    pub failed: Option<Error>,
+}
+
+impl Commits {
+    /// Rolls back entry `i` (already `Failed`) and everything it cuts.
+    fn roll_back(&mut self, i: usize, parts: &[Arc<Partition>]) {
+        let mut work = vec![i];
+        while let Some(i) = work.pop() {
+            let cause = match &self.queue[i].state {
+                PendingState::Failed(e) => cut_error(e),
+                _ => continue,
+            };
+            let mut cut = Vec::new();
+            for &(p, base, _, was_cut) in &self.queue[i].parts {
+                if was_cut {
+                    continue;
+                }
+                if let Some(part) = parts.get(p as usize) {
+                    if let Err(e) = part.log.truncate(base) {
+                        // The log failed: it refuses appends until reopened.
+                        tracing::error!(partition = p, offset = base, error = %e, "rolling back a failed publish failed");
+                    }
+                }
+                cut.push(p);
+            }
+            for j in i + 1..self.queue.len() {
+                let later = &mut self.queue[j];
+                let mut hit = false;
+                for part in &mut later.parts {
+                    if !part.3 && cut.contains(&part.0) {
+                        part.3 = true;
+                        hit = true;
+                    }
+                }
+                if !hit {
+                    continue;
+                }
+                match later.state {
+                    PendingState::Open => later.state = PendingState::Cut(cut_error(&cause)),
+                    PendingState::Committed => {
+                        later.state = PendingState::Failed(cut_error(&cause));
+                        work.push(j);
+                    }
+                    PendingState::Cut(_) | PendingState::Failed(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Pops the settled publishes at the head: committed ones become
+    /// readable, and every popped publisher gets its outcome.
+    fn resolve(&mut self, parts: &[Arc<Partition>]) {
+        while let Some(head) = self.queue.front() {
+            if matches!(head.state, PendingState::Open | PendingState::Cut(_)) {
+                return;
+            }
+            let Some(mut head) = self.queue.pop_front() else {
+                return;
+            };
+            let outcome = match std::mem::replace(&mut head.state, PendingState::Open) {
+                PendingState::Failed(e) => Err(e),
+                _ => {
+                    for &(p, _, next, _) in &head.parts {
+                        if let Some(part) = parts.get(p as usize) {
+                            part.committed.fetch_max(next, Ordering::AcqRel);
+                        }
+                    }
+                    Ok(())
+                }
+            };
+            if let Some(tx) = head.done.take() {
+                // A publisher that went away needs no answer.
+                let _ = tx.send(outcome);
+            }
+        }
+    }
 }
 
 fn log_config(cfg: &TopicConfig, stats: &LogStats) -> Result<LogConfig, Error> {
@@ -395,9 +552,13 @@ fn open_partition(
     stats: &LogStats,
 ) -> Result<Arc<Partition>, Error> {
     let log = Log::open(dir.join(i.to_string()), log_config(cfg, stats)?).map_err(log_error)?;
+    // Everything stored when the log opens was committed (a rolled-back
+    // publish was truncated before its error was returned).
+    let committed = AtomicU64::new(log.end_offset());
     Ok(Arc::new(Partition {
         log,
         ttl_ms: cfg.ttl_ms,
+        committed,
     }))
 }
 
@@ -422,6 +583,7 @@ impl Topic {
             watchers: Mutex::new(Vec::new()),
             auto_skipping: Mutex::new(std::collections::HashSet::new()),
             dedup: Mutex::new(Dedup::default()),
+            commits: Mutex::new(Commits::default()),
             stats,
         })
     }
@@ -459,6 +621,95 @@ impl Topic {
         cfg.partitions = cfg.partitions.max(n);
         *parts = Arc::new(v);
         Ok(cfg.clone())
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, Commits> {
+        self.commits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes one publish's batches, `(partition, message indexes, batch)`,
+    /// in the topic's commit order and registers the publish; none of it is
+    /// readable until it is settled ([`Topic::settle`]). Stops at the first
+    /// write that fails.
+    pub(crate) fn write_publish(
+        &self,
+        batches: Vec<(u32, Vec<usize>, BatchBuilder)>,
+    ) -> WrittenPublish {
+        let parts = self.partitions();
+        let mut c = self.commits();
+        let id = c.next_id;
+        c.next_id += 1;
+        let mut written = Vec::with_capacity(batches.len());
+        let mut failed = None;
+        for (p, idx, batch) in batches {
+            let r = match parts.get(p as usize) {
+                Some(part) => part.write(batch),
+                None => Err(crate::error::storage_error("publish", "no such partition")),
+            };
+            match r {
+                Ok(w) => written.push((p, idx, w)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        c.queue.push_back(Pending {
+            id,
+            parts: written
+                .iter()
+                .map(|(p, _, w)| (*p, w.info.base_offset, w.info.last_offset + 1, false))
+                .collect(),
+            state: PendingState::Open,
+            done: Some(tx),
+        });
+        WrittenPublish {
+            id,
+            outcome: rx,
+            written,
+            failed,
+        }
+    }
+
+    /// Settles publish `id` as committed if nothing cut it, without any
+    /// I/O; false when it needs [`Topic::settle`] (an earlier publish's
+    /// rollback cut it, so the rest of it must be rolled back).
+    pub(crate) fn try_commit(&self, id: u64) -> bool {
+        let parts = self.partitions();
+        let mut c = self.commits();
+        let Some(e) = c.queue.iter_mut().find(|e| e.id == id) else {
+            return true;
+        };
+        if !matches!(e.state, PendingState::Open) {
+            return false;
+        }
+        e.state = PendingState::Committed;
+        c.resolve(&parts);
+        true
+    }
+
+    /// Settles publish `id` with `outcome`: committed, or rolled back
+    /// (truncating the partitions it wrote — blocking I/O) when it failed
+    /// or an earlier rollback cut it.
+    pub(crate) fn settle(&self, id: u64, outcome: Result<(), Error>) {
+        let parts = self.partitions();
+        let mut c = self.commits();
+        let Some(i) = c.queue.iter().position(|e| e.id == id) else {
+            return;
+        };
+        let outcome = match std::mem::replace(&mut c.queue[i].state, PendingState::Open) {
+            PendingState::Cut(e) => Err(e),
+            _ => outcome,
+        };
+        match outcome {
+            Ok(()) => c.queue[i].state = PendingState::Committed,
+            Err(e) => {
+                c.queue[i].state = PendingState::Failed(e);
+                c.roll_back(i, &parts);
+            }
+        }
+        c.resolve(&parts);
     }
 
     /// The partition for a message: by key hash, round-robin without a key.

@@ -246,6 +246,13 @@ async fn a_full_disk_answers_507_stores_nothing_and_publishing_resumes_once_spac
     common::ok(&server.cli(&["topic", "create", "full.new"]));
 
     let got = consume_all(&c, &base, "full.small").await;
+    assert!(
+        !got.iter().any(|p| p.starts_with("failed-")),
+        "a publish answered 507 was partly stored: {:?}",
+        got.iter()
+            .filter(|p| p.starts_with("failed-"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(got.iter().filter(|p| p.starts_with("before-")).count(), 10);
     assert_eq!(got.iter().filter(|p| p.starts_with("after-")).count(), 50);
     drop(server);
