@@ -22,6 +22,21 @@ pub(crate) struct ServeLimits {
     /// [default: 1000].
     #[arg(long, value_name = "N")]
     max_pollers: Option<usize>,
+    /// Most connections open at once (lowered to stay below the open-files limit) [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Time for a request head to arrive, also after accept [default: 10000].
+    #[arg(long, value_name = "MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Time for a request body to arrive [default: 60000].
+    #[arg(long, value_name = "MS")]
+    body_read_timeout_ms: Option<u64>,
+    /// Close a connection with no request in flight after this long (streams and long polls are in flight) [default: 60000].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Time for a TLS handshake [default: 10000].
+    #[arg(long, value_name = "MS")]
+    tls_handshake_timeout_ms: Option<u64>,
 }
 
 impl ServeLimits {
@@ -38,6 +53,23 @@ impl ServeLimits {
         }
         if let Some(n) = self.max_pollers {
             cfg.max_pollers = n;
+        }
+        if let Some(n) = self.max_connections {
+            cfg.max_connections = n;
+        }
+        let ms = std::time::Duration::from_millis;
+        for (flag, slot) in [
+            (self.header_read_timeout_ms, &mut cfg.header_read_timeout),
+            (self.body_read_timeout_ms, &mut cfg.body_read_timeout),
+            (self.idle_timeout_ms, &mut cfg.idle_timeout),
+            (
+                self.tls_handshake_timeout_ms,
+                &mut cfg.tls_handshake_timeout,
+            ),
+        ] {
+            if let Some(t) = flag {
+                *slot = ms(t);
+            }
         }
     }
 }

@@ -176,3 +176,236 @@ async fn header_limits_set_by_flags_refuse_grpc_publishes_with_typed_errors() {
         .expect("publish");
     assert_eq!(r.status().as_u16(), 400);
 }
+
+// ---------- connection timeouts and the connection cap ----------
+
+/// Starts a server with `toml` as its config file.
+fn start_with_config(dir: &std::path::Path, toml: &str) -> common::Server {
+    let cfg = dir.join("wharf.toml");
+    std::fs::write(&cfg, toml).expect("write config");
+    common::Server::start(&dir.join("data"), Some(&cfg))
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns
+/// how long that took and what was read, or `None` if it stayed open for
+/// `patience`.
+async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    patience: Duration,
+) -> Option<(Duration, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + patience).into(), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some((started.elapsed(), got)),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A client that connects and says nothing, one that sends its request
+/// head a byte at a time (slowloris), and one that sends nothing on an
+/// HTTP/2 connection after the preface are all closed once the
+/// header-read timeout passes; before it they are still open.
+#[tokio::test]
+async fn silent_and_slowloris_connections_are_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_with_config(dir.path(), "header_read_timeout_ms = 1500\n");
+    let connect = || tokio::net::TcpStream::connect(server.addr.clone());
+    let mut silent = connect().await.expect("connect");
+    let mut h2 = connect().await.expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    let mut slow = connect().await.expect("connect");
+    let drip = tokio::spawn(async move {
+        for b in
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789"
+        {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        closed_within(&mut slow, Duration::from_secs(30)).await
+    });
+    let s = closed_within(&mut silent, Duration::from_secs(30)).await;
+    let (t, _) = s.expect("a silent connection stays open (no header-read timeout)");
+    assert!(t >= Duration::from_millis(1000), "closed too early: {t:?}");
+    let (_, _) = closed_within(&mut h2, Duration::from_secs(30))
+        .await
+        .expect("an HTTP/2 connection without requests stays open");
+    let (t, _) = drip
+        .await
+        .expect("drip task")
+        .expect("a slowloris connection stays open");
+    assert!(t < Duration::from_secs(30));
+    // The server still answers.
+    let r = http()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+/// A request whose `Content-Length` promises more than arrives gets a 408
+/// once the body-read timeout passes, and nothing is stored.
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_408_after_the_body_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_with_config(dir.path(), "body_read_timeout_ms = 1500\n");
+    let mut s = tokio::net::TcpStream::connect(server.addr.clone())
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /v1/topics/limits.body/messages HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"payload\":",
+    )
+    .await
+    .expect("write");
+    let (t, got) = closed_within(&mut s, Duration::from_secs(30))
+        .await
+        .expect("the request waits for ever for its body");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(
+        t >= Duration::from_millis(1000),
+        "answered too early: {t:?}"
+    );
+    let c = http();
+    assert_eq!(stored(&c, &server.url(), "limits.body").await, 0);
+}
+
+/// An idle keep-alive connection is closed after the idle timeout; a long
+/// poll and an SSE stream that outlast it are not cut (set by flags).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_but_long_polls_and_streams_outlast_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start_with(
+        dir.path(),
+        None,
+        "127.0.0.1:0",
+        &["--idle-timeout-ms", "1500"],
+    );
+    let base = server.url();
+
+    // Keep-alive: one request, then silence.
+    let mut s = tokio::net::TcpStream::connect(server.addr.clone())
+        .await
+        .expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (t, _) = closed_within(&mut s, Duration::from_secs(30))
+        .await
+        .expect("an idle keep-alive connection stays open");
+    assert!(t >= Duration::from_millis(1000), "closed too early: {t:?}");
+
+    // A long poll waiting 4 s answers (empty) after its wait, not cut at 1.5 s.
+    let c = http();
+    let started = Instant::now();
+    let r = c
+        .post(format!(
+            "{base}/v1/topics/limits.idle/consume?group=g&wait_ms=4000"
+        ))
+        .send()
+        .await
+        .expect("long poll answered");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(3500));
+
+    // An SSE stream quiet for 4 s still delivers what comes next.
+    let mut events = c
+        .get(format!("{base}/v1/topics/limits.idle/events?group=sse"))
+        .send()
+        .await
+        .expect("SSE");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = c
+        .post(format!("{base}/v1/topics/limits.idle/messages"))
+        .json(&json!({"payload": "after the quiet"}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut seen = String::new();
+    while !seen.contains("after the quiet") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.chunk())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("a chunk, not the end: the quiet stream was cut");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+/// At the connection cap a new connection waits (in the listen backlog)
+/// until a slot frees — here when the silent connections holding every
+/// slot reach the header-read timeout — and is then served.
+#[tokio::test]
+async fn at_the_connection_cap_a_new_connection_waits_for_a_free_slot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_with_config(
+        dir.path(),
+        "max_connections = 20\nheader_read_timeout_ms = 2500\n",
+    );
+    let mut hogs = Vec::new();
+    for _ in 0..20 {
+        hogs.push(
+            tokio::net::TcpStream::connect(server.addr.clone())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = http()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(r.status().as_u16(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "served past the cap after {waited:?}"
+    );
+    drop(hogs);
+}
+
+/// A TLS client that never finishes its handshake is dropped after the
+/// TLS handshake timeout.
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .expect("self-signed certificate");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let server = start_with_config(
+        dir.path(),
+        &format!(
+            "tls_cert = {cert_path:?}\ntls_key = {key_path:?}\ntls_handshake_timeout_ms = 1500\n"
+        ),
+    );
+    let mut s = tokio::net::TcpStream::connect(server.addr.clone())
+        .await
+        .expect("connect");
+    let (t, _) = closed_within(&mut s, Duration::from_secs(30))
+        .await
+        .expect("a stalled TLS handshake stays open");
+    assert!(t >= Duration::from_millis(1000), "closed too early: {t:?}");
+}

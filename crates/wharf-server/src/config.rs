@@ -11,6 +11,11 @@
 //! poller_idle_ms = 30000       # drop a long-poll subscription this long unpolled
 //! read_ahead_bytes = 262144    # per group and partition
 //! auto_create_topics = true    # false: publishing to an unknown topic is 404
+//! max_connections = 10000
+//! header_read_timeout_ms = 10000
+//! body_read_timeout_ms = 60000
+//! idle_timeout_ms = 60000
+//! tls_handshake_timeout_ms = 10000
 //! [[tokens]]
 //! token = "s3cret"
 //! publish = ["orders.>"]
@@ -59,6 +64,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A limit is out of its range (a timeout of zero, a cap of zero).
+    #[error("invalid {key}: {reason}")]
+    Limit {
+        /// The config key (and `wharf serve` flag) of the limit.
+        key: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A token entry is invalid.
     #[error("invalid token entry {index}: {reason}")]
     Token {
@@ -94,6 +107,16 @@ pub struct FileConfig {
     /// Whether an accepted publish (or a subscription) creates an unknown
     /// topic with the default settings.
     pub auto_create_topics: Option<bool>,
+    /// Most connections open at once.
+    pub max_connections: Option<usize>,
+    /// Time for a request head to arrive, in ms.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time for a request body to arrive, in ms.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Time a connection with no request in flight stays open, in ms.
+    pub idle_timeout_ms: Option<u64>,
+    /// Time for a TLS handshake, in ms.
+    pub tls_handshake_timeout_ms: Option<u64>,
     /// Tokens; when non-empty, every endpoint except health needs one.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -125,6 +148,22 @@ pub struct ServerConfig {
     /// `POST /v1/topics` / `wharf topic create` do, and publishing to an
     /// unknown topic is `404 unknown_topic` (gRPC `NOT_FOUND`).
     pub auto_create_topics: bool,
+    /// Most connections open at once; more wait in the listen backlog. The
+    /// server lowers it to stay below its open-files limit.
+    pub max_connections: usize,
+    /// Time from accept (or from the previous response) to a complete
+    /// request head; a connection that sends no request in this time after
+    /// accept is closed too (silent or slowloris clients).
+    pub header_read_timeout: Duration,
+    /// Time from a request's start to the end of its body (`408
+    /// body_timeout` past it); not for the gRPC consume stream.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long;
+    /// open streams (gRPC consume, SSE, WebSocket) and long polls waiting
+    /// are requests in flight.
+    pub idle_timeout: Duration,
+    /// Time from accept to a finished TLS handshake.
+    pub tls_handshake_timeout: Duration,
     /// Tokens; empty means no auth.
     pub tokens: Vec<TokenConfig>,
     /// TLS certificate chain and private key (PEM files); `None` serves plain text.
@@ -148,9 +187,11 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: [`DEFAULT_LISTEN`], 16 MiB requests, 30 s leases, 256
-    /// headers and 64 KiB of headers per message, no auth, 10,000 groups,
-    /// 1,000 pollers, groups unloaded after 60 s idle, pollers dropped after
-    /// 30 s unpolled, 256 KiB read-ahead.
+    /// headers and 64 KiB of headers per message, 10,000 connections,
+    /// 10 s to send a request head, 60 s for a body, 60 s idle, 10 s for a
+    /// TLS handshake, no auth, 10,000 groups, 1,000 pollers, groups
+    /// unloaded after 60 s idle, pollers dropped after 30 s unpolled,
+    /// 256 KiB read-ahead.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             data_dir: data_dir.into(),
@@ -160,6 +201,11 @@ impl ServerConfig {
             max_headers: wharf_broker::DEFAULT_MAX_HEADERS,
             max_header_bytes: wharf_broker::DEFAULT_MAX_HEADER_BYTES,
             auto_create_topics: true,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
             tokens: Vec::new(),
             tls: None,
             max_groups: 10_000,
@@ -213,6 +259,22 @@ impl ServerConfig {
         if let Some(on) = file.auto_create_topics {
             self.auto_create_topics = on;
         }
+        if let Some(n) = file.max_connections {
+            self.max_connections = n;
+        }
+        let ms = Duration::from_millis;
+        if let Some(t) = file.header_read_timeout_ms {
+            self.header_read_timeout = ms(t);
+        }
+        if let Some(t) = file.body_read_timeout_ms {
+            self.body_read_timeout = ms(t);
+        }
+        if let Some(t) = file.idle_timeout_ms {
+            self.idle_timeout = ms(t);
+        }
+        if let Some(t) = file.tls_handshake_timeout_ms {
+            self.tls_handshake_timeout = ms(t);
+        }
         self.tokens = file.tokens;
         match (file.tls_cert, file.tls_key) {
             (Some(c), Some(k)) => self.tls = Some((c, k)),
@@ -224,6 +286,34 @@ impl ServerConfig {
             }
         }
         Ok(self)
+    }
+
+    /// Checks the connection limits: no zero cap or timeout (which would
+    /// refuse every connection).
+    ///
+    /// # Errors
+    /// [`ConfigError::Limit`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let zero = |key| {
+            Err(ConfigError::Limit {
+                key,
+                reason: "must be above zero",
+            })
+        };
+        if self.max_connections == 0 {
+            return zero("max_connections");
+        }
+        for (key, t) in [
+            ("header_read_timeout_ms", self.header_read_timeout),
+            ("body_read_timeout_ms", self.body_read_timeout),
+            ("idle_timeout_ms", self.idle_timeout),
+            ("tls_handshake_timeout_ms", self.tls_handshake_timeout),
+        ] {
+            if t.is_zero() {
+                return zero(key);
+            }
+        }
+        Ok(())
     }
 
     /// The auth checker, or `None` when no token is configured.
@@ -258,6 +348,45 @@ mod tests {
         assert_eq!(cfg.poller_idle, Duration::from_millis(250));
         assert_eq!(cfg.tokens.len(), 1);
         assert!(cfg.auth().expect("valid tokens").is_some());
+    }
+
+    #[test]
+    fn config_file_sets_connection_limits_and_zero_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wharf.toml");
+        std::fs::write(
+            &path,
+            "max_connections = 5\nheader_read_timeout_ms = 1\nbody_read_timeout_ms = 2\n\
+             idle_timeout_ms = 3\ntls_handshake_timeout_ms = 4\n",
+        )
+        .expect("write");
+        let cfg = ServerConfig::new("/tmp/x").with_file(&path).expect("valid");
+        assert_eq!(cfg.max_connections, 5);
+        assert_eq!(
+            [
+                cfg.header_read_timeout,
+                cfg.body_read_timeout,
+                cfg.idle_timeout,
+                cfg.tls_handshake_timeout
+            ],
+            [1, 2, 3, 4].map(Duration::from_millis)
+        );
+        assert!(cfg.validate().is_ok());
+        std::fs::write(&path, "idle_timeout_ms = 0\n").expect("write");
+        let cfg = ServerConfig::new("/tmp/x")
+            .with_file(&path)
+            .expect("parses");
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Limit {
+                    key: "idle_timeout_ms",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -677,10 +677,25 @@ fn body_bytes(s: &Shared, body: Result<Bytes, BytesRejection>) -> ApiResult<Byte
                     s.config.max_request_bytes
                 ),
             )
+        } else if let Some(t) = body_timeout(&r) {
+            telemetry::refused("body_timeout");
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", t.to_string())
         } else {
             ApiError::bad_request(r.body_text())
         }
     })
+}
+
+/// The body-read deadline, if that is why reading the body failed.
+fn body_timeout(r: &BytesRejection) -> Option<&crate::listen::BodyTimeout> {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(err) = e {
+        if let Some(t) = err.downcast_ref() {
+            return Some(t);
+        }
+        e = err.source();
+    }
+    None
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {

@@ -99,6 +99,7 @@ impl Server {
     /// [`ServerError::Broker`] if the data dir cannot be opened,
     /// [`ServerError::Bind`] if the address is taken.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
         let auth = config.auth()?;
         let tls: Option<Acceptor> = match &config.tls {
             None => None,
@@ -119,12 +120,10 @@ impl Server {
             .auto_create_topics(config.auto_create_topics)
             .open(&config.data_dir)
             .await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen::bind(config.listen).map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             broker,
@@ -186,7 +185,14 @@ impl Server {
         let stopped = async move {
             let _ = done.wait_for(|s| *s).await;
         };
-        let server = listen::serve(listener, tls, app, stopped);
+        let limits = listen::ConnLimits {
+            max_connections: connection_cap(shared.config.max_connections),
+            header_read: shared.config.header_read_timeout,
+            body_read: shared.config.body_read_timeout,
+            idle: shared.config.idle_timeout,
+            tls_handshake: shared.config.tls_handshake_timeout,
+        };
+        let server = listen::serve(listener, tls, app, limits, stopped, shared.shutdown.clone());
         let mut server = std::pin::pin!(server);
         let result = tokio::select! {
             r = &mut server => r,
@@ -204,6 +210,26 @@ impl Server {
         result?;
         Ok(())
     }
+}
+
+/// `configured`, lowered to stay below the open-files limit (raised to its
+/// hard limit first where allowed): a quarter of the limit, at least 256
+/// descriptors, stays for the broker's files and the listener.
+fn connection_cap(configured: usize) -> usize {
+    let Some(fds) = process::raise_fd_limit() else {
+        return configured;
+    };
+    let fds = usize::try_from(fds).unwrap_or(usize::MAX);
+    let room = fds.saturating_sub((fds / 4).max(256)).max(1);
+    if configured > room {
+        tracing::warn!(
+            configured,
+            cap = room,
+            open_files_limit = fds,
+            "max_connections lowered to stay below the open-files limit"
+        );
+    }
+    configured.min(room)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,7 +1,8 @@
 //! This process's resource use — CPU time, resident memory, open files —
 //! for `/metrics` (the standard `process_*` series), the `Info` call and
 //! `wharf bench`, which reads the server's CPU time before and after a load
-//! to report CPU per message next to the in-process figure.
+//! to report CPU per message next to the in-process figure; and raising the
+//! open-files limit at start, which the connection cap stays below.
 
 use std::time::Duration;
 
@@ -80,6 +81,36 @@ fn open_fds() -> Option<u64> {
 
 #[cfg(not(target_os = "linux"))]
 fn open_fds() -> Option<u64> {
+    None
+}
+
+/// Raises this process's soft limit on open files to its hard limit where
+/// the OS allows it, so the connection cap can sit just below it; returns
+/// the soft limit in force afterwards (`None` where it cannot be read).
+#[cfg(unix)]
+#[allow(unsafe_code)] // audited: two libc calls on a plain struct, see SAFETY
+pub fn raise_fd_limit() -> Option<u64> {
+    // SAFETY: `getrlimit`/`setrlimit` read and write only the plain struct
+    // they are given, fully initialized by a zeroed value.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Raises this process's soft limit on open files (not supported here).
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> Option<u64> {
     None
 }
 
