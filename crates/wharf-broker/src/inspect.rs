@@ -139,7 +139,14 @@ pub struct GroupDetail {
     pub partitions: Vec<GroupPartition>,
     /// The sum of the partitions' lag.
     pub lag: u64,
+    /// Whether the group's state is loaded; otherwise this is its persisted
+    /// position (no consumer since open, or unloaded when idle).
+    pub loaded: bool,
 }
+
+/// A group known only by its persisted position: (group, topic) and per
+/// partition (partition, floor, settled above the floor, end offset).
+pub(crate) type SavedPosition = ((String, String), Vec<(u32, u64, u64, u64)>);
 
 /// A group's settled offsets in one partition.
 #[derive(Default)]
@@ -292,11 +299,80 @@ impl Broker {
                     members,
                     lag: partitions.iter().map(|p| p.lag).sum(),
                     partitions,
+                    loaded: true,
                 }
             })
             .collect();
+        // Groups not loaded (nobody consumed since the broker opened, or
+        // unloaded when idle) keep their persisted position: their lag is
+        // what a stalled consumer leaves behind, and shows exactly then.
+        for ((group, topic), parts) in self.saved_positions() {
+            let partitions: Vec<GroupPartition> = parts
+                .into_iter()
+                .map(
+                    |(partition, floor, settled_above, end_offset)| GroupPartition {
+                        partition,
+                        committed_offset: floor,
+                        settled_above,
+                        end_offset,
+                        lag: end_offset
+                            .saturating_sub(floor)
+                            .saturating_sub(settled_above),
+                        member: None,
+                    },
+                )
+                .collect();
+            out.push(GroupDetail {
+                group,
+                topic,
+                mode: GroupMode::Queue,
+                members: Vec::new(),
+                lag: partitions.iter().map(|p| p.lag).sum(),
+                partitions,
+                loaded: false,
+            });
+        }
         out.sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
         out
+    }
+
+    /// The persisted positions of groups that are not loaded, on topics
+    /// that exist: per partition (partition, floor, settled above the
+    /// floor, end offset).
+    pub(crate) fn saved_positions(&self) -> Vec<SavedPosition> {
+        let saved: Vec<((String, String), HashMap<u32, Cursor>)> = {
+            let live = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner
+                .saved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(k, _)| !live.contains_key(*k))
+                .map(|(k, c)| (k.clone(), c.clone()))
+                .collect()
+        };
+        saved
+            .into_iter()
+            .filter_map(|(key, cursors)| {
+                let topic = self.inner.existing_topic(&key.1).ok()?;
+                let parts = topic
+                    .partitions()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, part)| {
+                        let partition = u32::try_from(i).expect("partition count fits u32");
+                        let (floor, above) = cursors.get(&partition).map_or((0, 0), |c| {
+                            (
+                                c.floor,
+                                c.settled.iter().filter(|&&o| o >= c.floor).count() as u64,
+                            )
+                        });
+                        (partition, floor, above, part.end_offset())
+                    })
+                    .collect();
+                Some((key, parts))
+            })
+            .collect()
     }
 
     /// How long the `fdatasync`s of every partition's log took since the

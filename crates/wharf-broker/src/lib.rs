@@ -243,6 +243,10 @@ pub struct GroupInfo {
     pub members: usize,
     /// Stream mode: each partition and the member id that owns it.
     pub assignment: Vec<(u32, Option<u64>)>,
+    /// Whether the group's state is loaded (a consumer bound it since open
+    /// and it was not unloaded when idle); otherwise `lag` is from its
+    /// persisted position.
+    pub loaded: bool,
 }
 
 /// Which dead letters [`Broker::redrive`] moves back.
@@ -471,10 +475,16 @@ impl Broker {
         out
     }
 
-    /// Every consumer group with a position on a topic (since open), with its lag.
+    /// Every consumer group with a position on a topic, with its lag: the
+    /// loaded ones, and those known only by their persisted position (no
+    /// consumer since open, or unloaded when idle; shown in queue mode with
+    /// no members, as their mode is known only while they are loaded).
     pub fn groups(&self) -> Vec<GroupInfo> {
-        let groups = self.inner.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<GroupInfo> = groups
+        let mut out: Vec<GroupInfo> = self
+            .inner
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|((g, t), gt)| GroupInfo {
                 group: g.clone(),
@@ -483,8 +493,24 @@ impl Broker {
                 mode: gt.mode,
                 members: gt.member_count(),
                 assignment: gt.assignment(),
+                loaded: true,
             })
             .collect();
+        // Groups not loaded: their persisted position (see `group_details`).
+        for ((group, topic), parts) in self.saved_positions() {
+            out.push(GroupInfo {
+                group,
+                topic,
+                lag: parts
+                    .iter()
+                    .map(|&(_, floor, above, end)| end.saturating_sub(floor).saturating_sub(above))
+                    .sum(),
+                mode: wharf_core::GroupMode::Queue,
+                members: 0,
+                assignment: Vec::new(),
+                loaded: false,
+            });
+        }
         out.sort_by(|a, b| (&a.group, &a.topic).cmp(&(&b.group, &b.topic)));
         out
     }

@@ -24,7 +24,7 @@ fn group(topic: &str, g: &str) -> SubscribeOptions {
 }
 
 fn loaded(b: &Broker, g: &str) -> bool {
-    b.groups().iter().any(|i| i.group == g)
+    b.groups().iter().any(|i| i.group == g && i.loaded)
 }
 
 async fn next_text(sub: &mut Subscription) -> String {

@@ -792,3 +792,59 @@ async fn with_auto_create_off_an_unknown_topic_is_a_typed_404() {
     .await;
     assert_eq!(st, 200, "{r}");
 }
+
+#[tokio::test]
+async fn groups_and_their_lag_survive_a_restart_without_consumers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    for i in 0..3 {
+        let (st, r) = post(
+            &c,
+            format!("{base}/v1/topics/http.stalled/messages"),
+            json!({"payload": format!("m{i}")}),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let (_, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.stalled/consume?group=billing&wait_ms=2000"),
+        json!({}),
+    )
+    .await;
+    let id = r["deliveries"][0]["delivery_id"]
+        .as_str()
+        .expect("delivery")
+        .to_owned();
+    let (st, _) = post(&c, format!("{base}/v1/deliveries/{id}/ack"), json!({})).await;
+    assert_eq!(st, 204);
+    server.restart();
+    // Nobody consumes after the restart: the stalled group and its lag show.
+    let c = http();
+    let groups: Value = c
+        .get(format!("{base}/v1/groups?group=billing"))
+        .send()
+        .await
+        .expect("groups")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+    assert_eq!(groups[0]["topic"], "http.stalled", "{groups}");
+    assert_eq!(groups[0]["lag"], 2, "{groups}");
+    assert_eq!(groups[0]["members"], json!([]), "{groups}");
+    let metrics = text(&c, format!("{base}/metrics")).await;
+    let lag = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("wharf_consumer_lag{")
+                && l.contains("group=\"billing\"")
+                && l.contains("topic=\"http.stalled\"")
+        })
+        .unwrap_or_else(|| panic!("no lag series for billing in {metrics}"));
+    assert!(lag.ends_with(" 2"), "{lag}");
+    let out = common::ok(&server.cli(&["group", "list"]));
+    assert!(out.contains("billing"), "{out}");
+}

@@ -385,6 +385,10 @@ pub(crate) struct GroupJson {
     /// Live consumers' ids (one per subscription), in join order.
     members: Vec<u64>,
     partitions: Vec<GroupPartitionJson>,
+    /// Whether the group is loaded in memory; `false`: its persisted
+    /// position (no consumer since the server started, or unloaded when
+    /// idle), shown as `queue` mode.
+    loaded: bool,
 }
 
 /// A group's position in one partition.
@@ -1622,6 +1626,7 @@ fn group_json(g: wharf_broker::GroupDetail) -> GroupJson {
         }
         .to_owned(),
         members: g.members,
+        loaded: g.loaded,
         partitions: g
             .partitions
             .into_iter()
@@ -1637,9 +1642,10 @@ fn group_json(g: wharf_broker::GroupDetail) -> GroupJson {
     }
 }
 
-/// Consumer groups (with a position since the server started): mode,
-/// members, and per partition the committed offset, end offset, lag and
-/// (stream mode) assigned member.
+/// Consumer groups with a position, also those with no consumer since the
+/// server started (their persisted position; shown as `queue` with no
+/// members): mode, members, and per partition the committed offset, end
+/// offset, lag and (stream mode) assigned member.
 #[utoipa::path(get, path = "/v1/groups", params(GroupParams), responses((status = 200, body = Vec<GroupJson>), (status = 400, body = ErrorBody, description = "bad parameter"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right")))]
 async fn list_groups(
     State(s): AppState,
