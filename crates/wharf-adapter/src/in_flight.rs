@@ -3,7 +3,9 @@
 //! An adapter's acker keeps its own per-delivery record `P` (a reply
 //! subject, a stream entry id, …) here under the token the `Delivery`
 //! carries; settling takes it back out, which also stops the delivery's
-//! lease keeper and frees its in-flight slot.
+//! lease keeper and frees its in-flight slot. A delivery whose lease ran out
+//! (or whose message the server handed out again) settles nothing: an ack
+//! there would settle the new lease of the redelivery.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use wharf_core::{Error, Result};
 
 /// A delivery handed out: the adapter's record and the task, if any,
@@ -20,6 +23,14 @@ use wharf_core::{Error, Result};
 struct Held<P> {
     record: P,
     keeper: Option<JoinHandle<()>>,
+    /// When the server's lease ends, if it has one: settling after it fails.
+    deadline: Option<Instant>,
+}
+
+impl<P> Held<P> {
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| d <= Instant::now())
+    }
 }
 
 /// The unsettled deliveries of one subscription, by token, and its
@@ -78,37 +89,61 @@ impl<P> InFlight<P> {
 
     /// Records a delivery handed out on a reserved slot; returns its token.
     pub fn register(&self, record: P) -> u64 {
+        self.register_leased(record, None)
+    }
+
+    /// Records a delivery whose lease on the server runs for `lease` from
+    /// now (`None`: no lease); returns its token. Once the lease has run
+    /// out, [`InFlight::take`] and [`InFlight::get`] fail for it: the server
+    /// may have handed the message out again.
+    pub fn register_leased(&self, record: P, lease: Option<Duration>) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
             token,
             Held {
                 record,
                 keeper: None,
+                deadline: lease.map(|l| Instant::now() + l),
             },
         );
         token
     }
 
+    /// Ends the lease of every held delivery `stale` matches, because the
+    /// server handed its message out again: settling those fails from now on
+    /// (releasing them only frees their slot).
+    pub fn supersede(&self, stale: impl Fn(&P) -> bool) {
+        let now = Instant::now();
+        for h in self.lock().values_mut().filter(|h| stale(&h.record)) {
+            h.deadline = Some(now);
+        }
+    }
+
     /// Removes a delivery, stops its lease keeper and frees its slot.
     ///
     /// # Errors
-    /// [`Error::UnknownDelivery`] when `token` is not held (already settled).
+    /// [`Error::UnknownDelivery`] when `token` is not held (already
+    /// settled), or its lease ran out (it is removed all the same).
     pub fn take(&self, token: u64) -> Result<P> {
-        let held = self.lock().remove(&token).ok_or_else(|| unknown(token))?;
-        if let Some(k) = held.keeper {
+        let mut held = self.lock().remove(&token).ok_or_else(|| unknown(token))?;
+        if let Some(k) = held.keeper.take() {
             k.abort();
         }
         self.permits.add_permits(1);
+        if held.expired() {
+            return Err(unknown(token));
+        }
         Ok(held.record)
     }
 
     /// Reads the record of a delivery still held.
     ///
     /// # Errors
-    /// [`Error::UnknownDelivery`] when `token` is not held.
+    /// [`Error::UnknownDelivery`] when `token` is not held or its lease ran out.
     pub fn get<R>(&self, token: u64, read: impl FnOnce(&P) -> R) -> Result<R> {
         self.lock()
             .get(&token)
+            .filter(|h| !h.expired())
             .map(|h| read(&h.record))
             .ok_or_else(|| unknown(token))
     }
@@ -133,6 +168,11 @@ impl<P> InFlight<P> {
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
+        if let Some(h) = self.lock().get_mut(&token) {
+            if h.deadline.is_some() {
+                h.deadline = Some(Instant::now() + by.max(lease));
+            }
+        }
         if by <= lease {
             return;
         }
@@ -181,6 +221,39 @@ mod tests {
         assert_eq!(f.take(t).expect("held"), "a");
         assert!(matches!(f.take(t), Err(Error::UnknownDelivery { .. })));
         // One slot freed by `free`, one by `take`; one is still reserved.
+        assert_eq!(f.reserve(8).await, Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settling_after_the_lease_ran_out_or_was_superseded_fails_and_frees_the_slot() {
+        let f = InFlight::new(2);
+        assert_eq!(f.reserve(2).await, Some(2));
+        let lease = Duration::from_secs(10);
+        let late = f.register_leased("late", Some(lease));
+        let redelivered = f.register_leased("again", Some(lease));
+        tokio::time::sleep(lease / 2).await;
+        f.keep_lease(
+            late,
+            &tokio::runtime::Handle::current(),
+            lease,
+            lease,
+            || async {},
+        );
+        f.supersede(|r| *r == "again");
+        assert!(matches!(
+            f.get(redelivered, |r| *r),
+            Err(Error::UnknownDelivery { .. })
+        ));
+        assert!(matches!(
+            f.take(redelivered),
+            Err(Error::UnknownDelivery { .. })
+        ));
+        // Extended at 5 s to 15 s: still held at 12 s, gone at 16 s.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(f.get(late, |r| *r).expect("extended"), "late");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(matches!(f.take(late), Err(Error::UnknownDelivery { .. })));
+        // Both slots came back.
         assert_eq!(f.reserve(8).await, Some(2));
     }
 

@@ -20,7 +20,7 @@
 //! | `ack` / `nack` / `nack_with_delay` | `+ACK` / `-NAK` / `-NAK {"delay": ns}` |
 //! | `reject(reason)` | the message is copied to `dlq.<topic>` (or the subscription's dead-letter topic) with the `wharf-dlq-*` headers, then `+TERM` |
 //! | `max_deliveries(n)` | `MaxDeliver = n`; JetStream only stops redelivering, so a nack (or drop) on attempt `n` dead-letters the message and terms it, and when the lease of attempt `n` lapses, the group's subscriptions dead-letter it on the `MAX_DELIVERIES` advisory (one copy, by Msg-Id) |
-//! | visibility timeout | `AckWait` (default 30 s) |
+//! | visibility timeout | `AckWait` (default 30 s); settling a delivery after its AckWait ran out (or once the message came back to this subscription) fails with `UnknownDelivery`, since JetStream would apply it to the redelivery |
 //! | `extend(by)` | `+WPI` (resets AckWait), repeated every AckWait/2 until `by` has passed or the delivery is settled |
 //! | dropping a delivery | `-NAK` (counts as an attempt, dead-letters on the last one) |
 //! | `max_in_flight` | client side: a subscription never asks the server for more messages than it has free slots (JetStream's `MaxAckPending` is per consumer, shared by all members, and is left unlimited) |

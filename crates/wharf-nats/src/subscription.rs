@@ -497,13 +497,21 @@ impl Puller {
             offset: Some(ack.stream_seq),
             attempt: ack.delivered,
         };
-        let token = self.acker.in_flight.register(Pending {
-            reply,
-            message: message.clone(),
-            topic,
-            seq: ack.stream_seq,
-            attempt: ack.delivered,
-        });
+        if ack.delivered > 1 {
+            // A redelivery: an earlier delivery of it still held here has
+            // lost its lease, and acking it would settle this one.
+            self.acker.in_flight.supersede(|p| p.seq == ack.stream_seq);
+        }
+        let token = self.acker.in_flight.register_leased(
+            Pending {
+                reply,
+                message: message.clone(),
+                topic,
+                seq: ack.stream_seq,
+                attempt: ack.delivered,
+            },
+            Some(self.acker.ack_wait),
+        );
         let delivery = Delivery::new(message, info, self.acker.clone(), token);
         // On a closed channel the delivery comes back inside the error and is
         // dropped, which releases it for redelivery.

@@ -21,7 +21,7 @@
 //! | `StartPosition::{Earliest, Latest, Offset}` | group/read start `0-0`, `$`, the id just before the offset |
 //! | `ack` | `XACK` |
 //! | `nack(delay)` / dropping a delivery | the entry id goes into the sorted set `<prefix>:r:<topic>:<group>`, scored by when it is due; a reader claims due ids with `XCLAIM` (which counts the delivery) |
-//! | visibility timeout | entries idle longer than the lease are claimed with `XPENDING … IDLE` + `XCLAIM` (not `XAUTOCLAIM`, which cannot skip entries parked for a delayed nack); default 30 s |
+//! | visibility timeout | entries idle longer than the lease are claimed with `XPENDING … IDLE` + `XCLAIM` (not `XAUTOCLAIM`, which cannot skip entries parked for a delayed nack); default 30 s; settling a delivery after its lease ran out (or once the entry came back to this subscription) fails with `UnknownDelivery`, since `XACK` would settle the redelivery |
 //! | `extend(by)` | `XCLAIM … JUSTID` (resets idle time), repeated every lease/2 until `by` is covered |
 //! | attempt | the entry's delivery count in the pending entries list |
 //! | `max_deliveries` / `reject` | a nack (or drop, or lease expiry) on the last attempt, or a reject, `XADD`s a copy to `dlq.<topic>` with the `wharf-dlq-*` headers and `XACK`s the original |

@@ -438,12 +438,29 @@ impl Reader {
             offset: wire::offset(&e.id),
             attempt,
         };
-        let token = self.acker.in_flight.register(Pending {
-            topic: topic.clone(),
-            entry_id: e.id,
-            message: e.message.clone(),
-            attempt,
-        });
+        // A group's entries are leased on the server: one claimed again
+        // supersedes an earlier delivery of it still held here, whose ack
+        // would otherwise settle this one.
+        let lease = match &self.acker.mode {
+            Mode::Group { .. } => {
+                if attempt > 1 {
+                    self.acker
+                        .in_flight
+                        .supersede(|p| p.entry_id == e.id && p.topic == *topic);
+                }
+                Some(self.acker.lease)
+            }
+            Mode::Private { .. } => None,
+        };
+        let token = self.acker.in_flight.register_leased(
+            Pending {
+                topic: topic.clone(),
+                entry_id: e.id,
+                message: e.message.clone(),
+                attempt,
+            },
+            lease,
+        );
         let d = Delivery::new(e.message, info, self.acker.clone(), token);
         // On a closed channel the delivery comes back in the error and is
         // dropped, which releases it.

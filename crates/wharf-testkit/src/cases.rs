@@ -1181,6 +1181,35 @@ pub async fn each_failure_dead_letters_exactly_once<F: BackendFactory>(f: &F) ->
     Outcome::Passed
 }
 
+/// Settling a delivery whose lease has expired must not settle the
+/// redelivery's new lease: after acking the stale delivery, a nack of the
+/// redelivery still brings the message a third time.
+pub async fn settling_after_the_lease_expired_leaves_the_new_lease<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::VisibilityTimeout, Capability::Redelivery);
+    let ns = ns();
+    let t = topic(&b, &ns, "stale").await;
+    let vt = Duration::from_millis(800);
+    let mut sub = subscribe(&b, sole_opts(&b, &t).visibility_timeout(vt)).await;
+    let r = publish_text(&b, &t, "slow").await;
+    let stale = expect_delivery(&mut sub, "first").await;
+    let second = expect_delivery(&mut sub, "after lease expiry").await;
+    assert_eq!(second.message().id(), r.id);
+    assert_eq!(second.attempt(), 2);
+    match stale.ack().await {
+        Ok(()) | Err(Error::UnknownDelivery { .. }) => {}
+        Err(e) => panic!("ack of an expired delivery: {e}"),
+    }
+    second.nack().await.expect("nack of the live delivery");
+    let third = expect_delivery(&mut sub, "after the nack").await;
+    assert_eq!(third.message().id(), r.id);
+    assert_eq!(third.attempt(), 3);
+    ack(third).await;
+    expect_quiet(&mut sub, QUIET, "after the final ack").await;
+    Outcome::Passed
+}
+
 /// A message nacked with a delay longer than its remaining TTL expires
 /// instead of coming back.
 pub async fn ttl_expires_during_nack_delay<F: BackendFactory>(f: &F) -> Outcome {

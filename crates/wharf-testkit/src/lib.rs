@@ -187,6 +187,7 @@ macro_rules! conformance_tests {
             concurrent_publishers_of_one_id_store_it_once,
             duplicate_id_is_detected_across_a_restart,
             each_failure_dead_letters_exactly_once,
+            settling_after_the_lease_expired_leaves_the_new_lease,
             ttl_expires_during_nack_delay,
             order_per_key_holds_with_concurrent_publishers_and_consumers,
             publisher_blocked_by_backpressure_resumes_after_acks,
