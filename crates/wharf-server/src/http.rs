@@ -1559,7 +1559,7 @@ fn find_topic(s: &Shared, name: &str) -> ApiResult<wharf_broker::TopicInfo> {
 
 /// One topic's settings and offsets.
 #[utoipa::path(get, path = "/v1/topics/{topic}", params(TopicPath),
-    responses((status = 200, body = TopicJson), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
+    responses((status = 200, body = TopicJson), (status = 400, body = ErrorBody, description = "bad name"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn describe_topic(
     State(s): AppState,
     ApiPath(TopicPath { topic }): ApiPath<TopicPath>,
@@ -1603,7 +1603,7 @@ async fn repair_partition(
 
 /// Deletes a topic, its data and its group positions.
 #[utoipa::path(delete, path = "/v1/topics/{topic}", params(TopicPath),
-    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
+    responses((status = 204, description = "deleted"), (status = 400, body = ErrorBody, description = "bad name"), (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"), (status = 404, body = ErrorBody, description = "unknown topic")))]
 async fn delete_topic(
     State(s): AppState,
     ApiPath(TopicPath { topic }): ApiPath<TopicPath>,
