@@ -5,9 +5,13 @@
 //! test that pauses tokio's clock drives leases, delays *and* expiry together
 //! without sleeping.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+
+/// How far ahead a deadline may lie: longer waits mean "not in this
+/// process's lifetime" anyway (a restart re-derives every deadline).
+pub(crate) const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Monotonic time with a wall-clock reading derived from it.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +35,14 @@ impl Clock {
         Instant::now()
     }
 
+    /// `now() + d`, with `d` capped at [`FAR`]: a delay, lease or delivery
+    /// time is the caller's input, and `Instant + Duration::MAX` panics
+    /// (inside a group's lock, which would wedge the group).
+    pub(crate) fn after(&self, d: Duration) -> Instant {
+        let now = Instant::now();
+        now.checked_add(d.min(FAR)).unwrap_or(now)
+    }
+
     /// Milliseconds since the Unix epoch, as of `now()`.
     pub(crate) fn now_ms(&self) -> u64 {
         self.ms_at(Instant::now())
@@ -49,7 +61,8 @@ impl Clock {
         if ms <= now_ms {
             now
         } else {
-            now + std::time::Duration::from_millis(ms - now_ms)
+            now.checked_add(Duration::from_millis(ms - now_ms).min(FAR))
+                .unwrap_or(now)
         }
     }
 }

@@ -894,7 +894,9 @@ impl GroupTopic {
                     Err(e) => return Err(e),
                 }
             }
-            let deadline = policy.visibility_timeout.map(|vt| now + vt);
+            let deadline = policy
+                .visibility_timeout
+                .map(|vt| now.checked_add(vt.min(crate::clock::FAR)).unwrap_or(now));
             // Lease ids for this partition's takes, reserved at once (ids
             // left unused are skipped; they only need to be unique).
             let room = max - taken;
@@ -1415,7 +1417,7 @@ fn fail(
     let state = if delay.is_zero() {
         PState::Ready
     } else {
-        PState::Delayed(clock.now() + delay)
+        PState::Delayed(clock.after(delay))
     };
     p.state = PState::Ready; // so set_state's unindex finds nothing stale
     part.set_state(offset, state);

@@ -296,7 +296,7 @@ impl Acker for SubAcker {
             let gt = &leases.bindings[r.binding as usize].0;
             (gt.clone(), r.partition, r.offset)
         };
-        gt.extend(partition, offset, token, inner.clock.now() + by)
+        gt.extend(partition, offset, token, inner.clock.after(by))
     }
 
     fn release_unseen(&self, token: u64) {

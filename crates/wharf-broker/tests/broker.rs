@@ -1042,3 +1042,47 @@ async fn header_limits_refuse_a_publish_with_typed_errors_but_not_its_dead_lette
     assert!(dead.message().headers().len() > 3);
     assert_eq!(dead.message().headers().get("h2"), Some("v"));
 }
+
+/// A client can ask for any delay, lease or delivery time (gRPC and HTTP
+/// carry them as u64 milliseconds): the largest ones must not overflow the
+/// broker's clock and panic — which, inside a group's lock, would wedge the
+/// group for every other consumer — but simply mean "not in this process's
+/// lifetime", while the group goes on serving.
+#[tokio::test(start_paused = true)]
+async fn the_largest_delays_leases_and_delivery_times_do_not_panic_or_wedge_the_group() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let b = broker(dir.path()).await;
+    let huge = Duration::MAX;
+    let far = Message::builder()
+        .payload("far")
+        .deliver_at(Timestamp::from_millis(u64::MAX))
+        .build();
+    b.publish("huge.t", far).await.expect("publish far");
+    b.publish("huge.t", Message::new("a"))
+        .await
+        .expect("publish a");
+    b.publish("huge.t", Message::new("b"))
+        .await
+        .expect("publish b");
+    let opts = SubscribeOptions::new("huge.t")
+        .group("g")
+        .start(StartPosition::Earliest)
+        .visibility_timeout(huge);
+    let mut sub = b
+        .subscribe(opts)
+        .await
+        .expect("subscribe with a huge lease");
+    let a = next(&mut sub).await;
+    assert_eq!(a.message().payload().as_ref(), b"a");
+    a.extend(huge)
+        .await
+        .expect("extend by the largest duration");
+    a.nack_with_delay(huge)
+        .await
+        .expect("nack with the largest delay");
+    let b2 = next(&mut sub).await;
+    assert_eq!(b2.message().payload().as_ref(), b"b");
+    b2.ack().await.expect("the group still serves");
+    assert!(quiet_for(&mut sub, Duration::from_secs(3600)).await);
+    b.close().await.expect("close");
+}

@@ -14,6 +14,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use wharf_core::{name, Error, Message, Receipt, Settlement, StartPosition, Timestamp};
 
+/// `at + d` with `d` capped at a century: delays and lease extensions are the
+/// caller's input, and `Instant + Duration::MAX` panics (under a topic lock).
+fn later(at: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d.min(FAR)).unwrap_or(at)
+}
+
 /// Offsets occupy the low 48 bits of a delivery token, the attempt (mod 2^16) the high 16.
 const OFFSET_BITS: u32 = 48;
 const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
@@ -364,7 +371,7 @@ impl Group {
             self.wake_consumers();
         } else {
             self.set_state(offset, SlotState::Delayed);
-            let at = now.get() + delay;
+            let at = later(now.get(), delay);
             let earliest = self.delayed.peek().is_none_or(|Reverse((t, _))| at < *t);
             self.delayed.push(Reverse((at, offset)));
             if earliest {
@@ -891,7 +898,7 @@ impl Topic {
         let Some((_, g)) = st.split(&self.name, gidx, gid) else {
             return Err(unknown(&self.name, token));
         };
-        let at = Instant::now() + by;
+        let at = later(Instant::now(), by);
         match g.slot(offset) {
             Some(s)
                 if s.state == SlotState::InFlight

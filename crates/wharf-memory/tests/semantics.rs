@@ -744,3 +744,36 @@ async fn stream_mode_gives_the_partition_to_one_consumer_until_it_leaves() {
     let d = next(&mut other).await;
     assert_eq!(d.info().offset, Some(1));
 }
+
+/// The largest delay or lease extension a caller can pass does not overflow
+/// the clock (which panicked under the topic's lock) and the group goes on.
+#[tokio::test(start_paused = true)]
+async fn the_largest_delay_and_extension_do_not_panic_or_wedge_the_group() {
+    let b = MemoryBackend::new();
+    b.publish("huge.t", Message::new("a"))
+        .await
+        .expect("publish a");
+    b.publish("huge.t", Message::new("b"))
+        .await
+        .expect("publish b");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("huge.t")
+                .group("g")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    let a = next(&mut sub).await;
+    assert_eq!(text(&a), "a");
+    a.extend(Duration::MAX)
+        .await
+        .expect("extend by Duration::MAX");
+    a.nack_with_delay(Duration::MAX)
+        .await
+        .expect("nack with Duration::MAX");
+    let second = next(&mut sub).await;
+    assert_eq!(text(&second), "b");
+    second.ack().await.expect("the group still serves");
+    assert!(nothing_within(&mut sub, Duration::from_secs(3600)).await);
+}
