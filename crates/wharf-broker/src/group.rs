@@ -406,8 +406,11 @@ impl PartState {
             while self.settled.remove(&self.floor) {
                 self.floor += 1;
             }
+            // Nothing pending or settled ahead: everything below `next` is
+            // done. Never backwards: while a read fills a batch, `next` still
+            // lags the offset just settled (an expired first record).
             if self.pending.is_empty() && self.settled.is_empty() {
-                self.floor = self.next;
+                self.floor = self.floor.max(self.next);
             }
         } else if offset > self.floor {
             self.settled.insert(offset);
@@ -816,6 +819,8 @@ impl GroupTopic {
         dead: &mut Vec<DeadLetter>,
     ) -> Result<Option<Instant>, Error> {
         let now = clock.now();
+        // One wall-clock reading per take, for the expiry checks below.
+        let now_ms = clock.ms_at(now);
         let partitions = self.topic.partitions();
         let mut st = self.lock();
         st.used = now;
@@ -974,7 +979,7 @@ impl GroupTopic {
                 // Checked again at every take, not only when read: a message
                 // nacked with a delay (or waiting for a hand-off) may outlive
                 // its TTL before it comes round again.
-                if is_expired(&msg, partitions[i].ttl_ms(), clock.now_ms()) {
+                if is_expired(&msg, partitions[i].ttl_ms(), now_ms) {
                     part.pending.remove(off);
                     part.mark_settled(off);
                     changed = true;

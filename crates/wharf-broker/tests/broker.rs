@@ -1086,3 +1086,46 @@ async fn the_largest_delays_leases_and_delivery_times_do_not_panic_or_wedge_the_
     assert!(quiet_for(&mut sub, Duration::from_secs(3600)).await);
     b.close().await.expect("close");
 }
+
+/// A group whose first read starts with an expired message settles it and
+/// moves on: its position must not fall back behind that message, or every
+/// message acked after it would be delivered again after a restart.
+#[tokio::test(start_paused = true)]
+async fn an_expired_first_message_does_not_pull_the_group_back_and_redeliver_after_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let b = broker(dir.path()).await;
+    let stale = Message::builder()
+        .payload("stale")
+        .ttl(Duration::from_millis(100))
+        .build();
+    b.publish_batch(
+        "expiry.t",
+        vec![stale, Message::new("one"), Message::new("two")],
+    )
+    .await
+    .expect("publish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let opts = || {
+        SubscribeOptions::new("expiry.t")
+            .group("g")
+            .start(StartPosition::Earliest)
+    };
+    {
+        let mut sub = b.subscribe(opts()).await.expect("subscribe");
+        for want in ["one", "two"] {
+            let d = next(&mut sub).await;
+            assert_eq!(d.message().payload().as_ref(), want.as_bytes());
+            d.ack().await.expect("ack");
+        }
+        b.close().await.expect("close");
+    }
+    drop(b);
+
+    let b = broker(dir.path()).await;
+    let mut sub = b.subscribe(opts()).await.expect("subscribe again");
+    assert!(
+        quiet_for(&mut sub, Duration::from_secs(60)).await,
+        "messages acked before the restart were delivered again"
+    );
+    b.close().await.expect("close");
+}
