@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use wharf_core::{Error, Message, Publisher};
 
-/// The two tests that measure `/healthz` latency run one at a time, so
-/// neither's load is charged to the other.
+/// The tests of this file run one at a time: two measure `/healthz`
+/// latency, and no other test's servers and sockets may be charged to them
+/// on a 2-core CI machine.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn http() -> reqwest::Client {
@@ -127,6 +128,7 @@ async fn a_publish_with_100k_headers_is_refused_quickly_and_healthz_keeps_answer
 /// the typed errors back (INVALID_ARGUMENT / RESOURCE_EXHAUSTED on the wire).
 #[tokio::test]
 async fn header_limits_set_by_flags_refuse_grpc_publishes_with_typed_errors() {
+    let _one_at_a_time = HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start_with(
         dir.path(),
@@ -217,6 +219,7 @@ async fn closed_within(
 /// header-read timeout passes; before it they are still open.
 #[tokio::test]
 async fn silent_and_slowloris_connections_are_closed_after_the_header_read_timeout() {
+    let _one_at_a_time = HEAVY.lock().await;
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_with_config(dir.path(), "header_read_timeout_ms = 1500\n");
@@ -262,6 +265,7 @@ async fn silent_and_slowloris_connections_are_closed_after_the_header_read_timeo
 /// once the body-read timeout passes, and nothing is stored.
 #[tokio::test]
 async fn a_body_that_never_arrives_gets_408_after_the_body_read_timeout() {
+    let _one_at_a_time = HEAVY.lock().await;
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_with_config(dir.path(), "body_read_timeout_ms = 1500\n");
@@ -292,6 +296,7 @@ async fn a_body_that_never_arrives_gets_408_after_the_body_read_timeout() {
 /// poll and an SSE stream that outlast it are not cut (set by flags).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_close_but_long_polls_and_streams_outlast_the_idle_timeout() {
+    let _one_at_a_time = HEAVY.lock().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start_with(
@@ -360,6 +365,7 @@ async fn idle_connections_close_but_long_polls_and_streams_outlast_the_idle_time
 /// slot reach the header-read timeout — and is then served.
 #[tokio::test]
 async fn at_the_connection_cap_a_new_connection_waits_for_a_free_slot() {
+    let _one_at_a_time = HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_with_config(
         dir.path(),
@@ -393,6 +399,7 @@ async fn at_the_connection_cap_a_new_connection_waits_for_a_free_slot() {
 /// TLS handshake timeout.
 #[tokio::test]
 async fn a_stalled_tls_handshake_is_closed_after_the_handshake_timeout() {
+    let _one_at_a_time = HEAVY.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
         .expect("self-signed certificate");
