@@ -138,7 +138,14 @@ impl GroupCommit {
             n.state.store(LEAD, Ordering::Release);
             n.thread.unpark();
         }
-        res.map(|_| ())
+        // A successful round answers the leader as its waiters are answered:
+        // a cut-back (a failed roll while this round's fdatasync ran) may
+        // have removed the leader's own write, and syncing the shorter file
+        // does not make that write durable. A failed round keeps its error.
+        match res {
+            Err(e) => Err(e),
+            Ok(_) => failed().map_or(Ok(()), Err),
+        }
     }
 
     /// Records that everything up to `lsn` is durable (a roll, truncation
@@ -220,5 +227,23 @@ mod tests {
         let r = gc.wait(5, || Ok::<u64, &str>(9), || Some("failed"));
         assert_eq!(r, Err("failed"));
         assert_eq!(gc.synced(), 0);
+    }
+
+    /// While the leader's fdatasync runs, a failed roll may cut the log back
+    /// past the leader's own write: its sync succeeds on the shorter file,
+    /// but its append is gone, so it must fail as its waiters do.
+    #[test]
+    fn a_leader_whose_write_was_cut_during_its_sync_fails() {
+        let gc = GroupCommit::default();
+        let cut = AtomicUsize::new(0);
+        let r = gc.wait(
+            5,
+            || {
+                cut.store(1, Ordering::SeqCst);
+                Ok::<u64, &str>(9)
+            },
+            || (cut.load(Ordering::SeqCst) == 1).then_some("discarded"),
+        );
+        assert_eq!(r, Err("discarded"));
     }
 }
