@@ -219,8 +219,7 @@ fn connection_cap(configured: usize) -> usize {
     let Some(fds) = process::raise_fd_limit() else {
         return configured;
     };
-    let fds = usize::try_from(fds).unwrap_or(usize::MAX);
-    let room = fds.saturating_sub((fds / 4).max(256)).max(1);
+    let room = connection_room(usize::try_from(fds).unwrap_or(usize::MAX));
     if configured > room {
         tracing::warn!(
             configured,
@@ -230,6 +229,14 @@ fn connection_cap(configured: usize) -> usize {
         );
     }
     configured.min(room)
+}
+
+/// How many connections fit under an open-files limit of `fds`: a quarter
+/// of it, at least 256, stays for the broker's files and the listener —
+/// but never more than half, so a low limit (256 where it cannot be
+/// raised) still serves 128 clients, not one.
+fn connection_room(fds: usize) -> usize {
+    fds.saturating_sub((fds / 4).max(256)).max(fds / 2).max(1)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -251,5 +258,18 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod connection_room_tests {
+    use super::connection_room;
+
+    #[test]
+    fn connections_keep_a_share_of_low_and_high_open_file_limits() {
+        assert_eq!(connection_room(256), 128, "a limit that cannot be raised");
+        assert_eq!(connection_room(1024), 768);
+        assert_eq!(connection_room(20_000), 15_000);
+        assert_eq!(connection_room(1), 1);
     }
 }
