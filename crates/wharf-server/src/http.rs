@@ -1006,6 +1006,8 @@ async fn openapi_json(State(s): AppState, headers: HeaderMap) -> ApiResult<Respo
         (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks the right"),
         (status = 404, body = ErrorBody, description = "unknown topic, when the server does not create topics on publish"),
         (status = 413, body = ErrorBody, description = "body or message too large"),
+        (status = 503, body = ErrorBody, description = "the server is shutting down"),
+        (status = 507, body = ErrorBody, description = "the disk is full: nothing was stored; retry once space is back"),
     ))]
 async fn publish(
     State(s): AppState,
