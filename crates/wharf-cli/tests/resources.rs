@@ -102,7 +102,7 @@ fn config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
 /// ahead. Without unloading and the byte budget, each group keeps the whole
 /// topic (~300 KB) read ahead, and the server passes this bound before the
 /// 500th group name.
-// A plateau of 210–232 MB on a quiet machine (debug build), where the 16
+// A plateau of 210–270 MB on a quiet machine (debug build), where the 16
 // pollers create groups fastest: loaded groups ≈ poll rate × idle time.
 const RSS_BOUND: u64 = 320 * 1024 * 1024;
 
