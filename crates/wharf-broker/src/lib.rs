@@ -126,6 +126,7 @@ pub struct Broker {
 #[must_use]
 pub struct BrokerBuilder {
     config: BrokerConfig,
+    storage: Option<Arc<dyn wharf_log::Storage>>,
 }
 
 impl BrokerBuilder {
@@ -183,6 +184,16 @@ impl BrokerBuilder {
         self
     }
 
+    /// The storage seam the topics' logs read and write through: the file
+    /// system by default. A [`wharf_log::SimStorage`] injects faults (a
+    /// failed write or `fdatasync` at the n-th call, a full disk) for tests;
+    /// the metadata store (topic settings, group positions) stays in the
+    /// data directory's files either way.
+    pub fn storage(mut self, storage: Arc<dyn wharf_log::Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
     /// Opens (creating if needed) the broker in `dir`.
     ///
     /// # Errors
@@ -194,7 +205,7 @@ impl BrokerBuilder {
     /// Cancel-safe: it has no await point, so once polled it runs to
     /// completion; dropped before that, it does nothing.
     pub async fn open(self, dir: impl AsRef<Path>) -> Result<Broker> {
-        Broker::open_with(dir.as_ref().to_path_buf(), None, self.config).await
+        Broker::open_with(dir.as_ref().to_path_buf(), None, self.config, self.storage).await
     }
 
     /// Opens a broker in a new temporary directory, deleted when it is dropped.
@@ -207,7 +218,7 @@ impl BrokerBuilder {
     /// completion; dropped before that, it does nothing.
     pub async fn temporary(self) -> Result<Broker> {
         let tmp = tempfile::tempdir().map_err(|e| storage_error("create temp dir", e))?;
-        Broker::open_with(tmp.path().to_path_buf(), Some(tmp), self.config).await
+        Broker::open_with(tmp.path().to_path_buf(), Some(tmp), self.config, self.storage).await
     }
 }
 
@@ -316,13 +327,17 @@ impl Broker {
         dir: PathBuf,
         temp: Option<tempfile::TempDir>,
         config: BrokerConfig,
+        storage: Option<Arc<dyn wharf_log::Storage>>,
     ) -> Result<Broker> {
         config.default_topic.validate()?;
         std::fs::create_dir_all(dir.join("topics"))
             .map_err(|e| storage_error("create data dir", e))?;
         let meta = Meta::open(&dir.join("meta.redb"))?;
         let clock = Clock::new();
-        let stats = LogStats::default();
+        let stats = LogStats {
+            storage,
+            ..LogStats::default()
+        };
         let mut topics = HashMap::new();
         for (name, cfg) in meta.topics()? {
             let t = Topic::open(
@@ -811,10 +826,29 @@ impl Inner {
         if let Err(e) = t.close() {
             tracing::warn!(topic = name, error = %e, "closing a deleted topic's logs failed");
         }
+        let partitions = t.partitions().len();
         // Its open files hold their space until the last handle goes.
         drop(t);
-        std::fs::remove_dir_all(self.dir.join("topics").join(name))
-            .map_err(|e| storage_error("delete topic dir", e))?;
+        let dir = self.dir.join("topics").join(name);
+        if let Some(storage) = &self.stats.storage {
+            // Logs behind a storage seam of the caller's: remove their files
+            // through it (the directory below is then only what the file
+            // system holds of it, if anything).
+            for p in 0..partitions {
+                let pdir = dir.join(p.to_string());
+                for f in storage.list(&pdir).unwrap_or_default() {
+                    storage
+                        .remove(&pdir.join(f))
+                        .map_err(|e| storage_error("delete topic file", e))?;
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if !(e.kind() == std::io::ErrorKind::NotFound && self.stats.storage.is_some()) => {
+                return Err(storage_error("delete topic dir", e));
+            }
+            _ => {}
+        }
         self.meta.delete_topic(name)
     }
 

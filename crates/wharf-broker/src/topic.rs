@@ -386,11 +386,14 @@ pub(crate) struct Topic {
     auto_skipping: Mutex<std::collections::HashSet<u32>>,
 }
 
-/// The counters every partition's log of a broker shares.
+/// The counters every partition's log of a broker shares, and the storage
+/// seam the logs write through (the file system unless a test injected
+/// faults through [`crate::BrokerBuilder::storage`]).
 #[derive(Clone, Default)]
 pub(crate) struct LogStats {
     pub sync: Arc<SyncStats>,
     pub integrity: Arc<IntegrityStats>,
+    pub storage: Option<Arc<dyn wharf_log::Storage>>,
 }
 
 /// The publishes of one topic in the order they wrote their batches (one
@@ -527,7 +530,11 @@ impl Commits {
 }
 
 fn log_config(cfg: &TopicConfig, stats: &LogStats) -> Result<LogConfig, Error> {
-    LogConfig::builder()
+    let mut builder = LogConfig::builder();
+    if let Some(storage) = &stats.storage {
+        builder = builder.storage(Arc::clone(storage));
+    }
+    builder
         .sync_stats(Arc::clone(&stats.sync))
         .integrity_stats(Arc::clone(&stats.integrity))
         .durability(cfg.durability.to_log())
