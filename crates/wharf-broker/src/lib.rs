@@ -218,7 +218,13 @@ impl BrokerBuilder {
     /// completion; dropped before that, it does nothing.
     pub async fn temporary(self) -> Result<Broker> {
         let tmp = tempfile::tempdir().map_err(|e| storage_error("create temp dir", e))?;
-        Broker::open_with(tmp.path().to_path_buf(), Some(tmp), self.config, self.storage).await
+        Broker::open_with(
+            tmp.path().to_path_buf(),
+            Some(tmp),
+            self.config,
+            self.storage,
+        )
+        .await
     }
 }
 
@@ -844,7 +850,9 @@ impl Inner {
             }
         }
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if !(e.kind() == std::io::ErrorKind::NotFound && self.stats.storage.is_some()) => {
+            Err(e)
+                if !(e.kind() == std::io::ErrorKind::NotFound && self.stats.storage.is_some()) =>
+            {
                 return Err(storage_error("delete topic dir", e));
             }
             _ => {}

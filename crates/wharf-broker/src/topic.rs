@@ -43,6 +43,12 @@ impl Partition {
         self.log.readable_end_offset().min(self.end_offset())
     }
 
+    /// The committed end as recorded, not capped by the log's end.
+    #[cfg(test)]
+    pub(crate) fn committed_raw(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
     /// Reads whole batches from `from`, none at or past the committed end.
     pub(crate) fn read(
         &self,
@@ -500,6 +506,53 @@ impl Commits {
         }
     }
 
+    /// An operator's repair truncated `partition` to end at `end`: every
+    /// publish not yet settled whose batch there reaches past `end` can no
+    /// longer be stored whole, so it fails (and rolls back what it wrote
+    /// elsewhere) instead of being acknowledged for removed offsets.
+    fn cut_by_repair(&mut self, partition: u32, end: u64, parts: &[Arc<Partition>]) {
+        let cause = || {
+            crate::error::storage_error(
+                "publish",
+                format!(
+                    "a repair truncated partition {partition} at offset {end} while this \
+                     publish was in flight; nothing of it is stored, retry it"
+                ),
+            )
+        };
+        let mut failed = Vec::new();
+        for (i, e) in self.queue.iter_mut().enumerate() {
+            let mut hit = false;
+            for part in &mut e.parts {
+                if part.0 != partition || part.3 || part.2 <= end {
+                    continue;
+                }
+                hit = true;
+                // Wholly removed: nothing left to roll back there. A batch
+                // the cut went through keeps `was_cut` false, so the
+                // rollback truncates it at its base.
+                if part.1 >= end {
+                    part.3 = true;
+                }
+            }
+            if !hit {
+                continue;
+            }
+            match e.state {
+                PendingState::Open => e.state = PendingState::Cut(cause()),
+                PendingState::Committed => {
+                    e.state = PendingState::Failed(cause());
+                    failed.push(i);
+                }
+                PendingState::Cut(_) | PendingState::Failed(_) => {}
+            }
+        }
+        for i in failed {
+            self.roll_back(i, parts);
+        }
+        self.resolve(parts);
+    }
+
     /// Pops the settled publishes at the head: committed ones become
     /// readable, and every popped publisher gets its outcome.
     fn resolve(&mut self, parts: &[Arc<Partition>]) {
@@ -717,6 +770,27 @@ impl Topic {
             }
         }
         c.resolve(&parts);
+    }
+
+    /// Repairs `partition` (see [`Log::repair`]). A truncation runs under
+    /// the topic's commit order, so no publish in flight is acknowledged
+    /// for offsets it removed: those fail instead
+    /// ([`Commits::cut_by_repair`]). Blocking I/O.
+    pub(crate) fn repair(
+        &self,
+        partition: u32,
+        p: &Partition,
+        action: RepairAction,
+        dry_run: bool,
+    ) -> Result<RepairReport, LogError> {
+        if dry_run || !matches!(action, RepairAction::TruncateAt(_)) {
+            return p.repair(action, dry_run);
+        }
+        let parts = self.partitions();
+        let mut c = self.commits();
+        let r = p.repair(action, dry_run);
+        c.cut_by_repair(partition, p.log.end_offset(), &parts);
+        r
     }
 
     /// The partition for a message: by key hash, round-robin without a key.

@@ -156,9 +156,16 @@ async fn a_failed_multi_partition_publish_stores_nothing_at_every_write_and_sync
                     assert_eq!(retry.len(), BATCH);
                     acked.extend((0..BATCH).map(|i| format!("{tag}-{i}")));
                     let now = stored(&b);
-                    assert_eq!(now.len(), acked.len(), "{fault:?} n={n}: the retry stored a copy");
+                    assert_eq!(
+                        now.len(),
+                        acked.len(),
+                        "{fault:?} n={n}: the retry stored a copy"
+                    );
                     assert_eq!(as_set(&now), as_set(&acked), "{fault:?} n={n}");
-                    assert!(!b.storage_full(), "a write that succeeded clears storage_full");
+                    assert!(
+                        !b.storage_full(),
+                        "a write that succeeded clears storage_full"
+                    );
                 }
             }
         }
