@@ -244,9 +244,17 @@ pub mod amqp {
 /// PostgreSQL adapter, the transactional outbox and a dedup store.
 ///
 /// What maps to what and what is not supported: [`wharf_postgres`].
+/// [`sqlx`] is re-exported here (the version these types are built on), so
+/// the pool and transactions that
+/// [`Outbox::enqueue`](crate::postgres::outbox::Outbox::enqueue) and
+/// [`PostgresBackend::publish_in`](crate::postgres::PostgresBackend::publish_in)
+/// take need no `sqlx` line of your own.
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
     #[doc(inline)]
     pub use wharf_postgres::*;
+
+    #[doc(no_inline)]
+    pub use sqlx;
 }
