@@ -32,7 +32,9 @@
 //! (skip-or-fail on a missing service, cleanup, [`service::Namespace`] and
 //! [`service::ServiceFactory`]), scenarios beyond the suite for
 //! [`nondurable`] modes ([`nondurable_tests!`]) and for [`dead_letter`]ing
-//! on the last attempt, and the bench [`load`].
+//! on the last attempt, and the bench [`load`]. The event store suite,
+//! the contract of every `wharf_eventstore::EventStore`, is [`eventstore`]
+//! ([`eventstore_tests!`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use wharf_core::{Backend, Capabilities, Capability, Delivery, Subscription};
 
 pub mod cases;
 pub mod dead_letter;
+pub mod eventstore;
 pub mod load;
 pub mod nondurable;
 pub mod service;
