@@ -171,6 +171,11 @@ pub(crate) struct CreateArgs {
     visibility_timeout_ms: Option<u64>,
     #[arg(long, help = defaults::dedup_window_ms())]
     dedup_window_ms: Option<u64>,
+    /// Skip a damaged stored batch at once (its messages are lost, logged
+    /// and counted) instead of stopping its partition at the damage until
+    /// `wharf topic repair` [default: off, stop and wait for a repair].
+    #[arg(long)]
+    skip_damaged_batches: bool,
 }
 
 impl CreateArgs {
@@ -230,7 +235,21 @@ impl CreateArgs {
             self.dedup_window_ms.map(|v| v.to_string()),
             c.dedup_window_ms.unwrap_or(0).to_string(),
         );
+        check(
+            "skip-damaged-batches",
+            self.skip_damaged_batches.then(|| "skip".to_owned()),
+            on_damage(c).to_owned(),
+        );
         out
+    }
+}
+
+/// What a damaged stored batch does to a partition of the topic.
+fn on_damage(c: &v1::TopicConfig) -> &'static str {
+    if c.skip_damaged_batches {
+        "skip"
+    } else {
+        "stop"
     }
 }
 
@@ -255,6 +274,7 @@ fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
         "dead_letter_topic": c.dead_letter_topic,
         "max_deliveries": c.max_deliveries,
         "visibility_timeout_ms": c.visibility_timeout_ms,
+        "skip_damaged_batches": c.skip_damaged_batches,
         "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset, "damage": p.damage.iter().map(damage_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
 }
@@ -362,6 +382,7 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
                 table::opt(c.retention_ms),
                 effective_dlq(&t.name, &c),
                 table::opt(c.max_deliveries),
+                on_damage(&c).to_owned(),
             ]
         })
         .collect();
@@ -375,6 +396,7 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
             "retention_ms",
             "dlq",
             "max_deliveries",
+            "on_damage",
         ],
         &rows,
     );
@@ -437,6 +459,7 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                     max_deliveries: a.max_deliveries,
                     visibility_timeout_ms: a.visibility_timeout_ms,
                     dedup_window_ms: a.dedup_window_ms,
+                    skip_damaged_batches: a.skip_damaged_batches.then_some(true),
                 })
                 .await
                 .map_err(status_err)?

@@ -329,3 +329,107 @@ async fn a_flipped_byte_after_kill_9_leaves_the_server_starting_and_is_truncated
 async fn a_flipped_byte_after_kill_9_is_skipped_by_repair() {
     scenario(true, false).await;
 }
+
+/// The per-topic policy, set through `wharf serve`: a topic created with
+/// `wharf topic create --skip-damaged-batches` (gRPC) and one created over
+/// HTTP with `"skip_damaged_batches": true` skip a damaged batch without an
+/// operator — consumers get everything but that batch, no error — and
+/// `topic describe` shows the policy; a topic without it still stops at the
+/// damage.
+#[tokio::test]
+async fn the_skip_damaged_batches_policy_set_through_serve_skips_without_an_operator() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = common::Server::start(dir.path(), None);
+    let base = server.url();
+    let c = http();
+    common::ok(&server.cli(&[
+        "topic",
+        "create",
+        "viacli",
+        "--partitions",
+        "1",
+        "--skip-damaged-batches",
+    ]));
+    let r = c
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "viahttp", "partitions": 1, "skip_damaged_batches": true}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let r: Value = c
+        .get(format!("{base}/v1/topics/viahttp"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["skip_damaged_batches"], true, "{r}");
+    common::ok(&server.cli(&["topic", "create", "plain", "--partitions", "1"]));
+    // Asking for the policy on an existing topic without it changes nothing
+    // and says so.
+    let again = server.cli(&["topic", "create", "plain", "--skip-damaged-batches"]);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("--skip-damaged-batches skip (the topic has stop)"),
+        "{said}"
+    );
+
+    let mut stored = BTreeMap::new();
+    for t in ["viacli", "viahttp", "plain"] {
+        stored.insert(t, publish(&c, &base, t, 6).await);
+    }
+    server.stop();
+    let mut lost = BTreeMap::new();
+    for t in ["viacli", "viahttp", "plain"] {
+        let seg = dir
+            .path()
+            .join("topics")
+            .join(t)
+            .join("0")
+            .join("00000000000000000000.log");
+        lost.insert(t, flip_third_batch(&seg));
+    }
+    server.start_again();
+    let c = http();
+
+    for t in ["viacli", "viahttp"] {
+        let (lo, hi) = lost[t];
+        let want: Stored = stored[t]
+            .iter()
+            .filter(|((_, o), _)| !(lo..hi).contains(o))
+            .map(|(k, p)| (*k, p.clone()))
+            .collect();
+        let (got, errors) = sse(&c, &base, t, "g1").await;
+        assert_eq!(errors, 0, "{t}");
+        assert_eq!(got, want, "{t}: everything but the damaged batch");
+        let d: Value = serde_json::from_str(&common::ok(
+            &server.cli(&["topic", "describe", t, "--json"]),
+        ))
+        .expect("describe json");
+        assert_eq!(d["skip_damaged_batches"], true, "{d}");
+        assert!(
+            d["offsets"][0]["damage"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            "{t}: the skipped damage is repaired: {d}"
+        );
+        let table = common::ok(&server.cli(&["topic", "describe", t]));
+        assert!(
+            table.contains("ON_DAMAGE") && table.contains("skip"),
+            "{table}"
+        );
+    }
+    // Without the policy the partition stops at the damage.
+    let (lo, _) = lost["plain"];
+    let want: Stored = stored["plain"]
+        .iter()
+        .filter(|((_, o), _)| *o < lo)
+        .map(|(k, p)| (*k, p.clone()))
+        .collect();
+    assert_eq!(sse(&c, &base, "plain", "g1").await, (want, 0));
+    let table = common::ok(&server.cli(&["topic", "describe", "plain"]));
+    assert!(table.contains("stop"), "{table}");
+    server.stop();
+}

@@ -29,6 +29,7 @@ pub(crate) struct TopicSettings {
     pub(crate) visibility_timeout_ms: Option<u64>,
     /// `Some(0)` turns dedup off.
     pub(crate) dedup_window_ms: Option<u64>,
+    pub(crate) skip_damaged_batches: Option<bool>,
 }
 
 /// Parses `always`, `never` or `interval:<ms>` (also `<n>ms`).
@@ -92,6 +93,9 @@ impl TopicSettings {
         }
         if let Some(w) = self.dedup_window_ms {
             c = c.dedup_window((w > 0).then(|| Duration::from_millis(w)));
+        }
+        if let Some(on) = self.skip_damaged_batches {
+            c = c.skip_damaged_batches(on);
         }
         Ok(c)
     }

@@ -340,6 +340,7 @@ pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
             dead_letter_topic: c.dead_letter_topic.clone(),
             max_deliveries: c.max_deliveries,
             visibility_timeout_ms: c.visibility_timeout_ms,
+            skip_damaged_batches: c.skip_damaged_batches,
         }),
         partitions: t
             .partitions
@@ -507,6 +508,7 @@ impl Wharf for Service {
             max_deliveries: r.max_deliveries,
             visibility_timeout_ms: r.visibility_timeout_ms,
             dedup_window_ms: r.dedup_window_ms,
+            skip_damaged_batches: r.skip_damaged_batches,
         };
         let cfg = settings.to_config().map_err(|e| status_for(&e))?;
         self.shared

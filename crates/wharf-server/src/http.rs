@@ -277,6 +277,10 @@ pub(crate) struct CreateTopicBody {
     /// Dedup window in ms; 0 turns dedup off.
     #[serde(default, deserialize_with = "whole::opt_u64")]
     dedup_window_ms: Option<u64>,
+    /// The policy for a damaged stored batch: `false` (default) stops the
+    /// partition at the damage until an operator repairs it; `true` skips
+    /// the batch at once (its messages are lost, logged and counted).
+    skip_damaged_batches: Option<bool>,
 }
 
 /// A partition's stored offsets.
@@ -370,6 +374,9 @@ pub(crate) struct TopicJson {
     dead_letter_topic: Option<String>,
     max_deliveries: Option<u32>,
     visibility_timeout_ms: Option<u64>,
+    /// `true`: a damaged stored batch is skipped at once; `false`: its
+    /// partition stops at the damage until an operator repairs it.
+    skip_damaged_batches: bool,
     offsets: Vec<PartitionJson>,
 }
 
@@ -885,6 +892,7 @@ fn topic_json(t: &wharf_broker::TopicInfo) -> TopicJson {
         dead_letter_topic: c.dead_letter_topic.clone(),
         max_deliveries: c.max_deliveries,
         visibility_timeout_ms: c.visibility_timeout_ms,
+        skip_damaged_batches: c.skip_damaged_batches,
         offsets: t
             .partitions
             .iter()
@@ -1543,6 +1551,7 @@ async fn create_topic(
         max_deliveries: b.max_deliveries,
         visibility_timeout_ms: b.visibility_timeout_ms,
         dedup_window_ms: b.dedup_window_ms,
+        skip_damaged_batches: b.skip_damaged_batches,
     };
     s.broker
         .create_topic(&b.name, settings.to_config()?)
