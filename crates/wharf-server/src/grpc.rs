@@ -29,6 +29,7 @@ use wharf_proto::v1::{self, consume_request, consume_response};
 use crate::admin::{self, durability_str, TopicSettings};
 use crate::auth::{Right, ORIGINAL_TOPIC_HEADER, REPLAY_TARGET};
 use crate::error::denied_status;
+use crate::message_limit::MessageLimitLayer;
 use crate::{telemetry, Shared};
 
 /// The gRPC routes (service plus reflection), to merge into the HTTP router.
@@ -62,9 +63,9 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
                 .add_service(InterceptedService::new(v1alpha, auth))
                 .into_axum_router(),
         )
-        .layer(axum::middleware::map_response(
-            too_large_is_resource_exhausted,
-        ))
+        // Every call's request messages are checked against the limit as
+        // they arrive, before tonic (or the publish route) decodes one.
+        .layer(MessageLimitLayer::new(max))
 }
 
 /// Refuses a call without a valid token (when auth is on), before the
@@ -81,26 +82,6 @@ fn authenticated_interceptor(
         }
         Ok(req)
     }
-}
-
-/// tonic reports a request over `max_decoding_message_size` as
-/// `OUT_OF_RANGE`; Wharf's contract (like gRPC's own guidance for size
-/// limits) is `RESOURCE_EXHAUSTED`, the same as a too-large message.
-async fn too_large_is_resource_exhausted(
-    mut res: axum::response::Response,
-) -> axum::response::Response {
-    let h = res.headers();
-    let out_of_range = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    let is_limit = h
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
-    if out_of_range && is_limit {
-        telemetry::refused("too_large");
-        res.headers_mut()
-            .insert("grpc-status", axum::http::HeaderValue::from_static("8"));
-    }
-    res
 }
 
 struct Service {

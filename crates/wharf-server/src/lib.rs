@@ -17,6 +17,7 @@ mod grpc;
 mod http;
 mod leases;
 mod listen;
+mod message_limit;
 pub mod process;
 mod route;
 mod telemetry;
