@@ -1,7 +1,8 @@
 //! `wharf-eventstore`: event sourcing on Wharf — an event store with
 //! streams, optimistic concurrency, conditional appends across streams (the
 //! "dynamic consistency boundary"), a global log with catch-up
-//! subscriptions and stream metadata.
+//! subscriptions and stream metadata — and aggregates with snapshots and
+//! upcasting on top of it.
 //!
 //! The [`EventStore`] trait is object-safe and async; [`EmbeddedStore`] is
 //! its in-process implementation on `wharf-log` (one durable log, group
@@ -61,11 +62,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Aggregates, the repository (snapshots every N events, bounded retry on
+//! conflict), upcasters and the given/when/then test harness are in
+//! [`aggregate`].
+//!
 //! The on-disk layout of the embedded store and what recovery does after a
 //! crash at each step of an append are in `FORMAT.md` in this crate.
 
 #![warn(missing_docs)]
 
+pub mod aggregate;
 mod embedded;
 mod error;
 mod store;

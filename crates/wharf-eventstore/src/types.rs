@@ -27,7 +27,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 /// The prefix of the system streams that hold an aggregate's snapshots
 /// (`$snapshot-<stream>`), written by the
-/// aggregate repository.
+/// [`Repository`](crate::aggregate::Repository).
 pub const SNAPSHOT_PREFIX: &str = "$snapshot-";
 
 /// The event type of a snapshot in a `$snapshot-` stream.
@@ -285,7 +285,7 @@ impl fmt::Display for CurrentVersion {
 /// An event to append.
 ///
 /// `event_type` and `schema_version` name what the payload is; upcasters
-/// (in the aggregate layer) turn an old `schema_version` into the
+/// ([`Upcasters`](crate::aggregate::Upcasters)) turn an old `schema_version` into the
 /// current one on read. `tags` are what [`Query`]s and append conditions
 /// select on; `metadata` is free-form (correlation and causation ids, a W3C
 /// `traceparent`); `payload` is opaque bytes.
