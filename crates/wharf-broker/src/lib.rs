@@ -115,6 +115,9 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 /// Name of the internal group that `redrive` uses on dead-letter topics.
 pub const REDRIVE_GROUP: &str = "wharf.redrive";
 
+/// Most bytes of letters [`Broker::redrive`] publishes back in one batch.
+const REDRIVE_RUN_BYTES: usize = 4 * 1024 * 1024;
+
 /// The embedded broker. Cheap to clone; all clones share one broker.
 #[derive(Clone)]
 pub struct Broker {
@@ -548,10 +551,9 @@ impl Broker {
     /// [`Error::UnknownTopic`] if `dlq_topic` does not exist; publish failures.
     ///
     /// # Cancel safety
-    /// Not atomic per letter: each is published back, then settled.
-    /// Cancelled in between, the letter stays in the DLQ and a later
-    /// redrive moves it again (at-least-once, like a crash there). Letters
-    /// leased but not reached are released.
+    /// Not atomic per letter: letters are published back, then settled.
+    /// Cancelled in between, they stay in the DLQ and a later redrive moves
+    /// them again (at-least-once, like a crash there).
     pub async fn redrive(&self, dlq_topic: &str, which: Redrive) -> Result<usize> {
         self.redrive_where(dlq_topic, which, &|_| true).await
     }
@@ -574,57 +576,75 @@ impl Broker {
         if let Redrive::Id(id) = which {
             return self.redrive_one(dlq_topic, id, allow).await;
         }
-        let opts = SubscribeOptions::new(dlq_topic)
-            .group(REDRIVE_GROUP)
-            .start(StartPosition::Earliest)
-            .max_in_flight(1024);
-        let mut sub = self.subscribe(opts).await?;
+        // Read page by page rather than leased: every letter is reached
+        // however many are refused or come before it, and nothing waits on
+        // a timeout that a busy machine could outlast.
         let mut moved = 0;
-        let mut skipped = Vec::new();
-        let mut batch = Vec::new();
+        let mut from = PeekPosition::START;
         loop {
-            batch.clear();
-            let got = match tokio::time::timeout(
-                Duration::from_millis(50),
-                sub.next_batch(256, &mut batch),
-            )
-            .await
-            {
-                Ok(r) => r?,
-                Err(_) => 0,
+            let page = {
+                let b = self.clone();
+                let topic = dlq_topic.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    b.peek_unsettled(&topic, REDRIVE_GROUP, from, 256)
+                })
+                .await
+                .map_err(|e| storage_error("redrive", e))??
             };
-            if got == 0 {
-                break;
-            }
-            for d in batch.drain(..) {
-                let matches = match which {
-                    Redrive::All => true,
-                    Redrive::Id(id) => d.message().id() == id,
-                };
-                let Some(original) = d
-                    .message()
-                    .headers()
-                    .get(header::ORIGINAL_TOPIC)
-                    .map(str::to_owned)
-                else {
-                    skipped.push(d);
+            // Consecutive letters of one original topic go back in one
+            // publish (of at most a few MiB), then each is settled.
+            let mut run: Vec<Peeked> = Vec::new();
+            let mut run_topic = String::new();
+            let mut run_bytes = 0;
+            for p in page.messages {
+                let Some(original) = p.message.headers().get(header::ORIGINAL_TOPIC) else {
                     continue;
                 };
-                if !matches || !allow(&original) {
-                    skipped.push(d);
+                if !allow(original) {
                     continue;
                 }
-                let mut msg = d.message().clone();
-                wharf_core::dead_letter::unstamp(&mut msg);
-                self.inner
-                    .publish(&original, std::slice::from_ref(&msg), false, true)
-                    .await?;
-                d.ack().await?;
-                moved += 1;
+                if original != run_topic || run_bytes >= REDRIVE_RUN_BYTES {
+                    moved += self.redrive_run(dlq_topic, &run_topic, &mut run).await?;
+                    run_topic = original.to_owned();
+                    run_bytes = 0;
+                }
+                run_bytes += p.message.size();
+                run.push(p);
+            }
+            moved += self.redrive_run(dlq_topic, &run_topic, &mut run).await?;
+            match page.next {
+                Some(next) => from = next,
+                None => return Ok(moved),
             }
         }
-        drop(skipped);
-        Ok(moved)
+    }
+
+    /// Publishes `run` (letters of `dlq_topic` from one original topic)
+    /// back to `original` in one batch, then settles each for the redrive
+    /// group; published first, so a crash in between repeats the publish
+    /// rather than losing a letter. Returns how many it moved.
+    async fn redrive_run(
+        &self,
+        dlq_topic: &str,
+        original: &str,
+        run: &mut Vec<Peeked>,
+    ) -> Result<usize> {
+        if run.is_empty() {
+            return Ok(0);
+        }
+        let msgs: Vec<Message> = run
+            .iter()
+            .map(|p| {
+                let mut msg = p.message.clone();
+                wharf_core::dead_letter::unstamp(&mut msg);
+                msg
+            })
+            .collect();
+        self.inner.publish(original, &msgs[..], false, true).await?;
+        for p in run.drain(..) {
+            self.settle_offset(dlq_topic, REDRIVE_GROUP, p.partition, p.offset)?;
+        }
+        Ok(msgs.len())
     }
 
     /// Redrives the letter with id `id`. It is found by reading the topic

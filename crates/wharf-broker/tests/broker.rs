@@ -556,6 +556,57 @@ async fn redrive_where_leaves_letters_whose_original_topic_is_refused() {
     assert_eq!(end("secret.t"), Some(1));
 }
 
+/// More refused letters than a group's read-ahead window (1,024) ahead of
+/// allowed ones: the allowed ones are still reached and moved, in order,
+/// and every refused one stays (a leasing redrive held the refused letters
+/// and stopped at the window, moving none).
+#[tokio::test]
+async fn redrive_where_reaches_allowed_letters_behind_many_refused_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let letter = |to: &str, i: usize| {
+        Message::builder()
+            .header(header::ORIGINAL_TOPIC, to)
+            .payload(format!("{to} {i}"))
+            .build()
+    };
+    let refused: Vec<Message> = (0..1500).map(|i| letter("secret.t", i)).collect();
+    b.publish_batch("dlq.many", refused).await.unwrap();
+    let allowed: Vec<Message> = (0..5).map(|i| letter("open.t", i)).collect();
+    b.publish_batch("dlq.many", allowed).await.unwrap();
+    b.ensure_topic("open.t").await.unwrap();
+    b.ensure_topic("secret.t").await.unwrap();
+    let allow = |t: &str| t == "open.t";
+    assert_eq!(
+        b.redrive_where("dlq.many", Redrive::All, &allow)
+            .await
+            .unwrap(),
+        5
+    );
+    let page = b
+        .peek("open.t", wharf_broker::PeekPosition::START, 10)
+        .unwrap();
+    let got: Vec<String> = page
+        .messages
+        .iter()
+        .map(|p| String::from_utf8_lossy(p.message.payload()).into_owned())
+        .collect();
+    assert_eq!(
+        got,
+        (0..5).map(|i| format!("open.t {i}")).collect::<Vec<_>>()
+    );
+    assert!(
+        page.messages
+            .iter()
+            .all(|p| !p.message.headers().contains(header::ORIGINAL_TOPIC)),
+        "moved back without the dead-letter headers"
+    );
+    // Every refused letter is still there, and a redrive that may moves
+    // them all.
+    assert_eq!(b.redrive("dlq.many", Redrive::All).await.unwrap(), 1500);
+    assert_eq!(b.redrive("dlq.many", Redrive::All).await.unwrap(), 0);
+}
+
 #[tokio::test]
 async fn delete_topic_removes_its_data_and_groups() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use wharf_broker::{
     Broker, Durability, PeekPage, PeekPosition, Peeked, Redrive, TopicConfig, REDRIVE_GROUP,
 };
-use wharf_core::{header, Delivery, Error, MessageId, StartPosition, SubscribeOptions, Subscriber};
+use wharf_core::{header, Error, MessageId};
 
 /// Requested topic settings; `None` keeps the server default.
 #[derive(Debug, Clone, Default)]
@@ -223,62 +223,48 @@ pub(crate) fn replay_targets(
 }
 
 /// Settles every dead letter of `topic` for the redrive group, so it is
-/// neither listed nor replayed again; returns how many.
+/// neither listed nor replayed again; returns how many. Reads the letters
+/// page by page (as listing does) and settles each by offset, so every one
+/// is reached, whatever the group's read-ahead window.
 pub(crate) async fn dlq_purge(broker: &Broker, topic: &str) -> Result<usize, Error> {
-    let mut n = 0;
-    loop {
-        let batch = dlq_take(broker, topic, 1024).await?;
-        if batch.is_empty() {
-            return Ok(n);
-        }
-        for d in batch {
-            match d.ack().await {
-                Ok(()) => n += 1,
-                // Replayed by id meanwhile: settled already, not purged here.
-                Err(Error::UnknownDelivery { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-async fn dlq_take(broker: &Broker, topic: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
     if !broker.topics().iter().any(|t| t.name == topic) {
         // Nothing dead-lettered yet, as in `dlq_page`: nothing to purge.
         if is_dead_letter_topic_of_a_topic(broker, topic) {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         return Err(Error::UnknownTopic {
             topic: topic.to_owned(),
         });
     }
-    let opts = SubscribeOptions::new(topic)
-        .group(REDRIVE_GROUP)
-        .start(StartPosition::Earliest)
-        .max_in_flight(limit.clamp(1, 10_000));
-    let mut sub = broker.subscribe(opts).await?;
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let mut batch = Vec::new();
-        match tokio::time::timeout(
-            Duration::from_millis(100),
-            sub.next_batch(limit - out.len(), &mut batch),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(_)) => out.append(&mut batch),
-            Ok(Err(e)) => return Err(e),
+    let (broker, topic) = (broker.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        let mut from = PeekPosition::START;
+        loop {
+            let page = broker.peek_unsettled(&topic, REDRIVE_GROUP, from, DLQ_PAGE_MAX)?;
+            for p in &page.messages {
+                // False: replayed by id meanwhile, settled already.
+                if broker.settle_offset(&topic, REDRIVE_GROUP, p.partition, p.offset)? {
+                    n += 1;
+                }
+            }
+            match page.next {
+                Some(next) => from = next,
+                None => return Ok(n),
+            }
         }
-    }
-    let _ = sub.close().await;
-    out.sort_by_key(|d| (d.info().partition, d.info().offset));
-    Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Backend {
+        backend: "wharf",
+        source: Box::new(e),
+    })?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wharf_core::{StartPosition, SubscribeOptions, Subscriber};
 
     #[test]
     fn durability_parses_all_forms_and_rejects_others() {

@@ -50,7 +50,9 @@ pub(crate) struct ConnLimits {
     pub(crate) body_read: Duration,
     /// With no request in flight, a connection is closed after this long.
     pub(crate) idle: Duration,
-    /// From accept to a finished TLS handshake.
+    /// From accept to a finished TLS handshake (read only with the `tls`
+    /// feature).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls_handshake: Duration,
 }
 
