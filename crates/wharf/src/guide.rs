@@ -1,6 +1,8 @@
-//! The guide: concepts, one page per pattern and the backends, each page
-//! a module whose docs come from `crates/wharf/guide/*.md`, so every code
-//! block there is a doc test (`cargo test -p wharf --features router`).
+//! The guide: concepts, one page per pattern and one per backend, each page
+//! a module whose docs come from `crates/wharf/guide/*.md` (the backends'
+//! under `guide/backends/`), so every code block there is a doc test
+//! (`cargo test -p wharf --features router`; the adapter pages' need their
+//! features and services, see `scripts/test.sh`).
 #![doc = include_str!("../guide/README.md")]
 
 macro_rules! page {
@@ -24,4 +26,14 @@ page!(rate_limiting, "rate_limiting.md");
 page!(circuit_breaker, "circuit_breaker.md");
 page!(graceful_shutdown, "graceful_shutdown.md");
 page!(request_reply, "request_reply.md");
-page!(backends, "backends.md");
+/// What each backend supports, side by side; a page per backend below.
+#[doc = include_str!("../guide/backends.md")]
+pub mod backends {
+    page!(memory, "backends/memory.md");
+    page!(broker, "backends/broker.md");
+    page!(client, "backends/client.md");
+    page!(nats, "backends/nats.md");
+    page!(redis, "backends/redis.md");
+    page!(amqp, "backends/amqp.md");
+    page!(postgres, "backends/postgres.md");
+}

@@ -14,10 +14,11 @@
 //! | `broker` (default) | [`broker`] | embedded durable broker on Wharf's own log |
 //! | `router` | `router` | handlers, per-key ordering, tower middleware (retry, retry topics, DLQ, dedup, timeout, rate limit, circuit breaker, …) |
 //! | `client` | `client` | remote client of `wharf serve` (gRPC) |
+//! | `tls` | `client` | `https://` for the client (`Client::connect_with` and a CA certificate) |
 //! | `nats` | `nats` | NATS JetStream adapter (and core NATS, at-most-once) |
 //! | `redis` | `redis` | Redis Streams adapter (and Pub/Sub, at-most-once), Redis dedup store |
 //! | `amqp` | `amqp` | RabbitMQ adapter |
-//! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store |
+//! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported) |
 //!
 //! ```toml
 //! [dependencies]
@@ -137,7 +138,8 @@
     doc = "\n# Guide\n\nThe [`guide`] explains the concepts and shows each pattern \
            (retry, retry topics, dead letters, idempotent consumer, outbox, ordering, \
            batching, backpressure, rate limiting, circuit breaker, graceful shutdown, \
-           request-reply) with a complete, tested example, and what each backend supports."
+           request-reply) with a complete, tested example, and a page per backend: how to \
+           connect, which capabilities it declares and why the others are missing."
 )]
 
 pub use wharf_core::*;
