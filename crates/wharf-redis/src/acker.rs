@@ -250,4 +250,46 @@ impl Acker for RedisAcker {
             self.requeue(p);
         }
     }
+
+    /// One `XACK <stream> <group> <id…>` per topic in the batch (one round
+    /// trip for all of them), instead of one per delivery.
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let mut by_topic: Vec<(Arc<str>, Vec<(u64, String)>)> = Vec::new();
+        for &token in tokens {
+            let p = match self.in_flight.take(token) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push((token, e));
+                    continue;
+                }
+            };
+            self.failures().remove(&self.failure_key(&p));
+            match by_topic.iter_mut().find(|(t, _)| *t == p.topic) {
+                Some((_, ids)) => ids.push((token, p.entry_id)),
+                None => by_topic.push((p.topic, vec![(token, p.entry_id)])),
+            }
+        }
+        let Mode::Group { group, .. } = &self.mode else {
+            return;
+        };
+        if by_topic.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (topic, ids) in &by_topic {
+            pipe.cmd("XACK")
+                .arg(self.shared.stream_key(topic))
+                .arg(group)
+                .arg(ids.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>())
+                .ignore();
+        }
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.shared.conn.clone()).await;
+        if let Err(e) = r {
+            for (_, ids) in &by_topic {
+                for (token, _) in ids {
+                    failed.push((*token, map("XACK", e.clone())));
+                }
+            }
+        }
+    }
 }

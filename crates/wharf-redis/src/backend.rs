@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) prefix: String,
     max_len: Option<u64>,
     dedup_window_s: u64,
+    /// Whether publishes keep ids for dedup ([`RedisConfig::dedup`]).
+    dedup: bool,
     pub(crate) shas: Shas,
     pub(crate) closed: watch::Sender<bool>,
     /// When the first failed attempt of (group, entry id) happened.
@@ -113,6 +115,7 @@ impl RedisBackend {
                 prefix: config.prefix,
                 max_len: config.max_len,
                 dedup_window_s: config.dedup_window.as_secs().max(1),
+                dedup: config.dedup,
                 shas,
                 closed,
                 first_failures: Mutex::new(HashMap::new()),
@@ -237,69 +240,98 @@ impl Shared {
         Ok(())
     }
 
-    /// The EVALSHA of the publish script for `message` on `topic`.
-    pub(crate) fn publish_cmd(&self, topic: &str, message: &Message, dedup: bool) -> redis::Cmd {
+    /// The EVALSHA of the publish script for `messages` on `topic` (see
+    /// [`scripts::PUBLISH`]): one call for the whole slice.
+    pub(crate) fn publish_cmd(&self, topic: &str, messages: &[Message], dedup: bool) -> redis::Cmd {
         let mut c = redis::cmd("EVALSHA");
+        let keys = 2 + if dedup { messages.len() } else { 0 };
         c.arg(&self.shas.publish)
-            .arg(3)
+            .arg(keys)
             .arg(self.stream_key(topic))
-            .arg(if dedup {
-                self.dedup_key(topic, message)
-            } else {
-                String::new()
-            })
-            .arg(self.topics_key())
-            .arg(self.max_len.unwrap_or(0))
+            .arg(self.topics_key());
+        if dedup {
+            for m in messages {
+                c.arg(self.dedup_key(topic, m));
+            }
+        }
+        c.arg(self.max_len.unwrap_or(0))
             .arg(self.dedup_window_s)
             .arg(topic);
-        for (n, v) in wire::fields(message) {
-            c.arg(n).arg(v.as_ref());
+        for m in messages {
+            let fields = wire::fields(m);
+            c.arg(fields.len());
+            for (n, v) in fields {
+                c.arg(n).arg(v.as_ref());
+            }
         }
         c
     }
 
-    /// Publishes without dedup (dead-letter copies): returns the stream id.
-    pub(crate) async fn append(&self, topic: &str, message: &Message) -> Result<String> {
-        let cmd = self.publish_cmd(topic, message, false);
-        let v: Value = self.eval(&mut self.conn.clone(), &cmd, "publish").await?;
-        parse_publish(&v).map(|(id, _)| id)
-    }
-}
-
-fn parse_publish(v: &Value) -> Result<(String, bool)> {
-    match v {
-        Value::Array(parts) => {
-            let id = parts.first().and_then(wire::string_of);
-            let dup = parts.get(1).and_then(wire::int_of);
-            match (id, dup) {
-                (Some(id), Some(dup)) => Ok((id, dup == 1)),
-                _ => Err(unexpected("publish script", format!("{parts:?}"))),
+    /// Publishes `messages` to `topic`, [`PUBLISH_CHUNK`] messages per
+    /// script call, deduplicating by id when `dedup`: a receipt per message.
+    pub(crate) async fn publish_all(
+        &self,
+        topic: &str,
+        messages: &[Message],
+        dedup: bool,
+    ) -> Result<Vec<Receipt>> {
+        let mut conn = self.conn.clone();
+        let mut receipts = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(PUBLISH_CHUNK) {
+            let cmd = self.publish_cmd(topic, chunk, dedup);
+            // A retry after NOSCRIPT is safe: that reply means the call did
+            // not run.
+            let v: Value = self.eval(&mut conn, &cmd, "publish").await?;
+            let Value::Array(parts) = &v else {
+                return Err(unexpected("publish script", format!("{v:?}")));
+            };
+            if parts.len() != 2 * chunk.len() {
+                return Err(unexpected(
+                    "publish script",
+                    format!("{} values for {} messages", parts.len(), chunk.len()),
+                ));
+            }
+            for (m, pair) in chunk.iter().zip(parts.chunks(2)) {
+                receipts.push(receipt(m, pair)?);
             }
         }
-        other => Err(unexpected("publish script", format!("{other:?}"))),
+        Ok(receipts)
+    }
+
+    /// Publishes without dedup (dead-letter copies).
+    pub(crate) async fn append(&self, topic: &str, message: &Message) -> Result<()> {
+        self.publish_all(topic, std::slice::from_ref(message), false)
+            .await
+            .map(drop)
     }
 }
 
-fn receipt(message: &Message, v: &Value) -> Result<Receipt> {
-    let (id, duplicate) = parse_publish(v)?;
-    Ok(Receipt {
-        id: message.id(),
-        partition: 0,
-        offset: wire::offset(&id),
-        duplicate,
-    })
+/// Messages per publish script call: a larger batch is several calls, so
+/// one call keeps Redis busy for a bounded time.
+const PUBLISH_CHUNK: usize = 1000;
+
+/// The receipt of `message` from its `[stream id, duplicate]` pair.
+fn receipt(message: &Message, pair: &[Value]) -> Result<Receipt> {
+    let id = pair.first().and_then(wire::string_of);
+    let dup = pair.get(1).and_then(wire::int_of);
+    match (id, dup) {
+        (Some(id), Some(dup)) => Ok(Receipt {
+            id: message.id(),
+            partition: 0,
+            offset: wire::offset(&id),
+            duplicate: dup == 1,
+        }),
+        _ => Err(unexpected("publish script", format!("{pair:?}"))),
+    }
 }
 
 #[async_trait]
 impl Publisher for RedisBackend {
     async fn publish(&self, topic: &str, message: Message) -> Result<Receipt> {
-        let s = &self.shared;
-        s.check_open()?;
-        name::validate_topic(topic)?;
-        s.check(&message)?;
-        let cmd = s.publish_cmd(topic, &message, true);
-        let v: Value = s.eval(&mut s.conn.clone(), &cmd, "publish").await?;
-        receipt(&message, &v)
+        let mut receipts = self.publish_batch(topic, vec![message]).await?;
+        receipts
+            .pop()
+            .ok_or_else(|| unexpected("publish script", "no receipt"))
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
@@ -312,26 +344,7 @@ impl Publisher for RedisBackend {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for m in &messages {
-            pipe.add_command(s.publish_cmd(topic, m, true));
-        }
-        let mut conn = s.conn.clone();
-        // A retry after NOSCRIPT is safe: every message is deduplicated by id.
-        let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-            Err(e) if is_noscript(&e) => {
-                s.reload_scripts(&mut conn).await?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| map("publish batch", e))?
-            }
-            r => r.map_err(|e| map("publish batch", e))?,
-        };
-        messages
-            .iter()
-            .zip(replies.iter())
-            .map(|(m, v)| receipt(m, v))
-            .collect()
+        s.publish_all(topic, &messages, s.dedup).await
     }
 }
 
@@ -355,7 +368,6 @@ impl Backend for RedisBackend {
             Capability::VisibilityTimeout,
             Capability::ExtendLease,
             Capability::Ttl,
-            Capability::Dedup,
             Capability::ReplayFromOffset,
             Capability::Wildcards,
             Capability::DeadLetter,
@@ -364,6 +376,7 @@ impl Backend for RedisBackend {
             Capability::Redelivery,
         ]
         .into_iter()
+        .chain(self.shared.dedup.then_some(Capability::Dedup))
         .collect()
     }
 

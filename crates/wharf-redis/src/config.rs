@@ -26,6 +26,7 @@ pub struct RedisConfig {
     pub(crate) prefix: String,
     pub(crate) max_len: Option<u64>,
     pub(crate) dedup_window: Duration,
+    pub(crate) dedup: bool,
     pub(crate) connect_timeout: Duration,
 }
 
@@ -37,6 +38,7 @@ impl RedisConfig {
             prefix: "wharf".into(),
             max_len: Some(1_000_000),
             dedup_window: Duration::from_secs(120),
+            dedup: true,
             connect_timeout: Duration::from_secs(2),
         }
     }
@@ -58,6 +60,16 @@ impl RedisConfig {
     /// How long a message id is remembered for dedup (default 2 minutes).
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
+        self
+    }
+
+    /// Whether a publish keeps each message id for the dedup window, so a
+    /// second publish of the id on the topic is stored once and its receipt
+    /// says `duplicate` (default on). Off, a publish is only the `XADD`
+    /// (no `GET`/`SET` of a dedup key per message, nothing kept), and the
+    /// backend does not declare [`Capability::Dedup`](wharf_core::Capability::Dedup).
+    pub fn dedup(mut self, on: bool) -> Self {
+        self.dedup = on;
         self
     }
 

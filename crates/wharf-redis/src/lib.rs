@@ -14,12 +14,12 @@
 //! | backend namespace | key prefix: every key is `<prefix>:…` ([`RedisBackend::delete_all`] removes them) |
 //! | topic `orders.created` | stream `<prefix>:s:orders.created`, created by the first XADD (or XGROUP CREATE … MKSTREAM); every published (or `ensure_topic`ed) topic is added to the set `<prefix>:topics` |
 //! | pattern `orders.*`, `orders.>` | every stream whose topic (from `<prefix>:topics`) matches, read in one `XREADGROUP`/`XREAD`; the set is re-read every 200 ms, and streams found later are read from their beginning |
-//! | publish | one Lua script: `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<id> <stream id> EX <window>`; a batch is one pipeline |
+//! | publish | one Lua script call per batch of up to 1,000 messages (atomic): `SADD` the topic to the registry once, then per message `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<topic>:<id> <stream id> EX <window>`; with [`RedisConfig::dedup`]`(false)` only the `XADD`s (no key per message, and `Dedup` is not declared) |
 //! | offset | stream id `<ms>-<seq>` as `ms << 22 \| seq` (exact and ordered for ids made by `XADD *`; see `wire`) |
 //! | consumer group | `XGROUP CREATE` + `XREADGROUP`; each subscription is one consumer `c-<uuid>` of the group |
 //! | private subscription | `XREAD` from a position (`$` resolved to the newest id at subscribe) |
 //! | `StartPosition::{Earliest, Latest, Offset}` | group/read start `0-0`, `$`, the id just before the offset |
-//! | `ack` | `XACK` |
+//! | `ack` | `XACK`; an [`AckBatch`](wharf_core::AckBatch) is one `XACK` with every id per topic |
 //! | `nack(delay)` / dropping a delivery | the entry id goes into the sorted set `<prefix>:r:<topic>:<group>`, scored by when it is due; a reader claims due ids with `XCLAIM` (which counts the delivery) |
 //! | visibility timeout | entries idle longer than the lease are claimed with `XPENDING … IDLE` + `XCLAIM` (not `XAUTOCLAIM`, which cannot skip entries parked for a delayed nack); default 30 s; settling a delivery after its lease ran out (or once the entry came back to this subscription) fails with `UnknownDelivery`, since `XACK` would settle the redelivery |
 //! | `extend(by)` | `XCLAIM … JUSTID` (resets idle time), repeated every lease/2 until `by` is covered |

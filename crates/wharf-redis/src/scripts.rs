@@ -1,24 +1,42 @@
 //! The Lua scripts that make multi-step stream operations atomic, loaded
 //! once per connection with `SCRIPT LOAD` and run with `EVALSHA`.
 
-/// Publish with dedup, registering the topic for wildcard subscriptions.
-/// KEYS: stream, dedup key (`""` = no dedup), topic registry set.
-/// ARGV: maxlen (`0` = no trimming), dedup window s, topic, field, value, …
-/// Returns `{stream id, 1 if duplicate else 0}`.
+/// Publishes a batch of messages to one stream, registering the topic for
+/// wildcard subscriptions once per call.
+/// KEYS: stream, topic registry set, then the dedup key of each message —
+/// none at all when dedup is off (then no id is looked up or kept).
+/// ARGV: maxlen (`0` = no trimming), dedup window s, topic, then per
+/// message: its field count, field, value, …
+/// Returns `{stream id, 1 if duplicate else 0, …}`, a pair per message. A
+/// message whose id an earlier one of the same call had is a duplicate of
+/// it, as if published one after the other.
 pub(crate) const PUBLISH: &str = r"
-if KEYS[2] ~= '' then
-  local prev = redis.call('GET', KEYS[2])
-  if prev then return {prev, 1} end
+local dedup = #KEYS > 2
+redis.call('SADD', KEYS[2], ARGV[3])
+local out = {}
+local i = 4
+local m = 2
+while i <= #ARGV do
+  m = m + 1
+  local last = i + 2 * tonumber(ARGV[i])
+  local prev = dedup and redis.call('GET', KEYS[m])
+  if prev then
+    out[#out + 1] = prev
+    out[#out + 1] = 1
+  else
+    local id
+    if ARGV[1] ~= '0' then
+      id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, last))
+    else
+      id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, last))
+    end
+    if dedup then redis.call('SET', KEYS[m], id, 'EX', ARGV[2]) end
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+  i = last + 1
 end
-redis.call('SADD', KEYS[3], ARGV[3])
-local id
-if ARGV[1] ~= '0' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4))
-else
-  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-end
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], id, 'EX', ARGV[2]) end
-return {id, 0}
+return out
 ";
 
 /// Claims due nacked entries. KEYS: stream, retry zset.

@@ -158,3 +158,81 @@ async fn oversized_message_is_rejected_at_one_mebibyte() {
         .await;
     assert!(matches!(r, Err(Error::MessageTooLarge { .. })), "{r:?}");
 }
+
+/// With `dedup(false)` a publish keeps no id: the same id published twice is
+/// stored twice, neither receipt says duplicate, and the backend does not
+/// declare `Dedup` (so code that needs it refuses the backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_off_stores_a_republished_id_twice_and_does_not_declare_dedup() {
+    let cfg = service::unique_config().dedup(false);
+    let Some(ns) = service::Namespace::new("redis", &service::url(), cfg, RedisBackend::connect)
+        .await
+        .map(|ns| ns.cleanup_on_drop(service::delete_all_blocking))
+    else {
+        return;
+    };
+    let b = &ns.backend;
+    assert!(!b.capabilities().contains(wharf_core::Capability::Dedup));
+    let m = Message::new("twice");
+    let r1 = b.publish("t", m.clone()).await.expect("publish");
+    let r2 = b.publish_batch("t", vec![m.clone()]).await.expect("again");
+    assert!(!r1.duplicate && !r2[0].duplicate, "{r1:?} {r2:?}");
+    assert!(r2[0].offset > r1.offset, "stored again: {r1:?} {r2:?}");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("t").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    for copy in ["first", "second"] {
+        let d = expect_delivery(&mut sub, copy).await;
+        assert_eq!(d.message().id(), m.id(), "{copy}");
+        d.ack().await.expect("ack");
+    }
+}
+
+/// A batch larger than one publish script call (1,000 messages) is stored
+/// in order, with one receipt per message, and an id repeated in a later
+/// call of the same batch is still a duplicate of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_several_script_calls_keeps_order_and_dedup_across_calls() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut batch: Vec<Message> = (0..2500).map(|i| Message::new(format!("m{i}"))).collect();
+    let repeated = batch[10].clone();
+    batch[2100] = repeated.clone();
+    let receipts = b.publish_batch("big", batch).await.expect("publish_batch");
+    assert_eq!(receipts.len(), 2500);
+    assert!(receipts[2100].duplicate, "{:?}", receipts[2100]);
+    assert_eq!(receipts[2100].id, repeated.id());
+    assert_eq!(receipts[2100].offset, receipts[10].offset);
+    let fresh: Vec<u64> = receipts
+        .iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| r.offset.expect("an offset"))
+        .collect();
+    assert_eq!(fresh.len(), 2499);
+    assert!(fresh.windows(2).all(|w| w[0] < w[1]), "offsets in order");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("big").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < 2499 {
+        let n = tokio::time::timeout(Duration::from_secs(10), sub.next_batch(500, &mut buf))
+            .await
+            .expect("deliveries in time")
+            .expect("next_batch");
+        assert!(n > 0, "ended after {}", got.len());
+        for d in buf.drain(..) {
+            got.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+            d.ack().await.expect("ack");
+        }
+    }
+    let expected: Vec<String> = (0..2500)
+        .filter(|i| *i != 2100)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(got, expected);
+}
