@@ -21,10 +21,14 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
             None => anyhow!("invalid argument: {m}"),
         };
     }
+    // "unknown topic \"x\"", "no dead letter …": a sentence already, which a
+    // "not found:" in front only repeats.
+    if s.code() == tonic::Code::NotFound {
+        return anyhow!("{}", s.message());
+    }
     let what = match s.code() {
         tonic::Code::Unauthenticated => "unauthenticated",
         tonic::Code::PermissionDenied => "permission denied",
-        tonic::Code::NotFound => "not found",
         tonic::Code::InvalidArgument => "invalid argument",
         tonic::Code::ResourceExhausted => "too large",
         tonic::Code::Unavailable => "server unavailable",

@@ -217,7 +217,20 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let client = conn.client().await?;
-    warn_if_missing(&client, &a.topic).await;
+    let partitions = check_topic(&client, &a.topic).await;
+    if let (Some((p, o)), Some(n)) = (only, partitions) {
+        if p >= n {
+            let range = match n {
+                1 => "only partition 0".to_owned(),
+                _ => format!("partitions 0 to {}", n - 1),
+            };
+            bail!(
+                "--from {p}:{o}: topic {} has {range} (`wharf topic describe {}` shows them)",
+                a.topic,
+                a.topic
+            );
+        }
+    }
     let mut opts = SubscribeOptions::new(&a.topic);
     if let Some(g) = &a.group {
         opts = opts.group(g.clone());
@@ -310,9 +323,11 @@ pub(crate) async fn subscribe(conn: &Conn, a: SubArgs) -> anyhow::Result<()> {
 
 /// Says on standard error when `topic` (not a pattern) does not exist:
 /// the subscription waits for it, which looks like a hang after a typo.
-async fn warn_if_missing(client: &wharf_client::Client, topic: &str) {
+/// The partition count of `topic` when it exists (`None` for a pattern, or
+/// when it cannot be told); notes on standard error when it does not exist.
+async fn check_topic(client: &wharf_client::Client, topic: &str) -> Option<u32> {
     if topic.contains(['*', '>']) {
-        return;
+        return None;
     }
     let r = client
         .raw()
@@ -320,10 +335,15 @@ async fn warn_if_missing(client: &wharf_client::Client, topic: &str) {
             name: topic.to_owned(),
         })
         .await;
-    if matches!(&r, Err(s) if s.code() == tonic::Code::NotFound) {
-        eprintln!(
-            "note: topic {topic} does not exist; waiting for it to be created (`wharf topic create {topic}`) or published to"
-        );
+    match r {
+        Ok(info) => u32::try_from(info.into_inner().partitions.len()).ok(),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            eprintln!(
+                "note: topic {topic} does not exist; waiting for it to be created (`wharf topic create {topic}`) or published to"
+            );
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -604,6 +604,14 @@ fn a_bad_setting_is_one_sentence_without_repeated_jargon() {
 }
 
 #[test]
+fn an_unknown_topic_is_one_sentence_without_a_status_code() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let err = failed(&server.cli(&["topic", "describe", "cli.none"]));
+    assert_eq!(err.trim(), "error: unknown topic \"cli.none\"");
+}
+
+#[test]
 fn https_against_a_plain_server_says_to_use_http() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);
@@ -803,6 +811,22 @@ fn sub_reads_one_partition_from_an_offset_and_shows_headers() {
     assert!(text.contains("\n  h: v"), "{text}");
     let err = failed(&server.cli(&["sub", "cli.po", "--group", "g", "--from", "1:0"]));
     assert!(err.contains("leave out --group"), "{err}");
+}
+
+#[test]
+fn sub_from_a_partition_the_topic_lacks_names_the_partitions_it_has() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    common::ok(&server.cli(&["topic", "create", "cli.pr", "--partitions", "2"]));
+    // Without the check it waited for a partition that will never deliver.
+    let err = failed(&server.cli(&["sub", "cli.pr", "--from", "7:0", "--timeout", "30"]));
+    assert_eq!(
+        err.trim(),
+        "error: --from 7:0: topic cli.pr has partitions 0 to 1 (`wharf topic describe cli.pr` shows them)"
+    );
+    common::ok(&server.cli(&["topic", "create", "cli.one"]));
+    let err = failed(&server.cli(&["sub", "cli.one", "--from", "1:0", "--timeout", "30"]));
+    assert!(err.contains("topic cli.one has only partition 0"), "{err}");
 }
 
 #[test]
