@@ -188,3 +188,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("charged: {:?}", payments.charged.lock().expect("lock"));
     Ok(())
 }
+
+// `cargo test` runs the example too (`test = true` in Cargo.toml).
+#[test]
+fn runs_to_completion() {
+    main().expect("the example runs to completion");
+}

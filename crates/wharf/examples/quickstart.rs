@@ -67,3 +67,9 @@ async fn main() -> Result<(), wharf::Error> {
     println!("round trips complete");
     Ok(())
 }
+
+// `cargo test` runs the example too (`test = true` in Cargo.toml).
+#[test]
+fn runs_to_completion() {
+    main().expect("the example runs to completion");
+}
