@@ -1,6 +1,7 @@
 //! Topics: partitions backed by one `wharf-log` each, the key partitioner,
 //! the dedup window, and wake-ups for consumers waiting on new data.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -194,9 +195,14 @@ enum Seen {
 }
 
 /// Ids published within the dedup window, bounded by [`DEDUP_CAPACITY`].
+///
+/// Hashed with foldhash's keyed quality hasher rather than std's SipHash:
+/// the window is on every publish's path, and SipHash was most of its
+/// instructions. Ids are the client's, so the hash has a random seed per
+/// process (no collisions chosen in advance).
 #[derive(Default)]
 pub(crate) struct Dedup {
-    seen: HashMap<MessageId, Seen>,
+    seen: HashMap<MessageId, Seen, foldhash::quality::RandomState>,
     order: VecDeque<(u64, MessageId)>,
 }
 
@@ -221,8 +227,10 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            if matches!(self.seen.get(&id), Some(Seen::Stored { .. })) {
-                self.seen.remove(&id);
+            if let Entry::Occupied(e) = self.seen.entry(id) {
+                if matches!(e.get(), Seen::Stored { .. }) {
+                    e.remove();
+                }
             }
         }
     }
@@ -245,34 +253,33 @@ impl Dedup {
         out.clear();
         for i in 0..len {
             let id = id_at(i);
-            let check = match self.seen.get(&id) {
-                Some(Seen::Stored { partition, offset }) => DedupCheck::Duplicate {
-                    partition: *partition,
-                    offset: *offset,
-                },
-                Some(Seen::InFlight { done, index }) if done.same_channel(&owner.done) => {
-                    DedupCheck::SameAs(*index)
-                }
-                Some(Seen::InFlight { done, .. }) => {
-                    let done = done.clone();
-                    // Undo this batch's reservations: nobody saw them (the
-                    // lock is held), and none is held while waiting.
-                    for (j, c) in out.iter().enumerate() {
-                        if matches!(c, DedupCheck::New) {
-                            self.seen.remove(&id_at(j));
-                        }
+            let check = match self.seen.entry(id) {
+                Entry::Occupied(e) => match e.get() {
+                    Seen::Stored { partition, offset } => DedupCheck::Duplicate {
+                        partition: *partition,
+                        offset: *offset,
+                    },
+                    Seen::InFlight { done, index } if done.same_channel(&owner.done) => {
+                        DedupCheck::SameAs(*index)
                     }
-                    out.clear();
-                    return Err(done);
-                }
-                None => {
-                    self.seen.insert(
-                        id,
-                        Seen::InFlight {
-                            done: owner.done.clone(),
-                            index: i,
-                        },
-                    );
+                    Seen::InFlight { done, .. } => {
+                        let done = done.clone();
+                        // Undo this batch's reservations: nobody saw them (the
+                        // lock is held), and none is held while waiting.
+                        for (j, c) in out.iter().enumerate() {
+                            if matches!(c, DedupCheck::New) {
+                                self.seen.remove(&id_at(j));
+                            }
+                        }
+                        out.clear();
+                        return Err(done);
+                    }
+                },
+                Entry::Vacant(e) => {
+                    e.insert(Seen::InFlight {
+                        done: owner.done.clone(),
+                        index: i,
+                    });
                     DedupCheck::New
                 }
             };
@@ -288,9 +295,10 @@ impl Dedup {
 
     /// Forgets `id`'s reservation if `owner` holds it.
     fn abandon(&mut self, id: MessageId, owner: &watch::Receiver<()>) {
-        if matches!(self.seen.get(&id), Some(Seen::InFlight { done, .. }) if done.same_channel(owner))
-        {
-            self.seen.remove(&id);
+        if let Entry::Occupied(e) = self.seen.entry(id) {
+            if matches!(e.get(), Seen::InFlight { done, .. } if done.same_channel(owner)) {
+                e.remove();
+            }
         }
     }
 }
