@@ -103,7 +103,7 @@ mod defaults {
     }
     pub(super) fn retention_bytes() -> String {
         format!(
-            "Delete the oldest segments beyond this many bytes per partition [default: {}]",
+            "Delete the oldest segments beyond this many bytes per partition (whole sealed segments: see --segment-bytes) [default: {}]",
             or_none(d().retention_bytes, "none, keep everything")
         )
     }
@@ -143,6 +143,12 @@ mod defaults {
             )
         )
     }
+    pub(super) fn segment_bytes() -> String {
+        format!(
+            "Segment file size per partition, at least 4096; retention deletes whole sealed segments, so it acts in steps of this size [default: {}]",
+            d().segment_bytes
+        )
+    }
     pub(super) fn dedup_window_ms() -> String {
         format!(
             "A publish of a message id seen within this many ms returns the first receipt; 0 = off [default: {}]",
@@ -175,6 +181,8 @@ pub(crate) struct CreateArgs {
     visibility_timeout_ms: Option<u64>,
     #[arg(long, help = defaults::dedup_window_ms())]
     dedup_window_ms: Option<u64>,
+    #[arg(long, help = defaults::segment_bytes())]
+    segment_bytes: Option<u64>,
     /// Skip a damaged stored batch at once (its messages are lost, logged
     /// and counted) instead of stopping its partition at the damage until
     /// `wharf topic repair` [default: off, stop and wait for a repair].
@@ -240,6 +248,11 @@ impl CreateArgs {
             c.dedup_window_ms.unwrap_or(0).to_string(),
         );
         check(
+            "segment-bytes",
+            self.segment_bytes.map(|v| v.to_string()),
+            c.segment_bytes.to_string(),
+        );
+        check(
             "skip-damaged-batches",
             self.skip_damaged_batches.then(|| "skip".to_owned()),
             on_damage(c).to_owned(),
@@ -279,6 +292,7 @@ fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
         "max_deliveries": c.max_deliveries,
         "visibility_timeout_ms": c.visibility_timeout_ms,
         "skip_damaged_batches": c.skip_damaged_batches,
+        "segment_bytes": c.segment_bytes,
         "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset, "damage": p.damage.iter().map(damage_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
     })
 }
@@ -464,6 +478,7 @@ pub(crate) async fn topic(conn: &Conn, cmd: TopicCmd) -> anyhow::Result<()> {
                     visibility_timeout_ms: a.visibility_timeout_ms,
                     dedup_window_ms: a.dedup_window_ms,
                     skip_damaged_batches: a.skip_damaged_batches.then_some(true),
+                    segment_bytes: a.segment_bytes,
                 })
                 .await
                 .map_err(status_err)?

@@ -27,6 +27,10 @@ fn topic_commands_create_list_describe_and_delete() {
         "interval:50",
         "--max-deliveries",
         "4",
+        "--retention-bytes",
+        "65536",
+        "--segment-bytes",
+        "16384",
     ]));
     assert!(
         out.contains("cli.t") && out.contains("interval:50"),
@@ -37,6 +41,8 @@ fn topic_commands_create_list_describe_and_delete() {
     assert_eq!(list[0]["name"], "cli.t");
     assert_eq!(list[0]["partitions"], 3);
     assert_eq!(list[0]["max_deliveries"], 4);
+    assert_eq!(list[0]["retention_bytes"], 65536);
+    assert_eq!(list[0]["segment_bytes"], 16384);
     let d: Value = serde_json::from_str(&common::ok(
         &server.cli(&["topic", "describe", "cli.t", "--json"]),
     ))
@@ -545,6 +551,7 @@ fn help_shows_every_default_and_dlq_replay_needs_id_or_all() {
         "--max-deliveries",
         "--visibility-timeout-ms",
         "--dedup-window-ms",
+        "--segment-bytes",
     ] {
         let at = create
             .find(&format!("{flag} <"))

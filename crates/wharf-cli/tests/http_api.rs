@@ -848,3 +848,47 @@ async fn groups_and_their_lag_survive_a_restart_without_consumers() {
     let out = common::ok(&server.cli(&["group", "list"]));
     assert!(out.contains("billing"), "{out}");
 }
+
+/// Retention, the segment size it acts in steps of and the dedup window are
+/// set by `POST /v1/topics` and shown back; a segment under 4096 bytes is a
+/// 400. (Their effect is the conformance suite's retention and dedup-window
+/// cases, run through gRPC `CreateTopic` against the same server.)
+#[tokio::test]
+async fn retention_segment_size_and_dedup_window_are_set_over_http() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let (base, c) = (server.url(), http());
+    let (st, t) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.kept", "retention_bytes": 65536, "retention_ms": 300,
+               "segment_bytes": 16384, "dedup_window_ms": 1000}),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    assert_eq!(
+        (
+            &t["retention_bytes"],
+            &t["retention_ms"],
+            &t["segment_bytes"],
+            &t["dedup_window_ms"]
+        ),
+        (&json!(65536), &json!(300), &json!(16384), &json!(1000)),
+        "{t}"
+    );
+    let (st, t) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.defaults"}),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    assert_eq!(t["segment_bytes"], 64 * 1024 * 1024, "{t}");
+    let (st, err) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.tiny", "segment_bytes": 100}),
+    )
+    .await;
+    assert_eq!(st, 400, "{err}");
+}

@@ -30,6 +30,7 @@ pub(crate) struct TopicSettings {
     /// `Some(0)` turns dedup off.
     pub(crate) dedup_window_ms: Option<u64>,
     pub(crate) skip_damaged_batches: Option<bool>,
+    pub(crate) segment_bytes: Option<u64>,
 }
 
 /// Parses `always`, `never` or `interval:<ms>` (also `<n>ms`).
@@ -96,6 +97,9 @@ impl TopicSettings {
         }
         if let Some(on) = self.skip_damaged_batches {
             c = c.skip_damaged_batches(on);
+        }
+        if let Some(n) = self.segment_bytes {
+            c = c.segment_bytes(n);
         }
         Ok(c)
     }

@@ -322,6 +322,7 @@ pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
             max_deliveries: c.max_deliveries,
             visibility_timeout_ms: c.visibility_timeout_ms,
             skip_damaged_batches: c.skip_damaged_batches,
+            segment_bytes: c.segment_bytes,
         }),
         partitions: t
             .partitions
@@ -490,6 +491,7 @@ impl Wharf for Service {
             visibility_timeout_ms: r.visibility_timeout_ms,
             dedup_window_ms: r.dedup_window_ms,
             skip_damaged_batches: r.skip_damaged_batches,
+            segment_bytes: r.segment_bytes,
         };
         let cfg = settings.to_config().map_err(|e| status_for(&e))?;
         self.shared

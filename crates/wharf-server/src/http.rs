@@ -281,6 +281,11 @@ pub(crate) struct CreateTopicBody {
     /// partition at the damage until an operator repairs it; `true` skips
     /// the batch at once (its messages are lost, logged and counted).
     skip_damaged_batches: Option<bool>,
+    /// Size at which a partition starts a new segment file; retention
+    /// deletes whole sealed segments, so it acts in steps of this size.
+    #[schema(minimum = 4096)]
+    #[serde(default, deserialize_with = "whole::opt_u64")]
+    segment_bytes: Option<u64>,
 }
 
 /// A partition's stored offsets.
@@ -377,6 +382,8 @@ pub(crate) struct TopicJson {
     /// `true`: a damaged stored batch is skipped at once; `false`: its
     /// partition stops at the damage until an operator repairs it.
     skip_damaged_batches: bool,
+    /// Size at which a partition starts a new segment file.
+    segment_bytes: u64,
     offsets: Vec<PartitionJson>,
 }
 
@@ -893,6 +900,7 @@ fn topic_json(t: &wharf_broker::TopicInfo) -> TopicJson {
         max_deliveries: c.max_deliveries,
         visibility_timeout_ms: c.visibility_timeout_ms,
         skip_damaged_batches: c.skip_damaged_batches,
+        segment_bytes: c.segment_bytes,
         offsets: t
             .partitions
             .iter()
@@ -1552,6 +1560,7 @@ async fn create_topic(
         visibility_timeout_ms: b.visibility_timeout_ms,
         dedup_window_ms: b.dedup_window_ms,
         skip_damaged_batches: b.skip_damaged_batches,
+        segment_bytes: b.segment_bytes,
     };
     s.broker
         .create_topic(&b.name, settings.to_config()?)
