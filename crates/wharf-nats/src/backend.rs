@@ -90,7 +90,14 @@ impl NatsBackend {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             max_age: config.max_age,
-            duplicate_window: config.duplicate_window,
+            max_bytes: config
+                .max_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            duplicate_window: if config.max_age.is_zero() {
+                config.duplicate_window
+            } else {
+                config.duplicate_window.min(config.max_age)
+            },
             ..Default::default()
         };
         // NATS 2.9 can fail a stream create with "could not create storage

@@ -28,6 +28,7 @@ pub struct NatsConfig {
     pub(crate) stream: String,
     pub(crate) prefix: String,
     pub(crate) max_age: Duration,
+    pub(crate) max_bytes: Option<u64>,
     pub(crate) duplicate_window: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
@@ -41,6 +42,7 @@ impl NatsConfig {
             stream: "WHARF".into(),
             prefix: "wharf".into(),
             max_age: Duration::ZERO,
+            max_bytes: None,
             duplicate_window: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -62,9 +64,19 @@ impl NatsConfig {
     }
 
     /// Discard messages older than `age` (zero, the default, keeps them until
-    /// the stream is deleted). Only applied when the stream is created.
+    /// the stream is deleted). Only applied when the stream is created. A
+    /// dedup window longer than `age` is shortened to it (JetStream refuses
+    /// a stream that would remember ids longer than messages).
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
+        self
+    }
+
+    /// Discard the oldest messages once the stream (every topic of the
+    /// namespace together) holds more than `bytes` (default: no limit).
+    /// Only applied when the stream is created.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
         self
     }
 

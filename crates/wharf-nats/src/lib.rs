@@ -10,7 +10,7 @@
 //!
 //! | Wharf | JetStream |
 //! |---|---|
-//! | backend namespace | one stream (`NatsConfig::stream`, file storage, limits retention) whose only subject filter is `<prefix>.>` |
+//! | backend namespace | one stream (`NatsConfig::stream`, file storage, limits retention: `NatsConfig::max_age` and `max_bytes` drop the oldest messages of the whole stream) whose only subject filter is `<prefix>.>` |
 //! | topic `orders.created` | subject `<prefix>.orders.created`; [`Backend::ensure_topic`](wharf_core::Backend::ensure_topic) only validates, since the stream already covers every subject under the prefix (dead-letter topics `dlq.<topic>` included) |
 //! | pattern `orders.*`, `orders.>` | the same NATS wildcards, as the consumer's filter subject |
 //! | consumer group | durable pull consumer named `<group>-<hash of group+pattern>`; every member pulls from it, so members compete |
