@@ -22,5 +22,6 @@ wharf_testkit::conformance_tests!(
         MaxDeliveries,
         Retention,
         Redelivery,
-    ]
+    ],
+    setups: [RetentionBySize, RetentionByAge, DedupWindow, ConsumerDeath],
 );

@@ -14,5 +14,7 @@ wharf_testkit::conformance_tests!(
         ConsumerGroups,
         OrderingPerKey,
         Wildcards,
-    ]
+    ],
+    // Nothing is stored and nothing redelivered: no set-up applies.
+    setups: [],
 );

@@ -26,5 +26,6 @@ wharf_testkit::conformance_tests!(
         MaxDeliveries,
         Retention,
         Redelivery,
-    ]
+    ],
+    setups: [ConsumerDeath],
 );

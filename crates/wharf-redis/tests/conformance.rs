@@ -21,5 +21,6 @@ wharf_testkit::conformance_tests!(
         MaxDeliveries,
         Retention,
         Redelivery,
-    ]
+    ],
+    setups: [DedupWindow, ConsumerDeath],
 );

@@ -14,5 +14,7 @@ wharf_testkit::conformance_tests!(
     capabilities: [
         OrderingPerKey,
         Wildcards,
-    ]
+    ],
+    // Nothing is stored and nothing redelivered: no set-up applies.
+    setups: [],
 );

@@ -1431,3 +1431,302 @@ pub async fn stream_mode_join_with_work_in_flight_loses_nothing<F: BackendFactor
     expect_quiet(&mut c, QUIET, "second member after all").await;
     Outcome::Passed
 }
+
+/// `open_topic_with` for a case: the backend with `topic` set up, or the skip.
+macro_rules! open_topic_with {
+    ($factory:expr, $topic:expr, $setup:expr) => {{
+        let settings = crate::TopicSettings::for_setup($setup).expect("a topic setting");
+        match $factory.open_topic_with($topic, &settings).await {
+            Ok(b) => b,
+            Err(why) => {
+                return Outcome::Skipped(format!("the factory provides no {:?}: {why}", $setup))
+            }
+        }
+    }};
+}
+
+/// Reads `topic` from its earliest retained message with a subscription of
+/// its own, until the payload `last` arrives (or `patience` passes without
+/// a delivery); returns the payloads read, in order, and whether `last`
+/// came.
+async fn read_retained(
+    b: &Arc<dyn Backend>,
+    topic: &str,
+    last: &str,
+    patience: Duration,
+) -> (Vec<String>, bool) {
+    let opts = SubscribeOptions::new(topic).start(StartPosition::Earliest);
+    let mut sub = subscribe(b, opts).await;
+    let mut got = Vec::new();
+    let mut reached = false;
+    while let Ok(Some(d)) = tokio::time::timeout(patience, sub.next()).await {
+        let d = d.expect("delivery");
+        let s = text(&d);
+        ack(d).await;
+        reached = s == last;
+        got.push(s);
+        if reached {
+            break;
+        }
+    }
+    let _ = sub.close().await;
+    (got, reached)
+}
+
+/// The message numbers of payloads `"<prefix><n>:…"`.
+fn numbers(payloads: &[String], prefix: &str) -> Vec<usize> {
+    payloads
+        .iter()
+        .filter_map(|p| p.strip_prefix(prefix)?.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// A topic created with a size limit (`Setup::RetentionBySize`, about
+/// 64 KiB) and filled with several times as much keeps the newest messages
+/// and drops the oldest: a reader from the earliest retained message sees
+/// an unbroken run that ends at the last one published and no longer starts
+/// at the first. (Backends that drop whole segments are set up with small
+/// ones; the case polls for the drop, it does not time it.)
+pub async fn retention_by_size_drops_the_oldest_messages<F: BackendFactory>(f: &F) -> Outcome {
+    let _ = open!(f, Capability::Retention);
+    let t = format!("{}.retained-size", ns());
+    let b = open_topic_with!(f, &t, crate::Setup::RetentionBySize);
+    let limit = crate::setup::RETENTION_BYTES as usize;
+    let size = 1024;
+    let (batches, per_batch) = (40, 8);
+    let total = batches * per_batch;
+    assert!(
+        total * size >= 4 * limit,
+        "the case publishes well over the limit"
+    );
+    for batch in 0..batches {
+        let msgs = (0..per_batch)
+            .map(|i| {
+                let n = batch * per_batch + i;
+                let mut p = format!("m{n}:").into_bytes();
+                p.resize(size, b'r');
+                Message::new(p)
+            })
+            .collect();
+        b.publish_batch(&t, msgs).await.expect("publish_batch");
+    }
+    let last = {
+        let mut p = format!("m{}:", total - 1).into_bytes();
+        p.resize(size, b'r');
+        String::from_utf8(p).expect("ascii")
+    };
+    let deadline = Instant::now() + WAIT * 2;
+    let kept = loop {
+        let (got, reached) = read_retained(&b, &t, &last, WAIT).await;
+        assert!(reached, "the newest message was not kept");
+        let kept = numbers(&got, "m");
+        if kept.first() != Some(&0) {
+            break kept;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "all {total} messages of {size} bytes still kept past a limit of {limit} bytes"
+        );
+        tokio::time::sleep(QUIET).await;
+    };
+    let first = kept[0];
+    assert_eq!(
+        kept,
+        (first..total).collect::<Vec<_>>(),
+        "not an unbroken run of the newest messages"
+    );
+    // The newest messages within half the limit are always kept.
+    assert!(
+        (total - first) * size >= limit / 2,
+        "only {} messages of {size} bytes kept under a limit of {limit} bytes",
+        total - first
+    );
+    Outcome::Passed
+}
+
+/// A topic created with a maximum age (`Setup::RetentionByAge`, a few
+/// hundred ms) drops its old messages: while newer ones keep arriving (a
+/// segmented log drops a segment once its newest message is old, checked as
+/// segments roll), a reader from the earliest retained message eventually
+/// sees none of the first messages, and still gets the newest ones.
+pub async fn retention_by_age_drops_old_messages<F: BackendFactory>(f: &F) -> Outcome {
+    let _ = open!(f, Capability::Retention);
+    let t = format!("{}.retained-age", ns());
+    let b = open_topic_with!(f, &t, crate::Setup::RetentionByAge);
+    let chunk = |prefix: String| -> Vec<Message> {
+        (0..8)
+            .map(|i| {
+                let mut p = format!("{prefix}{i}:").into_bytes();
+                p.resize(1024, b'a');
+                Message::new(p)
+            })
+            .collect()
+    };
+    b.publish_batch(&t, chunk("old".into()))
+        .await
+        .expect("publish the old messages");
+    let deadline = Instant::now() + WAIT * 2;
+    for round in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "the first messages are still kept well past the maximum age"
+        );
+        tokio::time::sleep(crate::setup::RETENTION_AGE / 2).await;
+        let prefix = format!("r{round}-");
+        b.publish_batch(&t, chunk(prefix.clone()))
+            .await
+            .expect("publish newer messages");
+        let mut newest = format!("{prefix}7:").into_bytes();
+        newest.resize(1024, b'a');
+        let newest = String::from_utf8(newest).expect("ascii");
+        // On a slow machine even the newest may age out before it is
+        // read: then try again with newer ones.
+        let (got, reached) = read_retained(&b, &t, &newest, QUIET * 4).await;
+        if reached && numbers(&got, "old").is_empty() {
+            return Outcome::Passed;
+        }
+    }
+    unreachable!("the loop returns or fails")
+}
+
+/// With a short dedup window (`Setup::DedupWindow`, 1 s), an id retried
+/// within it is a duplicate, and once the window has passed it is stored
+/// again (a new window starting there): a reader gets the message twice.
+pub async fn duplicate_id_after_the_dedup_window_is_stored_again<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let _ = open!(f, Capability::Dedup, Capability::Retention);
+    let t = format!("{}.dedup-window", ns());
+    let b = open_topic_with!(f, &t, crate::Setup::DedupWindow);
+    let m = Message::new("twice");
+    let r1 = b.publish(&t, m.clone()).await.expect("publish");
+    assert!(!r1.duplicate);
+    let r = b.publish(&t, m.clone()).await.expect("retry within");
+    assert!(r.duplicate, "a retry within the window is a duplicate");
+    tokio::time::sleep(crate::setup::DEDUP_WINDOW).await;
+    // The window has passed; a backend may forget lazily, so retry until
+    // the id is stored again (each refused retry is a duplicate, not stored).
+    let deadline = Instant::now() + WAIT * 2;
+    let r2 = loop {
+        let r = b.publish(&t, m.clone()).await.expect("retry after");
+        if !r.duplicate {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still a duplicate long after a window of {:?}",
+            crate::setup::DEDUP_WINDOW
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let (Some(o1), Some(o2)) = (r1.offset, r2.offset) {
+        assert_ne!(
+            (r1.partition, o1),
+            (r2.partition, o2),
+            "stored again, at a new place"
+        );
+    }
+    let r = b
+        .publish(&t, m.clone())
+        .await
+        .expect("retry of the new copy");
+    assert!(r.duplicate, "the new copy starts a new window");
+    publish_text(&b, &t, "marker").await;
+    let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
+    let mut ids = Vec::new();
+    loop {
+        let d = expect_delivery(&mut sub, "the stored copies").await;
+        let s = text(&d);
+        ids.push(d.message().id());
+        ack(d).await;
+        if s == "marker" {
+            break;
+        }
+    }
+    let copies = &ids[..ids.len() - 1];
+    assert_eq!(
+        copies,
+        [m.id(), m.id()],
+        "the message stored twice, then the marker"
+    );
+    Outcome::Passed
+}
+
+/// A consumer process that dies holding unsettled deliveries — killed, not
+/// closed: no settlement, no release, no goodbye (for a networked backend
+/// its connections are cut; for an in-process one what it holds is
+/// forgotten, the closest this process can come; the embedded broker's real
+/// `kill -9` — of a process consuming from it, broker and all — is
+/// `crates/wharf-broker/tests/kill9.rs`) — loses nothing: another consumer
+/// of its group gets each of those messages, once, on a later attempt
+/// (after the lease, where the backend leases). A message it acked just
+/// before may come again (its ack may not have left the process), nothing
+/// else does.
+pub async fn consumer_process_death_redelivers_its_unsettled_messages<F: BackendFactory>(
+    f: &F,
+) -> Outcome {
+    let b = open!(f, Capability::ConsumerGroups, Capability::Redelivery);
+    let process = match f.open_consumer_process(&b).await {
+        Ok(p) => p,
+        Err(why) => {
+            return Outcome::Skipped(format!(
+                "the factory provides no {:?}: {why}",
+                crate::Setup::ConsumerDeath
+            ))
+        }
+    };
+    let ns = ns();
+    let t = topic(&b, &ns, "dying").await;
+    let mut opts = group_opts(&t, "g").max_in_flight(3);
+    if b.capabilities().contains(Capability::VisibilityTimeout) {
+        opts = opts.visibility_timeout(Duration::from_millis(1000));
+    }
+    let mut dying = process
+        .backend()
+        .subscribe(opts.clone())
+        .await
+        .expect("the dying consumer subscribes");
+    let mut sent = HashMap::new();
+    for i in 0..3 {
+        let r = publish_text(&b, &t, &format!("m{i}")).await;
+        sent.insert(r.id, format!("m{i}"));
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(expect_delivery(&mut dying, "the dying consumer").await);
+    }
+    // It finishes one message; the other two are in its hands.
+    let done = held.remove(0);
+    let done_id = done.message().id();
+    ack(done).await;
+    let unsettled: HashSet<MessageId> = held.iter().map(|d| d.message().id()).collect();
+    let how = process.how();
+    process.kill((dying, held)).await;
+    let mut survivor = subscribe(&b, opts).await;
+    let mut back = HashSet::new();
+    while back.len() < unsettled.len() {
+        let d = expect_delivery(
+            &mut survivor,
+            &format!("a message of the consumer killed ({how})"),
+        )
+        .await;
+        let id = d.message().id();
+        // The ack may not have left the process before it died: a crash
+        // can repeat acked work, never lose unacked work.
+        if id != done_id {
+            assert!(
+                unsettled.contains(&id),
+                "unexpected {}",
+                sent.get(&id).map_or("message", String::as_str)
+            );
+            assert!(
+                back.insert(id),
+                "delivered twice after the death: {}",
+                sent[&id]
+            );
+            assert!(d.attempt() >= 2, "attempt {} after a death", d.attempt());
+        }
+        ack(d).await;
+    }
+    Outcome::Passed
+}

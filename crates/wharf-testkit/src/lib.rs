@@ -20,8 +20,22 @@
 //!         std::sync::Arc::new(wharf_memory::MemoryBackend::new())
 //!     }
 //! }
-//! wharf_testkit::conformance_tests!(Factory, capabilities: [ConsumerGroups, Wildcards]);
+//! wharf_testkit::conformance_tests!(
+//!     Factory,
+//!     capabilities: [ConsumerGroups, Wildcards],
+//!     setups: [],
+//! );
 //! ```
+//!
+//! Some cases need more than the core API can express — a topic with
+//! retention or a short dedup window, a consumer process that dies without
+//! a clean close. A factory provides those through optional hooks
+//! ([`BackendFactory::open_topic_with`],
+//! [`BackendFactory::open_consumer_process`]) that answer [`Unsupported`]
+//! with a reason when the backend cannot, and the case then prints
+//! `SKIPPED <case>: <reason>`. Which [`Setup`]s a factory provides is pinned
+//! too: the macro's `setups: [..]` list, checked by probing every hook in
+//! `provides_exactly_the_pinned_setups`.
 //!
 //! Cases use real time (they must work against remote servers): waits for
 //! expected messages are bounded by [`WAIT`], and "nothing arrives" checks
@@ -48,7 +62,11 @@ pub mod dead_letter;
 pub mod eventstore;
 pub mod load;
 pub mod nondurable;
+pub mod proxy;
 pub mod service;
+pub mod setup;
+
+pub use setup::{ConsumerProcess, Setup, TopicSettings, Unsupported};
 
 /// How long a case waits for a message it expects.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -65,6 +83,43 @@ pub trait BackendFactory: Send + Sync + 'static {
     /// first backend was closed and dropped must open the *same* data (the
     /// restart cases rely on it); in-memory backends return a fresh one.
     async fn open(&self) -> Arc<dyn Backend>;
+
+    /// Opens a backend on which `topic` exists with `settings` (a case
+    /// then publishes to and consumes from `topic` only, through the
+    /// backend returned). It may be the backend [`open`](Self::open) gives
+    /// or another one — a fresh namespace, a second broker directory —
+    /// whatever the settings need; the factory cleans it up with its own.
+    ///
+    /// # Errors
+    /// [`Unsupported`], saying why, when the backend cannot honour one of
+    /// the settings ([`TopicSettings::only`] helps); the default refuses all.
+    async fn open_topic_with(
+        &self,
+        topic: &str,
+        settings: &TopicSettings,
+    ) -> Result<Arc<dyn Backend>, Unsupported> {
+        let _ = topic;
+        settings.only(&[], "the factory has no open_topic_with hook")?;
+        Err(Unsupported::new("the factory has no open_topic_with hook"))
+    }
+
+    /// A second consumer of the data `backend` (opened by
+    /// [`open`](Self::open)) serves, in a "process" of its own that
+    /// [`ConsumerProcess::kill`] ends without settling or closing anything:
+    /// [`ConsumerProcess::through`] a [`proxy::Proxy`] for a networked
+    /// backend, [`ConsumerProcess::in_process`] for one in this process.
+    ///
+    /// # Errors
+    /// [`Unsupported`], saying why; the default refuses.
+    async fn open_consumer_process(
+        &self,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<ConsumerProcess, Unsupported> {
+        let _ = backend;
+        Err(Unsupported::new(
+            "the factory has no open_consumer_process hook",
+        ))
+    }
 }
 
 /// What a case concluded.
@@ -128,25 +183,41 @@ pub async fn assert_capabilities_pinned<F: BackendFactory>(f: &F, pinned: &[Capa
 
 #[doc(hidden)]
 pub mod __macro_support {
+    pub use crate::setup::Setup;
     pub use wharf_core::Capability;
 }
 
 /// Expands to one `#[tokio::test]` per conformance case, each opening a
 /// backend from a fresh `$factory` value, plus
 /// `declares_exactly_the_pinned_capabilities`, which fails unless the
-/// backend declares exactly the listed [`Capability`] variants.
+/// backend declares exactly the listed [`Capability`] variants, and
+/// `provides_exactly_the_pinned_setups`, which fails unless the factory's
+/// hooks provide exactly the listed [`Setup`] variants.
 ///
 /// `$factory` is an expression evaluated once per case (e.g. a struct
 /// literal or a constructor call) whose type implements [`BackendFactory`].
 #[macro_export]
 macro_rules! conformance_tests {
-    ($factory:expr, capabilities: [$($cap:ident),* $(,)?] $(,)?) => {
+    (
+        $factory:expr,
+        capabilities: [$($cap:ident),* $(,)?],
+        setups: [$($setup:ident),* $(,)?] $(,)?
+    ) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn declares_exactly_the_pinned_capabilities() {
             let factory = $factory;
             $crate::assert_capabilities_pinned(
                 &factory,
                 &[$($crate::__macro_support::Capability::$cap),*],
+            )
+            .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn provides_exactly_the_pinned_setups() {
+            let factory = $factory;
+            $crate::setup::assert_setups_pinned(
+                &factory,
+                &[$($crate::__macro_support::Setup::$setup),*],
             )
             .await;
         }
@@ -195,6 +266,10 @@ macro_rules! conformance_tests {
             order_per_key_holds_with_concurrent_publishers_and_consumers,
             publisher_blocked_by_backpressure_resumes_after_acks,
             stream_mode_join_with_work_in_flight_loses_nothing,
+            retention_by_size_drops_the_oldest_messages,
+            retention_by_age_drops_old_messages,
+            duplicate_id_after_the_dedup_window_is_stored_again,
+            consumer_process_death_redelivers_its_unsettled_messages,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

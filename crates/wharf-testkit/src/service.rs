@@ -2,17 +2,19 @@
 //! PostgreSQL): skip — or, under `WHARF_REQUIRE_SERVICES=1` (CI), fail —
 //! when it is unreachable, clean up shared servers even from `Drop`, a
 //! [`Namespace`] holding one such backend, and a [`ServiceFactory`] for
-//! running the suites against such a service.
+//! running the suites against such a service (with the suite's set-up
+//! hooks: topics with settings, consumer processes behind a proxy).
 
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use wharf_core::{Backend, Error};
 
-use crate::BackendFactory;
+use crate::proxy::Proxy;
+use crate::{BackendFactory, ConsumerProcess, TopicSettings, Unsupported};
 
 /// Whether an unreachable service fails the test (`WHARF_REQUIRE_SERVICES=1`)
 /// instead of skipping it.
@@ -118,6 +120,8 @@ impl<C: Clone, B> Drop for Namespace<C, B> {
 
 type Connect<C> =
     Box<dyn Fn(C) -> BoxFuture<'static, Result<Arc<dyn Backend>, Error>> + Send + Sync>;
+type WithSettings<C> = Box<dyn Fn(&C, &TopicSettings) -> Result<C, Unsupported> + Send + Sync>;
+type AtUrl<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
 
 /// A [`BackendFactory`] for a backend on a shared service: every
 /// [`open`](BackendFactory::open) connects with the same config (so restart
@@ -132,9 +136,14 @@ type Connect<C> =
 /// ```
 pub struct ServiceFactory<C: Clone + Send + Sync + 'static> {
     service: &'static str,
+    url: String,
     config: C,
     connect: Connect<C>,
     cleanup: Option<Box<dyn Fn(C) + Send + Sync>>,
+    with_settings: Option<WithSettings<C>>,
+    at_url: Option<AtUrl<C>>,
+    /// Configs the hooks connected with, cleaned up with `config`.
+    extra: Mutex<Vec<C>>,
 }
 
 impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
@@ -163,9 +172,13 @@ impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
         });
         Some(ServiceFactory {
             service,
+            url: url.to_owned(),
             config,
             connect,
             cleanup: None,
+            with_settings: None,
+            at_url: None,
+            extra: Mutex::default(),
         })
     }
 
@@ -175,6 +188,44 @@ impl<C: Clone + Send + Sync + 'static> ServiceFactory<C> {
     pub fn cleanup_on_drop(mut self, cleanup: impl Fn(C) + Send + Sync + 'static) -> Self {
         self.cleanup = Some(Box::new(cleanup));
         self
+    }
+
+    /// Provides [`BackendFactory::open_topic_with`]: `config` makes, from
+    /// the factory's config, one whose backend gives topics `settings` (a
+    /// namespace of its own where the service applies them only when it
+    /// creates one), or refuses with why. The topic is then made with
+    /// `ensure_topic`; the config is cleaned up with the factory's.
+    #[must_use]
+    pub fn topics_with(
+        mut self,
+        config: impl Fn(&C, &TopicSettings) -> Result<C, Unsupported> + Send + Sync + 'static,
+    ) -> Self {
+        self.with_settings = Some(Box::new(config));
+        self
+    }
+
+    /// Provides [`BackendFactory::open_consumer_process`]: `config` makes
+    /// the factory's config with the service's URL replaced by the one
+    /// given (a [`Proxy`]'s), whose connections are cut when the process
+    /// is killed.
+    #[must_use]
+    pub fn consumer_processes(
+        mut self,
+        config: impl Fn(&str) -> C + Send + Sync + 'static,
+    ) -> Self {
+        self.at_url = Some(Box::new(config));
+        self
+    }
+
+    /// Connects with `config`; `cleanup` records it to be cleaned up too.
+    async fn connect_extra(&self, config: C, cleanup: bool) -> Arc<dyn Backend> {
+        if cleanup {
+            self.extra.lock().expect("lock").push(config.clone());
+        }
+        match (self.connect)(config).await {
+            Ok(backend) => backend,
+            Err(e) => panic!("connect to {}: {e}", self.service),
+        }
     }
 }
 
@@ -186,12 +237,52 @@ impl<C: Clone + Send + Sync + 'static> BackendFactory for ServiceFactory<C> {
             Err(e) => panic!("connect to {}: {e}", self.service),
         }
     }
+
+    async fn open_topic_with(
+        &self,
+        topic: &str,
+        settings: &TopicSettings,
+    ) -> Result<Arc<dyn Backend>, Unsupported> {
+        let Some(with_settings) = &self.with_settings else {
+            return Err(Unsupported::new(format!(
+                "the {} factory makes no topics with settings",
+                self.service
+            )));
+        };
+        let config = with_settings(&self.config, settings)?;
+        let backend = self.connect_extra(config, true).await;
+        backend.ensure_topic(topic).await.expect("ensure_topic");
+        Ok(backend)
+    }
+
+    async fn open_consumer_process(
+        &self,
+        _backend: &Arc<dyn Backend>,
+    ) -> Result<ConsumerProcess, Unsupported> {
+        let Some(at_url) = &self.at_url else {
+            return Err(Unsupported::new(format!(
+                "the {} factory opens no consumer processes",
+                self.service
+            )));
+        };
+        let (proxy, url) = Proxy::for_url(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("a proxy to {}: {e}", self.service));
+        // The factory's own namespace (cleaned up with it) at the proxy's
+        // URL, which is gone by the time the factory is dropped.
+        let backend = self.connect_extra(at_url(&url), false).await;
+        Ok(ConsumerProcess::through(backend, proxy))
+    }
 }
 
 impl<C: Clone + Send + Sync + 'static> Drop for ServiceFactory<C> {
     fn drop(&mut self) {
         if let Some(cleanup) = &self.cleanup {
             cleanup(self.config.clone());
+            let extra = std::mem::take(&mut *self.extra.lock().unwrap_or_else(|e| e.into_inner()));
+            for config in extra {
+                cleanup(config);
+            }
         }
     }
 }

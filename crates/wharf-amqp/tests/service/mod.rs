@@ -16,12 +16,18 @@ pub fn url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A config for a namespace unique to this call; queues also expire on
-/// their own after 10 unused minutes, in case a test dies before cleaning up.
-pub fn unique_config() -> AmqpConfig {
-    AmqpConfig::new(url())
-        .namespace(wharf_testkit::unique_name("wa"))
+/// The config of namespace `ns` on the broker at `url`; queues also expire
+/// on their own after 10 unused minutes, in case a test dies before
+/// cleaning up.
+pub fn config_at(url: &str, ns: &str) -> AmqpConfig {
+    AmqpConfig::new(url)
+        .namespace(ns)
         .queue_expires(Duration::from_secs(600))
+}
+
+/// A config for a namespace unique to this call.
+pub fn unique_config() -> AmqpConfig {
+    config_at(&url(), &wharf_testkit::unique_name("wa"))
 }
 
 /// Deletes every queue and exchange declared through `config` (and its
@@ -48,9 +54,28 @@ pub async fn namespace() -> Option<Namespace> {
 }
 
 /// The conformance factory: every `open` connects to the same namespace, so
-/// restart cases see their queues again; everything is deleted on drop.
+/// restart cases see their queues again; everything is deleted on drop. A
+/// consumer process connects to the namespace through a proxy. Topics with
+/// settings are not provided: messages are kept per group queue, not per
+/// topic, and there is no dedup.
 pub async fn factory() -> Option<ServiceFactory<AmqpConfig>> {
-    let factory =
-        ServiceFactory::new("rabbitmq", &url(), unique_config(), AmqpBackend::connect).await?;
-    Some(factory.cleanup_on_drop(delete_declared_blocking))
+    let ns = wharf_testkit::unique_name("wa");
+    let factory = ServiceFactory::new(
+        "rabbitmq",
+        &url(),
+        config_at(&url(), &ns),
+        AmqpBackend::connect,
+    )
+    .await?;
+    Some(
+        factory
+            .cleanup_on_drop(delete_declared_blocking)
+            .topics_with(|_, _| {
+                Err(wharf_testkit::Unsupported::new(
+                    "RabbitMQ keeps messages in each group's queue, not per topic, and has no \
+                     dedup",
+                ))
+            })
+            .consumer_processes(move |url| config_at(url, &ns)),
+    )
 }

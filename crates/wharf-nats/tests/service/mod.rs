@@ -6,18 +6,24 @@
 
 use wharf_nats::{NatsBackend, NatsConfig, NatsCoreBackend};
 use wharf_testkit::service::ServiceFactory;
+use wharf_testkit::Setup;
 
 /// The test server's URL.
 pub fn url() -> String {
     std::env::var("WHARF_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// A config for a namespace unique to this call: stream `WT_<ns>`, prefix `<ns>`.
-pub fn unique_config() -> NatsConfig {
-    let ns = wharf_testkit::unique_name("wn");
-    NatsConfig::new(url())
+/// The config of namespace `ns` on the server at `url`: stream `WT_<ns>`,
+/// prefix `<ns>`.
+pub fn config_at(url: &str, ns: &str) -> NatsConfig {
+    NatsConfig::new(url)
         .stream(format!("WT_{ns}"))
         .subject_prefix(ns)
+}
+
+/// A config for a namespace unique to this call.
+pub fn unique_config() -> NatsConfig {
+    config_at(&url(), &wharf_testkit::unique_name("wn"))
 }
 
 /// Deletes the stream of `config`; works in `Drop`.
@@ -46,11 +52,40 @@ pub async fn core_namespace() -> Option<Namespace<NatsCoreBackend>> {
 }
 
 /// The conformance factory: every `open` connects to the same namespace, so
-/// restart cases see their data again; the stream is deleted on drop.
+/// restart cases see their data again; the stream is deleted on drop. A
+/// topic with retention or a dedup window gets a namespace of its own (a
+/// stream's limits are set when it is created and cover all its topics); a
+/// consumer process connects to the namespace through a proxy.
 pub async fn factory() -> Option<ServiceFactory<NatsConfig>> {
+    let ns = wharf_testkit::unique_name("wn");
     let factory =
-        ServiceFactory::new("nats", &url(), unique_config(), NatsBackend::connect).await?;
-    Some(factory.cleanup_on_drop(delete_stream_blocking))
+        ServiceFactory::new("nats", &url(), config_at(&url(), &ns), NatsBackend::connect).await?;
+    Some(
+        factory
+            .cleanup_on_drop(delete_stream_blocking)
+            .topics_with(|_, settings| {
+                settings.only(
+                    &[
+                        Setup::RetentionBySize,
+                        Setup::RetentionByAge,
+                        Setup::DedupWindow,
+                    ],
+                    "not a JetStream stream limit",
+                )?;
+                let mut config = unique_config();
+                if let Some(bytes) = settings.retention_bytes {
+                    config = config.max_bytes(bytes);
+                }
+                if let Some(age) = settings.retention_age {
+                    config = config.max_age(age);
+                }
+                if let Some(window) = settings.dedup_window {
+                    config = config.duplicate_window(window);
+                }
+                Ok(config)
+            })
+            .consumer_processes(move |url| config_at(url, &ns)),
+    )
 }
 
 /// The factory of the core NATS mode: a subject prefix of its own; nothing

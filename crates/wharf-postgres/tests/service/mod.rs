@@ -19,12 +19,18 @@ pub fn unique_schema(prefix: &str) -> String {
     wharf_testkit::unique_name(prefix).replace('-', "_")
 }
 
-/// A config for a fresh schema, with a small pool and a quick poll.
-pub fn unique_config() -> PostgresConfig {
-    PostgresConfig::new(url())
-        .schema(unique_schema("wpg"))
+/// The config of `schema` on the server at `url`, with a small pool and a
+/// quick poll.
+pub fn config_at(url: &str, schema: &str) -> PostgresConfig {
+    PostgresConfig::new(url)
+        .schema(schema)
         .max_connections(4)
         .poll_interval(std::time::Duration::from_millis(100))
+}
+
+/// A config for a fresh schema.
+pub fn unique_config() -> PostgresConfig {
+    config_at(&url(), &unique_schema("wpg"))
 }
 
 /// Handles an unreachable server: panics under `WHARF_REQUIRE_SERVICES=1`,
@@ -84,14 +90,28 @@ pub async fn namespace() -> Option<Namespace> {
 }
 
 /// The conformance factory: every `open` connects to the same schema, so
-/// restart cases see their data again; the schema is dropped on drop.
+/// restart cases see their data again; the schema is dropped on drop. A
+/// consumer process connects to the schema through a proxy. Topics with
+/// settings are not provided: messages stay until the schema is dropped,
+/// and an id is a duplicate for as long as its row exists.
 pub async fn factory() -> Option<ServiceFactory<PostgresConfig>> {
+    let schema = unique_schema("wpg");
     let factory = ServiceFactory::new(
         "postgres",
         &url(),
-        unique_config(),
+        config_at(&url(), &schema),
         PostgresBackend::connect,
     )
     .await?;
-    Some(factory.cleanup_on_drop(drop_schema_blocking))
+    Some(
+        factory
+            .cleanup_on_drop(drop_schema_blocking)
+            .topics_with(|_, _| {
+                Err(wharf_testkit::Unsupported::new(
+                    "messages stay until the schema is dropped (no retention) and an id is a \
+                     duplicate for as long as its row exists (no window)",
+                ))
+            })
+            .consumer_processes(move |url| config_at(url, &schema)),
+    )
 }
