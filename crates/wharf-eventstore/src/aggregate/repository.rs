@@ -263,6 +263,9 @@ impl<A: Aggregate> Repository<A> {
     /// # Errors
     /// [`CodecError`].
     pub fn decode_event(&self, event: &RecordedEvent) -> Result<A::Event, CodecError> {
+        if self.upcasters.is_empty() {
+            return A::Event::decode(&event.event_type, event.schema_version, &event.payload);
+        }
         let raw = self.upcasters.upcast(RawEvent::from(event))?;
         A::Event::decode(&raw.event_type, raw.schema_version, &raw.payload)
     }

@@ -154,6 +154,7 @@ pub(crate) struct Envelope<'a> {
     pub kind: Kind,
     pub stream: &'a str,
     pub version: u64,
+    pub schema_version: u32,
     pub event_type: &'a str,
     tags: &'a [u8],
     tag_count: u8,
@@ -229,6 +230,7 @@ pub(crate) fn envelope<'a>(r: &RecordRef<'a>) -> Result<(Envelope<'a>, &'a [u8])
                 kind,
                 stream,
                 version: 0,
+                schema_version: 0,
                 event_type: "",
                 tags: &[],
                 tag_count: 0,
@@ -238,7 +240,7 @@ pub(crate) fn envelope<'a>(r: &RecordRef<'a>) -> Result<(Envelope<'a>, &'a [u8])
     }
     let id = take(&mut b, 16, pos)?;
     let version = u64::from_le_bytes(take(&mut b, 8, pos)?.try_into().expect("8 bytes"));
-    let _schema = take(&mut b, 4, pos)?;
+    let schema_version = u32::from_le_bytes(take(&mut b, 4, pos)?.try_into().expect("4 bytes"));
     let tlen = take(&mut b, 1, pos)?[0];
     let event_type = utf8(
         take(&mut b, usize::from(tlen), pos)?,
@@ -252,6 +254,7 @@ pub(crate) fn envelope<'a>(r: &RecordRef<'a>) -> Result<(Envelope<'a>, &'a [u8])
         kind,
         stream,
         version,
+        schema_version,
         event_type,
         tags,
         tag_count,
@@ -268,27 +271,37 @@ pub(crate) fn decode_event(
     r: &RecordRef<'_>,
     stream: Option<&StreamId>,
 ) -> Result<RecordedEvent, Malformed> {
-    let pos = r.offset;
     let (env, id) = envelope(r)?;
+    decode_event_with(r, &env, id, stream)
+}
+
+/// [`decode_event`] for a record whose envelope was decoded already.
+pub(crate) fn decode_event_with(
+    r: &RecordRef<'_>,
+    env: &Envelope<'_>,
+    id: &[u8],
+    stream: Option<&StreamId>,
+) -> Result<RecordedEvent, Malformed> {
+    let pos = r.offset;
     let stream = match stream {
         Some(s) if s.as_str() == env.stream => s.clone(),
         _ => StreamId::new(env.stream).map_err(|_| malformed(pos, "invalid stream name"))?,
     };
     let id: [u8; 16] = id.try_into().map_err(|_| malformed(pos, "bad id"))?;
-    // The schema version sits right after id and version in the envelope.
-    let (_, value) = r.headers().next().expect("checked by envelope()");
-    let schema = u32::from_le_bytes(value[26..30].try_into().expect("4 bytes"));
-    let mut metadata = Vec::with_capacity(r.header_count().saturating_sub(1));
-    for (n, v) in r.headers().skip(1) {
-        metadata.push((
-            utf8(n, pos, "metadata name is not UTF-8")?.to_owned(),
-            utf8(v, pos, "metadata value is not UTF-8")?.to_owned(),
-        ));
+    let mut metadata = Vec::new();
+    if r.header_count() > 1 {
+        metadata.reserve_exact(r.header_count() - 1);
+        for (n, v) in r.headers().skip(1) {
+            metadata.push((
+                utf8(n, pos, "metadata name is not UTF-8")?.to_owned(),
+                utf8(v, pos, "metadata value is not UTF-8")?.to_owned(),
+            ));
+        }
     }
     let data = EventData {
         id: EventId::from_bytes(id),
         event_type: env.event_type.to_owned(),
-        schema_version: schema,
+        schema_version: env.schema_version,
         tags: env.tags().map(str::to_owned).collect(),
         metadata,
         payload: r.value_bytes(),
