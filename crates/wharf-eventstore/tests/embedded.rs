@@ -5,6 +5,7 @@
 //! that does not hold events.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,4 +282,42 @@ async fn reopen_and_check(dir: &Path, ids: &HashSet<EventId>) {
         .await
         .unwrap();
     assert_eq!(r.first_version, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_cancelled_while_it_waits_for_the_fsync_still_reaches_live_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).await.unwrap();
+    let mut sub = store
+        .subscribe(wharf_eventstore::SubscribeFrom::End, GlobalFilter::all())
+        .await
+        .unwrap();
+    let s = sid("cancelled");
+    let e = EventData::new("T", "x");
+    let id = e.id;
+    // Poll the append once: it is decided and written, then dropped while
+    // it waits for the fsync (which takes milliseconds on a disk).
+    let mut append = Box::pin(store.append(&s, ExpectedVersion::NoStream, vec![e]));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(append.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "the append was still waiting for the fsync"
+    );
+    drop(append);
+    // Nothing else is appended: the subscriber must learn of the event from
+    // the cancelled append's own commit.
+    let got = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the event reaches the subscriber")
+        .expect("not ended")
+        .expect("no error");
+    assert_eq!(got.id, id);
+    assert_eq!(
+        store
+            .read_stream(&s, ReadStream::forwards())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

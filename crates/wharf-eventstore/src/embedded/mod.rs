@@ -7,7 +7,9 @@
 //! batch handed to the log (under `Always` that queues it for the next
 //! group commit), the index updated — and then each appender waits for
 //! the fsync outside the lock, so concurrent appenders share one
-//! `fdatasync`. Readers see only what the log has synced.
+//! `fdatasync`. Readers see only what the log has synced. Subscribers are
+//! woken by the task that waited for the fsync, so an append whose caller
+//! was cancelled during that wait still reaches them.
 //!
 //! A failed write or sync makes the log cut its unsynced tail back; the
 //! index follows (`Inner::resync`) before the next decision, and an append
@@ -522,8 +524,18 @@ impl Inner {
             // log's group commit and share one fdatasync. (A single
             // durability thread fed through a channel was measured at about
             // half the throughput with 64 writers: its wake-ups serialize.)
+            // Subscribers are told from the blocking task, so an append
+            // whose caller went away (the future dropped while it waited)
+            // still wakes them once it is durable.
             let me = Arc::clone(self);
-            let durable = tokio::task::spawn_blocking(move || me.log.wait_durable(&written)).await;
+            let durable = tokio::task::spawn_blocking(move || {
+                let r = me.log.wait_durable(&written);
+                if r.is_ok() {
+                    me.notify();
+                }
+                r
+            })
+            .await;
             let failed = match durable {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(EventStoreError::from(e)),
@@ -534,8 +546,9 @@ impl Inner {
                 self.resync(&mut index);
                 return Err(e);
             }
+        } else {
+            self.notify();
         }
-        self.notify();
         Ok(outcome)
     }
 
