@@ -1357,6 +1357,38 @@ impl Inner {
         Ok(())
     }
 
+    /// Applies every partition's retention limits (of topics that have
+    /// any) now; failures are logged and retried at the next check.
+    fn apply_retention(&self) {
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|t| {
+                let c = t.config();
+                c.retention_bytes.is_some() || c.retention_ms.is_some()
+            })
+            .cloned()
+            .collect();
+        for t in topics {
+            for (p, part) in t.partitions().iter().enumerate() {
+                match part.apply_retention() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(
+                        topic = t.name(),
+                        partition = p,
+                        segments = n,
+                        "retention deleted segments"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(topic = t.name(), partition = p, error = %e, "applying retention failed; will retry")
+                    }
+                }
+            }
+        }
+    }
+
     /// Unloads groups that nothing holds (no subscription is bound, no
     /// delivery of theirs is unsettled, no caller is using one) and that
     /// have been unused for [`BrokerConfig::group_idle`]: each one's
@@ -1471,14 +1503,27 @@ fn stored_at(
     })
 }
 
+/// How often every topic's retention is applied besides at each segment
+/// roll, so a topic that stops receiving writes still drops its sealed
+/// segments once they pass their age.
+const RETENTION_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 async fn commit_loop(inner: Weak<Inner>, every: Duration) {
+    let mut retention_due = tokio::time::Instant::now() + RETENTION_CHECK_EVERY;
     loop {
         tokio::time::sleep(every).await;
         let Some(i) = inner.upgrade() else { return };
         if i.is_closed() {
             return;
         }
+        let retention = tokio::time::Instant::now() >= retention_due;
+        if retention {
+            retention_due = tokio::time::Instant::now() + RETENTION_CHECK_EVERY;
+        }
         let r = tokio::task::spawn_blocking(move || {
+            if retention {
+                i.apply_retention();
+            }
             i.probe_space();
             let r = i.commit(false);
             if matches!(r, Err(Error::StorageFull { .. })) {

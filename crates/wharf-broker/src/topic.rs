@@ -80,6 +80,12 @@ impl Partition {
         self.log.close().map_err(log_error)
     }
 
+    /// Deletes sealed segments past the topic's retention limits; returns
+    /// how many.
+    pub(crate) fn apply_retention(&self) -> Result<usize, Error> {
+        self.log.apply_retention().map_err(log_error)
+    }
+
     /// Damaged batches found in this partition and not repaired.
     pub(crate) fn damage(&self) -> Vec<Damage> {
         self.log.damage()

@@ -1180,3 +1180,47 @@ async fn an_expired_first_message_does_not_pull_the_group_back_and_redeliver_aft
     );
     b.close().await.expect("close");
 }
+
+/// Retention by age also runs when nothing is written: sealed segments
+/// past their age are deleted by the broker's periodic check, not only when
+/// a later publish rolls a segment (the active segment stays, as in Kafka).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_deletes_old_segments_of_a_topic_no_one_writes_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic(
+        "aging",
+        TopicConfig::default()
+            .durability(Durability::Never)
+            .segment_bytes(4096)
+            .retention(None, Some(Duration::from_millis(300))),
+    )
+    .await
+    .unwrap();
+    for i in 0..100 {
+        b.publish("aging", Message::new(vec![i as u8; 200]))
+            .await
+            .unwrap();
+    }
+    let bounds = || {
+        b.topics()
+            .into_iter()
+            .find(|t| t.name == "aging")
+            .map(|t| t.partitions[0])
+            .unwrap()
+    };
+    let (first, end) = bounds();
+    assert_eq!((first, end), (0, 100), "nothing old enough yet");
+    // No more writes: the periodic check must drop the sealed segments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bounds().0 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sealed segments past their age were never deleted without a write"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (first, end) = bounds();
+    assert!(first > 0 && first < end, "only sealed segments go: {first}..{end}");
+    assert_eq!(end, 100);
+}
