@@ -12,4 +12,6 @@ bash scripts/python-tools.sh || echo "python tools missing: the OpenAPI tests wi
 # docs, guide pages and examples need `router`, the guide's adapter page the
 # rest. Named here rather than in a second run, so one build serves both.
 FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/postgres
-exec cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
+cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
+# `wharf bench`'s bare-client baselines need the CLI's `adapters` feature.
+exec cargo test -p wharf-cli --features adapters --test bench_bare "$@"

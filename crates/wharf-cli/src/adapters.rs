@@ -31,17 +31,24 @@ impl Cleanup {
 }
 
 /// An adapter backend for `spec`, with what its acknowledgements mean;
-/// `None` when `spec` is not an adapter URL.
+/// `None` when `spec` is not an adapter URL. `dedup_window_ms` is
+/// `--dedup-window-ms`: on Redis `0` turns dedup off and another value sets
+/// how long ids are kept; on NATS it is the stream's duplicate window
+/// (JetStream cannot turn it off; `0` leaves the adapter's default).
 pub(crate) async fn open(
     spec: &str,
     ns: &str,
+    dedup_window_ms: Option<u64>,
 ) -> anyhow::Result<Option<(Arc<dyn Backend>, Cleanup, &'static str)>> {
     let ns = ns.replace(['.', '-'], "_");
     let ctx = || format!("cannot use {spec}");
     let opened: (Arc<dyn Backend>, Cleanup, &'static str) = if spec.starts_with("nats://") {
-        let cfg = wharf_nats::NatsConfig::new(spec)
+        let mut cfg = wharf_nats::NatsConfig::new(spec)
             .stream(format!("BENCH_{ns}"))
             .subject_prefix(ns.clone());
+        if let Some(ms) = dedup_window_ms.filter(|ms| *ms > 0) {
+            cfg = cfg.duplicate_window(std::time::Duration::from_millis(ms));
+        }
         let b = wharf_nats::NatsBackend::connect(cfg)
             .await
             .with_context(ctx)?;
@@ -51,7 +58,12 @@ pub(crate) async fn open(
             "JetStream file store: acked after the server's write, fsync per its sync interval",
         )
     } else if spec.starts_with("redis://") {
-        let cfg = wharf_redis::RedisConfig::new(spec).key_prefix(ns.clone());
+        let mut cfg = wharf_redis::RedisConfig::new(spec).key_prefix(ns.clone());
+        match dedup_window_ms {
+            Some(0) => cfg = cfg.dedup(false),
+            Some(ms) => cfg = cfg.dedup_window(std::time::Duration::from_millis(ms)),
+            None => {}
+        }
         let b = wharf_redis::RedisBackend::connect(cfg)
             .await
             .with_context(ctx)?;

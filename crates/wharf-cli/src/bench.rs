@@ -32,7 +32,10 @@ pub(crate) enum Workload {
 pub(crate) struct BenchArgs {
     /// `embedded` (in-process broker in a temp dir), a `wharf serve` URL, or
     /// (built with `--features adapters`) a nats://, redis://, amqp:// or
-    /// postgres:// URL; repeat to compare in one run (ratios are printed
+    /// postgres:// URL, or `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
+    /// `bare+postgres://…`) for the same load through the
+    /// engine's own client (an adapter row is then also printed as a ratio
+    /// of its bare row); repeat to compare in one run (ratios are printed
     /// against the first).
     #[arg(long = "backend", default_value = "embedded")]
     backends: Vec<String>,
@@ -65,6 +68,8 @@ pub(crate) struct BenchArgs {
     durability: String,
     /// Dedup window of the benchmark topic in ms; 0 turns dedup off. Default:
     /// the topic default a user gets (120 s), so headline figures include it.
+    /// On redis:// it is the adapter's id window (0: `dedup(false)`), on
+    /// nats:// the stream's duplicate window (0 keeps the default).
     #[arg(long)]
     dedup_window_ms: Option<u64>,
     /// Partitions of the benchmark topic.
@@ -107,7 +112,11 @@ fn durability(s: &str) -> anyhow::Result<Durability> {
 
 struct Target {
     label: String,
-    backend: Arc<dyn Backend>,
+    /// `None` for a bare-client target (`bare+redis://…`).
+    backend: Option<Arc<dyn Backend>>,
+    /// The engine's own client, for a `bare+…` target.
+    #[cfg(feature = "adapters")]
+    bare: Option<crate::adapters_bare::Bare>,
     topic: String,
     _dir: Option<tempfile_dir::Dir>,
     /// What the backend's acknowledgement means, for adapters.
@@ -157,7 +166,9 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         return Ok(Target {
             dedup_window_ms,
             label: "embedded".into(),
-            backend: Arc::new(broker),
+            backend: Some(Arc::new(broker)),
+            #[cfg(feature = "adapters")]
+            bare: None,
             topic,
             _dir: Some(tempfile_dir::Dir(dir)),
             durability: None,
@@ -167,11 +178,28 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         });
     }
     #[cfg(feature = "adapters")]
-    if let Some((backend, cleanup, durability)) = crate::adapters::open(spec, &topic).await? {
+    if let Some((bare, durability)) = crate::adapters_bare::open(spec, &topic).await? {
+        return Ok(Target {
+            label: spec.to_owned(),
+            backend: None,
+            bare: Some(bare),
+            topic,
+            _dir: None,
+            durability: Some(durability),
+            dedup_window_ms: None,
+            server: None,
+            cleanup: None,
+        });
+    }
+    #[cfg(feature = "adapters")]
+    if let Some((backend, cleanup, durability)) =
+        crate::adapters::open(spec, &topic, a.dedup_window_ms).await?
+    {
         backend.ensure_topic(&topic).await?;
         return Ok(Target {
             label: spec.to_owned(),
-            backend,
+            backend: Some(backend),
+            bare: None,
             topic,
             _dir: None,
             durability: Some(durability),
@@ -183,7 +211,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     #[cfg(not(feature = "adapters"))]
     if let Some((scheme, _)) = spec.split_once("://") {
         if matches!(
-            scheme,
+            scheme.trim_start_matches("bare+"),
             "nats" | "redis" | "amqp" | "postgres" | "postgresql"
         ) {
             anyhow::bail!(
@@ -214,7 +242,9 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         dedup_window_ms: created.config.map(|c| c.dedup_window_ms.unwrap_or(0)),
         label: spec.to_owned(),
         server: Some(client.raw()),
-        backend: Arc::new(client),
+        backend: Some(Arc::new(client)),
+        #[cfg(feature = "adapters")]
+        bare: None,
         topic,
         _dir: None,
         durability: None,
@@ -296,20 +326,35 @@ async fn produce(
             a.size,
             done.clone(),
         );
+        #[cfg(feature = "adapters")]
+        let bare = t.bare.clone();
         tasks.push(tokio::spawn(async move {
             let payload = bytes::Bytes::from(vec![b'x'; size]);
             let mut h = Histogram::<u64>::new(3).expect("valid histogram");
             let mut sent = 0u64;
             while sent < per {
                 let n = (per - sent).min(batch as u64) as usize;
-                let msgs: Vec<Message> = (0..n).map(|_| Message::new(payload.clone())).collect();
                 let t0 = Instant::now();
-                b.publish_batch(&topic, msgs).await?;
-                h.record(t0.elapsed().as_micros() as u64).ok();
+                match &b {
+                    Some(b) => {
+                        let msgs: Vec<Message> =
+                            (0..n).map(|_| Message::new(payload.clone())).collect();
+                        let t0 = Instant::now();
+                        b.publish_batch(&topic, msgs).await?;
+                        h.record(t0.elapsed().as_micros() as u64).ok();
+                    }
+                    None => {
+                        #[cfg(feature = "adapters")]
+                        if let Some(bare) = &bare {
+                            bare.publish(n, &payload).await?;
+                        }
+                        h.record(t0.elapsed().as_micros() as u64).ok();
+                    }
+                }
                 sent += n as u64;
                 done.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Ok::<_, wharf_core::Error>(h)
+            Ok::<_, anyhow::Error>(h)
         }));
     }
     let mut h = Histogram::<u64>::new(3).expect("valid histogram");
@@ -376,10 +421,15 @@ async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     produce(t, a, per, &done).await?;
     let group = format!("bench-consume-{}", std::process::id());
     let taken = Arc::new(AtomicU64::new(0));
+    #[cfg(feature = "adapters")]
+    if let Some(bare) = &t.bare {
+        return consume_bare(t, a, bare, &group, total).await;
+    }
+    let backend = t.backend.as_ref().context("no backend")?;
     let mut subs = Vec::new();
     for _ in 0..a.consumers.max(1) {
         subs.push(
-            t.backend
+            backend
                 .subscribe(
                     SubscribeOptions::new(t.topic.clone())
                         .group(group.clone())
@@ -444,6 +494,67 @@ async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     }))
 }
 
+/// The consume workload through an engine's own client: `--consumers`
+/// members of one group drain the backlog of `total`, each acknowledging
+/// every batch it takes with one command.
+#[cfg(feature = "adapters")]
+async fn consume_bare(
+    t: &Target,
+    a: &BenchArgs,
+    bare: &crate::adapters_bare::Bare,
+    group: &str,
+    total: u64,
+) -> anyhow::Result<serde_json::Value> {
+    bare.create_group(group).await?;
+    let taken = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(t).await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.consumers.max(1) {
+        let (bare, group, taken, batch) = (
+            bare.clone(),
+            group.to_owned(),
+            taken.clone(),
+            a.batch.max(1),
+        );
+        tasks.spawn(async move {
+            bare.consume(&group, i, batch, |n| {
+                taken.fetch_add(n, Ordering::Relaxed) + n >= total
+            })
+            .await
+        });
+    }
+    // A member waiting for more (a push consumer) is stopped once the whole
+    // backlog was acknowledged.
+    let mut secs = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(r) => {
+                r?;
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => return Err(e.into()),
+        }
+        if secs.is_none() && taken.load(Ordering::Relaxed) >= total {
+            secs = Some(started.elapsed().as_secs_f64());
+            tasks.abort_all();
+        }
+    }
+    let secs = secs.unwrap_or_else(|| started.elapsed().as_secs_f64());
+    let consumed = taken.load(Ordering::Relaxed);
+    anyhow::ensure!(consumed == total, "drained {consumed} of {total}");
+    let cpu = cpu.finish(t, consumed).await;
+    Ok(json!({
+        "cpu": cpu,
+        "backend": t.label,
+        "workload": "consume",
+        "messages": consumed,
+        "seconds": secs,
+        "msgs_per_sec": consumed as f64 / secs,
+        "mb_per_sec": (consumed as f64 * a.size as f64) / secs / 1e6,
+    }))
+}
+
 /// Raw `fdatasync` latency of the disk holding `dir`, for context next to
 /// the publish→consume figures: `n` times, append `size` bytes to a file and
 /// `fdatasync` it (timed together, as a log append under `Always`), one per
@@ -477,6 +588,12 @@ fn quantiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let Some(backend) = &t.backend else {
+        anyhow::bail!(
+            "{}: a bare client runs the publish and consume workloads only",
+            t.label
+        );
+    };
     // The disk's own floor, measured right before this backend's load.
     let fsync = if a.fsync_probe > 0 {
         let (dir, n, size) = (
@@ -491,8 +608,7 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     let origin = Instant::now();
     let mut consumers = Vec::new();
     for _ in 0..a.consumers.max(1) {
-        let sub = t
-            .backend
+        let sub = backend
             .subscribe(
                 SubscribeOptions::new(&t.topic)
                     .group("bench")
@@ -582,7 +698,7 @@ async fn latency_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
                 Message::new(p)
             })
             .collect();
-        let (b, topic) = (t.backend.clone(), t.topic.clone());
+        let (b, topic) = (backend.clone(), t.topic.clone());
         inflight.spawn(async move {
             b.publish_batch(&topic, msgs).await?;
             Ok::<_, wharf_core::Error>(
@@ -653,6 +769,31 @@ fn ratio_to_first(results: &mut [serde_json::Value], parent: &str, field: &str) 
     }
 }
 
+/// Sets `ratio_to_bare` (its msgs/s over the bare row's) and `bare_baseline`
+/// on each result whose engine also ran bare in this run: the row of
+/// `redis://X` against the row of `bare+redis://X`.
+fn ratio_to_bare(results: &mut [serde_json::Value]) {
+    let bare: Vec<(String, f64)> = results
+        .iter()
+        .filter_map(|r| {
+            let label = r["backend"].as_str()?.strip_prefix("bare+")?;
+            Some((label.to_owned(), r["msgs_per_sec"].as_f64()?))
+        })
+        .collect();
+    for r in results {
+        let Some(label) = r["backend"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        if let (Some((_, base)), Some(v)) = (
+            bare.iter().find(|(l, _)| *l == label),
+            r["msgs_per_sec"].as_f64(),
+        ) {
+            r["ratio_to_bare"] = json!(v / base);
+            r["bare_baseline"] = json!(format!("bare+{label}"));
+        }
+    }
+}
+
 pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for spec in &a.backends {
@@ -673,6 +814,11 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
         if let Some(c) = t.cleanup.take() {
             c.run().await;
         }
+        #[cfg(feature = "adapters")]
+        if let Some(bare) = &t.bare {
+            r["bare"] = json!(true);
+            bare.cleanup().await;
+        }
         if let Some(mut server) = t.server.take() {
             let name = v1::TopicName {
                 name: t.topic.clone(),
@@ -685,10 +831,13 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        t.backend.close().await?;
+        if let Some(b) = &t.backend {
+            b.close().await?;
+        }
         results.push(r);
     }
     ratio_to_first(&mut results, "", "msgs_per_sec");
+    ratio_to_bare(&mut results);
     ratio_to_first(&mut results, "/cpu", "us_per_msg");
     if conn.json {
         outln!("{}", serde_json::Value::Array(results));
@@ -710,6 +859,13 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
     for r in &results {
         if let Some(d) = r["durability"].as_str() {
             outln!("{:<28} ({d})", r["backend"].as_str().unwrap_or("?"));
+        }
+        if let Some(x) = r["ratio_to_bare"].as_f64() {
+            outln!(
+                "{:<28} {x:.2} of {} in this run",
+                r["backend"].as_str().unwrap_or("?"),
+                r["bare_baseline"].as_str().unwrap_or("?"),
+            );
         }
         match a.workload {
             Workload::Consume => {

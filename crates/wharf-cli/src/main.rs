@@ -16,6 +16,8 @@ macro_rules! outln {
 
 #[cfg(feature = "adapters")]
 mod adapters;
+#[cfg(feature = "adapters")]
+mod adapters_bare;
 mod admin;
 mod bench;
 mod pubsub;

@@ -1,0 +1,194 @@
+//! `wharf bench --backend bare+redis://…` (and `bare+nats://…`,
+//! `bare+amqp://…`, `bare+postgres://…`): the same load through the engine's own client
+//! beside the adapter's row, against the shared services (skipped when one
+//! is down, failed under `WHARF_REQUIRE_SERVICES=1`). Checks the JSON a user
+//! reads, not the timings.
+
+#![cfg(feature = "adapters")]
+
+mod common;
+
+use serde_json::Value;
+
+/// `url` when the service at `addr` answers a TCP connect; `None`
+/// (reported) when it does not.
+fn reachable(service: &str, url: String, addr: &str) -> Option<String> {
+    match std::net::TcpStream::connect(addr) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            wharf_testkit::service::report_unreachable(service, &url, &e);
+            None
+        }
+    }
+}
+
+fn redis_or_skip() -> Option<String> {
+    reachable("redis", "redis://127.0.0.1:6379".into(), "127.0.0.1:6379")
+}
+
+fn nats_or_skip() -> Option<String> {
+    reachable("nats", "nats://127.0.0.1:4222".into(), "127.0.0.1:4222")
+}
+
+fn postgres_or_skip() -> Option<String> {
+    reachable(
+        "postgres",
+        "postgres://postgres@127.0.0.1:5432/test".into(),
+        "127.0.0.1:5432",
+    )
+}
+
+/// `wharf bench` with `args` and `--json`: one result per backend.
+fn bench(args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = std::process::Command::new(common::BIN)
+        .args(&all)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .output()
+        .expect("run wharf");
+    let out = common::ok(&out);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    v.as_array().expect("one result per backend").clone()
+}
+
+/// The bare row and the adapter row of one run, checked for what both carry.
+fn check_pair(runs: &[Value], url: &str, workload: &str, messages: u64) {
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (bare, adapter) = (&runs[0], &runs[1]);
+    assert_eq!(bare["backend"], format!("bare+{url}"));
+    assert_eq!(adapter["backend"], url);
+    for r in runs {
+        assert_eq!(r["workload"], workload, "{r}");
+        assert_eq!(r["messages"], messages, "{r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(
+            r["durability"].as_str().is_some_and(|d| !d.is_empty()),
+            "each row says what its acknowledgement means: {r}"
+        );
+    }
+    assert_eq!(bare["bare"], true, "{bare}");
+    assert!(adapter.get("bare").is_none(), "{adapter}");
+    assert_eq!(adapter["bare_baseline"], format!("bare+{url}"));
+    let ratio = adapter["ratio_to_bare"].as_f64().expect("a ratio to bare");
+    let expected =
+        adapter["msgs_per_sec"].as_f64().unwrap() / bare["msgs_per_sec"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    assert!(bare.get("ratio_to_bare").is_none(), "{bare}");
+}
+
+#[test]
+fn bench_publish_prints_the_redis_adapter_as_a_ratio_of_bare_xadd() {
+    let Some(url) = redis_or_skip() else { return };
+    let bare = format!("bare+{url}");
+    let runs = bench(&[
+        "--backend",
+        &bare,
+        "--backend",
+        &url,
+        "--count",
+        "2000",
+        "--batch",
+        "100",
+        "--producers",
+        "2",
+    ]);
+    check_pair(&runs, &url, "publish", 2000);
+    for r in &runs {
+        assert!(r["batch_latency_ms"]["p50"].as_f64().is_some(), "{r}");
+    }
+}
+
+#[test]
+fn bench_consume_drains_the_backlog_bare_and_through_the_adapter_with_dedup_off() {
+    let Some(url) = redis_or_skip() else { return };
+    let bare = format!("bare+{url}");
+    let runs = bench(&[
+        "--backend",
+        &bare,
+        "--backend",
+        &url,
+        "--workload",
+        "consume",
+        "--count",
+        "3000",
+        "--batch",
+        "250",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--dedup-window-ms",
+        "0",
+    ]);
+    check_pair(&runs, &url, "consume", 3000);
+}
+
+/// Publish then consume, bare and through the adapter, for `url`.
+fn publish_and_consume(url: &str) {
+    let bare = format!("bare+{url}");
+    for workload in ["publish", "consume"] {
+        let runs = bench(&[
+            "--backend",
+            &bare,
+            "--backend",
+            url,
+            "--workload",
+            workload,
+            "--count",
+            "1000",
+            "--batch",
+            "100",
+            "--producers",
+            "2",
+        ]);
+        check_pair(&runs, url, workload, 1000);
+    }
+}
+
+#[test]
+fn bench_runs_bare_nats_jetstream_beside_the_adapter() {
+    let Some(url) = nats_or_skip() else { return };
+    publish_and_consume(&url);
+}
+
+#[test]
+fn bench_runs_bare_postgres_beside_the_adapter() {
+    let Some(url) = postgres_or_skip() else {
+        return;
+    };
+    publish_and_consume(&url);
+}
+
+#[test]
+fn bench_runs_bare_rabbitmq_beside_the_adapter() {
+    let Some(url) = reachable(
+        "rabbitmq",
+        "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        "127.0.0.1:5672",
+    ) else {
+        return;
+    };
+    publish_and_consume(&url);
+}
+
+#[test]
+fn bench_bare_refuses_the_latency_workload_and_unknown_schemes() {
+    let Some(url) = redis_or_skip() else { return };
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run wharf");
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let bare = format!("bare+{url}");
+    let err = run(&["--backend", &bare, "--workload", "latency", "--count", "10"]);
+    assert!(err.contains("publish and consume workloads only"), "{err}");
+    let err = run(&["--backend", "bare+mqtt://127.0.0.1:1883", "--count", "10"]);
+    assert!(err.contains("bare client is available for"), "{err}");
+}
