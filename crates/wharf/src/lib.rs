@@ -177,6 +177,41 @@ pub mod broker {
     pub use wharf_broker::*;
 }
 
+/// Event sourcing: an event store with streams, expected versions,
+/// conditional appends across streams, a global log with catch-up-then-live
+/// subscriptions and stream metadata, and aggregates with snapshots and
+/// upcasting ([`aggregate`](wharf_eventstore::aggregate)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), wharf::eventstore::EventStoreError> {
+/// use wharf::eventstore::{
+///     EmbeddedStore, EventData, EventStore, ExpectedVersion, GlobalFilter, ReadStream,
+///     StreamId, SubscribeFrom,
+/// };
+///
+/// let store = EmbeddedStore::temporary().await?; // or EmbeddedStore::open(dir)
+/// let order = StreamId::new("order-42")?;
+/// store
+///     .append(&order, ExpectedVersion::NoStream, vec![
+///         EventData::new("OrderPlaced", r#"{"total":42}"#).with_tag("customer:7"),
+///     ])
+///     .await?; // atomic, durable when it returns
+/// let events = store.read_stream(&order, ReadStream::forwards()).await?;
+/// assert_eq!(events[0].event_type, "OrderPlaced");
+/// let mut live = store.subscribe(SubscribeFrom::Start, GlobalFilter::all()).await?;
+/// assert_eq!(live.next().await.expect("an event")?.event_type, "OrderPlaced");
+/// # Ok(()) }
+/// ```
+///
+/// The full documentation is [`wharf_eventstore`]'s.
+#[cfg(feature = "eventstore")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
+pub mod eventstore {
+    #[doc(inline)]
+    pub use wharf_eventstore::*;
+}
+
 /// Handlers bound to subscriptions, run with per-key ordering, graceful
 /// shutdown and tower middleware: `retry`, `retry_topics`, `dead_letter`,
 /// `dedup`, `timeout`, `rate_limit`, `concurrency`, `breaker`, `recover`,
