@@ -1374,7 +1374,8 @@ impl Inner {
         for t in topics {
             for (p, part) in t.partitions().iter().enumerate() {
                 match part.apply_retention() {
-                    Ok(0) => {}
+                    // Deleted (or the broker closing) meanwhile: nothing to keep.
+                    Ok(0) | Err(Error::Closed { .. }) => {}
                     Ok(n) => tracing::debug!(
                         topic = t.name(),
                         partition = p,
