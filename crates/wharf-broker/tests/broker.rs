@@ -1221,6 +1221,9 @@ async fn retention_by_age_deletes_old_segments_of_a_topic_no_one_writes_to() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (first, end) = bounds();
-    assert!(first > 0 && first < end, "only sealed segments go: {first}..{end}");
+    assert!(
+        first > 0 && first < end,
+        "only sealed segments go: {first}..{end}"
+    );
     assert_eq!(end, 100);
 }
