@@ -14,7 +14,7 @@ use wharf_core::{
     Result, StartPosition, SubscribeOptions, Subscriber, Subscription,
 };
 
-use crate::rows::{db_err, insert_batch, NAME};
+use crate::rows::{db_err, insert_batch, is_transaction_rollback, NAME};
 use crate::schema::{channel, ddl, validate_ident, Sql};
 use crate::subscription::{open_subscription, GroupSpec};
 
@@ -241,15 +241,31 @@ impl PostgresBackend {
     /// Drops the schema and everything in it (topics, messages, groups).
     /// For tests and decommissioning; other backends on the schema break.
     ///
+    /// A subscription dropped just before still returns its unsettled
+    /// deliveries from a background task, and its fetcher may be mid-claim:
+    /// their row locks meet the `DROP`'s table locks in another order, and
+    /// PostgreSQL may pick the `DROP` as a deadlock victim (`40P01`). That
+    /// is retried (up to 5 attempts, 50–800 ms apart).
+    ///
     /// # Errors
-    /// Transport errors.
+    /// Transport errors, or the last error after 5 attempts.
     pub async fn drop_schema(&self) -> Result<()> {
         let s = &self.inner.config.schema;
-        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-            .execute(&self.inner.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        let sql = format!("DROP SCHEMA IF EXISTS {s} CASCADE");
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match sqlx::raw_sql(&sql).execute(&self.inner.pool).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 5 && is_transaction_rollback(&e) => {
+                    tracing::debug!(error = %e, attempt, "dropping the schema lost a deadlock; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        }
     }
 
     fn check(&self, topic: &str, messages: &[Message]) -> Result<()> {

@@ -18,6 +18,12 @@ use crate::schema::Sql;
 pub(crate) const NAME: &str = "postgres";
 
 /// Maps a sqlx error: connection trouble is [`Error::Unavailable`], the rest [`Error::Backend`].
+/// A transaction rolled back by the server for a cause that may pass on a
+/// retry: a deadlock victim (`40P01`), a serialization failure (`40001`).
+pub(crate) fn is_transaction_rollback(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("40")))
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> Error {
     let unavailable = match &e {
         sqlx::Error::Io(_)
@@ -25,10 +31,12 @@ pub(crate) fn db_err(e: sqlx::Error) -> Error {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // Class 08 (connection exception), 57P (operator intervention: shutdown).
+        // Class 08 (connection exception), 57P (operator intervention:
+        // shutdown), 40 (transaction rollback: a deadlock victim, a
+        // serialization failure — the same call may pass when retried).
         sqlx::Error::Database(d) => d
             .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("40")),
         _ => false,
     };
     if unavailable {
