@@ -95,6 +95,9 @@ pub enum EventStoreError {
     /// The store was closed.
     #[error("event store closed")]
     Closed,
+    /// A projection's read model failed (its reset, in a rebuild).
+    #[error("projection read model failed: {0}")]
+    Projection(String),
 }
 
 impl EventStoreError {

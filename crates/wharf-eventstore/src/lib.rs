@@ -62,6 +62,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Projections — read models with durable checkpoints, run side by side,
+//! rebuilt from zero, their lag in metrics — are in [`projection`].
+//!
 //! Aggregates, the repository (snapshots every N events, bounded retry on
 //! conflict), upcasters and the given/when/then test harness are in
 //! [`aggregate`].
@@ -74,6 +77,7 @@
 pub mod aggregate;
 mod embedded;
 mod error;
+pub mod projection;
 mod store;
 mod types;
 

@@ -248,6 +248,12 @@ impl EventSubscription {
         std::future::poll_fn(|cx| self.poll_next_event(cx)).await
     }
 
+    /// Whether no event is ready now (none buffered, none sent): a reader
+    /// that drained it is as far as the producer has got.
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.rx.is_empty()
+    }
+
     fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<RecordedEvent>>> {
         loop {
             if let Some(e) = self.buf.pop_front() {
