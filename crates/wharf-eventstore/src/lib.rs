@@ -63,7 +63,8 @@
 //! ```
 //!
 //! Projections — read models with durable checkpoints, run side by side,
-//! rebuilt from zero, their lag in metrics — are in [`projection`].
+//! rebuilt from zero, their lag in metrics — are in [`projection`]; the
+//! events as a Wharf topic, for the router's consumers, in [`topic`].
 //!
 //! Aggregates, the repository (snapshots every N events, bounded retry on
 //! conflict), upcasters and the given/when/then test harness are in
@@ -79,6 +80,7 @@ mod embedded;
 mod error;
 pub mod projection;
 mod store;
+pub mod topic;
 mod types;
 
 pub use crate::embedded::{EmbeddedStore, EmbeddedStoreBuilder};
