@@ -64,6 +64,7 @@
 
 pub mod batch;
 pub mod breaker;
+pub mod command;
 pub mod concurrency;
 pub mod dead_letter;
 pub mod dedup;
