@@ -9,7 +9,7 @@
 //! read filters on the case's stream prefix, so suites can share one
 //! database or server.
 //!
-//! ```ignore
+//! ```text
 //! // crates/wharf-eventstore/tests/conformance.rs
 //! struct Factory(tempfile::TempDir);
 //! #[async_trait::async_trait]

@@ -11,7 +11,7 @@
 //! (or adding) a capability fails a test instead of silently turning cases
 //! into passing skips.
 //!
-//! ```ignore
+//! ```text
 //! // crates/wharf-memory/tests/conformance.rs
 //! struct Factory;
 //! #[async_trait::async_trait]

@@ -128,7 +128,7 @@ type AtUrl<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
 /// cases see their data again), and an optional cleanup gets the config
 /// when the factory is dropped.
 ///
-/// ```ignore
+/// ```text
 /// // crates/wharf-redis/tests/service/mod.rs
 /// let factory = ServiceFactory::new("redis", &url(), unique_config(), RedisBackend::connect)
 ///     .await?
