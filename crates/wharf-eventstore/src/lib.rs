@@ -79,6 +79,8 @@ pub mod aggregate;
 mod embedded;
 mod error;
 pub mod projection;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod store;
 pub mod topic;
 mod types;
