@@ -6,7 +6,10 @@
 //!
 //! The [`EventStore`] trait is object-safe and async; [`EmbeddedStore`] is
 //! its in-process implementation on `wharf-log` (one durable log, group
-//! commit, an in-memory index rebuilt on open). The conformance suite every
+//! commit, an in-memory index rebuilt on open). With the `postgres` feature,
+//! `postgres::PgEventStore` implements it on PostgreSQL (sqlx), assigning
+//! global positions under a transaction-scoped lock so a reader of the
+//! global log never skips a late commit (the module docs say how). The conformance suite every
 //! implementation passes is `wharf_testkit::eventstore`.
 //!
 //! ```
@@ -78,9 +81,9 @@
 pub mod aggregate;
 mod embedded;
 mod error;
-pub mod projection;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod projection;
 mod store;
 pub mod topic;
 mod types;
