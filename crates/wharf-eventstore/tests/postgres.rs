@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use wharf_eventstore::postgres::PgEventStore;
+use wharf_eventstore::postgres::{PgEventStore, PgProjection, PgReadModel};
+use wharf_eventstore::projection::{Projection, ProjectionError, ProjectionRunner};
 use wharf_eventstore::{
     AppendRequest, EventData, EventStore, ExpectedVersion, GlobalFilter, ManualClock, Position,
     ReadStream, RecordedEvent, StreamId, StreamMetadata,
@@ -490,4 +491,162 @@ async fn a_bad_schema_name_is_a_typed_error() {
             })
         ));
     }
+}
+
+/// A read model in PostgreSQL for the projection tests: one row per event
+/// applied (no key, so a second application would show as a duplicate),
+/// failing its first `fail_first` batches after writing their rows.
+struct Seen {
+    schema: String,
+    prefix: String,
+    fail_first: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl PgReadModel for Seen {
+    fn filter(&self) -> GlobalFilter {
+        GlobalFilter::all().stream_prefix(&self.prefix)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let positions: Vec<i64> = events.iter().map(|e| e.position.value() as i64).collect();
+        sqlx::query(&format!(
+            "INSERT INTO {}.seen (position) SELECT unnest($1::bigint[])",
+            self.schema
+        ))
+        .bind(positions)
+        .execute(&mut *tx)
+        .await?;
+        let failing = self
+            .fail_first
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if failing {
+            return Err("the read model failed after writing its rows".into());
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut sqlx::PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query(&format!("DELETE FROM {}.seen", self.schema))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn seen_rows(pool: &PgPool, schema: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT position FROM {schema}.seen ORDER BY position"
+    ))
+    .fetch_all(pool)
+    .await
+    .expect("seen rows")
+}
+
+/// Rows and checkpoint commit together: batches that fail after writing
+/// their rows leave neither behind, two runners of the same projection
+/// never apply an event twice, and a rebuild ends where the live run did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_projection_applies_each_event_once_with_its_checkpoint() {
+    let Some(schema) = Schema::new() else { return };
+    let store = schema.store().await;
+    let ns = wharf_testkit::unique_name("proj");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {}.seen (position bigint NOT NULL)",
+        schema.0
+    ))
+    .execute(store.pool())
+    .await
+    .expect("read model table");
+    let append_events = |from: u64| {
+        let store = store.clone();
+        let ns = ns.clone();
+        async move {
+            let mut positions = Vec::new();
+            for n in from..from + 60 {
+                let r = store
+                    .append(
+                        &stream(&format!("{ns}-{}", n % 5)),
+                        ExpectedVersion::Any,
+                        vec![EventData::new("E", format!("{n}"))],
+                    )
+                    .await
+                    .expect("append");
+                positions.push(r.first_position.value() as i64);
+                if n % 20 == 0 {
+                    // Noise outside the filter.
+                    store
+                        .append(
+                            &stream("other"),
+                            ExpectedVersion::Any,
+                            vec![EventData::new("X", "")],
+                        )
+                        .await
+                        .expect("noise");
+                }
+            }
+            positions
+        }
+    };
+    let make = |fail_first: usize| {
+        let model = Seen {
+            schema: schema.0.clone(),
+            prefix: ns.clone(),
+            fail_first: std::sync::atomic::AtomicUsize::new(fail_first),
+        };
+        PgProjection::new(store.pool().clone(), &schema.0, "seen", model)
+    };
+    let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+    let runner = ProjectionRunner::new(shared).batch_size(7);
+
+    // One runner whose first two batches fail after writing their rows.
+    let mut positions = append_events(0).await;
+    let a = Arc::new(make(2).await.expect("projection a"));
+    let ha = runner.start("seen-a", a.clone());
+    let done = tokio::time::timeout(WAIT, ha.catch_up())
+        .await
+        .expect("caught up in time")
+        .expect("a catches up");
+    assert_eq!(
+        seen_rows(store.pool(), &schema.0).await,
+        positions,
+        "each event's row once, none of the failed batches' rows"
+    );
+    assert_eq!(ha.status().failures, 2, "the failed batches were retried");
+    assert_eq!(a.checkpoint().await.expect("checkpoint"), done);
+    assert!(done.value() as i64 > *positions.last().expect("events"));
+
+    // A second runner of the same projection (same checkpoint) joins while
+    // events keep coming: still each event once.
+    let b = Arc::new(make(1).await.expect("projection b"));
+    let hb = runner.start("seen-b", b.clone());
+    positions.extend(append_events(60).await);
+    tokio::time::timeout(WAIT, async {
+        ha.catch_up().await.expect("a catches up");
+        hb.catch_up().await.expect("b catches up");
+    })
+    .await
+    .expect("both caught up in time");
+    assert_eq!(seen_rows(store.pool(), &schema.0).await, positions);
+
+    hb.stop().await;
+    tokio::time::timeout(WAIT, ha.rebuild())
+        .await
+        .expect("rebuild in time")
+        .expect("rebuild");
+    tokio::time::timeout(WAIT, ha.catch_up())
+        .await
+        .expect("caught up again in time")
+        .expect("catch up after rebuild");
+    assert_eq!(seen_rows(store.pool(), &schema.0).await, positions);
+    ha.stop().await;
 }

@@ -47,10 +47,15 @@
 //! events exist if and only if it commits); it holds the head lock until
 //! that transaction ends, so keep such transactions short.
 //!
+//! [`PgProjection`] runs a read model kept in PostgreSQL whose checkpoint
+//! is written in the same transaction as its rows.
+//!
 //! Subscriptions catch up by reading pages of the global log, then wait for
 //! a `NOTIFY` (sent by each append at commit; one `LISTEN` connection per
 //! store) or the poll interval, and read on from the last position they
 //! delivered: one cursor, so no gap and no duplicate across the switch.
+
+mod projection;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -228,6 +233,8 @@ struct Sql {
     read_stream: String,
     list_streams: String,
 }
+
+pub use projection::{PgProjection, PgReadModel};
 
 const EVENT_COLUMNS: &str =
     "stream, position, version, timestamp_ms, id, event_type, schema_version, tags, metadata, payload";
