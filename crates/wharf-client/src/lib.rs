@@ -13,6 +13,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `eventstore` feature, [`RemoteEventStore`] (also
+//! `Client::event_store`) implements `wharf_eventstore::EventStore` against
+//! the server's event store.
+//!
 //! Consuming uses one bidirectional stream per subscription with
 //! credit-based flow control: the client grants as many deliveries as its
 //! `max_in_flight` and grants more as the application takes them. If the
@@ -21,6 +25,8 @@
 //! delivery from the broken stream fails with `UnknownDelivery`.
 
 mod conn;
+#[cfg(feature = "eventstore")]
+mod eventstore;
 mod publish;
 mod subscription;
 
@@ -40,6 +46,9 @@ use wharf_proto::v1;
 use wharf_proto::v1::wharf_client::WharfClient;
 
 pub use wharf_proto::v1 as proto;
+
+#[cfg(feature = "eventstore")]
+pub use eventstore::RemoteEventStore;
 
 /// The backend name in errors.
 pub const BACKEND: &str = "remote";

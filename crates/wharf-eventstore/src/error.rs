@@ -98,6 +98,14 @@ pub enum EventStoreError {
     /// A projection's read model failed (its reset, in a rebuild).
     #[error("projection read model failed: {0}")]
     Projection(String),
+    /// A remote store refused the caller: no or an unknown token, or a
+    /// token without the right on the stream (or streams) named. Nothing
+    /// was stored.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// The server's explanation (which right on which stream).
+        reason: String,
+    },
 }
 
 impl EventStoreError {

@@ -10,6 +10,8 @@
 
 pub mod codec;
 pub mod convert;
+#[cfg(feature = "eventstore")]
+pub mod eventstore;
 pub mod frame;
 pub mod publish;
 

@@ -1,5 +1,6 @@
 //! Token auth: each configured token has publish / consume / admin rights on
-//! topic patterns, and optionally the metrics right (`/metrics`, which names
+//! topic patterns, read / append / admin rights on event store stream-name
+//! prefixes, and optionally the metrics right (`/metrics`, which names
 //! every topic). A missing or unknown token is `Unauthenticated` (401 /
 //! `UNAUTHENTICATED`); a known token without the right is `Forbidden` (403 /
 //! `PERMISSION_DENIED`). A presented token is compared with every configured
@@ -35,6 +36,14 @@ pub enum Right {
     /// Read `/metrics` (every topic's name and counts). Held by tokens with
     /// `metrics = true` and by tokens with admin on every topic (`>`).
     Metrics,
+    /// Read event store streams (stream reads and info, global reads and
+    /// subscriptions, stream listings), by stream-name prefix.
+    EventsRead,
+    /// Append to event store streams, by stream-name prefix.
+    EventsAppend,
+    /// Set metadata of, delete and tombstone event store streams, by
+    /// stream-name prefix.
+    EventsAdmin,
 }
 
 impl Right {
@@ -44,6 +53,9 @@ impl Right {
             Right::Consume => "consume",
             Right::Admin => "admin",
             Right::Metrics => "metrics",
+            Right::EventsRead => "events_read",
+            Right::EventsAppend => "events_append",
+            Right::EventsAdmin => "events_admin",
         }
     }
 }
@@ -69,6 +81,55 @@ pub struct TokenConfig {
     /// Whether this token may read `/metrics` (admin on `>` may too).
     #[serde(default)]
     pub metrics: bool,
+    /// Event store stream-name prefixes this token may read (`*`: every
+    /// stream, which global reads without a prefix and conditional appends
+    /// need).
+    #[serde(default)]
+    pub events_read: Vec<String>,
+    /// Stream-name prefixes this token may append to.
+    #[serde(default)]
+    pub events_append: Vec<String>,
+    /// Stream-name prefixes whose metadata this token may set and which it
+    /// may delete or tombstone.
+    #[serde(default)]
+    pub events_admin: Vec<String>,
+}
+
+/// What an event store right covers: every stream (`*`), or the streams
+/// whose names start with a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StreamPrefix {
+    All,
+    Prefix(String),
+}
+
+/// The target of an event store check meaning "every stream" (a global
+/// read without a prefix, a listing of all streams, an append condition).
+pub(crate) const ALL_STREAMS: &str = "*";
+
+impl StreamPrefix {
+    fn parse(s: &str) -> StreamPrefix {
+        if s == ALL_STREAMS || s.is_empty() {
+            StreamPrefix::All
+        } else {
+            StreamPrefix::Prefix(s.to_owned())
+        }
+    }
+
+    /// Whether this right covers `target`: a stream name, a stream-name
+    /// prefix (every stream it can match), or [`ALL_STREAMS`]. A snapshot
+    /// stream (`$snapshot-<name>`) is covered as `<name>` is.
+    fn covers(&self, target: &str) -> bool {
+        match self {
+            StreamPrefix::All => true,
+            StreamPrefix::Prefix(p) => {
+                let target = target
+                    .strip_prefix(wharf_eventstore::SNAPSHOT_PREFIX)
+                    .unwrap_or(target);
+                target != ALL_STREAMS && target.starts_with(p.as_str())
+            }
+        }
+    }
 }
 
 struct Token {
@@ -80,6 +141,9 @@ struct Token {
     consume: Vec<TopicPattern>,
     admin: Vec<TopicPattern>,
     metrics: bool,
+    events_read: Vec<StreamPrefix>,
+    events_append: Vec<StreamPrefix>,
+    events_admin: Vec<StreamPrefix>,
 }
 
 /// Why a request was refused.
@@ -118,6 +182,9 @@ impl std::fmt::Debug for Token {
             .field("consume", &self.consume)
             .field("admin", &self.admin)
             .field("metrics", &self.metrics)
+            .field("events_read", &self.events_read)
+            .field("events_append", &self.events_append)
+            .field("events_admin", &self.events_admin)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +232,21 @@ impl Auth {
                 consume: parse(&e.consume)?,
                 admin: parse(&e.admin)?,
                 metrics: e.metrics,
+                events_read: e
+                    .events_read
+                    .iter()
+                    .map(|p| StreamPrefix::parse(p))
+                    .collect(),
+                events_append: e
+                    .events_append
+                    .iter()
+                    .map(|p| StreamPrefix::parse(p))
+                    .collect(),
+                events_admin: e
+                    .events_admin
+                    .iter()
+                    .map(|p| StreamPrefix::parse(p))
+                    .collect(),
             });
         }
         Ok(Auth { tokens, width })
@@ -211,11 +293,21 @@ impl Auth {
     /// `Denied`.
     pub fn check(&self, token: Option<&str>, right: Right, topic: &str) -> Result<(), Denied> {
         let t = self.find(token)?;
+        if let Some(prefixes) = t.stream_rights(right) {
+            return if prefixes.iter().any(|p| p.covers(topic)) {
+                Ok(())
+            } else {
+                Err(Denied::Forbidden {
+                    right: right.as_str(),
+                    topic: topic.to_owned(),
+                })
+            };
+        }
         let list = match right {
             Right::Publish => &t.publish,
             Right::Consume => &t.consume,
             Right::Admin => &t.admin,
-            Right::Metrics => return Self::metrics_right(t),
+            _ => return Self::metrics_right(t),
         };
         if list.iter().any(|p| covers(p.as_str(), topic)) {
             Ok(())
@@ -257,13 +349,16 @@ impl Auth {
     /// `Denied`.
     pub fn check_any(&self, token: Option<&str>, right: Right) -> Result<(), Denied> {
         let t = self.find(token)?;
-        let list = match right {
-            Right::Publish => &t.publish,
-            Right::Consume => &t.consume,
-            Right::Admin => &t.admin,
+        let empty = match right {
+            Right::Publish => t.publish.is_empty(),
+            Right::Consume => t.consume.is_empty(),
+            Right::Admin => t.admin.is_empty(),
             Right::Metrics => return Self::metrics_right(t),
+            _ => t
+                .stream_rights(right)
+                .is_none_or(<[StreamPrefix]>::is_empty),
         };
-        if list.is_empty() {
+        if empty {
             Err(Denied::Forbidden {
                 right: right.as_str(),
                 topic: "*".into(),
@@ -282,6 +377,19 @@ impl Auth {
                 right: Right::Metrics.as_str(),
                 topic: ">".into(),
             })
+        }
+    }
+}
+
+impl Token {
+    /// The stream-name prefixes of an event store right (`None` for a
+    /// topic right).
+    fn stream_rights(&self, right: Right) -> Option<&[StreamPrefix]> {
+        match right {
+            Right::EventsRead => Some(&self.events_read),
+            Right::EventsAppend => Some(&self.events_append),
+            Right::EventsAdmin => Some(&self.events_admin),
+            _ => None,
         }
     }
 }
@@ -321,6 +429,7 @@ mod tests {
             admin: vec![],
             name: None,
             metrics: false,
+            ..Default::default()
         }])
         .expect("valid")
     }
@@ -410,6 +519,51 @@ mod tests {
         }
         // The flag grants nothing else.
         assert!(a.check(Some("flag"), Right::Admin, "orders.x").is_err());
+    }
+
+    #[test]
+    fn event_store_rights_cover_streams_by_prefix_and_snapshots_as_their_stream() {
+        let a = Auth::new(&[
+            TokenConfig {
+                token: "orders".into(),
+                events_read: vec!["order-".into()],
+                events_append: vec!["order-".into()],
+                ..Default::default()
+            },
+            TokenConfig {
+                token: "all".into(),
+                events_read: vec!["*".into()],
+                ..Default::default()
+            },
+        ])
+        .expect("valid");
+        let t = Some("orders");
+        assert!(a.check(t, Right::EventsRead, "order-1").is_ok());
+        assert!(
+            a.check(t, Right::EventsRead, "order-").is_ok(),
+            "a prefix it covers"
+        );
+        assert!(a.check(t, Right::EventsAppend, "$snapshot-order-1").is_ok());
+        assert!(
+            a.check(t, Right::EventsRead, "orde").is_err(),
+            "a wider prefix"
+        );
+        assert!(a.check(t, Right::EventsRead, "invoice-1").is_err());
+        assert!(a.check(t, Right::EventsRead, ALL_STREAMS).is_err());
+        assert!(a.check(t, Right::EventsAdmin, "order-1").is_err());
+        assert!(
+            a.check(t, Right::Publish, "order-1").is_err(),
+            "no topic right"
+        );
+        assert!(a.check(Some("all"), Right::EventsRead, ALL_STREAMS).is_ok());
+        assert!(a.check(Some("all"), Right::EventsAppend, "x").is_err());
+        assert!(matches!(
+            a.check(t, Right::EventsRead, "invoice-1"),
+            Err(Denied::Forbidden {
+                right: "events_read",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! How failures reach clients: typed core errors and auth refusals become an
-//! HTTP status with a JSON body `{"error": {"code", "message"}}`, or a gRPC
-//! status with the typed error in its details.
+//! HTTP status with a JSON body `{"error": {"code", "message", "details"?}}`,
+//! or a gRPC status with the typed error in its details. Event store errors
+//! map here too: a conflict is 409 naming stream, expected and actual.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use wharf_core::Error;
+use wharf_eventstore::{CurrentVersion, EventStoreError, ExpectedVersion};
 
 use crate::auth::Denied;
 
@@ -15,6 +17,9 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Typed fields of the error (an event store conflict's stream,
+    /// expected and actual version), for clients that act on them.
+    pub(crate) details: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -29,6 +34,15 @@ pub(crate) struct ErrorInfo {
     pub(crate) code: &'static str,
     /// Human-readable explanation.
     pub(crate) message: String,
+    /// The error's typed fields, where it has some: for
+    /// `wrong_expected_version` `stream`, `expected` and `actual`; for
+    /// `condition_failed` `after` and `conflict`; for `stream_not_found` and
+    /// `stream_deleted` `stream`; for `invalid_argument` (event store)
+    /// `field`, `value` and `requirement`; for `too_large` `what`, `size`
+    /// and `max`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub(crate) details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -37,7 +51,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// The same error with typed `details`.
+    pub(crate) fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -90,9 +111,90 @@ impl IntoResponse for ApiError {
             error: ErrorInfo {
                 code: self.code,
                 message: self.message,
+                details: self.details,
             },
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// An expectation as the HTTP API writes it: `"any"`, `"no_stream"`,
+/// `"stream_exists"` or the exact version.
+pub(crate) fn expected_json(e: ExpectedVersion) -> serde_json::Value {
+    match e {
+        ExpectedVersion::Any => "any".into(),
+        ExpectedVersion::NoStream => "no_stream".into(),
+        ExpectedVersion::StreamExists => "stream_exists".into(),
+        ExpectedVersion::Exact(n) => n.into(),
+    }
+}
+
+impl From<EventStoreError> for ApiError {
+    fn from(e: EventStoreError) -> Self {
+        use serde_json::json;
+        let message = e.to_string();
+        let (status, code, details) = match e {
+            EventStoreError::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => (
+                StatusCode::CONFLICT,
+                "wrong_expected_version",
+                Some(json!({
+                    "stream": stream.as_str(),
+                    "expected": expected_json(expected),
+                    "actual": match actual {
+                        CurrentVersion::NoStream => serde_json::Value::from("no_stream"),
+                        CurrentVersion::Version(n) => n.into(),
+                    },
+                })),
+            ),
+            EventStoreError::ConditionFailed { after, conflict } => (
+                StatusCode::CONFLICT,
+                "condition_failed",
+                Some(json!({"after": after.map(|p| p.0), "conflict": conflict.0})),
+            ),
+            EventStoreError::StreamNotFound { stream } => (
+                StatusCode::NOT_FOUND,
+                "stream_not_found",
+                Some(json!({"stream": stream.as_str()})),
+            ),
+            EventStoreError::StreamDeleted { stream } => (
+                StatusCode::GONE,
+                "stream_deleted",
+                Some(json!({"stream": stream.as_str()})),
+            ),
+            EventStoreError::InvalidArgument {
+                field,
+                value,
+                requirement,
+            } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                Some(json!({"field": field, "value": value, "requirement": requirement})),
+            ),
+            EventStoreError::TooLarge { what, size, max } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                Some(json!({"what": what, "size": size, "max": max})),
+            ),
+            EventStoreError::StorageFull { .. } => {
+                (StatusCode::INSUFFICIENT_STORAGE, "storage_full", None)
+            }
+            EventStoreError::Closed | EventStoreError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "closed", None)
+            }
+            EventStoreError::PermissionDenied { .. } => {
+                (StatusCode::FORBIDDEN, "permission_denied", None)
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage", None),
+        };
+        let err = ApiError::new(status, code, message);
+        match details {
+            Some(d) => err.with_details(d),
+            None => err,
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The gRPC API (`wharf.v1.Wharf`): unary publish and admin calls, and the
+//! The gRPC API (`wharf.v1.Wharf`, and `wharf.v1.EventStore` in
+//! `grpc/events.rs`): unary publish and admin calls, and the
 //! bidirectional consume stream with credit-based flow control. The server
 //! sends at most as many deliveries as the client has granted; settlements
 //! name deliveries by the id the server gave them; when the stream ends,
@@ -23,6 +24,7 @@ use wharf_core::{
 use wharf_proto::convert::{error_to_proto, message_to_proto, receipt_to_proto, status_for};
 use wharf_proto::frame::{self, FrameError, GRPC_HEADER};
 use wharf_proto::publish::{compact_response, decode_publish, DecodedPublish};
+use wharf_proto::v1::event_store_server::EventStoreServer;
 use wharf_proto::v1::wharf_server::{Wharf, WharfServer};
 use wharf_proto::v1::{self, consume_request, consume_response};
 
@@ -31,6 +33,8 @@ use crate::auth::{Right, ORIGINAL_TOPIC_HEADER, REPLAY_TARGET};
 use crate::error::denied_status;
 use crate::message_limit::MessageLimitLayer;
 use crate::{telemetry, Shared};
+
+mod events;
 
 /// The gRPC routes (service plus reflection), to merge into the HTTP router.
 pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
@@ -52,6 +56,9 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
         .build_v1alpha()
         .expect("the embedded descriptor set is valid");
     let auth = authenticated_interceptor(service.shared.clone());
+    let events_svc = EventStoreServer::from_arc(service.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX);
     // `Publish` has a route of its own (a static path wins over the
     // service's `/wharf.v1.Wharf/{*rest}`), so its request is decoded
     // straight into core messages rather than into generated structs first.
@@ -59,6 +66,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> axum::Router {
         .route_service(PUBLISH_PATH, PublishRoute { service, max })
         .merge(
             tonic::service::Routes::new(svc)
+                .add_service(events_svc)
                 .add_service(InterceptedService::new(v1, auth.clone()))
                 .add_service(InterceptedService::new(v1alpha, auth))
                 .into_axum_router(),

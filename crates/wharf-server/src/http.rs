@@ -1,7 +1,8 @@
 //! The HTTP/JSON API: publish (one or a batch; UTF-8 or base64 payloads),
 //! long-poll consume with settlement by opaque delivery id, SSE and WebSocket
-//! streams, topic/group/DLQ admin, health, metrics and the OpenAPI document
-//! (generated from these handlers by `utoipa`, so it cannot drift).
+//! streams, topic/group/DLQ admin, the event store (`events.rs`), health,
+//! metrics and the OpenAPI document (generated from these handlers by
+//! `utoipa`, so it cannot drift).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -37,6 +38,8 @@ use crate::backoff::ErrorBackoff;
 use crate::error::{ApiError, ErrorBody};
 use crate::{telemetry, Shared};
 
+mod events;
+
 type AppState = State<Arc<Shared>>;
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -65,6 +68,17 @@ fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(dlq_show))
         .routes(routes!(dlq_replay))
         .routes(routes!(dlq_purge))
+        .routes(routes!(
+            events::read_stream,
+            events::append,
+            events::delete_stream
+        ))
+        .routes(routes!(events::stream_info))
+        .routes(routes!(events::set_metadata))
+        .routes(routes!(events::list_streams))
+        .routes(routes!(events::read_all))
+        .routes(routes!(events::head))
+        .routes(routes!(events::subscribe))
 }
 
 /// The HTTP routes.

@@ -4,6 +4,8 @@
 //! for the Rust client and other gRPC users, and HTTP/JSON for everyone else
 //! (publish, long-poll consume with explicit settlement, SSE and WebSocket
 //! streams, admin, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+//! Both also serve the embedded event store (`wharf.v1.EventStore`,
+//! `/v1/eventstore/...`) kept in `<data_dir>/eventstore`.
 //! Start with [`Server::bind`], then [`Server::serve`] until a shutdown
 //! signal; shutdown ends every stream and closes the broker (flush, persist
 //! group positions).
@@ -32,6 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wharf_broker::Broker;
 use wharf_core::Backend;
+use wharf_eventstore::EventStore as _;
 
 pub use auth::{Auth, Right, TokenConfig};
 pub use config::{ConfigError, ServerConfig, DEFAULT_LISTEN};
@@ -59,11 +62,16 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The event store could not be opened or closed cleanly.
+    #[error("event store: {0}")]
+    EventStore(#[from] wharf_eventstore::EventStoreError),
 }
 
 /// State shared by every request handler.
 pub(crate) struct Shared {
     pub(crate) broker: Broker,
+    /// The event store, in `<data_dir>/eventstore`.
+    pub(crate) events: wharf_eventstore::EmbeddedStore,
     pub(crate) auth: Option<Auth>,
     pub(crate) config: ServerConfig,
     pub(crate) leases: leases::Leases,
@@ -121,6 +129,10 @@ impl Server {
             .auto_create_topics(config.auto_create_topics)
             .open(&config.data_dir)
             .await?;
+        let events = wharf_eventstore::EmbeddedStore::builder()
+            .limits(event_limits(config.max_request_bytes))
+            .open(config.data_dir.join(EVENTSTORE_DIR))
+            .await?;
         let listener = listen::bind(config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -128,6 +140,7 @@ impl Server {
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             broker,
+            events,
             auth,
             leases: leases::Leases::default(),
             pollers: http::Pollers::default(),
@@ -207,10 +220,25 @@ impl Server {
         poll_reaper.abort();
         shared.leases.clear();
         shared.pollers.clear();
+        let events = shared.events.close().await;
         shared.broker.close().await?;
+        events?;
         result?;
         Ok(())
     }
+}
+
+/// The event store's directory under the data dir.
+pub const EVENTSTORE_DIR: &str = "eventstore";
+
+/// The event store's size limits: its defaults, lowered so that one append
+/// fits in a request of `max_request_bytes` (so an oversized event is the
+/// store's typed `too_large`, not only the transport's refusal).
+fn event_limits(max_request_bytes: usize) -> wharf_eventstore::Limits {
+    let d = wharf_eventstore::Limits::default();
+    let append = d.max_append_bytes.min(max_request_bytes / 2).max(1);
+    d.with_max_append_bytes(append)
+        .with_max_event_bytes(d.max_event_bytes.min(append))
 }
 
 /// `configured`, lowered to stay below the open-files limit (raised to its
