@@ -179,6 +179,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     }
     #[cfg(feature = "adapters")]
     if let Some((bare, durability)) = crate::adapters_bare::open(spec, &topic).await? {
+        announce(spec, &topic);
         return Ok(Target {
             label: spec.to_owned(),
             backend: None,
@@ -195,7 +196,11 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     if let Some((backend, cleanup, durability)) =
         crate::adapters::open(spec, &topic, a.dedup_window_ms).await?
     {
-        backend.ensure_topic(&topic).await?;
+        announce(spec, &topic);
+        if let Err(e) = backend.ensure_topic(&topic).await {
+            cleanup.run().await;
+            return Err(e.into());
+        }
         return Ok(Target {
             label: spec.to_owned(),
             backend: Some(backend),
@@ -251,6 +256,14 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         #[cfg(feature = "adapters")]
         cleanup: None,
     })
+}
+
+/// Names on stderr what a run creates on a shared service (an adapter's
+/// namespace is the topic with `.`/`-` made `_`), so it can be found if even
+/// the cleanup fails.
+#[cfg(feature = "adapters")]
+fn announce(spec: &str, topic: &str) {
+    eprintln!("wharf bench: {spec}: topic {topic} (deleted after the run, also after a failure or an interrupt)");
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
@@ -317,7 +330,9 @@ async fn produce(
     per: u64,
     done: &Arc<AtomicU64>,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut tasks = Vec::new();
+    // A JoinSet, so a load dropped on an interrupt stops its producers
+    // before the cleanup deletes what they publish into.
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..a.producers.max(1) {
         let (b, topic, batch, size, done) = (
             t.backend.clone(),
@@ -328,7 +343,7 @@ async fn produce(
         );
         #[cfg(feature = "adapters")]
         let bare = t.bare.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let payload = bytes::Bytes::from(vec![b'x'; size]);
             let mut h = Histogram::<u64>::new(3).expect("valid histogram");
             let mut sent = 0u64;
@@ -355,11 +370,11 @@ async fn produce(
                 done.fetch_add(n as u64, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(h)
-        }));
+        });
     }
     let mut h = Histogram::<u64>::new(3).expect("valid histogram");
-    for task in tasks {
-        h.add(task.await??).ok();
+    while let Some(task) = tasks.join_next().await {
+        h.add(task??).ok();
     }
     Ok(h)
 }
@@ -481,7 +496,20 @@ async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    let consumed = taken.load(Ordering::Relaxed);
+    consume_result(t, a, cpu, taken.load(Ordering::Relaxed), total, secs).await
+}
+
+/// The consume workload's result row, once `consumed` of `total` messages
+/// were drained in `secs`; an error unless every message was.
+async fn consume_result(
+    t: &Target,
+    a: &BenchArgs,
+    cpu: CpuMeter,
+    consumed: u64,
+    total: u64,
+    secs: f64,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(consumed == total, "drained {consumed} of {total}");
     let cpu = cpu.finish(t, consumed).await;
     Ok(json!({
         "cpu": cpu,
@@ -541,18 +569,7 @@ async fn consume_bare(
         }
     }
     let secs = secs.unwrap_or_else(|| started.elapsed().as_secs_f64());
-    let consumed = taken.load(Ordering::Relaxed);
-    anyhow::ensure!(consumed == total, "drained {consumed} of {total}");
-    let cpu = cpu.finish(t, consumed).await;
-    Ok(json!({
-        "cpu": cpu,
-        "backend": t.label,
-        "workload": "consume",
-        "messages": consumed,
-        "seconds": secs,
-        "msgs_per_sec": consumed as f64 / secs,
-        "mb_per_sec": (consumed as f64 * a.size as f64) / secs / 1e6,
-    }))
+    consume_result(t, a, cpu, taken.load(Ordering::Relaxed), total, secs).await
 }
 
 /// Raw `fdatasync` latency of the disk holding `dir`, for context next to
@@ -794,16 +811,97 @@ fn ratio_to_bare(results: &mut [serde_json::Value]) {
     }
 }
 
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the start of the run, so one
+/// arriving at any point after that ends the load and runs the cleanup.
+struct Interrupts {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn catch() -> anyhow::Result<Interrupts> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Interrupts {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupts {})
+    }
+
+    /// Resolves with the name of the next signal caught.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Deletes what the run created on `t`'s server or service (the adapter's
+/// namespace, the bare client's stream/queue/table/key, the server's
+/// topic), whether the load succeeded or not, then closes the backend.
+async fn clean_up(t: &mut Target) -> anyhow::Result<()> {
+    #[cfg(feature = "adapters")]
+    if let Some(c) = t.cleanup.take() {
+        c.run().await;
+    }
+    #[cfg(feature = "adapters")]
+    if let Some(bare) = &t.bare {
+        bare.cleanup().await;
+    }
+    if let Some(mut server) = t.server.take() {
+        let name = v1::TopicName {
+            name: t.topic.clone(),
+        };
+        if let Err(e) = server.delete_topic(name).await {
+            eprintln!(
+                "warning: cannot delete the benchmark topic {}: {}",
+                t.topic,
+                e.message()
+            );
+        }
+    }
+    if let Some(b) = &t.backend {
+        b.close().await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
+    let mut interrupts = Interrupts::catch()?;
     for spec in &a.backends {
-        #[allow(unused_mut)]
         let mut t = open(conn, spec, &a).await?;
-        let mut r = match a.workload {
-            Workload::Publish => publish_load(&t, &a).await?,
-            Workload::Latency => latency_load(&t, &a).await?,
-            Workload::Consume => consume_load(&t, &a).await?,
+        let load = async {
+            match a.workload {
+                Workload::Publish => publish_load(&t, &a).await,
+                Workload::Latency => latency_load(&t, &a).await,
+                Workload::Consume => consume_load(&t, &a).await,
+            }
         };
+        // An interrupt ends the load (dropping it stops its tasks), then
+        // cleans up like a failure does: the shared servers keep nothing.
+        let r = tokio::select! {
+            r = load => r,
+            signal = interrupts.recv() => Err(anyhow::anyhow!("interrupted by {signal}")),
+        };
+        let closed = clean_up(&mut t).await;
+        let mut r = r?;
+        closed?;
         if let Some(d) = t.durability {
             r["durability"] = json!(d);
         }
@@ -811,28 +909,8 @@ pub(crate) async fn run(conn: &Conn, a: BenchArgs) -> anyhow::Result<()> {
             r["dedup_window_ms"] = json!(w);
         }
         #[cfg(feature = "adapters")]
-        if let Some(c) = t.cleanup.take() {
-            c.run().await;
-        }
-        #[cfg(feature = "adapters")]
-        if let Some(bare) = &t.bare {
+        if t.bare.is_some() {
             r["bare"] = json!(true);
-            bare.cleanup().await;
-        }
-        if let Some(mut server) = t.server.take() {
-            let name = v1::TopicName {
-                name: t.topic.clone(),
-            };
-            if let Err(e) = server.delete_topic(name).await {
-                eprintln!(
-                    "warning: cannot delete the benchmark topic {}: {}",
-                    t.topic,
-                    e.message()
-                );
-            }
-        }
-        if let Some(b) = &t.backend {
-            b.close().await?;
         }
         results.push(r);
     }

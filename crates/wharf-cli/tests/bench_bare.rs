@@ -2,7 +2,8 @@
 //! `bare+amqp://…`, `bare+postgres://…`): the same load through the engine's own client
 //! beside the adapter's row, against the shared services (skipped when one
 //! is down, failed under `WHARF_REQUIRE_SERVICES=1`). Checks the JSON a user
-//! reads, not the timings.
+//! reads, not the timings; and that a failed or interrupted run still deletes
+//! what it created on the shared service.
 
 #![cfg(feature = "adapters")]
 
@@ -191,4 +192,78 @@ fn bench_bare_refuses_the_latency_workload_and_unknown_schemes() {
     assert!(err.contains("publish and consume workloads only"), "{err}");
     let err = run(&["--backend", "bare+mqtt://127.0.0.1:1883", "--count", "10"]);
     assert!(err.contains("bare client is available for"), "{err}");
+}
+
+/// The JetStream stream an adapter run on `topic` creates (see
+/// `crates/wharf-cli/src/adapters.rs`), read from the line `wharf bench`
+/// prints on stderr for it.
+fn bench_stream(stderr: &str) -> String {
+    let topic = stderr
+        .lines()
+        .find_map(|l| l.split_once(": topic ").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no topic named on stderr: {stderr}"));
+    format!("BENCH_{}", topic.replace(['.', '-'], "_"))
+}
+
+/// Whether the NATS server at `url` has a stream named `name`.
+fn stream_exists(url: &str, name: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.get_stream(name).await.is_ok()
+    })
+}
+
+#[test]
+fn a_failed_bench_deletes_what_it_created_on_the_service() {
+    let Some(url) = nats_or_skip() else { return };
+    // 2 MB is over the server's max_payload: the first publish fails.
+    let out = std::process::Command::new(common::BIN)
+        .args(["bench", "--backend", &url, "--size", "2000000"])
+        .args(["--count", "2", "--batch", "1", "--producers", "1"])
+        .output()
+        .expect("run wharf");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 2 MB publish must fail: {stderr}");
+    let stream = bench_stream(&stderr);
+    assert!(
+        !stream_exists(&url, &stream),
+        "{stream} left on the server after a failed run: {stderr}"
+    );
+}
+
+#[test]
+fn an_interrupted_bench_deletes_what_it_created_on_the_service() {
+    let Some(url) = nats_or_skip() else { return };
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["bench", "--backend", &url, "--count", "100000000"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run wharf");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).expect("read stderr");
+    let stream = bench_stream(&first);
+    assert!(
+        stream_exists(&url, &stream),
+        "{stream} not created: {first}"
+    );
+    // The run is under way (or about to be): interrupt it.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "an interrupted run fails: {rest}");
+    assert!(rest.contains("interrupted by SIGTERM"), "{rest}");
+    assert!(
+        !stream_exists(&url, &stream),
+        "{stream} left on the server after SIGTERM: {rest}"
+    );
 }
