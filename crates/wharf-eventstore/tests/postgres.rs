@@ -15,8 +15,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use wharf_eventstore::postgres::{PgEventStore, PgProjection, PgReadModel};
 use wharf_eventstore::projection::{Projection, ProjectionError, ProjectionRunner};
 use wharf_eventstore::{
-    AppendRequest, EventData, EventStore, ExpectedVersion, GlobalFilter, ManualClock, Position,
-    ReadStream, RecordedEvent, StreamId, StreamMetadata,
+    AppendCondition, AppendRequest, EventData, EventStore, EventStoreError, ExpectedVersion,
+    GlobalFilter, ManualClock, Position, Query, ReadStream, RecordedEvent, StreamId,
+    StreamMetadata,
 };
 use wharf_testkit::eventstore::EventStoreFactory;
 use wharf_testkit::WAIT;
@@ -649,4 +650,93 @@ async fn pg_projection_applies_each_event_once_with_its_checkpoint() {
         .expect("catch up after rebuild");
     assert_eq!(seen_rows(store.pool(), &schema.0).await, positions);
     ha.stop().await;
+}
+
+/// Many concurrent conditional appends guarded by the same query (the
+/// uniqueness pattern), queued behind a held head lock so the writer task
+/// decides all of them in one group, each on what the earlier ones in the
+/// group appended: exactly one succeeds, every other fails naming the
+/// winner's position. (Without the in-group check two of them win.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guarded_appends_in_one_group_have_exactly_one_winner() {
+    let Some(schema) = Schema::new() else { return };
+    let store = schema.store().await;
+    let ns = wharf_testkit::unique_name("uniq");
+    let tag = format!("{ns}:username=ada");
+    let after = store
+        .head()
+        .await
+        .expect("head")
+        .value()
+        .checked_sub(1)
+        .map(Position);
+    // Hold the head lock in an open transaction and let one append block
+    // the writer task on it, so the 40 guarded appends queue up and are
+    // decided together in the next group.
+    let mut hold = store.pool().begin().await.expect("begin");
+    store
+        .append_in(
+            &mut hold,
+            &AppendRequest::new(
+                stream(&format!("zz-{ns}")),
+                ExpectedVersion::Any,
+                vec![EventData::new("Hold", "")],
+            ),
+        )
+        .await
+        .expect("hold the lock");
+    let blocked = {
+        let store = store.clone();
+        let s = stream(&format!("zz-{ns}-b"));
+        tokio::spawn(async move {
+            store
+                .append(&s, ExpectedVersion::Any, vec![EventData::new("B", "")])
+                .await
+        })
+    };
+    wait_for_lock_waiter(store.pool(), store.schema()).await;
+    let go = Arc::new(tokio::sync::Barrier::new(41));
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, tag, go) = (store.clone(), tag.clone(), Arc::clone(&go));
+            let s = stream(&format!("{ns}-user-{i}"));
+            tokio::spawn(async move {
+                go.wait().await;
+                store
+                    .append_with(
+                        AppendRequest::new(
+                            s,
+                            ExpectedVersion::NoStream,
+                            vec![EventData::new("Registered", "{}").with_tag(tag.clone())],
+                        )
+                        .condition(AppendCondition {
+                            query: Query::tags([tag]),
+                            after,
+                        }),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    go.wait().await;
+    // Let the released tasks queue their appends behind the blocked one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hold.commit().await.expect("release the lock");
+    blocked.await.expect("task").expect("blocked append");
+    let mut winners = Vec::new();
+    let mut conflicts = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(r) => winners.push(r.first_position),
+            Err(EventStoreError::ConditionFailed { conflict, .. }) => conflicts.push(conflict),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one registration");
+    assert_eq!(conflicts.len(), 39);
+    assert!(
+        conflicts.iter().all(|c| *c == winners[0]),
+        "each names the winner"
+    );
+    assert_eq!(read_all_of(&store, &ns).await.len(), 1);
 }
