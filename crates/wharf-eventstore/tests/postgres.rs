@@ -740,3 +740,60 @@ async fn concurrent_guarded_appends_in_one_group_have_exactly_one_winner() {
     );
     assert_eq!(read_all_of(&store, &ns).await.len(), 1);
 }
+
+/// A store on the application's pool: `close` ends subscriptions and
+/// refuses appends, and leaves the pool open for the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_store_on_the_applications_pool_leaves_the_pool_open() {
+    let Some(schema) = Schema::new() else { return };
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url())
+        .await
+        .expect("pool");
+    let store = PgEventStore::with_pool(pool.clone())
+        .schema(&schema.0)
+        .connect()
+        .await
+        .expect("store");
+    let s = stream("c");
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![EventData::new("A", "")])
+        .await
+        .expect("append");
+    let mut sub = store
+        .subscribe(wharf_eventstore::SubscribeFrom::Start, GlobalFilter::all())
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("ok")
+            .event_type,
+        "A"
+    );
+    store.close().await.expect("close");
+    assert!(matches!(
+        tokio::time::timeout(WAIT, sub.next()).await,
+        Ok(None)
+    ));
+    assert!(matches!(
+        store
+            .append(&s, ExpectedVersion::Any, vec![EventData::new("B", "")])
+            .await,
+        Err(EventStoreError::Closed)
+    ));
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .expect("the application's pool still works");
+    assert_eq!(one, 1);
+    let stored: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}.es_events", schema.0))
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 1, "nothing appended after close");
+    pool.close().await;
+}

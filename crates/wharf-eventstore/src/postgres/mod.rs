@@ -54,6 +54,17 @@
 //! events exist if and only if it commits); it holds the head lock until
 //! that transaction ends, so keep such transactions short.
 //!
+//! # Crashes
+//!
+//! Every write is one transaction (an append, a group of appends, a
+//! metadata change), so a crash of the application or of the server at any
+//! point leaves it committed whole or not at all; an append is acknowledged
+//! only after its commit returned. A commit whose reply is lost reports
+//! [`EventStoreError::Unavailable`]: the outcome is unknown, as the trait's
+//! cancel-safety note describes (retry with the same event ids and
+//! `Exact` to find out). Positions a rolled-back transaction took are
+//! taken again by the next writer.
+//!
 //! [`PgProjection`] runs a read model kept in PostgreSQL whose checkpoint
 //! is written in the same transaction as its rows.
 //!
@@ -897,6 +908,12 @@ impl Inner {
     /// Commits a group of appends queued by concurrent callers (see
     /// [`write_loop`]) and answers each.
     async fn commit_group(&self, group: &mut Vec<Pending>) {
+        if self.check_open().is_err() {
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(EventStoreError::Closed));
+            }
+            return;
+        }
         if group.len() > 1 {
             if let Some(results) = self.try_group(group).await {
                 for ((_, reply), r) in group.drain(..).zip(results) {
@@ -1148,6 +1165,10 @@ async fn run_subscription(
         }
         loop {
             let Some(store) = inner.upgrade() else { return };
+            if store.check_open().is_err() {
+                // Closed (a pool the application owns stays usable).
+                return;
+            }
             let page = store.read_all(pos, &filter, 1000).await;
             drop(store);
             match page {
@@ -1220,7 +1241,9 @@ impl PgEventStore {
     /// subscribers notified) if and only if `tx` commits, together with
     /// whatever else it wrote. Until then `tx` holds the store's write lock
     /// (see the [module docs](self)): every other append waits, so keep the
-    /// transaction short. On an error the transaction must be rolled back.
+    /// transaction short. A conflict or a deleted stream writes nothing and
+    /// leaves the transaction usable; after any other error it is aborted
+    /// and must be rolled back.
     ///
     /// # Errors
     /// As [`EventStore::append_with`].
