@@ -1,5 +1,6 @@
 //! `wharf`: one binary to run the server (`wharf serve`) and to operate it:
-//! topics, publish/subscribe, groups, dead letters and benchmarks. Tables for
+//! topics, publish/subscribe, groups, dead letters, the event store and
+//! benchmarks. Tables for
 //! humans, `--json` for scripts; errors print one line and exit non-zero.
 
 /// `println!` that ends the command quietly when standard output is a
@@ -20,6 +21,7 @@ mod adapters;
 mod adapters_bare;
 mod admin;
 mod bench;
+mod events;
 mod pubsub;
 mod serve_limits;
 mod table;
@@ -134,6 +136,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         cmd: admin::DlqCmd,
+    },
+    /// The event store: append, read, list streams, tail the global log.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: events::EventsCmd,
     },
     /// Publish/consume load test; prints throughput and latency percentiles.
     Bench {
@@ -308,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sub { client, args } => pubsub::subscribe(&client.conn(), args).await,
         Command::Group { client, cmd } => admin::group(&client.conn(), cmd).await,
         Command::Dlq { client, cmd } => admin::dlq(&client.conn(), cmd).await,
+        Command::Events { client, cmd } => events::run(&client.conn(), cmd).await,
         Command::Bench { auth, args } => bench::run(&auth.conn(), args).await,
     }
 }
