@@ -45,3 +45,87 @@ impl wharf_testkit::eventstore::EventStoreFactory for Factory {
 }
 
 wharf_testkit::eventstore_tests!(Factory::new());
+
+/// A subscription through `RemoteEventStore` outlives a server restart:
+/// the client resubscribes after the last event it delivered, so events
+/// appended before, during the outage's aftermath and after arrive once
+/// each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_after_a_server_restart_without_gap_or_duplicate() {
+    use std::time::Duration;
+    use wharf_eventstore::{EventData, ExpectedVersion, GlobalFilter, StreamId, SubscribeFrom};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = common::Server::start(dir.path(), None);
+    let store = wharf_client::RemoteEventStore::connect(&server.url(), None)
+        .await
+        .expect("connect");
+    let s = StreamId::new("resume-1").expect("name");
+    let append = |n: u64| {
+        let store = store.clone();
+        let s = s.clone();
+        async move {
+            store
+                .append(
+                    &s,
+                    ExpectedVersion::Any,
+                    vec![EventData::new("T", n.to_string())],
+                )
+                .await
+                .expect("append")
+        }
+    };
+    for n in 0..3 {
+        append(n).await;
+    }
+    let mut sub = store
+        .subscribe(
+            SubscribeFrom::Start,
+            GlobalFilter::all().stream_prefix("resume-"),
+        )
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next_event(&mut sub).await.version);
+    }
+    server.restart();
+    // The first calls after the restart may meet the old connection.
+    let mut n = 3;
+    while n < 6 {
+        match store
+            .append(
+                &s,
+                ExpectedVersion::Exact(n - 1),
+                vec![EventData::new("T", n.to_string())],
+            )
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(wharf_eventstore::EventStoreError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("append after restart: {e:?}"),
+        }
+    }
+    for _ in 3..6 {
+        got.push(next_event(&mut sub).await.version);
+    }
+    assert_eq!(got, (0..6).collect::<Vec<u64>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "no duplicate follows"
+    );
+}
+
+async fn next_event(
+    sub: &mut wharf_eventstore::EventSubscription,
+) -> wharf_eventstore::RecordedEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(20), sub.next())
+        .await
+        .expect("an event in time")
+        .expect("the subscription is open")
+        .expect("an event")
+}
