@@ -18,7 +18,7 @@
 //! | `nats` | `nats` | NATS JetStream adapter (and core NATS, at-most-once) |
 //! | `redis` | `redis` | Redis Streams adapter (and Pub/Sub, at-most-once), Redis dedup store |
 //! | `amqp` | `amqp` | RabbitMQ adapter |
-//! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported) |
+//! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported); with `eventstore` also `eventstore::postgres` (the PostgreSQL event store) |
 //!
 //! ```toml
 //! [dependencies]
