@@ -1,7 +1,8 @@
 //! `PgProjection` under `kill -9`: a child process (this same binary,
 //! re-executed) runs a projection whose read model writes one row per event
 //! and then lingers inside the batch's transaction; the parent kills it with
-//! SIGKILL at a random moment, then checks, in one snapshot, that the rows
+//! SIGKILL a random moment (0–40 ms) after it committed a batch of the
+//! cycle's events, then checks, in one snapshot, that the rows
 //! are exactly the events below the stored checkpoint — each once, none
 //! from a batch whose checkpoint was not stored. New events arrive before
 //! every cycle; after the last one the parent runs the projection to the
@@ -178,10 +179,13 @@ async fn run_cycles(store: PgEventStore, schema: String) {
     .execute(store.pool())
     .await
     .expect("read model table");
+    // Creates the checkpoint table before the first snapshot.
+    projection(store.pool().clone(), &schema, Duration::ZERO).await;
     let exe = std::env::current_exe().expect("current exe");
     let mut positions: Vec<i64> = Vec::new();
     let mut mid_run = 0;
     for cycle in 0..cycles {
+        let before = snapshot(store.pool(), &schema).await.0;
         positions.extend(append_events(&store, 120, cycle).await);
         let mut child = Command::new(&exe)
             .env(CHILD_SCHEMA, &schema)
@@ -197,7 +201,18 @@ async fn run_cycles(store: PgEventStore, schema: String) {
         .await
         .expect("reader");
         assert_eq!(started.trim(), "started", "the child started");
-        let wait = rand::thread_rng().gen_range(5..120);
+        // Once the child committed a batch of this cycle's events, kill it
+        // a random moment later (most of a batch's time is spent inside its
+        // transaction, after its rows were written).
+        let deadline = tokio::time::Instant::now() + wharf_testkit::WAIT;
+        while snapshot(store.pool(), &schema).await.0 <= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: the child made no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let wait = rand::thread_rng().gen_range(0..40);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap the child");
@@ -212,11 +227,11 @@ async fn run_cycles(store: PgEventStore, schema: String) {
             rows, below,
             "cycle {cycle}: the rows are exactly the events below the checkpoint {checkpoint}"
         );
-        if (checkpoint as usize) > 0 && below.len() < positions.len() {
+        if below.len() < positions.len() {
             mid_run += 1;
         }
         println!(
-            "cycle {cycle}: killed after {wait} ms, checkpoint {checkpoint}, {} of {} events applied",
+            "cycle {cycle}: killed {wait} ms after a commit, checkpoint {checkpoint}, {} of {} events applied",
             below.len(),
             positions.len()
         );
