@@ -8,7 +8,9 @@
 //! Both sides use `writers` concurrent tasks on a pool of `writers`
 //! connections, each writing one 100-byte event per transaction (autocommit
 //! for the baseline; the store: one stream per writer, `Exact(n)`). Prints
-//! each rate and the ratio store / baseline. Uses (and drops) a schema of
+//! each rate and the ratio store / baseline; then, with one writer, a plain
+//! append against a conditional one, and the rate of a catch-up
+//! `read_all` over everything written. Uses (and drops) a schema of
 //! its own on `WHARF_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`).
 
@@ -16,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use wharf_eventstore::postgres::PgEventStore;
-use wharf_eventstore::{EventData, EventStore, ExpectedVersion, StreamId};
+use wharf_eventstore::{
+    AppendCondition, AppendRequest, EventData, EventId, EventStore, ExpectedVersion, GlobalFilter,
+    Position, Query, StreamId,
+};
 
 #[tokio::main]
 async fn main() {
@@ -88,13 +93,66 @@ async fn main() {
         t.await.expect("store writer");
     }
     let appends = rate(writers * per_writer, t.elapsed());
-    store.close().await.expect("close");
-
     println!(
         "writers {writers}, {per_writer} each, 100 B: plain INSERT {baseline:.0}/s, \
          PgEventStore append {appends:.0}/s, ratio {:.2}",
         appends / baseline
     );
+
+    // One writer: a plain append against a conditional one (nothing tagged
+    // like this after the head read just before), alternating.
+    let s = StreamId::new("cond").expect("stream");
+    let (mut plain, mut conditional) = (Duration::ZERO, Duration::ZERO);
+    let rounds = 200;
+    for i in 0..rounds {
+        let tag = format!("order:{i}");
+        let e = EventData::new("Placed", payload.clone()).with_tag(tag.clone());
+        let t = Instant::now();
+        store
+            .append(&s, ExpectedVersion::Any, vec![e.clone()])
+            .await
+            .expect("plain");
+        plain += t.elapsed();
+        let t = Instant::now();
+        let head = store.head().await.expect("head");
+        let req = AppendRequest::new(
+            s.clone(),
+            ExpectedVersion::Any,
+            vec![e.with_id(EventId::new())],
+        )
+        .condition(
+            AppendCondition::new(Query::tags([format!("order:{i}-other")]))
+                .after(Position(head.value().saturating_sub(1))),
+        );
+        store.append_with(req).await.expect("conditional");
+        conditional += t.elapsed();
+    }
+    println!(
+        "1 writer: plain append {:.0} µs, conditional append (with its head read) {:.0} µs, ratio {:.2}",
+        plain.as_secs_f64() * 1e6 / f64::from(rounds),
+        conditional.as_secs_f64() * 1e6 / f64::from(rounds),
+        conditional.as_secs_f64() / plain.as_secs_f64()
+    );
+
+    // Catch-up read of everything written, pages of 1,000.
+    let t = Instant::now();
+    let (mut from, mut n) = (Position::START, 0usize);
+    loop {
+        let page = store
+            .read_all(from, &GlobalFilter::all(), 1000)
+            .await
+            .expect("read_all");
+        n += page.events.len();
+        from = page.next;
+        if page.is_end {
+            break;
+        }
+    }
+    println!(
+        "read_all: {n} events at {:.0} events/s",
+        rate(n, t.elapsed())
+    );
+    store.close().await.expect("close");
     sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
         .await
