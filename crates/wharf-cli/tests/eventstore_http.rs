@@ -298,6 +298,36 @@ async fn sse_subscription_catches_up_then_goes_live_in_commit_order() {
     assert!(text.contains("event: event"), "{text}");
     assert!(text.find("\"First\"") < text.find("\"Second\""), "{text}");
     assert!(!text.contains("Elsewhere"), "filtered by prefix: {text}");
+
+    // A reconnect with Last-Event-ID (the first event's position) resumes
+    // after it: Second comes first, First is not repeated.
+    let first_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an SSE id")
+        .to_owned();
+    let resp = c
+        .get(format!(
+            "{base}/v1/eventstore/subscribe?prefix=sub-&from=start"
+        ))
+        .header("last-event-id", &first_id)
+        .send()
+        .await
+        .expect("resubscribe");
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            if text.contains("\"Second\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "events so far: {text}");
+    assert!(!text.contains("\"First\""), "resumed after it: {text}");
 }
 
 /// A raw gRPC unary call of `msg` (encoded protobuf, or any bytes): the

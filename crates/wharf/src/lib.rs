@@ -13,7 +13,7 @@
 //! | `memory` (default) | [`memory`] | in-process, bounded, non-durable backend |
 //! | `broker` (default) | [`broker`] | embedded durable broker on Wharf's own log |
 //! | `router` | `router` | handlers, per-key ordering, tower middleware (retry, retry topics, DLQ, dedup, timeout, rate limit, circuit breaker, …) |
-//! | `client` | `client` | remote client of `wharf serve` (gRPC) |
+//! | `client` | `client` | remote client of `wharf serve` (gRPC); with `eventstore` also `client::RemoteEventStore` (the server's event store) |
 //! | `tls` | `client` | `https://` for the client (`Client::connect_with` and a CA certificate) |
 //! | `nats` | `nats` | NATS JetStream adapter (and core NATS, at-most-once) |
 //! | `redis` | `redis` | Redis Streams adapter (and Pub/Sub, at-most-once), Redis dedup store |

@@ -730,8 +730,10 @@ pub(crate) async fn head(State(s): AppState, headers: HeaderMap) -> ApiResult<Js
 
 /// Server-Sent Events: every stored event from `from` passing the filter,
 /// then each new one as it is committed, in commit order, one `event`
-/// event each (a JSON `EventJson`, SSE id = its position). Needs the
-/// `events_read` right on the prefix (`*` without one).
+/// event each (a JSON `EventJson`, SSE id = its position). A reconnecting
+/// client's `Last-Event-ID` (a position) resumes after that event, in
+/// place of `from`. Needs the `events_read` right on the prefix (`*`
+/// without one).
 #[utoipa::path(get, path = "/v1/eventstore/subscribe",
     params(SubscribeParams),
     responses((status = 200, description = "`event` events, each an EventJson", content_type = "text/event-stream"),
@@ -749,10 +751,15 @@ pub(crate) async fn subscribe(
         p.tags.as_deref(),
         p.include_system,
     )?;
-    let from = match p.from.as_deref() {
-        None | Some("start") => SubscribeFrom::Start,
-        Some("end") => SubscribeFrom::End,
-        Some(n) => SubscribeFrom::Position(Position(n.parse::<u64>().map_err(|_| {
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from = match (last_id, p.from.as_deref()) {
+        (Some(id), _) => SubscribeFrom::Position(Position(id).next()),
+        (None, None | Some("start")) => SubscribeFrom::Start,
+        (None, Some("end")) => SubscribeFrom::End,
+        (None, Some(n)) => SubscribeFrom::Position(Position(n.parse::<u64>().map_err(|_| {
             ApiError::from(wharf_eventstore::EventStoreError::InvalidArgument {
                 field: "from",
                 value: n.chars().take(64).collect(),
