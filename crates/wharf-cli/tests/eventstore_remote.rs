@@ -129,3 +129,56 @@ async fn next_event(
         .expect("the subscription is open")
         .expect("an event")
 }
+
+/// A stream longer than the server's page (10,000 events per read) reads
+/// whole through `RemoteEventStore`, forwards and backwards, and a bounded
+/// read across the page boundary stops at its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_stream_reads_are_paged_whole_in_both_directions() {
+    use wharf_eventstore::{EventData, ExpectedVersion, ReadStream, StreamFrom, StreamId};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let store = wharf_client::RemoteEventStore::connect(&server.url(), None)
+        .await
+        .expect("connect");
+    let s = StreamId::new("long-1").expect("name");
+    const N: u64 = 10_500;
+    for chunk in 0..N / 1500 {
+        let evs = (0..1500)
+            .map(|i| EventData::new("T", (chunk * 1500 + i).to_string()))
+            .collect();
+        store
+            .append(&s, ExpectedVersion::Any, evs)
+            .await
+            .expect("append");
+    }
+    let fwd = store
+        .read_stream(&s, ReadStream::forwards())
+        .await
+        .expect("read forwards");
+    assert_eq!(
+        fwd.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (0..N).collect::<Vec<_>>()
+    );
+    let back = store
+        .read_stream(&s, ReadStream::backwards())
+        .await
+        .expect("read backwards");
+    assert_eq!(
+        back.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (0..N).rev().collect::<Vec<_>>()
+    );
+    let bounded = store
+        .read_stream(
+            &s,
+            ReadStream::forwards()
+                .from(StreamFrom::Version(100))
+                .max_count(10_200),
+        )
+        .await
+        .expect("bounded read");
+    assert_eq!(bounded.len(), 10_200);
+    assert_eq!(bounded.first().map(|e| e.version), Some(100));
+    assert_eq!(bounded.last().map(|e| e.version), Some(10_299));
+}

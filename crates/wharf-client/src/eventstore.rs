@@ -85,7 +85,20 @@ impl RemoteEventStore {
     /// [`EventStoreError::PermissionDenied`] for an unknown token,
     /// [`EventStoreError::InvalidArgument`] for a bad URL or token.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<RemoteEventStore> {
-        let channel = connect_channel(url, token, None)
+        RemoteEventStore::connect_with(url, token, None).await
+    }
+
+    /// As [`RemoteEventStore::connect`], trusting the PEM CA certificate
+    /// `ca_pem` for an `https://` URL (needs the `tls` feature).
+    ///
+    /// # Errors
+    /// As [`RemoteEventStore::connect`].
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<RemoteEventStore> {
+        let channel = connect_channel(url, token, ca_pem)
             .await
             .map_err(|e| match e {
                 wharf_core::Error::InvalidArgument { name, reason } => {
