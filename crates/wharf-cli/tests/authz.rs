@@ -3,6 +3,8 @@
 //! and a DLQ replay that write where the token may not publish, a consume
 //! stream whose dead-letter target writes where the token may not publish,
 //! `/metrics` for any token, and gRPC reflection outside the API's auth.
+//! The matrix covers every HTTP route and RPC, the event store's too
+//! (rights on stream-name prefixes).
 
 mod common;
 
@@ -478,10 +480,14 @@ const A: u8 = 4;
 const M: u8 = 8;
 /// Every right on every topic.
 const ROOT: u8 = 16;
+/// Event store rights on streams starting with `m-` (never `x-`).
+const ER: u8 = 32;
+const EA: u8 = 64;
+const EAD: u8 = 128;
 
 /// The matrix tokens: each right alone, the pairs some calls need, none
 /// (a valid token without rights), and root.
-const MATRIX_TOKENS: [(&str, u8); 8] = [
+const MATRIX_TOKENS: [(&str, u8); 11] = [
     ("m-none", 0),
     ("m-publish", P),
     ("m-consume", C),
@@ -489,7 +495,10 @@ const MATRIX_TOKENS: [(&str, u8); 8] = [
     ("m-metrics", M),
     ("m-publish-admin", P | A),
     ("m-consume-publish", C | P),
-    ("m-root", ROOT | P | C | A | M),
+    ("m-events-read", ER),
+    ("m-events-append", EA),
+    ("m-events-admin", EAD),
+    ("m-root", ROOT | P | C | A | M | ER | EA | EAD),
 ];
 
 fn matrix_config(dir: &std::path::Path) -> std::path::PathBuf {
@@ -505,12 +514,24 @@ fn matrix_config(dir: &std::path::Path) -> std::path::PathBuf {
                 "[]"
             }
         };
+        let streams = |r: u8| {
+            if rights & ROOT != 0 {
+                r#"["*"]"#
+            } else if rights & r != 0 {
+                r#"["m-"]"#
+            } else {
+                "[]"
+            }
+        };
         text.push_str(&format!(
-            "[[tokens]]\ntoken = \"{token}\"\npublish = {}\nconsume = {}\nadmin = {}\nmetrics = {}\n\n",
+            "[[tokens]]\ntoken = \"{token}\"\npublish = {}\nconsume = {}\nadmin = {}\nmetrics = {}\nevents_read = {}\nevents_append = {}\nevents_admin = {}\n\n",
             on(P),
             on(C),
             on(A),
             rights & M != 0 && rights & ROOT == 0,
+            streams(ER),
+            streams(EA),
+            streams(EAD),
         ));
     }
     std::fs::write(&path, text).expect("write config");
@@ -800,6 +821,166 @@ const HTTP_MATRIX: &[HttpCase] = &[
         Setup::None,
         Need::Any(A),
     ),
+    http_case(
+        "POST /v1/eventstore/streams/{stream}",
+        "stream in m-",
+        "/v1/eventstore/streams/m-1",
+        Some(r#"{"events":[{"type":"T","payload":"p"}]}"#),
+        Setup::None,
+        Need::Any(EA),
+    ),
+    http_case(
+        "POST /v1/eventstore/streams/{stream}",
+        "stream outside",
+        "/v1/eventstore/streams/x-1",
+        Some(r#"{"events":[{"type":"T","payload":"p"}]}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "POST /v1/eventstore/streams/{stream}",
+        "snapshot stream of m-",
+        "/v1/eventstore/streams/$snapshot-m-1",
+        Some(r#"{"events":[{"type":"$snapshot","payload":"p"}]}"#),
+        Setup::None,
+        Need::Any(EA),
+    ),
+    http_case(
+        "POST /v1/eventstore/streams/{stream}",
+        "condition (reads every stream)",
+        "/v1/eventstore/streams/m-1",
+        Some(r#"{"events":[{"type":"T","payload":"p"}],"condition":{"query":[{"tags":["t"]}]}}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams/{stream}",
+        "stream in m-",
+        "/v1/eventstore/streams/m-1",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams/{stream}",
+        "stream outside",
+        "/v1/eventstore/streams/x-1",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "DELETE /v1/eventstore/streams/{stream}",
+        "stream in m-",
+        "/v1/eventstore/streams/m-2",
+        None,
+        Setup::None,
+        Need::Any(EAD),
+    ),
+    http_case(
+        "DELETE /v1/eventstore/streams/{stream}",
+        "stream outside",
+        "/v1/eventstore/streams/x-2?tombstone=true",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams/{stream}/info",
+        "stream in m-",
+        "/v1/eventstore/streams/m-1/info",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams/{stream}/info",
+        "stream outside",
+        "/v1/eventstore/streams/x-1/info",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "PUT /v1/eventstore/streams/{stream}/metadata",
+        "stream in m-",
+        "/v1/eventstore/streams/m-3/metadata",
+        Some(r#"{"max_count":5}"#),
+        Setup::None,
+        Need::Any(EAD),
+    ),
+    http_case(
+        "PUT /v1/eventstore/streams/{stream}/metadata",
+        "stream outside",
+        "/v1/eventstore/streams/x-3/metadata",
+        Some(r#"{"max_count":5}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams",
+        "prefix m-",
+        "/v1/eventstore/streams?prefix=m-",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "GET /v1/eventstore/streams",
+        "every stream",
+        "/v1/eventstore/streams",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/all",
+        "prefix m-",
+        "/v1/eventstore/all?prefix=m-",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "GET /v1/eventstore/all",
+        "every stream",
+        "/v1/eventstore/all",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/all",
+        "prefix m- with system streams",
+        "/v1/eventstore/all?prefix=m-&include_system=true",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/subscribe",
+        "prefix m-",
+        "/v1/eventstore/subscribe?prefix=m-",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "GET /v1/eventstore/subscribe",
+        "prefix outside",
+        "/v1/eventstore/subscribe?prefix=x-",
+        None,
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/head",
+        "",
+        "/v1/eventstore/head",
+        None,
+        Setup::None,
+        Need::Token,
+    ),
 ];
 
 async fn root_json(req: reqwest::RequestBuilder) -> Value {
@@ -1045,6 +1226,45 @@ const GRPC_MATRIX: &[GrpcCase] = &[
         Need::All(ROOT),
     ),
     grpc_case("DlqPurge", "", Setup::None, Need::Any(A)),
+    grpc_case("Append", "stream in m-", Setup::None, Need::Any(EA)),
+    grpc_case("Append", "stream outside", Setup::None, Need::All(ROOT)),
+    grpc_case(
+        "Append",
+        "condition (reads every stream)",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("ReadStream", "stream in m-", Setup::None, Need::Any(ER)),
+    grpc_case("ReadStream", "stream outside", Setup::None, Need::All(ROOT)),
+    grpc_case("ReadAll", "prefix m-", Setup::None, Need::Any(ER)),
+    grpc_case("ReadAll", "every stream", Setup::None, Need::All(ROOT)),
+    grpc_case("Subscribe", "prefix m-", Setup::None, Need::Any(ER)),
+    grpc_case("Subscribe", "prefix outside", Setup::None, Need::All(ROOT)),
+    grpc_case("StreamInfo", "stream in m-", Setup::None, Need::Any(ER)),
+    grpc_case("StreamInfo", "stream outside", Setup::None, Need::All(ROOT)),
+    grpc_case(
+        "SetStreamMetadata",
+        "stream in m-",
+        Setup::None,
+        Need::Any(EAD),
+    ),
+    grpc_case(
+        "SetStreamMetadata",
+        "stream outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("DeleteStream", "stream in m-", Setup::None, Need::Any(EAD)),
+    grpc_case(
+        "DeleteStream",
+        "stream outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("ListStreams", "prefix m-", Setup::None, Need::Any(ER)),
+    grpc_case("ListStreams", "every stream", Setup::None, Need::All(ROOT)),
+    grpc_case("Head", "", Setup::None, Need::Token),
+    grpc_case("Limits", "", Setup::None, Need::Token),
 ];
 
 /// The code one gRPC cell gets (`Ok` when the call was accepted).
@@ -1168,7 +1388,119 @@ async fn grpc_code(url: &str, case: &GrpcCase, x: &str, token: Option<&str>) -> 
             .err(),
         ),
         ("DlqPurge", _) => code(c.dlq_purge(name("dlq.m.t")).await.err()),
-        (rpc, what) => panic!("no call for {rpc} [{what}]"),
+        (rpc, what) => event_store_code(url, rpc, what, token).await,
+    }
+}
+
+/// The code of one `wharf.v1.EventStore` cell: `m-…` streams inside the
+/// matrix tokens' prefix, `x-…` outside.
+async fn event_store_code(url: &str, rpc: &str, what: &str, token: Option<&str>) -> Code {
+    let mut c = wharf_client::raw_event_store_client(url, token)
+        .await
+        .expect("connect");
+    let stream = if what.contains("outside") {
+        "x-1"
+    } else {
+        "m-1"
+    };
+    let prefix = match what {
+        "prefix m-" => Some("m-".to_owned()),
+        "prefix outside" => Some("x-".to_owned()),
+        _ => None,
+    };
+    let filter = Some(v1::EsFilter {
+        stream_prefix: prefix.clone(),
+        ..Default::default()
+    });
+    let event = v1::EsEvent {
+        event_type: "T".into(),
+        schema_version: 1,
+        payload: b"p".to_vec().into(),
+        ..Default::default()
+    };
+    let code = |e: Option<tonic::Status>| e.map_or(Code::Ok, |s| s.code());
+    match rpc {
+        "Append" => code(
+            c.append(v1::EsAppendRequest {
+                stream: stream.into(),
+                events: vec![event],
+                condition: what.starts_with("condition").then(|| v1::EsCondition {
+                    query: Some(v1::EsQuery {
+                        items: vec![v1::EsQueryItem {
+                            tags: vec!["t".into()],
+                            ..Default::default()
+                        }],
+                    }),
+                    after: None,
+                }),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "ReadStream" => code(
+            c.read_stream(v1::EsReadStreamRequest {
+                stream: stream.into(),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "ReadAll" => code(
+            c.read_all(v1::EsReadAllRequest {
+                filter,
+                max_count: 10,
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "Subscribe" => code(
+            c.subscribe(v1::EsSubscribeRequest {
+                filter,
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "StreamInfo" => code(
+            c.stream_info(v1::EsStreamName {
+                stream: stream.into(),
+            })
+            .await
+            .err(),
+        ),
+        "SetStreamMetadata" => code(
+            c.set_stream_metadata(v1::EsSetMetadataRequest {
+                stream: stream.into(),
+                metadata: Some(v1::EsMetadata {
+                    max_count: Some(5),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .err(),
+        ),
+        "DeleteStream" => code(
+            c.delete_stream(v1::EsDeleteRequest {
+                stream: stream.into(),
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "ListStreams" => code(
+            c.list_streams(v1::EsListStreamsRequest {
+                prefix: prefix.unwrap_or_default(),
+                max_count: 10,
+                ..Default::default()
+            })
+            .await
+            .err(),
+        ),
+        "Head" => code(c.head(v1::Empty {}).await.err()),
+        "Limits" => code(c.limits(v1::Empty {}).await.err()),
+        _ => panic!("no call for {rpc} [{what}]"),
     }
 }
 

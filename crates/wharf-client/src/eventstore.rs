@@ -66,6 +66,23 @@ impl std::fmt::Debug for RemoteEventStore {
     }
 }
 
+/// A raw `wharf.v1.EventStore` gRPC client for `url`, sending `token` if
+/// given, without the limits handshake (for tools and tests that call the
+/// RPCs directly).
+///
+/// # Errors
+/// As [`Client::connect`].
+pub async fn raw_event_store_client(
+    url: &str,
+    token: Option<&str>,
+) -> std::result::Result<EventStoreClient<AuthChannel>, wharf_core::Error> {
+    Ok(
+        EventStoreClient::new(connect_channel(url, token, None).await?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    )
+}
+
 impl Client {
     /// The server's event store, on this client's connection.
     ///

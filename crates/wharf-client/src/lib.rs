@@ -48,7 +48,7 @@ use wharf_proto::v1::wharf_client::WharfClient;
 pub use wharf_proto::v1 as proto;
 
 #[cfg(feature = "eventstore")]
-pub use eventstore::RemoteEventStore;
+pub use eventstore::{raw_event_store_client, RemoteEventStore};
 
 /// The backend name in errors.
 pub const BACKEND: &str = "remote";
