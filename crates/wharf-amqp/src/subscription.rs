@@ -434,6 +434,26 @@ impl Acker for AmqpAcker {
         }
     }
 
+    /// Takes every token, then sends all their `basic.ack`s before awaiting
+    /// any: lapin resolves each once its frame is written, so awaiting them
+    /// one by one costs a hand-off to the connection's I/O loop per message.
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let mut sending = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            match self.take(token) {
+                Ok(_) => sending.push(token),
+                Err(e) => failed.push((token, e)),
+            }
+        }
+        let sent =
+            futures_util::future::join_all(sending.iter().map(|&t| self.settler.ack(t))).await;
+        for (token, r) in sending.into_iter().zip(sent) {
+            if let Err(e) = r {
+                failed.push((token, e));
+            }
+        }
+    }
+
     async fn extend(&self, _token: u64, _by: Duration) -> Result<()> {
         Err(Error::Unsupported {
             backend: NAME,

@@ -483,6 +483,19 @@ fn spawn_ack_batcher(inner: Arc<Inner>, gid: i64) -> mpsc::UnboundedSender<Pendi
     tx
 }
 
+/// What the ack batcher's answer for `token` means.
+fn ack_outcome(
+    token: u64,
+    answer: std::result::Result<Result<bool>, oneshot::error::RecvError>,
+) -> Result<()> {
+    match answer {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(unknown(token)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Closed { what: "acker" }),
+    }
+}
+
 fn unknown(token: u64) -> Error {
     Error::UnknownDelivery {
         id: token.to_string(),
@@ -490,6 +503,42 @@ fn unknown(token: u64) -> Error {
 }
 
 impl Settler {
+    /// Hands `tok` to the subscription's ack batcher; the receiver says
+    /// whether its row was still held once the batch committed.
+    fn queue_ack(&self, tok: i64) -> Result<oneshot::Receiver<Result<bool>>> {
+        let (done, acked) = oneshot::channel();
+        self.acks
+            .send((tok, done))
+            .map_err(|_| Error::Closed { what: "acker" })?;
+        Ok(acked)
+    }
+
+    /// Acks `tokens` together: all are queued before any is awaited, so they
+    /// share the batcher's `DELETE` and commits (one per up to 1,024) rather
+    /// than one commit each.
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let mut waiting = Vec::with_capacity(tokens.len());
+        for &token in tokens {
+            let queued = i64::try_from(token)
+                .map_err(|_| unknown(token))
+                .and_then(|tok| self.queue_ack(tok));
+            match queued {
+                Ok(acked) => waiting.push((token, acked)),
+                Err(e) => {
+                    self.sem.add_permits(1);
+                    failed.push((token, e));
+                }
+            }
+        }
+        for (token, acked) in waiting {
+            let r = ack_outcome(token, acked.await);
+            self.sem.add_permits(1);
+            if let Err(e) = r {
+                failed.push((token, e));
+            }
+        }
+    }
+
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
         // An ack makes nothing new available: no need to wake the fetchers.
         let wake = !matches!(settlement, Settlement::Ack);
@@ -504,18 +553,7 @@ impl Settler {
     async fn settle_inner(&self, token: u64, settlement: Settlement) -> Result<()> {
         let tok = i64::try_from(token).map_err(|_| unknown(token))?;
         match settlement {
-            Settlement::Ack => {
-                let (done, acked) = oneshot::channel();
-                self.acks
-                    .send((tok, done))
-                    .map_err(|_| Error::Closed { what: "acker" })?;
-                match acked.await {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err(unknown(token)),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(Error::Closed { what: "acker" }),
-                }
-            }
+            Settlement::Ack => ack_outcome(token, self.queue_ack(tok)?.await),
             Settlement::Nack { delay } => {
                 let limit = self
                     .max_deliveries
@@ -602,6 +640,10 @@ struct PgAcker {
 impl Acker for PgAcker {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
         self.settler.settle(token, settlement).await
+    }
+
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        self.settler.ack_many(tokens, failed).await;
     }
 
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
