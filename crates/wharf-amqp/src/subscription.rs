@@ -9,7 +9,7 @@
 //! on the exchange, then ack. All copies wait for the publisher confirm
 //! before the ack, so a crash in between duplicates, never loses.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -152,6 +152,7 @@ pub(crate) async fn open_subscription(
             group,
             max_deliveries: options.max_deliveries_limit(),
             dead_letter_topic: options.dead_letter_topic_name().map(str::to_owned),
+            settling: Arc::default(),
         },
         held: Mutex::default(),
         runtime: tokio::runtime::Handle::current(),
@@ -190,8 +191,10 @@ impl AmqpStream {
             .is_some_and(|e| e.as_millis() <= Timestamp::now().as_millis())
         {
             let settler = self.acker.settler.clone();
+            let settling = settler.settling(tag);
             self.acker.runtime.spawn(async move {
                 let _ = settler.ack(tag).await;
+                drop(settling);
             });
             return None;
         }
@@ -312,9 +315,37 @@ struct Settler {
     group: Option<String>,
     max_deliveries: Option<u32>,
     dead_letter_topic: Option<String>,
+    /// Tags taken out of [`AmqpAcker::held`] (or never put there) whose own
+    /// ack or nack is not yet sent; see [`AmqpAcker::ack_many`].
+    settling: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+/// A tag in [`Settler::settling`], removed on drop.
+struct Settling {
+    set: Arc<Mutex<BTreeSet<u64>>>,
+    tag: u64,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.tag);
+        }
+    }
 }
 
 impl Settler {
+    /// Marks `tag` as being settled on its own until the guard is dropped.
+    fn settling(&self, tag: u64) -> Settling {
+        if let Ok(mut set) = self.settling.lock() {
+            set.insert(tag);
+        }
+        Settling {
+            set: self.settling.clone(),
+            tag,
+        }
+    }
+
     async fn ack(&self, token: u64) -> Result<()> {
         self.ch
             .basic_ack(token, BasicAckOptions::default())
@@ -404,21 +435,55 @@ struct AmqpAcker {
 }
 
 impl AmqpAcker {
-    fn take(&self, token: u64) -> Result<Held> {
-        self.held
+    /// Takes a delivery out to settle it on its own; marked as settling
+    /// under the same lock, so [`AmqpAcker::ack_many`] never sees it in
+    /// neither place.
+    fn take(&self, token: u64) -> Result<(Held, Settling)> {
+        let mut held = self.held.lock().map_err(|_| unknown(token))?;
+        let h = held.remove(&token).ok_or_else(|| unknown(token))?;
+        Ok((h, self.settler.settling(token)))
+    }
+
+    /// Takes the deliveries of `tokens` out (failing the unknown ones) and
+    /// says whether one `basic.ack` with `multiple` up to the highest would
+    /// ack exactly them: no other delivery below it is still held or
+    /// settling on its own (every lower tag has been handed out, since the
+    /// stream hands them out in tag order).
+    fn take_batch(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) -> (Vec<u64>, bool) {
+        let Ok(mut held) = self.held.lock() else {
+            failed.extend(tokens.iter().map(|&t| (t, unknown(t))));
+            return (Vec::new(), false);
+        };
+        let mut taken = Vec::with_capacity(tokens.len());
+        for &t in tokens {
+            match held.remove(&t) {
+                Some(_) => taken.push(t),
+                None => failed.push((t, unknown(t))),
+            }
+        }
+        let Some(&max) = taken.iter().max() else {
+            return (taken, false);
+        };
+        let settling_below = self
+            .settler
+            .settling
             .lock()
-            .ok()
-            .and_then(|mut h| h.remove(&token))
-            .ok_or_else(|| Error::UnknownDelivery {
-                id: token.to_string(),
-            })
+            .map_or(true, |s| s.range(..max).next().is_some());
+        let covers = !settling_below && !held.keys().any(|&k| k < max);
+        (taken, covers)
+    }
+}
+
+fn unknown(token: u64) -> Error {
+    Error::UnknownDelivery {
+        id: token.to_string(),
     }
 }
 
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
-        let held = self.take(token)?;
+        let (held, _settling) = self.take(token)?;
         let s = &self.settler;
         match settlement {
             Settlement::Ack => s.ack(token).await,
@@ -434,16 +499,34 @@ impl Acker for AmqpAcker {
         }
     }
 
-    /// Takes every token, then sends all their `basic.ack`s before awaiting
-    /// any: lapin resolves each once its frame is written, so awaiting them
-    /// one by one costs a hand-off to the connection's I/O loop per message.
+    /// One `basic.ack` with `multiple` up to the batch's highest tag when
+    /// that acks exactly the batch (the usual case: a consumer acking all it
+    /// took), as RabbitMQ's own clients do; otherwise every `basic.ack` of the
+    /// batch is sent before any is awaited (lapin resolves each once its
+    /// frame is written, so one by one costs an I/O-loop hand-off each).
     async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
-        let mut sending = Vec::with_capacity(tokens.len());
-        for &token in tokens {
-            match self.take(token) {
-                Ok(_) => sending.push(token),
-                Err(e) => failed.push((token, e)),
+        let (sending, covers) = self.take_batch(tokens, failed);
+        if covers {
+            let max = sending.iter().copied().max().unwrap_or(0);
+            let r = self
+                .settler
+                .ch
+                .basic_ack(max, BasicAckOptions { multiple: true })
+                .await;
+            if let Err(e) = r {
+                let e = amqp_err(e);
+                let msg = e.to_string();
+                failed.extend(sending.into_iter().map(|t| {
+                    (
+                        t,
+                        Error::Backend {
+                            backend: NAME,
+                            source: msg.clone().into(),
+                        },
+                    )
+                }));
             }
+            return;
         }
         let sent =
             futures_util::future::join_all(sending.iter().map(|&t| self.settler.ack(t))).await;
@@ -462,13 +545,16 @@ impl Acker for AmqpAcker {
     }
 
     fn release(&self, token: u64) {
-        let Ok(held) = self.take(token) else { return };
+        let Ok((held, settling)) = self.take(token) else {
+            return;
+        };
         // Channel gone: the broker has already requeued the message.
         if !self.settler.ch.status().connected() {
             return;
         }
         let settler = self.settler.clone();
         self.runtime.spawn(async move {
+            let _settling = settling;
             if let Err(e) = settler.redeliver(token, held, Duration::ZERO).await {
                 tracing::warn!(error = %e, "releasing a dropped delivery failed; the broker requeues it when the channel closes");
             }

@@ -71,3 +71,48 @@ async fn new_groups_drain_a_large_backlog_in_order_and_leave_it_in_place() {
         sub.close().await.expect("close");
     }
 }
+
+/// A batch ack is one `basic.ack multiple` only when that covers exactly the
+/// batch: with an older delivery still held, that one stays unacked (here:
+/// nacked afterwards, it comes back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ack_leaves_an_older_held_delivery_unacked() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("held").group("g"))
+        .await
+        .expect("subscribe");
+    for i in 0..3 {
+        b.publish("held", Message::new(i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("delivery");
+        got.push(d);
+    }
+    let oldest = got.remove(0);
+    assert_eq!(&oldest.message().payload()[..], b"0");
+    let mut acks = AckBatch::new();
+    for d in got {
+        acks.push(d);
+    }
+    assert!(acks.flush().await.is_empty());
+    oldest.nack().await.expect("the oldest is still held");
+    let again = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("redelivery");
+    assert_eq!(&again.message().payload()[..], b"0");
+    assert_eq!(again.info().attempt, 2);
+    again.ack().await.expect("ack");
+}
