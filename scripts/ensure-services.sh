@@ -31,4 +31,6 @@ start redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 
 # RabbitMQ boots slowly (Erlang VM + plugins): allow it up to ~60 s.
 start rabbitmq 5672 rabbitmq-server -detached || status=1
 start postgres 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || status=1
+# The Kafka-protocol test broker (installed from crates.io when missing).
+bash "$(dirname "$0")/ensure-kafka.sh" || status=1
 exit $status

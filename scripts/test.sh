@@ -13,7 +13,7 @@ bash scripts/python-tools.sh || echo "python tools missing: the OpenAPI tests wi
 # rest. Named here rather than in a second run, so one build serves both.
 # `wharf-eventstore/postgres` builds and runs the PostgreSQL event store's
 # suite (tests/postgres.rs).
-FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
+FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
 cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
 # `wharf bench`'s bare-client baselines need the CLI's `adapters` feature
 # (a second, small build: the CLI's tests without it check the message that

@@ -278,6 +278,18 @@ pub mod amqp {
     pub use wharf_amqp::*;
 }
 
+/// Kafka adapter (rdkafka): idempotent `acks=all` publishing with Java
+/// compatible key partitioning, consumer groups with at-least-once
+/// settlement on committed offsets.
+///
+/// What maps to what and what is not supported: [`wharf_kafka`].
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka {
+    #[doc(inline)]
+    pub use wharf_kafka::*;
+}
+
 /// PostgreSQL adapter, the transactional outbox and a dedup store.
 ///
 /// What maps to what and what is not supported: [`wharf_postgres`].

@@ -1,0 +1,201 @@
+//! The Kafka adapter against the test broker: Java-compatible key
+//! partitioning, topic admin, and at-least-once settlement on offsets.
+
+mod service;
+
+use std::collections::BTreeSet;
+
+use wharf_core::{Backend, Error, Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
+use wharf_kafka::partition_for_key;
+use wharf_testkit::{expect_delivery, expect_quiet, unique_name, QUIET};
+
+/// The keys of Kafka's own `UtilsTest.testMurmur2`.
+const KAFKA_TEST_KEYS: [&[u8]; 6] = [
+    b"21",
+    b"foobar",
+    b"a-little-bit-long-string",
+    b"a-little-bit-longer-string",
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+    b"abc",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_in_the_partition_of_the_java_default_partitioner() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("keys");
+    let n = 7;
+    b.create_topic(&t, n).await.expect("create topic");
+    assert_eq!(b.partition_count(&t).await.expect("partitions"), n);
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(&t).start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    let mut want = Vec::new();
+    for key in KAFKA_TEST_KEYS {
+        let m = Message::builder().key(key).payload(key.to_vec()).build();
+        let r = b.publish(&t, m).await.expect("publish");
+        let java = partition_for_key(key, n);
+        assert_eq!(
+            r.partition,
+            java,
+            "key {:?}: partition {} (Java: {java})",
+            String::from_utf8_lossy(key),
+            r.partition
+        );
+        want.push((key.to_vec(), java));
+    }
+    // Not all in one partition, or the test could not tell partitioners apart.
+    let distinct: BTreeSet<u32> = want.iter().map(|(_, p)| *p).collect();
+    assert!(distinct.len() > 1, "{want:?}");
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let d = expect_delivery(&mut sub, "keyed").await;
+        got.push((d.message().payload().to_vec(), d.info().partition));
+        d.ack().await.expect("ack");
+    }
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "consumed partitions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_topic_is_gone_and_publish_recreates_it() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("admin");
+    b.create_topic(&t, 3).await.expect("create");
+    // Creating again is not an error and keeps the partitions.
+    b.create_topic(&t, 5).await.expect("create again");
+    assert_eq!(b.partition_count(&t).await.expect("partitions"), 3);
+    b.delete_topic(&t).await.expect("delete");
+    let mut gone = false;
+    for _ in 0..50 {
+        if matches!(b.partition_count(&t).await, Err(Error::UnknownTopic { .. })) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "topic still listed after delete");
+    b.delete_topic(&t).await.expect("deleting an unknown topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_topic_names_are_refused_before_anything_is_sent() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let long = "x".repeat(249);
+    let r = b.publish(&long, Message::new("x")).await;
+    assert!(matches!(r, Err(Error::InvalidName { .. })), "{r:?}");
+    let r = b.create_topic("a..b", 1).await;
+    assert!(matches!(r, Err(Error::InvalidName { .. })), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_acks_commit_the_prefix_and_a_restart_redelivers_exactly_the_unsettled() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("ooo");
+    b.ensure_topic(&t).await.expect("topic");
+    let opts = || {
+        SubscribeOptions::new(&t)
+            .group("g")
+            .start(StartPosition::Earliest)
+            .max_in_flight(16)
+    };
+    let mut sub = b.subscribe(opts()).await.expect("subscribe");
+    let msgs: Vec<Message> = (0..10).map(|i| Message::new(format!("m{i}"))).collect();
+    b.publish_batch(&t, msgs).await.expect("publish");
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let d = expect_delivery(&mut sub, "first session").await;
+        assert_eq!(d.message().payload().as_ref(), format!("m{i}").as_bytes());
+        held.push(Some(d));
+    }
+    // Acked out of order, with gaps: 9, 3, 0, 5, 1, 6. Left unsettled:
+    // 2 (nacked), 4 and 8 (dropped), 7 (never settled before the restart).
+    for i in [9, 3, 0, 5, 1, 6] {
+        held[i].take().expect("held").ack().await.expect("ack");
+    }
+    held[2].take().expect("held").nack().await.expect("nack");
+    drop(held[4].take());
+    drop(held[8].take());
+    let seven = held[7].take().expect("held");
+    expect_quiet(&mut sub, QUIET, "a nack is not redelivered in-session").await;
+    sub.close().await.expect("close");
+    drop(sub);
+    drop(seven);
+
+    let mut sub = b.subscribe(opts()).await.expect("resubscribe");
+    let mut again = Vec::new();
+    for _ in 0..4 {
+        let d = expect_delivery(&mut sub, "after restart").await;
+        again.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(again, ["m2", "m4", "m7", "m8"]);
+    expect_quiet(&mut sub, QUIET, "an acked message came back").await;
+    sub.close().await.expect("close");
+    drop(sub);
+
+    // Everything is settled now: a third session gets nothing old.
+    let mut sub = b.subscribe(opts()).await.expect("third session");
+    b.publish(&t, Message::new("marker")).await.expect("marker");
+    let d = expect_delivery(&mut sub, "marker").await;
+    assert_eq!(d.message().payload().as_ref(), b"marker");
+    d.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_kafka_cannot_do_are_refused_with_the_capability() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("refuse");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new(&t)
+                .group("g")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    b.publish(&t, Message::new("x")).await.expect("publish");
+    let d = expect_delivery(&mut sub, "x").await;
+    let r = d.extend(std::time::Duration::from_secs(1)).await;
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    let r = d.nack_with_delay(std::time::Duration::from_secs(1)).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::Unsupported {
+                capability: wharf_core::Capability::NackWithDelay,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    for opts in [
+        SubscribeOptions::new(format!("{t}.*")),
+        SubscribeOptions::new(&t).start(StartPosition::Offset(0)),
+        SubscribeOptions::new(&t)
+            .group("g2")
+            .mode(wharf_core::GroupMode::Stream),
+    ] {
+        let r = b.subscribe(opts).await;
+        assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    }
+    assert!(!b
+        .capabilities()
+        .contains(wharf_core::Capability::Redelivery));
+}
