@@ -54,7 +54,10 @@ pub(crate) fn base_config(config: &KafkaConfig) -> ClientConfig {
     }
     c.set("bootstrap.servers", &config.bootstrap)
         .set("socket.timeout.ms", millis(config.timeout).to_string())
-        .set("log_level", "3");
+        .set("log_level", "3")
+        // A metadata request must not create the topic it names (a deleted
+        // topic would come back); topics are created by `ensure_topic`.
+        .set("allow.auto.create.topics", "false");
     c
 }
 

@@ -20,7 +20,7 @@
 //! | private subscription | a consumer with `assign` of every partition (no group membership, no commits) |
 //! | `StartPosition::Earliest` | `auto.offset.reset=earliest` (a group with committed offsets resumes there) |
 //! | `StartPosition::Latest` | each partition's high watermark at subscribe; for a group, only in partitions where it has committed nothing yet (records below are passed over) |
-//! | `ack` | the offset is settled; the group commits (synchronously, `ack` returns after the commit) the **contiguous settled prefix** per partition: the lowest offset handed out and not acked, or one past the highest handed out. Acks may come in any order; an offset past an unsettled one is committed only once everything before it is settled. An [`AckBatch`](wharf_core::AckBatch) is one commit |
+//! | `ack` | the offset is settled; the group commits (synchronously, `ack` returns after the commit) the **contiguous settled prefix** per partition: the lowest offset handed out and not acked, or one past the highest handed out. Acks may come in any order; an offset past an unsettled one is committed only once everything before it is settled. The offsets acked past that point travel in the commit's metadata (`w1:` and their distances from the point, up to 4,000 bytes), so a consumer resuming the partition skips them: a restart redelivers exactly the unsettled deliveries (on a broker that returns commit metadata; see [Test broker](#test-broker)). An [`AckBatch`](wharf_core::AckBatch) is one commit |
 //! | `nack` (no delay), dropping a delivery | the offset stays unsettled: nothing past it in its partition is committed, and it is delivered again when the partition is next assigned (a restart of the consumer, a rebalance) — not sooner, as Kafka has no per-message redelivery |
 //! | attempt | always 1 (Kafka keeps no delivery count) |
 //! | `max_in_flight` | client side: the subscription hands out no more unsettled deliveries (librdkafka still prefetches into its own queue) |
@@ -68,7 +68,34 @@
 //! # Test broker
 //! The tests run against `nisshi` 0.8.1 (a Kafka-protocol broker from
 //! crates.io, started in memory by `scripts/ensure-kafka.sh` on port 19092;
-//! `WHARF_TEST_KAFKA_URL` overrides).
+//! `WHARF_TEST_KAFKA_URL` overrides). No transactions there.
+//!
+//! **nisshi 0.8.1 drops commit metadata.** OffsetCommit stores it, but
+//! OffsetFetch answers with the offset only (its storage's `offset_fetch`
+//! returns `BTreeMap<Topition, i64>`), so the metadata always reads back
+//! empty. Minimal reproduction (rdkafka, any topic `t` with a partition 0):
+//!
+//! ```text
+//! let c: BaseConsumer = ClientConfig::new()
+//!     .set("bootstrap.servers", "127.0.0.1:19092").set("group.id", "probe").create()?;
+//! let mut tpl = TopicPartitionList::new();
+//! tpl.add_partition_offset("t", 0, Offset::Offset(0))?;
+//! tpl.find_partition("t", 0).unwrap().set_metadata("w1:1");
+//! c.commit(&tpl, CommitMode::Sync)?;
+//! let mut q = TopicPartitionList::new();
+//! q.add_partition("t", 0);
+//! let got = c.committed_offsets(q, Duration::from_secs(10))?;
+//! assert_eq!(got.find_partition("t", 0).unwrap().metadata(), "w1:1"); // "" on nisshi
+//! ```
+//!
+//! On such a broker nothing is lost: a restart resumes at the committed
+//! prefix and the acked offsets past it are delivered again (duplicates
+//! within the at-least-once contract). `tests/kafka.rs` probes the broker
+//! this way and asserts the exact redelivery set for either behaviour.
+//!
+//! Not a broker bug, but worth knowing: librdkafka's producer asks for
+//! metadata with `allow.auto.create.topics` on by default, which brings a
+//! deleted topic straight back; every client here turns it off.
 
 #![warn(missing_docs)]
 

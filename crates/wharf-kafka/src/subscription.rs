@@ -739,7 +739,17 @@ impl Reader {
                 _ = closed.changed() => {}
             }
         }
-        // Closing the consumer (leaving the group) blocks: not on a runtime thread.
+        // Leave the group now: settled deliveries (or an `AckBatch`) may
+        // keep the acker, and with it the consumer, alive for a long time,
+        // and a member that no longer polls stalls the group's rebalances.
+        if self.acker.commits {
+            self.consumer.unsubscribe();
+        } else {
+            let _ = self.consumer.unassign();
+        }
+        // Serve the revocation that follows.
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await;
+        // Closing the consumer blocks: not on a runtime thread.
         let Reader {
             consumer, acker, ..
         } = self;

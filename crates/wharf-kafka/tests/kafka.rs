@@ -62,7 +62,7 @@ async fn keys_land_in_the_partition_of_the_java_default_partitioner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_topic_is_gone_and_publish_recreates_it() {
+async fn deleted_topic_is_gone_and_a_publish_creates_it_again() {
     let Some(ns) = service::namespace().await else {
         return;
     };
@@ -83,6 +83,8 @@ async fn deleted_topic_is_gone_and_publish_recreates_it() {
     }
     assert!(gone, "topic still listed after delete");
     b.delete_topic(&t).await.expect("deleting an unknown topic");
+    b.publish(&t, Message::new("again")).await.expect("publish");
+    assert_eq!(b.partition_count(&t).await.expect("recreated"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +101,7 @@ async fn bad_topic_names_are_refused_before_anything_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_order_acks_commit_the_prefix_and_a_restart_redelivers_exactly_the_unsettled() {
+async fn out_of_order_acks_commit_only_the_settled_prefix_across_a_restart() {
     let Some(ns) = service::namespace().await else {
         return;
     };
@@ -142,7 +144,20 @@ async fn out_of_order_acks_commit_the_prefix_and_a_restart_redelivers_exactly_th
         again.push(String::from_utf8_lossy(d.message().payload()).into_owned());
         d.ack().await.expect("ack");
     }
-    assert_eq!(again, ["m2", "m4", "m7", "m8"]);
+    if broker_keeps_commit_metadata().await {
+        // The acks past the prefix travelled in the commit's metadata.
+        assert_eq!(again, ["m2", "m4", "m7", "m8"]);
+    } else {
+        // nisshi 0.8.1 drops commit metadata (see the crate docs): the
+        // restart resumes at the prefix, so everything from m2 comes back.
+        println!("broker drops commit metadata: resuming from the prefix");
+        for _ in 4..8 {
+            let d = expect_delivery(&mut sub, "after restart").await;
+            again.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+            d.ack().await.expect("ack");
+        }
+        assert_eq!(again, ["m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+    }
     expect_quiet(&mut sub, QUIET, "an acked message came back").await;
     sub.close().await.expect("close");
     drop(sub);
@@ -198,4 +213,41 @@ async fn settlements_kafka_cannot_do_are_refused_with_the_capability() {
     assert!(!b
         .capabilities()
         .contains(wharf_core::Capability::Redelivery));
+}
+
+/// Whether the broker returns the metadata of a commit (OffsetFetch), as
+/// Kafka does: committed with a plain rdkafka consumer and read back.
+async fn broker_keeps_commit_metadata() -> bool {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let Some(ns) = service::namespace().await else {
+        return false;
+    };
+    let t = unique_name("meta");
+    ns.backend.create_topic(&t, 1).await.expect("topic");
+    let kt = ns.backend.kafka_topic(&t);
+    tokio::task::spawn_blocking(move || {
+        let url = service::url();
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", url.trim_start_matches("kafka://"))
+            .set("group.id", format!("{kt}.probe"))
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&kt, 0, Offset::Offset(0))
+            .expect("offset");
+        tpl.find_partition(&kt, 0)
+            .expect("partition")
+            .set_metadata("w1:1");
+        c.commit(&tpl, CommitMode::Sync).expect("commit");
+        let mut q = TopicPartitionList::new();
+        q.add_partition(&kt, 0);
+        let got = c
+            .committed_offsets(q, std::time::Duration::from_secs(10))
+            .expect("committed");
+        let meta = got.find_partition(&kt, 0).map(|e| e.metadata().to_owned());
+        meta.as_deref() == Some("w1:1")
+    })
+    .await
+    .expect("probe")
 }
