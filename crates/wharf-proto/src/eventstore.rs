@@ -581,3 +581,97 @@ pub fn es_error_from_status(s: &Status) -> EventStoreError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(s: &str) -> StreamId {
+        StreamId::new(s).expect("name")
+    }
+
+    #[test]
+    fn errors_round_trip_through_a_status_with_their_typed_fields() {
+        let cases = vec![
+            EventStoreError::WrongExpectedVersion {
+                stream: stream("order-1"),
+                expected: ExpectedVersion::Exact(3),
+                actual: CurrentVersion::NoStream,
+            },
+            EventStoreError::WrongExpectedVersion {
+                stream: stream("order-1"),
+                expected: ExpectedVersion::NoStream,
+                actual: CurrentVersion::Version(0),
+            },
+            EventStoreError::ConditionFailed {
+                after: Some(Position(7)),
+                conflict: Position(9),
+            },
+            EventStoreError::ConditionFailed {
+                after: None,
+                conflict: Position(0),
+            },
+            EventStoreError::StreamNotFound {
+                stream: stream("a"),
+            },
+            EventStoreError::StreamDeleted {
+                stream: stream("b"),
+            },
+            EventStoreError::InvalidArgument {
+                field: "expected version",
+                value: "9223372036854775808".into(),
+                requirement: "must be at most 9223372036854775807",
+            },
+            EventStoreError::TooLarge {
+                what: "event",
+                size: 10,
+                max: 5,
+            },
+            EventStoreError::Closed,
+        ];
+        for e in cases {
+            let status = es_status_for(&e);
+            let back = es_error_from_status(&status);
+            assert_eq!(format!("{back:?}"), format!("{e:?}"), "{e}");
+        }
+        let conflict = es_status_for(&EventStoreError::ConditionFailed {
+            after: None,
+            conflict: Position(1),
+        });
+        assert_eq!(conflict.code(), Code::FailedPrecondition);
+        // A status without a detail (the auth layer) is typed by its code.
+        assert!(matches!(
+            es_error_from_status(&Status::permission_denied("no")),
+            EventStoreError::PermissionDenied { .. }
+        ));
+        assert!(matches!(
+            es_error_from_status(&Status::unavailable("gone")),
+            EventStoreError::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn an_append_request_round_trips_every_field() {
+        let e = EventData::new("OrderPlaced", "{}")
+            .with_schema_version(3)
+            .with_tag("customer:7")
+            .with_metadata("b", "2")
+            .with_metadata("a", "1");
+        let req = AppendRequest::new(stream("order-1"), ExpectedVersion::Exact(4), vec![e])
+            .condition(AppendCondition::new(Query::tags(["customer:7"])).after(Position(2)));
+        let back = append_from_proto(append_to_proto(&req)).expect("decodes");
+        assert_eq!(back.stream, req.stream);
+        assert_eq!(back.expected, req.expected);
+        assert_eq!(back.events, req.events, "metadata keeps its order");
+        assert_eq!(back.condition, req.condition);
+        let mut bad = append_to_proto(&req);
+        bad.events[0].id = vec![1, 2, 3].into();
+        assert!(matches!(
+            append_from_proto(bad),
+            Err(EventStoreError::InvalidArgument {
+                field: "event id",
+                ..
+            })
+        ));
+    }
+}
