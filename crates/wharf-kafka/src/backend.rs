@@ -280,6 +280,19 @@ impl Shared {
                 Err((t, code)) => return Err(admin("create topic", &t, code)),
             }
         }
+        // Until the producer's metadata shows the topic, a publish can fail
+        // locally with an unknown partition (seen after delete + create):
+        // wait for it here, which also refreshes the producer's cache.
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        while self.partitions_of(&kt).await? == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    operation: "create topic",
+                    after: self.config.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
