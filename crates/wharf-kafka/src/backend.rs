@@ -420,10 +420,12 @@ impl Subscriber for KafkaBackend {
 }
 
 /// What [`KafkaBackend`] declares.
-pub(crate) const CAPABILITIES: [Capability; 3] = [
+pub(crate) const CAPABILITIES: [Capability; 5] = [
     Capability::ConsumerGroups,
     Capability::OrderingPerKey,
     Capability::Retention,
+    Capability::ReplayFromOffset,
+    Capability::ReplayFromTime,
 ];
 
 #[async_trait]

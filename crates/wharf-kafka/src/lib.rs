@@ -19,7 +19,10 @@
 //! | consumer group `billing` | Kafka group `<prefix>billing`, `subscribe` to the topic (Kafka's group protocol assigns its partitions among the members); `subscribe` returns once the group has assigned this member (within [`KafkaConfig::timeout`]) |
 //! | private subscription | a consumer with `assign` of every partition (no group membership, no commits) |
 //! | `StartPosition::Earliest` | `auto.offset.reset=earliest` (a group with committed offsets resumes there) |
-//! | `StartPosition::Latest` | each partition's high watermark at subscribe; for a group, only in partitions where it has committed nothing yet (records below are passed over) |
+//! | `StartPosition::Latest` | each partition's high watermark at subscribe |
+//! | `StartPosition::Offset(n)` | offset `n` in every partition |
+//! | `StartPosition::Time(t)` | per partition the first offset whose record timestamp is at or after `t` (ListOffsets by time, `offsets_for_times`), or the high watermark when there is none |
+//! | start of a group | a private subscription is assigned at the start offsets; a group reads from its committed offset where it has one, and elsewhere from the beginning, passing over (reading, not delivering) records below the start |
 //! | `ack` | the offset is settled; the group commits (synchronously, `ack` returns after the commit) the **contiguous settled prefix** per partition: the lowest offset handed out and not acked, or one past the highest handed out. Acks may come in any order; an offset past an unsettled one is committed only once everything before it is settled. The offsets acked past that point travel in the commit's metadata (`w1:` and their distances from the point, up to 4,000 bytes), so a consumer resuming the partition skips them: a restart redelivers exactly the unsettled deliveries (on a broker that returns commit metadata; see [Test broker](#test-broker)). An [`AckBatch`](wharf_core::AckBatch) is one commit |
 //! | `nack` (no delay), dropping a delivery | the offset stays unsettled: nothing past it in its partition is committed, and it is delivered again when the partition is next assigned (a restart of the consumer, a rebalance) — not sooner, as Kafka has no per-message redelivery |
 //! | attempt | always 1 (Kafka keeps no delivery count) |
@@ -34,7 +37,8 @@
 //! one partition, read in order by one member of a group) and
 //! [`Retention`](wharf_core::Capability::Retention) (records stay until the
 //! topic's retention drops them; a new group at `Earliest` reads the
-//! backlog).
+//! backlog), [`ReplayFromOffset`](wharf_core::Capability::ReplayFromOffset)
+//! and [`ReplayFromTime`](wharf_core::Capability::ReplayFromTime).
 //!
 //! # Not supported (not declared)
 //! - `Redelivery`: a `nack` or a dropped delivery comes back only after the
@@ -51,8 +55,7 @@
 //!   in flight cases are not run yet, so it is not declared; every group
 //!   subscription behaves as the table says whatever its mode, and asking
 //!   for `Stream` fails with `Unsupported`.
-//! - `Wildcards` (regex subscriptions), `ReplayFromOffset`, `ReplayFromTime`
-//!   (seek, `offsets_for_times`): not yet.
+//! - `Wildcards` (Kafka regex subscriptions): not yet.
 //! - `Dedup`: the idempotent producer removes the duplicates of its own
 //!   retries, not a second publish of the same message id.
 //! - `Persistence`: depends on the broker (the test broker runs in memory).

@@ -449,11 +449,6 @@ fn check_options(options: &SubscribeOptions) -> Result<()> {
     if options.group_mode() == GroupMode::Stream {
         return Err(unsupported(Capability::PartitionAssignment));
     }
-    match options.start_position() {
-        StartPosition::Offset(_) => return Err(unsupported(Capability::ReplayFromOffset)),
-        StartPosition::Time(_) => return Err(unsupported(Capability::ReplayFromTime)),
-        _ => {}
-    }
     if options.visibility_timeout_value().is_some() {
         return Err(unsupported(Capability::VisibilityTimeout));
     }
@@ -530,51 +525,45 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let latest = options.start_position() == StartPosition::Latest;
+    let starts = start_offsets(
+        &consumer,
+        &kt,
+        partitions,
+        options.start_position(),
+        timeout,
+    )
+    .await?;
     let mut floors: HashMap<i32, i64> = HashMap::new();
-    let mut highs: Vec<(i32, i64)> = Vec::new();
-    for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-        if latest {
-            let c = consumer.clone();
-            let t = kt.clone();
-            let (_, high) = blocking("watermarks", timeout, move || {
-                c.fetch_watermarks(&t, p, timeout)
-            })
-            .await?;
-            highs.push((p, high));
+    if group.is_some() && !starts.is_empty() {
+        // A new group starts there: offsets below each partition's start
+        // are passed over where the group has no committed offset yet.
+        let mut tpl = TopicPartitionList::new();
+        for (p, _) in &starts {
+            tpl.add_partition(&kt, *p);
+        }
+        let c = consumer.clone();
+        let committed = blocking("committed offsets", timeout, move || {
+            c.committed_offsets(tpl, timeout)
+        })
+        .await?;
+        for (p, at) in &starts {
+            let has = committed
+                .find_partition(&kt, *p)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
+            if !has {
+                floors.insert(*p, *at);
+            }
         }
     }
-    if let Some(_g) = &group {
-        if latest {
-            // A new group starts at the end: offsets below each partition's
-            // high watermark now are passed over where the group has no
-            // committed offset yet.
-            let mut tpl = TopicPartitionList::new();
-            for (p, _) in &highs {
-                tpl.add_partition(&kt, *p);
-            }
-            let c = consumer.clone();
-            let committed = blocking("committed offsets", timeout, move || {
-                c.committed_offsets(tpl, timeout)
-            })
-            .await?;
-            for (p, high) in &highs {
-                let has = committed
-                    .find_partition(&kt, *p)
-                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
-                if !has {
-                    floors.insert(*p, *high);
-                }
-            }
-        }
+    if group.is_some() {
         consumer
             .subscribe(&[&*kt])
             .map_err(|e| map("subscribe", e, timeout))?;
     } else {
         let mut tpl = TopicPartitionList::new();
         for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-            let at = match highs.iter().find(|(q, _)| *q == p) {
-                Some((_, high)) => Offset::Offset(*high),
+            let at = match starts.iter().find(|(q, _)| *q == p) {
+                Some((_, at)) => Offset::Offset(*at),
                 None => Offset::Beginning,
             };
             tpl.add_partition_offset(&kt, p, at)
@@ -613,6 +602,65 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         let _ = tokio::time::timeout(timeout, assigned_rx.wait_for(|n| *n > 0)).await;
     }
     Ok(Subscription::new(stream))
+}
+
+/// Where `start` begins in each partition of `kt`: nothing for
+/// `Earliest` (the beginning), else an offset per partition — the high
+/// watermark now for `Latest`, the offset itself, or the first offset
+/// whose timestamp is at or after the time (the high watermark when there
+/// is none).
+async fn start_offsets(
+    consumer: &Arc<KConsumer>,
+    kt: &Arc<str>,
+    partitions: u32,
+    start: StartPosition,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let partitions = 0..i32::try_from(partitions).unwrap_or(i32::MAX);
+    let high = |p: i32| {
+        let c = consumer.clone();
+        let t = kt.clone();
+        async move {
+            let (_, high) = blocking("watermarks", timeout, move || {
+                c.fetch_watermarks(&t, p, timeout)
+            })
+            .await?;
+            Ok::<i64, Error>(high)
+        }
+    };
+    let mut starts = Vec::new();
+    match start {
+        StartPosition::Offset(n) => {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            starts.extend(partitions.map(|p| (p, n)));
+        }
+        StartPosition::Time(ts) => {
+            let ms = i64::try_from(ts.as_millis()).unwrap_or(i64::MAX);
+            let mut tpl = TopicPartitionList::new();
+            for p in partitions.clone() {
+                tpl.add_partition_offset(kt, p, Offset::Offset(ms))
+                    .map_err(|e| map("offsets for time", e, timeout))?;
+            }
+            let c = consumer.clone();
+            let found = blocking("offsets for time", timeout, move || {
+                c.offsets_for_times(tpl, timeout)
+            })
+            .await?;
+            for p in partitions {
+                match found.find_partition(kt, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(at)) => starts.push((p, at)),
+                    _ => starts.push((p, high(p).await?)),
+                }
+            }
+        }
+        StartPosition::Latest => {
+            for p in partitions {
+                starts.push((p, high(p).await?));
+            }
+        }
+        _ => {}
+    }
+    Ok(starts)
 }
 
 /// The task reading one subscription's consumer.

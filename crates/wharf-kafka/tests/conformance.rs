@@ -9,6 +9,12 @@ wharf_testkit::conformance_tests!(
         Some(factory) => factory,
         None => return,
     },
-    capabilities: [ConsumerGroups, OrderingPerKey, Retention],
+    capabilities: [
+        ConsumerGroups,
+        OrderingPerKey,
+        Retention,
+        ReplayFromOffset,
+        ReplayFromTime,
+    ],
     setups: [],
 );

@@ -202,7 +202,6 @@ async fn settlements_kafka_cannot_do_are_refused_with_the_capability() {
     );
     for opts in [
         SubscribeOptions::new(format!("{t}.*")),
-        SubscribeOptions::new(&t).start(StartPosition::Offset(0)),
         SubscribeOptions::new(&t)
             .group("g2")
             .mode(wharf_core::GroupMode::Stream),
@@ -250,4 +249,40 @@ async fn broker_keeps_commit_metadata() -> bool {
     })
     .await
     .expect("probe")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_starts_at_the_offset_and_an_existing_one_resumes_its_commit() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("gstart");
+    b.ensure_topic(&t).await.expect("topic");
+    let msgs: Vec<Message> = (0..6).map(|i| Message::new(format!("m{i}"))).collect();
+    let receipts = b.publish_batch(&t, msgs).await.expect("publish");
+    let from = receipts[3].offset.expect("offset");
+    let opts = || {
+        SubscribeOptions::new(&t)
+            .group("g")
+            .start(StartPosition::Offset(from))
+    };
+    let mut sub = b.subscribe(opts()).await.expect("subscribe");
+    let d = expect_delivery(&mut sub, "m3").await;
+    assert_eq!(d.message().payload().as_ref(), b"m3");
+    d.ack().await.expect("ack");
+    sub.close().await.expect("close");
+    drop(sub);
+    // The group has committed past m3: a start offset no longer applies.
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new(&t)
+                .group("g")
+                .start(StartPosition::Offset(0)),
+        )
+        .await
+        .expect("resubscribe");
+    let d = expect_delivery(&mut sub, "m4").await;
+    assert_eq!(d.message().payload().as_ref(), b"m4");
+    d.ack().await.expect("ack");
 }
