@@ -174,20 +174,10 @@ impl KafkaBackend {
                 reason: "delete_all needs a prefix".into(),
             });
         }
-        let producer = s.producer.clone();
-        let timeout = s.config.timeout;
-        let md =
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
-                .await
-                .map_err(|e| Error::Backend {
-                    backend: NAME,
-                    source: Box::new(e),
-                })?
-                .map_err(|e| map("metadata", e, timeout))?;
-        let topics: Vec<String> = md
-            .topics()
-            .iter()
-            .map(|t| t.name().to_owned())
+        let topics: Vec<String> = s
+            .list_kafka_topics()
+            .await?
+            .into_iter()
             .filter(|n| n.starts_with(&s.config.prefix))
             .collect();
         if topics.is_empty() {
@@ -216,6 +206,21 @@ impl KafkaBackend {
 impl Shared {
     pub(crate) fn kafka_topic(&self, topic: &str) -> String {
         format!("{}{topic}", self.config.prefix)
+    }
+
+    /// Every topic the cluster lists (Kafka names).
+    pub(crate) async fn list_kafka_topics(&self) -> Result<Vec<String>> {
+        let producer = self.producer.clone();
+        let timeout = self.config.timeout;
+        let md =
+            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: NAME,
+                    source: Box::new(e),
+                })?
+                .map_err(|e| map("metadata", e, timeout))?;
+        Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
@@ -420,12 +425,13 @@ impl Subscriber for KafkaBackend {
 }
 
 /// What [`KafkaBackend`] declares.
-pub(crate) const CAPABILITIES: [Capability; 5] = [
+pub(crate) const CAPABILITIES: [Capability; 6] = [
     Capability::ConsumerGroups,
     Capability::OrderingPerKey,
     Capability::Retention,
     Capability::ReplayFromOffset,
     Capability::ReplayFromTime,
+    Capability::Wildcards,
 ];
 
 #[async_trait]

@@ -17,7 +17,8 @@
 //! | headers | record headers after `wharf-id`, in order (values are UTF-8 text; other bytes are read lossily) |
 //! | timestamp | record timestamp (CreateTime); a topic set to `LogAppendTime` reports the broker's time instead |
 //! | consumer group `billing` | Kafka group `<prefix>billing`, `subscribe` to the topic (Kafka's group protocol assigns its partitions among the members); `subscribe` returns once the group has assigned this member (within [`KafkaConfig::timeout`]) |
-//! | private subscription | a consumer with `assign` of every partition (no group membership, no commits) |
+//! | private subscription | a consumer with `assign` of every partition (no group membership, no commits); with a pattern, a regex `subscribe` under a throwaway group id that never commits |
+//! | pattern `orders.*`, `orders.>` | a Kafka regex subscription `^<prefix>orders\.[^.]+$` / `^<prefix>orders\..+$` (`*` stays one segment); librdkafka re-reads the topic list every second (`topic.metadata.refresh.interval.ms=1000`), and a topic found later is read from its beginning; each group member gets the matching partitions the group assigns it |
 //! | `StartPosition::Earliest` | `auto.offset.reset=earliest` (a group with committed offsets resumes there) |
 //! | `StartPosition::Latest` | each partition's high watermark at subscribe |
 //! | `StartPosition::Offset(n)` | offset `n` in every partition |
@@ -38,7 +39,8 @@
 //! [`Retention`](wharf_core::Capability::Retention) (records stay until the
 //! topic's retention drops them; a new group at `Earliest` reads the
 //! backlog), [`ReplayFromOffset`](wharf_core::Capability::ReplayFromOffset)
-//! and [`ReplayFromTime`](wharf_core::Capability::ReplayFromTime).
+//! [`ReplayFromTime`](wharf_core::Capability::ReplayFromTime) and
+//! [`Wildcards`](wharf_core::Capability::Wildcards).
 //!
 //! # Not supported (not declared)
 //! - `Redelivery`: a `nack` or a dropped delivery comes back only after the
@@ -55,7 +57,6 @@
 //!   in flight cases are not run yet, so it is not declared; every group
 //!   subscription behaves as the table says whatever its mode, and asking
 //!   for `Stream` fails with `Unsupported`.
-//! - `Wildcards` (Kafka regex subscriptions): not yet.
 //! - `Dedup`: the idempotent producer removes the duplicates of its own
 //!   retries, not a second publish of the same message id.
 //! - `Persistence`: depends on the broker (the test broker runs in memory).

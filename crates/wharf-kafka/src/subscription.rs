@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
 use wharf_core::{
     Acker, Capability, Delivery, DeliveryInfo, Error, GroupMode, Result, Settlement, StartPosition,
-    SubscribeOptions, Subscription,
+    SubscribeOptions, Subscription, TopicPattern,
 };
 
 use crate::backend::{base_config, Shared, NAME};
@@ -442,10 +442,7 @@ fn unsupported(capability: Capability) -> Error {
 
 /// Refuses options this backend does not declare.
 fn check_options(options: &SubscribeOptions) -> Result<()> {
-    let pattern = options.validate()?;
-    if !pattern.is_literal() {
-        return Err(unsupported(Capability::Wildcards));
-    }
+    options.validate()?;
     if options.group_mode() == GroupMode::Stream {
         return Err(unsupported(Capability::PartitionAssignment));
     }
@@ -479,12 +476,27 @@ async fn blocking<T: Send + 'static>(
 pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Result<Subscription> {
     shared.check_open()?;
     check_options(&options)?;
-    let topic = options.pattern().to_owned();
-    shared.check_topic(&topic)?;
-    // The topic must exist to be assigned (and for its watermarks).
-    shared.ensure(&topic).await?;
-    let kt: Arc<str> = Arc::from(shared.kafka_topic(&topic));
+    let pattern = TopicPattern::parse(options.pattern())?;
+    let literal = pattern.is_literal();
     let timeout = shared.config.timeout;
+    // The Kafka topics the subscription reads now: the one it names
+    // (created if missing, to be assigned), or those its pattern matches.
+    let topics: Vec<Arc<str>> = if literal {
+        shared.check_topic(pattern.as_str())?;
+        shared.ensure(pattern.as_str()).await?;
+        vec![Arc::from(shared.kafka_topic(pattern.as_str()))]
+    } else {
+        shared
+            .list_kafka_topics()
+            .await?
+            .into_iter()
+            .filter(|kt| {
+                kt.strip_prefix(shared.config.prefix.as_str())
+                    .is_some_and(|t| pattern.matches(t))
+            })
+            .map(Arc::from)
+            .collect()
+    };
     let group = options.group_name().map(|g| shared.kafka_topic(g));
     let commits = group.is_some();
 
@@ -506,6 +518,10 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("enable.partition.eof", "false");
+    if !literal {
+        // How soon a new matching topic is noticed.
+        cc.set("topic.metadata.refresh.interval.ms", "1000");
+    }
     let consumer: Arc<KConsumer> =
         Arc::new(
             cc.create_with_context(ctx)
@@ -515,59 +531,68 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
                 })?,
         );
 
-    // Partitions and where `Latest` starts in each.
-    // A topic just created may take a moment to show its partitions.
-    let deadline = tokio::time::Instant::now() + timeout;
-    let partitions = loop {
-        let n = shared.partitions_of(&kt).await?;
-        if n > 0 || tokio::time::Instant::now() >= deadline {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let starts = start_offsets(
-        &consumer,
-        &kt,
-        partitions,
-        options.start_position(),
-        timeout,
-    )
-    .await?;
-    let mut floors: HashMap<i32, i64> = HashMap::new();
+    // Where the subscription starts in each partition of each topic.
+    let mut starts: Vec<(Arc<str>, i32, i64)> = Vec::new();
+    let mut counts: Vec<(Arc<str>, u32)> = Vec::new();
+    for kt in &topics {
+        // A topic just created may take a moment to show its partitions.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let partitions = loop {
+            let n = shared.partitions_of(kt).await?;
+            if n > 0 || tokio::time::Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        counts.push((kt.clone(), partitions));
+        let at =
+            start_offsets(&consumer, kt, partitions, options.start_position(), timeout).await?;
+        starts.extend(at.into_iter().map(|(p, o)| (kt.clone(), p, o)));
+    }
+    let mut floors: HashMap<Tp, i64> = HashMap::new();
     if group.is_some() && !starts.is_empty() {
         // A new group starts there: offsets below each partition's start
         // are passed over where the group has no committed offset yet.
         let mut tpl = TopicPartitionList::new();
-        for (p, _) in &starts {
-            tpl.add_partition(&kt, *p);
+        for (kt, p, _) in &starts {
+            tpl.add_partition(kt, *p);
         }
         let c = consumer.clone();
         let committed = blocking("committed offsets", timeout, move || {
             c.committed_offsets(tpl, timeout)
         })
         .await?;
-        for (p, at) in &starts {
+        for (kt, p, at) in &starts {
             let has = committed
-                .find_partition(&kt, *p)
+                .find_partition(kt, *p)
                 .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)));
             if !has {
-                floors.insert(*p, *at);
+                floors.insert((kt.clone(), *p), *at);
             }
         }
+    } else {
+        floors.extend(starts.iter().map(|(kt, p, at)| ((kt.clone(), *p), *at)));
     }
-    if group.is_some() {
+    let subscribes = group.is_some() || !literal;
+    if subscribes {
+        let target = if literal {
+            topics[0].to_string()
+        } else {
+            kafka_regex(&shared.config.prefix, &pattern)
+        };
         consumer
-            .subscribe(&[&*kt])
+            .subscribe(&[target.as_str()])
             .map_err(|e| map("subscribe", e, timeout))?;
     } else {
         let mut tpl = TopicPartitionList::new();
-        for p in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-            let at = match starts.iter().find(|(q, _)| *q == p) {
-                Some((_, at)) => Offset::Offset(*at),
-                None => Offset::Beginning,
-            };
-            tpl.add_partition_offset(&kt, p, at)
-                .map_err(|e| map("assign", e, timeout))?;
+        for (kt, n) in &counts {
+            for p in 0..i32::try_from(*n).unwrap_or(i32::MAX) {
+                let at = floors
+                    .get(&(kt.clone(), p))
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(kt, p, at)
+                    .map_err(|e| map("assign", e, timeout))?;
+            }
         }
         consumer
             .assign(&tpl)
@@ -589,19 +614,39 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         acker,
         tracker,
         floors,
-        topic: Arc::from(topic.as_str()),
-        kt,
+        prefix: shared.config.prefix.clone(),
+        names: HashMap::new(),
         tx,
         stop,
         closed: shared.closed.subscribe(),
     };
     tokio::spawn(reader.run());
-    if commits {
+    if subscribes {
         // Return once the group has assigned this member (possibly nothing),
         // so what is published next is seen by the group as it now stands.
         let _ = tokio::time::timeout(timeout, assigned_rx.wait_for(|n| *n > 0)).await;
     }
     Ok(Subscription::new(stream))
+}
+
+/// The Kafka regex subscription of `pattern` under `prefix`: `*` is one
+/// segment (`[^.]+`), `>` one or more (`.+`), literal dots escaped. Names
+/// are `[A-Za-z0-9._-]` (checked when parsed), so nothing else needs it.
+pub(crate) fn kafka_regex(prefix: &str, pattern: &TopicPattern) -> String {
+    let mut re = String::from("^");
+    re.push_str(&prefix.replace('.', "\\."));
+    for (i, seg) in pattern.as_str().split('.').enumerate() {
+        if i > 0 {
+            re.push_str("\\.");
+        }
+        match seg {
+            "*" => re.push_str("[^.]+"),
+            ">" => re.push_str(".+"),
+            lit => re.push_str(lit),
+        }
+    }
+    re.push('$');
+    re
 }
 
 /// Where `start` begins in each partition of `kt`: nothing for
@@ -668,15 +713,27 @@ struct Reader {
     consumer: Arc<KConsumer>,
     acker: Arc<KafkaAcker>,
     tracker: Arc<Tracker>,
-    floors: HashMap<i32, i64>,
-    topic: Arc<str>,
-    kt: Arc<str>,
+    floors: HashMap<Tp, i64>,
+    prefix: String,
+    /// Kafka topic name -> (Kafka name, Wharf name), shared per topic.
+    names: HashMap<Box<str>, (Arc<str>, Arc<str>)>,
     tx: DeliverySender,
     stop: watch::Receiver<bool>,
     closed: watch::Receiver<bool>,
 }
 
 impl Reader {
+    /// The shared Kafka and Wharf names of Kafka topic `kt`.
+    fn names(&mut self, kt: &str) -> (Arc<str>, Arc<str>) {
+        if let Some(n) = self.names.get(kt) {
+            return n.clone();
+        }
+        let wharf = kt.strip_prefix(self.prefix.as_str()).unwrap_or(kt);
+        let n = (Arc::from(kt), Arc::from(wharf));
+        self.names.insert(Box::from(kt), n.clone());
+        n
+    }
+
     async fn run(mut self) {
         let acker: Arc<dyn Acker> = self.acker.clone();
         loop {
@@ -704,12 +761,13 @@ impl Reader {
                 Ok(m) => m,
                 Err(e) => {
                     self.acker.in_flight.free(1);
-                    tracing::warn!(error = %e, topic = %self.topic, "kafka consumer error");
+                    tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let tp: Tp = (self.kt.clone(), m.partition());
+            let (kt, topic) = self.names(m.topic());
+            let tp: Tp = (kt, m.partition());
             let offset = m.offset();
             let message = wire::message(&m);
             drop(m);
@@ -717,7 +775,7 @@ impl Reader {
                 let committed = self.committed(&tp).await;
                 self.tracker.start(&tp, committed, offset);
             }
-            let below_start = self.floors.get(&tp.1).is_some_and(|f| offset < *f);
+            let below_start = self.floors.get(&tp).is_some_and(|f| offset < *f);
             if below_start || self.tracker.acked_before(&tp, offset) {
                 self.tracker.skip(&tp, offset);
                 self.acker.in_flight.free(1);
@@ -732,7 +790,7 @@ impl Reader {
                 epoch,
             });
             let info = DeliveryInfo {
-                topic: self.topic.clone(),
+                topic,
                 partition: u32::try_from(tp.1).unwrap_or(0),
                 offset: u64::try_from(offset).ok(),
                 attempt: 1,
@@ -819,6 +877,13 @@ mod tests {
             offset,
             epoch,
         }
+    }
+
+    #[test]
+    fn patterns_become_anchored_regexes_with_one_segment_stars() {
+        let re = |p: &str| kafka_regex("pre.", &TopicPattern::parse(p).expect("pattern"));
+        assert_eq!(re("a.*.c"), "^pre\\.a\\.[^.]+\\.c$");
+        assert_eq!(re("a.>"), "^pre\\.a\\..+$");
     }
 
     #[test]

@@ -15,6 +15,7 @@ wharf_testkit::conformance_tests!(
         Retention,
         ReplayFromOffset,
         ReplayFromTime,
+        Wildcards,
     ],
     setups: [],
 );
