@@ -284,3 +284,70 @@ async fn a_new_group_starts_at_the_offset_and_an_existing_one_resumes_its_commit
     assert_eq!(d.message().payload().as_ref(), b"m4");
     d.ack().await.expect("ack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_returns_once_the_broker_holds_the_record_with_its_timestamp() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("acked");
+    let ts = wharf_core::Timestamp::from_millis(1_700_000_000_123);
+    let m = Message::builder()
+        .key("k")
+        .header("h", "v")
+        .timestamp(ts)
+        .payload("p")
+        .build();
+    let r = b.publish(&t, m.clone()).await.expect("publish");
+    let offset = i64::try_from(r.offset.expect("offset")).expect("fits");
+    // Another client sees the record at once: the receipt came after the
+    // broker's acknowledgement, not when it was queued.
+    let kt = b.kafka_topic(&t);
+    let partition = i32::try_from(r.partition).expect("fits");
+    let (_, high) = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set(
+                "bootstrap.servers",
+                service::url().trim_start_matches("kafka://"),
+            )
+            .create()
+            .expect("consumer");
+        c.fetch_watermarks(&kt, partition, std::time::Duration::from_secs(10))
+    })
+    .await
+    .expect("join")
+    .expect("watermarks");
+    assert!(high > offset, "high watermark {high} <= offset {offset}");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new(&t).start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    let d = expect_delivery(&mut sub, "the record").await;
+    assert_eq!(d.message().timestamp(), ts);
+    assert_eq!(d.message().id(), m.id());
+    assert_eq!(d.message().headers().get("h"), Some("v"));
+    assert!(
+        !d.message().headers().contains(wharf_kafka::ID_HEADER),
+        "the id header is not a message header"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_where_no_broker_answers_is_unavailable() {
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = wharf_kafka::KafkaConfig::new(format!("kafka://127.0.0.1:{port}"))
+        .timeout(std::time::Duration::from_secs(2));
+    let r = wharf_kafka::KafkaBackend::connect(config).await;
+    assert!(
+        matches!(r, Err(Error::Unavailable { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+}
