@@ -847,11 +847,11 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(_, topic), _| topic != name);
-        // Data first, so a full disk has room for the metadata change; a
-        // log that failed cannot close cleanly, which deleting it makes moot.
-        if let Err(e) = t.close() {
-            tracing::warn!(topic = name, error = %e, "closing a deleted topic's logs failed");
-        }
+        // Data first, so a full disk has room for the metadata change. The
+        // logs are abandoned, not closed: nothing is synced of files about
+        // to be removed (closing synced each partition four times, which
+        // made deleting a topic of thousands of partitions take seconds).
+        t.abandon();
         let partitions = t.partitions().len();
         // Its open files hold their space until the last handle goes.
         drop(t);

@@ -414,6 +414,20 @@ impl Log {
         self.inner.close()
     }
 
+    /// Closes the log without making anything durable: no sync, no index
+    /// files, no clean-shutdown marker — for a log whose files are about to
+    /// be removed (a deleted topic), where [`close`](Self::close)'s four
+    /// fsyncs per log only delay the removal. Writes not yet synced are
+    /// dropped; later calls return [`LogError::Closed`]. If the files stay
+    /// after all, the next open recovers them as after a crash.
+    pub fn abandon(&self) {
+        self.stop_flusher();
+        if let Ok(mut w) = self.inner.lock_writer() {
+            w.closed = true;
+        }
+        self.inner.closed.store(true, Ordering::Release);
+    }
+
     fn stop_flusher(&self) {
         *relock(&self.inner.stop) = true;
         self.inner.stop_cv.notify_all();
