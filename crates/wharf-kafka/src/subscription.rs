@@ -615,6 +615,7 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         tracker,
         floors,
         prefix: shared.config.prefix.clone(),
+        subscribed: subscribes,
         names: HashMap::new(),
         tx,
         stop,
@@ -715,6 +716,8 @@ struct Reader {
     tracker: Arc<Tracker>,
     floors: HashMap<Tp, i64>,
     prefix: String,
+    /// Whether the consumer joined a group (`subscribe`) rather than `assign`.
+    subscribed: bool,
     /// Kafka topic name -> (Kafka name, Wharf name), shared per topic.
     names: HashMap<Box<str>, (Arc<str>, Arc<str>)>,
     tx: DeliverySender,
@@ -848,7 +851,7 @@ impl Reader {
         // Leave the group now: settled deliveries (or an `AckBatch`) may
         // keep the acker, and with it the consumer, alive for a long time,
         // and a member that no longer polls stalls the group's rebalances.
-        if self.acker.commits {
+        if self.subscribed {
             self.consumer.unsubscribe();
         } else {
             let _ = self.consumer.unassign();
