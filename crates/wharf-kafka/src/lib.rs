@@ -16,7 +16,7 @@
 //! | message id | record header `wharf-id` (UUID text), first; a record without it (another producer's) gets a fresh id when read |
 //! | headers | record headers after `wharf-id`, in order (values are UTF-8 text; other bytes are read lossily) |
 //! | timestamp | record timestamp (CreateTime); a topic set to `LogAppendTime` reports the broker's time instead |
-//! | consumer group `billing` | Kafka group `<prefix>billing`, `subscribe` to the topic (Kafka's group protocol assigns its partitions among the members); `subscribe` returns once the group has assigned this member (within [`KafkaConfig::timeout`]) |
+//! | consumer group `billing` | Kafka group `<prefix>billing`, `subscribe` to the topic (Kafka's group protocol assigns its partitions among the members, `partition.assignment.strategy=cooperative-sticky`: a rebalance moves only the partitions that change owner); `subscribe` returns once the group has assigned this member (within [`KafkaConfig::timeout`]) |
 //! | private subscription | a consumer with `assign` of every partition (no group membership, no commits); with a pattern, a regex `subscribe` under a throwaway group id that never commits |
 //! | pattern `orders.*`, `orders.>` | a Kafka regex subscription `^<prefix>orders\.[^.]+$` / `^<prefix>orders\..+$` (`*` stays one segment); librdkafka re-reads the topic list every second (`topic.metadata.refresh.interval.ms=1000`), and a topic found later is read from its beginning; each group member gets the matching partitions the group assigns it |
 //! | `StartPosition::Earliest` | `auto.offset.reset=earliest` (a group with committed offsets resumes there) |
@@ -29,7 +29,7 @@
 //! | attempt | always 1 (Kafka keeps no delivery count) |
 //! | `max_in_flight` | client side: the subscription hands out no more unsettled deliveries (librdkafka still prefetches into its own queue) |
 //! | closing a subscription | it stops handing out deliveries; the consumer stays a group member (fetching nothing, serving rebalances) until every delivery it handed out is settled or dropped, so those acks still commit; then it leaves the group |
-//! | rebalance | on revocation the settled prefix of each revoked partition is committed; a delivery of a revoked partition settled later fails with [`Error::UnknownDelivery`](wharf_core::Error::UnknownDelivery) and the partition's new owner delivers it again (at-least-once: the duplicates are exactly the unsettled deliveries) |
+//! | rebalance | incremental (cooperative): partitions that keep their owner are not revoked, and their deliveries settle and commit as before; on revocation the settled prefix of each revoked partition is committed; a delivery of a revoked partition settled later fails with [`Error::UnknownDelivery`](wharf_core::Error::UnknownDelivery) and the partition's new owner delivers it again (at-least-once: the duplicates are exactly the unsettled deliveries) |
 //! | limit | [`MAX_MESSAGE_BYTES`] (900 KiB) of payload + key + headers, under Kafka's default 1 MB `message.max.bytes` with the record framing |
 //!
 //! # Declared capabilities
@@ -49,7 +49,7 @@
 //!   non-zero delay and `reject` fail with
 //!   [`Error::Unsupported`](wharf_core::Error::Unsupported) (the offset stays
 //!   unsettled); retry levels and dead-letter topics belong to the router on
-//!   top (not yet wired for Kafka).
+//!   top (see [The router on Kafka](#the-router-on-kafka)).
 //! - `VisibilityTimeout`, `ExtendLease`: a delivery is held until settled or
 //!   until its partition is revoked; `extend` fails with `Unsupported`.
 //! - `PartitionAssignment` ([`GroupMode::Stream`](wharf_core::GroupMode::Stream)):
@@ -64,10 +64,27 @@
 //!
 //! # Consumer groups across topics
 //! The Kafka group id is the Wharf group name (with the prefix), so a
-//! Java consumer in the same group shares the work. One Kafka group spans
-//! every topic subscribed with that name: a member joining on one topic
-//! rebalances the group's members on the others too (their in-flight
-//! deliveries of revoked partitions fail to settle, see the table).
+//! Java consumer in the same group shares the work (it must use the
+//! `cooperative-sticky` assignor too: Kafka refuses a member whose
+//! assignors share none with the group's). One Kafka group spans every
+//! topic subscribed with that name: a member joining on one topic makes
+//! the group rebalance. With the eager protocol that revoked every
+//! partition of every member, so in-flight deliveries on the other topics
+//! failed to settle and were delivered again (the router test below saw
+//! its `fine` message handled three times as its three routes joined);
+//! the cooperative protocol leaves the partitions of the other topics
+//! where they are.
+//!
+//! # The router on Kafka
+//! Kafka has no per-message redelivery, so retries and dead letters are
+//! copies: `wharf_router`'s `RetryTopicsLayer` acks the failed delivery and
+//! publishes a copy to `<topic>.retry.<n>`, and its `DeadLetterLayer`
+//! publishes the last failure to `dlq.<topic>`. Without `DelayedPublish`
+//! or `NackWithDelay` the retry topic's consumer waits for the copy's due
+//! time in its lane before handling it. `tests/router.rs` runs the shared
+//! `wharf_router::testing::retry_dlq_and_dedup_scenario` (two retry levels,
+//! the DLQ headers, a request sent twice handled once through a dedup
+//! store) on the test broker, with the capabilities declared below.
 //!
 //! # Test broker
 //! The tests run against `nisshi` 0.8.1 (a Kafka-protocol broker from

@@ -517,7 +517,12 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Incremental rebalancing: a member joining or leaving moves only
+        // the partitions that change owner, so the deliveries in flight on
+        // the others (every topic subscribed under this group, see the
+        // crate docs) keep their partition and still commit.
+        .set("partition.assignment.strategy", "cooperative-sticky");
     if !literal {
         // How soon a new matching topic is noticed.
         cc.set("topic.metadata.refresh.interval.ms", "1000");
