@@ -53,10 +53,13 @@
 //! - `VisibilityTimeout`, `ExtendLease`: a delivery is held until settled or
 //!   until its partition is revoked; `extend` fails with `Unsupported`.
 //! - `PartitionAssignment` ([`GroupMode::Stream`](wharf_core::GroupMode::Stream)):
-//!   Kafka groups do assign partitions, but the suite's rebalance-with-work
-//!   in flight cases are not run yet, so it is not declared; every group
-//!   subscription behaves as the table says whatever its mode, and asking
-//!   for `Stream` fails with `Unsupported`.
+//!   Kafka groups do assign partitions, but the suite's
+//!   `stream_mode_join_with_work_in_flight_loses_nothing` asks that
+//!   deliveries held across a join, acked afterwards, are not delivered
+//!   again; here those of a partition that moved are (see
+//!   [Rebalances](#rebalances)). The conformance factory's topics have one
+//!   partition, on which the case would pass without testing that, so it is
+//!   not declared; asking for `Stream` fails with `Unsupported`.
 //! - `Dedup`: the idempotent producer removes the duplicates of its own
 //!   retries, not a second publish of the same message id.
 //! - `Persistence`: depends on the broker (the test broker runs in memory).
@@ -74,6 +77,28 @@
 //! its `fine` message handled three times as its three routes joined);
 //! the cooperative protocol leaves the partitions of the other topics
 //! where they are.
+//!
+//! # Rebalances
+//! What happens to the deliveries in flight when a member joins or leaves
+//! (`tests/rebalance.rs`, a 4-partition topic):
+//! - Only the partitions that change owner are revoked (cooperative); the
+//!   deliveries of the others settle and commit as if nothing happened.
+//! - On revocation the member commits the settled prefix of each revoked
+//!   partition and forgets the partition. Its unsettled deliveries there can
+//!   no longer commit: acking one fails with
+//!   [`Error::UnknownDelivery`](wharf_core::Error::UnknownDelivery) and
+//!   sends no commit, so a stale ack never moves the group's offset past
+//!   what the new owner has processed (the test reads the group's offsets
+//!   after the stale acks: unchanged; after the new owner's first ack: its
+//!   prefix).
+//! - The new owner resumes at the committed prefix, so it delivers again
+//!   exactly the deliveries that were unsettled at the revocation (plus,
+//!   on a broker that drops commit metadata, the acked ones past the
+//!   prefix): those duplicates are the at-least-once window. Nothing is
+//!   lost.
+//! - A member that closes its subscription stays in the group until its
+//!   deliveries are settled or dropped, then leaves; the unsettled ones go
+//!   to the remaining members.
 //!
 //! # The router on Kafka
 //! Kafka has no per-message redelivery, so retries and dead letters are
