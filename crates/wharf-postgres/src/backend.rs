@@ -14,7 +14,7 @@ use wharf_core::{
     Result, StartPosition, SubscribeOptions, Subscriber, Subscription,
 };
 
-use crate::rows::{db_err, insert_batch, is_transaction_rollback, NAME};
+use crate::rows::{db_err, insert_batch, insert_batch_autocommit, is_transaction_rollback, NAME};
 use crate::schema::{channel, ddl, validate_ident, Sql};
 use crate::subscription::{open_subscription, GroupSpec};
 
@@ -338,7 +338,7 @@ async fn publish_group(pool: &PgPool, sql: &Sql, topic: String, reqs: Vec<Publis
         all.extend(msgs);
     }
     let result = match pool.acquire().await {
-        Ok(mut conn) => insert_batch(sql, &mut conn, &topic, &all).await,
+        Ok(mut conn) => insert_batch_autocommit(sql, &mut conn, &topic, &all).await,
         Err(e) => Err(db_err(e)),
     };
     match result {

@@ -7,7 +7,7 @@
 //! | backend | one schema ([`PostgresConfig::schema`]) holding the tables below |
 //! | topic | rows of `messages` with that `topic`; a `topics` row hands out offsets |
 //! | offset | per-topic counter, assigned under the topic row lock (held to commit), so offsets become visible in order |
-//! | publish | one `INSERT … SELECT FROM UNNEST(…)` per batch, acknowledged after commit (`synchronous_commit` as the server is configured; on by default); concurrent publishes to a topic are coalesced into one statement and one commit, since they would serialise on the topic row lock anyway |
+//! | publish | one `INSERT … SELECT FROM UNNEST(…)` per batch, acknowledged after commit (`synchronous_commit` as the server is configured; on by default); concurrent publishes to a topic are coalesced into one statement and one commit, since they would serialise on the topic row lock anyway; a batch whose ids are all new is one plain `INSERT` (no `ON CONFLICT` pre-check per row, no per-row result), and one holding a stored id (unique violation, nothing stored) is retried with `ON CONFLICT (topic, id) DO NOTHING` |
 //! | message id dedup | `UNIQUE (topic, id)`: a second publish of an id returns the original's offset with `duplicate = true`, for as long as the row exists |
 //! | consumer group | a `groups` row per (group, pattern) with a cursor per matching topic; new messages are copied into `deliveries` rows (attempts, lease, failures) under the group row lock |
 //! | private subscription | a group of its own, deleted when the subscription and its deliveries are gone |

@@ -101,6 +101,106 @@ pub(crate) fn message_from_row(row: &PgRow) -> Result<Message> {
     Ok(b.build())
 }
 
+/// A batch as the publish statements' array parameters.
+struct Columns {
+    ids: Vec<Uuid>,
+    keys: Vec<Option<Vec<u8>>>,
+    headers: Vec<String>,
+    payloads: Vec<Vec<u8>>,
+    ts: Vec<i64>,
+    deliver_at: Vec<Option<i64>>,
+    expires_at: Vec<Option<i64>>,
+    priority: Vec<i16>,
+}
+
+impl Columns {
+    fn new(msgs: &[Message]) -> Self {
+        let n = msgs.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            headers: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            deliver_at: Vec::with_capacity(n),
+            expires_at: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
+        };
+        for m in msgs {
+            c.ids.push(uuid_of(m.id()));
+            c.keys.push(m.key().map(|k| k.to_vec()));
+            c.headers.push(headers_json(m.headers()));
+            c.payloads.push(m.payload().to_vec());
+            c.ts.push(ms(m.timestamp().as_millis()));
+            c.deliver_at.push(m.deliver_at().map(|t| ms(t.as_millis())));
+            c.expires_at.push(m.expires_at().map(|t| ms(t.as_millis())));
+            c.priority.push(i16::from(m.priority()));
+        }
+        c
+    }
+
+    /// `statement` with `$1` = topic, `$2` = count and the arrays bound.
+    fn bind<'q>(
+        &'q self,
+        statement: &'q str,
+        topic: &'q str,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(statement)
+            .bind(topic)
+            .bind(i64::try_from(self.ids.len()).unwrap_or(i64::MAX))
+            .bind(&self.ids)
+            .bind(&self.keys)
+            .bind(&self.headers)
+            .bind(&self.payloads)
+            .bind(&self.ts)
+            .bind(&self.deliver_at)
+            .bind(&self.expires_at)
+            .bind(&self.priority)
+    }
+}
+
+/// `23505`: a unique index refused a row.
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "23505"))
+}
+
+/// [`insert_batch`] for a statement that is its own transaction (a pool
+/// connection, autocommit): first as one plain `INSERT` that returns only
+/// the first offset, which stores the whole batch when none of its ids is
+/// in the topic yet (the receipts are then `base + i`, none a duplicate);
+/// when one is (`23505`, the statement stored nothing), as
+/// [`insert_batch`]. Not for a caller's transaction: the failed attempt
+/// would abort it.
+pub(crate) async fn insert_batch_autocommit(
+    sql: &Sql,
+    conn: &mut PgConnection,
+    topic: &str,
+    msgs: &[Message],
+) -> Result<Vec<Receipt>> {
+    let cols = Columns::new(msgs);
+    match cols
+        .bind(&sql.publish_fresh, topic)
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(row) => {
+            let base: i64 = row.try_get("base").map_err(db_err)?;
+            Ok(msgs
+                .iter()
+                .zip(base..)
+                .map(|(m, offset)| Receipt {
+                    id: m.id(),
+                    partition: 0,
+                    offset: u64::try_from(offset).ok(),
+                    duplicate: false,
+                })
+                .collect())
+        }
+        Err(e) if is_unique_violation(&e) => insert_columns(sql, conn, topic, msgs, &cols).await,
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 /// Inserts `msgs` into `topic` in order on `conn` (pool connection or
 /// transaction), skipping ids the topic already holds (`duplicate` receipts
 /// carry the stored offset).
@@ -110,36 +210,20 @@ pub(crate) async fn insert_batch(
     topic: &str,
     msgs: &[Message],
 ) -> Result<Vec<Receipt>> {
+    insert_columns(sql, conn, topic, msgs, &Columns::new(msgs)).await
+}
+
+async fn insert_columns(
+    sql: &Sql,
+    conn: &mut PgConnection,
+    topic: &str,
+    msgs: &[Message],
+    cols: &Columns,
+) -> Result<Vec<Receipt>> {
     let n = msgs.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut ts = Vec::with_capacity(n);
-    let mut deliver_at = Vec::with_capacity(n);
-    let mut expires_at = Vec::with_capacity(n);
-    let mut priority = Vec::with_capacity(n);
-    for m in msgs {
-        ids.push(uuid_of(m.id()));
-        keys.push(m.key().map(|k| k.to_vec()));
-        headers.push(headers_json(m.headers()));
-        payloads.push(m.payload().to_vec());
-        ts.push(ms(m.timestamp().as_millis()));
-        deliver_at.push(m.deliver_at().map(|t| ms(t.as_millis())));
-        expires_at.push(m.expires_at().map(|t| ms(t.as_millis())));
-        priority.push(i16::from(m.priority()));
-    }
-    let rows = sqlx::query(&sql.publish)
-        .bind(topic)
-        .bind(i64::try_from(n).unwrap_or(i64::MAX))
-        .bind(&ids)
-        .bind(&keys)
-        .bind(&headers)
-        .bind(&payloads)
-        .bind(&ts)
-        .bind(&deliver_at)
-        .bind(&expires_at)
-        .bind(&priority)
+    let ids = &cols.ids;
+    let rows = cols
+        .bind(&sql.publish, topic)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
@@ -172,7 +256,7 @@ pub(crate) async fn insert_batch(
     }
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut receipts = Vec::with_capacity(n);
-    for (m, id) in msgs.iter().zip(&ids) {
+    for (m, id) in msgs.iter().zip(ids) {
         let first = seen.insert(*id);
         let (offset, duplicate) = match stored.get(id) {
             Some(o) if first => (Some(*o), false),

@@ -108,6 +108,7 @@ COMMIT;
 pub(crate) struct Sql {
     pub ensure_topic: String,
     pub publish: String,
+    pub publish_fresh: String,
     pub lookup_ids: String,
     pub create_group: String,
     pub find_group: String,
@@ -149,6 +150,25 @@ impl Sql {
   RETURNING id, "offset"
 )
 SELECT id, "offset" FROM ins"#
+            ),
+            // The same insert without `ON CONFLICT` or `RETURNING`, for a
+            // batch on its own autocommit statement: one whose ids are all new
+            // (the common case) skips the speculative-insertion pre-check of
+            // every row and the per-row result set; offsets are `base + i`. A
+            // duplicate id fails it with `23505` (nothing stored) and the
+            // batch is retried with `publish`.
+            publish_fresh: format!(
+                r#"WITH tp AS (
+  INSERT INTO {s}.topics AS t (topic, next_offset) VALUES ($1, $2)
+  ON CONFLICT (topic) DO UPDATE SET next_offset = t.next_offset + $2
+  RETURNING next_offset - $2 AS base
+), ins AS (
+  INSERT INTO {s}.messages (topic, "offset", id, key, headers, payload, ts, deliver_at, expires_at, priority)
+  SELECT $1, tp.base + u.ord - 1, u.id, u.key, u.headers::jsonb, u.payload, u.ts, u.deliver_at, u.expires_at, u.priority
+  FROM tp, UNNEST($3::uuid[], $4::bytea[], $5::text[], $6::bytea[], $7::int8[], $8::int8[], $9::int8[], $10::int2[])
+    WITH ORDINALITY AS u(id, key, headers, payload, ts, deliver_at, expires_at, priority, ord)
+)
+SELECT base FROM tp"#
             ),
             lookup_ids: format!(
                 r#"SELECT id, "offset" FROM {s}.messages WHERE topic = $1 AND id = ANY($2)"#
