@@ -1,6 +1,6 @@
 //! `wharf`: one binary to run the server (`wharf serve`) and to operate it:
-//! topics, publish/subscribe, groups, dead letters, the event store and
-//! benchmarks. Tables for
+//! topics, publish/subscribe, groups, dead letters, the event store, its
+//! projections and benchmarks. Tables for
 //! humans, `--json` for scripts; errors print one line and exit non-zero.
 
 /// `println!` that ends the command quietly when standard output is a
@@ -22,6 +22,7 @@ mod adapters_bare;
 mod admin;
 mod bench;
 mod events;
+mod projection;
 mod pubsub;
 mod serve_limits;
 mod table;
@@ -143,6 +144,14 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         cmd: events::EventsCmd,
+    },
+    /// Projections hosted by the server (the event store published into
+    /// topics): create, delete, list, status, rebuild.
+    Projection {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        cmd: projection::ProjectionCmd,
     },
     /// Publish/consume load test; prints throughput and latency percentiles.
     Bench {
@@ -318,6 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { client, cmd } => admin::group(&client.conn(), cmd).await,
         Command::Dlq { client, cmd } => admin::dlq(&client.conn(), cmd).await,
         Command::Events { client, cmd } => events::run(&client.conn(), cmd).await,
+        Command::Projection { client, cmd } => projection::run(&client.conn(), cmd).await,
         Command::Bench { auth, args } => bench::run(&auth.conn(), args).await,
     }
 }

@@ -572,6 +572,8 @@ enum Setup {
     Topic,
     /// A letter in the dead-letter topic (first) bound for the topic (second).
     Letter(&'static str, &'static str),
+    /// A fresh projection of streams `m-` into `m.t`.
+    Projection,
 }
 
 struct HttpCase {
@@ -981,6 +983,62 @@ const HTTP_MATRIX: &[HttpCase] = &[
         Setup::None,
         Need::Token,
     ),
+    http_case(
+        "GET /v1/eventstore/projections",
+        "",
+        "/v1/eventstore/projections",
+        None,
+        Setup::None,
+        Need::Any(ER),
+    ),
+    http_case(
+        "POST /v1/eventstore/projections",
+        "prefix in m-, topic in m.>",
+        "/v1/eventstore/projections",
+        Some(r#"{"name":"pm","topic":"m.t","prefix":"m-"}"#),
+        Setup::None,
+        Need::All(EAD | ER | P),
+    ),
+    http_case(
+        "POST /v1/eventstore/projections",
+        "topic outside",
+        "/v1/eventstore/projections",
+        Some(r#"{"name":"px","topic":"x.t","prefix":"m-"}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "POST /v1/eventstore/projections",
+        "every stream",
+        "/v1/eventstore/projections",
+        Some(r#"{"name":"pa","topic":"m.t"}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
+        "GET /v1/eventstore/projections/{name}",
+        "",
+        "/v1/eventstore/projections/{x}",
+        None,
+        Setup::Projection,
+        Need::Any(ER),
+    ),
+    http_case(
+        "DELETE /v1/eventstore/projections/{name}",
+        "",
+        "/v1/eventstore/projections/{x}",
+        None,
+        Setup::Projection,
+        Need::Any(EAD),
+    ),
+    http_case(
+        "POST /v1/eventstore/projections/{name}/rebuild",
+        "",
+        "/v1/eventstore/projections/{x}/rebuild",
+        None,
+        Setup::Projection,
+        Need::All(EAD | ER | P),
+    ),
 ];
 
 async fn root_json(req: reqwest::RequestBuilder) -> Value {
@@ -1016,6 +1074,14 @@ async fn run_setup(c: &reqwest::Client, base: &str, setup: Setup, n: usize) -> S
             let create = c
                 .post(format!("{base}/v1/topics"))
                 .json(&json!({"name": name}));
+            root_json(create).await;
+            name
+        }
+        Setup::Projection => {
+            let name = format!("mp{n}");
+            let create = c
+                .post(format!("{base}/v1/eventstore/projections"))
+                .json(&json!({"name": name, "topic": "m.t", "prefix": "m-"}));
             root_json(create).await;
             name
         }

@@ -39,6 +39,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::{telemetry, Shared};
 
 mod events;
+mod projections;
 
 type AppState = State<Arc<Shared>>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -79,6 +80,9 @@ fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(events::read_all))
         .routes(routes!(events::head))
         .routes(routes!(events::subscribe))
+        .routes(routes!(projections::list, projections::create))
+        .routes(routes!(projections::status, projections::delete))
+        .routes(routes!(projections::rebuild))
 }
 
 /// The HTTP routes.

@@ -5,7 +5,8 @@
 //! (publish, long-poll consume with explicit settlement, SSE and WebSocket
 //! streams, admin, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
 //! Both also serve the embedded event store (`wharf.v1.EventStore`,
-//! `/v1/eventstore/...`) kept in `<data_dir>/eventstore`.
+//! `/v1/eventstore/...`) kept in `<data_dir>/eventstore`, and hosts
+//! projections that publish its events into topics (`<data_dir>/projections`).
 //! Start with [`Server::bind`], then [`Server::serve`] until a shutdown
 //! signal; shutdown ends every stream and closes the broker (flush, persist
 //! group positions).
@@ -21,6 +22,7 @@ mod leases;
 mod listen;
 mod message_limit;
 pub mod process;
+mod projections;
 mod route;
 mod telemetry;
 #[cfg(feature = "tls")]
@@ -65,6 +67,15 @@ pub enum ServerError {
     /// The event store could not be opened or closed cleanly.
     #[error("event store: {0}")]
     EventStore(#[from] wharf_eventstore::EventStoreError),
+    /// The projection definitions could not be read.
+    #[error("projections: {0}")]
+    Projections(String),
+}
+
+impl From<projections::ProjectionsError> for ServerError {
+    fn from(e: projections::ProjectionsError) -> Self {
+        ServerError::Projections(e.to_string())
+    }
 }
 
 /// State shared by every request handler.
@@ -72,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) broker: Broker,
     /// The event store, in `<data_dir>/eventstore`.
     pub(crate) events: wharf_eventstore::EmbeddedStore,
+    /// The projections publishing the event store into topics.
+    pub(crate) projections: projections::Projections,
     pub(crate) auth: Option<Auth>,
     pub(crate) config: ServerConfig,
     pub(crate) leases: leases::Leases,
@@ -138,14 +151,20 @@ impl Server {
             source,
         })?;
         let (stop, shutdown) = watch::channel(false);
+        // The exporter first, so the projections' metrics reach it.
+        let metrics = telemetry::Metrics::install();
+        let projections =
+            projections::Projections::open(&config.data_dir, events.clone(), broker.clone())
+                .await?;
         let shared = Arc::new(Shared {
             broker,
             events,
+            projections,
             auth,
             leases: leases::Leases::default(),
             pollers: http::Pollers::default(),
             shutdown,
-            metrics: telemetry::Metrics::install(),
+            metrics,
             config,
         });
         Ok(Server {
@@ -220,6 +239,7 @@ impl Server {
         poll_reaper.abort();
         shared.leases.clear();
         shared.pollers.clear();
+        shared.projections.stop().await;
         let events = shared.events.close().await;
         shared.broker.close().await?;
         events?;
@@ -230,6 +250,8 @@ impl Server {
 
 /// The event store's directory under the data dir.
 pub const EVENTSTORE_DIR: &str = "eventstore";
+
+pub use projections::PROJECTIONS_DIR;
 
 /// The event store's size limits: its defaults, lowered so that one append
 /// fits in a request of `max_request_bytes` (so an oversized event is the
