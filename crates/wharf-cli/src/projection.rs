@@ -2,7 +2,8 @@
 //! the event store's events into a topic), through the HTTP API
 //! (`/v1/eventstore/projections`): create, delete, list, status, and
 //! rebuild with progress (checkpoint against head) until caught up with
-//! `--wait`. Tables for humans, `--json` for scripts.
+//! `--wait`. Tables for humans, `--json` for scripts; `https://` with the
+//! CA given by `--ca-cert`.
 
 use std::time::Duration;
 
@@ -67,19 +68,14 @@ struct Api<'a> {
 
 impl<'a> Api<'a> {
     fn new(conn: &'a Conn) -> anyhow::Result<Api<'a>> {
-        if conn.url.starts_with("https://") {
-            anyhow::bail!(
-                "wharf projection speaks plain HTTP to {}; this build has no TLS for the HTTP API (use curl with /v1/eventstore/projections)",
-                conn.url
-            );
-        }
         let base = if conn.url.contains("://") {
             conn.url.trim_end_matches('/').to_owned()
         } else {
             format!("http://{}", conn.url.trim_end_matches('/'))
         };
+        let http = client_builder(&base, conn)?;
         Ok(Api {
-            http: reqwest::Client::new(),
+            http: http.build().context("cannot set up the HTTP client")?,
             conn,
             base,
         })
@@ -99,10 +95,17 @@ impl<'a> Api<'a> {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.conn.url))?;
+        let resp = r.send().await.map_err(|e| {
+            let text = crate::one_line(&anyhow::Error::new(e));
+            if text.contains("certificate") || text.contains("UnknownIssuer") {
+                anyhow::anyhow!(
+                    "cannot verify the TLS certificate of {}: pass the CA that signed it with --ca-cert ({text})",
+                    self.conn.url
+                )
+            } else {
+                anyhow::anyhow!("cannot reach the server at {}: {text}", self.conn.url)
+            }
+        })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -117,6 +120,33 @@ impl<'a> Api<'a> {
         }
         serde_json::from_str(&text).context("the server's answer is not JSON")
     }
+}
+
+/// The HTTP client: over https, trusting only the CA given by `--ca-cert`.
+#[cfg(feature = "tls")]
+fn client_builder(base: &str, conn: &Conn) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut http = reqwest::Client::builder();
+    if let (true, Some(p)) = (base.starts_with("https://"), &conn.ca_cert) {
+        let pem = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", p.display()))?
+        {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    Ok(http)
+}
+
+/// The HTTP client (this build has no TLS).
+#[cfg(not(feature = "tls"))]
+fn client_builder(base: &str, conn: &Conn) -> anyhow::Result<reqwest::ClientBuilder> {
+    if base.starts_with("https://") {
+        anyhow::bail!(
+            "{} is https, and this build has no TLS support (the `tls` feature)",
+            conn.url
+        );
+    }
+    Ok(reqwest::Client::builder())
 }
 
 fn row(p: &Value) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! `wharf serve` with TLS: the client (library and CLI) round-trips over
-//! https with the CA it is given; a plain-text connection is refused.
+//! https with the CA it is given (`wharf projection` too, over the HTTP
+//! API); a plain-text connection is refused.
 
 mod common;
 
@@ -69,4 +70,28 @@ async fn tls_round_trip_with_the_given_ca_and_plain_text_is_refused() {
     assert!(text.contains("published"), "{text}");
     let out = common::cli_with(&url, None, &["pub", "tls.t", "no ca"], None);
     assert!(!out.status.success(), "publish without the CA succeeded");
+
+    // `wharf projection` (the HTTP API) trusts the same CA.
+    let out = common::cli_with(
+        &url,
+        None,
+        &[
+            "projection",
+            "create",
+            "tls-p",
+            "--topic",
+            "tls.t",
+            "--ca-cert",
+            ca,
+        ],
+        None,
+    );
+    let text = common::ok(&out);
+    assert!(text.contains("tls-p"), "{text}");
+    let out = common::cli_with(&url, None, &["projection", "list"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--ca-cert"),
+        "projection list without the CA: {err}"
+    );
 }
