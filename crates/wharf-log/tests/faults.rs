@@ -230,3 +230,61 @@ fn under_always_a_batch_whose_sync_failed_is_never_readable() {
     assert!(log.read(2, 1024).expect("read at readable end").is_empty());
     assert_eq!(read_all(&log).len(), 2);
 }
+
+/// `write_built` + `try_durable` + `sync_written`: the waiting-elsewhere
+/// path the event store's sync thread uses. A write is pending until a sync
+/// round covers it; a write cut by a failed round reports the failure even
+/// though the synced sequence number moved past it; a later write is synced
+/// by the next round; under `Never` everything is durable at once.
+#[test]
+fn try_durable_reports_pending_synced_and_cut_writes_and_sync_written_covers_all_written() {
+    use wharf_log::batch::BatchBuilder;
+    let one = |n: u8| {
+        let mut b = BatchBuilder::with_capacity(64);
+        b.push(0, None, &[n; 8], std::iter::empty());
+        b
+    };
+    let sim = SimStorage::new();
+    let log = Log::open(DIR, sim_config(&sim, Durability::Always, 1 << 20)).expect("open");
+    let a = log.write_built(one(1)).expect("write a");
+    let b = log.write_built(one(2)).expect("write b");
+    assert!(log.try_durable(&a).is_none(), "a waits for a sync");
+    assert_eq!(sim.stats().syncs, 0);
+    log.sync_written().expect("sync");
+    assert!(matches!(log.try_durable(&a), Some(Ok(()))));
+    assert!(
+        matches!(log.try_durable(&b), Some(Ok(()))),
+        "one round covers both"
+    );
+    let syncs = sim.stats().syncs;
+    log.sync_written().expect("nothing to sync");
+    assert_eq!(sim.stats().syncs, syncs, "no round when all is synced");
+
+    // A failed round cuts c; d, written after the cut, is synced next.
+    let c = log.write_built(one(3)).expect("write c");
+    sim.fail_next_syncs(1);
+    assert!(log.sync_written().is_err());
+    assert!(
+        matches!(log.try_durable(&c), Some(Err(LogError::Discarded { .. }))),
+        "{:?}",
+        log.try_durable(&c)
+    );
+    let d = log.write_built(one(4)).expect("write d");
+    assert_eq!(
+        d.info.base_offset, c.info.base_offset,
+        "c's offset is given out again"
+    );
+    assert!(log.try_durable(&d).is_none());
+    log.sync_written().expect("sync d");
+    assert!(matches!(log.try_durable(&d), Some(Ok(()))));
+    assert!(
+        matches!(log.try_durable(&c), Some(Err(LogError::Discarded { .. }))),
+        "c stays failed"
+    );
+    log.close().expect("close");
+
+    let sim = SimStorage::new();
+    let log = Log::open(DIR, sim_config(&sim, Durability::Never, 1 << 20)).expect("open");
+    let e = log.write_built(one(5)).expect("write");
+    assert!(matches!(log.try_durable(&e), Some(Ok(()))));
+}

@@ -225,6 +225,48 @@ impl Log {
         Ok(())
     }
 
+    /// Without waiting: `Some(Ok(()))` once `written` is durable (at once
+    /// under policies other than `Always`), `Some(Err(..))` once it never
+    /// will be (a failed sync cut it, the log failed or closed first),
+    /// `None` while it waits for a sync. For callers that wait for
+    /// durability themselves, e.g. an async task woken after each
+    /// [`Log::sync_written`] round run elsewhere.
+    pub fn try_durable(&self, written: &Written) -> Option<Result<(), LogError>> {
+        if self.inner.config.durability != Durability::Always {
+            return Some(Ok(()));
+        }
+        // The failure first: after a cut back, the synced LSN passes the
+        // LSNs of the cut writes too (they need no sync: they are gone).
+        if let Some(e) = self.inner.failure_for(written.lsn) {
+            return Some(Err(e));
+        }
+        if self.inner.sync.synced() >= written.lsn {
+            return Some(Ok(()));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            // A clean close syncs everything written: look again.
+            if self.inner.sync.synced() >= written.lsn {
+                return Some(Ok(()));
+            }
+            return Some(Err(LogError::Closed));
+        }
+        None
+    }
+
+    /// Makes everything written so far durable (one group-commit round,
+    /// shared with concurrent [`Log::wait_durable`] callers); nothing to do
+    /// under policies other than `Always` or when all is synced.
+    ///
+    /// # Errors
+    /// As [`Log::wait_durable`] for the latest write.
+    pub fn sync_written(&self) -> Result<(), LogError> {
+        if self.inner.config.durability != Durability::Always {
+            return Ok(());
+        }
+        let target = self.inner.lock_writer()?.lsn;
+        self.inner.wait_durable(target)
+    }
+
     fn write(&self, mut batch: EncodedBatch) -> Result<AppendInfo, LogError> {
         let cfg = &self.inner.config;
         let (info, lsn) = self.inner.write_batch(&mut batch)?;
