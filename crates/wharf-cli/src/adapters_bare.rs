@@ -13,6 +13,13 @@
 //! | `bare+postgres://…` | one `INSERT … SELECT * FROM UNNEST($1::bytea[])` per batch into a table `(seq bigserial primary key, payload bytea, leased_until timestamptz)`, autocommit | claim: `UPDATE … SET leased_until = now() + 30 s WHERE seq IN (SELECT … ORDER BY seq LIMIT <batch> FOR UPDATE SKIP LOCKED) RETURNING`, then ack: one `DELETE … WHERE seq = ANY($1)` per batch |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
+//! Two variants isolate what an adapter's promise costs (their rows are not
+//! paired with an adapter row; compare by hand): `bare+nats://…#msg-id`
+//! publishes each message with a unique `Nats-Msg-Id` (JetStream's dedup
+//! index, as the adapter's) and a 13-digit `Wharf-Ts` header;
+//! `bare+amqp://…#x-max-priority` declares its queue with `x-max-priority = 9`
+//! (a priority queue, as every queue of the adapter).
+//!
 //! The bare message carries the payload only; the adapter's also carries the
 //! message id and timestamp (about 50 bytes more), headers, and the dedup
 //! work its backend promises — part of what the adapter costs.
@@ -38,6 +45,8 @@ pub(crate) enum Bare {
         js: jetstream::Context,
         stream: String,
         subject: String,
+        /// `#msg-id`: the next `Nats-Msg-Id` number.
+        msg_id: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     },
     Postgres {
         pool: sqlx::PgPool,
@@ -56,6 +65,16 @@ pub(crate) async fn open(spec: &str, ns: &str) -> anyhow::Result<Option<(Bare, &
     let Some(url) = spec.strip_prefix("bare+") else {
         return Ok(None);
     };
+    let (url, variant) = match url.split_once('#') {
+        Some((u, v)) => (u, Some(v)),
+        None => (url, None),
+    };
+    match (variant, url.split_once("://").map(|(s, _)| s)) {
+        (None, _) | (Some("msg-id"), Some("nats")) | (Some("x-max-priority"), Some("amqp")) => {}
+        (Some(v), _) => anyhow::bail!(
+            "--backend {spec}: unknown variant #{v} (bare+nats://…#msg-id, bare+amqp://…#x-max-priority)"
+        ),
+    }
     let ns = ns.replace(['.', '-'], "_");
     let ctx = || format!("cannot use {spec}");
     if url.starts_with("redis://") {
@@ -90,6 +109,7 @@ pub(crate) async fn open(spec: &str, ns: &str) -> anyhow::Result<Option<(Bare, &
                 js,
                 stream,
                 subject: format!("benchbare_{ns}.t"),
+                msg_id: variant.map(|_| std::sync::Arc::default()),
             },
             "JetStream publish: acked after the server's write, fsync per its sync interval",
         )));
@@ -120,13 +140,17 @@ pub(crate) async fn open(spec: &str, ns: &str) -> anyhow::Result<Option<(Bare, &
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         let queue = format!("wharfbench.bare.{ns}");
+        let mut args = lapin::types::FieldTable::default();
+        if variant.is_some() {
+            args.insert("x-max-priority".into(), lapin::types::AMQPValue::LongInt(9));
+        }
         ch.queue_declare(
             lapin::types::ShortString::from(queue.as_str()),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            lapin::types::FieldTable::default(),
+            args,
         )
         .await?;
         return Ok(Some((
@@ -164,10 +188,25 @@ impl Bare {
                 let () = pipe.query_async(&mut conn.clone()).await?;
                 Ok(())
             }
-            Bare::Nats { js, subject, .. } => {
+            Bare::Nats {
+                js,
+                subject,
+                msg_id,
+                ..
+            } => {
                 let mut acks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    acks.push(js.publish(subject.clone(), payload.clone()).await?);
+                    acks.push(match msg_id {
+                        None => js.publish(subject.clone(), payload.clone()).await?,
+                        Some(next) => {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut h = async_nats::HeaderMap::new();
+                            h.insert("Nats-Msg-Id", format!("{i:036}:{subject}").as_str());
+                            h.insert("Wharf-Ts", "1796563738742");
+                            js.publish_with_headers(subject.clone(), h, payload.clone())
+                                .await?
+                        }
+                    });
                 }
                 for ack in acks {
                     ack.await?;

@@ -35,7 +35,9 @@ pub(crate) struct BenchArgs {
     /// postgres:// URL, or `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
     /// `bare+postgres://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
-    /// of its bare row); repeat to compare in one run (ratios are printed
+    /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
+    /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
+    /// queue as the adapter does); repeat to compare in one run (ratios are printed
     /// against the first).
     #[arg(long = "backend", default_value = "embedded")]
     backends: Vec<String>,

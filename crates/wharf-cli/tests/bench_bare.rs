@@ -192,6 +192,38 @@ fn bench_bare_refuses_the_latency_workload_and_unknown_schemes() {
     assert!(err.contains("publish and consume workloads only"), "{err}");
     let err = run(&["--backend", "bare+mqtt://127.0.0.1:1883", "--count", "10"]);
     assert!(err.contains("bare client is available for"), "{err}");
+    let err = run(&["--backend", &format!("{bare}#msg-id"), "--count", "10"]);
+    assert!(err.contains("unknown variant #msg-id"), "{err}");
+}
+
+#[test]
+fn bench_runs_the_bare_variants_that_price_an_adapters_promise() {
+    if let Some(url) = nats_or_skip() {
+        let with_id = format!("bare+{url}#msg-id");
+        let runs = bench(&["--backend", &with_id, "--count", "500", "--batch", "100"]);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0]["backend"], with_id);
+        assert_eq!(runs[0]["messages"], 500, "{}", runs[0]);
+    }
+    if let Some(url) = reachable(
+        "rabbitmq",
+        "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        "127.0.0.1:5672",
+    ) {
+        let priority = format!("bare+{url}#x-max-priority");
+        let runs = bench(&[
+            "--backend",
+            &priority,
+            "--workload",
+            "consume",
+            "--count",
+            "500",
+            "--batch",
+            "100",
+        ]);
+        assert_eq!(runs[0]["backend"], priority);
+        assert_eq!(runs[0]["messages"], 500, "{}", runs[0]);
+    }
 }
 
 /// The JetStream stream an adapter run on `topic` creates (see
