@@ -1330,6 +1330,33 @@ const GRPC_MATRIX: &[GrpcCase] = &[
     grpc_case("ListStreams", "prefix m-", Setup::None, Need::Any(ER)),
     grpc_case("ListStreams", "every stream", Setup::None, Need::All(ROOT)),
     grpc_case("Head", "", Setup::None, Need::Token),
+    grpc_case(
+        "CreateProjection",
+        "prefix in m-, topic in m.>",
+        Setup::None,
+        Need::All(EAD | ER | P),
+    ),
+    grpc_case(
+        "CreateProjection",
+        "topic outside",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case(
+        "CreateProjection",
+        "every stream",
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    grpc_case("ListProjections", "", Setup::None, Need::Any(ER)),
+    grpc_case("ProjectionStatus", "", Setup::Projection, Need::Any(ER)),
+    grpc_case("DeleteProjection", "", Setup::Projection, Need::Any(EAD)),
+    grpc_case(
+        "RebuildProjection",
+        "",
+        Setup::Projection,
+        Need::All(EAD | ER | P),
+    ),
     grpc_case("Limits", "", Setup::None, Need::Token),
 ];
 
@@ -1454,13 +1481,13 @@ async fn grpc_code(url: &str, case: &GrpcCase, x: &str, token: Option<&str>) -> 
             .err(),
         ),
         ("DlqPurge", _) => code(c.dlq_purge(name("dlq.m.t")).await.err()),
-        (rpc, what) => event_store_code(url, rpc, what, token).await,
+        (rpc, what) => event_store_code(url, rpc, what, x, token).await,
     }
 }
 
 /// The code of one `wharf.v1.EventStore` cell: `m-…` streams inside the
 /// matrix tokens' prefix, `x-…` outside.
-async fn event_store_code(url: &str, rpc: &str, what: &str, token: Option<&str>) -> Code {
+async fn event_store_code(url: &str, rpc: &str, what: &str, x: &str, token: Option<&str>) -> Code {
     let mut c = wharf_client::raw_event_store_client(url, token)
         .await
         .expect("connect");
@@ -1566,6 +1593,38 @@ async fn event_store_code(url: &str, rpc: &str, what: &str, token: Option<&str>)
         ),
         "Head" => code(c.head(v1::Empty {}).await.err()),
         "Limits" => code(c.limits(v1::Empty {}).await.err()),
+        "CreateProjection" => {
+            let (name, topic, prefix) = match what {
+                "topic outside" => ("gpx", "x.t", "m-"),
+                "every stream" => ("gpa", "m.t", ""),
+                _ => ("gpm", "m.t", "m-"),
+            };
+            code(
+                c.create_projection(v1::EsProjectionSpec {
+                    name: name.into(),
+                    topic: topic.into(),
+                    prefix: prefix.into(),
+                })
+                .await
+                .err(),
+            )
+        }
+        "ListProjections" => code(c.list_projections(v1::Empty {}).await.err()),
+        "ProjectionStatus" => code(
+            c.projection_status(v1::EsProjectionName { name: x.into() })
+                .await
+                .err(),
+        ),
+        "DeleteProjection" => code(
+            c.delete_projection(v1::EsProjectionName { name: x.into() })
+                .await
+                .err(),
+        ),
+        "RebuildProjection" => code(
+            c.rebuild_projection(v1::EsProjectionName { name: x.into() })
+                .await
+                .err(),
+        ),
         _ => panic!("no call for {rpc} [{what}]"),
     }
 }

@@ -491,3 +491,88 @@ events_admin = ["order-"]
     let err = failed(&as_(None, &["projection", "list"]));
     assert!(err.contains("401"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_over_grpc_are_the_same_with_typed_statuses() {
+    use prost::Message as _;
+    use tonic::Code;
+    use wharf_client::proto as v1;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    ok(&server.cli(&["topic", "create", "es.g"]));
+    let mut c = wharf_client::raw_event_store_client(&server.url(), None)
+        .await
+        .expect("connect");
+    let spec = |name: &str, topic: &str| v1::EsProjectionSpec {
+        name: name.into(),
+        topic: topic.into(),
+        prefix: "g-".into(),
+    };
+
+    let e = c
+        .create_projection(spec("a/b", "es.g"))
+        .await
+        .expect_err("bad name");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let d = v1::EsErrorDetail::decode(e.details()).expect("an EsErrorDetail");
+    assert_eq!(d.field, "name", "{d:?}");
+    let e = c
+        .create_projection(spec("g", "es.none"))
+        .await
+        .expect_err("no topic");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = c
+        .projection_status(v1::EsProjectionName { name: "g".into() })
+        .await
+        .expect_err("nothing defined");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let p = c
+        .create_projection(spec("g", "es.g"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(p.spec.as_ref().map(|s| s.prefix.as_str()), Some("g-"));
+    let e = c
+        .create_projection(spec("g", "es.g"))
+        .await
+        .expect_err("taken");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    ok(&server.cli(&["events", "append", "g-1", "E"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = c
+            .projection_status(v1::EsProjectionName { name: "g".into() })
+            .await
+            .expect("status")
+            .into_inner();
+        if p.caught_up && p.applied == 1 {
+            assert_eq!((p.checkpoint, p.head), (1, 1), "{p:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not caught up: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = c
+        .rebuild_projection(v1::EsProjectionName { name: "g".into() })
+        .await
+        .expect("rebuild")
+        .into_inner();
+    assert_eq!(p.spec.map(|s| s.name), Some("g".to_owned()), "rebuilt");
+    let list = c
+        .list_projections(v1::Empty {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.projections.len(), 1);
+    c.delete_projection(v1::EsProjectionName { name: "g".into() })
+        .await
+        .expect("delete");
+    let list = c
+        .list_projections(v1::Empty {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.projections.is_empty(), "{list:?}");
+}

@@ -3,7 +3,9 @@
 //! same rights, and `Subscribe` as a server stream of event batches. A
 //! store error is a status with an `EsErrorDetail` (a conflict is
 //! `FAILED_PRECONDITION` naming stream, expected and actual); the request
-//! size limit applies before decoding, as on every gRPC route.
+//! size limit applies before decoding, as on every gRPC route. The hosted
+//! projections (`CreateProjection` … `RebuildProjection`) take the same
+//! rights as their HTTP routes in `http/projections.rs`.
 
 use std::pin::Pin;
 
@@ -16,6 +18,7 @@ use wharf_proto::v1::event_store_server::EventStore as EventStoreRpc;
 
 use super::Service;
 use crate::auth::{Right, ALL_STREAMS};
+use crate::projections::{ProjectionsError, Report, Spec};
 
 /// Most events sent in one `Subscribe` message.
 const SUBSCRIBE_BATCH: usize = 256;
@@ -55,6 +58,75 @@ impl Service {
                 .authenticate(super::token(req))
                 .map_err(|d| crate::error::denied_status(&d)),
         }
+    }
+}
+
+/// The stream-name target of a projection's rights.
+fn streams(prefix: &str) -> &str {
+    if prefix.is_empty() {
+        ALL_STREAMS
+    } else {
+        prefix
+    }
+}
+
+impl Service {
+    /// The rights to define or rebuild `spec` (as over HTTP): it reads
+    /// every stream under its prefix and publishes to its topic.
+    fn check_feeds<T>(&self, req: &Request<T>, spec: &Spec) -> Result<(), Status> {
+        self.check(req, Right::EventsAdmin, streams(&spec.prefix))?;
+        self.check_field(req, Right::EventsRead, streams(&spec.prefix), "prefix")?;
+        self.check_field(req, Right::Publish, &spec.topic, "topic")
+    }
+}
+
+/// A projection error as a status: bad input is `INVALID_ARGUMENT` with an
+/// `EsErrorDetail` naming the field, as the store's own.
+fn projection_status(e: &ProjectionsError) -> Status {
+    use prost::Message as _;
+    let message = e.to_string();
+    match e {
+        ProjectionsError::Invalid {
+            field,
+            value,
+            requirement,
+        } => {
+            let detail = v1::EsErrorDetail {
+                kind: v1::es_error_detail::Kind::InvalidArgument.into(),
+                message: message.clone(),
+                field: (*field).to_owned(),
+                value: value.clone(),
+                requirement: (*requirement).to_owned(),
+                ..Default::default()
+            };
+            Status::with_details(
+                tonic::Code::InvalidArgument,
+                message,
+                detail.encode_to_vec().into(),
+            )
+        }
+        ProjectionsError::Exists(_) => Status::already_exists(message),
+        ProjectionsError::NotFound(_) | ProjectionsError::NoTopic(_) => Status::not_found(message),
+        ProjectionsError::Failed { .. } => Status::unavailable(message),
+        ProjectionsError::Io(_) => Status::internal(message),
+    }
+}
+
+fn projection_to_proto(r: Report) -> v1::EsProjection {
+    v1::EsProjection {
+        spec: Some(v1::EsProjectionSpec {
+            name: r.spec.name,
+            topic: r.spec.topic,
+            prefix: r.spec.prefix,
+        }),
+        state: r.state.to_owned(),
+        error: r.error,
+        checkpoint: r.checkpoint.0,
+        head: r.head.0,
+        lag: r.lag,
+        applied: r.applied,
+        failures: r.failures,
+        caught_up: r.caught_up,
     }
 }
 
@@ -265,5 +337,82 @@ impl EventStoreRpc for Service {
         Ok(Response::new(conv::limits_to_proto(
             &self.shared.events.limits(),
         )))
+    }
+
+    async fn create_projection(
+        &self,
+        req: Request<v1::EsProjectionSpec>,
+    ) -> Result<Response<v1::EsProjection>, Status> {
+        self.check_authenticated(&req)?;
+        let r = req.get_ref();
+        let spec = Spec {
+            name: r.name.clone(),
+            topic: r.topic.clone(),
+            prefix: r.prefix.clone(),
+        };
+        self.check_feeds(&req, &spec)?;
+        let r = self
+            .shared
+            .projections
+            .create(spec)
+            .await
+            .map_err(|e| projection_status(&e))?;
+        Ok(Response::new(projection_to_proto(r)))
+    }
+
+    async fn list_projections(
+        &self,
+        req: Request<v1::Empty>,
+    ) -> Result<Response<v1::EsProjections>, Status> {
+        self.check_any(&req, Right::EventsRead)?;
+        let projections = self
+            .shared
+            .projections
+            .list()
+            .await
+            .into_iter()
+            .filter(|r| self.allowed(&req, Right::EventsRead, streams(&r.spec.prefix)))
+            .map(projection_to_proto)
+            .collect();
+        Ok(Response::new(v1::EsProjections { projections }))
+    }
+
+    async fn projection_status(
+        &self,
+        req: Request<v1::EsProjectionName>,
+    ) -> Result<Response<v1::EsProjection>, Status> {
+        self.check_authenticated(&req)?;
+        let name = &req.get_ref().name;
+        let p = &self.shared.projections;
+        let spec = p.spec(name).await.map_err(|e| projection_status(&e))?;
+        self.check(&req, Right::EventsRead, streams(&spec.prefix))?;
+        let r = p.status(name).await.map_err(|e| projection_status(&e))?;
+        Ok(Response::new(projection_to_proto(r)))
+    }
+
+    async fn delete_projection(
+        &self,
+        req: Request<v1::EsProjectionName>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        self.check_authenticated(&req)?;
+        let name = &req.get_ref().name;
+        let p = &self.shared.projections;
+        let spec = p.spec(name).await.map_err(|e| projection_status(&e))?;
+        self.check(&req, Right::EventsAdmin, streams(&spec.prefix))?;
+        p.delete(name).await.map_err(|e| projection_status(&e))?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn rebuild_projection(
+        &self,
+        req: Request<v1::EsProjectionName>,
+    ) -> Result<Response<v1::EsProjection>, Status> {
+        self.check_authenticated(&req)?;
+        let name = &req.get_ref().name;
+        let p = &self.shared.projections;
+        let spec = p.spec(name).await.map_err(|e| projection_status(&e))?;
+        self.check_feeds(&req, &spec)?;
+        let r = p.rebuild(name).await.map_err(|e| projection_status(&e))?;
+        Ok(Response::new(projection_to_proto(r)))
     }
 }
