@@ -5,7 +5,8 @@
 //! republishing; a rebuild replays (the dedup window drops the copies);
 //! the lag is in `/metrics`; a kill -9 mid-projection still delivers every
 //! event once; a token sees and rebuilds only projections of streams it may
-//! read; bad input is a typed error that stores nothing.
+//! read; a failing projection shows its error and resumes while the others
+//! run; the gRPC calls match; bad input is a typed error that stores nothing.
 
 mod common;
 
@@ -575,4 +576,63 @@ async fn projections_over_grpc_are_the_same_with_typed_statuses() {
         .expect("list")
         .into_inner();
     assert!(list.projections.is_empty(), "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_projection_shows_its_error_and_resumes_while_others_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("wharf.toml");
+    std::fs::write(&cfg, "auto_create_topics = false\n").expect("config");
+    let server = common::Server::start(&dir.path().join("data"), Some(&cfg));
+    let base = server.url();
+    let c = reqwest::Client::new();
+    for t in ["es.b", "es.f"] {
+        ok(&server.cli(&["topic", "create", t]));
+    }
+    ok(&server.cli(&["projection", "create", "broken", "--topic", "es.b"]));
+    ok(&server.cli(&["projection", "create", "fine", "--topic", "es.f"]));
+    ok(&server.cli(&["topic", "delete", "es.b"]));
+    ok(&server.cli(&["events", "append", "s-1", "E"]));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = json_out(&server.cli(&["projection", "status", "broken", "--json"]));
+        if s["state"] == json!("failed") {
+            assert!(
+                s["error"].as_str().is_some_and(|e| e.contains("es.b")),
+                "{s}"
+            );
+            assert!(s["failures"].as_u64() >= Some(1), "{s}");
+            assert_eq!(s["caught_up"], json!(false), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failed: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let table = ok(&server.cli(&["projection", "list"]));
+    assert!(
+        table.contains("failed: "),
+        "the error in the table: {table}"
+    );
+    let fine = wait_caught_up(&server, "fine").await;
+    assert_eq!(fine["applied"], json!(1), "the other one runs: {fine}");
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wharf_projection_failures_total{projection=\"broken\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the failures series");
+    assert!(failures >= 1.0, "failures counted in /metrics: {failures}");
+
+    ok(&server.cli(&["topic", "create", "es.b"]));
+    let s = wait_caught_up(&server, "broken").await;
+    assert_eq!(s["applied"], json!(1), "resumed: {s}");
+    assert_eq!(stored(&c, &base, "es.b").await, 1);
 }

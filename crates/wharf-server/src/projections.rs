@@ -5,8 +5,8 @@
 //!
 //! On disk, under `<data_dir>/projections/`: `projections.json` (the
 //! definitions, replaced atomically: written to a temporary file, synced,
-//! renamed over, the directory synced) and one `<name>.ckpt` per projection
-//! (a [`FileCheckpoint`]). Crash table:
+//! renamed over, the directory synced) and one `checkpoints/<name>.ckpt` per
+//! projection (a [`FileCheckpoint`]). Crash table:
 //!
 //! | crash during / after            | on restart                                                    |
 //! |---------------------------------|---------------------------------------------------------------|
@@ -29,6 +29,7 @@ use wharf_eventstore::{EmbeddedStore, EventStore, GlobalFilter, Position};
 /// The projections' directory under the data dir.
 pub const PROJECTIONS_DIR: &str = "projections";
 const SPECS_FILE: &str = "projections.json";
+const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The longest projection name.
 pub(crate) const MAX_NAME: usize = 128;
 
@@ -104,7 +105,7 @@ impl Projections {
         broker: Broker,
     ) -> Result<Projections, ProjectionsError> {
         let dir = data_dir.join(PROJECTIONS_DIR);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join(CHECKPOINTS_DIR))?;
         let specs: Vec<Spec> = match std::fs::read(dir.join(SPECS_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 std::io::Error::new(
@@ -146,7 +147,9 @@ impl Projections {
     }
 
     fn checkpoint_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.ckpt"))
+        // In a directory of their own: a checkpoint's temporary file
+        // (`<name>.tmp`) never meets `projections.json.tmp`.
+        self.dir.join(CHECKPOINTS_DIR).join(format!("{name}.ckpt"))
     }
 
     /// Checks a definition: its name, its topic's name and existence, its prefix.
