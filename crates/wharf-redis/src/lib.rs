@@ -14,7 +14,7 @@
 //! | backend namespace | key prefix: every key is `<prefix>:…` ([`RedisBackend::delete_all`] removes them) |
 //! | topic `orders.created` | stream `<prefix>:s:orders.created`, created by the first XADD (or XGROUP CREATE … MKSTREAM); every published (or `ensure_topic`ed) topic is added to the set `<prefix>:topics` |
 //! | pattern `orders.*`, `orders.>` | every stream whose topic (from `<prefix>:topics`) matches, read in one `XREADGROUP`/`XREAD`; the set is re-read every 200 ms, and streams found later are read from their beginning |
-//! | publish | one Lua script call per batch of up to 1,000 messages (atomic): `SADD` the topic to the registry once, then per message `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<topic>:<id> <stream id> EX <window>`; with [`RedisConfig::dedup`]`(false)` only the `XADD`s (no key per message, and `Dedup` is not declared) |
+//! | publish | one Lua script call per batch of up to 1,000 messages (atomic): `SADD` the topic to the registry once, then per message `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<topic>:<id> <stream id> EX <window>`; with [`RedisConfig::dedup`]`(false)` no script: one `MULTI` / `SADD` / an `XADD` per message / `EXEC` (as atomic, half the script's server time per message; no key per message, and `Dedup` is not declared) |
 //! | offset | stream id `<ms>-<seq>` as `ms << 22 \| seq` (exact and ordered for ids made by `XADD *`; see `wire`) |
 //! | consumer group | `XGROUP CREATE` + `XREADGROUP`; each subscription is one consumer `c-<uuid>` of the group |
 //! | private subscription | `XREAD` from a position (`$` resolved to the newest id at subscribe) |

@@ -236,3 +236,55 @@ async fn a_batch_over_several_script_calls_keeps_order_and_dedup_across_calls() 
         .collect();
     assert_eq!(got, expected);
 }
+
+/// With `dedup(false)` a batch is `MULTI`/`EXEC` of plain `XADD`s instead of
+/// the script: over several chunks it is still stored in order with every
+/// field (key, headers, timestamp), receipts in increasing offsets, and its
+/// topic registered for wildcard subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_off_batch_over_several_chunks_keeps_order_fields_and_wildcards() {
+    let cfg = service::unique_config().dedup(false);
+    let Some(ns) = service::Namespace::new("redis", &service::url(), cfg, RedisBackend::connect)
+        .await
+        .map(|ns| ns.cleanup_on_drop(service::delete_all_blocking))
+    else {
+        return;
+    };
+    let b = &ns.backend;
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("orders.*").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    let msgs: Vec<Message> = (0..2500)
+        .map(|i| {
+            Message::builder()
+                .key(format!("k{}", i % 7))
+                .header("n", i.to_string())
+                .payload(format!("m{i}"))
+                .build()
+        })
+        .collect();
+    let receipts = b
+        .publish_batch("orders.new", msgs.clone())
+        .await
+        .expect("publish");
+    assert_eq!(receipts.len(), msgs.len());
+    for (r, m) in receipts.iter().zip(&msgs) {
+        assert_eq!(r.id, m.id());
+        assert!(!r.duplicate);
+    }
+    assert!(
+        receipts.windows(2).all(|w| w[0].offset < w[1].offset),
+        "receipts in stream order"
+    );
+    for m in &msgs {
+        let d = expect_delivery(&mut sub, "in order").await;
+        assert_eq!(d.message().id(), m.id());
+        assert_eq!(d.message().payload(), m.payload());
+        assert_eq!(d.message().key(), m.key());
+        assert_eq!(d.message().headers().get("n"), m.headers().get("n"));
+        assert_eq!(d.message().timestamp(), m.timestamp());
+        assert_eq!(d.info().topic.as_ref(), "orders.new");
+        d.ack().await.expect("ack");
+    }
+}
