@@ -79,7 +79,7 @@ pub(crate) struct RepairArgs {
 }
 
 /// `topic create`'s help for a setting: what it is and the default a new
-/// topic gets, read from the broker's own [`TopicConfig::default`] so help
+/// topic gets, read from the broker's own `TopicConfig::default()` so help
 /// and behaviour cannot drift.
 mod defaults {
     use wharf_broker::TopicConfig;
