@@ -1,7 +1,8 @@
 //! `wharf bench --backend nats://… | redis://… | amqp://… | postgres://…`
-//! (cargo feature `adapters`): opens the adapter in a namespace of its own
-//! (a JetStream stream, a Redis key prefix, a RabbitMQ exchange, a PostgreSQL
-//! schema) and deletes it after the run, so the shared servers keep nothing.
+//! (cargo feature `adapters`; `kafka://…` with the feature `kafka`): opens
+//! the adapter in a namespace of its own (a JetStream stream, a Redis key
+//! prefix, a RabbitMQ exchange, a PostgreSQL schema, a Kafka topic prefix)
+//! and deletes it after the run, so the shared servers keep nothing.
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ pub(crate) enum Cleanup {
     Redis(wharf_redis::RedisBackend),
     Amqp(wharf_amqp::AmqpBackend),
     Postgres(wharf_postgres::PostgresBackend),
+    #[cfg(feature = "kafka")]
+    Kafka(wharf_kafka::KafkaBackend),
 }
 
 impl Cleanup {
@@ -23,6 +26,8 @@ impl Cleanup {
             Cleanup::Redis(b) => b.delete_all().await,
             Cleanup::Amqp(b) => b.delete_declared().await,
             Cleanup::Postgres(b) => b.drop_schema().await,
+            #[cfg(feature = "kafka")]
+            Cleanup::Kafka(b) => b.delete_all().await,
         };
         if let Err(e) = r {
             eprintln!("warning: cleaning up after the bench: {e}");
@@ -35,10 +40,13 @@ impl Cleanup {
 /// `--dedup-window-ms`: on Redis `0` turns dedup off and another value sets
 /// how long ids are kept; on NATS it is the stream's duplicate window
 /// (JetStream cannot turn it off; `0` leaves the adapter's default).
+/// `partitions` is the topic's partition count where the adapter has
+/// partitions (Kafka).
 pub(crate) async fn open(
     spec: &str,
     ns: &str,
     dedup_window_ms: Option<u64>,
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))] partitions: u32,
 ) -> anyhow::Result<Option<(Arc<dyn Backend>, Cleanup, &'static str)>> {
     let ns = ns.replace(['.', '-'], "_");
     let ctx = || format!("cannot use {spec}");
@@ -91,6 +99,25 @@ pub(crate) async fn open(
             Arc::new(b.clone()),
             Cleanup::Postgres(b),
             "PostgreSQL: acked after COMMIT (synchronous_commit per server config)",
+        )
+    } else if spec.starts_with("kafka://") {
+        #[cfg(feature = "kafka")]
+        {
+            let cfg = wharf_kafka::KafkaConfig::new(spec)
+                .topic_prefix(format!("bench_{ns}."))
+                .partitions(partitions);
+            let b = wharf_kafka::KafkaBackend::connect(cfg)
+                .await
+                .with_context(ctx)?;
+            (
+                Arc::new(b.clone()),
+                Cleanup::Kafka(b),
+                "Kafka: idempotent producer, acks=all (in-sync replicas hold it; fsync per the broker's flush config)",
+            )
+        }
+        #[cfg(not(feature = "kafka"))]
+        anyhow::bail!(
+            "--backend {spec}: kafka:// needs a wharf built with the `kafka` feature: cargo build --release -p wharf-cli --features kafka"
         )
     } else {
         return Ok(None);

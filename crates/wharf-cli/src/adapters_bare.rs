@@ -11,6 +11,7 @@
 //! | `bare+redis://…` | one pipeline of `XADD <key> MAXLEN ~ 1000000 * p <payload>` on one multiplexed connection (the adapter's default trim) | `XREADGROUP … COUNT <batch> STREAMS <key> >` then one `XACK <key> <group> <ids…>` per batch |
 //! | `bare+nats://…` | a JetStream publish per message into a file-store stream of its own (as the adapter's), every PubAck future of the batch awaited after all are sent | a durable pull consumer (explicit ack): `fetch` of `<batch>`, a `+ACK` per message (JetStream has no multi-message ack) |
 //! | `bare+postgres://…` | one `INSERT … SELECT * FROM UNNEST($1::bytea[])` per batch into a table `(seq bigserial primary key, payload bytea, leased_until timestamptz)`, autocommit | claim: `UPDATE … SET leased_until = now() + 30 s WHERE seq IN (SELECT … ORDER BY seq LIMIT <batch> FOR UPDATE SKIP LOCKED) RETURNING`, then ack: one `DELETE … WHERE seq = ANY($1)` per batch |
+//! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
 //! Two variants isolate what an adapter's promise costs (their rows are not
@@ -57,11 +58,17 @@ pub(crate) enum Bare {
         ch: lapin::Channel,
         queue: String,
     },
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::BareKafka),
 }
 
 /// The bare target for `spec` (`bare+<adapter url>`), with what its
 /// acknowledgements mean; `None` when `spec` is not a bare form.
-pub(crate) async fn open(spec: &str, ns: &str) -> anyhow::Result<Option<(Bare, &'static str)>> {
+pub(crate) async fn open(
+    spec: &str,
+    ns: &str,
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))] partitions: u32,
+) -> anyhow::Result<Option<(Bare, &'static str)>> {
     let Some(url) = spec.strip_prefix("bare+") else {
         return Ok(None);
     };
@@ -162,8 +169,18 @@ pub(crate) async fn open(spec: &str, ns: &str) -> anyhow::Result<Option<(Bare, &
             "RabbitMQ basic.publish: persistent, publisher confirms (after fsync)",
         )));
     }
+    #[cfg(feature = "kafka")]
+    if url.starts_with("kafka://") {
+        let k = kafka::BareKafka::open(url, &format!("benchbare_{ns}"), partitions)
+            .await
+            .with_context(ctx)?;
+        return Ok(Some((
+            Bare::Kafka(k),
+            "Kafka produce: idempotent producer, acks=all (in-sync replicas hold it; fsync per the broker's flush config)",
+        )));
+    }
     anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres:// and amqp:// (bare+redis://…); not for this scheme"
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (feature `kafka`) kafka:// (bare+redis://…); not for this scheme"
     )
 }
 
@@ -232,6 +249,8 @@ impl Bare {
                 }
                 Ok(())
             }
+            #[cfg(feature = "kafka")]
+            Bare::Kafka(k) => k.publish(n, payload).await,
             Bare::Postgres { pool, table } => {
                 let rows: Vec<&[u8]> = (0..n).map(|_| payload.as_ref()).collect();
                 sqlx::query(&format!(
@@ -365,6 +384,8 @@ impl Bare {
                     }
                 }
             }
+            #[cfg(feature = "kafka")]
+            Bare::Kafka(k) => k.consume(group, batch, done).await,
             Bare::Postgres { pool, table } => {
                 let claim = format!(
                     "UPDATE {table} SET leased_until = now() + interval '30 seconds' WHERE seq IN \
@@ -426,6 +447,9 @@ impl Bare {
                 Ok(())
             }
             Bare::Postgres { .. } | Bare::Amqp { .. } => Ok(()),
+            // A new group starts at the beginning (`auto.offset.reset`).
+            #[cfg(feature = "kafka")]
+            Bare::Kafka(k) => k.join(group).await,
         }
     }
 
@@ -451,6 +475,8 @@ impl Bare {
                 .await
                 .map(drop)
                 .map_err(Into::into),
+            #[cfg(feature = "kafka")]
+            Bare::Kafka(k) => k.cleanup().await,
             Bare::Postgres { pool, table } => sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                 .execute(pool)
                 .await
@@ -489,4 +515,190 @@ fn entry_ids(v: &Value) -> Vec<Vec<u8>> {
         }
     }
     ids
+}
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    //! `bare+kafka://…`: the same load through rdkafka alone.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[derive(Clone)]
+    pub(crate) struct BareKafka {
+        bootstrap: String,
+        topic: String,
+        producer: FutureProducer,
+        admin: Arc<AdminClient<DefaultClientContext>>,
+        /// A member that joined before the drain is timed (as the adapter's
+        /// subscription does), with the first record it read.
+        joined: Arc<std::sync::Mutex<Option<Joined>>>,
+    }
+
+    /// A consumer in the group, assigned, and the partition and offset of
+    /// the first record it received (not yet committed).
+    type Joined = (Arc<StreamConsumer>, i32, i64);
+
+    fn config(bootstrap: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("log_level", "3")
+            .set("allow.auto.create.topics", "false");
+        c
+    }
+
+    impl BareKafka {
+        /// Connects to `url` and creates `topic` with `partitions`.
+        pub(crate) async fn open(url: &str, topic: &str, partitions: u32) -> anyhow::Result<Self> {
+            let bootstrap = wharf_kafka::KafkaConfig::new(url)
+                .bootstrap_servers()
+                .to_owned();
+            // The adapter's producer settings (wharf-kafka's backend.rs).
+            let producer: FutureProducer = config(&bootstrap)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("compression.type", "lz4")
+                .set("linger.ms", "5")
+                .set("max.in.flight.requests.per.connection", "5")
+                .set("message.timeout.ms", "10000")
+                .create()?;
+            let admin: AdminClient<DefaultClientContext> = config(&bootstrap).create()?;
+            let partitions = i32::try_from(partitions.max(1))?;
+            let created = admin
+                .create_topics(
+                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+                )
+                .await?;
+            for r in created {
+                r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+            }
+            Ok(Self {
+                bootstrap,
+                topic: topic.to_owned(),
+                producer,
+                admin: Arc::new(admin),
+                joined: Arc::default(),
+            })
+        }
+
+        pub(crate) async fn publish(&self, n: usize, payload: &Bytes) -> anyhow::Result<()> {
+            let mut reports = Vec::with_capacity(n);
+            for _ in 0..n {
+                let record: FutureRecord<'_, (), [u8]> =
+                    FutureRecord::to(&self.topic).payload(payload.as_ref());
+                let report = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+                reports.push(report);
+            }
+            for r in reports {
+                r.await
+                    .map_err(|_| anyhow::anyhow!("the producer went away"))?
+                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+            }
+            Ok(())
+        }
+
+        /// A member of `group` reading the topic from the beginning.
+        fn member(&self, group: &str) -> anyhow::Result<Arc<StreamConsumer>> {
+            let consumer: Arc<StreamConsumer> = Arc::new(
+                config(&self.bootstrap)
+                    .set("group.id", group)
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("enable.partition.eof", "false")
+                    .create()?,
+            );
+            consumer.subscribe(&[&self.topic])?;
+            Ok(consumer)
+        }
+
+        /// Joins `group` with one member before the timed drain: it returns
+        /// once the member is assigned and has read its first record.
+        pub(crate) async fn join(&self, group: &str) -> anyhow::Result<()> {
+            let consumer = self.member(group)?;
+            let first = tokio::time::timeout(TIMEOUT, consumer.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no record within {TIMEOUT:?} of joining"))??;
+            let (p, at) = (first.partition(), first.offset());
+            drop(first);
+            *self.joined.lock().expect("joined lock") = Some((consumer, p, at));
+            Ok(())
+        }
+
+        pub(crate) async fn consume(
+            &self,
+            group: &str,
+            batch: usize,
+            done: impl Fn(u64) -> bool,
+        ) -> anyhow::Result<u64> {
+            let joined = self.joined.lock().expect("joined lock").take();
+            let (consumer, mut first) = match joined {
+                Some((c, p, at)) => (c, Some((p, at))),
+                None => (self.member(group)?, None),
+            };
+            let mut taken = 0u64;
+            loop {
+                let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
+                match first.take() {
+                    Some((p, at)) => {
+                        next.insert(p, at + 1);
+                    }
+                    None => {
+                        let m = consumer.recv().await?;
+                        next.insert(m.partition(), m.offset() + 1);
+                    }
+                }
+                let mut n = 1u64;
+                while n < batch as u64 {
+                    match consumer.recv().now_or_never() {
+                        Some(m) => {
+                            let m = m?;
+                            next.insert(m.partition(), m.offset() + 1);
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                let mut tpl = TopicPartitionList::with_capacity(next.len());
+                for (p, at) in next {
+                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(at))?;
+                }
+                // As the adapter: a synchronous commit, off the runtime.
+                let c = consumer.clone();
+                tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await??;
+                taken += n;
+                if done(n) {
+                    return Ok(taken);
+                }
+            }
+        }
+
+        pub(crate) async fn cleanup(&self) -> anyhow::Result<()> {
+            for r in self
+                .admin
+                .delete_topics(
+                    &[&self.topic],
+                    &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+                )
+                .await?
+            {
+                r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
+            }
+            Ok(())
+        }
+    }
 }

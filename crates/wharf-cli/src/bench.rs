@@ -32,8 +32,9 @@ pub(crate) enum Workload {
 pub(crate) struct BenchArgs {
     /// `embedded` (in-process broker in a temp dir), a `wharf serve` URL, or
     /// (built with `--features adapters`) a nats://, redis://, amqp:// or
-    /// postgres:// URL, or `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
-    /// `bare+postgres://…`) for the same load through the
+    /// postgres:// URL (with `--features kafka` also kafka://), or
+    /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
+    /// `bare+postgres://…`, `bare+kafka://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
@@ -180,7 +181,8 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         });
     }
     #[cfg(feature = "adapters")]
-    if let Some((bare, durability)) = crate::adapters_bare::open(spec, &topic).await? {
+    if let Some((bare, durability)) = crate::adapters_bare::open(spec, &topic, a.partitions).await?
+    {
         announce(spec, &topic);
         return Ok(Target {
             label: spec.to_owned(),
@@ -196,7 +198,7 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
     }
     #[cfg(feature = "adapters")]
     if let Some((backend, cleanup, durability)) =
-        crate::adapters::open(spec, &topic, a.dedup_window_ms).await?
+        crate::adapters::open(spec, &topic, a.dedup_window_ms, a.partitions).await?
     {
         announce(spec, &topic);
         if let Err(e) = backend.ensure_topic(&topic).await {
@@ -223,6 +225,11 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         ) {
             anyhow::bail!(
                 "--backend {scheme}://… needs a wharf built with the `adapters` feature: cargo build --release -p wharf-cli --features adapters"
+            );
+        }
+        if scheme.trim_start_matches("bare+") == "kafka" {
+            anyhow::bail!(
+                "--backend {scheme}://… needs a wharf built with the `kafka` feature: cargo build --release -p wharf-cli --features kafka"
             );
         }
     }
