@@ -279,10 +279,16 @@ fn an_interrupted_bench_deletes_what_it_created_on_the_service() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut first).expect("read stderr");
     let stream = bench_stream(&first);
-    assert!(
-        stream_exists(&url, &stream),
-        "{stream} not created: {first}"
-    );
+    // The line is printed before the stream is made (so a failed creation
+    // is named too): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stream_exists(&url, &stream) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stream} not created within 20 s: {first}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // The run is under way (or about to be): interrupt it.
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
