@@ -321,3 +321,52 @@ async fn an_append_cancelled_while_it_waits_for_the_fsync_still_reaches_live_sub
         1
     );
 }
+
+/// Appends racing a close never hang: each is acknowledged (and then stored)
+/// or refused as closed (and then not stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_a_close_are_acknowledged_or_refused_and_none_hangs() {
+    for round in 0..20u64 {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = EmbeddedStore::open(dir.path()).await.expect("open");
+        let tasks: Vec<_> = (0..16)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for i in 0..50 {
+                        let e = EventData::new("T", format!("{round}-{w}-{i}"));
+                        let id = e.id;
+                        match store
+                            .append(&sid(&format!("s-{w}")), ExpectedVersion::Any, vec![e])
+                            .await
+                        {
+                            Ok(_) => acked.push(id),
+                            Err(EventStoreError::Closed) => break,
+                            Err(e) => panic!("append: {e:?}"),
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_micros(200 * round)).await;
+        store.close().await.expect("close");
+        let mut acked = HashSet::new();
+        for t in tasks {
+            let ids = tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("no append hangs on a close")
+                .expect("task");
+            acked.extend(ids);
+        }
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).await.expect("reopen");
+        let stored: HashSet<EventId> = all_events(&reopened).await.iter().map(|e| e.id).collect();
+        assert!(
+            acked.is_subset(&stored),
+            "round {round}: an acknowledged append is missing after the close"
+        );
+        reopened.close().await.expect("close");
+    }
+}

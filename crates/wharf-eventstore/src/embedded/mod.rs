@@ -1020,10 +1020,17 @@ impl EventStore for EmbeddedStore {
         let syncer = self.inner.syncer.clone();
         tokio::task::spawn_blocking(move || {
             // Appends kicked before closing get their round first.
-            if let Some(s) = syncer {
+            if let Some(s) = &syncer {
                 s.stop();
             }
-            log.close()
+            let closed = log.close();
+            // An append written before the close but kicked after the
+            // thread ended waits for a tick: the close synced it (or
+            // failed it), so tell it to look again.
+            if let Some(s) = syncer {
+                s.rounds.send_modify(|n| *n += 1);
+            }
+            closed
         })
         .await
         .map_err(join_error)??;
