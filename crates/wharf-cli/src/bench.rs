@@ -144,11 +144,17 @@ mod tempfile_dir {
 }
 
 async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> {
+    // Unique per target and run: two runs started in the same millisecond
+    // (or two targets of one run) on a shared service must not share a
+    // topic, or one's cleanup deletes the other's data.
+    static TARGETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let topic = format!(
-        "bench.t{}",
+        "bench.t{}-{}-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
+            .map_or(0, |d| d.as_millis()),
+        std::process::id(),
+        TARGETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let mut cfg = TopicConfig::default()
         .partitions(a.partitions)
