@@ -800,8 +800,13 @@ mod whole {
     }
 }
 
-fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
-    let payload = match (m.payload, m.encoding) {
+/// A JSON payload as bytes: a string as its UTF-8 bytes (or decoded, under
+/// `base64`), any other JSON value as its text. Messages and events alike.
+pub(crate) fn payload_bytes(
+    payload: serde_json::Value,
+    encoding: Encoding,
+) -> Result<Bytes, ApiError> {
+    Ok(match (payload, encoding) {
         (serde_json::Value::String(s), Encoding::Utf8) => Bytes::from(s.into_bytes()),
         (serde_json::Value::String(s), Encoding::Base64) => Bytes::from(
             base64::engine::general_purpose::STANDARD
@@ -814,7 +819,11 @@ fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
                 "encoding base64 needs the payload as a base64 string",
             ))
         }
-    };
+    })
+}
+
+fn to_message(m: PublishMessage) -> Result<Message, ApiError> {
+    let payload = payload_bytes(m.payload, m.encoding)?;
     let mut b = Message::builder().payload(payload);
     if let Some(id) = m.id {
         let id = id

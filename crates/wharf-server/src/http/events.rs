@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -226,20 +225,7 @@ fn event_json(e: &RecordedEvent) -> EventJson {
 }
 
 fn event_data(e: NewEventJson) -> ApiResult<EventData> {
-    let payload = match (e.payload, e.encoding) {
-        (serde_json::Value::String(s), Encoding::Utf8) => Bytes::from(s.into_bytes()),
-        (serde_json::Value::String(s), Encoding::Base64) => Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(s.as_bytes())
-                .map_err(|e| ApiError::bad_request(format!("payload is not valid base64: {e}")))?,
-        ),
-        (other, Encoding::Utf8) => Bytes::from(other.to_string().into_bytes()),
-        (_, Encoding::Base64) => {
-            return Err(ApiError::bad_request(
-                "encoding base64 needs the payload as a base64 string",
-            ))
-        }
-    };
+    let payload = super::payload_bytes(e.payload, e.encoding)?;
     let mut d = EventData::new(e.event_type, payload).with_schema_version(e.schema_version);
     if let Some(id) = e.id {
         let parsed = id
