@@ -80,6 +80,9 @@ where
 /// climbs two retry topics (300 ms each) to `dlq.orders` with the DLQ
 /// headers, and a request sent twice with one `idempotency-key` is handled
 /// once through `store`. Panics on any deviation; closes `b` at the end.
+/// The routes consume as group `billing`, or — on a backend without
+/// [`ConsumerGroups`](wharf_core::Capability::ConsumerGroups), whose
+/// subscriptions of a topic all share one queue (SQS) — without a group.
 pub async fn retry_dlq_and_dedup_scenario(
     b: std::sync::Arc<dyn wharf_core::Backend>,
     store: std::sync::Arc<dyn crate::dedup::DedupStore>,
@@ -144,9 +147,12 @@ pub async fn retry_dlq_and_dedup_scenario(
         .layer(retry.clone())
         .layer(dedup)
         .service(handler);
-    let main = SubscribeOptions::new("orders")
-        .group("billing")
-        .start(StartPosition::Earliest);
+    let mut main = SubscribeOptions::new("orders").start(StartPosition::Earliest);
+    if b.capabilities()
+        .contains(wharf_core::Capability::ConsumerGroups)
+    {
+        main = main.group("billing");
+    }
     let mut router = Router::new(b.clone()).add_route(Route::new(main.clone(), svc.clone()));
     for o in retry.subscribe_options(&main) {
         router = router.add_route(Route::new(o, svc.clone()));
