@@ -33,4 +33,6 @@ start rabbitmq 5672 rabbitmq-server -detached || status=1
 start postgres 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || status=1
 # The Kafka-protocol test broker (installed from crates.io when missing).
 bash "$(dirname "$0")/ensure-kafka.sh" || status=1
+# The SQS test server, moto (installed from PyPI into .venv-moto when missing).
+bash "$(dirname "$0")/ensure-moto.sh" || status=1
 exit $status

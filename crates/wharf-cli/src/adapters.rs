@@ -1,7 +1,8 @@
 //! `wharf bench --backend nats://… | redis://… | amqp://… | postgres://…`
-//! (cargo feature `adapters`; `kafka://…` with the feature `kafka`): opens
-//! the adapter in a namespace of its own (a JetStream stream, a Redis key
-//! prefix, a RabbitMQ exchange, a PostgreSQL schema, a Kafka topic prefix)
+//! (cargo feature `adapters`; `kafka://…` with the feature `kafka`,
+//! `sqs://…` with the feature `sqs`): opens the adapter in a namespace of
+//! its own (a JetStream stream, a Redis key prefix, a RabbitMQ exchange, a
+//! PostgreSQL schema, a Kafka topic prefix, an SQS queue name prefix)
 //! and deletes it after the run, so the shared servers keep nothing.
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ pub(crate) enum Cleanup {
     Postgres(wharf_postgres::PostgresBackend),
     #[cfg(feature = "kafka")]
     Kafka(wharf_kafka::KafkaBackend),
+    #[cfg(feature = "sqs")]
+    Sqs(wharf_sqs::SqsBackend),
 }
 
 impl Cleanup {
@@ -28,6 +31,8 @@ impl Cleanup {
             Cleanup::Postgres(b) => b.drop_schema().await,
             #[cfg(feature = "kafka")]
             Cleanup::Kafka(b) => b.delete_all().await,
+            #[cfg(feature = "sqs")]
+            Cleanup::Sqs(b) => b.delete_all().await,
         };
         if let Err(e) = r {
             eprintln!("warning: cleaning up after the bench: {e}");
@@ -118,6 +123,25 @@ pub(crate) async fn open(
         #[cfg(not(feature = "kafka"))]
         anyhow::bail!(
             "--backend {spec}: kafka:// needs a wharf built with the `kafka` feature: cargo build --release -p wharf-cli --features kafka"
+        )
+    } else if spec.starts_with("sqs://") {
+        #[cfg(feature = "sqs")]
+        {
+            let cfg = wharf_sqs::SqsConfig::from_url(spec)
+                .with_context(ctx)?
+                .queue_prefix(format!("bench_{ns}-"));
+            let b = wharf_sqs::SqsBackend::connect(cfg)
+                .await
+                .with_context(ctx)?;
+            (
+                Arc::new(b.clone()),
+                Cleanup::Sqs(b),
+                "SQS: SendMessage(Batch) accepted (stored redundantly by Amazon; the moto test server keeps it in memory)",
+            )
+        }
+        #[cfg(not(feature = "sqs"))]
+        anyhow::bail!(
+            "--backend {spec}: sqs:// needs a wharf built with the `sqs` feature: cargo build --release -p wharf-cli --features sqs"
         )
     } else {
         return Ok(None);

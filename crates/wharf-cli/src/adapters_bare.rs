@@ -12,6 +12,7 @@
 //! | `bare+nats://…` | a JetStream publish per message into a file-store stream of its own (as the adapter's), every PubAck future of the batch awaited after all are sent | a durable pull consumer (explicit ack): `fetch` of `<batch>`, a `+ACK` per message (JetStream has no multi-message ack) |
 //! | `bare+postgres://…` | one `INSERT … SELECT * FROM UNNEST($1::bytea[])` per batch into a table `(seq bigserial primary key, payload bytea, leased_until timestamptz)`, autocommit | claim: `UPDATE … SET leased_until = now() + 30 s WHERE seq IN (SELECT … ORDER BY seq LIMIT <batch> FOR UPDATE SKIP LOCKED) RETURNING`, then ack: one `DELETE … WHERE seq = ANY($1)` per batch |
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
+//! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
 //! Two variants isolate what an adapter's promise costs (their rows are not
@@ -60,6 +61,8 @@ pub(crate) enum Bare {
     },
     #[cfg(feature = "kafka")]
     Kafka(kafka::BareKafka),
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::BareSqs),
 }
 
 /// The bare target for `spec` (`bare+<adapter url>`), with what its
@@ -179,8 +182,18 @@ pub(crate) async fn open(
             "Kafka produce: idempotent producer, acks=all (in-sync replicas hold it; fsync per the broker's flush config)",
         )));
     }
+    #[cfg(feature = "sqs")]
+    if url.starts_with("sqs://") {
+        let q = sqs::BareSqs::open(url, &format!("benchbare_{ns}"))
+            .await
+            .with_context(ctx)?;
+        return Ok(Some((
+            Bare::Sqs(q),
+            "SQS SendMessageBatch accepted (stored redundantly by Amazon; the moto test server keeps it in memory)",
+        )));
+    }
     anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (feature `kafka`) kafka:// (bare+redis://…); not for this scheme"
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`) kafka://, sqs:// (bare+redis://…); not for this scheme"
     )
 }
 
@@ -251,6 +264,8 @@ impl Bare {
             }
             #[cfg(feature = "kafka")]
             Bare::Kafka(k) => k.publish(n, payload).await,
+            #[cfg(feature = "sqs")]
+            Bare::Sqs(q) => q.publish(n, payload).await,
             Bare::Postgres { pool, table } => {
                 let rows: Vec<&[u8]> = (0..n).map(|_| payload.as_ref()).collect();
                 sqlx::query(&format!(
@@ -386,6 +401,8 @@ impl Bare {
             }
             #[cfg(feature = "kafka")]
             Bare::Kafka(k) => k.consume(group, batch, done).await,
+            #[cfg(feature = "sqs")]
+            Bare::Sqs(q) => q.consume(batch, done).await,
             Bare::Postgres { pool, table } => {
                 let claim = format!(
                     "UPDATE {table} SET leased_until = now() + interval '30 seconds' WHERE seq IN \
@@ -450,6 +467,9 @@ impl Bare {
             // A new group starts at the beginning (`auto.offset.reset`).
             #[cfg(feature = "kafka")]
             Bare::Kafka(k) => k.join(group).await,
+            // A queue is one group: nothing to prepare.
+            #[cfg(feature = "sqs")]
+            Bare::Sqs(_) => Ok(()),
         }
     }
 
@@ -477,6 +497,8 @@ impl Bare {
                 .map_err(Into::into),
             #[cfg(feature = "kafka")]
             Bare::Kafka(k) => k.cleanup().await,
+            #[cfg(feature = "sqs")]
+            Bare::Sqs(q) => q.cleanup().await,
             Bare::Postgres { pool, table } => sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                 .execute(pool)
                 .await
@@ -698,6 +720,129 @@ mod kafka {
             {
                 r.map_err(|(t, e)| anyhow::anyhow!("deleting {t}: {e}"))?;
             }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "sqs")]
+mod sqs {
+    //! `bare+sqs://…`: the same load through aws-sdk-sqs alone.
+
+    use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+    use aws_sdk_sqs::Client;
+    use bytes::Bytes;
+
+    #[derive(Clone)]
+    pub(crate) struct BareSqs {
+        client: Client,
+        url: String,
+        wait: i32,
+    }
+
+    impl BareSqs {
+        /// The client `wharf_sqs` builds for `url` (endpoint, region,
+        /// credentials, rustls), and a standard queue `queue` of its own.
+        pub(crate) async fn open(url: &str, queue: &str) -> anyhow::Result<Self> {
+            let cfg = wharf_sqs::SqsConfig::from_url(url)?;
+            let wait = i32::try_from(cfg.wait_value().as_secs())?;
+            let client = wharf_sqs::SqsBackend::connect(cfg).await?.client().clone();
+            let created = client.create_queue().queue_name(queue).send().await?;
+            Ok(Self {
+                client,
+                url: created.queue_url().unwrap_or_default().to_owned(),
+                wait,
+            })
+        }
+
+        pub(crate) async fn publish(&self, n: usize, payload: &Bytes) -> anyhow::Result<()> {
+            // The bench's payload is text (`x` bytes): the body as it is.
+            let body = String::from_utf8_lossy(payload).into_owned();
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(10);
+                let entries = (0..k)
+                    .map(|i| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(body.clone())
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    out.failed().is_empty(),
+                    "SendMessageBatch: {:?}",
+                    out.failed()
+                );
+                left -= k;
+            }
+            Ok(())
+        }
+
+        pub(crate) async fn consume(
+            &self,
+            batch: usize,
+            done: impl Fn(u64) -> bool,
+        ) -> anyhow::Result<u64> {
+            let max = i32::try_from(batch.clamp(1, 10))?;
+            let mut taken = 0u64;
+            loop {
+                let out = self
+                    .client
+                    .receive_message()
+                    .queue_url(&self.url)
+                    .max_number_of_messages(max)
+                    .wait_time_seconds(self.wait)
+                    .send()
+                    .await?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    // Nothing visible: the other members hold the rest.
+                    return Ok(taken);
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    out.failed().is_empty(),
+                    "DeleteMessageBatch: {:?}",
+                    out.failed()
+                );
+                let n = messages.len() as u64;
+                taken += n;
+                if done(n) {
+                    return Ok(taken);
+                }
+            }
+        }
+
+        pub(crate) async fn cleanup(&self) -> anyhow::Result<()> {
+            self.client
+                .delete_queue()
+                .queue_url(&self.url)
+                .send()
+                .await?;
             Ok(())
         }
     }

@@ -32,9 +32,10 @@ pub(crate) enum Workload {
 pub(crate) struct BenchArgs {
     /// `embedded` (in-process broker in a temp dir), a `wharf serve` URL, or
     /// (built with `--features adapters`) a nats://, redis://, amqp:// or
-    /// postgres:// URL (with `--features kafka` also kafka://), or
+    /// postgres:// URL (with `--features kafka` also kafka://, with
+    /// `--features sqs` also sqs://host:port?region=R), or
     /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
-    /// `bare+postgres://…`, `bare+kafka://…`) for the same load through the
+    /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
@@ -236,6 +237,11 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         if scheme.trim_start_matches("bare+") == "kafka" {
             anyhow::bail!(
                 "--backend {scheme}://… needs a wharf built with the `kafka` feature: cargo build --release -p wharf-cli --features kafka"
+            );
+        }
+        if scheme.trim_start_matches("bare+") == "sqs" {
+            anyhow::bail!(
+                "--backend {scheme}://… needs a wharf built with the `sqs` feature: cargo build --release -p wharf-cli --features sqs"
             );
         }
     }

@@ -103,8 +103,9 @@ fn check_prefix(prefix: &str) -> std::result::Result<(), SqsError> {
         prefix: prefix.to_owned(),
         reason,
     };
-    if prefix.len() > 40 {
-        return Err(bad("longer than 40 characters"));
+    // Room left for a hashed name: 80 - `-<16 hex>` - `.fifo` - a few readable characters.
+    if prefix.len() > 50 {
+        return Err(bad("longer than 50 characters"));
     }
     if !prefix
         .bytes()

@@ -149,7 +149,7 @@ impl SqsConfig {
 
     /// Prepended to every queue name this backend makes or uses, so several
     /// applications (or test runs) share an account without sharing queues.
-    /// `[A-Za-z0-9_-]`, short: SQS names are at most 80 characters.
+    /// `[A-Za-z0-9_-]`, at most 50 characters (SQS names are at most 80).
     pub fn queue_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -213,6 +213,11 @@ impl SqsConfig {
     /// The queue name prefix.
     pub fn queue_prefix_value(&self) -> &str {
         &self.prefix
+    }
+
+    /// How long one long poll waits.
+    pub fn wait_value(&self) -> Duration {
+        self.wait
     }
 
     /// Whether queues are FIFO queues.

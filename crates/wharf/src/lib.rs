@@ -18,6 +18,7 @@
 //! | `nats` | `nats` | NATS JetStream adapter (and core NATS, at-most-once) |
 //! | `redis` | `redis` | Redis Streams adapter (and Pub/Sub, at-most-once), Redis dedup store |
 //! | `amqp` | `amqp` | RabbitMQ adapter |
+//! | `sqs` | `sqs` | Amazon SQS adapter (a topic is a queue: no fan-out to groups; FIFO queues ordered per key) |
 //! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported); with `eventstore` also `eventstore::postgres` (the PostgreSQL event store) |
 //!
 //! ```toml
@@ -288,6 +289,18 @@ pub mod amqp {
 pub mod kafka {
     #[doc(inline)]
     pub use wharf_kafka::*;
+}
+
+/// Amazon SQS adapter (aws-sdk-sqs): a topic is a queue whose
+/// subscriptions compete, the visibility timeout is the lease, a redrive
+/// policy backs the dead-letter queue, FIFO queues keep order per key.
+///
+/// What maps to what and what is not supported: [`wharf_sqs`].
+#[cfg(feature = "sqs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqs")))]
+pub mod sqs {
+    #[doc(inline)]
+    pub use wharf_sqs::*;
 }
 
 /// PostgreSQL adapter, the transactional outbox and a dedup store.
