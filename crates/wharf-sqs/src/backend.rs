@@ -282,6 +282,14 @@ impl Inner {
                 max: MAX_HEADERS,
             });
         }
+        self.encode_checked(m)
+    }
+
+    /// Encodes `m` with the checks of the queue kind and of SQS's own
+    /// limit only: a dead letter is a message that was accepted plus the
+    /// stamp's 8 headers, so it may pass [`MAX_MESSAGE_BYTES`] and
+    /// [`MAX_HEADERS`] while still fitting SQS's 256 KiB.
+    fn encode_checked(&self, m: &Message) -> Result<Outgoing> {
         let delay = match m.deliver_at() {
             Some(at) => {
                 let ahead = at.as_millis().saturating_sub(Timestamp::now().as_millis());
@@ -307,9 +315,16 @@ impl Inner {
             None => None,
         };
         let group = self.config.fifo.then(|| group_id(m));
+        let encoded = wire::encode(m);
+        if encoded.size > MAX_REQUEST_BYTES {
+            return Err(Error::MessageTooLarge {
+                size: m.size(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
         Ok(Outgoing {
             id: m.id(),
-            encoded: wire::encode(m),
+            encoded,
             delay,
             group,
         })
@@ -320,6 +335,17 @@ impl Inner {
     pub(crate) async fn send(&self, topic: &str, m: &Message) -> Result<Receipt> {
         validate_topic(topic)?;
         let out = self.outgoing(m)?;
+        self.send_outgoing(topic, m, out).await
+    }
+
+    /// Sends a dead letter: as [`Inner::send`], held to SQS's limit only.
+    pub(crate) async fn send_dead_letter(&self, topic: &str, m: &Message) -> Result<Receipt> {
+        validate_topic(topic)?;
+        let out = self.encode_checked(m)?;
+        self.send_outgoing(topic, m, out).await
+    }
+
+    async fn send_outgoing(&self, topic: &str, m: &Message, out: Outgoing) -> Result<Receipt> {
         let url = self.queue_url(topic).await?;
         let dedup = out.group.is_some().then(|| out.id.to_string());
         self.client

@@ -227,7 +227,7 @@ async fn read(
             }
         };
         acker.in_flight.free(n.saturating_sub(messages.len()));
-        let stopping = *stop.borrow() || *closed.borrow();
+        let mut stopping = *stop.borrow() || *closed.borrow();
         for m in messages {
             // Each message holds one reserved slot until it is handed out
             // (the delivery's token then owns it) or set aside here.
@@ -239,9 +239,10 @@ async fn read(
             }
             if let Some(d) = acker.delivery(&m, receipt, start_ms, lease).await {
                 if let Err(unsent) = tx.send(Ok(d)) {
-                    // The stream is gone: dropping the delivery releases it.
+                    // The stream is gone: dropping the delivery releases
+                    // it, and the rest of the batch is given back.
                     drop(unsent);
-                    break;
+                    stopping = true;
                 }
             }
         }
@@ -391,7 +392,7 @@ impl SqsAcker {
             held.attempt,
             held.first_receive_ms,
         );
-        self.inner.send(&self.dlq_topic, &copy).await?;
+        self.inner.send_dead_letter(&self.dlq_topic, &copy).await?;
         self.delete(&held.receipt).await
     }
 }

@@ -43,7 +43,8 @@ async fn raw_receive(b: &SqsBackend, topic: &str) -> Vec<aws_sdk_sqs::types::Mes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_message_is_a_typed_error_and_the_worst_case_maximum_fits_sqs() {
+async fn oversized_message_is_a_typed_error_and_the_worst_case_maximum_and_its_dead_letter_fit_sqs()
+{
     let Some(ns) = service::namespace().await else {
         return;
     };
@@ -98,7 +99,25 @@ async fn oversized_message_is_a_typed_error_and_the_worst_case_maximum_fits_sqs(
     assert_eq!(d.message().id(), exact.id());
     assert!(d.message().payload() == exact.payload());
     assert_eq!(d.message().headers().len(), MAX_HEADERS);
-    d.ack().await.expect("ack");
+    // Its dead letter has 8 headers more and still fits SQS.
+    d.reject("too big to handle").await.expect("reject");
+    let mut dead = b
+        .subscribe(earliest(&dead_letter_topic(&t)))
+        .await
+        .expect("subscribe dlq");
+    let dl = expect_delivery(&mut dead, "the maximum message's dead letter").await;
+    assert_eq!(dl.message().id(), exact.id());
+    assert!(dl.message().payload() == exact.payload());
+    assert_eq!(
+        dl.message().headers().len(),
+        MAX_HEADERS + 6,
+        "the stamp: no offset, no group"
+    );
+    assert_eq!(
+        dl.message().headers().get(wharf_core::header::DLQ_REASON),
+        Some("too big to handle")
+    );
+    dl.ack().await.expect("ack");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,4 +364,71 @@ async fn a_plain_message_from_another_producer_reads_as_its_body() {
     assert!(d.message().key().is_none());
     assert!(d.message().headers().is_empty());
     d.ack().await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ack_deletes_every_delivery_in_calls_of_ten() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = format!("{}.batchack", unique_name("t"));
+    let msgs: Vec<Message> = (0..25).map(|i| Message::new(format!("m{i}"))).collect();
+    b.publish_batch(&t, msgs).await.expect("publish");
+    let mut sub = b.subscribe(earliest(&t)).await.expect("subscribe");
+    let mut acks = wharf_core::AckBatch::new();
+    let mut buf = Vec::new();
+    while acks.len() < 25 {
+        let got = tokio::time::timeout(wharf_testkit::WAIT, sub.next_batch(25, &mut buf))
+            .await
+            .expect("deliveries in time")
+            .expect("next_batch");
+        assert!(got > 0, "subscription ended");
+        for d in buf.drain(..) {
+            acks.push(d);
+        }
+    }
+    let failed = acks.flush().await;
+    assert!(failed.is_empty(), "{failed:?}");
+    sub.close().await.expect("close");
+    drop(sub);
+    assert!(
+        raw_receive(b, &t).await.is_empty(),
+        "a batch-acked message is still in the queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_topic_compete_whatever_group_they_name() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    assert!(!b.capabilities().contains(Capability::ConsumerGroups));
+    let t = format!("{}.shared", unique_name("t"));
+    let mut a = b
+        .subscribe(earliest(&t).group("billing").max_in_flight(4))
+        .await
+        .expect("subscribe a");
+    let mut c = b
+        .subscribe(earliest(&t).group("shipping").max_in_flight(4))
+        .await
+        .expect("subscribe c");
+    let msgs: Vec<Message> = (0..30).map(|i| Message::new(format!("j{i}"))).collect();
+    b.publish_batch(&t, msgs).await.expect("publish");
+    let mut seen = std::collections::HashSet::new();
+    let (mut from_a, mut from_c) = (0, 0);
+    while seen.len() < 30 {
+        let d = tokio::select! {
+            Some(d) = a.next() => { from_a += 1; d }
+            Some(d) = c.next() => { from_c += 1; d }
+            () = tokio::time::sleep(wharf_testkit::WAIT) => panic!("stalled at {}", seen.len()),
+        }
+        .expect("delivery");
+        assert!(seen.insert(text(&d)), "delivered twice: {}", text(&d));
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(from_a + from_c, 30, "one queue: no copy per group");
+    expect_quiet(&mut a, QUIET, "a").await;
+    expect_quiet(&mut c, QUIET, "c").await;
 }
