@@ -206,6 +206,46 @@ impl Broker {
         self.peek_filtered(topic, from, max, None)
     }
 
+    /// The first offset of `partition` in `topic` whose message was stored
+    /// at or after `time` (by the log's time index), or the partition's end
+    /// offset when none was: where [`Broker::peek`] starts to browse a
+    /// partition by time, as a subscription from `StartPosition::Time`
+    /// would.
+    ///
+    /// ```
+    /// use wharf_broker::Broker;
+    /// use wharf_core::{Message, Publisher, Timestamp};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), wharf_core::Error> {
+    /// let broker = Broker::temporary().await?;
+    /// broker.publish("audit", Message::new("m0")).await?;
+    /// assert_eq!(broker.offset_at_time("audit", 0, Timestamp::from_millis(0))?, 0);
+    /// let later = Timestamp::from_millis(u64::MAX / 2);
+    /// assert_eq!(broker.offset_at_time("audit", 0, later)?, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::UnknownTopic`],
+    /// [`Error::InvalidArgument`] for a partition the topic does not have;
+    /// storage failures.
+    pub fn offset_at_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        time: wharf_core::Timestamp,
+    ) -> Result<u64> {
+        let t = self.inner.existing_topic(topic)?;
+        let parts = t.partitions();
+        let part = parts
+            .get(partition as usize)
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "partition",
+                reason: format!("{topic:?} has {} partitions", parts.len()),
+            })?;
+        part.start_position(wharf_core::StartPosition::Time(time), topic, partition)
+    }
+
     /// As [`Broker::peek`], leaving out the messages `group` has already
     /// settled (its floor and out-of-order acks, including a position saved
     /// before a restart that no consumer has resumed yet). The group is

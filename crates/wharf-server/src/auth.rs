@@ -133,6 +133,8 @@ impl StreamPrefix {
 }
 
 struct Token {
+    /// The configured name, for `whoami`.
+    name: Option<String>,
     /// The token's bytes, zero-padded to [`Auth::width`].
     secret: Box<[u8]>,
     /// The token's real length.
@@ -173,6 +175,39 @@ pub enum Denied {
         /// The field (e.g. `dead_letter_topic`, header `wharf-original-topic`).
         field: &'static str,
     },
+}
+
+/// A token's rights as configured (see [`Auth::rights`]): topic patterns
+/// per right, stream-name prefixes (`*`: every stream) per event store
+/// right, and whether it may read `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Rights {
+    pub(crate) name: Option<String>,
+    pub(crate) publish: Vec<String>,
+    pub(crate) consume: Vec<String>,
+    pub(crate) admin: Vec<String>,
+    pub(crate) metrics: bool,
+    pub(crate) events_read: Vec<String>,
+    pub(crate) events_append: Vec<String>,
+    pub(crate) events_admin: Vec<String>,
+}
+
+impl Rights {
+    /// Every right: a server without tokens lets any request through.
+    pub(crate) fn everything() -> Rights {
+        let all = || vec![">".to_owned()];
+        let streams = || vec![ALL_STREAMS.to_owned()];
+        Rights {
+            name: None,
+            publish: all(),
+            consume: all(),
+            admin: all(),
+            metrics: true,
+            events_read: streams(),
+            events_append: streams(),
+            events_admin: streams(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -226,6 +261,7 @@ impl Auth {
             let mut secret = vec![0u8; width].into_boxed_slice();
             secret[..e.token.len()].copy_from_slice(e.token.as_bytes());
             tokens.push(Token {
+                name: e.name.clone(),
                 secret,
                 len: e.token.len() as u64,
                 publish: parse(&e.publish)?,
@@ -369,6 +405,35 @@ impl Auth {
     }
 
     /// The metrics right: `metrics = true`, or admin on every topic.
+    /// The rights of the token presented, as configured: what `GET
+    /// /v1/whoami` reports, so a client (the web console) shows only the
+    /// actions the token may take. The server still checks every request.
+    ///
+    /// # Errors
+    /// [`Denied::Unauthenticated`] for a missing or unknown token.
+    pub(crate) fn rights(&self, token: Option<&str>) -> Result<Rights, Denied> {
+        let t = self.find(token)?;
+        let topics = |l: &[TopicPattern]| l.iter().map(|p| p.as_str().to_owned()).collect();
+        let streams = |l: &[StreamPrefix]| {
+            l.iter()
+                .map(|p| match p {
+                    StreamPrefix::All => ALL_STREAMS.to_owned(),
+                    StreamPrefix::Prefix(s) => s.clone(),
+                })
+                .collect()
+        };
+        Ok(Rights {
+            name: t.name.clone(),
+            publish: topics(&t.publish),
+            consume: topics(&t.consume),
+            admin: topics(&t.admin),
+            metrics: Self::metrics_right(t).is_ok(),
+            events_read: streams(&t.events_read),
+            events_append: streams(&t.events_append),
+            events_admin: streams(&t.events_admin),
+        })
+    }
+
     fn metrics_right(t: &Token) -> Result<(), Denied> {
         if t.metrics || t.admin.iter().any(|p| covers(p.as_str(), ">")) {
             Ok(())
@@ -432,6 +497,37 @@ mod tests {
             ..Default::default()
         }])
         .expect("valid")
+    }
+
+    #[test]
+    fn rights_report_the_configured_patterns_and_derived_metrics_right() {
+        let a = Auth::new(&[
+            TokenConfig {
+                token: "reader".into(),
+                name: Some("ops-ro".into()),
+                consume: vec!["orders.*".into()],
+                events_read: vec!["order-".into()],
+                ..Default::default()
+            },
+            TokenConfig {
+                token: "root".into(),
+                admin: vec![">".into()],
+                events_admin: vec!["*".into()],
+                ..Default::default()
+            },
+        ])
+        .expect("valid");
+        let r = a.rights(Some("reader")).expect("known token");
+        assert_eq!(r.name.as_deref(), Some("ops-ro"));
+        assert_eq!(r.consume, vec!["orders.*".to_owned()]);
+        assert!(r.publish.is_empty() && r.admin.is_empty());
+        assert!(!r.metrics);
+        assert_eq!(r.events_read, vec!["order-".to_owned()]);
+        let root = a.rights(Some("root")).expect("known token");
+        assert!(root.metrics, "admin on > implies the metrics right");
+        assert_eq!(root.events_admin, vec!["*".to_owned()]);
+        assert_eq!(a.rights(Some("nope")), Err(Denied::Unauthenticated));
+        assert_eq!(a.rights(None), Err(Denied::Unauthenticated));
     }
 
     #[test]

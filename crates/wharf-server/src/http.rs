@@ -39,6 +39,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::{telemetry, Shared};
 
 mod events;
+mod operator;
 mod projections;
 
 type AppState = State<Arc<Shared>>;
@@ -53,9 +54,11 @@ fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
+        .routes(routes!(operator::whoami))
         .routes(routes!(list_topics, create_topic))
         .routes(routes!(describe_topic, delete_topic))
         .routes(routes!(repair_partition))
+        .routes(routes!(operator::browse))
         .routes(routes!(publish))
         .routes(routes!(consume))
         .routes(routes!(sse))
@@ -90,6 +93,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.config.max_request_bytes;
     let (router, _) = api().split_for_parts();
     router
+        .merge(crate::console::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)

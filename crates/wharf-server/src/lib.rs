@@ -15,6 +15,7 @@ mod admin;
 mod auth;
 mod backoff;
 mod config;
+mod console;
 mod error;
 mod grpc;
 mod http;
