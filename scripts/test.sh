@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-services.sh || echo "some services are down: their tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
 # The OpenAPI validator and schemathesis for the HTTP API's contract tests.
 bash scripts/python-tools.sh || echo "python tools missing: the OpenAPI tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
+# Debian's chromium and playwright-core for the web console's browser tests.
+bash scripts/console-tools.sh || echo "chromium or playwright-core missing: the console's browser tests will skip (or fail under WHARF_REQUIRE_SERVICES=1)"
 # The `wharf` facade's features, which no other crate turns on: its router
 # docs, guide pages and examples need `router`, the guide's adapter page the
 # rest. Named here rather than in a second run, so one build serves both.

@@ -72,6 +72,7 @@ mod group;
 mod inspect;
 mod meta;
 mod repair;
+mod reset;
 mod subscription;
 mod topic;
 
@@ -95,6 +96,7 @@ pub use config::{
 };
 pub use error::StorageError;
 pub use inspect::{GroupDetail, GroupPartition, PeekPage, PeekPosition, Peeked};
+pub use reset::GroupReset;
 pub use topic::DEDUP_CAPACITY;
 pub use wharf_core::{Error, PublishSource};
 use wharf_log::{BatchBuilder, Written};

@@ -688,6 +688,22 @@ const HTTP_MATRIX: &[HttpCase] = &[
         Need::Any(A),
     ),
     http_case(
+        "POST /v1/groups/{group}/topics/{topic}/reset",
+        "",
+        "/v1/groups/g/topics/m.t/reset",
+        Some(r#"{"to":"earliest"}"#),
+        Setup::None,
+        Need::Any(A),
+    ),
+    http_case(
+        "POST /v1/groups/{group}/topics/{topic}/reset",
+        "topic outside",
+        "/v1/groups/g/topics/x.t/reset",
+        Some(r#"{"to":"latest"}"#),
+        Setup::None,
+        Need::All(ROOT),
+    ),
+    http_case(
         "GET /v1/whoami",
         "",
         "/v1/whoami",

@@ -1,6 +1,7 @@
 //! The web console against the real `wharf serve`: the static shell is
 //! served without a token with its content types and Content-Security-Policy
-//! while the data routes it calls need one; and two end-to-end runs in
+//! while the data routes it calls need one (and the routes added for it —
+//! whoami, browsing a partition, resetting a group — do what they say); and two end-to-end runs in
 //! Debian's chromium driven by playwright-core (`tools/console-e2e/`,
 //! installed by `scripts/console-tools.sh`): a message rejected into the
 //! DLQ is replayed from the page and the broker agrees; a wrong token shows
@@ -25,6 +26,10 @@ fn config(dir: &Path) -> PathBuf {
         &path,
         format!(
             r#"
+# Long-poll subscriptions end 1 s after their last poll, so a group reset
+# (refused while a consumer is bound) can go through soon after.
+poller_idle_ms = 1000
+
 [[tokens]]
 token = "{ADMIN}"
 name = "ops"
@@ -178,6 +183,67 @@ async fn console_shell_needs_no_token_but_its_data_does() {
         .await
         .expect("get");
     assert_eq!(bad.status(), 400, "a partition the topic lacks");
+
+    // Resetting a group: unknown group, bad target, then one that moves.
+    let reset = |group: &str, to: &str| {
+        c.post(format!("{base}/v1/groups/{group}/topics/browse.me/reset"))
+            .header("authorization", bearer(ADMIN))
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+    };
+    assert_eq!(
+        reset("nobody", "earliest").await.expect("post").status(),
+        404
+    );
+    let polled = c
+        .post(format!(
+            "{base}/v1/topics/browse.me/consume?group=g&max=3&wait_ms=2000"
+        ))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(polled.status(), 200);
+    // Its three deliveries are unsettled (leased for the server's lease time).
+    assert_eq!(reset("g", "latest").await.expect("post").status(), 409);
+    let polled: Value = polled.json().await.expect("json");
+    for d in polled["deliveries"].as_array().expect("deliveries") {
+        let id = d["delivery_id"].as_str().expect("delivery id");
+        let acked = c
+            .post(format!("{base}/v1/deliveries/{id}/ack"))
+            .header("authorization", bearer(ADMIN))
+            .send()
+            .await
+            .expect("ack");
+        assert_eq!(acked.status(), 204);
+    }
+    assert_eq!(reset("g", "sideways").await.expect("post").status(), 400);
+    // The long poll's subscription stays bound until poller_idle_ms passes.
+    let mut moved = None;
+    for _ in 0..40 {
+        let r = reset("g", "1").await.expect("post");
+        if r.status() == 200 {
+            moved = Some(r.json::<Value>().await.expect("json"));
+            break;
+        }
+        assert_eq!(r.status(), 409);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let moved = moved.expect("the reset went through once the poller idled out");
+    assert_eq!(
+        moved["partitions"],
+        serde_json::json!([{"partition": 0, "offset": 1}])
+    );
+    let groups: Value = c
+        .get(format!("{base}/v1/groups?group=g&topic=browse.me"))
+        .header("authorization", bearer(ADMIN))
+        .send()
+        .await
+        .expect("groups")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(groups[0]["lag"], 2, "offsets 1 and 2 unsettled: {groups}");
 }
 
 /// What the browser tests need, or why they cannot run.

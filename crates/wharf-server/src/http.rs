@@ -68,6 +68,7 @@ fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(reject))
         .routes(routes!(extend))
         .routes(routes!(list_groups))
+        .routes(routes!(operator::reset_group))
         .routes(routes!(dlq_list))
         .routes(routes!(dlq_show))
         .routes(routes!(dlq_replay))

@@ -1,9 +1,10 @@
 //! Routes for operators' tools (the web console first): `GET /v1/whoami`,
 //! the rights of the token presented, so a client shows only the actions
-//! it may take; and `GET /v1/topics/{topic}/partitions/{partition}/messages`,
+//! it may take; `GET /v1/topics/{topic}/partitions/{partition}/messages`,
 //! stored messages of one partition read from an offset or a time without
-//! consuming them. Both are ordinary documented routes: the console uses
-//! nothing else.
+//! consuming them; and `POST /v1/groups/{group}/topics/{topic}/reset`,
+//! moving an idle group's position. All are ordinary documented routes:
+//! the console uses nothing else.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -164,4 +165,84 @@ pub(super) async fn browse(
         next_offset: (messages.len() == limit && next < end).then_some(next),
         messages,
     }))
+}
+
+/// A group on a topic in the path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct GroupTopicPath {
+    /// Consumer group.
+    #[param(pattern = r"^[A-Za-z0-9_.\-]{1,128}$")]
+    group: String,
+    /// Topic name: dot-separated segments of `[A-Za-z0-9_-]`.
+    #[param(pattern = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$", max_length = 249)]
+    topic: String,
+}
+
+/// Where to move a group.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetBody {
+    /// `earliest`, `latest`, an offset (in every partition's range), or
+    /// `time:<ms>` (the first message stored at or after it, per partition).
+    #[schema(pattern = r"^(earliest|latest|[0-9]{1,19}|time:[0-9]{1,19})$")]
+    to: String,
+}
+
+/// A group's new position in one partition.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ResetPartitionJson {
+    partition: u32,
+    /// Every offset below this counts as settled, nothing at or above it.
+    offset: u64,
+}
+
+/// A group's new position.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ResetJson {
+    partitions: Vec<ResetPartitionJson>,
+}
+
+/// Moves a consumer group's position on a topic to the earliest or latest
+/// offset, an offset or a time, in every partition; pending redeliveries
+/// and attempt counts are dropped. Only a group nothing uses may move (as
+/// Kafka's offset reset): with a consumer bound or a delivery unsettled it
+/// is refused with 409 and nothing changes. An HTTP long poll's
+/// subscription stays bound until the server's poller idle time passes.
+#[utoipa::path(post, path = "/v1/groups/{group}/topics/{topic}/reset",
+    params(GroupTopicPath), request_body = ResetBody,
+    responses((status = 200, body = ResetJson),
+        (status = 400, body = ErrorBody, description = "malformed JSON, bad name, or an offset outside a partition"),
+        (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks admin on the topic"),
+        (status = 404, body = ErrorBody, description = "unknown topic, or the group has no position on it"),
+        (status = 409, body = ErrorBody, description = "the group is in use (a bound consumer or an unsettled delivery): nothing changed"),
+        (status = 413, body = ErrorBody, description = "body too large")))]
+pub(super) async fn reset_group(
+    State(s): AppState,
+    ApiPath(GroupTopicPath { group, topic }): ApiPath<GroupTopicPath>,
+    headers: HeaderMap,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<ResetJson>> {
+    check(&s, &headers, crate::auth::Right::Admin, &topic)?;
+    let b: ResetBody = super::parse_json(&super::body_bytes(&s, body)?)?;
+    let to =
+        super::parse_from(Some(&b.to))?.ok_or_else(|| ApiError::bad_request("`to` is required"))?;
+    match s.broker.reset_group(&group, &topic, to)? {
+        wharf_broker::GroupReset::Moved(parts) => Ok(Json(ResetJson {
+            partitions: parts
+                .into_iter()
+                .map(|(partition, offset)| ResetPartitionJson { partition, offset })
+                .collect(),
+        })),
+        wharf_broker::GroupReset::InUse => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "group_in_use",
+            format!("group {group:?} is in use on {topic:?} (a bound consumer or an unsettled delivery): stop its consumers and retry"),
+        )),
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "unknown_group",
+            format!("group {group:?} has no position on {topic:?}"),
+        )),
+    }
 }

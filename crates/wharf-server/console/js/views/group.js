@@ -1,12 +1,13 @@
 // Consumer groups: the list, and one group on one topic: mode, members and
 // per partition the committed offset, settled-above, end offset, lag and
 // assigned member (stream mode), with the lag as a live chart.
-// Resetting a group's position is not offered: the API has no such
-// operation yet (see the README), and the console adds no private one.
+// Resetting it to earliest, latest, an offset or a time (with
+// confirmation; the server refuses while a consumer is bound).
 
-import { get, seg } from '../api.js';
+import { get, post, can, seg } from '../api.js';
 import { h, clear, fmtInt } from '../format.js';
 import { sparkline, bars } from '../charts.js';
+import { confirmAction, notify, report } from '../app.js';
 
 export async function groups(main, _args, ctx) {
   const el = h('div', { class: 'table-wrap', id: 'groups-table' });
@@ -32,8 +33,7 @@ export async function group(main, [name, topic], ctx) {
     h('h1', {}, `${name} on ${topic}`), head,
     h('div', { class: 'grid' },
       h('section', { class: 'panel' }, h('h2', {}, 'Lag'), chart),
-      h('section', { class: 'panel' }, h('h2', {}, 'Reset position'),
-        h('p', { class: 'muted' }, 'Resetting a group to earliest, latest or a time needs an API operation the server does not have yet; the console only uses the documented API.'))),
+      can('admin', topic) ? resetPanel(name, topic) : null),
     h('section', { class: 'panel' }, h('h2', {}, 'Partitions'), parts));
   const history = [];
   ctx.every(2000, async () => {
@@ -55,4 +55,34 @@ export async function group(main, [name, topic], ctx) {
         h('td', {}, p.partition), h('td', { class: 'num' }, fmtInt(p.committed_offset)), h('td', { class: 'num' }, fmtInt(p.settled_above)),
         h('td', { class: 'num' }, fmtInt(p.end_offset)), h('td', { class: 'num' }, fmtInt(p.lag)), h('td', {}, p.member ?? (g.mode === 'stream' ? 'unassigned' : 'any')))))));
   });
+}
+
+function resetPanel(name, topic) {
+  const to = h('select', { id: 'reset-to', 'aria-label': 'Reset to' }, ['earliest', 'latest', 'offset', 'time'].map((v) => h('option', { value: v }, v)));
+  const offset = h('input', { id: 'reset-offset', type: 'number', min: '0', hidden: true, 'aria-label': 'Offset' });
+  const time = h('input', { id: 'reset-time', type: 'datetime-local', step: '1', hidden: true, 'aria-label': 'Time (local)' });
+  const result = h('p', { class: 'muted', id: 'reset-result', 'aria-live': 'polite' });
+  to.addEventListener('change', () => { offset.hidden = to.value !== 'offset'; time.hidden = to.value !== 'time'; });
+  return h('section', { class: 'panel', id: 'reset' }, h('h2', {}, 'Reset position'),
+    h('p', { class: 'muted' }, 'Moves the group in every partition. Only while no consumer is bound and no delivery is unsettled.'),
+    h('form', {
+      class: 'row',
+      onsubmit: async (e) => {
+        e.preventDefault();
+        let target = to.value;
+        if (target === 'offset') target = String(offset.value || 0);
+        if (target === 'time') {
+          const ms = new Date(time.value).getTime();
+          if (Number.isNaN(ms)) { report(new Error('pick a time')); return; }
+          target = `time:${ms}`;
+        }
+        if (!await confirmAction(`Move group ${name} on ${topic} to ${target}? Messages below it count as settled; messages above it are delivered again.`, { ok: 'Reset group' })) return;
+        try {
+          const r = await post(`/v1/groups/${seg(name)}/topics/${seg(topic)}/reset`, { to: target });
+          result.textContent = `Moved: ${r.partitions.map((p) => `partition ${p.partition} → ${p.offset}`).join(', ')}`;
+          notify(`Group ${name} reset to ${target}`);
+        } catch (err) { report(err); }
+      },
+    }, h('label', {}, 'To', to), h('label', {}, 'Offset / time', offset, time), h('button', { type: 'submit', class: 'danger', id: 'reset-go' }, 'Reset')),
+    result);
 }
