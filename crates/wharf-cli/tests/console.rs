@@ -182,7 +182,7 @@ async fn console_shell_needs_no_token_but_its_data_does() {
         .send()
         .await
         .expect("get");
-    assert_eq!(bad.status(), 400, "a partition the topic lacks");
+    assert_eq!(bad.status(), 404, "a partition the topic lacks");
 
     // Resetting a group: unknown group, bad target, then one that moves.
     let reset = |group: &str, to: &str| {

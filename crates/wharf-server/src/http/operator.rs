@@ -73,8 +73,11 @@ pub(super) async fn whoami(State(s): AppState, headers: HeaderMap) -> ApiResult<
 #[into_params(parameter_in = Query)]
 pub(crate) struct BrowseParams {
     /// First offset to read (default: the partition's first retained one).
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     offset: Option<u64>,
-    /// Or: the first message stored at or after this time (ms since the epoch).
+    /// Start at the first message stored at or after this time (ms since
+    /// the epoch); with `offset` too, at the later of the two.
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     time_ms: Option<u64>,
     /// At most this many (default 50; values above 1000 take 1000, 0 takes 1).
     limit: Option<usize>,
@@ -108,9 +111,9 @@ pub(crate) struct BrowsePageJson {
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/messages",
     params(PartitionPath, BrowseParams),
     responses((status = 200, body = BrowsePageJson),
-        (status = 400, body = ErrorBody, description = "bad name, no such partition, or both offset and time_ms"),
+        (status = 400, body = ErrorBody, description = "bad name or parameter"),
         (status = 401, body = ErrorBody, description = "no or unknown token"), (status = 403, body = ErrorBody, description = "the token lacks admin on the topic"),
-        (status = 404, body = ErrorBody, description = "unknown topic")))]
+        (status = 404, body = ErrorBody, description = "unknown topic or partition")))]
 pub(super) async fn browse(
     State(s): AppState,
     ApiPath(PartitionPath { topic, partition }): ApiPath<PartitionPath>,
@@ -120,22 +123,30 @@ pub(super) async fn browse(
     check(&s, &headers, crate::auth::Right::Admin, &topic)?;
     let info = find_topic(&s, &topic)?;
     let Some(&(start, end)) = info.partitions.get(partition as usize) else {
-        return Err(ApiError::bad_request(format!(
-            "partition {partition}: {topic:?} has {} partitions",
-            info.partitions.len()
-        )));
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "unknown_partition",
+            format!(
+                "partition {partition}: {topic:?} has {} partitions",
+                info.partitions.len()
+            ),
+        ));
     };
-    let from = match (p.offset, p.time_ms) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give offset or time_ms, not both"))
+    const MAX: u64 = i64::MAX as u64;
+    for (name, v) in [("offset", p.offset), ("time_ms", p.time_ms)] {
+        if v.is_some_and(|v| v > MAX) {
+            return Err(ApiError::bad_request(format!(
+                "{name} is larger than {MAX}"
+            )));
         }
-        (Some(o), None) => o.max(start),
-        (None, Some(ms)) => {
-            s.broker
-                .offset_at_time(&topic, partition, Timestamp::from_millis(ms))?
-        }
-        (None, None) => start,
-    };
+    }
+    let mut from = p.offset.unwrap_or(start).max(start);
+    if let Some(ms) = p.time_ms {
+        let at = s
+            .broker
+            .offset_at_time(&topic, partition, Timestamp::from_millis(ms))?;
+        from = from.max(at);
+    }
     let limit = p.limit.unwrap_or(50).clamp(1, 1000);
     let messages: Vec<StoredMessageJson> = if from >= end {
         Vec::new()
