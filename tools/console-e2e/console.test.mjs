@@ -140,7 +140,17 @@ async function dlqReplay() {
     await letter.locator('pre.payload-view').waitFor();
     check((await letter.locator('pre.payload-view').innerText()).includes('"order": 42'), 'inspecting shows the payload as pretty JSON');
     await shot(page, 'dlq-letters');
-    await letter.locator(`button[data-replay="${receipt.id}"]`).click();
+    // Purge asks first: the button stays disabled until the word is typed; Escape cancels.
+    await page.locator('#purge').click();
+    await page.locator('#confirm[open]').waitFor();
+    check(await page.locator('#confirm-ok').isDisabled(), 'purging waits for the typed confirmation');
+    await page.keyboard.press('Escape');
+    await page.locator('#confirm[open]').waitFor({ state: 'detached' }).catch(() => {});
+    check(!(await page.locator('#confirm').evaluate((d) => d.open)), 'Escape closes the confirmation');
+    check((await api('GET', `/v1/dlq/${dlq}`)).letters.length === 1, 'a cancelled purge purges nothing');
+    // Keyboard: the replay button is reachable with Tab and works with Enter.
+    await letter.locator(`button[data-replay="${receipt.id}"]`).focus();
+    await page.keyboard.press('Enter');
     await page.locator('#no-letters').waitFor();
     check(true, 'the page shows no dead letters left after the replay');
 
@@ -164,6 +174,23 @@ async function dlqReplay() {
     check((await page.locator('#browse-results pre.payload-view').first().innerText()).startsWith('00000000  7b'), 'the hex view shows the bytes');
     await shot(page, 'topic');
 
+    // Publish a test message from the page; the broker stores it.
+    await page.locator('#publish-payload').fill('{"from": "the console"}');
+    await page.locator('#publish-key').fill('k42');
+    await page.locator('#publish-send').click();
+    await page.locator('#publish-result', { hasText: 'Stored' }).waitFor();
+    const stored3 = await api('GET', `/v1/topics/${topic}/partitions/${receipt.partition}/messages`);
+    check(stored3.messages.length === 3 && stored3.messages[2].message.payload === '{"from": "the console"}', 'a message published from the page is stored');
+    // Browse by time: from now on there is nothing.
+    await page.locator('#browse-mode').selectOption('time');
+    await page.locator('#browse-time').fill(new Date(Date.now() + 60000 - new Date().getTimezoneOffset() * 60000).toISOString().slice(0, 19));
+    await page.locator('#browse-read').click();
+    await page.locator('#browse-results .empty').waitFor();
+    check(true, 'browsing from a time after the last message shows none');
+    // Consume what the page published, so the group's lag is the two copies again.
+    const extra = await api('POST', `/v1/topics/${topic}/consume?group=billing&wait_ms=5000`);
+    for (const d of extra.deliveries) await api('POST', `/v1/deliveries/${d.delivery_id}/ack`);
+
     await page.goto(`${url}/#/groups/billing/${encodeURIComponent(topic)}`);
     await page.locator('#group-partitions table').waitFor();
     await page.locator('#group-lag', { hasText: /^0$/ }).waitFor();
@@ -185,9 +212,9 @@ async function dlqReplay() {
       moved = await page.locator('#reset-result', { hasText: 'Moved' }).waitFor({ timeout: 2000 }).then(() => true, () => false);
     }
     check(moved, 'the reset to earliest goes through once no consumer is bound');
-    await page.locator('#group-lag', { hasText: /^2$/ }).waitFor();
+    await page.locator('#group-lag', { hasText: /^3$/ }).waitFor();
     const [g] = await api('GET', `/v1/groups?group=billing&topic=${topic}`);
-    check(g.lag === 2, 'the broker agrees: both stored copies are unsettled again');
+    check(g.lag === 3, 'the broker agrees: all three stored messages are unsettled again');
     await page.waitForTimeout(2500);
     await shot(page, 'group');
     await page.goto(`${url}/#/groups`);
@@ -202,6 +229,22 @@ async function dlqReplay() {
     await page.goto(`${url}/#/projections`);
     await page.locator('#projections-table p, #projections-table table').first().waitFor();
     await shot(page, 'projections');
+
+    // Create a topic from the page, then delete it (typing its name).
+    const made = `console.made-${unique}`;
+    await page.goto(`${url}/#/topics`);
+    await page.locator('#new-topic').fill(made);
+    await page.locator('#new-partitions').fill('3');
+    await page.getByRole('button', { name: 'Create' }).click();
+    await page.locator('#topic-settings').waitFor();
+    check((await api('GET', `/v1/topics/${made}`)).partitions === 3, 'a topic created from the page exists with its settings');
+    await page.locator('#delete-topic').click();
+    check(await page.locator('#confirm-ok').isDisabled(), 'deleting waits for the typed name');
+    await page.locator('#confirm-input').fill(made);
+    await page.locator('#confirm-ok').click();
+    await page.waitForURL(/#\/topics$/);
+    const gone = await fetch(`${url}/v1/topics/${made}`, { headers: { Authorization: `Bearer ${ADMIN}` } });
+    check(gone.status === 404, 'the deleted topic is gone from the broker');
 
     // Phone width: the menu collapses, the overview still renders.
     await page.setViewportSize({ width: 390, height: 800 });
