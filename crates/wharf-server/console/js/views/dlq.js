@@ -58,7 +58,7 @@ export async function dlqTopic(main, [topic]) {
     cursor = page.next_cursor ?? null;
     more.hidden = !cursor;
     shown += page.letters.length;
-    count.textContent = `${fmtInt(shown)}${cursor ? '+' : ''} waiting`;
+    count.textContent = `${fmtInt(shown)} waiting${cursor ? ' (more may follow)' : ''}`;
     if (!shown) list.append(h('p', { class: 'empty', id: 'no-letters' }, 'No dead letters waiting.'));
     for (const l of page.letters) {
       const m = l.message;
