@@ -7,7 +7,7 @@
 //! (or whose message the server handed out again) settles nothing: an ack
 //! there would settle the new lease of the redelivery.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,7 +50,7 @@ impl<P> InFlight<P> {
     pub fn new(max_in_flight: usize) -> Self {
         InFlight {
             permits: Arc::new(Semaphore::new(max_in_flight)),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::default()),
             next_token: AtomicU64::new(1),
         }
     }
@@ -90,6 +90,26 @@ impl<P> InFlight<P> {
     /// Records a delivery handed out on a reserved slot; returns its token.
     pub fn register(&self, record: P) -> u64 {
         self.register_leased(record, None)
+    }
+
+    /// Records deliveries handed out on reserved slots, under one lock;
+    /// returns the first one's token (the others follow it: `first + i`
+    /// is the token of the `i`th record).
+    pub fn register_all(&self, records: impl ExactSizeIterator<Item = P>) -> u64 {
+        let n = records.len() as u64;
+        let first = self.next_token.fetch_add(n, Ordering::Relaxed);
+        let mut held = self.lock();
+        for (token, record) in (first..).zip(records) {
+            held.insert(
+                token,
+                Held {
+                    record,
+                    keeper: None,
+                    deadline: None,
+                },
+            );
+        }
+        first
     }
 
     /// Records a delivery whose lease on the server runs for `lease` from
@@ -134,6 +154,36 @@ impl<P> InFlight<P> {
             return Err(unknown(token));
         }
         Ok(held.record)
+    }
+
+    /// [`InFlight::take`] of each of `tokens` under one lock: the records
+    /// taken go to `taken` with their tokens, the failures to `failed`.
+    pub fn take_many(
+        &self,
+        tokens: &[u64],
+        taken: &mut Vec<(u64, P)>,
+        failed: &mut Vec<(u64, Error)>,
+    ) {
+        let mut freed = 0;
+        {
+            let mut held = self.lock();
+            for &token in tokens {
+                let Some(mut h) = held.remove(&token) else {
+                    failed.push((token, unknown(token)));
+                    continue;
+                };
+                freed += 1;
+                if let Some(k) = h.keeper.take() {
+                    k.abort();
+                }
+                if h.expired() {
+                    failed.push((token, unknown(token)));
+                } else {
+                    taken.push((token, h.record));
+                }
+            }
+        }
+        self.permits.add_permits(freed);
     }
 
     /// Reads the record of a delivery still held.
@@ -222,6 +272,28 @@ mod tests {
         assert!(matches!(f.take(t), Err(Error::UnknownDelivery { .. })));
         // One slot freed by `free`, one by `take`; one is still reserved.
         assert_eq!(f.reserve(8).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn batches_register_consecutive_tokens_and_take_many_frees_each_slot_once() {
+        let f = InFlight::new(4);
+        assert_eq!(f.reserve(4).await, Some(4));
+        let first = f.register_all(["a", "b", "c"].into_iter());
+        let lone = f.register("d");
+        assert_eq!(lone, first + 3, "tokens stay unique across the two forms");
+        assert_eq!(f.get(first + 1, |r| *r).expect("held"), "b");
+        let (mut taken, mut failed) = (Vec::new(), Vec::new());
+        // `first + 1` twice: the second take fails, and frees nothing more.
+        f.take_many(
+            &[first + 2, first + 1, first + 1, 999],
+            &mut taken,
+            &mut failed,
+        );
+        assert_eq!(taken, [(first + 2, "c"), (first + 1, "b")]);
+        let failed: Vec<u64> = failed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, [first + 1, 999]);
+        assert_eq!(f.reserve(8).await, Some(2), "two slots came back");
+        assert_eq!(f.take(first).expect("still held"), "a");
     }
 
     #[tokio::test(start_paused = true)]
