@@ -22,10 +22,10 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule, Sub
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Semaphore};
 use wharf_adapter::{ChannelStream, DeliverySender};
 use wharf_core::{
-    name, Acker, Capability, Delivery, DeliveryInfo, Error, GroupMode, Message, MessageId, Result,
+    name, Acker, DeliveryStream, Capability, Delivery, DeliveryInfo, Error, GroupMode, Message, MessageId, Result,
     Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp,
 };
 
@@ -95,8 +95,10 @@ pub(crate) async fn subscribe(shared: Arc<Shared>, opts: SubscribeOptions) -> Re
         .map_err(|e| client("subscribe", e))?;
 
     let (stream, tx, _stop) = ChannelStream::new(shared.closed.subscribe());
+    let permits = Arc::new(Semaphore::new(opts.max_in_flight_limit()));
     let acker = Arc::new_cyclic(|me| SubAcker {
         me: me.clone(),
+        permits: permits.clone(),
         shared: shared.clone(),
         client: mqtt.clone(),
         held: Mutex::default(),
@@ -114,7 +116,11 @@ pub(crate) async fn subscribe(shared: Arc<Shared>, opts: SubscribeOptions) -> Re
     });
     let (subscribed, subscribed_rx) = oneshot::channel();
     let leaving = acker.clone();
-    let stream = stream.on_end(move || leaving.leave());
+    let stream = Gated {
+        inner: stream.on_end(move || leaving.leave()),
+        permits,
+        closed: shared.closed.subscribe(),
+    };
     tokio::spawn(drive(acker, ev, tx, filters, subscribed));
     match tokio::time::timeout(shared.config.timeout, subscribed_rx).await {
         Ok(Ok(Ok(()))) => Ok(Subscription::new(stream)),
@@ -160,6 +166,8 @@ struct Held {
 /// Settles the deliveries of one subscription.
 struct SubAcker {
     me: Weak<SubAcker>,
+    /// Free in-flight slots of the subscription.
+    permits: Arc<Semaphore>,
     shared: Arc<Shared>,
     client: AsyncClient,
     held: Mutex<Held>,
@@ -200,6 +208,10 @@ impl SubAcker {
         if held.by_pkid.get(&p.publish.pkid) == Some(&token) {
             held.by_pkid.remove(&p.publish.pkid);
         }
+        // Its slot is free again. (A delivery never handed out — dropped from
+        // the buffer once the stream ended — frees one too; nothing takes
+        // slots any more then.)
+        self.permits.add_permits(1);
         Ok(p)
     }
 
@@ -363,7 +375,11 @@ impl SubAcker {
         let topic = match topic {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(error = %e, "mqtt: acknowledging and dropping a message");
+                // Another subscription's redelivery (matched by a root `>`)
+                // is not a foreign message: drop it quietly.
+                if !mqtt_topic.starts_with(crate::topics::REDELIVERY_ROOT) {
+                    tracing::warn!(error = %e, "mqtt: acknowledging and dropping a message");
+                }
                 let p = pending("");
                 let me = self.clone();
                 self.runtime.spawn(async move { me.puback(&p).await });
@@ -476,6 +492,47 @@ impl SubAcker {
         self.me
             .upgrade()
             .expect("a SubAcker is only reached through its Arc")
+    }
+}
+
+/// The subscription's stream: hands out a delivery only on a free
+/// in-flight slot (the server's Receive Maximum alone did not hold
+/// Mosquitto 2.0.11 to `max_in_flight`); the rest wait in the channel,
+/// unacknowledged.
+struct Gated {
+    inner: ChannelStream,
+    permits: Arc<Semaphore>,
+    closed: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl DeliveryStream for Gated {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        // Cancel safe: a slot taken while waiting for the delivery is given
+        // back when the future is dropped.
+        let permit = tokio::select! {
+            biased;
+            _ = self.closed.wait_for(|c| *c) => return None,
+            p = self.permits.clone().acquire_owned() => p.ok()?,
+        };
+        let item = self.inner.next().await;
+        if let Some(Ok(_)) = &item {
+            permit.forget();
+        }
+        item
+    }
+
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let item = self.inner.try_next();
+        if let Some(Ok(_)) = &item {
+            permit.forget();
+        }
+        item
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.inner.close().await
     }
 }
 

@@ -10,10 +10,11 @@ use wharf_core::{name, Error, TopicPattern};
 
 use crate::error::MqttError;
 
-/// Where the adapter republishes a nacked message for its group: a `$`
-/// topic, which no `#` or `+` filter of an application matches (MQTT 5
-/// §4.7.2) and no Wharf topic can name.
-const REDELIVERY_ROOT: &str = "$wharf/redeliver";
+/// Where the adapter republishes a nacked message for its group: a root
+/// level no Wharf topic can name (`~` is not in a Wharf segment). Not a
+/// `$` topic, though no application wildcard would match one: Mosquitto
+/// 2.0 does not deliver `$` topics to shared subscriptions.
+pub(crate) const REDELIVERY_ROOT: &str = "wharf~redeliver";
 
 /// The mapping of one backend: Wharf topics under an optional prefix.
 #[derive(Debug, Clone)]
@@ -149,7 +150,7 @@ mod tests {
             Err(Error::InvalidName { .. })
         ));
         assert_eq!(t.wharf_topic("ns/orders/eu").expect("maps"), "orders.eu");
-        for foreign in ["other/x", "ns/a.b", "ns/a//b", "ns/a b", "ns/", "$wharf/redeliver/1"] {
+        for foreign in ["other/x", "ns/a.b", "ns/a//b", "ns/a b", "ns/", "wharf~redeliver/1"] {
             assert!(
                 matches!(
                     t.wharf_topic(foreign),
@@ -167,7 +168,7 @@ mod tests {
         assert_eq!(a, t.redelivery_topic("g", "orders.*"));
         assert_ne!(a, t.redelivery_topic("g", "orders.>"));
         assert_ne!(a, t.redelivery_topic("h", "orders.*"));
-        assert!(a.starts_with("$wharf/redeliver/"));
+        assert!(a.starts_with("wharf~redeliver/"));
         // FNV-1a of "a": the published test vector.
         assert_eq!(fnv1a(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
     }
