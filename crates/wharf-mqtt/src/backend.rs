@@ -20,7 +20,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use wharf_core::{
     name, Backend, Capabilities, Capability, Error, Limits, Message, Publisher, Receipt, Result,
     SubscribeOptions, Subscriber, Subscription,
@@ -114,12 +114,18 @@ pub(crate) async fn handshake(ev: &mut EventLoop, timeout: Duration) -> Result<b
     }
 }
 
-type Waiter = oneshot::Sender<std::result::Result<(), MqttError>>;
+/// A queued publish: whom to answer, and its slot in the window (freed
+/// when the answer is sent, so a batch larger than the window flows).
+type Waiter = (
+    oneshot::Sender<std::result::Result<(), MqttError>>,
+    OwnedSemaphorePermit,
+);
+type Answer = oneshot::Receiver<std::result::Result<(), MqttError>>;
 
 /// The publishing connection.
 pub(crate) struct PubConn {
     state: Mutex<PubState>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     timeout: Duration,
 }
 
@@ -134,7 +140,7 @@ struct PubState {
 impl PubState {
     fn fail_all(&mut self) {
         for w in self.fifo.drain(..).chain(self.sent.drain().map(|(_, w)| w)) {
-            let _ = w.send(Err(MqttError::ConnectionLost));
+            let _ = w.0.send(Err(MqttError::ConnectionLost));
         }
     }
 }
@@ -154,7 +160,7 @@ impl PubConn {
                 fifo: VecDeque::new(),
                 sent: HashMap::new(),
             }),
-            permits: Semaphore::new(usize::from(config.publish_window)),
+            permits: Arc::new(Semaphore::new(usize::from(config.publish_window))),
             timeout: config.timeout,
         });
         Ok((conn, ev))
@@ -204,7 +210,7 @@ impl PubConn {
                                 reason: format!("{other:?}"),
                             }),
                         };
-                        let _ = w.send(r);
+                        let _ = w.0.send(r);
                     }
                 }
                 Ok(_) => {}
@@ -250,8 +256,8 @@ impl PubConn {
         props: PublishProperties,
         payload: Bytes,
         retain: bool,
-    ) -> Result<(tokio::sync::SemaphorePermit<'_>, oneshot::Receiver<std::result::Result<(), MqttError>>)> {
-        let permit = tokio::time::timeout(self.timeout, self.permits.acquire())
+    ) -> Result<Answer> {
+        let permit = tokio::time::timeout(self.timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| Error::Timeout {
                 operation: "waiting for a free MQTT publish slot",
@@ -262,27 +268,19 @@ impl PubConn {
             })?;
         let (tx, rx) = oneshot::channel();
         let mut st = self.lock();
-        st.fifo.push_back(tx);
-        if let Err(e) = st
-            .client
-            .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, props)
+        st.fifo.push_back((tx, permit));
+        if let Err(e) =
+            st.client
+                .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, props)
         {
             st.fifo.pop_back();
             return Err(client("publish", e));
         }
-        Ok((permit, rx))
+        Ok(rx)
     }
 
-    async fn wait(
-        &self,
-        (permit, rx): (
-            tokio::sync::SemaphorePermit<'_>,
-            oneshot::Receiver<std::result::Result<(), MqttError>>,
-        ),
-    ) -> Result<()> {
-        let r = tokio::time::timeout(self.timeout, rx).await;
-        drop(permit);
-        match r {
+    async fn wait(&self, rx: Answer) -> Result<()> {
+        match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e @ MqttError::PublishRefused { .. }))) => Err(Error::Backend {
                 backend: NAME,
@@ -296,7 +294,6 @@ impl PubConn {
             }),
         }
     }
-
 }
 
 impl MqttBackend {
@@ -471,7 +468,10 @@ impl Publisher for MqttBackend {
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(messages.iter().map(wharf_adapter::at_most_once::receipt).collect()),
+            None => Ok(messages
+                .iter()
+                .map(wharf_adapter::at_most_once::receipt)
+                .collect()),
         }
     }
 }

@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn urls_give_host_and_port() {
         let hp = |u: &str| MqttConfig::new(u).host_port().ok();
-        assert_eq!(hp("mqtt://127.0.0.1:1884"), Some(("127.0.0.1".into(), 1884)));
+        assert_eq!(
+            hp("mqtt://127.0.0.1:1884"),
+            Some(("127.0.0.1".into(), 1884))
+        );
         assert_eq!(hp("mqtt://broker/x"), Some(("broker".into(), 1883)));
         assert_eq!(hp("tcp://broker"), None);
         assert_eq!(hp("mqtt://broker:x"), None);

@@ -25,8 +25,8 @@ use rumqttc::Outgoing;
 use tokio::sync::{oneshot, watch, Semaphore};
 use wharf_adapter::{ChannelStream, DeliverySender};
 use wharf_core::{
-    name, Acker, DeliveryStream, Capability, Delivery, DeliveryInfo, Error, GroupMode, Message, MessageId, Result,
-    Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp,
+    name, Acker, Capability, Delivery, DeliveryInfo, DeliveryStream, Error, GroupMode, Message,
+    MessageId, Result, Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp,
 };
 
 use crate::backend::{handshake, options, Shared, NAME};
@@ -387,7 +387,9 @@ impl SubAcker {
             }
         };
         let p = pending(&topic);
-        let expired = message.expires_at().is_some_and(|at| at <= Timestamp::now());
+        let expired = message
+            .expires_at()
+            .is_some_and(|at| at <= Timestamp::now());
         if expired || self.leaving.load(Ordering::Acquire) {
             // Never seen by the consumer: a group gets it back uncounted.
             let me = self.clone();
@@ -496,9 +498,9 @@ impl SubAcker {
 }
 
 /// The subscription's stream: hands out a delivery only on a free
-/// in-flight slot (the server's Receive Maximum alone did not hold
-/// Mosquitto 2.0.11 to `max_in_flight`); the rest wait in the channel,
-/// unacknowledged.
+/// in-flight slot, besides the Receive Maximum asked of the server (which
+/// also counts what is being republished or awaiting a nack's delay); the
+/// rest wait in the channel, unacknowledged.
 struct Gated {
     inner: ChannelStream,
     permits: Arc<Semaphore>,

@@ -75,7 +75,9 @@ impl Topics {
         let unmappable = || MqttError::UnmappableTopic {
             topic: mqtt.to_owned(),
         };
-        let rest = mqtt.strip_prefix(self.root.as_str()).ok_or_else(unmappable)?;
+        let rest = mqtt
+            .strip_prefix(self.root.as_str())
+            .ok_or_else(unmappable)?;
         if rest.contains('.') {
             return Err(unmappable());
         }
@@ -150,7 +152,14 @@ mod tests {
             Err(Error::InvalidName { .. })
         ));
         assert_eq!(t.wharf_topic("ns/orders/eu").expect("maps"), "orders.eu");
-        for foreign in ["other/x", "ns/a.b", "ns/a//b", "ns/a b", "ns/", "wharf~redeliver/1"] {
+        for foreign in [
+            "other/x",
+            "ns/a.b",
+            "ns/a//b",
+            "ns/a b",
+            "ns/",
+            "wharf~redeliver/1",
+        ] {
             assert!(
                 matches!(
                     t.wharf_topic(foreign),

@@ -33,7 +33,10 @@ const INTERNAL: [&str; 6] = [ID, KEY, KEY_B64, TIMESTAMP, ATTEMPT, TOPIC];
 pub(crate) fn encode(msg: &Message, extra: &[(&str, String)]) -> Result<PublishProperties, Error> {
     let mut props = Vec::with_capacity(3 + extra.len() + msg.headers().len());
     props.push((ID.to_owned(), msg.id().to_string()));
-    props.push((TIMESTAMP.to_owned(), msg.timestamp().as_millis().to_string()));
+    props.push((
+        TIMESTAMP.to_owned(),
+        msg.timestamp().as_millis().to_string(),
+    ));
     if let Some(key) = msg.key() {
         match std::str::from_utf8(key) {
             Ok(s) if !s.chars().any(char::is_control) => props.push((KEY.to_owned(), s.to_owned())),
@@ -66,7 +69,9 @@ pub(crate) fn encode(msg: &Message, extra: &[(&str, String)]) -> Result<PublishP
 /// Seconds from now to `at`, rounded up, at least 1 (0 would mean "never").
 fn expiry_interval(at: Timestamp) -> u32 {
     let left = at.as_millis().saturating_sub(Timestamp::now().as_millis());
-    u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+    u32::try_from(left.div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// What a received PUBLISH carried besides the message.
@@ -150,9 +155,7 @@ mod tests {
 
     #[test]
     fn a_ttl_becomes_the_message_expiry_interval_rounded_up() {
-        let m = Message::builder()
-            .ttl(Duration::from_millis(1500))
-            .build();
+        let m = Message::builder().ttl(Duration::from_millis(1500)).build();
         let props = encode(&m, &[]).expect("encode");
         assert_eq!(props.message_expiry_interval, Some(2));
     }
