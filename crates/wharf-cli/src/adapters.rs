@@ -20,6 +20,9 @@ pub(crate) enum Cleanup {
     Kafka(wharf_kafka::KafkaBackend),
     #[cfg(feature = "sqs")]
     Sqs(wharf_sqs::SqsBackend),
+    /// Nothing is stored: the sessions expire on the server.
+    #[cfg(feature = "mqtt")]
+    Mqtt,
 }
 
 impl Cleanup {
@@ -33,6 +36,8 @@ impl Cleanup {
             Cleanup::Kafka(b) => b.delete_all().await,
             #[cfg(feature = "sqs")]
             Cleanup::Sqs(b) => b.delete_all().await,
+            #[cfg(feature = "mqtt")]
+            Cleanup::Mqtt => Ok(()),
         };
         if let Err(e) = r {
             eprintln!("warning: cleaning up after the bench: {e}");
@@ -104,6 +109,26 @@ pub(crate) async fn open(
             Arc::new(b.clone()),
             Cleanup::Postgres(b),
             "PostgreSQL: acked after COMMIT (synchronous_commit per server config)",
+        )
+    } else if spec.starts_with("mqtt://") {
+        #[cfg(feature = "mqtt")]
+        {
+            let cfg = wharf_mqtt::MqttConfig::new(spec)
+                .topic_prefix(format!("bench_{ns}"))
+                .client_id(format!("bench_{ns}"))
+                .session_expiry(std::time::Duration::from_secs(60));
+            let b = wharf_mqtt::MqttBackend::connect(cfg)
+                .await
+                .with_context(ctx)?;
+            (
+                Arc::new(b),
+                Cleanup::Mqtt,
+                "Mosquitto: QoS 1 PUBACK once the server holds it in memory (persistence saved every autosave_interval, 1800 s)",
+            )
+        }
+        #[cfg(not(feature = "mqtt"))]
+        anyhow::bail!(
+            "--backend {spec}: mqtt:// needs a wharf built with the `mqtt` feature: cargo build --release -p wharf-cli --features mqtt"
         )
     } else if spec.starts_with("kafka://") {
         #[cfg(feature = "kafka")]

@@ -234,6 +234,11 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
                 "--backend {scheme}://… needs a wharf built with the `adapters` feature: cargo build --release -p wharf-cli --features adapters"
             );
         }
+        if scheme == "mqtt" {
+            anyhow::bail!(
+                "--backend mqtt://… needs a wharf built with the `mqtt` feature: cargo build --release -p wharf-cli --features mqtt"
+            );
+        }
         if scheme.trim_start_matches("bare+") == "kafka" {
             anyhow::bail!(
                 "--backend {scheme}://… needs a wharf built with the `kafka` feature: cargo build --release -p wharf-cli --features kafka"

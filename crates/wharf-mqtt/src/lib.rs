@@ -70,8 +70,7 @@
 //!   `$x/y`), hence a redelivery root without `$`; only a root-level `>`
 //!   subscription without a prefix would see it (and drops it quietly).
 //! - A group whose members are all offline keeps getting messages queued
-//!   in their sessions; while a member is online Mosquitto still spreads
-//!   messages over all members.
+//!   in their sessions (up to that limit), delivered when one comes back.
 //!
 //! # Durability
 //! A publish returns once Mosquitto has accepted it into memory (QoS 1

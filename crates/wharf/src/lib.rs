@@ -19,6 +19,7 @@
 //! | `redis` | `redis` | Redis Streams adapter (and Pub/Sub, at-most-once), Redis dedup store |
 //! | `amqp` | `amqp` | RabbitMQ adapter |
 //! | `sqs` | `sqs` | Amazon SQS adapter (a topic is a queue: no fan-out to groups; FIFO queues ordered per key) |
+//! | `mqtt` | `mqtt` | MQTT 5 adapter (rumqttc): shared subscriptions as groups, redelivery by republishing |
 //! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported); with `eventstore` also `eventstore::postgres` (the PostgreSQL event store) |
 //!
 //! ```toml
@@ -301,6 +302,16 @@ pub mod kafka {
 pub mod sqs {
     #[doc(inline)]
     pub use wharf_sqs::*;
+/// MQTT 5 adapter (rumqttc): QoS 1 with the PUBACK sent after the
+/// handler's ack, shared subscriptions as consumer groups, persistent
+/// sessions, retained publishes.
+///
+/// What maps to what and what is not supported: [`wharf_mqtt`].
+#[cfg(feature = "mqtt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
+pub mod mqtt {
+    #[doc(inline)]
+    pub use wharf_mqtt::*;
 }
 
 /// PostgreSQL adapter, the transactional outbox and a dedup store.
