@@ -13,6 +13,7 @@
 //! | `bare+postgres://…` | one `INSERT … SELECT * FROM UNNEST($1::bytea[])` per batch into a table `(seq bigserial primary key, payload bytea, leased_until timestamptz)`, autocommit | claim: `UPDATE … SET leased_until = now() + 30 s WHERE seq IN (SELECT … ORDER BY seq LIMIT <batch> FOR UPDATE SKIP LOCKED) RETURNING`, then ack: one `DELETE … WHERE seq = ANY($1)` per batch |
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`, `fetch.queue.backoff.ms=10` as the adapter; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
+//! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
 //! Two variants isolate what an adapter's promise costs (their rows are not
@@ -63,6 +64,8 @@ pub(crate) enum Bare {
     Kafka(kafka::BareKafka),
     #[cfg(feature = "sqs")]
     Sqs(sqs::BareSqs),
+    #[cfg(feature = "mqtt")]
+    Mqtt(mqtt::BareMqtt),
 }
 
 /// The bare target for `spec` (`bare+<adapter url>`), with what its
@@ -194,6 +197,18 @@ pub(crate) async fn open(
     }
     anyhow::bail!(
         "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`) kafka://, sqs:// (bare+redis://…); not for this scheme"
+    #[cfg(feature = "mqtt")]
+    if url.starts_with("mqtt://") {
+        let m = mqtt::BareMqtt::open(url, &format!("benchbare_{ns}"))
+            .await
+            .with_context(ctx)?;
+        return Ok(Some((
+            Bare::Mqtt(m),
+            "Mosquitto QoS 1: PUBACK once the server holds it in memory (persistence saved every autosave_interval, 1800 s)",
+        )));
+    }
+    anyhow::bail!(
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp://, (feature `kafka`) kafka:// and (feature `mqtt`) mqtt:// (bare+redis://…); not for this scheme"
     )
 }
 
@@ -266,6 +281,8 @@ impl Bare {
             Bare::Kafka(k) => k.publish(n, payload).await,
             #[cfg(feature = "sqs")]
             Bare::Sqs(q) => q.publish(n, payload).await,
+            #[cfg(feature = "mqtt")]
+            Bare::Mqtt(m) => m.publish(n, payload).await,
             Bare::Postgres { pool, table } => {
                 let rows: Vec<&[u8]> = (0..n).map(|_| payload.as_ref()).collect();
                 sqlx::query(&format!(
@@ -403,6 +420,11 @@ impl Bare {
             Bare::Kafka(k) => k.consume(group, batch, done).await,
             #[cfg(feature = "sqs")]
             Bare::Sqs(q) => q.consume(batch, done).await,
+            #[cfg(feature = "mqtt")]
+            Bare::Mqtt(_) => {
+                let _ = (group, consumer, batch, done);
+                Err(mqtt::no_backlog())
+            }
             Bare::Postgres { pool, table } => {
                 let claim = format!(
                     "UPDATE {table} SET leased_until = now() + interval '30 seconds' WHERE seq IN \
@@ -470,6 +492,8 @@ impl Bare {
             // A queue is one group: nothing to prepare.
             #[cfg(feature = "sqs")]
             Bare::Sqs(_) => Ok(()),
+            #[cfg(feature = "mqtt")]
+            Bare::Mqtt(_) => Err(mqtt::no_backlog()),
         }
     }
 
@@ -499,6 +523,9 @@ impl Bare {
             Bare::Kafka(k) => k.cleanup().await,
             #[cfg(feature = "sqs")]
             Bare::Sqs(q) => q.cleanup().await,
+            // Nothing is stored: a publish without subscribers is dropped.
+            #[cfg(feature = "mqtt")]
+            Bare::Mqtt(_) => Ok(()),
             Bare::Postgres { pool, table } => sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                 .execute(pool)
                 .await
@@ -537,6 +564,107 @@ fn entry_ids(v: &Value) -> Vec<Vec<u8>> {
         }
     }
     ids
+}
+
+#[cfg(feature = "mqtt")]
+mod mqtt {
+    //! rumqttc alone: QoS 1 publishes on one connection whose event loop
+    //! counts PUBACKs.
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use tokio::sync::Notify;
+
+    /// The adapter's publish window (`wharf_mqtt::MqttConfig::publish_window`).
+    const WINDOW: u16 = 256;
+
+    /// Why the consume workload cannot run on MQTT.
+    pub(super) fn no_backlog() -> anyhow::Error {
+        anyhow::anyhow!(
+            "MQTT keeps nothing for a group that does not exist yet, and the consume workload \
+             publishes its backlog first: use --workload publish or latency"
+        )
+    }
+
+    #[derive(Clone)]
+    pub(crate) struct BareMqtt {
+        client: AsyncClient,
+        topic: String,
+        /// Publishes queued so far.
+        queued: Arc<AtomicU64>,
+        /// PUBACKs counted so far, and a wake-up for each.
+        acked: Arc<(AtomicU64, Notify)>,
+    }
+
+    impl BareMqtt {
+        pub(crate) async fn open(url: &str, topic: &str) -> anyhow::Result<Self> {
+            let rest = url.strip_prefix("mqtt://").unwrap_or(url);
+            let authority = rest.split('/').next().unwrap_or_default();
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse()?),
+                None => (authority.to_owned(), 1883),
+            };
+            let mut o = MqttOptions::new(format!("{topic}-pub"), host, port);
+            o.set_outgoing_inflight_upper_limit(WINDOW);
+            let (client, mut ev) = AsyncClient::new(o, usize::from(WINDOW) + 8);
+            // Connect before the timed part, as the adapter does.
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await? {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                    Ok(_) => {}
+                    Err(e) => anyhow::bail!("connect: {e}"),
+                }
+            }
+            let acked: Arc<(AtomicU64, Notify)> = Arc::default();
+            let counter = acked.clone();
+            tokio::spawn(async move {
+                loop {
+                    match ev.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            counter.0.fetch_add(1, Ordering::AcqRel);
+                            counter.1.notify_waiters();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("bare mqtt: connection ended: {e}");
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(Self {
+                client,
+                topic: topic.to_owned(),
+                queued: Arc::default(),
+                acked,
+            })
+        }
+
+        pub(crate) async fn publish(&self, n: usize, payload: &Bytes) -> anyhow::Result<()> {
+            for _ in 0..n {
+                self.client
+                    .publish(self.topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .await?;
+            }
+            let last = self.queued.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+            let (count, notify) = &*self.acked;
+            loop {
+                let woken = notify.notified();
+                if count.load(Ordering::Acquire) >= last {
+                    return Ok(());
+                }
+                tokio::time::timeout(Duration::from_secs(10), woken)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no PUBACK within 10 s"))?;
+            }
+        }
+    }
 }
 
 #[cfg(feature = "kafka")]

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use wharf_broker::{Broker, Durability, TopicConfig};
 use wharf_client::proto as v1;
-use wharf_core::{AckBatch, Backend, Message, StartPosition, SubscribeOptions};
+use wharf_core::{AckBatch, Backend, Capability, Message, StartPosition, SubscribeOptions};
 
 use crate::Conn;
 
@@ -234,9 +234,9 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
                 "--backend {scheme}://… needs a wharf built with the `adapters` feature: cargo build --release -p wharf-cli --features adapters"
             );
         }
-        if scheme == "mqtt" {
+        if scheme.trim_start_matches("bare+") == "mqtt" {
             anyhow::bail!(
-                "--backend mqtt://… needs a wharf built with the `mqtt` feature: cargo build --release -p wharf-cli --features mqtt"
+                "--backend {scheme}://… needs a wharf built with the `mqtt` feature: cargo build --release -p wharf-cli --features mqtt"
             );
         }
         if scheme.trim_start_matches("bare+") == "kafka" {
@@ -462,6 +462,18 @@ async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
     let producers = a.producers.max(1) as u64;
     let per = a.count / producers;
     let total = per * producers;
+    // The backlog is published before the group subscribes: a backend that
+    // keeps nothing for a group that does not exist yet would wait for ever.
+    if let Some(b) = &t.backend {
+        if !b.capabilities().contains(Capability::Retention) {
+            anyhow::bail!(
+                "{}: the consume workload publishes its backlog before subscribing, which needs \
+                 retention, and {} keeps nothing for a group that does not exist yet",
+                t.label,
+                b.name()
+            );
+        }
+    }
     let done = Arc::new(AtomicU64::new(0));
     produce(t, a, per, &done).await?;
     let group = format!("bench-consume-{}", std::process::id());
