@@ -24,3 +24,5 @@ cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
 # names the feature).
 exec cargo test -p wharf-cli --features kafka,sqs --test bench_bare --test bench_kafka --test bench_sqs "$@"
 exec cargo test -p wharf-cli --features kafka,mqtt --test bench_bare --test bench_kafka "$@"
+# names the feature; `mqtt` adds rumqttc for `mqtt://` and `bare+mqtt://`).
+exec cargo test -p wharf-cli --features kafka,mqtt --test bench_bare --test bench_kafka --test bench_mqtt "$@"

@@ -42,6 +42,15 @@
 //! why this backend provides no consumer-death set-up to the conformance
 //! suite. Redelivered copies reorder a key's messages.
 //!
+//! # The router on MQTT
+//! The router's retry topics and `dlq.<topic>` are publishes to other
+//! topics, which work here as long as someone subscribes to them before
+//! they are published (a router subscribes to its retry topics when it
+//! starts). What does not work is publishing to a group before it ever
+//! subscribed: `tests/router.rs` runs the shared retry/DLQ/dedup scenario,
+//! which publishes first, after making the router's group a durable session
+//! (a member with the router's client id joined and lost its connection).
+//!
 //! # Not supported (not declared)
 //! - `Persistence` and `Retention`: MQTT keeps messages only for sessions
 //!   that exist when they are published (besides one retained message per

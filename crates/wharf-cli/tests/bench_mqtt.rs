@@ -1,0 +1,119 @@
+//! `wharf bench --backend mqtt://…` and `bare+mqtt://…` (the CLI's `mqtt`
+//! feature) against the machine's Mosquitto (`scripts/ensure-services.sh`;
+//! skipped when it is down, failed under `WHARF_REQUIRE_SERVICES=1`): the
+//! publish workload with the adapter row printed as a ratio of the bare
+//! rumqttc row, the latency workload, and the consume workload refused
+//! (MQTT keeps nothing for a group that does not exist yet). Checks the
+//! JSON a user reads, not the timings.
+
+#![cfg(feature = "mqtt")]
+
+mod common;
+
+use serde_json::Value;
+
+fn mqtt_or_skip() -> Option<String> {
+    let url =
+        std::env::var("WHARF_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
+    let addr = url.trim_start_matches("mqtt://").to_owned();
+    match std::net::TcpStream::connect(&addr) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            wharf_testkit::service::report_unreachable("mosquitto", &url, &e);
+            None
+        }
+    }
+}
+
+fn wharf(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    std::process::Command::new(common::BIN)
+        .args(&all)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .output()
+        .expect("run wharf")
+}
+
+#[test]
+fn bench_publish_prints_the_mqtt_adapter_as_a_ratio_of_bare_rumqttc() {
+    let Some(url) = mqtt_or_skip() else { return };
+    let bare = format!("bare+{url}");
+    let out = wharf(&[
+        "--backend",
+        &bare,
+        "--backend",
+        &url,
+        "--count",
+        "2000",
+        "--batch",
+        "100",
+        "--producers",
+        "2",
+        "--json",
+    ]);
+    let runs: Value = serde_json::from_str(&common::ok(&out)).expect("json");
+    let runs = runs.as_array().expect("one result per backend");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (b, a) = (&runs[0], &runs[1]);
+    assert_eq!(b["backend"], bare);
+    assert_eq!(a["backend"], url);
+    for r in runs {
+        assert_eq!(r["workload"], "publish", "{r}");
+        assert_eq!(r["messages"], 2000, "{r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(
+            r["durability"]
+                .as_str()
+                .is_some_and(|d| d.contains("PUBACK")),
+            "each row says what its acknowledgement means: {r}"
+        );
+    }
+    assert_eq!(b["bare"], true, "{b}");
+    assert_eq!(a["bare_baseline"], bare);
+    assert!(a["ratio_to_bare"].as_f64().is_some(), "{a}");
+}
+
+#[test]
+fn bench_latency_runs_on_the_mqtt_adapter() {
+    let Some(url) = mqtt_or_skip() else { return };
+    let out = wharf(&[
+        "--backend",
+        &url,
+        "--workload",
+        "latency",
+        "--count",
+        "2000",
+        "--rate",
+        "2000",
+        "--fsync-probe",
+        "0",
+        "--json",
+    ]);
+    let runs: Value = serde_json::from_str(&common::ok(&out)).expect("json");
+    let r = &runs.as_array().expect("one result")[0];
+    assert_eq!(r["workload"], "latency", "{r}");
+    assert_eq!(r["backend"], url);
+}
+
+#[test]
+fn bench_consume_is_refused_on_mqtt_with_the_reason() {
+    let Some(url) = mqtt_or_skip() else { return };
+    for backend in [url.clone(), format!("bare+{url}")] {
+        let out = wharf(&[
+            "--backend",
+            &backend,
+            "--workload",
+            "consume",
+            "--count",
+            "100",
+        ]);
+        assert!(!out.status.success(), "{backend}: consume ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("does not exist yet"),
+            "{backend}: the refusal says why: {err}"
+        );
+    }
+}
