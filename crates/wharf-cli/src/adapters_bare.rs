@@ -14,6 +14,7 @@
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`, `fetch.queue.backoff.ms=10` as the adapter; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
 //! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
+//! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last (one wake-up per batch; with several producers a batch may also wait for another's publishes queued before its last) | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
 //! Two variants isolate what an adapter's promise costs (their rows are not
@@ -571,15 +572,16 @@ mod mqtt {
     //! rumqttc alone: QoS 1 publishes on one connection whose event loop
     //! counts PUBACKs.
 
+    use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use bytes::Bytes;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    use tokio::sync::Notify;
+    use tokio::sync::oneshot;
 
     /// The adapter's publish window (`wharf_mqtt::MqttConfig::publish_window`).
     const WINDOW: u16 = 256;
@@ -598,8 +600,15 @@ mod mqtt {
         topic: String,
         /// Publishes queued so far.
         queued: Arc<AtomicU64>,
-        /// PUBACKs counted so far, and a wake-up for each.
-        acked: Arc<(AtomicU64, Notify)>,
+        acks: Arc<Mutex<Acks>>,
+    }
+
+    /// PUBACKs counted so far, and the batches waiting for the count to
+    /// reach their last publish (each woken once, when it does).
+    #[derive(Default)]
+    struct Acks {
+        count: u64,
+        waiting: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
     }
 
     impl BareMqtt {
@@ -621,14 +630,23 @@ mod mqtt {
                     Err(e) => anyhow::bail!("connect: {e}"),
                 }
             }
-            let acked: Arc<(AtomicU64, Notify)> = Arc::default();
-            let counter = acked.clone();
+            let acks: Arc<Mutex<Acks>> = Arc::default();
+            let counter = acks.clone();
             tokio::spawn(async move {
                 loop {
                     match ev.poll().await {
                         Ok(Event::Incoming(Packet::PubAck(_))) => {
-                            counter.0.fetch_add(1, Ordering::AcqRel);
-                            counter.1.notify_waiters();
+                            let mut a = counter.lock().expect("acks lock");
+                            a.count += 1;
+                            let count = a.count;
+                            while let Some(e) = a.waiting.first_entry() {
+                                if *e.key() > count {
+                                    break;
+                                }
+                                for tx in e.remove() {
+                                    let _ = tx.send(());
+                                }
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -642,7 +660,7 @@ mod mqtt {
                 client,
                 topic: topic.to_owned(),
                 queued: Arc::default(),
-                acked,
+                acks,
             })
         }
 
@@ -653,16 +671,19 @@ mod mqtt {
                     .await?;
             }
             let last = self.queued.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
-            let (count, notify) = &*self.acked;
-            loop {
-                let woken = notify.notified();
-                if count.load(Ordering::Acquire) >= last {
+            let rx = {
+                let mut a = self.acks.lock().expect("acks lock");
+                if a.count >= last {
                     return Ok(());
                 }
-                tokio::time::timeout(Duration::from_secs(10), woken)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no PUBACK within 10 s"))?;
-            }
+                let (tx, rx) = oneshot::channel();
+                a.waiting.entry(last).or_default().push(tx);
+                rx
+            };
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .map_err(|_| anyhow::anyhow!("no PUBACK within 10 s"))?
+                .map_err(|_| anyhow::anyhow!("the connection ended"))
         }
     }
 }

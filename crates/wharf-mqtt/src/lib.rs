@@ -27,7 +27,7 @@
 //! | `reject(reason)`, a failed last attempt of `max_deliveries(n)` | the message is copied to `dlq.<topic>` (or the subscription's dead-letter topic) with the `wharf-dlq-*` headers, then PUBACKed |
 //! | attempt | 1, or `wharf-attempt` of a redelivered copy; +1 for a PUBLISH the server resends (DUP) when a session resumes |
 //! | `max_in_flight` | the connection's Receive Maximum, and a client-side slot per unsettled delivery |
-//! | closing a subscription | it unsubscribes at once and disconnects once every delivery it handed out is settled (messages the server had already queued for it are given back to the group uncounted); the session, without subscriptions, expires on the server |
+//! | closing (or dropping) a subscription | it unsubscribes at once and disconnects once every delivery it handed out is settled, the messages the server had already queued for it are given back to the group uncounted, and nothing has arrived for 300 ms; the session, without subscriptions, expires on the server |
 //!
 //! # Why MQTT redelivers only by republishing
 //! MQTT 5 resends an unacknowledged QoS 1 PUBLISH only when a session is

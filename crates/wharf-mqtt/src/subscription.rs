@@ -12,7 +12,7 @@
 //! session then still holds the unacknowledged original).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -106,6 +106,8 @@ pub(crate) async fn subscribe(shared: Arc<Shared>, opts: SubscribeOptions) -> Re
         generation: AtomicU64::new(0),
         leaving: AtomicBool::new(false),
         disconnected: AtomicBool::new(false),
+        last_incoming: Mutex::new(std::time::Instant::now()),
+        regrouping: AtomicUsize::new(0),
         group,
         redelivery: redelivery.clone(),
         dead_letter_topic: opts.dead_letter_topic_name().map(str::to_owned),
@@ -177,6 +179,10 @@ struct SubAcker {
     /// The subscription ended: unsubscribed, disconnecting once nothing is held.
     leaving: AtomicBool,
     disconnected: AtomicBool,
+    /// When the last PUBLISH arrived (a leaving subscription waits for quiet).
+    last_incoming: Mutex<std::time::Instant>,
+    /// Messages that arrived after the end, being given back to the group.
+    regrouping: AtomicUsize,
     group: Option<String>,
     redelivery: String,
     dead_letter_topic: Option<String>,
@@ -215,26 +221,40 @@ impl SubAcker {
         Ok(p)
     }
 
-    /// After a settlement: once the subscription has ended and nothing is
-    /// held, disconnect (the acks queued before go out first).
-    fn maybe_disconnect(&self) {
-        if self.leaving.load(Ordering::Acquire)
-            && self.lock().by_token.is_empty()
-            && !self.disconnected.swap(true, Ordering::AcqRel)
-        {
-            let _ = self.client.try_disconnect();
-        }
-    }
-
-    /// The subscription ended: unsubscribe now, disconnect once settled.
+    /// The subscription ended: unsubscribe now; disconnect once every
+    /// delivery handed out is settled, every message the server had queued
+    /// for it was given back to the group, and nothing arrived for a while
+    /// (a DISCONNECT earlier would leave queued messages stranded in the
+    /// session until it expires).
     fn leave(&self) {
         if self.leaving.swap(true, Ordering::AcqRel) {
             return;
         }
-        for f in &self.filters {
-            let _ = self.client.try_unsubscribe(f.clone());
-        }
-        self.maybe_disconnect();
+        let me = self.self_arc();
+        self.runtime.spawn(async move {
+            for f in &me.filters {
+                if let Err(e) = me.client.unsubscribe(f.clone()).await {
+                    tracing::warn!(error = %e, "mqtt: unsubscribing failed");
+                }
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let quiet = me
+                    .last_incoming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    >= Duration::from_millis(300);
+                if quiet
+                    && me.regrouping.load(Ordering::Acquire) == 0
+                    && me.lock().by_token.is_empty()
+                {
+                    break;
+                }
+            }
+            me.disconnected.store(true, Ordering::Release);
+            let _ = me.client.disconnect().await;
+        });
     }
 
     /// Sends the PUBACK of `p` (nothing if its session is gone).
@@ -242,13 +262,10 @@ impl SubAcker {
         if p.generation != self.generation.load(Ordering::Acquire) {
             return Ok(());
         }
-        let r = self
-            .client
+        self.client
             .ack(&p.publish)
             .await
-            .map_err(|e| client("ack", e));
-        self.maybe_disconnect();
-        r
+            .map_err(|e| client("ack", e))
     }
 
     /// Republishes `p` to the redelivery topic as attempt `attempt`, then
@@ -270,7 +287,6 @@ impl SubAcker {
             {
                 // Not acked: the session keeps the original, which comes back
                 // on the next reconnect.
-                self.maybe_disconnect();
                 return Err(e);
             }
         }
@@ -303,10 +319,7 @@ impl SubAcker {
             .clone()
             .unwrap_or_else(|| name::dead_letter_topic(&p.topic));
         let t = self.shared.topics.topic_name(&dlq)?;
-        if let Err(e) = self.shared.republish(t, &copy, &[]).await {
-            self.maybe_disconnect();
-            return Err(e);
-        }
+        self.shared.republish(t, &copy, &[]).await?;
         self.puback(&p).await
     }
 
@@ -341,6 +354,7 @@ impl SubAcker {
     /// held delivery, a foreign topic, an expired message, one arriving after
     /// the subscription ended).
     fn on_publish(self: &Arc<Self>, mut publish: Publish, tx: &DeliverySender) {
+        *self.last_incoming.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         let generation = self.generation.load(Ordering::Acquire);
         if publish.dup && self.lock().by_pkid.contains_key(&publish.pkid) {
             // The session was resumed and the server resent what we hold:
@@ -394,12 +408,15 @@ impl SubAcker {
             // Never seen by the consumer: a group gets it back uncounted.
             let me = self.clone();
             let regroup = !expired && self.group.is_some();
+            self.regrouping.fetch_add(1, Ordering::AcqRel);
             self.runtime.spawn(async move {
-                if regroup {
+                let r = if regroup {
                     me.redeliver(p, attempt).await
                 } else {
                     me.puback(&p).await
-                }
+                };
+                me.regrouping.fetch_sub(1, Ordering::AcqRel);
+                r
             });
             return;
         }

@@ -262,3 +262,33 @@ async fn past_the_servers_queue_limit_messages_are_dropped_while_publishes_succe
     );
     b.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_gives_what_the_server_queued_for_it_back_to_the_group() {
+    let Some(b) = service::backend().await else {
+        return;
+    };
+    let mut leaving = b
+        .subscribe(group("tasks", "crew").max_in_flight(1))
+        .await
+        .expect("leaving member");
+    let mut staying = b
+        .subscribe(group("tasks", "crew"))
+        .await
+        .expect("staying member");
+    let n = 20;
+    let msgs = (0..n).map(|i| Message::new(format!("t{i}"))).collect();
+    b.publish_batch("tasks", msgs).await.expect("publish");
+    // The leaving member holds one; the server queues its share behind it.
+    let held = expect_delivery(&mut leaving, "the leaving member's first").await;
+    let done = text(&held);
+    leaving.close().await.expect("close");
+    held.ack().await.expect("ack after close");
+    let mut seen = HashSet::from([done]);
+    while seen.len() < n {
+        let d = expect_delivery(&mut staying, "every other message, on the staying member").await;
+        assert!(seen.insert(text(&d)), "delivered twice: {}", text(&d));
+        d.ack().await.expect("ack");
+    }
+    expect_quiet(&mut staying, QUIET, "more than was published").await;
+}
