@@ -31,10 +31,14 @@ start redis 6379 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 
 # RabbitMQ boots slowly (Erlang VM + plugins): allow it up to ~60 s.
 start rabbitmq 5672 rabbitmq-server -detached || status=1
 start postgres 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || status=1
-# Mosquitto (MQTT 5) with the Debian package's config: anonymous
-# connections on 127.0.0.1:1883, persistence in /var/lib/mosquitto.
-start mosquitto 1883 bash -c 'install -d -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto &&
-  exec /usr/sbin/mosquitto -d -c /etc/mosquitto/mosquitto.conf' || status=1
+# Mosquitto (MQTT 5) from Debian's packages (installed when missing), with
+# scripts/mosquitto.conf: anonymous connections on 127.0.0.1:1883.
+if [ ! -x /usr/sbin/mosquitto ] && ! up 1883; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto) >/dev/null 2>&1 ||
+    echo "mosquitto: could not be installed" >&2
+fi
+start mosquitto 1883 bash -c "install -d -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto /var/lib/mosquitto &&
+  exec /usr/sbin/mosquitto -d -c '$(cd "$(dirname "$0")" && pwd)/mosquitto.conf'" || status=1
 # The Kafka-protocol test broker (installed from crates.io when missing).
 bash "$(dirname "$0")/ensure-kafka.sh" || status=1
 # The SQS test server, moto (installed from PyPI into .venv-moto when missing).
