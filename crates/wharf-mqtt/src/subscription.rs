@@ -280,15 +280,11 @@ impl SubAcker {
                 (wire::ATTEMPT, attempt.to_string()),
                 (wire::TOPIC, p.topic.to_string()),
             ];
-            if let Err(e) = self
-                .shared
+            // On failure the original is not acked: the session keeps it,
+            // and it comes back on the next reconnect.
+            self.shared
                 .republish(self.redelivery.clone(), &p.message, &extra)
-                .await
-            {
-                // Not acked: the session keeps the original, which comes back
-                // on the next reconnect.
-                return Err(e);
-            }
+                .await?;
         }
         self.puback(&p).await
     }
