@@ -272,16 +272,16 @@ async fn a_member_that_leaves_gives_what_the_server_queued_for_it_back_to_the_gr
         .subscribe(group("tasks", "crew").max_in_flight(1))
         .await
         .expect("leaving member");
+    let n = 20;
+    let msgs = (0..n).map(|i| Message::new(format!("t{i}"))).collect();
+    b.publish_batch("tasks", msgs).await.expect("publish");
+    // The only member holds one; the server queues the rest behind it.
+    let held = expect_delivery(&mut leaving, "the leaving member's first").await;
+    let done = text(&held);
     let mut staying = b
         .subscribe(group("tasks", "crew"))
         .await
         .expect("staying member");
-    let n = 20;
-    let msgs = (0..n).map(|i| Message::new(format!("t{i}"))).collect();
-    b.publish_batch("tasks", msgs).await.expect("publish");
-    // The leaving member holds one; the server queues its share behind it.
-    let held = expect_delivery(&mut leaving, "the leaving member's first").await;
-    let done = text(&held);
     leaving.close().await.expect("close");
     held.ack().await.expect("ack after close");
     let mut seen = HashSet::from([done]);
