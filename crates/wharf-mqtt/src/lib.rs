@@ -26,7 +26,7 @@
 //! | `nack`, `nack_with_delay`, dropping a delivery | the message is republished (after the delay, in this process) to the subscription's redelivery topic `wharf~redeliver/<hash>` — one per group and pattern, which every member of the group subscribes to as a shared subscription — with `wharf-attempt` = next attempt, and only then is the original PUBACKed; the original holds its in-flight slot at the server during the delay |
 //! | `reject(reason)`, a failed last attempt of `max_deliveries(n)` | the message is copied to `dlq.<topic>` (or the subscription's dead-letter topic) with the `wharf-dlq-*` headers, then PUBACKed |
 //! | attempt | 1, or `wharf-attempt` of a redelivered copy; +1 for a PUBLISH the server resends (DUP) when a session resumes |
-//! | `max_in_flight` | the connection's Receive Maximum, and a client-side slot per unsettled delivery |
+//! | `max_in_flight` | the connection's Receive Maximum, and a client-side slot per unsettled delivery (Mosquitto 2.0.11 exceeded a Receive Maximum of 2 by one after an ack; the slots keep the limit) |
 //! | closing (or dropping) a subscription | it unsubscribes at once and disconnects once every delivery it handed out is settled, the messages the server had already queued for it are given back to the group uncounted, and nothing has arrived for 300 ms; the session, without subscriptions, expires on the server |
 //!
 //! # Why MQTT redelivers only by republishing

@@ -511,9 +511,12 @@ impl SubAcker {
 }
 
 /// The subscription's stream: hands out a delivery only on a free
-/// in-flight slot, besides the Receive Maximum asked of the server (which
-/// also counts what is being republished or awaiting a nack's delay); the
-/// rest wait in the channel, unacknowledged.
+/// in-flight slot, besides the Receive Maximum asked of the server; the
+/// rest wait in the channel, unacknowledged. The server's window alone is
+/// not enough: Mosquitto 2.0.11, asked for a Receive Maximum of 2, sent a
+/// third unacknowledged message after the first ack (the conformance case
+/// `max_in_flight_is_respected` fails without these slots), and it also
+/// counts a nacked message until its redelivered copy is published.
 struct Gated {
     inner: ChannelStream,
     permits: Arc<Semaphore>,
