@@ -292,3 +292,113 @@ async fn a_member_that_leaves_gives_what_the_server_queued_for_it_back_to_the_gr
     }
     expect_quiet(&mut staying, QUIET, "more than was published").await;
 }
+
+/// A plain MQTT 5 client (rumqttc alone) connected to the test server,
+/// with its event loop polled into a channel of received PUBLISHes.
+async fn plain_client(
+    id: &str,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (host, port) = service::url()
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.parse::<u16>().expect("port")))
+        .expect("host:port");
+    let (client, mut ev) = AsyncClient::new(MqttOptions::new(id, host, port), 16);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (connected, is_connected) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected = Some(connected);
+        while let Ok(e) = ev.poll().await {
+            match e {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    if let Some(c) = connected.take() {
+                        let _ = c.send(());
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let _ = tx.send(rumqttc::v5::mqttbytes::v5::Publish::default());
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send(p);
+                }
+                _ => {}
+            }
+        }
+    });
+    is_connected.await.expect("the plain client connects");
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_properties_are_headers_both_ways_with_a_plain_mqtt_client() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    let Some(b) = service::backend().await else {
+        return;
+    };
+    let (plain, mut received) = plain_client(&wharf_testkit::unique_name("plain")).await;
+
+    // Plain client → Wharf: user properties arrive as headers, in order.
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("ext.in"))
+        .await
+        .expect("subscribe");
+    let props = PublishProperties {
+        user_properties: vec![("trace".into(), "abc".into()), ("a".into(), "1".into())],
+        ..PublishProperties::default()
+    };
+    plain
+        .publish_with_properties(
+            b.mqtt_topic("ext.in").expect("valid"),
+            QoS::AtLeastOnce,
+            false,
+            "raw",
+            props,
+        )
+        .await
+        .expect("plain publish");
+    let d = expect_delivery(&mut sub, "the plain client's message").await;
+    assert_eq!(d.message().payload().as_ref(), b"raw");
+    assert_eq!(d.topic(), "ext.in");
+    let headers: Vec<(&str, &str)> = d.message().headers().iter().collect();
+    assert_eq!(headers, [("trace", "abc"), ("a", "1")]);
+    assert_eq!(d.message().key(), None);
+    d.ack().await.expect("ack");
+
+    // Wharf → plain client: id, key, timestamp and headers as user properties.
+    plain
+        .subscribe(b.mqtt_topic("ext.out").expect("valid"), QoS::AtLeastOnce)
+        .await
+        .expect("plain subscribe");
+    let suback = tokio::time::timeout(wharf_testkit::WAIT, received.recv()).await;
+    assert!(matches!(suback, Ok(Some(_))), "the plain client's SUBACK");
+    let m = Message::builder()
+        .key("k-1")
+        .header("z", "last")
+        .header("b", "2")
+        .payload("out")
+        .build();
+    b.publish("ext.out", m.clone()).await.expect("publish");
+    let p = tokio::time::timeout(wharf_testkit::WAIT, received.recv())
+        .await
+        .expect("in time")
+        .expect("a PUBLISH");
+    assert_eq!(p.payload.as_ref(), b"out");
+    let props = p.properties.expect("user properties").user_properties;
+    let get = |n: &str| props.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(get("wharf-id"), Some(m.id().to_string().as_str()));
+    assert_eq!(get("wharf-key"), Some("k-1"));
+    assert!(get("wharf-timestamp-ms").is_some());
+    let app: Vec<&str> = props
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !k.starts_with("wharf-"))
+        .collect();
+    assert_eq!(app, ["z", "b"], "headers in order");
+    let _ = plain.disconnect().await;
+}
