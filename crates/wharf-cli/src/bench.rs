@@ -36,6 +36,9 @@ pub(crate) struct BenchArgs {
     /// `--features sqs` also sqs://host:port?region=R), or
     /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
     /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`) for the same load through the
+    /// `--features mqtt` mqtt://), or
+    /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
+    /// `bare+postgres://…`, `bare+kafka://…`, `bare+mqtt://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
