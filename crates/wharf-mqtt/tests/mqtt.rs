@@ -53,9 +53,10 @@ async fn an_unacked_delivery_comes_back_when_the_session_resumes_and_an_acked_on
     done.ack().await.expect("ack");
     let held = expect_delivery(&mut sub, "held").await;
     assert_eq!(text(&held), "held");
-    // Let the PUBACK of "done" reach the server, then lose the connection
-    // with "held" unacknowledged (no DISCONNECT: the session stays).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the PUBACK of "done" reach the server (`ack` returns once it is
+    // queued for the connection), then lose the connection with "held"
+    // unacknowledged (no DISCONNECT: the session stays).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.cut().await;
     std::mem::forget(held);
     // The same client ids, straight to the server: the session resumes.
