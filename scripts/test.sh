@@ -15,14 +15,12 @@ bash scripts/console-tools.sh || echo "chromium or playwright-core missing: the 
 # rest. Named here rather than in a second run, so one build serves both.
 # `wharf-eventstore/postgres` builds and runs the PostgreSQL event store's
 # suite (tests/postgres.rs).
-FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/sqs,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
-FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/mqtt,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
+FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/sqs,wharf/mqtt,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
 cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
 # `wharf bench`'s bare-client baselines need the CLI's `adapters` feature,
 # and Kafka's its `kafka` feature (which includes `adapters`: one second,
 # small build for both; the CLI's tests without it check the message that
 # names the feature).
-exec cargo test -p wharf-cli --features kafka,sqs --test bench_bare --test bench_kafka --test bench_sqs "$@"
-exec cargo test -p wharf-cli --features kafka,mqtt --test bench_bare --test bench_kafka "$@"
-# names the feature; `mqtt` adds rumqttc for `mqtt://` and `bare+mqtt://`).
-exec cargo test -p wharf-cli --features kafka,mqtt --test bench_bare --test bench_kafka --test bench_mqtt "$@"
+# (`sqs` adds aws-sdk-sqs for `sqs://` and `bare+sqs://`, `mqtt` rumqttc for
+# `mqtt://` and `bare+mqtt://`).
+exec cargo test -p wharf-cli --features kafka,sqs,mqtt --test bench_bare --test bench_kafka --test bench_sqs --test bench_mqtt "$@"

@@ -13,7 +13,6 @@
 //! | `bare+postgres://…` | one `INSERT … SELECT * FROM UNNEST($1::bytea[])` per batch into a table `(seq bigserial primary key, payload bytea, leased_until timestamptz)`, autocommit | claim: `UPDATE … SET leased_until = now() + 30 s WHERE seq IN (SELECT … ORDER BY seq LIMIT <batch> FOR UPDATE SKIP LOCKED) RETURNING`, then ack: one `DELETE … WHERE seq = ANY($1)` per batch |
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`, `fetch.queue.backoff.ms=10` as the adapter; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
-//! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
 //! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last (one wake-up per batch; with several producers a batch may also wait for another's publishes queued before its last) | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
@@ -196,8 +195,6 @@ pub(crate) async fn open(
             "SQS SendMessageBatch accepted (stored redundantly by Amazon; the moto test server keeps it in memory)",
         )));
     }
-    anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`) kafka://, sqs:// (bare+redis://…); not for this scheme"
     #[cfg(feature = "mqtt")]
     if url.starts_with("mqtt://") {
         let m = mqtt::BareMqtt::open(url, &format!("benchbare_{ns}"))
@@ -209,7 +206,7 @@ pub(crate) async fn open(
         )));
     }
     anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp://, (feature `kafka`) kafka:// and (feature `mqtt`) mqtt:// (bare+redis://…); not for this scheme"
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`, `mqtt`) kafka://, sqs://, mqtt:// (bare+redis://…); not for this scheme"
     )
 }
 

@@ -33,12 +33,10 @@ pub(crate) struct BenchArgs {
     /// `embedded` (in-process broker in a temp dir), a `wharf serve` URL, or
     /// (built with `--features adapters`) a nats://, redis://, amqp:// or
     /// postgres:// URL (with `--features kafka` also kafka://, with
-    /// `--features sqs` also sqs://host:port?region=R), or
-    /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
-    /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`) for the same load through the
-    /// `--features mqtt` mqtt://), or
-    /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
-    /// `bare+postgres://…`, `bare+kafka://…`, `bare+mqtt://…`) for the same load through the
+    /// `--features sqs` sqs://host:port?region=R, with `--features mqtt`
+    /// mqtt://), or `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
+    /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`,
+    /// `bare+mqtt://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority

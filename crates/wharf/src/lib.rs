@@ -302,6 +302,8 @@ pub mod kafka {
 pub mod sqs {
     #[doc(inline)]
     pub use wharf_sqs::*;
+}
+
 /// MQTT 5 adapter (rumqttc): QoS 1 with the PUBACK sent after the
 /// handler's ack, shared subscriptions as consumer groups, persistent
 /// sessions, retained publishes.
