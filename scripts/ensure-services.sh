@@ -43,4 +43,6 @@ start mosquitto 1883 bash -c "install -d -o mosquitto -g mosquitto /run/mosquitt
 bash "$(dirname "$0")/ensure-kafka.sh" || status=1
 # The SQS test server, moto (installed from PyPI into .venv-moto when missing).
 bash "$(dirname "$0")/ensure-moto.sh" || status=1
+# The Google Cloud Pub/Sub emulator (the gcloud SDK's jar in the image).
+bash "$(dirname "$0")/ensure-pubsub.sh" || status=1
 exit $status
