@@ -24,3 +24,10 @@ cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
 # (`sqs` adds aws-sdk-sqs for `sqs://` and `bare+sqs://`, `mqtt` rumqttc for
 # `mqtt://` and `bare+mqtt://`).
 exec cargo test -p wharf-cli --features kafka,sqs,mqtt --test bench_bare --test bench_kafka --test bench_sqs --test bench_mqtt "$@"
+FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/pubsub,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
+cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
+# `wharf bench`'s bare-client baselines need the CLI's `adapters` feature,
+# and Kafka's its `kafka` feature, Pub/Sub's its `pubsub` (both include
+# `adapters`: one second, small build for all; the CLI's tests without
+# them check the message that names the feature).
+exec cargo test -p wharf-cli --features kafka,pubsub --test bench_bare --test bench_kafka --test bench_pubsub "$@"

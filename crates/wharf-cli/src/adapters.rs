@@ -3,6 +3,9 @@
 //! `sqs://…` with the feature `sqs`): opens the adapter in a namespace of
 //! its own (a JetStream stream, a Redis key prefix, a RabbitMQ exchange, a
 //! PostgreSQL schema, a Kafka topic prefix, an SQS queue name prefix)
+//! `pubsub://…` with the feature `pubsub`): opens the adapter in a
+//! namespace of its own (a JetStream stream, a Redis key prefix, a RabbitMQ
+//! exchange, a PostgreSQL schema, a Kafka topic prefix, a Pub/Sub prefix)
 //! and deletes it after the run, so the shared servers keep nothing.
 
 use std::sync::Arc;
@@ -23,6 +26,8 @@ pub(crate) enum Cleanup {
     /// Nothing is stored: the sessions expire on the server.
     #[cfg(feature = "mqtt")]
     Mqtt,
+    #[cfg(feature = "pubsub")]
+    PubSub(wharf_pubsub::PubSubBackend),
 }
 
 impl Cleanup {
@@ -38,6 +43,8 @@ impl Cleanup {
             Cleanup::Sqs(b) => b.delete_all().await,
             #[cfg(feature = "mqtt")]
             Cleanup::Mqtt => Ok(()),
+            #[cfg(feature = "pubsub")]
+            Cleanup::PubSub(b) => b.delete_all().await,
         };
         if let Err(e) = r {
             eprintln!("warning: cleaning up after the bench: {e}");
@@ -156,6 +163,13 @@ pub(crate) async fn open(
                 .with_context(ctx)?
                 .queue_prefix(format!("bench_{ns}-"));
             let b = wharf_sqs::SqsBackend::connect(cfg)
+    } else if spec.starts_with("pubsub://") {
+        #[cfg(feature = "pubsub")]
+        {
+            let cfg = wharf_pubsub::PubSubConfig::new(spec)
+                .with_context(ctx)?
+                .prefix(format!("bench_{ns}"));
+            let b = wharf_pubsub::PubSubBackend::connect(cfg)
                 .await
                 .with_context(ctx)?;
             (
@@ -167,6 +181,13 @@ pub(crate) async fn open(
         #[cfg(not(feature = "sqs"))]
         anyhow::bail!(
             "--backend {spec}: sqs:// needs a wharf built with the `sqs` feature: cargo build --release -p wharf-cli --features sqs"
+                Cleanup::PubSub(b),
+                "Pub/Sub emulator: acked once held in the emulator's memory (nothing on disk)",
+            )
+        }
+        #[cfg(not(feature = "pubsub"))]
+        anyhow::bail!(
+            "--backend {spec}: pubsub:// needs a wharf built with the `pubsub` feature: cargo build --release -p wharf-cli --features pubsub"
         )
     } else {
         return Ok(None);

@@ -14,6 +14,8 @@
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`, `fetch.queue.backoff.ms=10` as the adapter; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
 //! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last (one wake-up per batch; with several producers a batch may also wait for another's publishes queued before its last) | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
+//! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
+//! | `bare+pubsub://…` (feature `pubsub`) | gcloud-pubsub alone: its `Publisher` (3 workers, bundles of `<batch>`, so one `Publish` request per batch as the adapter's) into a topic with the adapter's 7-day retention, every awaiter of the batch awaited after all are queued | its high-level subscriber (one StreamingPull per member, `max_outstanding_messages` 4 × `<batch>` as the adapter's `max_in_flight`) on a subscription with message ordering as the adapter's (no dead-letter policy): wait for one message, take what has already arrived up to `<batch>`, then one `Acknowledge` of the batch's ack ids |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
 //! Two variants isolate what an adapter's promise costs (their rows are not
@@ -66,6 +68,8 @@ pub(crate) enum Bare {
     Sqs(sqs::BareSqs),
     #[cfg(feature = "mqtt")]
     Mqtt(mqtt::BareMqtt),
+    #[cfg(feature = "pubsub")]
+    PubSub(pubsub::BarePubSub),
 }
 
 /// The bare target for `spec` (`bare+<adapter url>`), with what its
@@ -207,6 +211,18 @@ pub(crate) async fn open(
     }
     anyhow::bail!(
         "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`, `mqtt`) kafka://, sqs://, mqtt:// (bare+redis://…); not for this scheme"
+    #[cfg(feature = "pubsub")]
+    if url.starts_with("pubsub://") {
+        let p = pubsub::BarePubSub::open(url, &format!("benchbare_{ns}"))
+            .await
+            .with_context(ctx)?;
+        return Ok(Some((
+            Bare::PubSub(p),
+            "Pub/Sub emulator publish: acked once held in the emulator's memory (nothing on disk)",
+        )));
+    }
+    anyhow::bail!(
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp://, (feature `kafka`) kafka:// and (feature `pubsub`) pubsub:// (bare+redis://…); not for this scheme"
     )
 }
 
@@ -281,6 +297,8 @@ impl Bare {
             Bare::Sqs(q) => q.publish(n, payload).await,
             #[cfg(feature = "mqtt")]
             Bare::Mqtt(m) => m.publish(n, payload).await,
+            #[cfg(feature = "pubsub")]
+            Bare::PubSub(p) => p.publish(n, payload).await,
             Bare::Postgres { pool, table } => {
                 let rows: Vec<&[u8]> = (0..n).map(|_| payload.as_ref()).collect();
                 sqlx::query(&format!(
@@ -423,6 +441,8 @@ impl Bare {
                 let _ = (group, consumer, batch, done);
                 Err(mqtt::no_backlog())
             }
+            #[cfg(feature = "pubsub")]
+            Bare::PubSub(p) => p.consume(group, batch, done).await,
             Bare::Postgres { pool, table } => {
                 let claim = format!(
                     "UPDATE {table} SET leased_until = now() + interval '30 seconds' WHERE seq IN \
@@ -492,6 +512,9 @@ impl Bare {
             Bare::Sqs(_) => Ok(()),
             #[cfg(feature = "mqtt")]
             Bare::Mqtt(_) => Err(mqtt::no_backlog()),
+            // A subscription created now gets the topic's retained backlog.
+            #[cfg(feature = "pubsub")]
+            Bare::PubSub(p) => p.create_group(group).await,
         }
     }
 
@@ -524,6 +547,8 @@ impl Bare {
             // Nothing is stored: a publish without subscribers is dropped.
             #[cfg(feature = "mqtt")]
             Bare::Mqtt(_) => Ok(()),
+            #[cfg(feature = "pubsub")]
+            Bare::PubSub(p) => p.cleanup().await,
             Bare::Postgres { pool, table } => sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                 .execute(pool)
                 .await
@@ -932,6 +957,99 @@ mod sqs {
                 );
                 left -= k;
             }
+#[cfg(feature = "pubsub")]
+mod pubsub {
+    //! `bare+pubsub://…`: the same load through gcloud-pubsub alone.
+
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::FutureExt as _;
+    use futures_util::StreamExt as _;
+    use gcloud_gax::conn::Environment;
+    use gcloud_googleapis::pubsub::v1::PubsubMessage;
+    use gcloud_pubsub::client::{Client, ClientConfig};
+    use gcloud_pubsub::publisher::{Publisher, PublisherConfig};
+    use gcloud_pubsub::subscriber::SubscriberConfig;
+    use gcloud_pubsub::subscription::{SubscribeConfig, SubscriptionConfig};
+    use gcloud_pubsub::topic::TopicConfig;
+
+    /// The adapter's default topic retention (`wharf_pubsub::DEFAULT_RETENTION`).
+    const RETENTION: Duration = wharf_pubsub::DEFAULT_RETENTION;
+
+    #[derive(Clone)]
+    pub(crate) struct BarePubSub {
+        client: Client,
+        topic: String,
+        /// One publisher per bundle size (`--batch`), made on first use.
+        publisher: Arc<Mutex<Option<(usize, Publisher)>>>,
+        /// Subscriptions made for groups, deleted with the topic.
+        subscriptions: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl BarePubSub {
+        /// Connects to the emulator of `url` and creates `topic`.
+        pub(crate) async fn open(url: &str, topic: &str) -> anyhow::Result<Self> {
+            let cfg = wharf_pubsub::PubSubConfig::new(url)?;
+            let client = Client::new(ClientConfig {
+                project_id: Some(cfg.project().to_owned()),
+                environment: Environment::Emulator(cfg.host().to_owned()),
+                ..Default::default()
+            })
+            .await?;
+            let retention = TopicConfig {
+                message_retention_duration: Some(RETENTION),
+                ..Default::default()
+            };
+            client.create_topic(topic, Some(retention), None).await?;
+            Ok(Self {
+                client,
+                topic: topic.to_owned(),
+                publisher: Arc::default(),
+                subscriptions: Arc::default(),
+            })
+        }
+
+        fn publisher(&self, bundle: usize) -> Publisher {
+            let mut p = self.publisher.lock().expect("publisher lock");
+            match &*p {
+                Some((size, publisher)) if *size == bundle => publisher.clone(),
+                _ => {
+                    let config = PublisherConfig {
+                        bundle_size: bundle,
+                        ..Default::default()
+                    };
+                    let publisher = self.client.topic(&self.topic).new_publisher(Some(config));
+                    *p = Some((bundle, publisher.clone()));
+                    publisher
+                }
+            }
+        }
+
+        pub(crate) async fn publish(&self, n: usize, payload: &Bytes) -> anyhow::Result<()> {
+            let messages = (0..n).map(|_| message(payload.clone())).collect();
+            for awaiter in self.publisher(n.max(1)).publish_bulk(messages).await {
+                awaiter.get().await?;
+            }
+            Ok(())
+        }
+
+        /// Creates the subscription of `group` (ordered, as the adapter's).
+        pub(crate) async fn create_group(&self, group: &str) -> anyhow::Result<()> {
+            let id = format!("{}~{group}", self.topic);
+            let cfg = SubscriptionConfig {
+                ack_deadline_seconds: 30,
+                enable_message_ordering: true,
+                ..Default::default()
+            };
+            self.client
+                .create_subscription(&id, &self.topic, cfg, None)
+                .await?;
+            self.subscriptions
+                .lock()
+                .expect("subscriptions lock")
+                .push(id);
             Ok(())
         }
 
@@ -981,6 +1099,35 @@ mod sqs {
                 let n = messages.len() as u64;
                 taken += n;
                 if done(n) {
+            group: &str,
+            batch: usize,
+            done: impl Fn(u64) -> bool,
+        ) -> anyhow::Result<u64> {
+            let subscription = self.client.subscription(&format!("{}~{group}", self.topic));
+            let config = SubscribeConfig::default().with_subscriber_config(SubscriberConfig {
+                stream_ack_deadline_seconds: 30,
+                max_outstanding_messages: i64::try_from(batch * 4).unwrap_or(i64::MAX),
+                ..Default::default()
+            });
+            let mut stream = subscription.subscribe(Some(config)).await?;
+            let mut taken = 0u64;
+            loop {
+                // Wait for one, then take what has already arrived.
+                let Some(first) = stream.next().await else {
+                    return Ok(taken);
+                };
+                let mut ids = vec![first.ack_id().to_owned()];
+                while ids.len() < batch {
+                    match stream.next().now_or_never() {
+                        Some(Some(m)) => ids.push(m.ack_id().to_owned()),
+                        _ => break,
+                    }
+                }
+                let n = ids.len() as u64;
+                subscription.ack(ids).await?;
+                taken += n;
+                if done(n) {
+                    stream.dispose().await;
                     return Ok(taken);
                 }
             }
@@ -993,6 +1140,26 @@ mod sqs {
                 .send()
                 .await?;
             Ok(())
+        }
+    }
+            if let Some((_, mut p)) = self.publisher.lock().expect("publisher lock").take() {
+                // Stops its workers (nothing is left to send).
+                tokio::spawn(async move { p.shutdown().await });
+            }
+            let subs = std::mem::take(&mut *self.subscriptions.lock().expect("subscriptions lock"));
+            for id in subs {
+                self.client.subscription(&id).delete(None).await?;
+            }
+            self.client.topic(&self.topic).delete(None).await?;
+            Ok(())
+        }
+    }
+
+    /// A Pub/Sub message carrying `payload` only.
+    fn message(payload: Bytes) -> PubsubMessage {
+        PubsubMessage {
+            data: payload,
+            ..Default::default()
         }
     }
 }

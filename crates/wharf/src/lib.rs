@@ -20,6 +20,7 @@
 //! | `amqp` | `amqp` | RabbitMQ adapter |
 //! | `sqs` | `sqs` | Amazon SQS adapter (a topic is a queue: no fan-out to groups; FIFO queues ordered per key) |
 //! | `mqtt` | `mqtt` | MQTT 5 adapter (rumqttc): shared subscriptions as groups, redelivery by republishing |
+//! | `pubsub` | `pubsub` | Google Cloud Pub/Sub adapter (gRPC, against the emulator) |
 //! | `postgres` | `postgres` | PostgreSQL adapter, transactional outbox, dedup store (and `sqlx`, re-exported); with `eventstore` also `eventstore::postgres` (the PostgreSQL event store) |
 //!
 //! ```toml
@@ -314,6 +315,16 @@ pub mod sqs {
 pub mod mqtt {
     #[doc(inline)]
     pub use wharf_mqtt::*;
+/// Google Cloud Pub/Sub adapter (gcloud-pubsub, against the emulator):
+/// StreamingPull with flow control, ack deadlines as leases, ordering keys
+/// as Wharf keys, dead letters on top of a dead-letter policy.
+///
+/// What maps to what and what is not supported: [`wharf_pubsub`].
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+pub mod pubsub {
+    #[doc(inline)]
+    pub use wharf_pubsub::*;
 }
 
 /// PostgreSQL adapter, the transactional outbox and a dedup store.
