@@ -118,13 +118,16 @@
 //!    until what it handed out is settled (a delivery acked, nacked or
 //!    dropped after `close` is settled while the stream is open), as
 //!    described in the mapping.
-//! 4. **A consumer that dies** (its connection cut): the emulator
-//!    redelivers its messages once more to the dead stream when their lease
-//!    lapses, and only after that delivery's stream deadline (10 s at
-//!    least, the emulator's minimum) to another member — over 10 s for a
-//!    1 s lease, past the conformance suite's wait, so the factory offers
-//!    no consumer processes; `a_killed_consumers_unsettled_messages_come_back_to_its_group`
-//!    checks the death with a 30 s wait.
+//! 4. **A consumer that dies** (its connection cut): the emulator keeps
+//!    its stream. When a message's lease lapses it redelivers it to the
+//!    dead stream or to a live member, and each time it picks the dead one
+//!    the message waits out a stream deadline (10 s at least, the
+//!    emulator's minimum) before the next try: in five runs with a 1 s
+//!    lease a surviving member got it after 11, 21, 21, 41 and 51 s. That
+//!    is past the conformance suite's 10 s wait, so the factory offers no
+//!    consumer processes;
+//!    `a_killed_consumers_unsettled_messages_come_back_to_its_group`
+//!    checks the death with a 120 s wait.
 //!
 //! # Limits
 //! [`Limits::max_message_bytes`](wharf_core::Limits) is Pub/Sub's 10 MB

@@ -200,6 +200,11 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         topic: Arc::from(topic.as_str()),
         request: pull_request(
             sub_name,
+            format!(
+                "wharf-{}-{}",
+                std::process::id(),
+                STREAMS.fetch_add(1, Ordering::Relaxed)
+            ),
             stream_deadline,
             opts.max_in_flight_limit(),
             shared.config.max_outstanding_bytes,
@@ -217,6 +222,9 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
     Ok(Subscription::new(stream))
 }
 
+/// Subscriptions opened by this process: each stream's `client_id` (kept
+/// across reconnects, as Pub/Sub asks, so it can tell a reconnecting
+/// stream from another member).
 static STREAMS: AtomicU64 = AtomicU64::new(0);
 
 /// Raises its signal when dropped.
@@ -228,12 +236,14 @@ impl Drop for EndOnDrop {
     }
 }
 
-/// Opens a StreamingPull whose request side sends `first`, then a
-/// keep-alive every [`PING`], and ends (half-closing the call, so the
-/// server ends it too and stops sending this stream messages) once `stop`
-/// is raised. gcloud-pubsub's own `streaming_pull` keeps its request side
-/// open for ever, so a subscription that stopped kept receiving (and
-/// losing, until their ack deadline) redelivered messages.
+/// Opens a StreamingPull on `connection` whose request side sends `first`,
+/// then a keep-alive every [`PING`], and half-closes once `stop` is raised.
+/// The emulator ignores the half-close itself, but with the request side
+/// done, dropping the response ends the HTTP/2 stream and dropping the
+/// connection closes it, which is what takes the stream off the emulator.
+/// (gcloud-pubsub's own `streaming_pull` pings for ever: the call, and so
+/// the connection, never ends, and the emulator kept sending that stream
+/// messages nobody read.)
 async fn streaming_pull(
     connection: &ConnectionManager,
     first: StreamingPullRequest,
@@ -282,12 +292,14 @@ fn now_timestamp() -> prost_types::Timestamp {
 /// `max_bytes` bytes unsettled.
 fn pull_request(
     subscription: String,
+    client_id: String,
     stream_deadline: i32,
     max_in_flight: usize,
     max_bytes: i64,
 ) -> StreamingPullRequest {
     StreamingPullRequest {
         subscription,
+        client_id,
         stream_ack_deadline_seconds: stream_deadline,
         max_outstanding_messages: i64::try_from(max_in_flight).unwrap_or(i64::MAX),
         max_outstanding_bytes: max_bytes,
@@ -353,12 +365,6 @@ impl Reader {
             // Ends this call's request side when it is dropped.
             let (ended, ended_rx) = watch::channel(false);
             let end_call = EndOnDrop(ended);
-            let mut first = self.request.clone();
-            first.client_id = format!(
-                "wharf-{}-{}",
-                std::process::id(),
-                STREAMS.fetch_add(1, Ordering::Relaxed)
-            );
             let connection = match self.shared.streaming_connection().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -372,7 +378,7 @@ impl Reader {
                     continue;
                 }
             };
-            let call = streaming_pull(&connection, first, ended_rx);
+            let call = streaming_pull(&connection, self.request.clone(), ended_rx);
             let response = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop, &mut self.backend_closed) => break,
@@ -435,11 +441,12 @@ impl Reader {
     }
 
     /// Keeps the ended subscription's stream open while deliveries it
-    /// handed out are unsettled (at most one lease, at least 1 s), nacking
-    /// whatever else the server still sends it. The emulator ignores an ack
-    /// or a nack of a message whose stream has closed (it comes back only
-    /// after its ack deadline), and sends new messages to a stream until it
-    /// has seen it close; see the crate docs.
+    /// handed out are unsettled, and until it has received nothing for
+    /// [`DRAIN_QUIET`] (at most one lease, at least 1 s), nacking whatever
+    /// the server still sends it. On the emulator a message whose stream
+    /// has closed comes back only after its ack deadline, even when nacked
+    /// (and it redelivers a nacked message to the same stream at once);
+    /// see the crate docs.
     async fn drain(&mut self, stream: &mut gcloud_gax::grpc::Streaming<StreamingPullResponse>) {
         let until = tokio::time::Instant::now() + self.acker.lease.max(Duration::from_secs(1));
         let mut quiet_since = tokio::time::Instant::now();
@@ -621,8 +628,9 @@ mod tests {
 
     #[test]
     fn the_stream_asks_for_max_in_flight_messages_and_the_configured_bytes() {
-        let r = pull_request("projects/p/subscriptions/s".into(), 10, 3, 4096);
+        let r = pull_request("projects/p/subscriptions/s".into(), "c".into(), 10, 3, 4096);
         assert_eq!(r.subscription, "projects/p/subscriptions/s");
+        assert_eq!(r.client_id, "c");
         assert_eq!(r.stream_ack_deadline_seconds, 10);
         assert_eq!(r.max_outstanding_messages, 3);
         assert_eq!(r.max_outstanding_bytes, 4096);

@@ -2,8 +2,8 @@
 //! case under a prefix of its own (its topics and subscriptions deleted
 //! afterwards). No topic settings: Pub/Sub keeps messages by age only, at
 //! least 10 minutes, and has no dedup window. No consumer processes: the
-//! emulator gives a dead consumer's messages back only after a second ack
-//! deadline (at least 10 s), past the suite's wait; `tests/pubsub.rs`
+//! emulator gives a dead consumer's messages back only after one or more
+//! stream deadlines (at least 10 s each), past the suite's wait; `tests/pubsub.rs`
 //! checks that death with a longer wait.
 
 mod service;

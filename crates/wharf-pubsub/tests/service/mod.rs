@@ -53,8 +53,8 @@ pub async fn namespace_with(config: PubSubConfig) -> Option<Namespace> {
 /// cases see their topics and groups again); everything is deleted on drop.
 ///
 /// No consumer processes: the emulator hands a dead consumer's messages
-/// back only after a second ack deadline of at least 10 s, past the
-/// suite's wait (see the crate docs); `tests/pubsub.rs` checks that death
+/// back only after one or more stream deadlines of at least 10 s, past
+/// the suite's wait (see the crate docs); `tests/pubsub.rs` checks that death
 /// with a longer wait.
 pub async fn factory() -> Option<ServiceFactory<PubSubConfig>> {
     let ns = wharf_testkit::unique_name("wp");
