@@ -15,19 +15,11 @@ bash scripts/console-tools.sh || echo "chromium or playwright-core missing: the 
 # rest. Named here rather than in a second run, so one build serves both.
 # `wharf-eventstore/postgres` builds and runs the PostgreSQL event store's
 # suite (tests/postgres.rs).
-FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/sqs,wharf/mqtt,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
+FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/sqs,wharf/mqtt,wharf/pubsub,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
 cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
-# `wharf bench`'s bare-client baselines need the CLI's `adapters` feature,
-# and Kafka's its `kafka` feature (which includes `adapters`: one second,
-# small build for both; the CLI's tests without it check the message that
-# names the feature).
-# (`sqs` adds aws-sdk-sqs for `sqs://` and `bare+sqs://`, `mqtt` rumqttc for
-# `mqtt://` and `bare+mqtt://`).
-exec cargo test -p wharf-cli --features kafka,sqs,mqtt --test bench_bare --test bench_kafka --test bench_sqs --test bench_mqtt "$@"
-FACADE=wharf/router,wharf/client,wharf/nats,wharf/redis,wharf/amqp,wharf/kafka,wharf/pubsub,wharf/postgres,wharf/eventstore,wharf-eventstore/postgres
-cargo test --workspace --no-fail-fast --features "$FACADE" "$@"
-# `wharf bench`'s bare-client baselines need the CLI's `adapters` feature,
-# and Kafka's its `kafka` feature, Pub/Sub's its `pubsub` (both include
-# `adapters`: one second, small build for all; the CLI's tests without
-# them check the message that names the feature).
-exec cargo test -p wharf-cli --features kafka,pubsub --test bench_bare --test bench_kafka --test bench_pubsub "$@"
+# `wharf bench`'s bare-client baselines need the CLI's `adapters` feature;
+# Kafka's its `kafka` feature, SQS's `sqs` (aws-sdk-sqs), MQTT's `mqtt`
+# (rumqttc) and Pub/Sub's `pubsub` (gcloud-pubsub), each of which includes
+# `adapters` (one build for all; the CLI's tests without them check the
+# message that names the feature).
+exec cargo test -p wharf-cli --features kafka,sqs,mqtt,pubsub --test bench_bare --test bench_kafka --test bench_sqs --test bench_mqtt --test bench_pubsub "$@"

@@ -1,11 +1,9 @@
 //! `wharf bench --backend nats://… | redis://… | amqp://… | postgres://…`
-//! (cargo feature `adapters`; `kafka://…` with the feature `kafka`,
-//! `sqs://…` with the feature `sqs`): opens the adapter in a namespace of
-//! its own (a JetStream stream, a Redis key prefix, a RabbitMQ exchange, a
-//! PostgreSQL schema, a Kafka topic prefix, an SQS queue name prefix)
-//! `pubsub://…` with the feature `pubsub`): opens the adapter in a
+//! (cargo feature `adapters`; `kafka://…`, `sqs://…`, `mqtt://…`,
+//! `pubsub://…` with the features of those names): opens the adapter in a
 //! namespace of its own (a JetStream stream, a Redis key prefix, a RabbitMQ
-//! exchange, a PostgreSQL schema, a Kafka topic prefix, a Pub/Sub prefix)
+//! exchange, a PostgreSQL schema, a Kafka topic prefix, an SQS queue name
+//! prefix, an MQTT topic prefix, a Pub/Sub prefix)
 //! and deletes it after the run, so the shared servers keep nothing.
 
 use std::sync::Arc;

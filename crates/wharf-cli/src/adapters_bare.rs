@@ -14,7 +14,6 @@
 //! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`, `fetch.queue.backoff.ms=10` as the adapter; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+sqs://…` (feature `sqs`) | aws-sdk-sqs alone (the client `wharf_sqs` builds for the URL, no Wharf encoding: the payload is the body, no attributes): `SendMessageBatch` per 10 messages, one call after another, into a queue of its own | `ReceiveMessage` of up to min(`<batch>`, 10) with the URL's long-poll wait, then one `DeleteMessageBatch` per receive |
 //! | `bare+mqtt://…` (feature `mqtt`) | rumqttc alone, MQTT 5: a QoS 1 publish per message on one connection with the adapter's in-flight window (256 publishes awaiting their PUBACK), then a wait until the connection has counted as many PUBACKs as publishes were queued up to the batch's last (one wake-up per batch; with several producers a batch may also wait for another's publishes queued before its last) | — (MQTT keeps nothing for a group that does not exist yet, and the consume workload publishes its backlog first) |
-//! | `bare+kafka://…` (feature `kafka`) | rdkafka alone: a `FutureProducer` with the adapter's settings (`acks=all`, `enable.idempotence=true`, `compression.type=lz4`, `linger.ms=5`, librdkafka's in-flight window of 5 requests per connection, which idempotence keeps), a record per message without a key into a topic of `--partitions`, every delivery future of the batch awaited after all are sent | a `StreamConsumer` per member in one group (`enable.auto.commit=false`, `auto.offset.reset=earliest`; the first member joins and reads its first record before the timed drain, as the adapter's subscription is made and starts fetching before it): `recv` one record, take what has already arrived up to `<batch>`, then one synchronous commit of the batch's next offsets per partition |
 //! | `bare+pubsub://…` (feature `pubsub`) | gcloud-pubsub alone: its `Publisher` (3 workers, bundles of `<batch>`, so one `Publish` request per batch as the adapter's) into a topic with the adapter's 7-day retention, every awaiter of the batch awaited after all are queued | its high-level subscriber (one StreamingPull per member, `max_outstanding_messages` 4 × `<batch>` as the adapter's `max_in_flight`) on a subscription with message ordering as the adapter's (no dead-letter policy): wait for one message, take what has already arrived up to `<batch>`, then one `Acknowledge` of the batch's ack ids |
 //! | `bare+amqp://…` | a persistent (`delivery_mode` 2) `basic.publish` per message to a durable queue through the default exchange, on one confirm-mode channel; every confirm of the batch awaited after all are sent | `basic.qos` of 4 × `<batch>`, `basic.consume`, one `basic.ack` with `multiple` per batch taken |
 //!
@@ -209,8 +208,6 @@ pub(crate) async fn open(
             "Mosquitto QoS 1: PUBACK once the server holds it in memory (persistence saved every autosave_interval, 1800 s)",
         )));
     }
-    anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`, `mqtt`) kafka://, sqs://, mqtt:// (bare+redis://…); not for this scheme"
     #[cfg(feature = "pubsub")]
     if url.starts_with("pubsub://") {
         let p = pubsub::BarePubSub::open(url, &format!("benchbare_{ns}"))
@@ -222,7 +219,7 @@ pub(crate) async fn open(
         )));
     }
     anyhow::bail!(
-        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp://, (feature `kafka`) kafka:// and (feature `pubsub`) pubsub:// (bare+redis://…); not for this scheme"
+        "--backend {spec}: a bare client is available for redis://, nats://, postgres://, amqp:// and (features `kafka`, `sqs`, `mqtt`, `pubsub`) kafka://, sqs://, mqtt://, pubsub:// (bare+redis://…); not for this scheme"
     )
 }
 

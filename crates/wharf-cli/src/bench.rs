@@ -34,9 +34,10 @@ pub(crate) struct BenchArgs {
     /// (built with `--features adapters`) a nats://, redis://, amqp:// or
     /// postgres:// URL (with `--features kafka` also kafka://, with
     /// `--features sqs` sqs://host:port?region=R, with `--features mqtt`
-    /// mqtt://), or `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
+    /// mqtt://, with `--features pubsub` pubsub://host:port/project), or
+    /// `bare+redis://…` (`bare+nats://…`, `bare+amqp://…`,
     /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`,
-    /// `bare+mqtt://…`) for the same load through the
+    /// `bare+mqtt://…`, `bare+pubsub://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority

@@ -315,6 +315,8 @@ pub mod sqs {
 pub mod mqtt {
     #[doc(inline)]
     pub use wharf_mqtt::*;
+}
+
 /// Google Cloud Pub/Sub adapter (gcloud-pubsub, against the emulator):
 /// StreamingPull with flow control, ack deadlines as leases, ordering keys
 /// as Wharf keys, dead letters on top of a dead-letter policy.
