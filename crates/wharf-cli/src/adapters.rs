@@ -161,13 +161,6 @@ pub(crate) async fn open(
                 .with_context(ctx)?
                 .queue_prefix(format!("bench_{ns}-"));
             let b = wharf_sqs::SqsBackend::connect(cfg)
-    } else if spec.starts_with("pubsub://") {
-        #[cfg(feature = "pubsub")]
-        {
-            let cfg = wharf_pubsub::PubSubConfig::new(spec)
-                .with_context(ctx)?
-                .prefix(format!("bench_{ns}"));
-            let b = wharf_pubsub::PubSubBackend::connect(cfg)
                 .await
                 .with_context(ctx)?;
             (
@@ -179,6 +172,18 @@ pub(crate) async fn open(
         #[cfg(not(feature = "sqs"))]
         anyhow::bail!(
             "--backend {spec}: sqs:// needs a wharf built with the `sqs` feature: cargo build --release -p wharf-cli --features sqs"
+        )
+    } else if spec.starts_with("pubsub://") {
+        #[cfg(feature = "pubsub")]
+        {
+            let cfg = wharf_pubsub::PubSubConfig::new(spec)
+                .with_context(ctx)?
+                .prefix(format!("bench_{ns}"));
+            let b = wharf_pubsub::PubSubBackend::connect(cfg)
+                .await
+                .with_context(ctx)?;
+            (
+                Arc::new(b.clone()),
                 Cleanup::PubSub(b),
                 "Pub/Sub emulator: acked once held in the emulator's memory (nothing on disk)",
             )

@@ -954,6 +954,71 @@ mod sqs {
                 );
                 left -= k;
             }
+            Ok(())
+        }
+
+        pub(crate) async fn consume(
+            &self,
+            batch: usize,
+            done: impl Fn(u64) -> bool,
+        ) -> anyhow::Result<u64> {
+            let max = i32::try_from(batch.clamp(1, 10))?;
+            let mut taken = 0u64;
+            loop {
+                let out = self
+                    .client
+                    .receive_message()
+                    .queue_url(&self.url)
+                    .max_number_of_messages(max)
+                    .wait_time_seconds(self.wait)
+                    .send()
+                    .await?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    // Nothing visible: the other members hold the rest.
+                    return Ok(taken);
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    out.failed().is_empty(),
+                    "DeleteMessageBatch: {:?}",
+                    out.failed()
+                );
+                let n = messages.len() as u64;
+                taken += n;
+                if done(n) {
+                    return Ok(taken);
+                }
+            }
+        }
+
+        pub(crate) async fn cleanup(&self) -> anyhow::Result<()> {
+            self.client
+                .delete_queue()
+                .queue_url(&self.url)
+                .send()
+                .await?;
+            Ok(())
+        }
+    }
+}
+
 #[cfg(feature = "pubsub")]
 mod pubsub {
     //! `bare+pubsub://…`: the same load through gcloud-pubsub alone.
@@ -1052,50 +1117,6 @@ mod pubsub {
 
         pub(crate) async fn consume(
             &self,
-            batch: usize,
-            done: impl Fn(u64) -> bool,
-        ) -> anyhow::Result<u64> {
-            let max = i32::try_from(batch.clamp(1, 10))?;
-            let mut taken = 0u64;
-            loop {
-                let out = self
-                    .client
-                    .receive_message()
-                    .queue_url(&self.url)
-                    .max_number_of_messages(max)
-                    .wait_time_seconds(self.wait)
-                    .send()
-                    .await?;
-                let messages = out.messages.unwrap_or_default();
-                if messages.is_empty() {
-                    // Nothing visible: the other members hold the rest.
-                    return Ok(taken);
-                }
-                let entries = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(m.receipt_handle().unwrap_or_default())
-                            .build()
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = self
-                    .client
-                    .delete_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    out.failed().is_empty(),
-                    "DeleteMessageBatch: {:?}",
-                    out.failed()
-                );
-                let n = messages.len() as u64;
-                taken += n;
-                if done(n) {
             group: &str,
             batch: usize,
             done: impl Fn(u64) -> bool,
@@ -1131,14 +1152,6 @@ mod pubsub {
         }
 
         pub(crate) async fn cleanup(&self) -> anyhow::Result<()> {
-            self.client
-                .delete_queue()
-                .queue_url(&self.url)
-                .send()
-                .await?;
-            Ok(())
-        }
-    }
             if let Some((_, mut p)) = self.publisher.lock().expect("publisher lock").take() {
                 // Stops its workers (nothing is left to send).
                 tokio::spawn(async move { p.shutdown().await });

@@ -249,6 +249,8 @@ async fn open(conn: &Conn, spec: &str, a: &BenchArgs) -> anyhow::Result<Target> 
         if scheme.trim_start_matches("bare+") == "sqs" {
             anyhow::bail!(
                 "--backend {scheme}://… needs a wharf built with the `sqs` feature: cargo build --release -p wharf-cli --features sqs"
+            );
+        }
         if scheme.trim_start_matches("bare+") == "pubsub" {
             anyhow::bail!(
                 "--backend {scheme}://… needs a wharf built with the `pubsub` feature: cargo build --release -p wharf-cli --features pubsub"
