@@ -39,40 +39,7 @@ fn wharf(args: &[&str]) -> std::process::Output {
 #[test]
 fn bench_publish_prints_the_mqtt_adapter_as_a_ratio_of_bare_rumqttc() {
     let Some(url) = mqtt_or_skip() else { return };
-    let bare = format!("bare+{url}");
-    let out = wharf(&[
-        "--backend",
-        &bare,
-        "--backend",
-        &url,
-        "--count",
-        "2000",
-        "--batch",
-        "100",
-        "--producers",
-        "2",
-        "--json",
-    ]);
-    let runs: Value = serde_json::from_str(&common::ok(&out)).expect("json");
-    let runs = runs.as_array().expect("one result per backend");
-    assert_eq!(runs.len(), 2, "{runs:?}");
-    let (b, a) = (&runs[0], &runs[1]);
-    assert_eq!(b["backend"], bare);
-    assert_eq!(a["backend"], url);
-    for r in runs {
-        assert_eq!(r["workload"], "publish", "{r}");
-        assert_eq!(r["messages"], 2000, "{r}");
-        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
-        assert!(
-            r["durability"]
-                .as_str()
-                .is_some_and(|d| d.contains("PUBACK")),
-            "each row says what its acknowledgement means: {r}"
-        );
-    }
-    assert_eq!(b["bare"], true, "{b}");
-    assert_eq!(a["bare_baseline"], bare);
-    assert!(a["ratio_to_bare"].as_f64().is_some(), "{a}");
+    common::bench_side_by_side(&url, "publish", 2000, 100, 2, "PUBACK");
 }
 
 #[test]

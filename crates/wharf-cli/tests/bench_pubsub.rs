@@ -58,48 +58,11 @@ fn resources_with(url: &str, part: &str) -> Vec<String> {
 #[test]
 fn bench_runs_bare_gcloud_pubsub_beside_the_pubsub_adapter_and_deletes_what_it_made() {
     let Some(url) = pubsub_or_skip() else { return };
-    let bare = format!("bare+{url}");
     for workload in ["publish", "consume"] {
-        let out = std::process::Command::new(common::BIN)
-            .args(["bench", "--backend", &bare, "--backend", &url])
-            .args(["--workload", workload, "--count", "1000", "--batch", "100"])
-            .args(["--producers", "2", "--json"])
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .output()
-            .expect("run wharf");
-        let stdout = common::ok(&out);
-        let runs: Vec<Value> = serde_json::from_str(&stdout).expect("json");
-        assert_eq!(runs.len(), 2, "{runs:?}");
-        let (b, a) = (&runs[0], &runs[1]);
-        assert_eq!(b["backend"], bare);
-        assert_eq!(a["backend"], url);
-        for r in &runs {
-            assert_eq!(r["workload"], workload, "{r}");
-            assert_eq!(r["messages"], 1000, "{r}");
-            assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
-            assert!(
-                r["durability"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("emulator's memory")),
-                "{r}"
-            );
-        }
-        assert_eq!(b["bare"], true, "{b}");
-        assert_eq!(a["bare_baseline"], bare);
-        let ratio = a["ratio_to_bare"].as_f64().expect("a ratio to bare");
-        let expected = a["msgs_per_sec"].as_f64().unwrap() / b["msgs_per_sec"].as_f64().unwrap();
-        assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+        let run = common::bench_side_by_side(&url, workload, 1000, 100, 2, "emulator's memory");
         // What the topics named on stderr left behind is gone.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let names: Vec<String> = stderr
-            .lines()
-            .filter_map(|l| l.split_once(": topic ").map(|(_, r)| r))
-            .filter_map(|r| r.split_whitespace().next())
-            .map(|t| t.replace(['.', '-'], "_"))
-            .collect();
-        assert_eq!(names.len(), 2, "{stderr}");
-        for n in names {
+        assert_eq!(run.topics.len(), 2, "{:?}", run.topics);
+        for n in run.topics {
             let left = resources_with(&url, &n);
             assert!(left.is_empty(), "left on the emulator: {left:?}");
         }

@@ -216,3 +216,74 @@ pub fn ok(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// What a side-by-side `wharf bench` run of an adapter beside its bare
+/// client looked like (see [`bench_side_by_side`]).
+pub struct SideBySide {
+    /// The bare row, then the adapter's.
+    pub runs: Vec<serde_json::Value>,
+    /// The topics the run named on stderr, as engines spell them (dots and
+    /// dashes as `_`), one per target.
+    pub topics: Vec<String>,
+}
+
+/// Runs `wharf bench --json --backend bare+<url> --backend <url>` and
+/// checks what every such run promises: a row per target in that order,
+/// each of `workload` over `count` messages at a positive rate with a
+/// `durability` that says `ack` (what the engine's acknowledgement means),
+/// the bare row marked as such, and the adapter's `ratio_to_bare` exactly
+/// its rate over the bare row's.
+pub fn bench_side_by_side(
+    url: &str,
+    workload: &str,
+    count: u32,
+    batch: u32,
+    producers: u32,
+    ack: &str,
+) -> SideBySide {
+    let bare = format!("bare+{url}");
+    let (count_s, batch_s, producers_s) =
+        (count.to_string(), batch.to_string(), producers.to_string());
+    let out = Command::new(BIN)
+        .args(["bench", "--backend", &bare, "--backend", url])
+        .args([
+            "--workload",
+            workload,
+            "--count",
+            &count_s,
+            "--batch",
+            &batch_s,
+        ])
+        .args(["--producers", &producers_s, "--json"])
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .output()
+        .expect("run wharf");
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&ok(&out)).expect("json");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (b, a) = (&runs[0], &runs[1]);
+    assert_eq!(b["backend"], bare.as_str());
+    assert_eq!(a["backend"], url);
+    for r in &runs {
+        assert_eq!(r["workload"], workload, "{r}");
+        assert_eq!(r["messages"], count, "{r}");
+        assert!(r["msgs_per_sec"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+        assert!(
+            r["durability"].as_str().is_some_and(|d| d.contains(ack)),
+            "each row says what its acknowledgement means: {r}"
+        );
+    }
+    assert_eq!(b["bare"], true, "{b}");
+    assert_eq!(a["bare_baseline"], bare.as_str());
+    let ratio = a["ratio_to_bare"].as_f64().expect("a ratio to bare");
+    let expected = a["msgs_per_sec"].as_f64().unwrap() / b["msgs_per_sec"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let topics = stderr
+        .lines()
+        .filter_map(|l| l.split_once(": topic ").map(|(_, r)| r))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(|t| t.replace(['.', '-'], "_"))
+        .collect();
+    SideBySide { runs, topics }
+}
