@@ -243,10 +243,23 @@ pub struct TopicInfo {
     pub config: TopicConfig,
     /// `(first offset, next offset)` of each partition.
     pub partitions: Vec<(u64, u64)>,
+    /// Bytes each partition's log holds in its segment files, in partition
+    /// order: the log's running figure (kept by appends, roll, retention
+    /// and truncation; no file is stat'ed), including bytes written but not
+    /// yet synced, without the index files. Sum: [`TopicInfo::bytes`].
+    pub partition_bytes: Vec<u64>,
     /// Damaged batches found and not repaired, with their partition: those
     /// partitions deliver nothing past the damage until
     /// [`Broker::repair`] (the others serve as usual).
     pub damage: Vec<(u32, Damage)>,
+}
+
+impl TopicInfo {
+    /// Bytes the topic holds on disk: the sum of
+    /// [`partition_bytes`](TopicInfo::partition_bytes).
+    pub fn bytes(&self) -> u64 {
+        self.partition_bytes.iter().sum()
+    }
 }
 
 /// One group's position on one topic, from [`Broker::groups`].
@@ -481,20 +494,24 @@ impl Broker {
             .map_err(|e| storage_error("delete topic task", e))?
     }
 
-    /// Every topic with its config and offsets.
+    /// Every topic with its config, offsets and bytes on disk.
     pub fn topics(&self) -> Vec<TopicInfo> {
         let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<TopicInfo> = topics
             .values()
-            .map(|t| TopicInfo {
-                name: t.name().to_owned(),
-                config: t.config(),
-                partitions: t
-                    .partitions()
-                    .iter()
-                    .map(|p| (p.start_offset(), p.end_offset()))
-                    .collect(),
-                damage: t.damage(),
+            .map(|t| {
+                // One snapshot, so offsets and bytes cover the same partitions.
+                let parts = t.partitions();
+                TopicInfo {
+                    name: t.name().to_owned(),
+                    config: t.config(),
+                    partitions: parts
+                        .iter()
+                        .map(|p| (p.start_offset(), p.end_offset()))
+                        .collect(),
+                    partition_bytes: parts.iter().map(|p| p.size_bytes()).collect(),
+                    damage: t.damage(),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

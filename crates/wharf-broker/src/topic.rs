@@ -40,6 +40,13 @@ impl Partition {
             .min(self.log.end_offset())
     }
 
+    /// Bytes in the partition's segment files (the log's own running
+    /// figure: no file is read or stat'ed). Includes bytes written but not
+    /// yet synced; index files are not counted.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
     pub(crate) fn readable_end(&self) -> u64 {
         self.log.readable_end_offset().min(self.end_offset())
     }

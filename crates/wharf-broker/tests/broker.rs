@@ -1209,8 +1209,17 @@ async fn retention_by_age_deletes_old_segments_of_a_topic_no_one_writes_to() {
             .map(|t| t.partitions[0])
             .unwrap()
     };
+    let bytes = || {
+        b.topics()
+            .into_iter()
+            .find(|t| t.name == "aging")
+            .map(|t| t.bytes())
+            .unwrap()
+    };
     let (first, end) = bounds();
     assert_eq!((first, end), (0, 100), "nothing old enough yet");
+    let before = bytes();
+    assert!(before > 100 * 200, "100 messages of 200 bytes: {before}");
     // No more writes: the periodic check must drop the sealed segments.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while bounds().0 == 0 {
@@ -1226,4 +1235,47 @@ async fn retention_by_age_deletes_old_segments_of_a_topic_no_one_writes_to() {
         "only sealed segments go: {first}..{end}"
     );
     assert_eq!(end, 100);
+    let after = bytes();
+    assert!(
+        after > 0 && after < before,
+        "deleted segments no longer count: {before} -> {after}"
+    );
+}
+
+/// A topic's bytes are its partitions' segment bytes: zero when empty,
+/// growing with each publish, counted in the partition that stored it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_bytes_grow_with_publishes_in_the_partition_that_stores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic("sized", fast().partitions(2)).await.unwrap();
+    let info = || b.topics().into_iter().find(|t| t.name == "sized").unwrap();
+    assert_eq!(info().partition_bytes, vec![0, 0], "nothing stored yet");
+    assert_eq!(info().bytes(), 0);
+
+    let msg = || Message::builder().payload(vec![7u8; 1000]).key("k").build();
+    let p = b.publish("sized", msg()).await.unwrap().partition as usize;
+    let one = info();
+    assert_eq!(
+        one.partition_bytes[1 - p],
+        0,
+        "the other partition stored nothing"
+    );
+    assert!(
+        one.partition_bytes[p] > 1000,
+        "a 1000-byte payload is on disk: {:?}",
+        one.partition_bytes
+    );
+    assert_eq!(one.bytes(), one.partition_bytes[p]);
+
+    let again = b.publish("sized", msg()).await.unwrap().partition as usize;
+    assert_eq!(again, p, "same key, same partition");
+    let two = info();
+    assert!(
+        two.bytes() > one.bytes() + 1000,
+        "a second message adds its bytes: {} -> {}",
+        one.bytes(),
+        two.bytes()
+    );
+    b.close().await.expect("close");
 }
