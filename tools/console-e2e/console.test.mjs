@@ -126,6 +126,11 @@ async function dlqReplay() {
     await page.locator('#topic-filter').fill(topic);
     await page.locator('#topic-count', { hasText: '1 of' }).waitFor();
     check(await page.locator('#topic-list .vspace .vrow').count() === 1, 'the filter narrows the list to the one topic');
+    const apiBytes = (await api('GET', `/v1/topics/${topic}`)).bytes;
+    const cell = page.locator(`[data-topic="${topic}"] .bytes`);
+    const shownBytes = Number(await cell.getAttribute('data-bytes'));
+    check(apiBytes > 0 && shownBytes > 0 && shownBytes <= apiBytes, `the overview row shows the bytes the broker reports (${shownBytes} of ${apiBytes})`);
+    check(/^\d+(\.\d)? (B|KiB|MiB)$/.test(await cell.innerText()), `bytes are shown human-readably (${await cell.innerText()})`);
 
     await page.goto(`${url}/#/dlq`);
     await page.locator(`#dlq-table a[href="#/dlq/${encodeURIComponent(dlq)}"]`).waitFor();
@@ -169,6 +174,7 @@ async function dlqReplay() {
     await page.locator(`#browse-results details[data-id="${receipt.id}"]`).nth(1).waitFor();
     const stored = await page.locator(`#browse-results details[data-id="${receipt.id}"]`).count();
     check(stored === 2, 'browsing the partition shows the original and the replayed copy');
+    check(/^\d+(\.\d)? (B|KiB|MiB)$/.test(await page.locator('#topic-bytes').innerText()), 'the topic page shows its bytes on disk');
     await page.locator('#browse-results details summary').first().click();
     await page.locator('#browse-results [data-view="hex"]').first().click();
     check((await page.locator('#browse-results pre.payload-view').first().innerText()).startsWith('00000000  7b'), 'the hex view shows the bytes');

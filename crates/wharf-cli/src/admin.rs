@@ -293,7 +293,8 @@ fn topic_json(t: &v1::TopicInfo) -> serde_json::Value {
         "visibility_timeout_ms": c.visibility_timeout_ms,
         "skip_damaged_batches": c.skip_damaged_batches,
         "segment_bytes": c.segment_bytes,
-        "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset, "damage": p.damage.iter().map(damage_json).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "offsets": t.partitions.iter().map(|p| json!({"partition": p.partition, "start": p.start_offset, "end": p.end_offset, "damage": p.damage.iter().map(damage_json).collect::<Vec<_>>(), "bytes": p.bytes})).collect::<Vec<_>>(),
+        "bytes": t.bytes,
     })
 }
 
@@ -396,6 +397,7 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
                 c.partitions.to_string(),
                 c.durability.clone(),
                 messages(t).to_string(),
+                t.bytes.to_string(),
                 table::opt(c.retention_bytes),
                 table::opt(c.retention_ms),
                 effective_dlq(&t.name, &c),
@@ -410,6 +412,7 @@ fn print_topics(conn: &Conn, topics: &[v1::TopicInfo]) {
             "partitions",
             "durability",
             "messages",
+            "bytes",
             "retention_bytes",
             "retention_ms",
             "dlq",

@@ -48,6 +48,7 @@ fn topic_commands_create_list_describe_and_delete() {
     ))
     .expect("json");
     assert_eq!(d["offsets"].as_array().map(Vec::len), Some(3));
+    assert_eq!(d["bytes"], 0, "an empty topic holds no bytes: {d}");
     common::ok(&server.cli(&["topic", "delete", "cli.t"]));
     let list: Value =
         serde_json::from_str(&common::ok(&server.cli(&["topic", "list", "--json"]))).expect("json");

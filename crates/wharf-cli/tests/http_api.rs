@@ -892,3 +892,59 @@ async fn retention_segment_size_and_dedup_window_are_set_over_http() {
     .await;
     assert_eq!(st, 400, "{err}");
 }
+
+/// A topic's bytes on disk are in `GET /v1/topics/{name}` and in the list,
+/// per partition (`offsets[].bytes`) and in total (`bytes`): zero when
+/// empty, more than the payloads once messages are stored.
+#[tokio::test]
+async fn topic_bytes_are_described_and_listed_over_http() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let (base, c) = (server.url(), http());
+    let (st, t) = post(
+        &c,
+        format!("{base}/v1/topics"),
+        json!({"name": "http.sized", "partitions": 2}),
+    )
+    .await;
+    assert_eq!(st, 201, "{t}");
+    assert_eq!(t["bytes"], 0, "an empty topic holds no bytes: {t}");
+    let payload = "x".repeat(1000);
+    let (st, r) = post(
+        &c,
+        format!("{base}/v1/topics/http.sized/messages"),
+        json!({"messages": (0..5).map(|_| json!({"payload": payload})).collect::<Vec<_>>()}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    let get = |path: String| {
+        let c = c.clone();
+        async move {
+            c.get(path)
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let t = get(format!("{base}/v1/topics/http.sized")).await;
+    let total = t["bytes"].as_u64().expect("bytes is a number");
+    assert!(total > 5 * 1000, "five 1000-byte payloads are on disk: {t}");
+    let parts: u64 = t["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|p| p["bytes"].as_u64().expect("per-partition bytes"))
+        .sum();
+    assert_eq!(parts, total, "the total is the partitions' sum: {t}");
+    let list = get(format!("{base}/v1/topics")).await;
+    let listed = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["name"] == "http.sized")
+        .expect("listed");
+    assert_eq!(listed["bytes"], total, "{listed}");
+}

@@ -346,8 +346,10 @@ pub(crate) fn topic_to_proto(t: &TopicInfo) -> v1::TopicInfo {
                     .filter(|(p, _)| *p as usize == i)
                     .map(|(_, d)| damage_to_proto(d))
                     .collect(),
+                bytes: t.partition_bytes.get(i).copied().unwrap_or(0),
             })
             .collect(),
+        bytes: t.bytes(),
     }
 }
 

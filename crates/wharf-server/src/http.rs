@@ -320,6 +320,9 @@ pub(crate) struct PartitionJson {
     /// Damaged batches found and not repaired: the partition delivers
     /// nothing past the first one until it is repaired.
     damage: Vec<DamageJson>,
+    /// Bytes the partition's log holds in its segment files (index files
+    /// not counted; includes bytes written but not yet synced).
+    bytes: u64,
 }
 
 /// A stored batch that fails its CRC (or other validation) with valid data
@@ -408,6 +411,8 @@ pub(crate) struct TopicJson {
     /// Size at which a partition starts a new segment file.
     segment_bytes: u64,
     offsets: Vec<PartitionJson>,
+    /// Bytes the topic holds on disk: the sum of its partitions' `bytes`.
+    bytes: u64,
 }
 
 /// A consumer group's position on a topic.
@@ -947,8 +952,10 @@ fn topic_json(t: &wharf_broker::TopicInfo) -> TopicJson {
                     .filter(|(p, _)| *p as usize == i)
                     .map(|(_, d)| damage_json(d))
                     .collect(),
+                bytes: t.partition_bytes.get(i).copied().unwrap_or(0),
             })
             .collect(),
+        bytes: t.bytes(),
     }
 }
 

@@ -1,6 +1,6 @@
 // Overview: server health (fsync percentiles, resident memory, CPU), every
-// topic with stored messages, publish/consume rates as live sparklines and
-// DLQ depth (a virtualized list: 1,000s of topics), and every consumer
+// topic with stored messages and bytes on disk, publish/consume rates as
+// live sparklines and DLQ depth (a virtualized list: 1,000s of topics), and every consumer
 // group with its lag over time and per partition. Polls /v1/topics,
 // /v1/groups and /metrics every 2 s.
 
@@ -13,6 +13,8 @@ import { VirtualList } from '../vlist.js';
 export const POLL_MS = 2000;
 
 export const stored = (t) => t.offsets.reduce((n, p) => n + (p.end_offset - p.start_offset), 0);
+/** Bytes the topic holds on disk (`bytes`; servers before it: the partitions' sum, else unknown). */
+export const bytesOf = (t) => t.bytes ?? (t.offsets.every((p) => p.bytes !== undefined) ? t.offsets.reduce((n, p) => n + p.bytes, 0) : null);
 export const dlqOf = (t) => t.dead_letter_topic || `dlq.${t.name}`;
 
 function stat(key, value, extra, id) {
@@ -22,7 +24,8 @@ function stat(key, value, extra, id) {
 export function topicHeader() {
   return h('div', { class: 'vrow head', role: 'row' },
     h('span', { role: 'columnheader' }, 'Topic'), h('span', { role: 'columnheader', class: 'num' }, 'Parts'),
-    h('span', { role: 'columnheader', class: 'num' }, 'Messages'), h('span', { role: 'columnheader', class: 'wide' }, 'Publish'),
+    h('span', { role: 'columnheader', class: 'num' }, 'Messages'), h('span', { role: 'columnheader', class: 'num bytes' }, 'Bytes'),
+    h('span', { role: 'columnheader', class: 'wide' }, 'Publish'),
     h('span', { role: 'columnheader', class: 'wide' }, 'Consume'), h('span', { role: 'columnheader', class: 'num' }, 'DLQ'));
 }
 
@@ -53,6 +56,7 @@ export async function overview(main, _args, ctx) {
       h('a', { href: `#/topics/${seg(t.name)}`, role: 'cell' }, t.name),
       h('span', { class: 'num', role: 'cell' }, t.partitions),
       h('span', { class: 'num', role: 'cell' }, fmtInt(stored(t))),
+      h('span', { class: 'num bytes', role: 'cell', 'data-bytes': bytesOf(t) ?? '' }, fmtBytes(bytesOf(t))),
       h('span', { class: 'wide', role: 'cell' }, sparkline(pub.slice(-30), { width: 60, height: 20, label: `publish rate of ${t.name}` }), ' ', fmtRate(pub.at(-1))),
       h('span', { class: 'wide', role: 'cell' }, sparkline(con.slice(-30), { width: 60, height: 20, label: `consume rate of ${t.name}`, color: 'var(--spark2)' }), ' ', fmtRate(con.at(-1))),
       h('span', { class: 'num', role: 'cell' }, depth ? h('a', { href: `#/dlq/${seg(dlqOf(t))}`, class: 'bad' }, fmtInt(depth)) : fmtInt(depth ?? 0)));
@@ -92,6 +96,7 @@ function renderStats(el, sampler, topics, groups, dlqDepth) {
   const cards = [
     stat('Topics', fmtInt(topics.filter((t) => !t.name.startsWith('dlq.')).length), null, 'stat-topics'),
     stat('Messages stored', fmtInt(topics.reduce((n, t) => n + stored(t), 0)), null, 'stat-stored'),
+    stat('Bytes stored', fmtBytes(topics.reduce((n, t) => n + (bytesOf(t) ?? 0), 0)), null, 'stat-bytes'),
     stat('Group lag', fmtInt(totalLag), null, 'stat-lag'),
     stat('Dead letters', fmtInt(dlq), null, 'stat-dlq'),
   ];

@@ -4,10 +4,10 @@
 // publishing a test message, a live tail over SSE, and deleting it.
 
 import { get, post, del, can, canAny, sse, seg } from '../api.js';
-import { h, clear, fmtInt, fmtTime, messageView, preview } from '../format.js';
+import { h, clear, fmtInt, fmtBytes, fmtTime, messageView, preview } from '../format.js';
 import { VirtualList } from '../vlist.js';
 import { confirmAction, notify, report } from '../app.js';
-import { stored, dlqOf } from './overview.js';
+import { stored, bytesOf, dlqOf } from './overview.js';
 
 export async function topics(main, _args, ctx) {
   const filter = h('input', { type: 'search', placeholder: 'Filter', 'aria-label': 'Filter topics' });
@@ -18,12 +18,14 @@ export async function topics(main, _args, ctx) {
   main.append(h('section', { class: 'panel' }, h('div', { class: 'row' }, h('h2', {}, 'All topics'), count, h('span', { class: 'spacer' }), filter), host));
   const header = h('div', { class: 'vrow head', role: 'row' },
     h('span', { role: 'columnheader' }, 'Topic'), h('span', { role: 'columnheader', class: 'num' }, 'Parts'),
-    h('span', { role: 'columnheader', class: 'num' }, 'Messages'), h('span', { role: 'columnheader', class: 'wide' }, 'Durability'),
+    h('span', { role: 'columnheader', class: 'num' }, 'Messages'), h('span', { role: 'columnheader', class: 'num bytes' }, 'Bytes'),
+    h('span', { role: 'columnheader', class: 'wide' }, 'Durability'),
     h('span', { role: 'columnheader', class: 'wide' }, 'Dead letters to'), h('span', { role: 'columnheader', class: 'num' }, ''));
   const list = new VirtualList(host, (t) => h('div', {},
     h('a', { href: `#/topics/${seg(t.name)}`, role: 'cell' }, t.name),
     h('span', { class: 'num', role: 'cell' }, t.partitions),
     h('span', { class: 'num', role: 'cell' }, fmtInt(stored(t))),
+    h('span', { class: 'num bytes', role: 'cell' }, fmtBytes(bytesOf(t))),
     h('span', { class: 'wide', role: 'cell' }, t.durability),
     h('span', { class: 'wide', role: 'cell' }, t.name.startsWith('dlq.') ? '–' : dlqOf(t)),
     h('span', { role: 'cell' })), { header, label: 'Topics' });
@@ -107,7 +109,9 @@ export async function topic(main, [name], ctx) {
 
 function settingsPanel(t) {
   const rows = [
-    ['Partitions', t.partitions], ['Durability', t.durability],
+    ['Partitions', t.partitions],
+    ['Stored', h('span', { id: 'topic-stored' }, `${fmtInt(stored(t))} messages, `, h('span', { id: 'topic-bytes', title: bytesOf(t) === null ? null : `${fmtInt(bytesOf(t))} bytes` }, fmtBytes(bytesOf(t))))],
+    ['Durability', t.durability],
     ['Retention', [t.retention_bytes ? `${fmtInt(t.retention_bytes)} bytes` : null, t.retention_ms ? `${fmtInt(t.retention_ms)} ms` : null].filter(Boolean).join(', ') || 'unlimited'],
     ['Max message', `${fmtInt(t.max_message_bytes)} bytes`], ['TTL', t.ttl_ms ? `${fmtInt(t.ttl_ms)} ms` : 'none'],
     ['Dedup window', t.dedup_window_ms ? `${fmtInt(t.dedup_window_ms)} ms` : 'off'],
@@ -118,9 +122,9 @@ function settingsPanel(t) {
   return h('section', { class: 'panel', id: 'topic-settings' }, h('h2', {}, 'Settings'),
     h('table', {}, h('tbody', {}, rows.map(([k, v]) => h('tr', {}, h('th', { scope: 'row' }, k), h('td', {}, v))))),
     h('h2', {}, 'Partitions'),
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', { class: 'num' }, 'First offset'), h('th', { class: 'num' }, 'Next offset'), h('th', { class: 'num' }, 'Stored'), h('th', {}, 'Damage'))),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', { class: 'num' }, 'First offset'), h('th', { class: 'num' }, 'Next offset'), h('th', { class: 'num' }, 'Stored'), h('th', { class: 'num' }, 'Bytes'), h('th', {}, 'Damage'))),
       h('tbody', {}, t.offsets.map((p) => h('tr', {}, h('td', {}, p.partition), h('td', { class: 'num' }, fmtInt(p.start_offset)), h('td', { class: 'num' }, fmtInt(p.end_offset)),
-        h('td', { class: 'num' }, fmtInt(p.end_offset - p.start_offset)), h('td', { class: p.damage.length ? 'bad' : 'muted' }, p.damage.length ? `${p.damage.length} damaged batch(es)` : 'none'))))));
+        h('td', { class: 'num' }, fmtInt(p.end_offset - p.start_offset)), h('td', { class: 'num', title: p.bytes === undefined ? null : `${fmtInt(p.bytes)} bytes` }, fmtBytes(p.bytes)), h('td', { class: p.damage.length ? 'bad' : 'muted' }, p.damage.length ? `${p.damage.length} damaged batch(es)` : 'none'))))));
 }
 
 function browsePanel(t) {
