@@ -790,6 +790,14 @@ impl Reader {
         n
     }
 
+    /// Reads until the subscription stops or the backend closes.
+    ///
+    /// # Cancel safety
+    /// Spawned, and only dropped with its runtime. A batch's reserved slots
+    /// and the records collected (across `recv` and the committed-offset
+    /// lookup) are not yet registered: dropped there, nothing was handed
+    /// out and nothing past them is committed, so those records are read
+    /// again; the slots belong to this subscription's table, gone with it.
     async fn run(mut self) {
         let acker: Arc<dyn Acker> = self.acker.clone();
         // One read batch: the deliveries and their records, registered in
