@@ -123,9 +123,27 @@ async function dlqReplay() {
     await page.locator('#topic-list .vlist').evaluate((el) => { el.scrollTop = el.scrollHeight; });
     await page.locator(`[data-topic="${many.at(-1)}"]`).waitFor();
     check(true, 'scrolled to the end, the last topic is rendered');
+    // Filtering while scrolled to the end: the list must show the match at
+    // once, in the same task as the input event, not after a later scroll
+    // event (CI once caught an empty list here: the window of rows was
+    // computed from the old, unclamped scroll position).
+    const atOnce = await page.evaluate((name) => {
+      const f = document.querySelector('#topic-filter');
+      f.value = name;
+      f.dispatchEvent(new Event('input', { bubbles: true }));
+      return {
+        rows: document.querySelectorAll('#topic-list .vspace .vrow').length,
+        count: document.querySelector('#topic-count').textContent,
+      };
+    }, topic);
+    check(atOnce.rows === 1 && atOnce.count.startsWith('1 of'), `the filter narrows the list to the one topic at once (${atOnce.rows} rows, "${atOnce.count}")`);
+    await page.locator('#topic-filter').fill('');
+    await page.locator('#topic-count', { hasText: `${(many.length + 2).toLocaleString('en-US')} of` }).waitFor();
+    await page.locator('#topic-list .vlist').evaluate((el) => { el.scrollTop = el.scrollHeight; });
+    await page.locator(`[data-topic="${many.at(-1)}"]`).waitFor();
     await page.locator('#topic-filter').fill(topic);
-    await page.locator('#topic-count', { hasText: '1 of' }).waitFor();
-    check(await page.locator('#topic-list .vspace .vrow').count() === 1, 'the filter narrows the list to the one topic');
+    await page.locator('#topic-count', { hasText: /^1 of/ }).waitFor();
+    check(await page.locator('#topic-list .vspace .vrow').count() === 1, 'typed into the filter, it narrows the list to the one topic');
     const apiBytes = (await api('GET', `/v1/topics/${topic}`)).bytes;
     const cell = page.locator(`[data-topic="${topic}"] .bytes`);
     const shownBytes = Number(await cell.getAttribute('data-bytes'));

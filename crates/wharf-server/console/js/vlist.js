@@ -34,11 +34,22 @@ export class VirtualList {
     // As tall as the rows up to a screenful; then it scrolls.
     const want = Math.min(this.maxHeight, this.headerHeight + Math.max(1, items.length) * this.rowHeight + 2);
     this.el.style.height = `${want}px`;
+    // Fewer rows than the scroll position reaches (a filter typed while
+    // scrolled down): clamp it now. The browser clamps too, but later, with
+    // a scroll event; until then the window would hold no row.
+    const maxTop = this.maxScrollTop();
+    if (this.el.scrollTop > maxTop) this.el.scrollTop = maxTop;
     this.draw(true);
   }
 
+  /** The furthest the list can scroll with its current items. */
+  maxScrollTop() {
+    const view = this.el.clientHeight || 420;
+    return Math.max(0, this.headerHeight + this.items.length * this.rowHeight - view);
+  }
+
   draw(force) {
-    const top = Math.max(0, this.el.scrollTop - this.headerHeight);
+    const top = Math.max(0, Math.min(this.el.scrollTop, this.maxScrollTop()) - this.headerHeight);
     const view = this.el.clientHeight || 420;
     const first = Math.max(0, Math.floor(top / this.rowHeight) - 10);
     const last = Math.min(this.items.length, Math.ceil((top + view) / this.rowHeight) + 10);
