@@ -18,7 +18,7 @@ use wharf_core::{
     SubscribeOptions, Subscriber, Subscription, Timestamp,
 };
 
-use crate::config::{SqsConfig, MAX_DELAY, MAX_HEADERS, MAX_MESSAGE_BYTES};
+use crate::config::{SqsConfig, MAX_HEADERS, MAX_MESSAGE_BYTES};
 use crate::error::{self, SqsError};
 use crate::names::{fnv1a64, queue_name};
 use crate::wire;
@@ -301,15 +301,10 @@ impl Inner {
                         backend: NAME,
                         capability: Capability::DelayedPublish,
                     });
-                } else if ahead > MAX_DELAY {
-                    return Err(Error::InvalidArgument {
-                        name: "deliver_at",
-                        reason: format!(
-                            "{ahead:?} ahead; SQS delays a message by at most 15 minutes"
-                        ),
-                    });
                 } else {
-                    Some(ceil_secs(ahead))
+                    // Further ahead than one send can delay: the first hop
+                    // (the header keeps the due time; see `Inner::hop`).
+                    Some(ceil_secs(ahead.min(self.config.delay_hop)))
                 }
             }
             None => None,
@@ -335,6 +330,15 @@ impl Inner {
     pub(crate) async fn send(&self, topic: &str, m: &Message) -> Result<Receipt> {
         validate_topic(topic)?;
         let out = self.outgoing(m)?;
+        self.send_outgoing(topic, m, out).await
+    }
+
+    /// Sends a received message that is not due yet again, delayed by
+    /// what is left of its wait (at most one hop): the same body and
+    /// attributes, a fresh SQS message (its receive count starts again).
+    /// Held to SQS's limit only, as the message was accepted once.
+    pub(crate) async fn hop(&self, topic: &str, m: &Message) -> Result<Receipt> {
+        let out = self.encode_checked(m)?;
         self.send_outgoing(topic, m, out).await
     }
 

@@ -20,8 +20,9 @@ pub const MAX_MESSAGE_BYTES: usize = 190 * 1024;
 /// [`Message::size`](wharf_core::Message::size), so it is bounded here).
 pub const MAX_HEADERS: usize = 128;
 
-/// The longest delay SQS gives a message at send time (`DelaySeconds`),
-/// and so the furthest a `deliver_at` may lie ahead.
+/// The longest delay SQS gives a message at send time (`DelaySeconds`).
+/// A `deliver_at` further ahead is reached in hops of at most this long
+/// (see the crate docs and [`SqsConfig::delay_hop`]).
 pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 
 /// The longest a message may stay invisible (visibility timeout, nack delay,
@@ -49,6 +50,7 @@ pub struct SqsConfig {
     pub(crate) wait: Duration,
     pub(crate) visibility_timeout: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) delay_hop: Duration,
 }
 
 impl Default for SqsConfig {
@@ -70,6 +72,7 @@ impl SqsConfig {
             wait: Duration::from_secs(20),
             visibility_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(30),
+            delay_hop: MAX_DELAY,
         }
     }
 
@@ -197,6 +200,18 @@ impl SqsConfig {
     /// How long one API call may take, long polls excluded (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The longest `DelaySeconds` one send asks for (default and maximum
+    /// [`MAX_DELAY`], 15 minutes; at least 1 s). A message due later is
+    /// sent delayed by this much, and whichever subscription receives it
+    /// before it is due sends it again, delayed by what is left (at most
+    /// this much), then deletes what it received: one hop per this
+    /// interval, each a fresh SQS message. Shorter hops cost more calls
+    /// and buy nothing but quicker tests.
+    pub fn delay_hop(mut self, hop: Duration) -> Self {
+        self.delay_hop = hop.clamp(Duration::from_secs(1), MAX_DELAY);
         self
     }
 

@@ -29,7 +29,7 @@
 //! | `reject(reason)` | a copy stamped with the `wharf-dlq-*` headers ([`wharf_core::DeadLetter`]) sent to the dead-letter topic's queue (`dlq.<topic>` or the subscription's), then `DeleteMessage` |
 //! | `max_deliveries(n)` | a `nack` (or drop) on attempt `n` dead-letters as `reject` does; a message received at attempt `n + 1` (its lease ran out on the last attempt) is dead-lettered by the subscription without being handed out, with `wharf-attempts = n`. The queue also gets a **redrive policy** to the dead-letter queue with `maxReceiveCount = n + 1`: one receive *past* the subscription's own dead-lettering, so Wharf stamps the headers first and SQS moves the message itself only when no Wharf consumer could (a consumer that dies in between, another client that never deletes). A message SQS moved carries no `wharf-dlq-*` headers |
 //! | TTL ([`header::EXPIRES_AT_MS`](wharf_core::header::EXPIRES_AT_MS)) | checked when a message is received: an expired one is deleted, never handed out |
-//! | `deliver_at` / `deliver_after` | `DelaySeconds` (rounded up to whole seconds). SQS delays by at most 15 minutes ([`MAX_DELAY`]): a message due later fails with [`Error::InvalidArgument`](wharf_core::Error::InvalidArgument) naming `deliver_at`, nothing sent |
+//! | `deliver_at` / `deliver_after` | `DelaySeconds` (rounded up to whole seconds). SQS delays one send by at most 15 minutes ([`MAX_DELAY`]); a message due later goes out delayed by 15 minutes, its due time in the `wharf-deliver-at-ms` header, and whichever subscription receives it before it is due **hops** it: sends it again (same body and attributes) delayed by what is left, at most 15 minutes, then deletes what it received. So a wait of any length costs one send and one delete per 15 minutes, never hands the message out early, and never counts as an attempt (each hop is a fresh SQS message, so the receive count and the redrive policy start again). A crash between the send and the delete leaves two copies (at least once); a failed send leaves the copy received to come back after its lease and hop then. Hops happen only while a subscription reads the queue; a due message waits for one as any other. [`SqsConfig::delay_hop`] shortens the hops (for tests) |
 //! | limit | [`MAX_MESSAGE_BYTES`] (190 KiB of payload + key + headers): SQS's 256 KiB counts the base64 body and the attributes. A larger message fails with [`Error::MessageTooLarge`](wharf_core::Error::MessageTooLarge) before anything is sent; SQS's own size refusal maps to the same error |
 //! | `max_in_flight` | client side: a poll never asks for more messages than free slots |
 //! | closing a subscription | the reader finishes the long poll under way and gives back what it brings (`ChangeMessageVisibility(0)`, which SQS counts as a receive); handed-out deliveries still settle |
@@ -91,10 +91,9 @@
 //! instance of a topic shares its queue anyway, which is what a group
 //! would do. `RetryTopicsLayer` publishes a failed message's copy
 //! to `<topic>.retry.<n>` with `deliver_after(delay)` (SQS declares
-//! `DelayedPublish`), so levels up to 15 minutes wait in SQS itself; a
-//! level over 15 minutes fails to publish its copy (the `deliver_at` limit
-//! above). For longer waits use `nack_with_delay` (up to 12 h) in the
-//! handler. `tests/router.rs` runs the shared
+//! `DelayedPublish`), so levels up to 15 minutes wait in SQS itself and
+//! longer ones in hops (the `deliver_at` row above; tested with 1-second
+//! hops standing in for 15 minutes). `tests/router.rs` runs the shared
 //! `wharf_router::testing::retry_dlq_and_dedup_scenario` (its routes
 //! without a group here).
 //!

@@ -294,6 +294,24 @@ impl SqsAcker {
             }
             return None;
         }
+        // Due later than one send could delay it (`SqsConfig::delay_hop`):
+        // send it again for what is left, then delete this copy. A crash
+        // in between leaves both (at least once); a failed send leaves
+        // this one to come back after its lease and hop then.
+        if !self.inner.config.fifo && message.deliver_at().is_some_and(|at| at > now) {
+            self.in_flight.free(1);
+            match self.inner.hop(&self.topic, &message).await {
+                Ok(_) => {
+                    if let Err(e) = self.delete(&receipt).await {
+                        tracing::warn!(queue = %self.url, error = %e, "deleting a hopped message failed; its copy is already sent");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.url, error = %e, "re-sending a message not yet due failed; it returns after its lease");
+                }
+            }
+            return None;
+        }
         if let Some(max) = self.max_deliveries.filter(|max| attempt > *max) {
             self.in_flight.free(1);
             let held = Held {

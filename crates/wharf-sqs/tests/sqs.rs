@@ -120,52 +120,105 @@ async fn oversized_message_is_a_typed_error_and_the_worst_case_maximum_and_its_d
     dl.ack().await.expect("ack");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delay_beyond_fifteen_minutes_is_refused_and_nothing_is_sent() {
-    let Some(ns) = service::namespace().await else {
-        return;
-    };
-    let b = &ns.backend;
-    let t = format!("{}.later", unique_name("t"));
-    let m = Message::builder()
-        .payload("too late")
-        .deliver_after(Duration::from_secs(16 * 60))
-        .build();
-    let r = b.publish(&t, m).await;
-    assert!(
-        matches!(
-            r,
-            Err(Error::InvalidArgument {
-                name: "deliver_at",
-                ..
-            })
-        ),
-        "{r:?}"
-    );
-    let ok = Message::builder()
-        .payload("in 14 min")
-        .deliver_after(Duration::from_secs(14 * 60))
-        .build();
-    b.publish(&t, ok).await.expect("within SQS's 15 minutes");
-    let url = b.queue_url(&t).await.expect("url");
+/// SQS's own view of `topic`'s queue: (visible, delayed) message counts.
+async fn queue_counts(b: &SqsBackend, topic: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let url = b.queue_url(topic).await.expect("url");
     let attrs = b
         .client()
         .get_queue_attributes()
         .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .attribute_names(A::All)
         .send()
         .await
         .expect("attributes");
-    let get = |n: aws_sdk_sqs::types::QueueAttributeName| {
+    let get = |n: A| {
         attrs
             .attributes()
             .and_then(|a| a.get(&n))
             .cloned()
             .unwrap_or_default()
     };
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    assert_eq!(get(A::ApproximateNumberOfMessagesDelayed), "1");
-    assert_eq!(get(A::ApproximateNumberOfMessages), "0");
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesDelayed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_beyond_fifteen_minutes_is_accepted_and_waits_in_sqs() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = format!("{}.later", unique_name("t"));
+    for (text, minutes) in [
+        ("in 14 min", 14),
+        ("in 3 hours", 180),
+        ("in 2 days", 2 * 24 * 60),
+    ] {
+        let m = Message::builder()
+            .payload(text)
+            .deliver_after(Duration::from_secs(minutes * 60))
+            .build();
+        b.publish(&t, m).await.expect(text);
+    }
+    assert_eq!(
+        queue_counts(b, &t).await,
+        ("0".to_owned(), "3".to_owned()),
+        "(visible, delayed)"
+    );
+    // A subscription sees none of them (each is either still delayed by
+    // SQS or, were one received early, sent on again, never handed out).
+    let mut sub = b.subscribe(earliest(&t)).await.expect("subscribe");
+    expect_quiet(&mut sub, QUIET, "messages due in 14 min, 3 h and 2 days").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_due_after_several_hops_arrives_once_when_due_with_its_identity() {
+    // Hops of 1 s stand in for SQS's 15 minutes: a 4-second wait is four
+    // sends, as a 1-hour one is on Amazon's.
+    let Some(ns) =
+        service::namespace_with(service::unique_config().delay_hop(Duration::from_secs(1))).await
+    else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = format!("{}.hops", unique_name("t"));
+    let mut sub = b.subscribe(earliest(&t)).await.expect("subscribe");
+    let m = Message::builder()
+        .key(&b"order-9"[..])
+        .header("h", "v")
+        .payload("due in 4 s")
+        .deliver_after(Duration::from_secs(4))
+        .build();
+    let (id, due) = (m.id(), m.deliver_at().expect("due"));
+    b.publish(&t, m).await.expect("publish");
+    let d = expect_delivery(&mut sub, "the message, when due").await;
+    let now = wharf_core::Timestamp::now();
+    assert!(
+        now >= due,
+        "handed out {} ms early",
+        due.as_millis() - now.as_millis()
+    );
+    assert!(
+        now.as_millis() - due.as_millis() < 5_000,
+        "handed out {} ms late",
+        now.as_millis() - due.as_millis()
+    );
+    assert_eq!(d.message().id(), id);
+    assert_eq!(d.message().key().map(|k| &k[..]), Some(&b"order-9"[..]));
+    assert_eq!(d.message().headers().get("h"), Some("v"));
+    assert_eq!(text(&d), "due in 4 s");
+    assert_eq!(d.info().attempt, 1, "a hop is not an attempt");
+    d.ack().await.expect("ack");
+    expect_quiet(&mut sub, QUIET, "a second copy").await;
+    drop(sub);
+    assert!(
+        raw_receive(b, &t).await.is_empty(),
+        "no copy is left behind"
+    );
+    assert_eq!(queue_counts(b, &t).await, ("0".to_owned(), "0".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
