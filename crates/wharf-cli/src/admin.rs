@@ -6,6 +6,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use wharf_client::proto as v1;
 
+use wharf_core::StartPosition;
+
 use crate::{table, Conn};
 
 /// A gRPC failure as one readable line.
@@ -21,9 +23,12 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
             None => anyhow!("invalid argument: {m}"),
         };
     }
-    // "unknown topic \"x\"", "no dead letter …": a sentence already, which a
-    // "not found:" in front only repeats.
-    if s.code() == tonic::Code::NotFound {
+    // "unknown topic \"x\"", "no dead letter …", "group … is in use …": a
+    // sentence already, which a "not found:" in front only repeats.
+    if matches!(
+        s.code(),
+        tonic::Code::NotFound | tonic::Code::FailedPrecondition
+    ) {
         return anyhow!("{}", s.message());
     }
     let what = match s.code() {
@@ -554,6 +559,21 @@ pub(crate) enum GroupCmd {
         /// Only this topic (default: every topic the group consumes).
         topic: Option<String>,
     },
+    /// Move GROUP's position on TOPIC, in every partition: what lies below
+    /// it counts as consumed, what lies at or above it is delivered again
+    /// (pending redeliveries and attempt counts are dropped). Only a group
+    /// nothing uses may move: stop its consumers first.
+    Reset {
+        /// Group name.
+        group: String,
+        /// Topic name.
+        topic: String,
+        /// earliest | latest | OFFSET (in every partition's range) | TIME
+        /// (RFC 3339 like 2026-11-23T18:00:00Z, or ms since the epoch as
+        /// @MS: the first message stored at or after it, per partition).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn mode_str(g: &v1::GroupInfo) -> &'static str {
@@ -594,12 +614,64 @@ fn group_json(g: &v1::GroupInfo) -> serde_json::Value {
     })
 }
 
-pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
-    let mut raw = conn.client().await?.raw();
-    let (filter, topic) = match &cmd {
-        GroupCmd::List => (None, None),
-        GroupCmd::Describe { group, topic } => (Some(group.clone()), topic.clone()),
+/// `wharf group reset`: moves the group, prints each partition's new offset.
+async fn group_reset(conn: &Conn, group: String, topic: String, to: &str) -> anyhow::Result<()> {
+    let (kind, value) = match crate::pubsub::parse_from(to).map_err(|e| {
+        anyhow!(
+            "--to {to:?}: {}",
+            e.to_string().replace("--from", "").trim_start_matches(' ')
+        )
+    })? {
+        StartPosition::Earliest => (v1::StartKind::StartEarliest, 0),
+        StartPosition::Latest => (v1::StartKind::StartLatest, 0),
+        StartPosition::Offset(o) => (v1::StartKind::StartOffset, o),
+        StartPosition::Time(t) => (v1::StartKind::StartTime, t.as_millis()),
+        _ => bail!("--to {to:?} is not earliest, latest, an offset or a time"),
     };
+    let mut raw = conn.client().await?.raw();
+    let moved = raw
+        .reset_group(v1::ResetGroupRequest {
+            group: group.clone(),
+            topic: topic.clone(),
+            to: kind as i32,
+            value,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    if conn.json {
+        outln!(
+            "{}",
+            json!({
+                "group": group,
+                "topic": topic,
+                "partitions": moved.partitions.iter().map(|p| json!({
+                    "partition": p.partition,
+                    "offset": p.offset,
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = moved
+        .partitions
+        .iter()
+        .map(|p| vec![p.partition.to_string(), p.offset.to_string()])
+        .collect();
+    table::print(&["partition", "offset"], &rows);
+    Ok(())
+}
+
+pub(crate) async fn group(conn: &Conn, cmd: GroupCmd) -> anyhow::Result<()> {
+    let (filter, topic) = match cmd {
+        GroupCmd::List => (None, None),
+        GroupCmd::Describe {
+            ref group,
+            ref topic,
+        } => (Some(group.clone()), topic.clone()),
+        GroupCmd::Reset { group, topic, to } => return group_reset(conn, group, topic, &to).await,
+    };
+    let mut raw = conn.client().await?.raw();
     let groups: Vec<v1::GroupInfo> = raw
         .list_groups(v1::ListGroupsRequest {
             group: filter.clone(),

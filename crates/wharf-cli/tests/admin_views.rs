@@ -203,6 +203,129 @@ async fn group_describe_shows_members_and_committed_offsets_that_move_after_acks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_reset_moves_an_idle_group_and_refuses_one_in_use() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = common::Server::start(dir.path(), None);
+    let url = server.url();
+    common::ok(&cli(&url, &["topic", "create", "gr.jobs", "--partitions", "2"]).await);
+    for i in 0..4 {
+        common::ok(&cli(&url, &["pub", "gr.jobs", &format!("job-{i}")]).await);
+    }
+    let client = wharf_client::Client::connect(&url, None)
+        .await
+        .expect("connect");
+    let subscribe = || async {
+        client
+            .subscribe(
+                SubscribeOptions::new("gr.jobs")
+                    .group("gr.g")
+                    .start(StartPosition::Earliest),
+            )
+            .await
+            .expect("subscribe")
+    };
+    let mut sub = subscribe().await;
+    for _ in 0..4 {
+        next(&mut sub).await.ack().await.expect("ack");
+    }
+    describe_until(&url, "gr.g", "gr.jobs", |g| committed(g) == [2, 2]).await;
+
+    // In use: refused with a sentence that says so, and nothing moves.
+    let busy = cli(
+        &url,
+        &["group", "reset", "gr.g", "gr.jobs", "--to", "earliest"],
+    )
+    .await;
+    assert!(!busy.status.success());
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(committed(&describe(&url, "gr.g", "gr.jobs").await), [2, 2]);
+    drop(sub);
+
+    // Idle: back to the start; the group reads everything again.
+    let moved = loop {
+        let out = cli(
+            &url,
+            &[
+                "group", "reset", "gr.g", "gr.jobs", "--to", "earliest", "--json",
+            ],
+        )
+        .await;
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).expect("JSON output");
+        }
+        // The dropped subscription's stream ends on the server a moment later.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("in use"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(moved["group"], "gr.g", "{moved}");
+    let offsets: Vec<u64> = moved["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [0, 0], "{moved}");
+    assert_eq!(committed(&describe(&url, "gr.g", "gr.jobs").await), [0, 0]);
+    let mut sub = subscribe().await;
+    let mut again: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut sub).await;
+        again.push(String::from_utf8_lossy(d.message().payload()).into_owned());
+        d.ack().await.expect("ack");
+    }
+    again.sort();
+    assert_eq!(again, ["job-0", "job-1", "job-2", "job-3"]);
+    drop(sub);
+
+    // To an offset in every partition, in the table form.
+    let table = loop {
+        let out = cli(&url, &["group", "reset", "gr.g", "gr.jobs", "--to", "1"]).await;
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        table.contains("PARTITION") && table.contains("OFFSET"),
+        "{table}"
+    );
+    assert_eq!(committed(&describe(&url, "gr.g", "gr.jobs").await), [1, 1]);
+
+    // Bad input: typed refusals, nothing moved.
+    for (args, says) in [
+        (
+            &["group", "reset", "gr.g", "gr.jobs", "--to", "sometime"][..],
+            "sometime",
+        ),
+        (
+            &["group", "reset", "gr.g", "gr.jobs", "--to", "99"][..],
+            "99",
+        ),
+        (
+            &["group", "reset", "gr.none", "gr.jobs", "--to", "latest"][..],
+            "no position",
+        ),
+        (
+            &["group", "reset", "gr.g", "gr.nope", "--to", "latest"][..],
+            "gr.nope",
+        ),
+    ] {
+        let out = cli(&url, args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(committed(&describe(&url, "gr.g", "gr.jobs").await), [1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_listing_reads_without_leasing_pages_and_stays_consistent_with_replay() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = common::Server::start(dir.path(), None);

@@ -1317,6 +1317,8 @@ const GRPC_MATRIX: &[GrpcCase] = &[
     grpc_case("SetPartitions", "", Setup::None, Need::Any(A)),
     grpc_case("RepairPartition", "", Setup::None, Need::Any(A)),
     grpc_case("ListGroups", "", Setup::None, Need::Any(A)),
+    grpc_case("ResetGroup", "", Setup::None, Need::Any(A)),
+    grpc_case("ResetGroup", "topic outside", Setup::None, Need::All(ROOT)),
     grpc_case("DlqList", "", Setup::None, Need::Any(A)),
     grpc_case("DlqShow", "", Setup::Letter("dlq.m.t", "m.t"), Need::Any(A)),
     grpc_case(
@@ -1486,6 +1488,16 @@ async fn grpc_code(url: &str, case: &GrpcCase, x: &str, token: Option<&str>) -> 
             c.list_groups(v1::ListGroupsRequest { group: None })
                 .await
                 .err(),
+        ),
+        ("ResetGroup", what) => code(
+            c.reset_group(v1::ResetGroupRequest {
+                group: "g".into(),
+                topic: if what.is_empty() { "m.t" } else { "x.t" }.into(),
+                to: v1::StartKind::StartEarliest as i32,
+                value: 0,
+            })
+            .await
+            .err(),
         ),
         ("DlqList", _) => code(
             c.dlq_list(v1::DlqListRequest {

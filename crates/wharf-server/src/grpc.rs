@@ -631,6 +631,46 @@ impl Wharf for Service {
         Ok(Response::new(v1::ListGroupsResponse { groups }))
     }
 
+    async fn reset_group(
+        &self,
+        req: Request<v1::ResetGroupRequest>,
+    ) -> Result<Response<v1::ResetGroupResponse>, Status> {
+        let r = req.get_ref();
+        self.check(&req, Right::Admin, &r.topic)?;
+        let to = match v1::StartKind::try_from(r.to).unwrap_or(v1::StartKind::StartDefault) {
+            v1::StartKind::StartEarliest => StartPosition::Earliest,
+            v1::StartKind::StartLatest => StartPosition::Latest,
+            v1::StartKind::StartOffset => StartPosition::Offset(r.value),
+            v1::StartKind::StartTime => StartPosition::Time(Timestamp::from_millis(r.value)),
+            v1::StartKind::StartDefault => {
+                return Err(Status::invalid_argument(
+                    "to: START_EARLIEST, START_LATEST, START_OFFSET or START_TIME",
+                ))
+            }
+        };
+        match self
+            .shared
+            .broker
+            .reset_group(&r.group, &r.topic, to)
+            .map_err(|e| status_for(&e))?
+        {
+            wharf_broker::GroupReset::Moved(parts) => Ok(Response::new(v1::ResetGroupResponse {
+                partitions: parts
+                    .into_iter()
+                    .map(|(partition, offset)| v1::ResetPartition { partition, offset })
+                    .collect(),
+            })),
+            wharf_broker::GroupReset::InUse => Err(Status::failed_precondition(format!(
+                "group {:?} is in use on {:?} (a bound consumer or an unsettled delivery): stop its consumers and retry",
+                r.group, r.topic
+            ))),
+            _ => Err(Status::not_found(format!(
+                "group {:?} has no position on {:?}",
+                r.group, r.topic
+            ))),
+        }
+    }
+
     async fn dlq_list(
         &self,
         req: Request<v1::DlqListRequest>,
