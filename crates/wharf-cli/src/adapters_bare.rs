@@ -22,7 +22,11 @@
 //! publishes each message with a unique `Nats-Msg-Id` (JetStream's dedup
 //! index, as the adapter's) and a 13-digit `Wharf-Ts` header;
 //! `bare+amqp://…#x-max-priority` declares its queue with `x-max-priority = 9`
-//! (a priority queue, as every queue of the adapter).
+//! (a priority queue, as every queue of the adapter); `bare+kafka://…#detach`
+//! copies each record it consumes out of librdkafka (rdkafka's `detach`:
+//! payload, key, headers), which any consumer keeping a record past the next
+//! poll or handing it to another task must do, as the adapter does for
+//! every delivery.
 //!
 //! The bare message carries the payload only; the adapter's also carries the
 //! message id and timestamp (about 50 bytes more), headers, and the dedup
@@ -86,9 +90,12 @@ pub(crate) async fn open(
         None => (url, None),
     };
     match (variant, url.split_once("://").map(|(s, _)| s)) {
-        (None, _) | (Some("msg-id"), Some("nats")) | (Some("x-max-priority"), Some("amqp")) => {}
+        (None, _)
+        | (Some("msg-id"), Some("nats"))
+        | (Some("x-max-priority"), Some("amqp"))
+        | (Some("detach"), Some("kafka")) => {}
         (Some(v), _) => anyhow::bail!(
-            "--backend {spec}: unknown variant #{v} (bare+nats://…#msg-id, bare+amqp://…#x-max-priority)"
+            "--backend {spec}: unknown variant #{v} (bare+nats://…#msg-id, bare+amqp://…#x-max-priority, bare+kafka://…#detach)"
         ),
     }
     let ns = ns.replace(['.', '-'], "_");
@@ -180,9 +187,14 @@ pub(crate) async fn open(
     }
     #[cfg(feature = "kafka")]
     if url.starts_with("kafka://") {
-        let k = kafka::BareKafka::open(url, &format!("benchbare_{ns}"), partitions)
-            .await
-            .with_context(ctx)?;
+        let k = kafka::BareKafka::open(
+            url,
+            &format!("benchbare_{ns}"),
+            partitions,
+            variant.is_some(),
+        )
+        .await
+        .with_context(ctx)?;
         return Ok(Some((
             Bare::Kafka(k),
             "Kafka produce: idempotent producer, acks=all (in-sync replicas hold it; fsync per the broker's flush config)",
@@ -733,6 +745,8 @@ mod kafka {
         /// A member that joined before the drain is timed (as the adapter's
         /// subscription does), with the first record it read.
         joined: Arc<std::sync::Mutex<Option<Joined>>>,
+        /// `#detach`: copy every consumed record out of librdkafka.
+        detach: bool,
     }
 
     /// A consumer in the group, assigned, and the partition and offset of
@@ -749,7 +763,12 @@ mod kafka {
 
     impl BareKafka {
         /// Connects to `url` and creates `topic` with `partitions`.
-        pub(crate) async fn open(url: &str, topic: &str, partitions: u32) -> anyhow::Result<Self> {
+        pub(crate) async fn open(
+            url: &str,
+            topic: &str,
+            partitions: u32,
+            detach: bool,
+        ) -> anyhow::Result<Self> {
             let bootstrap = wharf_kafka::KafkaConfig::new(url)
                 .bootstrap_servers()
                 .to_owned();
@@ -779,6 +798,7 @@ mod kafka {
                 producer,
                 admin: Arc::new(admin),
                 joined: Arc::default(),
+                detach,
             })
         }
 
@@ -844,6 +864,7 @@ mod kafka {
                 None => (self.member(group)?, None),
             };
             let mut taken = 0u64;
+            let mut kept = Vec::with_capacity(if self.detach { batch } else { 0 });
             loop {
                 let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
                 match first.take() {
@@ -853,6 +874,9 @@ mod kafka {
                     None => {
                         let m = consumer.recv().await?;
                         next.insert(m.partition(), m.offset() + 1);
+                        if self.detach {
+                            kept.push(m.detach());
+                        }
                     }
                 }
                 let mut n = 1u64;
@@ -861,11 +885,17 @@ mod kafka {
                         Some(m) => {
                             let m = m?;
                             next.insert(m.partition(), m.offset() + 1);
+                            if self.detach {
+                                kept.push(m.detach());
+                            }
                             n += 1;
                         }
                         None => break,
                     }
                 }
+                // The batch's copies live until it is committed, as a
+                // handler's messages do.
+                kept.clear();
                 let mut tpl = TopicPartitionList::with_capacity(next.len());
                 for (p, at) in next {
                     tpl.add_partition_offset(&self.topic, p, Offset::Offset(at))?;

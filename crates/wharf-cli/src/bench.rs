@@ -41,7 +41,9 @@ pub(crate) struct BenchArgs {
     /// engine's own client (an adapter row is then also printed as a ratio
     /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
     /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
-    /// queue as the adapter does); repeat to compare in one run (ratios are printed
+    /// queue as the adapter does, `bare+kafka://…#detach` copies each
+    /// consumed record out of librdkafka as the adapter must); repeat to
+    /// compare in one run (ratios are printed
     /// against the first).
     #[arg(long = "backend", default_value = "embedded")]
     backends: Vec<String>,

@@ -56,3 +56,28 @@ fn bench_runs_bare_rdkafka_beside_the_kafka_adapter_and_deletes_its_topics() {
         }
     }
 }
+
+#[test]
+fn the_detach_variant_drains_the_backlog_copying_each_record_and_deletes_its_topic() {
+    let Some(url) = kafka_or_skip() else { return };
+    let detach = format!("bare+{url}#detach");
+    let out = std::process::Command::new(common::BIN)
+        .args(["bench", "--backend", &detach, "--workload", "consume"])
+        .args(["--count", "1000", "--batch", "100", "--json"])
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .output()
+        .expect("run wharf");
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&common::ok(&out)).expect("json");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["backend"], detach.as_str());
+    assert_eq!(runs[0]["messages"], 1000, "{}", runs[0]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let topic = stderr
+        .lines()
+        .find_map(|l| l.split_once(": topic ").map(|(_, r)| r))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the topic is named on stderr")
+        .replace(['.', '-'], "_");
+    assert!(topics_with(&url, &topic).is_empty());
+}
