@@ -322,6 +322,18 @@ async fn group_reset_moves_an_idle_group_and_refuses_one_in_use() {
             "{args:?}: {err}"
         );
     }
+    // Over gRPC, a request without a target is refused as such.
+    let e = client
+        .raw()
+        .reset_group(wharf_client::proto::ResetGroupRequest {
+            group: "gr.g".into(),
+            topic: "gr.jobs".into(),
+            to: wharf_client::proto::StartKind::StartDefault as i32,
+            value: 0,
+        })
+        .await
+        .expect_err("no target");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     assert_eq!(committed(&describe(&url, "gr.g", "gr.jobs").await), [1, 1]);
 }
 

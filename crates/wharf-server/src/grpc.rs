@@ -364,19 +364,25 @@ fn damage_to_proto(d: &wharf_broker::Damage) -> v1::DamagedBatch {
     }
 }
 
+/// A `StartKind` and its value (offset, or ms since the epoch) as a start
+/// position; `None` for `START_DEFAULT` (or an unknown kind).
+fn start_position(kind: i32, value: u64) -> Option<StartPosition> {
+    match v1::StartKind::try_from(kind).unwrap_or(v1::StartKind::StartDefault) {
+        v1::StartKind::StartDefault => None,
+        v1::StartKind::StartEarliest => Some(StartPosition::Earliest),
+        v1::StartKind::StartLatest => Some(StartPosition::Latest),
+        v1::StartKind::StartOffset => Some(StartPosition::Offset(value)),
+        v1::StartKind::StartTime => Some(StartPosition::Time(Timestamp::from_millis(value))),
+    }
+}
+
 fn subscribe_options(s: &v1::SubscribeRequest) -> SubscribeOptions {
     let mut o = SubscribeOptions::new(s.pattern.clone());
     if let Some(g) = &s.group {
         o = o.group(g.clone());
     }
-    match v1::StartKind::try_from(s.start).unwrap_or(v1::StartKind::StartDefault) {
-        v1::StartKind::StartDefault => {}
-        v1::StartKind::StartEarliest => o = o.start(StartPosition::Earliest),
-        v1::StartKind::StartLatest => o = o.start(StartPosition::Latest),
-        v1::StartKind::StartOffset => o = o.start(StartPosition::Offset(s.start_value)),
-        v1::StartKind::StartTime => {
-            o = o.start(StartPosition::Time(Timestamp::from_millis(s.start_value)));
-        }
+    if let Some(at) = start_position(s.start, s.start_value) {
+        o = o.start(at);
     }
     if s.max_in_flight > 0 {
         o = o.max_in_flight(s.max_in_flight as usize);
@@ -637,17 +643,9 @@ impl Wharf for Service {
     ) -> Result<Response<v1::ResetGroupResponse>, Status> {
         let r = req.get_ref();
         self.check(&req, Right::Admin, &r.topic)?;
-        let to = match v1::StartKind::try_from(r.to).unwrap_or(v1::StartKind::StartDefault) {
-            v1::StartKind::StartEarliest => StartPosition::Earliest,
-            v1::StartKind::StartLatest => StartPosition::Latest,
-            v1::StartKind::StartOffset => StartPosition::Offset(r.value),
-            v1::StartKind::StartTime => StartPosition::Time(Timestamp::from_millis(r.value)),
-            v1::StartKind::StartDefault => {
-                return Err(Status::invalid_argument(
-                    "to: START_EARLIEST, START_LATEST, START_OFFSET or START_TIME",
-                ))
-            }
-        };
+        let to = start_position(r.to, r.value).ok_or_else(|| {
+            Status::invalid_argument("to: START_EARLIEST, START_LATEST, START_OFFSET or START_TIME")
+        })?;
         match self
             .shared
             .broker
