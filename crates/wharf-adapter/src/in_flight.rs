@@ -96,16 +96,30 @@ impl<P> InFlight<P> {
     /// returns the first one's token (the others follow it: `first + i`
     /// is the token of the `i`th record).
     pub fn register_all(&self, records: impl ExactSizeIterator<Item = P>) -> u64 {
+        self.register_all_leased(records, None)
+    }
+
+    /// [`InFlight::register_all`] of deliveries whose leases on the server
+    /// run for `lease` from now (`None`: no lease), with one clock read for
+    /// the batch; as [`InFlight::register_leased`] for each, settling one
+    /// fails once its lease has run out.
+    pub fn register_all_leased(
+        &self,
+        records: impl ExactSizeIterator<Item = P>,
+        lease: Option<Duration>,
+    ) -> u64 {
         let n = records.len() as u64;
         let first = self.next_token.fetch_add(n, Ordering::Relaxed);
+        let deadline = lease.map(|l| Instant::now() + l);
         let mut held = self.lock();
+        held.reserve(records.len());
         for (token, record) in (first..).zip(records) {
             held.insert(
                 token,
                 Held {
                     record,
                     keeper: None,
-                    deadline: None,
+                    deadline,
                 },
             );
         }
@@ -327,6 +341,26 @@ mod tests {
         assert!(matches!(f.take(late), Err(Error::UnknownDelivery { .. })));
         // Both slots came back.
         assert_eq!(f.reserve(8).await, Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_registered_with_a_lease_expires_together() {
+        let f = InFlight::new(3);
+        assert_eq!(f.reserve(3).await, Some(3));
+        let lease = Duration::from_secs(10);
+        let first = f.register_all_leased(["a", "b", "c"].into_iter(), Some(lease));
+        tokio::time::sleep(lease / 2).await;
+        assert_eq!(f.take(first).expect("within the lease"), "a");
+        tokio::time::sleep(lease).await;
+        assert!(matches!(
+            f.get(first + 1, |r| *r),
+            Err(Error::UnknownDelivery { .. })
+        ));
+        let (mut taken, mut failed) = (Vec::new(), Vec::new());
+        f.take_many(&[first + 1, first + 2], &mut taken, &mut failed);
+        assert!(taken.is_empty(), "both leases ran out");
+        assert_eq!(failed.len(), 2);
+        assert_eq!(f.reserve(8).await, Some(3), "every slot came back");
     }
 
     /// A `touch` that only counts its calls in `touches`.
