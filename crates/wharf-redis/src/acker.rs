@@ -252,21 +252,30 @@ impl Acker for RedisAcker {
     }
 
     /// One `XACK <stream> <group> <id…>` per topic in the batch (one round
-    /// trip for all of them), instead of one per delivery.
+    /// trip for all of them), instead of one per delivery; the batch leaves
+    /// the in-flight table under one lock.
     async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
-        let mut by_topic: Vec<(Arc<str>, Vec<(u64, String)>)> = Vec::new();
-        for &token in tokens {
-            let p = match self.in_flight.take(token) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed.push((token, e));
-                    continue;
+        let mut taken = Vec::with_capacity(tokens.len());
+        self.in_flight.take_many(tokens, &mut taken, failed);
+        {
+            // First failures are only recorded for nacked deliveries: with
+            // none recorded there is nothing to forget.
+            let mut failures = self.failures();
+            if !failures.is_empty() {
+                for (_, p) in &taken {
+                    failures.remove(&self.failure_key(p));
                 }
-            };
-            self.failures().remove(&self.failure_key(&p));
+            }
+        }
+        let mut by_topic: Vec<(Arc<str>, Vec<(u64, String)>)> = Vec::new();
+        for (token, p) in taken {
             match by_topic.iter_mut().find(|(t, _)| *t == p.topic) {
                 Some((_, ids)) => ids.push((token, p.entry_id)),
-                None => by_topic.push((p.topic, vec![(token, p.entry_id)])),
+                None => {
+                    let mut ids = Vec::with_capacity(tokens.len());
+                    ids.push((token, p.entry_id));
+                    by_topic.push((p.topic, ids));
+                }
             }
         }
         let Mode::Group { group, .. } = &self.mode else {

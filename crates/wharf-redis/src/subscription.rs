@@ -9,7 +9,7 @@
 //! registry every 200 ms to pick up new topics. Deliveries go through a
 //! channel, so [`DeliveryStream::next`] is a channel receive: cancel safe.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
 use wharf_core::{
-    Capability, Delivery, DeliveryInfo, Error, MessageId, Result, StartPosition, SubscribeOptions,
-    Subscription, Timestamp, TopicPattern,
+    Acker, Capability, Delivery, DeliveryInfo, Error, MessageId, Result, StartPosition,
+    SubscribeOptions, Subscription, Timestamp, TopicPattern,
 };
 
 use crate::acker::{Mode, Pending, RedisAcker};
@@ -125,9 +125,10 @@ async fn last_id(conn: &mut MultiplexedConnection, key: &str) -> Result<String> 
         .query_async(conn)
         .await
         .map_err(|e| map("XREVRANGE", e))?;
-    Ok(match &v {
+    Ok(match v {
         Value::Array(es) => es
-            .first()
+            .into_iter()
+            .next()
             .map(wire::entry)
             .transpose()?
             .map_or_else(|| "0-0".to_owned(), |e| e.id),
@@ -287,9 +288,9 @@ impl Reader {
                         .arg(Timestamp::now().as_millis())
                         .arg(n - used);
                     let due: Value = self.shared.eval(&mut self.conn, &cmd, "claim due").await?;
-                    for (e, count) in wire::claimed_reply(&due)? {
-                        used += usize::from(self.deliver(&topic, e, count).await);
-                    }
+                    used += self
+                        .deliver_all(&topic, &key, wire::claimed_reply(due)?)
+                        .await;
                     if used < n && reclaim {
                         let mut cmd = redis::cmd("EVALSHA");
                         cmd.arg(&self.shared.shas.claim_expired)
@@ -304,9 +305,9 @@ impl Reader {
                             .shared
                             .eval(&mut self.conn, &cmd, "claim expired")
                             .await?;
-                        for (e, count) in wire::claimed_reply(&expired)? {
-                            used += usize::from(self.expired_lease(&topic, e, count).await);
-                        }
+                        used += self
+                            .expired_leases(&topic, &key, wire::claimed_reply(expired)?)
+                            .await;
                     }
                 }
                 if used < n {
@@ -330,11 +331,12 @@ impl Reader {
                         .query_async(&mut self.conn)
                         .await
                         .map_err(|e| map("XREADGROUP", e))?;
-                    for (key, e) in wire::read_reply(&v)? {
+                    for (key, entries) in wire::read_reply(v)? {
                         let Some(topic) = self.topic_of(&key) else {
                             continue;
                         };
-                        used += usize::from(self.deliver(&topic, e, 1).await);
+                        let entries = entries.into_iter().map(|e| (e, 1));
+                        used += self.deliver_all(&topic, &key, entries).await;
                     }
                 }
             }
@@ -352,7 +354,8 @@ impl Reader {
                             id: p.entry_id,
                             message: p.message,
                         };
-                        used += usize::from(self.deliver(&topic, e, p.attempt + 1).await);
+                        let key = self.shared.stream_key(&topic);
+                        used += self.deliver_all(&topic, &key, [(e, p.attempt + 1)]).await;
                     } else {
                         i += 1;
                     }
@@ -374,13 +377,17 @@ impl Reader {
                         .query_async(&mut self.conn)
                         .await
                         .map_err(|e| map("XREAD", e))?;
-                    for (key, e) in wire::read_reply(&v)? {
+                    for (key, entries) in wire::read_reply(v)? {
                         let Some(s) = self.streams.iter_mut().find(|s| s.key == key) else {
                             continue;
                         };
-                        s.cursor.clone_from(&e.id);
+                        let Some(last) = entries.last() else {
+                            continue;
+                        };
+                        s.cursor.clone_from(&last.id);
                         let topic = s.topic.clone();
-                        used += usize::from(self.deliver(&topic, e, 1).await);
+                        let entries = entries.into_iter().map(|e| (e, 1));
+                        used += self.deliver_all(&topic, &key, entries).await;
                     }
                 }
             }
@@ -388,25 +395,32 @@ impl Reader {
         Ok(used)
     }
 
-    /// An entry claimed after its lease expired: delivered again, or
+    /// Entries claimed after their leases expired: delivered again, or
     /// dead-lettered when the lapsed attempt was the last one allowed.
-    async fn expired_lease(&self, topic: &Arc<str>, e: Entry, count: u32) -> bool {
-        match self.acker.max_deliveries {
-            Some(max) if count > max => {
-                let p = Pending {
-                    topic: topic.clone(),
-                    entry_id: e.id,
-                    message: e.message,
-                    attempt: count - 1,
-                };
-                let reason = format!("max deliveries ({max}) exceeded: lease expired");
-                if let Err(err) = self.acker.dead_letter(p, &reason).await {
-                    tracing::warn!(error = %err, "dead-lettering an expired redis delivery failed");
-                }
-                false
+    async fn expired_leases(
+        &self,
+        topic: &Arc<str>,
+        key: &str,
+        claimed: Vec<(Entry, u32)>,
+    ) -> usize {
+        let Some(max) = self.acker.max_deliveries else {
+            return self.deliver_all(topic, key, claimed).await;
+        };
+        let (dead, again): (Vec<_>, Vec<_>) =
+            claimed.into_iter().partition(|(_, count)| *count > max);
+        for (e, count) in dead {
+            let p = Pending {
+                topic: topic.clone(),
+                entry_id: e.id,
+                message: e.message,
+                attempt: count - 1,
+            };
+            let reason = format!("max deliveries ({max}) exceeded: lease expired");
+            if let Err(err) = self.acker.dead_letter(p, &reason).await {
+                tracing::warn!(error = %err, "dead-lettering an expired redis delivery failed");
             }
-            _ => self.deliver(topic, e, count).await,
         }
+        self.deliver_all(topic, key, again).await
     }
 
     fn topic_of(&self, key: &str) -> Option<Arc<str>> {
@@ -416,56 +430,86 @@ impl Reader {
             .map(|s| s.topic.clone())
     }
 
-    /// Hands one entry out; `false` if it expired (acked, not handed out).
-    async fn deliver(&self, topic: &Arc<str>, e: Entry, attempt: u32) -> bool {
-        if e.message
-            .expires_at()
-            .is_some_and(|at| at <= Timestamp::now())
-        {
-            if let Mode::Group { group, .. } = &self.acker.mode {
-                let _: redis::RedisResult<i64> = redis::cmd("XACK")
-                    .arg(self.shared.stream_key(topic))
-                    .arg(group)
-                    .arg(&e.id)
-                    .query_async(&mut self.shared.conn.clone())
-                    .await;
-            }
-            return false;
-        }
-        let info = DeliveryInfo {
-            topic: topic.clone(),
-            partition: 0,
-            offset: wire::offset(&e.id),
-            attempt,
+    /// Hands out entries of `topic` (stream `key`), each with its attempt,
+    /// in order; returns how many were handed out. An expired entry is
+    /// acked, not handed out. The batch is registered in flight under one
+    /// lock and one clock read.
+    async fn deliver_all(
+        &self,
+        topic: &Arc<str>,
+        key: &str,
+        entries: impl IntoIterator<Item = (Entry, u32)>,
+    ) -> usize {
+        let entries = entries.into_iter();
+        let group = match &self.acker.mode {
+            Mode::Group { group, .. } => Some(group),
+            Mode::Private { .. } => None,
         };
+        let mut now = None;
+        let mut expired = Vec::new();
+        let mut redelivered = HashSet::new();
+        let mut out = Vec::with_capacity(entries.size_hint().0);
+        let mut records = Vec::with_capacity(entries.size_hint().0);
+        for (e, attempt) in entries {
+            if let Some(at) = e.message.expires_at() {
+                if at <= *now.get_or_insert_with(Timestamp::now) {
+                    expired.push(e.id);
+                    continue;
+                }
+            }
+            if group.is_some() && attempt > 1 {
+                redelivered.insert(e.id.clone());
+            }
+            out.push((
+                e.message.clone(),
+                DeliveryInfo {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: wire::offset(&e.id),
+                    attempt,
+                },
+            ));
+            records.push(Pending {
+                topic: topic.clone(),
+                entry_id: e.id,
+                message: e.message,
+                attempt,
+            });
+        }
+        if let (Some(group), false) = (group, expired.is_empty()) {
+            let _: redis::RedisResult<i64> = redis::cmd("XACK")
+                .arg(key)
+                .arg(group)
+                .arg(&expired)
+                .query_async(&mut self.shared.conn.clone())
+                .await;
+        }
+        if out.is_empty() {
+            return 0;
+        }
         // A group's entries are leased on the server: one claimed again
         // supersedes an earlier delivery of it still held here, whose ack
         // would otherwise settle this one.
-        let lease = match &self.acker.mode {
-            Mode::Group { .. } => {
-                if attempt > 1 {
-                    self.acker
-                        .in_flight
-                        .supersede(|p| p.entry_id == e.id && p.topic == *topic);
-                }
-                Some(self.acker.lease)
-            }
-            Mode::Private { .. } => None,
-        };
-        let token = self.acker.in_flight.register_leased(
-            Pending {
-                topic: topic.clone(),
-                entry_id: e.id,
-                message: e.message.clone(),
-                attempt,
-            },
-            lease,
-        );
-        let d = Delivery::new(e.message, info, self.acker.clone(), token);
-        // On a closed channel the delivery comes back in the error and is
-        // dropped, which releases it.
-        let _ = self.tx.send(Ok(d));
-        true
+        if !redelivered.is_empty() {
+            self.acker
+                .in_flight
+                .supersede(|p| p.topic == *topic && redelivered.contains(&p.entry_id));
+        }
+        let lease = group.map(|_| self.acker.lease);
+        let first = self
+            .acker
+            .in_flight
+            .register_all_leased(records.into_iter(), lease);
+        let acker: Arc<dyn Acker> = self.acker.clone();
+        let n = out.len();
+        for ((message, info), token) in out.into_iter().zip(first..) {
+            // On a closed channel the delivery comes back in the error and
+            // is dropped, which releases it.
+            let _ = self
+                .tx
+                .send(Ok(Delivery::new(message, info, acker.clone(), token)));
+        }
+        n
     }
 }
 

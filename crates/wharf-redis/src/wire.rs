@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use redis::Value;
-use wharf_core::{Message, MessageId, Result, Timestamp};
+use wharf_core::{Headers, Message, MessageId, Result, Timestamp};
 
 use crate::error::unexpected;
 
@@ -82,7 +82,7 @@ pub(crate) fn unframe(payload: &[u8]) -> Option<Message> {
         return None;
     }
     let v = Value::Array(vec![Value::BulkString(b"0-0".to_vec()), Value::Array(flat)]);
-    entry(&v).ok().map(|e| e.message)
+    entry(v).ok().map(|e| e.message)
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -113,89 +113,129 @@ pub(crate) struct Entry {
     pub(crate) message: Message,
 }
 
-/// Decodes `[id, [field, value, …]]`.
-pub(crate) fn entry(v: &Value) -> Result<Entry> {
+/// The bytes of a bulk or simple string, taken out of the reply.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+/// UTF-8 text, without a copy when it is valid.
+fn into_string(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Decodes `[id, [field, value, …]]`, taking the strings out of the reply:
+/// key, payload and header values become the message's own bytes without a
+/// copy, and no id or clock is made for an entry that carries both.
+pub(crate) fn entry(v: Value) -> Result<Entry> {
     let Value::Array(parts) = v else {
         return Err(unexpected("stream entry", format!("{v:?}")));
     };
-    let id = parts
-        .first()
-        .and_then(string_of)
-        .ok_or_else(|| unexpected("stream entry", "no id"))?;
-    let fields: &[Value] = match parts.get(1) {
+    let mut parts = parts.into_iter();
+    let id = match parts.next() {
+        Some(Value::Int(i)) => i.to_string(),
+        Some(other) => into_bytes(other)
+            .map(into_string)
+            .ok_or_else(|| unexpected("stream entry", "no id"))?,
+        None => return Err(unexpected("stream entry", "no id")),
+    };
+    let fields = match parts.next() {
         Some(Value::Array(f)) => f,
         Some(Value::Map(_)) | Some(_) | None => {
             return Err(unexpected("stream entry", format!("fields of {id}")))
         }
     };
-    let mut b = Message::builder();
-    for pair in fields.chunks(2) {
-        let (Some(name), Some(value)) = (
-            pair.first().and_then(bytes_of),
-            pair.get(1).and_then(bytes_of),
-        ) else {
+    let (mut msg_id, mut ts, mut key, mut payload) = (None, None, None, Bytes::new());
+    let mut headers = Headers::new();
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) else {
             continue;
         };
-        match name {
+        match name.as_slice() {
             b"id" => {
-                if let Ok(id) = MessageId::from_str(&String::from_utf8_lossy(value)) {
-                    b = b.id(id);
+                if let Some(parsed) = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| MessageId::from_str(v).ok())
+                {
+                    msg_id = Some(parsed);
                 }
             }
             b"ts" => {
-                if let Ok(ms) = String::from_utf8_lossy(value).parse() {
-                    b = b.timestamp(Timestamp::from_millis(ms));
+                if let Some(ms) = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    ts = Some(Timestamp::from_millis(ms));
                 }
             }
-            b"k" => b = b.key(Bytes::copy_from_slice(value)),
-            b"p" => b = b.payload(Bytes::copy_from_slice(value)),
+            b"k" => key = Some(Bytes::from(value)),
+            b"p" => payload = Bytes::from(value),
             n if n.starts_with(b"h:") => {
-                b = b.header(
-                    String::from_utf8_lossy(&n[2..]).into_owned(),
-                    String::from_utf8_lossy(value).into_owned(),
-                );
+                headers.insert(String::from_utf8_lossy(&n[2..]), into_string(value));
             }
             _ => {}
         }
     }
-    Ok(Entry {
-        id,
-        message: b.build(),
-    })
+    let message = match (msg_id, ts) {
+        (Some(msg_id), Some(ts)) => Message::from_parts(msg_id, key, headers, payload, ts),
+        // Written by another client: a fresh id and the current time stand
+        // in for what is missing, as `Message::builder` gives them.
+        (msg_id, ts) => {
+            let mut b = Message::builder().headers(headers).payload(payload);
+            if let Some(msg_id) = msg_id {
+                b = b.id(msg_id);
+            }
+            if let Some(ts) = ts {
+                b = b.timestamp(ts);
+            }
+            if let Some(key) = key {
+                b = b.key(key);
+            }
+            b.build()
+        }
+    };
+    Ok(Entry { id, message })
 }
 
-/// Decodes an `XREAD`/`XREADGROUP` reply into `(stream key, entry)` pairs
-/// (nil — nothing within BLOCK — is no entries).
-pub(crate) fn read_reply(v: &Value) -> Result<Vec<(String, Entry)>> {
-    let streams: Vec<(Option<String>, &Value)> = match v {
+/// Decodes an `XREAD`/`XREADGROUP` reply into each stream key with its
+/// entries, in reply order (nil — nothing within BLOCK — is no entries).
+pub(crate) fn read_reply(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
+    let streams: Vec<(Option<String>, Value)> = match v {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(s) => s
-            .iter()
+            .into_iter()
             .map(|kv| match kv {
-                Value::Array(kv) => (
-                    kv.first().and_then(string_of),
-                    kv.get(1).unwrap_or(&Value::Nil),
-                ),
+                Value::Array(kv) => {
+                    let mut kv = kv.into_iter();
+                    (
+                        kv.next().as_ref().and_then(string_of),
+                        kv.next().unwrap_or(Value::Nil),
+                    )
+                }
                 other => (None, other),
             })
             .collect(),
-        Value::Map(m) => m.iter().map(|(k, v)| (string_of(k), v)).collect(),
+        Value::Map(m) => m.into_iter().map(|(k, v)| (string_of(&k), v)).collect(),
         other => return Err(unexpected("XREAD", format!("{other:?}"))),
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(streams.len());
     for (key, entries) in streams {
         let key = key.ok_or_else(|| unexpected("XREAD", "stream without key"))?;
-        if let Value::Array(es) = entries {
-            for e in es {
-                out.push((key.clone(), entry(e)?));
-            }
-        }
+        let entries = match entries {
+            Value::Array(es) => es.into_iter().map(entry).collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        out.push((key, entries));
     }
     Ok(out)
 }
 
 /// Decodes the `[[entry, count], …]` that the claim scripts return.
-pub(crate) fn claimed_reply(v: &Value) -> Result<Vec<(Entry, u32)>> {
+pub(crate) fn claimed_reply(v: Value) -> Result<Vec<(Entry, u32)>> {
     let Value::Array(items) = v else {
         return Ok(Vec::new());
     };
@@ -204,8 +244,12 @@ pub(crate) fn claimed_reply(v: &Value) -> Result<Vec<(Entry, u32)>> {
         let Value::Array(pair) = item else {
             return Err(unexpected("claim script", format!("{item:?}")));
         };
-        let (Some(e), Some(count)) = (pair.first(), pair.get(1).and_then(int_of)) else {
-            return Err(unexpected("claim script", format!("{pair:?}")));
+        let count = pair.get(1).and_then(int_of);
+        let (Some(e), Some(count)) = (pair.into_iter().next(), count) else {
+            return Err(unexpected(
+                "claim script",
+                "an item without its entry or count",
+            ));
         };
         out.push((entry(e)?, u32::try_from(count).unwrap_or(u32::MAX)));
     }
@@ -261,7 +305,7 @@ mod tests {
     #[test]
     fn message_round_trips_through_entry_fields_in_header_order() {
         let m = sample();
-        let e = entry(&as_value(&fields(&m), "5-1")).expect("entry");
+        let e = entry(as_value(&fields(&m), "5-1")).expect("entry");
         assert_eq!(e.id, "5-1");
         assert_eq!(e.message, m);
         let names: Vec<&str> = e.message.headers().iter().map(|(n, _)| n).collect();
@@ -295,6 +339,6 @@ mod tests {
 
     #[test]
     fn nil_read_reply_is_no_entries() {
-        assert!(read_reply(&Value::Nil).expect("nil").is_empty());
+        assert!(read_reply(Value::Nil).expect("nil").is_empty());
     }
 }
