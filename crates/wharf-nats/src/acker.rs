@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_trait::async_trait;
 use bytes::Bytes;
 use wharf_adapter::InFlight;
@@ -19,7 +20,8 @@ use crate::error::unavailable;
 
 /// A delivery handed out and not yet settled.
 pub(crate) struct Pending {
-    pub(crate) reply: String,
+    /// The ack subject (empty when there is no delivery to settle).
+    pub(crate) reply: Subject,
     pub(crate) message: Message,
     pub(crate) topic: Arc<str>,
     pub(crate) seq: u64,
@@ -58,10 +60,10 @@ fn now_ms() -> u64 {
 }
 
 impl NatsAcker {
-    async fn send(&self, reply: &str, body: impl Into<Bytes>) -> Result<()> {
+    async fn send(&self, reply: &Subject, body: impl Into<Bytes>) -> Result<()> {
         self.shared
             .client
-            .publish(reply.to_owned(), body.into())
+            .publish(reply.clone(), body.into())
             .await
             .map_err(|e| unavailable("settle", e))
     }
@@ -71,11 +73,23 @@ impl NatsAcker {
     }
 
     fn forget_failure(&self, p: &Pending) {
-        self.shared
+        self.forget_failures(std::slice::from_ref(p).iter());
+    }
+
+    /// Forgets the first failures of `settled` under one lock (none are
+    /// recorded unless a delivery was nacked or rejected).
+    fn forget_failures<'a>(&self, settled: impl Iterator<Item = &'a Pending>) {
+        let mut failures = self
+            .shared
             .first_failures
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.failure_key(p));
+            .unwrap_or_else(|e| e.into_inner());
+        if failures.is_empty() {
+            return;
+        }
+        for p in settled {
+            failures.remove(&self.failure_key(p));
+        }
     }
 
     /// A failed attempt: redeliver after `delay`, or dead-letter on the last attempt.
@@ -191,6 +205,19 @@ impl Acker for NatsAcker {
         // `release` runs inside `Delivery::drop` while the delivery still
         // holds its `Arc`, so `requeue` can upgrade `me`.
         self.requeue(p);
+    }
+
+    /// The batch leaves the in-flight table under one lock; then one `+ACK`
+    /// per delivery (JetStream acks one message at a time).
+    async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let mut taken = Vec::with_capacity(tokens.len());
+        self.in_flight.take_many(tokens, &mut taken, failed);
+        self.forget_failures(taken.iter().map(|(_, p)| p));
+        for (token, p) in taken {
+            if let Err(e) = self.send(&p.reply, Bytes::from_static(b"+ACK")).await {
+                failed.push((token, e));
+            }
+        }
     }
 }
 

@@ -15,8 +15,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
 use wharf_core::{
-    Capability, Delivery, DeliveryInfo, Error, Result, StartPosition, SubscribeOptions,
-    Subscription, Timestamp,
+    Acker, Capability, Delivery, DeliveryInfo, Error, Message, Result, StartPosition,
+    SubscribeOptions, Subscription, Timestamp,
 };
 
 use crate::acker::{NatsAcker, Pending};
@@ -139,6 +139,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         inbox_sub: inbox_sub.clone(),
         tx,
         stop,
+        last_topic: None,
     };
     if let (Some(_), Some(max)) = (&group, opts.max_deliveries_limit()) {
         let subject = format!(
@@ -190,7 +191,7 @@ impl Inbox {
         }
         drop(sub);
         for m in unread {
-            let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else {
+            let Some(reply) = m.reply else {
                 continue;
             };
             let Some(ack) = wire::parse_ack_subject(&reply) else {
@@ -198,7 +199,7 @@ impl Inbox {
             };
             self.acker.requeue(Pending {
                 reply,
-                message: wire::decode(m.headers.as_ref(), m.payload.clone()),
+                message: wire::decode(m.headers.as_ref(), m.payload),
                 topic: Arc::from(self.acker.shared.subjects.topic_of(m.subject.as_str())),
                 seq: ack.stream_seq,
                 attempt: ack.delivered,
@@ -238,13 +239,37 @@ impl Inbox {
             Some(tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_millis(100));
     }
 
-    async fn next(&self) -> Option<async_nats::Message> {
+    /// Waits for a message, then also takes every one already received,
+    /// up to `max` in all, into `out` (under one lock); `false` once the
+    /// inbox is shut or closed and nothing was taken.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it completes as soon as it has taken a message.
+    async fn next_batch(&self, max: usize, out: &mut Vec<async_nats::Message>) -> bool {
+        use std::task::Poll;
         std::future::poll_fn(|cx| {
             let mut g = self.sub.lock().unwrap_or_else(|e| e.into_inner());
-            match g.as_mut() {
-                Some(s) => s.poll_next_unpin(cx),
-                None => std::task::Poll::Ready(None),
+            let Some(s) = g.as_mut() else {
+                return Poll::Ready(!out.is_empty());
+            };
+            while out.len() < max {
+                match s.poll_next_unpin(cx) {
+                    Poll::Ready(Some(m)) => {
+                        let ends = m.status.is_some_and(|s| {
+                            s != StatusCode::OK && s != StatusCode::IDLE_HEARTBEAT
+                        });
+                        out.push(m);
+                        if ends {
+                            // What follows belongs to no request still open.
+                            break;
+                        }
+                    }
+                    Poll::Ready(None) => return Poll::Ready(!out.is_empty()),
+                    Poll::Pending if out.is_empty() => return Poll::Pending,
+                    Poll::Pending => break,
+                }
             }
+            Poll::Ready(true)
         })
         .await
     }
@@ -332,7 +357,7 @@ async fn dead_letter_lapsed(
             }
         };
         let p = Pending {
-            reply: String::new(),
+            reply: async_nats::Subject::from_static(""),
             message: wire::decode(Some(&raw.headers), raw.payload),
             topic: Arc::from(shared.subjects.topic_of(raw.subject.as_str())),
             seq,
@@ -357,6 +382,8 @@ struct Puller {
     tx: DeliverySender,
     stop: watch::Receiver<bool>,
     backend_closed: watch::Receiver<bool>,
+    /// The subject of the last message and its topic.
+    last_topic: Option<(async_nats::Subject, Arc<str>)>,
 }
 
 /// Resolves once the subscription is closed or dropped, or the backend is closed.
@@ -423,100 +450,176 @@ impl Puller {
         }
         let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
         let mut left = n;
+        let mut received = Vec::new();
+        let mut batch = Vec::new();
         while left > 0 {
-            let msg = tokio::select! {
+            let open = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop, &mut self.backend_closed) => return (left, PullEnd::Stop),
                 _ = tokio::time::sleep_until(deadline) => return (left, PullEnd::Done),
-                m = self.inbox_sub.next() => m,
+                open = self.inbox_sub.next_batch(left, &mut received) => open,
             };
-            let Some(msg) = msg else {
+            if !open {
                 return (left, PullEnd::Stop);
-            };
-            match msg.status {
-                None | Some(StatusCode::OK) => {
-                    left -= 1;
-                    if !self.deliver(msg) {
-                        return (left, PullEnd::Stop);
+            }
+            // `next_batch` takes nothing past a status that ends the
+            // request, so that one can only be the last.
+            let mut end = None;
+            for msg in received.drain(..) {
+                match msg.status {
+                    None | Some(StatusCode::OK) => {
+                        left -= 1;
+                        batch.push(msg);
+                    }
+                    Some(StatusCode::IDLE_HEARTBEAT) => {}
+                    Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
+                        end = Some(RequestEnd::Done);
+                    }
+                    Some(status) => {
+                        let description = msg.description.unwrap_or_default();
+                        end = Some(if description.to_ascii_lowercase().contains("deleted") {
+                            RequestEnd::Failed(Error::Backend {
+                                backend: NAME,
+                                source: Box::new(NatsError::PullStatus {
+                                    status: status.as_u16(),
+                                    description,
+                                }),
+                            })
+                        } else {
+                            tracing::debug!(%status, %description, "nats pull request ended");
+                            RequestEnd::Pause
+                        });
                     }
                 }
-                Some(StatusCode::IDLE_HEARTBEAT) => {}
-                Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
-                    return (left, PullEnd::Done)
-                }
-                Some(status) => {
-                    let description = msg.description.unwrap_or_default();
-                    if description.to_ascii_lowercase().contains("deleted") {
-                        let _ = self.tx.send(Err(Error::Backend {
-                            backend: NAME,
-                            source: Box::new(NatsError::PullStatus {
-                                status: status.as_u16(),
-                                description,
-                            }),
-                        }));
-                        return (left, PullEnd::Stop);
-                    }
-                    tracing::debug!(%status, %description, "nats pull request ended");
+            }
+            if !self.deliver_all(&mut batch) {
+                return (left, PullEnd::Stop);
+            }
+            match end {
+                None => {}
+                Some(RequestEnd::Done) => return (left, PullEnd::Done),
+                Some(RequestEnd::Pause) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return (left, PullEnd::Done);
+                }
+                Some(RequestEnd::Failed(e)) => {
+                    let _ = self.tx.send(Err(e));
+                    return (left, PullEnd::Stop);
                 }
             }
         }
         (0, PullEnd::Done)
     }
 
-    /// Hands one message to the subscription; `false` once nobody listens.
-    fn deliver(&self, msg: async_nats::Message) -> bool {
-        let Some(reply) = msg.reply.as_ref().map(|r| r.to_string()) else {
-            tracing::warn!(subject = %msg.subject, "nats message without ack subject");
-            self.acker.in_flight.free(1);
-            return true;
-        };
-        let Some(ack) = wire::parse_ack_subject(&reply) else {
-            tracing::warn!(%reply, "unparsable nats ack subject");
-            self.acker.in_flight.free(1);
-            return true;
-        };
-        let message = wire::decode(msg.headers.as_ref(), msg.payload.clone());
-        if message
-            .expires_at()
-            .is_some_and(|at| at <= Timestamp::now())
-        {
-            // Expired: never handed out.
-            let client = self.shared.client.clone();
-            tokio::spawn(async move {
-                let _ = client.publish(reply, Bytes::from_static(b"+ACK")).await;
-            });
-            self.acker.in_flight.free(1);
-            return true;
+    /// The topic of `subject`, reusing the last one's `Arc` when it repeats.
+    fn topic_of(&mut self, subject: &async_nats::Subject) -> Arc<str> {
+        if let Some((s, topic)) = &self.last_topic {
+            if s == subject {
+                return topic.clone();
+            }
         }
-        let topic: Arc<str> = Arc::from(self.shared.subjects.topic_of(msg.subject.as_str()));
-        let info = DeliveryInfo {
-            topic: topic.clone(),
-            partition: 0,
-            offset: Some(ack.stream_seq),
-            attempt: ack.delivered,
-        };
-        if ack.delivered > 1 {
-            // A redelivery: an earlier delivery of it still held here has
-            // lost its lease, and acking it would settle this one.
-            self.acker.in_flight.supersede(|p| p.seq == ack.stream_seq);
-        }
-        let token = self.acker.in_flight.register_leased(
-            Pending {
+        let topic: Arc<str> = Arc::from(self.shared.subjects.topic_of(subject.as_str()));
+        self.last_topic = Some((subject.clone(), topic.clone()));
+        topic
+    }
+
+    /// Hands the messages in `batch` to the subscription, in order, and
+    /// empties it; `false` once nobody listens. Each delivery runs of
+    /// `batch` is registered in flight under one lock and one clock read.
+    fn deliver_all(&mut self, batch: &mut Vec<async_nats::Message>) -> bool {
+        let mut unused = 0;
+        let mut now = None;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        let mut open = true;
+        for msg in batch.drain(..) {
+            let Some(reply) = msg.reply else {
+                tracing::warn!(subject = %msg.subject, "nats message without ack subject");
+                unused += 1;
+                continue;
+            };
+            let Some(ack) = wire::parse_ack_subject(&reply) else {
+                tracing::warn!(%reply, "unparsable nats ack subject");
+                unused += 1;
+                continue;
+            };
+            let message = wire::decode(msg.headers.as_ref(), msg.payload);
+            if let Some(at) = message.expires_at() {
+                if at <= *now.get_or_insert_with(Timestamp::now) {
+                    // Expired: never handed out.
+                    let client = self.shared.client.clone();
+                    tokio::spawn(async move {
+                        let _ = client.publish(reply, Bytes::from_static(b"+ACK")).await;
+                    });
+                    unused += 1;
+                    continue;
+                }
+            }
+            if ack.delivered > 1 {
+                // A redelivery: an earlier delivery of it still held here
+                // has lost its lease, and acking it would settle this one.
+                // What came before it is registered first, as it may be
+                // that earlier delivery.
+                open &= self.hand_out(&mut out, &mut records);
+                self.acker.in_flight.supersede(|p| p.seq == ack.stream_seq);
+            }
+            let topic = self.topic_of(&msg.subject);
+            out.push((
+                message.clone(),
+                DeliveryInfo {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: Some(ack.stream_seq),
+                    attempt: ack.delivered,
+                },
+            ));
+            records.push(Pending {
                 reply,
-                message: message.clone(),
+                message,
                 topic,
                 seq: ack.stream_seq,
                 attempt: ack.delivered,
-            },
-            Some(self.acker.ack_wait),
-        );
-        let delivery = Delivery::new(message, info, self.acker.clone(), token);
-        // On a closed channel the delivery comes back inside the error and is
-        // dropped, which releases it for redelivery.
-        self.tx.send(Ok(delivery)).is_ok()
+            });
+        }
+        if unused > 0 {
+            self.acker.in_flight.free(unused);
+        }
+        open &= self.hand_out(&mut out, &mut records);
+        open
     }
+
+    /// Registers `records` in flight under one lock and sends their
+    /// deliveries (`out`, in the same order); `false` once nobody listens.
+    fn hand_out(&self, out: &mut Vec<(Message, DeliveryInfo)>, records: &mut Vec<Pending>) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        let first = self
+            .acker
+            .in_flight
+            .register_all_leased(records.drain(..), Some(self.acker.ack_wait));
+        let acker: Arc<dyn Acker> = self.acker.clone();
+        let mut open = true;
+        for ((message, info), token) in out.drain(..).zip(first..) {
+            // On a closed channel the delivery comes back inside the error
+            // and is dropped, which releases it for redelivery.
+            open &= self
+                .tx
+                .send(Ok(Delivery::new(message, info, acker.clone(), token)))
+                .is_ok();
+        }
+        open
+    }
+}
+
+/// How a pull request ended, seen in a status message.
+enum RequestEnd {
+    /// Expired or nothing to deliver: send the next one.
+    Done,
+    /// Another status: wait a little before the next one.
+    Pause,
+    /// The consumer or stream is gone: the subscription ends with this.
+    Failed(Error),
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue, NATS_MESSAGE_ID};
 use base64::Engine;
 use bytes::Bytes;
-use wharf_core::{Error, Message, MessageId, NameKind, Timestamp};
+use wharf_core::{Error, Headers, Message, MessageId, NameKind, Timestamp};
 
 /// Key as raw UTF-8.
 pub(crate) const KEY: &str = "wharf-key";
@@ -16,6 +16,8 @@ pub(crate) const KEY: &str = "wharf-key";
 pub(crate) const KEY_B64: &str = "wharf-key-b64";
 /// Publisher timestamp, ms since the Unix epoch.
 pub(crate) const TIMESTAMP: &str = "wharf-timestamp-ms";
+/// `Nats-Msg-Id` ([`NATS_MESSAGE_ID`]) as text, to match while reading headers.
+const MSG_ID: &str = "Nats-Msg-Id";
 /// Application header names in order, joined by `:` (never part of a name).
 pub(crate) const ORDER: &str = "wharf-hdr-order";
 
@@ -104,49 +106,88 @@ pub(crate) fn headers_wire_len(h: &HeaderMap) -> usize {
 /// A message without `Nats-Msg-Id` (published by a plain NATS client) gets a
 /// fresh id; only the first 36 characters of the id are read, so dead-letter
 /// copies (`<id>:dlq:<consumer>`) keep their original id.
+///
+/// One pass over the headers finds Wharf's own (no header name is built to
+/// look them up); application headers follow `wharf-hdr-order`.
 pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Message {
-    let mut b = Message::builder().payload(payload);
     let Some(h) = headers else {
-        return b.build();
+        return Message::builder().payload(payload).build();
     };
-    let get = |n: &str| h.get(n).map(HeaderValue::as_str);
-    let id = get(NATS_MESSAGE_ID.as_ref())
-        .and_then(|v| v.get(..36))
-        .and_then(|v| MessageId::from_str(v).ok());
-    if let Some(id) = id {
-        b = b.id(id);
-    }
-    if let Some(ts) = get(TIMESTAMP).and_then(|v| v.parse().ok()) {
-        b = b.timestamp(Timestamp::from_millis(ts));
-    }
-    if let Some(k) = get(KEY) {
-        b = b.key(Bytes::copy_from_slice(k.as_bytes()));
-    } else if let Some(k) =
-        get(KEY_B64).and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-    {
-        b = b.key(k);
-    }
-    let mut seen = Vec::new();
-    if let Some(order) = get(ORDER) {
-        for name in order.split(':') {
-            if let Some(v) = get(name) {
-                b = b.header(name, v);
-                seen.push(name);
-            }
+    let (mut id, mut ts, mut key, mut key_b64, mut order) = (None, None, None, None, None);
+    let mut others = 0usize;
+    for (name, values) in h.iter() {
+        let Some(v) = values.first().map(HeaderValue::as_str) else {
+            continue;
+        };
+        match <HeaderName as AsRef<str>>::as_ref(name) {
+            MSG_ID => id = Some(v),
+            TIMESTAMP => ts = Some(v),
+            KEY => key = Some(v),
+            KEY_B64 => key_b64 = Some(v),
+            ORDER => order = Some(v),
+            n if is_internal(n) => {}
+            _ => others += 1,
         }
     }
-    // Headers added by other NATS clients (not in the order list) follow, sorted.
-    let mut rest: Vec<(&str, &str)> = h
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v))
-        .filter(|(n, _)| !is_internal(n) && !seen.contains(n))
-        .filter_map(|(n, v)| v.last().map(|v| (n, v.as_str())))
-        .collect();
-    rest.sort_unstable();
-    for (n, v) in rest {
-        b = b.header(n, v);
+    let id = id
+        .and_then(|v| v.get(..36))
+        .and_then(|v| MessageId::from_str(v).ok());
+    let ts = ts.and_then(|v| v.parse().ok()).map(Timestamp::from_millis);
+    let key = match (key, key_b64) {
+        (Some(k), _) => Some(Bytes::copy_from_slice(k.as_bytes())),
+        (None, Some(k)) => base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .ok()
+            .map(Bytes::from),
+        (None, None) => None,
+    };
+    let mut app = Headers::new();
+    if others > 0 {
+        let get = |n: &str| {
+            HeaderName::from_str(n)
+                .ok()
+                .and_then(|n| h.get(n))
+                .map(HeaderValue::as_str)
+        };
+        let mut seen = Vec::new();
+        if let Some(order) = order {
+            for name in order.split(':') {
+                if let Some(v) = get(name) {
+                    app.insert(name, v);
+                    seen.push(name);
+                }
+            }
+        }
+        // Headers added by other NATS clients (not in the order list) follow, sorted.
+        let mut rest: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_ref(), v))
+            .filter(|(n, _)| !is_internal(n) && !seen.contains(n))
+            .filter_map(|(n, v)| v.last().map(|v| (n, v.as_str())))
+            .collect();
+        rest.sort_unstable();
+        for (n, v) in rest {
+            app.insert(n, v);
+        }
     }
-    b.build()
+    match (id, ts) {
+        (Some(id), Some(ts)) => Message::from_parts(id, key, app, payload, ts),
+        // Not published by Wharf: a fresh id and the current time stand in
+        // for what is missing, as `Message::builder` gives them.
+        (id, ts) => {
+            let mut b = Message::builder().payload(payload).headers(app);
+            if let Some(id) = id {
+                b = b.id(id);
+            }
+            if let Some(ts) = ts {
+                b = b.timestamp(ts);
+            }
+            if let Some(key) = key {
+                b = b.key(key);
+            }
+            b.build()
+        }
+    }
 }
 
 /// What a JetStream ack subject tells about a delivery.
@@ -161,14 +202,22 @@ pub(crate) struct AckInfo {
 /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
 /// (and the v2 form with domain and account hash in front, plus a token after).
 pub(crate) fn parse_ack_subject(subject: &str) -> Option<AckInfo> {
-    let t: Vec<&str> = subject.split('.').collect();
-    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+    // The first 8 tokens and how many there are, without collecting them.
+    let mut t = [""; 8];
+    let mut n = 0;
+    for token in subject.split('.') {
+        if let Some(slot) = t.get_mut(n) {
+            *slot = token;
+        }
+        n += 1;
+    }
+    if n < 9 || t[0] != "$JS" || t[1] != "ACK" {
         return None;
     }
-    let base = if t.len() == 9 { 4 } else { 6 };
+    let base = if n == 9 { 4 } else { 6 };
     Some(AckInfo {
-        delivered: t.get(base)?.parse().ok()?,
-        stream_seq: t.get(base + 1)?.parse().ok()?,
+        delivered: t[base].parse().ok()?,
+        stream_seq: t[base + 1].parse().ok()?,
     })
 }
 
@@ -238,6 +287,25 @@ mod tests {
     }
 
     #[test]
+    fn the_msg_id_name_is_nats_own() {
+        assert_eq!(MSG_ID, <HeaderName as AsRef<str>>::as_ref(&NATS_MESSAGE_ID));
+    }
+
+    #[test]
+    fn messages_from_other_clients_keep_their_headers_and_get_an_id() {
+        let mut h = HeaderMap::new();
+        h.insert("b-other", "2");
+        h.insert("a-other", "1");
+        h.insert("Nats-Expected-Stream", "S");
+        let m = decode(Some(&h), Bytes::from_static(b"x"));
+        let names: Vec<(&str, &str)> = m.headers().iter().collect();
+        assert_eq!(names, [("a-other", "1"), ("b-other", "2")]);
+        assert_eq!(m.payload(), &Bytes::from_static(b"x"));
+        assert_ne!(m.id(), decode(Some(&h), Bytes::new()).id(), "fresh ids");
+        assert!(m.key().is_none());
+    }
+
+    #[test]
     fn ack_subjects_of_both_forms_are_parsed() {
         assert_eq!(
             parse_ack_subject("$JS.ACK.S.C.3.17.9.1700000000000000000.0"),
@@ -254,6 +322,15 @@ mod tests {
             })
         );
         assert_eq!(parse_ack_subject("_INBOX.x"), None);
+        assert_eq!(parse_ack_subject("$JS.ACK.S.C.3.17.9.1"), None, "too short");
+        assert_eq!(
+            parse_ack_subject("$JS.ACK.dom.HASH.S.C.2.5.4.1700000000000000000"),
+            Some(AckInfo {
+                delivered: 2,
+                stream_seq: 5
+            }),
+            "v2 without the token after"
+        );
     }
 
     #[test]
