@@ -313,6 +313,22 @@ mod tests {
     }
 
     #[test]
+    fn entries_written_by_other_clients_get_a_fresh_id_and_keep_the_rest() {
+        let fields = vec![
+            (b"p".to_vec(), Bytes::from_static(b"body")),
+            (b"h:x".to_vec(), Bytes::from_static(b"1")),
+            (b"ts".to_vec(), Bytes::from_static(b"not a number")),
+        ];
+        let a = entry(as_value(&fields, "7-0")).expect("entry").message;
+        let b = entry(as_value(&fields, "7-0")).expect("entry").message;
+        assert_ne!(a.id(), b.id(), "a fresh id each time");
+        assert_eq!(a.timestamp(), a.id().created_at(), "stamped when read");
+        assert_eq!(a.payload(), &Bytes::from_static(b"body"));
+        assert_eq!(a.headers().get("x"), Some("1"));
+        assert!(a.key().is_none());
+    }
+
+    #[test]
     fn message_round_trips_through_a_frame_and_other_payloads_are_not_frames() {
         let m = sample();
         let framed = frame(&m);
