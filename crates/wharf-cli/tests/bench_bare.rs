@@ -11,31 +11,27 @@ mod common;
 
 use serde_json::Value;
 
-/// `url` when the service at `addr` answers a TCP connect; `None`
-/// (reported) when it does not.
-fn reachable(service: &str, url: String, addr: &str) -> Option<String> {
-    match std::net::TcpStream::connect(addr) {
-        Ok(_) => Some(url),
-        Err(e) => {
-            wharf_testkit::service::report_unreachable(service, &url, &e);
-            None
-        }
-    }
+fn rabbitmq_or_skip() -> Option<String> {
+    common::service_url_or_skip(
+        "rabbitmq",
+        "WHARF_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    )
 }
 
 fn redis_or_skip() -> Option<String> {
-    reachable("redis", "redis://127.0.0.1:6379".into(), "127.0.0.1:6379")
+    common::service_url_or_skip("redis", "WHARF_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
 fn nats_or_skip() -> Option<String> {
-    reachable("nats", "nats://127.0.0.1:4222".into(), "127.0.0.1:4222")
+    common::service_url_or_skip("nats", "WHARF_TEST_NATS_URL", "nats://127.0.0.1:4222")
 }
 
 fn postgres_or_skip() -> Option<String> {
-    reachable(
+    common::service_url_or_skip(
         "postgres",
-        "postgres://postgres@127.0.0.1:5432/test".into(),
-        "127.0.0.1:5432",
+        "WHARF_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
     )
 }
 
@@ -165,11 +161,7 @@ fn bench_runs_bare_postgres_beside_the_adapter() {
 
 #[test]
 fn bench_runs_bare_rabbitmq_beside_the_adapter() {
-    let Some(url) = reachable(
-        "rabbitmq",
-        "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        "127.0.0.1:5672",
-    ) else {
+    let Some(url) = rabbitmq_or_skip() else {
         return;
     };
     publish_and_consume(&url);
@@ -206,11 +198,7 @@ fn bench_runs_the_bare_variants_that_price_an_adapters_promise() {
         assert_eq!(runs[0]["backend"], with_id);
         assert_eq!(runs[0]["messages"], 500, "{}", runs[0]);
     }
-    if let Some(url) = reachable(
-        "rabbitmq",
-        "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        "127.0.0.1:5672",
-    ) {
+    if let Some(url) = rabbitmq_or_skip() {
         let priority = format!("bare+{url}#x-max-priority");
         let runs = bench(&[
             "--backend",

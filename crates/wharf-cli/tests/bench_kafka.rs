@@ -15,16 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 fn kafka_or_skip() -> Option<String> {
-    let url =
-        std::env::var("WHARF_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:19092".into());
-    let addr = url.trim_start_matches("kafka://").to_owned();
-    match std::net::TcpStream::connect(&addr) {
-        Ok(_) => Some(url),
-        Err(e) => {
-            wharf_testkit::service::report_unreachable("kafka", &url, &e);
-            None
-        }
-    }
+    common::service_url_or_skip("kafka", "WHARF_TEST_KAFKA_URL", "kafka://127.0.0.1:19092")
 }
 
 /// The broker's topics whose names contain `part`.

@@ -13,16 +13,7 @@ mod common;
 use serde_json::Value;
 
 fn mqtt_or_skip() -> Option<String> {
-    let url =
-        std::env::var("WHARF_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
-    let addr = url.trim_start_matches("mqtt://").to_owned();
-    match std::net::TcpStream::connect(&addr) {
-        Ok(_) => Some(url),
-        Err(e) => {
-            wharf_testkit::service::report_unreachable("mosquitto", &url, &e);
-            None
-        }
-    }
+    common::service_url_or_skip("mosquitto", "WHARF_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 }
 
 fn wharf(args: &[&str]) -> std::process::Output {

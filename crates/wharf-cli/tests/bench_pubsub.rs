@@ -13,21 +13,11 @@ mod common;
 use serde_json::Value;
 
 fn pubsub_or_skip() -> Option<String> {
-    let url = std::env::var("WHARF_TEST_PUBSUB_URL")
-        .unwrap_or_else(|_| "pubsub://127.0.0.1:18085/wharf-test".into());
-    let addr = url
-        .trim_start_matches("pubsub://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    match std::net::TcpStream::connect(&addr) {
-        Ok(_) => Some(url),
-        Err(e) => {
-            wharf_testkit::service::report_unreachable("pubsub", &url, &e);
-            None
-        }
-    }
+    common::service_url_or_skip(
+        "pubsub",
+        "WHARF_TEST_PUBSUB_URL",
+        "pubsub://127.0.0.1:18085/wharf-test",
+    )
 }
 
 /// Names of the project's topics and subscriptions containing `part`,

@@ -10,21 +10,11 @@
 mod common;
 
 fn sqs_or_skip() -> Option<String> {
-    let url = std::env::var("WHARF_TEST_SQS_URL")
-        .unwrap_or_else(|_| "sqs://127.0.0.1:15000?region=us-east-1&wait=1".into());
-    let addr = url
-        .trim_start_matches("sqs://")
-        .split(['?', '/'])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    match std::net::TcpStream::connect(&addr) {
-        Ok(_) => Some(url),
-        Err(e) => {
-            wharf_testkit::service::report_unreachable("sqs (moto)", &url, &e);
-            None
-        }
-    }
+    common::service_url_or_skip(
+        "sqs (moto)",
+        "WHARF_TEST_SQS_URL",
+        "sqs://127.0.0.1:15000?region=us-east-1&wait=1",
+    )
 }
 
 /// The server's queue names that contain `part`.

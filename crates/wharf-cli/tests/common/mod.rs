@@ -287,3 +287,21 @@ pub fn bench_side_by_side(
         .collect();
     SideBySide { runs, topics }
 }
+
+/// The test service's URL — `$env` when set, else `default` — when its
+/// `host:port` (between `scheme://` and the first `/` or `?`, after any
+/// `user@`) answers a TCP connect; `None`, reported, when it does not
+/// (a failure under `WHARF_REQUIRE_SERVICES=1`).
+pub fn service_url_or_skip(service: &str, env: &str, default: &str) -> Option<String> {
+    let url = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let addr = authority.rsplit('@').next().unwrap_or_default();
+    match std::net::TcpStream::connect(addr) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            wharf_testkit::service::report_unreachable(service, &url, &e);
+            None
+        }
+    }
+}

@@ -37,20 +37,19 @@ export class VirtualList {
     // Fewer rows than the scroll position reaches (a filter typed while
     // scrolled down): clamp it now. The browser clamps too, but later, with
     // a scroll event; until then the window would hold no row.
-    const maxTop = this.maxScrollTop();
+    const maxTop = this.maxScrollTop(this.el.clientHeight || 420);
     if (this.el.scrollTop > maxTop) this.el.scrollTop = maxTop;
     this.draw(true);
   }
 
-  /** The furthest the list can scroll with its current items. */
-  maxScrollTop() {
-    const view = this.el.clientHeight || 420;
+  /** The furthest the list can scroll with its current items in a `view` px tall window. */
+  maxScrollTop(view) {
     return Math.max(0, this.headerHeight + this.items.length * this.rowHeight - view);
   }
 
   draw(force) {
-    const top = Math.max(0, Math.min(this.el.scrollTop, this.maxScrollTop()) - this.headerHeight);
     const view = this.el.clientHeight || 420;
+    const top = Math.max(0, Math.min(this.el.scrollTop, this.maxScrollTop(view)) - this.headerHeight);
     const first = Math.max(0, Math.floor(top / this.rowHeight) - 10);
     const last = Math.min(this.items.length, Math.ceil((top + view) / this.rowHeight) + 10);
     if (!force && first === this.window[0] && last === this.window[1]) return;
