@@ -616,18 +616,14 @@ fn group_json(g: &v1::GroupInfo) -> serde_json::Value {
 
 /// `wharf group reset`: moves the group, prints each partition's new offset.
 async fn group_reset(conn: &Conn, group: String, topic: String, to: &str) -> anyhow::Result<()> {
-    let (kind, value) = match crate::pubsub::parse_from(to).map_err(|e| {
-        anyhow!(
-            "--to {to:?}: {}",
-            e.to_string().replace("--from", "").trim_start_matches(' ')
-        )
-    })? {
-        StartPosition::Earliest => (v1::StartKind::StartEarliest, 0),
-        StartPosition::Latest => (v1::StartKind::StartLatest, 0),
-        StartPosition::Offset(o) => (v1::StartKind::StartOffset, o),
-        StartPosition::Time(t) => (v1::StartKind::StartTime, t.as_millis()),
-        _ => bail!("--to {to:?} is not earliest, latest, an offset or a time"),
-    };
+    let (kind, value) =
+        match crate::pubsub::parse_position("--to", to, "earliest, latest, an offset or a time")? {
+            StartPosition::Earliest => (v1::StartKind::StartEarliest, 0),
+            StartPosition::Latest => (v1::StartKind::StartLatest, 0),
+            StartPosition::Offset(o) => (v1::StartKind::StartOffset, o),
+            StartPosition::Time(t) => (v1::StartKind::StartTime, t.as_millis()),
+            _ => bail!("--to {to:?} is not earliest, latest, an offset or a time"),
+        };
     let mut raw = conn.client().await?.raw();
     let moved = raw
         .reset_group(v1::ResetGroupRequest {

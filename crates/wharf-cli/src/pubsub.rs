@@ -159,20 +159,29 @@ pub(crate) fn parse_from_arg(s: &str) -> anyhow::Result<From> {
 
 /// Parses a `--from` value.
 pub(crate) fn parse_from(s: &str) -> anyhow::Result<StartPosition> {
+    parse_position(
+        "--from",
+        s,
+        "earliest, latest, an offset, PARTITION:OFFSET or a time",
+    )
+}
+
+/// Parses a position given to `flag`: earliest | latest | an offset | a
+/// time (`@MS` or RFC 3339); `forms` lists what `flag` accepts, for the
+/// error.
+pub(crate) fn parse_position(flag: &str, s: &str, forms: &str) -> anyhow::Result<StartPosition> {
     Ok(match s {
         "earliest" => StartPosition::Earliest,
         "latest" => StartPosition::Latest,
-        _ if s.bytes().all(|b| b.is_ascii_digit()) => StartPosition::Offset(s.parse()?),
+        _ if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            StartPosition::Offset(s.parse().with_context(|| format!("{flag} {s:?}: offset"))?)
+        }
         _ if s.starts_with('@') => StartPosition::Time(Timestamp::from_millis(
-            s[1..].parse().with_context(|| format!("--from {s:?}"))?,
+            s[1..].parse().with_context(|| format!("{flag} {s:?}"))?,
         )),
-        _ => StartPosition::Time(Timestamp::from_millis(parse_rfc3339_ms(s).ok_or_else(
-            || {
-                anyhow!(
-                    "--from {s:?} is not earliest, latest, an offset, PARTITION:OFFSET or a time"
-                )
-            },
-        )?)),
+        _ => StartPosition::Time(Timestamp::from_millis(
+            parse_rfc3339_ms(s).ok_or_else(|| anyhow!("{flag} {s:?} is not {forms}"))?,
+        )),
     })
 }
 
@@ -368,6 +377,8 @@ mod tests {
             StartPosition::Time(Timestamp::from_millis(1_795_456_800_500))
         );
         assert!(parse_from("yesterday").is_err());
+        let e = parse_position("--to", "soon", "earliest or latest").unwrap_err();
+        assert_eq!(e.to_string(), "--to \"soon\" is not earliest or latest");
         assert_eq!(parse_from_arg("2:15").unwrap(), From::Partition(2, 15));
         assert_eq!(
             parse_from_arg("15").unwrap(),
