@@ -1217,11 +1217,14 @@ pub async fn ttl_expires_during_nack_delay<F: BackendFactory>(f: &F) -> Outcome 
     let ns = ns();
     let t = topic(&b, &ns, "ttl-nack").await;
     let mut sub = subscribe(&b, sole_opts(&b, &t)).await;
-    let ttl = Duration::from_millis(400);
+    // Long enough for the first delivery to arrive before it expires on a
+    // remote test server under a loaded CI (400 ms was not, once, on
+    // moto's FIFO queues), short enough to expire during the delay.
+    let ttl = Duration::from_millis(1500);
     let m = Message::builder().payload("short-lived").ttl(ttl).build();
     b.publish(&t, m).await.expect("publish");
     let d = expect_delivery(&mut sub, "first").await;
-    let delay = Duration::from_millis(900);
+    let delay = Duration::from_millis(2500);
     d.nack_with_delay(delay).await.expect("nack_with_delay");
     expect_quiet(&mut sub, delay + QUIET * 2, "redelivered after its TTL").await;
     publish_text(&b, &t, "marker").await;
