@@ -1,7 +1,7 @@
 //! Subscriptions: a consumer per subscription, the settled-prefix tracker
 //! that turns out-of-order acks into Kafka offset commits, and the acker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 // Keyed by topic names and partitions, looked up per record: a fast hash.
 use foldhash::HashMap;
@@ -17,10 +17,10 @@ use rdkafka::consumer::{
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, Message as _};
 use tokio::sync::watch;
-use wharf_adapter::{ChannelStream, DeliverySender, InFlight};
+use wharf_adapter::InFlight;
 use wharf_core::{
-    Acker, Capability, Delivery, DeliveryInfo, Error, GroupMode, Result, Settlement, StartPosition,
-    SubscribeOptions, Subscription, TopicPattern,
+    Acker, Capability, Delivery, DeliveryInfo, DeliveryStream, Error, GroupMode, Result,
+    Settlement, StartPosition, SubscribeOptions, Subscription, TopicPattern,
 };
 
 use crate::backend::{base_config, Shared, NAME};
@@ -38,7 +38,7 @@ struct Part {
     /// Offsets handed out and not acked (settled by `nack`, dropped or
     /// refused settlements stay here: they are redelivered after the next
     /// assignment, so the commit point does not pass them).
-    open: BTreeSet<i64>,
+    open: Open,
     /// Acked offsets past the commit point (carried in the commit's
     /// metadata, so a restart skips them).
     acked: BTreeSet<i64>,
@@ -48,10 +48,41 @@ struct Part {
     committed: (i64, String),
 }
 
+/// A partition's open offsets, ascending. Records are handed out in
+/// offset order, so inserting appends, and in-order acks (the common case)
+/// take from the front: no tree nodes to allocate per offset.
+#[derive(Default)]
+struct Open(VecDeque<i64>);
+
+impl Open {
+    fn first(&self) -> Option<i64> {
+        self.0.front().copied()
+    }
+
+    fn insert(&mut self, offset: i64) {
+        match self.0.back() {
+            Some(&last) if last >= offset => {
+                if let Err(i) = self.0.binary_search(&offset) {
+                    self.0.insert(i, offset);
+                }
+            }
+            _ => self.0.push_back(offset),
+        }
+    }
+
+    fn remove(&mut self, offset: i64) {
+        if self.0.front() == Some(&offset) {
+            self.0.pop_front();
+        } else if let Ok(i) = self.0.binary_search(&offset) {
+            self.0.remove(i);
+        }
+    }
+}
+
 impl Part {
     /// The offset to commit: the lowest unsettled one, or one past everything.
     fn point(&self) -> i64 {
-        self.open.first().copied().unwrap_or(self.next)
+        self.open.first().unwrap_or(self.next)
     }
 
     /// The commit this partition needs now, if it differs from the last.
@@ -128,16 +159,6 @@ pub(crate) mod metadata {
     }
 }
 
-/// What [`Tracker::admit`] decided for a record.
-enum Admit {
-    /// Hand it out; the partition's epoch.
-    Hand(u64),
-    /// Pass it over.
-    Skip,
-    /// The partition's committed offset must be looked up first.
-    Unknown,
-}
-
 /// The per-partition state of one consumer, shared by its reader, its acker
 /// and its rebalance callbacks.
 #[derive(Default)]
@@ -152,21 +173,22 @@ impl Tracker {
     }
 
     /// Starts tracking `tp` from its committed point and metadata (or,
-    /// without a commit, from `first`, the first offset read).
+    /// without a commit, from `first`, the first offset read), unless it
+    /// is tracked already: the application's read and the keeper may both
+    /// look a new partition up, and the first to finish starts it.
     fn start(&self, tp: &Tp, committed: Option<(i64, String)>, first: i64) {
         let mut parts = self.lock();
-        let (point, meta) = committed.unwrap_or((first, String::new()));
-        let acked = metadata::decode(point, &meta);
-        parts.insert(
-            tp.clone(),
+        parts.entry(tp.clone()).or_insert_with(|| {
+            let (point, meta) = committed.unwrap_or((first, String::new()));
+            let acked = metadata::decode(point, &meta);
             Part {
                 epoch: self.epochs.fetch_add(1, Ordering::Relaxed) as u64,
-                open: BTreeSet::new(),
+                open: Open::default(),
                 acked,
                 next: point,
                 committed: (point, meta),
-            },
-        );
+            }
+        });
     }
 
     /// Whether `offset` was acked in an earlier session (past the commit
@@ -181,35 +203,92 @@ impl Tracker {
     /// Records `offset` as handed out; returns the partition's epoch.
     #[cfg(test)]
     fn hand_out(&self, tp: &Tp, offset: i64) -> u64 {
-        match self.admit(tp, offset, None, false) {
-            Admit::Hand(epoch) => epoch,
-            _ => unreachable!("not skipped, and tracked when not committing"),
-        }
+        let mut parts = self.lock();
+        let p = self.part(&mut parts, tp, offset, false).expect("tracked");
+        Self::admit_in(p, offset, None).expect("not skipped")
     }
 
-    /// Decides, under one lock, what happens to `offset` of `tp`: handed
-    /// out (returns the partition's epoch), passed over (below the start
-    /// `floor`, or acked in an earlier session), or `Unknown` when
-    /// `committing` and the partition is not tracked yet (the caller looks
-    /// its committed offset up, [`Tracker::start`]s it and asks again).
-    fn admit(&self, tp: &Tp, offset: i64, floor: Option<i64>, committing: bool) -> Admit {
-        let mut parts = self.lock();
-        if committing && !parts.contains_key(tp) {
-            return Admit::Unknown;
+    /// The partition `tp` (tracked from `offset` when new, unless
+    /// `committing`: then `None`, its committed offset is to be looked up).
+    fn part<'a>(
+        &self,
+        parts: &'a mut HashMap<Tp, Part>,
+        tp: &Tp,
+        offset: i64,
+        committing: bool,
+    ) -> Option<&'a mut Part> {
+        if !parts.contains_key(tp) {
+            if committing {
+                return None;
+            }
+            parts.insert(
+                tp.clone(),
+                Part {
+                    epoch: self.epochs.fetch_add(1, Ordering::Relaxed) as u64,
+                    open: Open::default(),
+                    acked: BTreeSet::new(),
+                    next: offset,
+                    committed: (offset, String::new()),
+                },
+            );
         }
-        let p = parts.entry(tp.clone()).or_insert_with(|| Part {
-            epoch: self.epochs.fetch_add(1, Ordering::Relaxed) as u64,
-            open: BTreeSet::new(),
-            acked: BTreeSet::new(),
-            next: offset,
-            committed: (offset, String::new()),
-        });
+        parts.get_mut(tp)
+    }
+
+    /// Whether `offset` of `p` is handed out (then the partition's epoch)
+    /// or passed over: below the start `floor`, or acked in an earlier
+    /// session.
+    fn admit_in(p: &mut Part, offset: i64, floor: Option<i64>) -> Option<u64> {
         p.next = p.next.max(offset + 1);
         if floor.is_some_and(|f| offset < f) || p.acked.contains(&offset) {
-            return Admit::Skip;
+            return None;
         }
         p.open.insert(offset);
-        Admit::Hand(p.epoch)
+        Some(p.epoch)
+    }
+
+    /// Admits the records of `raw` from the front under one lock (see
+    /// [`Tracker::admit_in`]): those handed out go to `out` with their
+    /// epochs, those passed over are dropped. Stops at the first whose
+    /// partition is not tracked yet when `committing` (left in `raw`, with
+    /// those after it) and returns that partition: the caller looks its
+    /// committed offset up, [`Tracker::start`]s it and admits again.
+    /// Records come in runs of one partition: it is looked up once a run.
+    fn admit_many(
+        &self,
+        raw: &mut VecDeque<Raw>,
+        floors: &HashMap<Tp, i64>,
+        committing: bool,
+        out: &mut Vec<(Raw, u64)>,
+    ) -> Option<Tp> {
+        if raw.is_empty() {
+            return None;
+        }
+        let mut parts = self.lock();
+        while let Some(r) = raw.front() {
+            let tp = r.tp.clone();
+            let Some(p) = self.part(&mut parts, &tp, r.offset, committing) else {
+                return Some(tp);
+            };
+            let floor = if floors.is_empty() {
+                None
+            } else {
+                floors.get(&tp).copied()
+            };
+            while let Some(r) = raw.front() {
+                if r.tp != tp {
+                    break;
+                }
+                let admit = Self::admit_in(p, r.offset, floor);
+                let Some(r) = raw.pop_front() else {
+                    break;
+                };
+                if let Some(epoch) = admit {
+                    out.push((r, epoch));
+                }
+            }
+        }
+        None
     }
 
     /// Marks acked offsets settled; returns the commits now needed.
@@ -218,27 +297,35 @@ impl Tracker {
     fn settle(&self, acked: &[Record], stale: &mut Vec<u64>) -> Vec<(Tp, i64, String)> {
         let mut parts = self.lock();
         let mut moved: Vec<Tp> = Vec::new();
-        let mut settled: Vec<&Record> = Vec::with_capacity(acked.len());
-        for r in acked {
-            match parts.get_mut(&r.tp) {
-                Some(p) if p.epoch == r.epoch => {
-                    p.open.remove(&r.offset);
-                    settled.push(r);
-                    if !moved.contains(&r.tp) {
-                        moved.push(r.tp.clone());
-                    }
+        // Acks come in runs of one partition: it is looked up once a run.
+        let mut rest = acked;
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|r| r.tp == first.tp).count();
+            let (this, next) = rest.split_at(run);
+            rest = next;
+            let Some(p) = parts.get_mut(&first.tp) else {
+                stale.extend(this.iter().map(|r| r.token));
+                continue;
+            };
+            let mut any = false;
+            for r in this {
+                if p.epoch != r.epoch {
+                    stale.push(r.token);
+                    continue;
                 }
-                _ => stale.push(r.token),
-            }
-        }
-        // Only acks past the new commit point need remembering (in the
-        // metadata); the point itself covers those below it — in-order
-        // acks, the common case, record nothing.
-        for r in settled {
-            if let Some(p) = parts.get_mut(&r.tp) {
+                p.open.remove(r.offset);
+                // Only acks past the commit point need remembering (in the
+                // metadata); the point covers those below it — in-order
+                // acks, the common case, record nothing. One recorded here
+                // that a later ack of the batch passes is dropped by
+                // `pending`.
                 if r.offset >= p.point() {
                     p.acked.insert(r.offset);
                 }
+                any = true;
+            }
+            if any && !moved.contains(&first.tp) {
+                moved.push(first.tp.clone());
             }
         }
         moved
@@ -657,24 +744,35 @@ pub(crate) async fn open(shared: Arc<Shared>, options: SubscribeOptions) -> Resu
         commit_lock: tokio::sync::Mutex::new(()),
         timeout,
     });
-    let (stream, tx, stop) = ChannelStream::new(shared.closed.subscribe());
+    let settles: Arc<dyn Acker> = acker.clone();
     let reader = Reader {
         consumer,
         acker,
+        settles,
         tracker,
         floors,
         prefix: shared.config.prefix.clone(),
         subscribed: subscribes,
         names: HashMap::default(),
-        tx,
-        stop,
-        closed: shared.closed.subscribe(),
+        last: None,
+        slots: 0,
+        raw: VecDeque::new(),
+        ready: VecDeque::new(),
+        admitted: Vec::with_capacity(READ_BATCH),
     };
-    tokio::spawn(reader.run());
+    let lent: Lent = Arc::new(Mutex::new(Some(Box::new(reader))));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut stream = KafkaStream {
+        lent: lent.clone(),
+        closed: shared.closed.subscribe(),
+        stop,
+        ended: false,
+    };
+    tokio::spawn(keep(lent, stop_rx, shared.closed.subscribe()));
     if subscribes {
         // Return once the group has assigned this member (possibly nothing),
         // so what is published next is seen by the group as it now stands.
-        let _ = tokio::time::timeout(timeout, assigned_rx.wait_for(|n| *n > 0)).await;
+        stream.assigned(&mut assigned_rx, timeout).await;
     }
     Ok(Subscription::new(stream))
 }
@@ -758,14 +856,46 @@ async fn start_offsets(
     Ok(starts)
 }
 
-/// How many records the reader takes per wake-up at most: the first is
-/// waited for, the rest only as far as librdkafka has already fetched them.
+/// How many records one read takes at most: the first is waited for, the
+/// rest only as far as librdkafka has already fetched them.
 const READ_BATCH: usize = 256;
 
-/// The task reading one subscription's consumer.
+/// How often the keeper serves the consumer while the application is not
+/// reading (see [`keep`]).
+const KEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// A record read from librdkafka and not yet admitted.
+struct Raw {
+    message: wharf_core::Message,
+    /// The Wharf topic name.
+    topic: Arc<str>,
+    tp: Tp,
+    offset: i64,
+}
+
+/// What one read produced.
+enum Read {
+    /// Records were read (some may have been passed over).
+    Some,
+    /// Nothing was ready (or no slot was free).
+    Nothing,
+    /// librdkafka reported an error: logged, read again after a pause.
+    Failed,
+}
+
+/// A subscription's reading state: the consumer, the slots reserved, the
+/// records read and the deliveries made of them, not yet handed out.
+///
+/// The application's task reads through it in [`KafkaStream::next`] and
+/// [`KafkaStream::try_next`] — no reader task and no channel between
+/// librdkafka and the application. While the application is not reading
+/// (not calling `next`, or gone), the [`keep`] task serves the consumer
+/// instead, so rebalances and group membership never wait on it.
 struct Reader {
     consumer: Arc<KConsumer>,
     acker: Arc<KafkaAcker>,
+    /// The same acker, as the deliveries carry it.
+    settles: Arc<dyn Acker>,
     tracker: Arc<Tracker>,
     floors: HashMap<Tp, i64>,
     prefix: String,
@@ -773,225 +903,503 @@ struct Reader {
     subscribed: bool,
     /// Kafka topic name -> (Kafka name, Wharf name), shared per topic.
     names: HashMap<Box<str>, (Arc<str>, Arc<str>)>,
-    tx: DeliverySender,
-    stop: watch::Receiver<bool>,
-    closed: watch::Receiver<bool>,
+    /// The last topic's names: records mostly come in runs of one topic.
+    last: Option<(Arc<str>, Arc<str>)>,
+    /// In-flight slots reserved and not used yet.
+    slots: usize,
+    /// Records read and not yet admitted, oldest first: a record whose
+    /// partition's committed offset is still to be looked up waits here,
+    /// with every record read after it.
+    raw: VecDeque<Raw>,
+    /// Deliveries registered and not yet handed out, oldest first.
+    ready: VecDeque<Delivery>,
+    /// Scratch for [`Reader::admit`].
+    admitted: Vec<(Raw, u64)>,
 }
 
 impl Reader {
     /// The shared Kafka and Wharf names of Kafka topic `kt`.
     fn names(&mut self, kt: &str) -> (Arc<str>, Arc<str>) {
-        if let Some(n) = self.names.get(kt) {
-            return n.clone();
+        if let Some(last) = &self.last {
+            if &*last.0 == kt {
+                return last.clone();
+            }
         }
-        let wharf = kt.strip_prefix(self.prefix.as_str()).unwrap_or(kt);
-        let n = (Arc::from(kt), Arc::from(wharf));
-        self.names.insert(Box::from(kt), n.clone());
+        let n = if let Some(n) = self.names.get(kt) {
+            n.clone()
+        } else {
+            let wharf = kt.strip_prefix(self.prefix.as_str()).unwrap_or(kt);
+            let n = (Arc::<str>::from(kt), Arc::<str>::from(wharf));
+            self.names.insert(Box::from(kt), n.clone());
+            n
+        };
+        self.last = Some(n.clone());
         n
     }
 
-    /// Reads until the subscription stops or the backend closes.
+    /// Keeps a record read from librdkafka (copied out of it) in `raw`.
+    fn keep_raw(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let (kt, topic) = self.names(m.topic());
+        let raw = Raw {
+            message: wire::message(m),
+            topic,
+            tp: (kt, m.partition()),
+            offset: m.offset(),
+        };
+        self.raw.push_back(raw);
+    }
+
+    /// Takes a reserved slot's worth of records librdkafka already has,
+    /// after `first` (a record just read), without waiting.
+    fn drain_now(
+        &mut self,
+        first: rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>,
+        more: &mut rdkafka::consumer::MessageStream<'_, Ctx>,
+    ) -> Read {
+        use futures_util::StreamExt as _;
+        let mut got = first;
+        loop {
+            match got {
+                Ok(m) => self.keep_raw(&m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    return Read::Failed;
+                }
+            }
+            if self.raw.len() >= self.slots {
+                return Read::Some;
+            }
+            match more.next().now_or_never() {
+                Some(Some(next)) => got = next,
+                _ => return Read::Some,
+            }
+        }
+    }
+
+    /// Reads what librdkafka has now (serving its events on the way),
+    /// without waiting: a free slot is needed to read a record.
+    fn read_now(&mut self) -> Read {
+        if !self.raw.is_empty() {
+            return Read::Some;
+        }
+        if self.slots == 0 {
+            match self.acker.in_flight.reserve(READ_BATCH).now_or_never() {
+                Some(Some(n)) => self.slots = n,
+                _ => return Read::Nothing,
+            }
+        }
+        let consumer = self.consumer.clone();
+        let mut stream = consumer.stream();
+        match futures_util::StreamExt::next(&mut stream).now_or_never() {
+            Some(Some(first)) => self.drain_now(first, &mut stream),
+            _ => Read::Nothing,
+        }
+    }
+
+    /// Admits the records in `raw` from the front, under one tracker lock,
+    /// registers those handed out and queues their deliveries in `ready`.
+    /// Stops at a record whose partition's committed offset must be
+    /// looked up first; returns that partition.
+    fn admit(&mut self) -> Option<Tp> {
+        let commits = self.acker.commits;
+        let unknown =
+            self.tracker
+                .admit_many(&mut self.raw, &self.floors, commits, &mut self.admitted);
+        if !self.admitted.is_empty() {
+            let n = self.admitted.len();
+            self.slots -= n;
+            self.acker.held.fetch_add(n, Ordering::Relaxed);
+            let first =
+                self.acker
+                    .in_flight
+                    .register_all(self.admitted.iter().map(|(raw, epoch)| Record {
+                        token: 0,
+                        tp: raw.tp.clone(),
+                        offset: raw.offset,
+                        epoch: *epoch,
+                    }));
+            for ((raw, _), token) in self.admitted.drain(..).zip(first..) {
+                let info = DeliveryInfo {
+                    topic: raw.topic,
+                    partition: u32::try_from(raw.tp.1).unwrap_or(0),
+                    offset: u64::try_from(raw.offset).ok(),
+                    attempt: 1,
+                };
+                self.ready.push_back(Delivery::new(
+                    raw.message,
+                    info,
+                    self.settles.clone(),
+                    token,
+                ));
+            }
+        }
+        unknown
+    }
+
+    /// Starts tracking `tp` from the group's committed offset (see
+    /// [`committed_of`]), unless something else started it meanwhile.
     ///
     /// # Cancel safety
-    /// Spawned, and only dropped with its runtime. A batch's reserved slots
-    /// and the records collected (across `recv` and the committed-offset
-    /// lookup) are not yet registered: dropped there, nothing was handed
-    /// out and nothing past them is committed, so those records are read
-    /// again; the slots belong to this subscription's table, gone with it.
-    async fn run(mut self) {
-        let acker: Arc<dyn Acker> = self.acker.clone();
-        // One read batch: the deliveries and their records, registered in
-        // the in-flight table together (one lock) before they are sent.
-        let mut out: Vec<(wharf_core::Message, DeliveryInfo)> = Vec::with_capacity(READ_BATCH);
-        let mut records: Vec<Record> = Vec::with_capacity(READ_BATCH);
-        loop {
-            // Slots for up to a batch: the first record is waited for, the
-            // rest taken only as far as they have already arrived.
-            let reserved = tokio::select! {
-                biased;
-                _ = self.stop.wait_for(|s| *s) => break,
-                _ = self.closed.wait_for(|c| *c) => break,
-                r = self.acker.in_flight.reserve(READ_BATCH) => r,
-            };
-            let Some(mut slots) = reserved else {
-                break;
-            };
-            let consumer = self.consumer.clone();
-            let first = tokio::select! {
-                biased;
-                _ = self.stop.wait_for(|s| *s) => None,
-                _ = self.closed.wait_for(|c| *c) => None,
-                m = consumer.recv() => Some(m),
-            };
-            let Some(mut got) = first else {
-                self.acker.in_flight.free(slots);
-                break;
-            };
-            let mut failed = false;
+    /// Cancel safe: nothing changes unless it completes.
+    async fn start(&self, tp: &Tp, first: i64) {
+        let committed = committed_of(&self.consumer, tp, self.acker.timeout).await;
+        self.tracker.start(tp, committed, first);
+    }
+
+    /// Serves the consumer without waiting: reads what is ready into
+    /// `ready` (within the free slots), and with it the rebalance events
+    /// queued before those records. Returns a partition whose committed
+    /// offset must be looked up before its records can be admitted (with
+    /// what the lookup needs).
+    fn serve(&mut self) -> Option<Lookup> {
+        if self.raw.is_empty() {
+            let _ = self.read_now();
+        }
+        let tp = self.admit()?;
+        Some(Lookup {
+            consumer: self.consumer.clone(),
+            tracker: self.tracker.clone(),
+            first: self.raw.front().map_or(0, |raw| raw.offset),
+            tp,
+            timeout: self.acker.timeout,
+        })
+    }
+
+    /// Gives back what is read and not handed out: the deliveries are
+    /// released and the records dropped (neither is committed past), and
+    /// the reserved slots freed.
+    fn clear(&mut self) {
+        self.ready.clear();
+        self.raw.clear();
+        self.acker.in_flight.free(std::mem::take(&mut self.slots));
+    }
+}
+
+/// The group's committed offset and metadata for `tp`, if any (a failed
+/// lookup counts as none: the consumer then starts where Kafka resumes it,
+/// and acks past the point are redelivered, not lost).
+async fn committed_of(
+    consumer: &Arc<KConsumer>,
+    tp: &Tp,
+    timeout: Duration,
+) -> Option<(i64, String)> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    let c = consumer.clone();
+    let got = blocking("committed offsets", timeout, move || {
+        c.committed_offsets(tpl, timeout)
+    })
+    .await;
+    match got {
+        Ok(tpl) => tpl
+            .find_partition(&tp.0, tp.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(at) => Some((at, e.metadata().to_owned())),
+                _ => None,
+            }),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the committed offset failed");
+            None
+        }
+    }
+}
+
+/// A partition's committed offset to look up (by the keeper), and what
+/// the lookup needs.
+struct Lookup {
+    consumer: Arc<KConsumer>,
+    tracker: Arc<Tracker>,
+    tp: Tp,
+    /// The first offset read of it.
+    first: i64,
+    timeout: Duration,
+}
+
+/// The reading state, lent to whichever of the application's task and the
+/// keeper is reading: `None` while the application's `next` has it.
+type Lent = Arc<Mutex<Option<Box<Reader>>>>;
+
+fn lock_lent(lent: &Lent) -> MutexGuard<'_, Option<Box<Reader>>> {
+    lent.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The [`Reader`] while `next` has it; back in its place when dropped (the
+/// future completed or was cancelled).
+struct Borrowed<'a> {
+    lent: &'a Lent,
+    reader: Option<Box<Reader>>,
+}
+
+impl Borrowed<'_> {
+    fn get(&mut self) -> &mut Reader {
+        self.reader.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        *lock_lent(self.lent) = self.reader.take();
+    }
+}
+
+/// A Kafka subscription's deliveries.
+struct KafkaStream {
+    lent: Lent,
+    closed: watch::Receiver<bool>,
+    /// Raised when the stream ends or is dropped: the keeper then lingers.
+    stop: watch::Sender<bool>,
+    ended: bool,
+}
+
+impl KafkaStream {
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(r) = lock_lent(&self.lent).as_mut() {
+            r.clear();
+        }
+        self.stop.send_replace(true);
+    }
+
+    /// Waits for the first assignment of a group subscription (possibly
+    /// nothing), serving the consumer meanwhile and keeping any record read.
+    async fn assigned(&mut self, rx: &mut watch::Receiver<u64>, timeout: Duration) {
+        use futures_util::StreamExt as _;
+        let reader = lock_lent(&self.lent).take();
+        let mut borrowed = Borrowed {
+            lent: &self.lent,
+            reader,
+        };
+        let Some(reader) = borrowed.reader.as_mut() else {
+            return;
+        };
+        let consumer = reader.consumer.clone();
+        let mut stream = consumer.stream();
+        let _ = tokio::time::timeout(timeout, async {
             loop {
-                let m = match got {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        failed = true;
-                        break;
-                    }
-                };
-                let (kt, topic) = self.names(m.topic());
-                let tp: Tp = (kt, m.partition());
-                let offset = m.offset();
-                let message = wire::message(&m);
-                drop(m);
-                if let Some((info, record)) = self.admit(tp, topic, offset).await {
-                    out.push((message, info));
-                    records.push(record);
-                    slots -= 1;
-                    if slots == 0 {
-                        break;
-                    }
-                }
-                match consumer.recv().now_or_never() {
-                    Some(next) => got = next,
-                    None => break,
+                tokio::select! {
+                    biased;
+                    _ = rx.wait_for(|n| *n > 0) => break,
+                    m = stream.next() => match m {
+                        Some(Ok(m)) => reader.keep_raw(&m),
+                        Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+                        None => break,
+                    },
                 }
             }
-            let gone = !self.send(&mut out, &mut records, &acker);
-            self.acker.in_flight.free(slots);
-            if gone {
-                break;
-            }
-            if failed {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        self.linger().await;
-    }
-
-    /// Whether the record at `offset` of `tp` is handed out (then its
-    /// delivery info and record), or passed over (below the start, or
-    /// acked in an earlier session).
-    async fn admit(
-        &mut self,
-        tp: Tp,
-        topic: Arc<str>,
-        offset: i64,
-    ) -> Option<(DeliveryInfo, Record)> {
-        let floor = self.floors.get(&tp).copied();
-        let commits = self.acker.commits;
-        let epoch = match self.tracker.admit(&tp, offset, floor, commits) {
-            Admit::Hand(epoch) => epoch,
-            Admit::Skip => return None,
-            Admit::Unknown => {
-                let committed = self.committed(&tp).await;
-                self.tracker.start(&tp, committed, offset);
-                match self.tracker.admit(&tp, offset, floor, commits) {
-                    Admit::Hand(epoch) => epoch,
-                    _ => return None,
-                }
-            }
-        };
-        let info = DeliveryInfo {
-            topic,
-            partition: u32::try_from(tp.1).unwrap_or(0),
-            offset: u64::try_from(offset).ok(),
-            attempt: 1,
-        };
-        Some((
-            info,
-            Record {
-                token: 0,
-                tp,
-                offset,
-                epoch,
-            },
-        ))
-    }
-
-    /// Registers a read batch's records and sends its deliveries; `false`
-    /// once the subscription is gone (the deliveries not sent are dropped,
-    /// which releases them).
-    fn send(
-        &mut self,
-        out: &mut Vec<(wharf_core::Message, DeliveryInfo)>,
-        records: &mut Vec<Record>,
-        acker: &Arc<dyn Acker>,
-    ) -> bool {
-        if out.is_empty() {
-            return true;
-        }
-        self.acker.held.fetch_add(out.len(), Ordering::Relaxed);
-        let first = self.acker.in_flight.register_all(records.drain(..));
-        let mut open = true;
-        for ((message, info), token) in out.drain(..).zip(first..) {
-            let d = Delivery::new(message, info, acker.clone(), token);
-            if open && self.tx.send(Ok(d)).is_err() {
-                open = false;
-            }
-        }
-        open
-    }
-
-    /// The group's committed offset and metadata for `tp`, if any (a
-    /// failed lookup counts as none: the consumer then starts where Kafka
-    /// resumes it, and acks past the point are redelivered, not lost).
-    async fn committed(&self, tp: &Tp) -> Option<(i64, String)> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&tp.0, tp.1);
-        let c = self.consumer.clone();
-        let timeout = self.acker.timeout;
-        let got = blocking("committed offsets", timeout, move || {
-            c.committed_offsets(tpl, timeout)
         })
         .await;
-        match got {
-            Ok(tpl) => {
-                let e = tpl.find_partition(&tp.0, tp.1)?;
-                match e.offset() {
-                    Offset::Offset(at) => Some((at, e.metadata().to_owned())),
-                    _ => None,
+    }
+}
+
+impl Drop for KafkaStream {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+#[async_trait]
+impl DeliveryStream for KafkaStream {
+    /// # Cancel safety
+    /// Cancel safe: what is read stays in the [`Reader`] (`raw`, `ready`,
+    /// the reserved slots), which the [`Borrowed`] guard puts back when
+    /// the future is dropped; the committed-offset lookup changes nothing
+    /// until it completes.
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        use futures_util::StreamExt as _;
+        if self.ended {
+            return None;
+        }
+        if let Some(d) = lock_lent(&self.lent)
+            .as_mut()
+            .and_then(|r| r.ready.pop_front())
+        {
+            return Some(Ok(d));
+        }
+        let reader = lock_lent(&self.lent).take();
+        let mut borrowed = Borrowed {
+            lent: &self.lent,
+            reader,
+        };
+        if borrowed.reader.is_none() {
+            // Only the keeper takes it, and only after the stream ended.
+            drop(borrowed);
+            self.end();
+            return None;
+        }
+        let mut closed = self.closed.clone();
+        let ended = loop {
+            let r = borrowed.get();
+            if let Some(d) = r.ready.pop_front() {
+                break Some(d);
+            }
+            if let Some(tp) = r.admit() {
+                let first = r.raw.front().map_or(0, |raw| raw.offset);
+                tokio::select! {
+                    biased;
+                    _ = closed.wait_for(|c| *c) => break None,
+                    () = r.start(&tp, first) => {}
+                }
+                continue;
+            }
+            if !r.ready.is_empty() {
+                continue;
+            }
+            if r.slots == 0 {
+                let reserved = tokio::select! {
+                    biased;
+                    _ = closed.wait_for(|c| *c) => None,
+                    n = r.acker.in_flight.reserve(READ_BATCH) => n,
+                };
+                match reserved {
+                    Some(n) => r.slots = n,
+                    None => break None,
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the committed offset failed");
+            let consumer = r.consumer.clone();
+            let mut stream = consumer.stream();
+            let first = tokio::select! {
+                biased;
+                _ = closed.wait_for(|c| *c) => None,
+                m = stream.next() => m,
+            };
+            let Some(first) = first else {
+                break None;
+            };
+            if let Read::Failed = r.drain_now(first, &mut stream) {
+                drop(stream);
+                tokio::select! {
+                    biased;
+                    _ = closed.wait_for(|c| *c) => break None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        };
+        drop(borrowed);
+        match ended {
+            Some(d) => Some(Ok(d)),
+            None => {
+                self.end();
                 None
             }
         }
     }
 
-    /// After the stream ended: stays a member of the group (serving
-    /// rebalances, fetching nothing) until every delivery handed out is
-    /// settled or dropped, so those can still commit; then leaves.
-    async fn linger(self) {
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
+    fn try_next(&mut self) -> Option<Result<Delivery>> {
+        if self.ended || *self.closed.borrow() {
+            return None;
         }
-        let mut closed = self.closed.clone();
-        while self.acker.held.load(Ordering::Relaxed) > 0 && !*closed.borrow_and_update() {
-            tokio::select! {
-                _ = self.consumer.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = closed.changed() => {}
+        let mut lent = lock_lent(&self.lent);
+        let r = lent.as_mut()?;
+        if let Some(d) = r.ready.pop_front() {
+            return Some(Ok(d));
+        }
+        if r.raw.is_empty() {
+            match r.read_now() {
+                Read::Some => {}
+                Read::Nothing | Read::Failed => return None,
             }
         }
-        // Leave the group now: settled deliveries (or an `AckBatch`) may
-        // keep the acker, and with it the consumer, alive for a long time,
-        // and a member that no longer polls stalls the group's rebalances.
-        if self.subscribed {
-            self.consumer.unsubscribe();
-        } else {
-            let _ = self.consumer.unassign();
-        }
-        // Serve the revocation that follows.
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.consumer.recv()).await;
-        // Closing the consumer blocks: not on a runtime thread.
-        let Reader {
-            consumer, acker, ..
-        } = self;
-        tokio::task::spawn_blocking(move || {
-            drop(acker);
-            drop(consumer);
-        });
+        // A partition to look up waits for `next`.
+        let _ = r.admit();
+        r.ready.pop_front().map(Ok)
     }
+
+    async fn close(&mut self) -> Result<()> {
+        self.end();
+        Ok(())
+    }
+}
+
+/// Serves the consumer while the application is not reading: every
+/// [`KEEP_EVERY`] it reads what is ready, if the application's task does
+/// not hold the reader (then that task is reading). Once the stream ends
+/// (or the backend closes), it [`linger`]s.
+///
+/// # Cancel safety
+/// Spawned, and only dropped with its runtime; it holds the reader's lock
+/// only in synchronous stretches.
+async fn keep(lent: Lent, mut stop: watch::Receiver<bool>, mut closed: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(KEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            _ = closed.wait_for(|c| *c) => break,
+            _ = tick.tick() => {}
+        }
+        let lookup = lock_lent(&lent).as_mut().and_then(|r| r.serve());
+        if let Some(Lookup {
+            consumer,
+            tracker,
+            tp,
+            first,
+            timeout,
+        }) = lookup
+        {
+            // Not under the lock: the application may read meanwhile (and
+            // start the partition itself; then this start is passed over).
+            let committed = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                _ = closed.wait_for(|c| *c) => break,
+                c = committed_of(&consumer, &tp, timeout) => c,
+            };
+            tracker.start(&tp, committed, first);
+        }
+    }
+    // The stream is gone or closing: its `next` cannot hold the reader any
+    // more, or gives it back as it returns.
+    let reader = loop {
+        if let Some(r) = lock_lent(&lent).take() {
+            break r;
+        }
+        if Arc::strong_count(&lent) == 1 {
+            // The stream is gone and took the reader with it (a `next`
+            // future leaked rather than dropped): nothing to linger for.
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    linger(reader, closed).await;
+}
+
+/// After the stream ended: stays a member of the group (serving
+/// rebalances, fetching nothing) until every delivery handed out is
+/// settled or dropped, so those can still commit; then leaves.
+async fn linger(mut reader: Box<Reader>, mut closed: watch::Receiver<bool>) {
+    reader.clear();
+    let Reader {
+        consumer,
+        acker,
+        subscribed,
+        ..
+    } = *reader;
+    if let Ok(assignment) = consumer.assignment() {
+        let _ = consumer.pause(&assignment);
+    }
+    while acker.held.load(Ordering::Relaxed) > 0 && !*closed.borrow_and_update() {
+        tokio::select! {
+            _ = consumer.recv() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = closed.changed() => {}
+        }
+    }
+    // Leave the group now: settled deliveries (or an `AckBatch`) may keep
+    // the acker, and with it the consumer, alive for a long time, and a
+    // member that no longer polls stalls the group's rebalances.
+    if subscribed {
+        consumer.unsubscribe();
+    } else {
+        let _ = consumer.unassign();
+    }
+    // Serve the revocation that follows.
+    let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    // Closing the consumer blocks: not on a runtime thread.
+    tokio::task::spawn_blocking(move || {
+        drop(acker);
+        drop(consumer);
+    });
 }
 
 #[cfg(test)]
@@ -1066,6 +1474,30 @@ mod tests {
         );
         assert!(t.settle(&[record(&tp, 4, epoch)], &mut stale).is_empty());
         assert_eq!(stale, [4]);
+    }
+
+    proptest::proptest! {
+        /// The open set against a `BTreeSet` model: offsets handed out
+        /// mostly ascending (some again or lower, as after a seek), removed
+        /// in any order, present or not.
+        #[test]
+        fn open_offsets_behave_as_a_sorted_set(
+            ops in proptest::collection::vec((proptest::bool::ANY, 0i64..64), 0..200)
+        ) {
+            let mut open = Open::default();
+            let mut model = BTreeSet::new();
+            for (insert, offset) in ops {
+                if insert {
+                    open.insert(offset);
+                    model.insert(offset);
+                } else {
+                    open.remove(offset);
+                    model.remove(&offset);
+                }
+                proptest::prop_assert_eq!(open.first(), model.first().copied());
+                proptest::prop_assert!(open.0.iter().copied().eq(model.iter().copied()));
+            }
+        }
     }
 
     #[test]

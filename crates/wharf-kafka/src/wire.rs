@@ -5,8 +5,6 @@
 //! the message's headers in order. A record without a `wharf-id` header (from
 //! a non-Wharf producer) gets a fresh id when read.
 
-use std::str::FromStr;
-
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::Message as _;
@@ -37,13 +35,17 @@ pub(crate) fn message(m: &BorrowedMessage<'_>) -> Message {
     let mut headers = Headers::new();
     if let Some(hs) = m.headers() {
         for h in hs.iter() {
-            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
             if id.is_none() && h.key == ID_HEADER {
-                id = MessageId::from_str(&value).ok();
+                // Parsed from the bytes: no UTF-8 pass and no copy.
+                id = h
+                    .value
+                    .and_then(|v| uuid::Uuid::try_parse_ascii(v).ok())
+                    .map(|u| MessageId::from_bytes(u.into_bytes()));
                 if id.is_some() {
                     continue;
                 }
             }
+            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
             headers.insert(h.key, value.into_owned());
         }
     }

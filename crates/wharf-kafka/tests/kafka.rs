@@ -351,3 +351,76 @@ async fn connecting_where_no_broker_answers_is_unavailable() {
         r.map(|_| ())
     );
 }
+
+/// `next` is cancelled at every point it can wait — reserving slots,
+/// waiting for a record, looking a new partition's committed offset up —
+/// and `try_next` runs between: every message is still handed out exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_cancelled_anywhere_loses_and_repeats_nothing() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = unique_name("cancel");
+    b.create_topic(&t, 4).await.expect("topic");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new(&t)
+                .group("g")
+                .start(StartPosition::Earliest)
+                .max_in_flight(8),
+        )
+        .await
+        .expect("subscribe");
+    let n = 300;
+    let msgs: Vec<Message> = (0..n)
+        .map(|i| {
+            Message::builder()
+                .key(format!("k{i}"))
+                .payload(format!("m{i}"))
+                .build()
+        })
+        .collect();
+    b.publish_batch(&t, msgs).await.expect("publish");
+    // From 20 µs (cancelled before anything completes) to 20 ms (a lookup
+    // of the committed offset completes).
+    let patience = [20, 200, 2_000, 20_000].map(std::time::Duration::from_micros);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = BTreeSet::new();
+    let (mut cancelled, mut i) = (0, 0);
+    while seen.len() < n && tokio::time::Instant::now() < deadline {
+        i += 1;
+        let wait = patience[i % patience.len()];
+        // `next` alone, then `next_batch` (`next`, then `try_next`s).
+        let got = if i % 8 < 4 {
+            tokio::time::timeout(wait, sub.next())
+                .await
+                .map(|d| vec![d.expect("open").expect("delivery")])
+        } else {
+            let mut batch = Vec::new();
+            tokio::time::timeout(wait, sub.next_batch(8, &mut batch))
+                .await
+                .map(|n| {
+                    assert!(n.expect("delivery") > 0, "ended");
+                    batch
+                })
+        };
+        let Ok(batch) = got else {
+            cancelled += 1;
+            continue;
+        };
+        for d in batch {
+            let text = String::from_utf8_lossy(d.message().payload()).into_owned();
+            assert!(seen.insert(text.clone()), "{text} handed out twice");
+            d.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        n,
+        "every message, after {cancelled} cancellations"
+    );
+    assert!(cancelled > 0, "the test cancelled nothing");
+    expect_quiet(&mut sub, QUIET, "a message came back").await;
+}

@@ -107,6 +107,8 @@ async fn a_member_joining_takes_partitions_with_deliveries_in_flight_and_loses_n
     for _ in 0..MESSAGES {
         held.push(expect_delivery(&mut a, "first member").await);
     }
+    // The first member's application is not reading now: its keeper task
+    // serves the revocation, or the second member would wait for it.
     let mut second = b.subscribe(opts()).await.expect("subscribe b");
     // The join moves some partitions to the second member, which gets their
     // records again: nothing of them was committed.
