@@ -310,6 +310,7 @@ impl Inner {
             .map_err(amqp_err)?;
         let publish = self.publish_channel().await?;
         let mut confirms = Vec::with_capacity(ADOPT_WINDOW);
+        let mut last_topic = None;
         for _ in 0..waiting {
             // Fewer than counted arrive when some expired or were dropped
             // (the backlog is bounded) meanwhile: the backlog is then empty.
@@ -318,7 +319,12 @@ impl Inner {
                 Ok(Some(d)) => d.map_err(amqp_err)?,
                 Ok(None) | Err(_) => break,
             };
-            let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data);
+            let decoded = wire::decode(
+                d.routing_key.as_str(),
+                &d.properties,
+                d.data.into(),
+                &mut last_topic,
+            );
             if !pattern.matches(&decoded.topic) {
                 continue;
             }

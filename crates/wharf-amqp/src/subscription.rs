@@ -14,17 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use tokio::sync::watch;
 use wharf_core::{
     name, Acker, Capability, DeadLetter, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
-    Result, Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp, TopicPattern,
+    MessageId, Result, Settlement, StartPosition, SubscribeOptions, Subscription, Timestamp,
+    TopicPattern,
 };
 
 use crate::backend::{amqp_err, binding_key, Inner, NAME};
@@ -161,30 +163,52 @@ pub(crate) async fn open_subscription(
         consumer: Some(consumer),
         acker,
         closed: inner.closed.subscribe(),
+        topic: None,
     }))
 }
 
-/// What the acker keeps of a handed-out delivery.
+/// What the acker keeps of a handed-out delivery: the broker's properties
+/// and body as received (moved, not copied), from which a nack, reject or
+/// release rebuilds the message it republishes.
 struct Held {
-    topic: String,
-    message: Message,
+    topic: Arc<str>,
+    props: BasicProperties,
+    body: Bytes,
+    /// The id and timestamp handed out (a foreign message's may be made up).
+    id: MessageId,
+    timestamp: Timestamp,
     /// This delivery's attempt number.
     attempt: u32,
     first_failure_ms: Option<u64>,
+}
+
+impl Held {
+    fn message(&self) -> Message {
+        wire::rebuild(&self.props, self.body.clone(), self.id, self.timestamp)
+    }
 }
 
 struct AmqpStream {
     consumer: Option<Consumer>,
     acker: Arc<AmqpAcker>,
     closed: watch::Receiver<bool>,
+    /// The last delivery's topic, shared by the next ones while it repeats.
+    topic: Option<Arc<str>>,
 }
 
 impl AmqpStream {
     /// Turns a broker delivery into a Wharf one; `None` (acked) when the
     /// message expired while it waited in a delay queue.
-    fn deliver(&self, d: lapin::message::Delivery) -> Option<Delivery> {
+    fn deliver(&mut self, d: lapin::message::Delivery) -> Option<Delivery> {
         let tag = d.delivery_tag;
-        let decoded = wire::decode(d.routing_key.as_str(), &d.properties, d.data);
+        let body = Bytes::from(d.data);
+        let decoded = wire::decode(
+            d.routing_key.as_str(),
+            &d.properties,
+            body.clone(),
+            &mut self.topic,
+        );
+        // No clock read unless the message has a TTL.
         if decoded
             .message
             .expires_at()
@@ -202,21 +226,22 @@ impl AmqpStream {
         // than our header counts.
         let attempt = decoded.attempts + 1 + u32::from(d.redelivered);
         let info = DeliveryInfo {
-            topic: decoded.topic.as_str().into(),
+            topic: decoded.topic.clone(),
             partition: 0,
             offset: None,
             attempt,
         };
-        if let Ok(mut held) = self.acker.held.lock() {
-            held.insert(
-                tag,
-                Held {
-                    topic: decoded.topic,
-                    message: decoded.message.clone(),
-                    attempt,
-                    first_failure_ms: decoded.first_failure_ms,
-                },
-            );
+        let held = Held {
+            topic: decoded.topic,
+            props: d.properties,
+            body,
+            id: decoded.message.id(),
+            timestamp: decoded.message.timestamp(),
+            attempt,
+            first_failure_ms: decoded.first_failure_ms,
+        };
+        if let Ok(mut map) = self.acker.held.lock() {
+            map.insert(tag, held);
         }
         Some(Delivery::new(
             decoded.message,
@@ -361,9 +386,9 @@ impl Settler {
                 .await;
         }
         let first = held.first_failure_ms.unwrap_or(now);
-        if let Some(props) = wire::properties(&held.topic, &held.message, held.attempt, Some(first))
-        {
-            let body = held.message.payload();
+        let message = held.message();
+        if let Some(props) = wire::properties(&held.topic, &message, held.attempt, Some(first)) {
+            let body = message.payload();
             if delay.is_zero() {
                 self.inner
                     .publish_confirmed("", &self.queue, body, props)
@@ -399,7 +424,7 @@ impl Settler {
     }
 
     async fn dead_letter(&self, token: u64, held: Held, reason: &str, now: u64) -> Result<()> {
-        let mut m = held.message;
+        let mut m = held.message();
         DeadLetter {
             reason,
             topic: &held.topic,

@@ -2,6 +2,8 @@
 //! id / priority / TTL in the basic properties, and key, ordered headers,
 //! millisecond timestamp, topic and attempt count in `wharf-*` AMQP headers.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -118,6 +120,14 @@ fn text(v: &AMQPValue) -> Option<String> {
     }
 }
 
+fn text_bytes(v: &AMQPValue) -> Option<&[u8]> {
+    match v {
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+        _ => None,
+    }
+}
+
 fn int(v: &AMQPValue) -> Option<i64> {
     match v {
         AMQPValue::LongLongInt(n) => Some(*n),
@@ -129,9 +139,77 @@ fn int(v: &AMQPValue) -> Option<i64> {
     }
 }
 
+/// The `wharf-*` AMQP headers of a received message, borrowed from its
+/// properties (one pass over the table, nothing copied).
+#[derive(Default)]
+struct Fields<'a> {
+    table: Option<&'a FieldTable>,
+    headers: Option<&'a FieldArray>,
+    key: Option<&'a LongString>,
+    ts: Option<i64>,
+    topic: Option<&'a [u8]>,
+    attempts: Option<i64>,
+    first_failure: Option<i64>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(props: &'a BasicProperties) -> Self {
+        let mut f = Fields::default();
+        let Some(table) = props.headers().as_ref() else {
+            return f;
+        };
+        f.table = Some(table);
+        for (k, v) in table {
+            match k.as_str() {
+                H_HEADERS => {
+                    if let AMQPValue::FieldArray(a) = v {
+                        f.headers = Some(a);
+                    }
+                }
+                H_KEY => {
+                    if let AMQPValue::LongString(k) = v {
+                        f.key = Some(k);
+                    }
+                }
+                H_TS => f.ts = int(v),
+                H_TOPIC => f.topic = text_bytes(v),
+                H_ATTEMPTS => f.attempts = int(v),
+                H_FIRST_FAILURE => f.first_failure = int(v),
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// The message headers: our ordered name/value array, or a foreign
+    /// message's string-valued AMQP headers.
+    fn headers(&self) -> Headers {
+        let mut headers = Headers::new();
+        if let Some(a) = self.headers {
+            let mut it = a.as_slice().iter();
+            while let (Some(n), Some(v)) = (it.next(), it.next()) {
+                if let (Some(n), Some(v)) = (text(n), text(v)) {
+                    headers.insert(n, v);
+                }
+            }
+        } else if let Some(table) = self.table {
+            for (k, v) in table {
+                if let Some(v) = text(v) {
+                    headers.insert(k.as_str(), v);
+                }
+            }
+        }
+        headers
+    }
+
+    fn key(&self) -> Option<Bytes> {
+        self.key.map(|k| Bytes::copy_from_slice(k.as_bytes()))
+    }
+}
+
 /// What a received AMQP message carries for Wharf.
 pub(crate) struct Decoded {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub message: Message,
     /// Failed deliveries before this one (from our header).
     pub attempts: u32,
@@ -141,63 +219,55 @@ pub(crate) struct Decoded {
 
 /// Rebuilds the Wharf message; foreign messages (not published by Wharf) get
 /// a fresh id unless their `message-id` is a UUID, and their AMQP headers as
-/// text where they are strings.
-pub(crate) fn decode(routing_key: &str, props: &BasicProperties, body: Vec<u8>) -> Decoded {
-    let table = props.headers().clone().unwrap_or_default();
-    let get = |k: &str| table.inner().get(k);
-    let mut headers = Headers::new();
-    match get(H_HEADERS) {
-        Some(AMQPValue::FieldArray(a)) => {
-            let mut it = a.as_slice().iter();
-            while let (Some(n), Some(v)) = (it.next(), it.next()) {
-                if let (Some(n), Some(v)) = (text(n), text(v)) {
-                    headers.insert(n, v);
-                }
-            }
-        }
-        _ => {
-            for (k, v) in &table {
-                if let Some(v) = text(v) {
-                    headers.insert(k.as_str(), v);
-                }
-            }
-        }
-    }
+/// text where they are strings. The topic is `last_topic` again when it
+/// names the same one (a queue's deliveries mostly do), else a new `Arc`
+/// that `last_topic` then keeps.
+pub(crate) fn decode(
+    routing_key: &str,
+    props: &BasicProperties,
+    body: Bytes,
+    last_topic: &mut Option<Arc<str>>,
+) -> Decoded {
+    let f = Fields::of(props);
     let id = props
         .message_id()
         .as_ref()
         .and_then(|s| s.as_str().parse::<MessageId>().ok())
         .unwrap_or_default();
-    let ts = get(H_TS)
-        .and_then(int)
-        .and_then(|n| u64::try_from(n).ok())
-        .map(Timestamp::from_millis)
-        .or_else(|| props.timestamp().map(|s| Timestamp::from_millis(s * 1000)))
-        .unwrap_or_else(Timestamp::now);
-    let mut b = Message::builder()
-        .id(id)
-        .headers(headers)
-        .payload(Bytes::from(body))
-        .timestamp(ts);
-    if let Some(AMQPValue::LongString(k)) = get(H_KEY) {
-        b = b.key(Bytes::from(k.as_bytes().to_vec()));
-    }
-    let topic = get(H_TOPIC)
-        .and_then(text)
-        .unwrap_or_else(|| routing_key.to_owned());
-    let attempts = get(H_ATTEMPTS)
-        .and_then(int)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0);
-    let first_failure_ms = get(H_FIRST_FAILURE)
-        .and_then(int)
-        .and_then(|n| u64::try_from(n).ok());
+    let ts =
+        f.ts.and_then(|n| u64::try_from(n).ok())
+            .map(Timestamp::from_millis)
+            .or_else(|| props.timestamp().map(|s| Timestamp::from_millis(s * 1000)))
+            .unwrap_or_else(Timestamp::now);
+    let name = f.topic.unwrap_or(routing_key.as_bytes());
+    let topic = match last_topic {
+        Some(t) if t.as_bytes() == name => t.clone(),
+        _ => {
+            let t: Arc<str> = String::from_utf8_lossy(name).into();
+            *last_topic = Some(t.clone());
+            t
+        }
+    };
+    let attempts = f.attempts.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let first_failure_ms = f.first_failure.and_then(|n| u64::try_from(n).ok());
     Decoded {
         topic,
-        message: b.build(),
+        message: Message::from_parts(id, f.key(), f.headers(), body, ts),
         attempts,
         first_failure_ms,
     }
+}
+
+/// The message [`decode`] made of `props` and `body`, again: its id and
+/// timestamp are given (a foreign message's were made up on delivery).
+pub(crate) fn rebuild(
+    props: &BasicProperties,
+    body: Bytes,
+    id: MessageId,
+    ts: Timestamp,
+) -> Message {
+    let f = Fields::of(props);
+    Message::from_parts(id, f.key(), f.headers(), body, ts)
 }
 
 #[cfg(test)]
@@ -218,8 +288,8 @@ mod tests {
         let p = properties("a.b", &m, 3, Some(5)).expect("not expired");
         assert_eq!(p.priority(), &Some(7));
         assert!(p.expiration().is_some());
-        let d = decode("ignored", &p, b"body".to_vec());
-        assert_eq!(d.topic, "a.b");
+        let d = decode("ignored", &p, Bytes::from_static(b"body"), &mut None);
+        assert_eq!(&*d.topic, "a.b");
         assert_eq!(d.attempts, 3);
         assert_eq!(d.first_failure_ms, Some(5));
         assert_eq!(d.message.id(), m.id());
@@ -227,6 +297,56 @@ mod tests {
         assert_eq!(d.message.timestamp(), m.timestamp());
         let names: Vec<&str> = d.message.headers().iter().map(|(n, _)| n).collect();
         assert_eq!(&names[..2], ["z-first", "a-second"]);
+        let again = rebuild(
+            &p,
+            Bytes::from_static(b"body"),
+            d.message.id(),
+            m.timestamp(),
+        );
+        assert_eq!(again, d.message);
+    }
+
+    #[test]
+    fn topic_is_shared_while_it_repeats() {
+        let m = Message::new("x");
+        let mut last = None;
+        let p = properties("a.b", &m, 0, None).expect("not expired");
+        let first = decode("q", &p, Bytes::new(), &mut last).topic;
+        let second = decode("q", &p, Bytes::new(), &mut last).topic;
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = properties("a.c", &m, 0, None).expect("not expired");
+        assert_eq!(&*decode("q", &other, Bytes::new(), &mut last).topic, "a.c");
+        // No `wharf-topic`: the routing key.
+        let bare = BasicProperties::default();
+        assert_eq!(&*decode("r.k", &bare, Bytes::new(), &mut last).topic, "r.k");
+    }
+
+    #[test]
+    fn foreign_message_keeps_its_string_headers_and_uuid_id() {
+        let id = MessageId::new();
+        let mut t = FieldTable::default();
+        t.insert(
+            "trace".into(),
+            AMQPValue::LongString(b"abc".to_vec().into()),
+        );
+        t.insert("n".into(), AMQPValue::LongInt(3));
+        let p = BasicProperties::default()
+            .with_message_id(ShortString::from(id.to_string()))
+            .with_timestamp(7)
+            .with_headers(t);
+        let d = decode("orders", &p, Bytes::from_static(b"x"), &mut None);
+        assert_eq!(d.message.id(), id);
+        assert_eq!(d.message.timestamp(), Timestamp::from_millis(7000));
+        assert_eq!(d.message.headers().get("trace"), Some("abc"));
+        assert!(!d.message.headers().contains("n"));
+        assert_eq!(&*d.topic, "orders");
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.first_failure_ms, None);
+        // Not a UUID: a fresh id each time, so the acker keeps the first.
+        let p = BasicProperties::default().with_message_id(ShortString::from("m-1"));
+        let a = decode("orders", &p, Bytes::new(), &mut None).message.id();
+        let b = decode("orders", &p, Bytes::new(), &mut None).message.id();
+        assert_ne!(a, b);
     }
 
     #[test]
