@@ -474,7 +474,11 @@ impl AmqpAcker {
     /// ack exactly them: no other delivery below it is still held or
     /// settling on its own (every lower tag has been handed out, since the
     /// stream hands them out in tag order).
+    /// The entries taken out are dropped after the lock is released (their
+    /// properties' header tables are freed then, not while the stream waits
+    /// to register its next delivery).
     fn take_batch(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) -> (Vec<u64>, bool) {
+        let mut gone = Vec::with_capacity(tokens.len());
         let Ok(mut held) = self.held.lock() else {
             failed.extend(tokens.iter().map(|&t| (t, unknown(t))));
             return (Vec::new(), false);
@@ -482,7 +486,10 @@ impl AmqpAcker {
         let mut taken = Vec::with_capacity(tokens.len());
         for &t in tokens {
             match held.remove(&t) {
-                Some(_) => taken.push(t),
+                Some(h) => {
+                    taken.push(t);
+                    gone.push(h);
+                }
                 None => failed.push((t, unknown(t))),
             }
         }
@@ -495,6 +502,8 @@ impl AmqpAcker {
             .lock()
             .map_or(true, |s| s.range(..max).next().is_some());
         let covers = !settling_below && !held.keys().any(|&k| k < max);
+        drop(held);
+        drop(gone);
         (taken, covers)
     }
 }
