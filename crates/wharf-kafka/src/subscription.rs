@@ -890,7 +890,10 @@ enum Read {
 /// [`KafkaStream::try_next`] — no reader task and no channel between
 /// librdkafka and the application. While the application is not reading
 /// (not calling `next`, or gone), the [`keep`] task serves the consumer
-/// instead, so rebalances and group membership never wait on it.
+/// instead, so rebalances do not wait for a slow handler. Both read only
+/// into free in-flight slots (librdkafka's queue carries the group's events
+/// between the records): with every slot held, nothing is served until a
+/// delivery is settled.
 struct Reader {
     consumer: Arc<KConsumer>,
     acker: Arc<KafkaAcker>,
