@@ -113,11 +113,7 @@ fn build(
 }
 
 fn text(v: &AMQPValue) -> Option<String> {
-    match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
+    text_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 fn text_bytes(v: &AMQPValue) -> Option<&[u8]> {

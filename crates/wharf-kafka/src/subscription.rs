@@ -1165,6 +1165,11 @@ impl KafkaStream {
 
     /// Waits for the first assignment of a group subscription (possibly
     /// nothing), serving the consumer meanwhile and keeping any record read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the reader (with the records read into `raw`) goes
+    /// back in its place when the [`Borrowed`] guard is dropped; then the
+    /// dropped stream's keeper lingers with it.
     async fn assigned(&mut self, rx: &mut watch::Receiver<u64>, timeout: Duration) {
         use futures_util::StreamExt as _;
         let reader = lock_lent(&self.lent).take();
@@ -1212,13 +1217,18 @@ impl DeliveryStream for KafkaStream {
         if self.ended {
             return None;
         }
-        if let Some(d) = lock_lent(&self.lent)
-            .as_mut()
-            .and_then(|r| r.ready.pop_front())
-        {
-            return Some(Ok(d));
+        if *self.closed.borrow() {
+            self.end();
+            return None;
         }
-        let reader = lock_lent(&self.lent).take();
+        // One lock: a delivery already made, or the reader to read with.
+        let reader = {
+            let mut lent = lock_lent(&self.lent);
+            if let Some(d) = lent.as_mut().and_then(|r| r.ready.pop_front()) {
+                return Some(Ok(d));
+            }
+            lent.take()
+        };
         let mut borrowed = Borrowed {
             lent: &self.lent,
             reader,
