@@ -39,10 +39,11 @@ if [ ! -x /usr/sbin/mosquitto ] && ! up 1883; then
 fi
 start mosquitto 1883 bash -c "install -d -o mosquitto -g mosquitto /run/mosquitto /var/log/mosquitto /var/lib/mosquitto &&
   exec /usr/sbin/mosquitto -d -c '$(cd "$(dirname "$0")" && pwd)/mosquitto.conf'" || status=1
-# The Kafka-protocol test broker (installed from crates.io when missing).
-bash "$(dirname "$0")/ensure-kafka.sh" || status=1
 # The SQS test server, moto (installed from PyPI into .venv-moto when missing).
 bash "$(dirname "$0")/ensure-moto.sh" || status=1
 # The Google Cloud Pub/Sub emulator (the gcloud SDK's jar in the image).
 bash "$(dirname "$0")/ensure-pubsub.sh" || status=1
+# The Kafka-protocol test broker (built from crates.io when missing: the
+# slow one, so last).
+bash "$(dirname "$0")/ensure-kafka.sh" || status=1
 exit $status

@@ -58,7 +58,7 @@
 //! | `max_in_flight` | StreamingPull's `max_outstanding_messages`, and client side: a message is handed out only on a free slot |
 //! | [`PubSubConfig::max_outstanding_bytes`] | StreamingPull's `max_outstanding_bytes`, and client side: a message is handed out only within the byte budget (one larger than the budget when nothing else is held) |
 //! | TTL ([`header::EXPIRES_AT_MS`](wharf_core::header::EXPIRES_AT_MS)) | checked on arrival: an expired message is acked, never handed out |
-//! | closing a subscription | nothing more is handed out; its stream stays open (anything else the server sends it is nacked) until what it handed out is settled and 200 ms have passed without a message, at most one lease — see below |
+//! | closing a subscription | nothing more is handed out; its stream stays open (anything else the server sends it is nacked) until what it handed out is settled and 200 ms have passed without a message received or nacked, at most one lease (the server counts what it sent that stream as delivery attempts) — see below |
 //!
 //! # Capabilities
 //!
@@ -116,8 +116,11 @@
 //!    with ModifyAckDeadline after its stream closed had not come back
 //!    45 s later. So a closing subscription keeps its stream open
 //!    until what it handed out is settled (a delivery acked, nacked or
-//!    dropped after `close` is settled while the stream is open), as
-//!    described in the mapping.
+//!    dropped after `close` is settled while the stream is open) and
+//!    then until 200 ms pass with nothing nacked or received (what the
+//!    emulator sends back meanwhile is nacked again), as described in
+//!    the mapping. The emulator counts those receipts as delivery
+//!    attempts.
 //! 4. **A consumer that dies** (its connection cut): the emulator keeps
 //!    its stream. When a message's lease lapses it redelivers it to the
 //!    dead stream or to a live member, and each time it picks the dead one

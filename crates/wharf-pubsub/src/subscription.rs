@@ -441,18 +441,22 @@ impl Reader {
     }
 
     /// Keeps the ended subscription's stream open while deliveries it
-    /// handed out are unsettled, and until it has received nothing for
-    /// [`DRAIN_QUIET`] (at most one lease, at least 1 s), nacking whatever
-    /// the server still sends it. On the emulator a message whose stream
-    /// has closed comes back only after its ack deadline, even when nacked
-    /// (and it redelivers a nacked message to the same stream at once);
-    /// see the crate docs.
+    /// handed out are unsettled, and then until it has neither received
+    /// nor released anything for [`DRAIN_QUIET`] (at most one lease, at
+    /// least 1 s), nacking whatever the server still sends it. On the
+    /// emulator a message whose stream has closed comes back only after
+    /// its ack deadline, even when nacked (and it redelivers a nacked
+    /// message to the same stream at once); see the crate docs.
     async fn drain(&mut self, stream: &mut gcloud_gax::grpc::Streaming<StreamingPullResponse>) {
         let until = tokio::time::Instant::now() + self.acker.lease.max(Duration::from_secs(1));
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             let now = tokio::time::Instant::now();
-            if self.settled() && now >= quiet_since + DRAIN_QUIET {
+            if !self.settled() {
+                // The quiet counts from the last nack sent: the server
+                // redelivers a nacked message to this stream at once.
+                quiet_since = now;
+            } else if now >= quiet_since + DRAIN_QUIET {
                 return;
             }
             let msg = tokio::select! {

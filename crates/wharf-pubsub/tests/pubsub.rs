@@ -320,6 +320,43 @@ async fn a_private_subscription_is_deleted_once_closed_and_settled() {
     }
 }
 
+/// A delivery dropped well after its subscription was closed (past the
+/// drain's quiet period) goes back to the group at once: the closed
+/// subscription's stream stays open until the emulator has had time to
+/// redeliver the nacked message to it (and had it nacked again), since a
+/// message it sends a stream that then closes comes back only after the
+/// stream's ack deadline (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_dropped_long_after_close_comes_back_to_the_group_at_once() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let t = "late-drop";
+    b.ensure_topic(t).await.expect("ensure_topic");
+    let opts = SubscribeOptions::new(t)
+        .group("g")
+        .visibility_timeout(Duration::from_secs(30));
+    let mut first = b.subscribe(opts.clone()).await.expect("subscribe");
+    b.publish(t, Message::new("held")).await.expect("publish");
+    let held = expect_delivery(&mut first, "the first subscription").await;
+    let id = held.message().id();
+    first.close().await.expect("close");
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(held);
+    let mut second = b.subscribe(opts).await.expect("subscribe");
+    let d = tokio::time::timeout(Duration::from_secs(8), second.next())
+        .await
+        .expect("back within 8 s, not after the 30 s ack deadline")
+        .expect("a delivery")
+        .expect("no error");
+    assert_eq!(d.message().id(), id);
+    // The emulator counts the drain's receipts as attempts too.
+    assert!(d.attempt() >= 2, "attempt {}", d.attempt());
+    d.ack().await.expect("ack");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumers_unsettled_messages_come_back_to_its_group() {
     let Some(ns) = service::namespace().await else {
