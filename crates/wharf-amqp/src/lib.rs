@@ -17,7 +17,7 @@
 //! | reject, max deliveries | a copy with the `wharf-dlq-*` / `wharf-original-*` headers is published to `dlq.<topic>` on the exchange, then the original is acked |
 //! | delayed publish | routed by a `wharf-delay` header through the headers exchange `wharf.<ns>.delayed` into `wharf.<ns>.delay.<ms>`, a TTL queue dead-lettering into the topic exchange with the topic as routing key (delays rounded up to buckets, so never early) |
 //! | TTL | per-message `expiration` (remaining time); delayed messages carry none (RabbitMQ drops it when dead-lettering) and consumers skip (ack) a message past its `wharf-expires-at-ms` |
-//! | priority | `x-max-priority = 9` on every queue, message `priority` |
+//! | priority (`Priorities`) | only with [`AmqpConfig::priorities`]: the queues of groups and subscriptions are priority queues (`x-max-priority = 9`), message `priority`. By default they are plain queues (about twice the drain rate): a message's priority travels as its `priority` property and does not order delivery |
 //! | messages nobody is bound for | the exchange's alternate exchange stores them in the durable backlog queue `wharf.<ns>.backlog` (bounded, oldest dropped); a group queue created with `StartPosition::Earliest` gets copies of the backlog messages matching its pattern |
 //! | key, headers (in order), ms timestamp | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id` |
 //!

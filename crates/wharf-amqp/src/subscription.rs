@@ -32,7 +32,8 @@ use wharf_core::{
 use crate::backend::{amqp_err, binding_key, Inner, NAME};
 use crate::wire;
 
-/// Priority levels of every queue Wharf declares (`x-max-priority`).
+/// Priority levels of a priority queue (`x-max-priority`), with
+/// [`AmqpConfig::priorities`](crate::AmqpConfig::priorities).
 const MAX_PRIORITY: i32 = 9;
 
 /// Queue name for a group: `wharf.<ns>.g.<group>.<pattern>`, or a hashed
@@ -66,9 +67,11 @@ pub(crate) fn delay_bucket(d: Duration) -> Duration {
     Duration::from_millis(ms.div_ceil(step).saturating_mul(step))
 }
 
-fn queue_args() -> FieldTable {
+fn queue_args(priorities: bool) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-max-priority".into(), AMQPValue::LongInt(MAX_PRIORITY));
+    if priorities {
+        args.insert("x-max-priority".into(), AMQPValue::LongInt(MAX_PRIORITY));
+    }
     args
 }
 
@@ -99,9 +102,15 @@ pub(crate) async fn open_subscription(
             if probe.status().connected() {
                 let _ = probe.close(200, ShortString::from("probed")).await;
             }
-            inner
-                .declare_queue(&ch, &q, queue_args(), Duration::ZERO)
-                .await?;
+            if existed {
+                // As it was created: redeclaring it with other arguments
+                // (a priority queue or not) would fail.
+                inner.config.record(false, &q);
+            } else {
+                inner
+                    .declare_queue(&ch, &q, queue_args(inner.config.priorities), Duration::ZERO)
+                    .await?;
+            }
             (q, existed)
         }
         None => {
@@ -113,7 +122,7 @@ pub(crate) async fn open_subscription(
                         auto_delete: true,
                         ..QueueDeclareOptions::default()
                     },
-                    queue_args(),
+                    queue_args(inner.config.priorities),
                 )
                 .await
                 .map_err(amqp_err)?;

@@ -1,5 +1,7 @@
 //! The wharf-testkit conformance suite against the shared RabbitMQ broker,
-//! each case in a namespace (exchange and queues) of its own, deleted afterwards.
+//! each case in a namespace (exchange and queues) of its own, deleted
+//! afterwards. On the default config (plain queues); the priority case runs
+//! with `AmqpConfig::priorities` in `tests/priorities.rs`.
 
 mod service;
 
@@ -14,7 +16,6 @@ wharf_testkit::conformance_tests!(
         ConsumerGroups,
         NackWithDelay,
         DelayedPublish,
-        Priorities,
         Ttl,
         Wildcards,
         DeadLetter,

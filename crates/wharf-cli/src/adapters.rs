@@ -56,7 +56,7 @@ impl Cleanup {
 /// how long ids are kept; on NATS it is the stream's duplicate window
 /// (JetStream cannot turn it off; `0` leaves the adapter's default).
 /// `partitions` is the topic's partition count where the adapter has
-/// partitions (Kafka).
+/// partitions (Kafka). `amqp://…#priorities` declares priority queues.
 pub(crate) async fn open(
     spec: &str,
     ns: &str,
@@ -96,7 +96,17 @@ pub(crate) async fn open(
             "Redis: as the server's appendfsync/persistence config says",
         )
     } else if spec.starts_with("amqp://") {
-        let cfg = wharf_amqp::AmqpConfig::new(spec).namespace(ns.clone());
+        // `amqp://…#priorities`: priority queues (`AmqpConfig::priorities`).
+        let (url, priorities) = match spec.split_once('#') {
+            Some((url, "priorities")) => (url, true),
+            Some((_, other)) => {
+                anyhow::bail!("--backend {spec}: unknown variant #{other} (amqp://…#priorities)")
+            }
+            None => (spec, false),
+        };
+        let cfg = wharf_amqp::AmqpConfig::new(url)
+            .namespace(ns.clone())
+            .priorities(priorities);
         let b = wharf_amqp::AmqpBackend::connect(cfg)
             .await
             .with_context(ctx)?;

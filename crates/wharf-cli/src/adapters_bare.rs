@@ -22,7 +22,7 @@
 //! publishes each message with a unique `Nats-Msg-Id` (JetStream's dedup
 //! index, as the adapter's) and a 13-digit `Wharf-Ts` header;
 //! `bare+amqp://…#x-max-priority` declares its queue with `x-max-priority = 9`
-//! (a priority queue, as every queue of the adapter); `bare+kafka://…#detach`
+//! (a priority queue, as the adapter's with `amqp://…#priorities`); `bare+kafka://…#detach`
 //! copies each record it consumes out of librdkafka (rdkafka's `detach`:
 //! payload, key, headers), which any consumer keeping a record past the next
 //! poll or handing it to another task must do, as the adapter does for

@@ -59,11 +59,20 @@ pub async fn namespace() -> Option<Namespace> {
 /// settings are not provided: messages are kept per group queue, not per
 /// topic, and there is no dedup.
 pub async fn factory() -> Option<ServiceFactory<AmqpConfig>> {
+    factory_of(false).await
+}
+
+/// [`factory`] with priority queues ([`AmqpConfig::priorities`]).
+pub async fn factory_with_priorities() -> Option<ServiceFactory<AmqpConfig>> {
+    factory_of(true).await
+}
+
+async fn factory_of(priorities: bool) -> Option<ServiceFactory<AmqpConfig>> {
     let ns = wharf_testkit::unique_name("wa");
     let factory = ServiceFactory::new(
         "rabbitmq",
         &url(),
-        config_at(&url(), &ns),
+        config_at(&url(), &ns).priorities(priorities),
         AmqpBackend::connect,
     )
     .await?;
@@ -76,6 +85,6 @@ pub async fn factory() -> Option<ServiceFactory<AmqpConfig>> {
                      dedup",
                 ))
             })
-            .consumer_processes(move |url| config_at(url, &ns)),
+            .consumer_processes(move |url| config_at(url, &ns).priorities(priorities)),
     )
 }
