@@ -345,7 +345,8 @@ impl Inner {
             if !pattern.matches(&decoded.topic) {
                 continue;
             }
-            let Some(props) = wire::properties(&decoded.topic, &decoded.message, 0, None) else {
+            let Some(props) = wire::properties(&decoded.topic, queue, &decoded.message, 0, None)
+            else {
                 continue;
             };
             let confirm = publish
@@ -591,7 +592,7 @@ impl Publisher for AmqpBackend {
                 }
             } else {
                 // Already expired: acknowledged, never delivered.
-                match wire::properties(topic, m, 0, None) {
+                match wire::properties(topic, topic, m, 0, None) {
                     Some(p) => (self.inner.exchange.as_str(), p),
                     None => continue,
                 }

@@ -13,13 +13,13 @@
 //! | ack | `basic.ack` |
 //! | nack / dropped delivery | a copy with `wharf-attempts` + 1 is published (confirmed) to the queue, then the original is acked |
 //! | nack with delay | the copy goes to `<queue>.delay.<ms>`, a TTL queue dead-lettering into the queue; delays are rounded *up* to 100 ms / 1 s / 1 min buckets |
-//! | attempt number | our `wharf-attempts` header + 1, plus 1 when the broker flags a redelivery (consumer or connection lost) |
+//! | attempt number | our `wharf-attempts` header (absent on a first attempt: 0) + 1, plus 1 when the broker flags a redelivery (consumer or connection lost) |
 //! | reject, max deliveries | a copy with the `wharf-dlq-*` / `wharf-original-*` headers is published to `dlq.<topic>` on the exchange, then the original is acked |
 //! | delayed publish | routed by a `wharf-delay` header through the headers exchange `wharf.<ns>.delayed` into `wharf.<ns>.delay.<ms>`, a TTL queue dead-lettering into the topic exchange with the topic as routing key (delays rounded up to buckets, so never early) |
 //! | TTL | per-message `expiration` (remaining time); delayed messages carry none (RabbitMQ drops it when dead-lettering) and consumers skip (ack) a message past its `wharf-expires-at-ms` |
 //! | priority (`Priorities`) | only with [`AmqpConfig::priorities`]: the queues of groups and subscriptions are priority queues (`x-max-priority = 9`), message `priority`. By default they are plain queues (about twice the drain rate): a message's priority travels as its `priority` property and does not order delivery |
 //! | messages nobody is bound for | the exchange's alternate exchange stores them in the durable backlog queue `wharf.<ns>.backlog` (bounded, oldest dropped); a group queue created with `StartPosition::Earliest` gets copies of the backlog messages matching its pattern |
-//! | key, headers (in order), ms timestamp | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id` |
+//! | key, headers (in order), ms timestamp, topic | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id`; the topic is the routing key, or the `wharf-topic` header on a copy sent straight to a queue (a redelivery, a new group's backlog copy) |
 //!
 //! A channel error (say, a deleted exchange) fails that call only: the
 //! publishing channel is reopened on the next publish.

@@ -396,7 +396,16 @@ impl Settler {
         }
         let first = held.first_failure_ms.unwrap_or(now);
         let message = held.message();
-        if let Some(props) = wire::properties(&held.topic, &message, held.attempt, Some(first)) {
+        // Back to the queue, straight or through a delay queue that
+        // dead-letters it with the queue's name as routing key.
+        let props = wire::properties(
+            &held.topic,
+            &self.queue,
+            &message,
+            held.attempt,
+            Some(first),
+        );
+        if let Some(props) = props {
             let body = message.payload();
             if delay.is_zero() {
                 self.inner
@@ -449,7 +458,7 @@ impl Settler {
             .dead_letter_topic
             .clone()
             .unwrap_or_else(|| name::dead_letter_topic(&held.topic));
-        let props = wire::properties(&dlq, &m, 0, None).ok_or_else(|| Error::Backend {
+        let props = wire::properties(&dlq, &dlq, &m, 0, None).ok_or_else(|| Error::Backend {
             backend: NAME,
             source: "dead letter expired".into(),
         })?;

@@ -18,16 +18,23 @@ const H_FIRST_FAILURE: &str = "wharf-first-failure";
 /// Header the delayed-publish headers exchange routes on: the delay bucket in ms.
 pub(crate) const H_DELAY: &str = "wharf-delay";
 
-/// Properties for publishing `m` on `topic`, after `attempts` earlier failed
-/// deliveries (the first at `first_failure_ms`). `None` when the message has
-/// already expired.
+/// Properties for publishing `m` on `topic` with routing key `routed_as`,
+/// after `attempts` earlier failed deliveries (the first at
+/// `first_failure_ms`). `None` when the message has already expired.
+///
+/// `wharf-topic` is sent only when the routing key is not the topic (a
+/// copy sent straight to a queue), and `wharf-attempts` only when not 0:
+/// a reader takes the routing key and 0 for a missing one (as every
+/// version has), and each header costs the broker and the consumer's
+/// frame parser on every message.
 pub(crate) fn properties(
     topic: &str,
+    routed_as: &str,
     m: &Message,
     attempts: u32,
     first_failure_ms: Option<u64>,
 ) -> Option<BasicProperties> {
-    build(topic, m, attempts, first_failure_ms, None)
+    build(topic, routed_as, m, attempts, first_failure_ms, None)
 }
 
 /// Properties for a delayed publish through the delay queue of `delay_ms`:
@@ -39,11 +46,14 @@ pub(crate) fn delayed_properties(
     m: &Message,
     delay_ms: u64,
 ) -> Option<BasicProperties> {
-    build(topic, m, 0, None, Some(delay_ms))
+    // Routed by the topic: the delay queue dead-letters it with the
+    // routing key it came with.
+    build(topic, topic, m, 0, None, Some(delay_ms))
 }
 
 fn build(
     topic: &str,
+    routed_as: &str,
     m: &Message,
     attempts: u32,
     first_failure_ms: Option<u64>,
@@ -80,14 +90,18 @@ fn build(
         H_TS.into(),
         AMQPValue::LongLongInt(i64::try_from(m.timestamp().as_millis()).unwrap_or(i64::MAX)),
     );
-    t.insert(
-        H_TOPIC.into(),
-        AMQPValue::LongString(LongString::from(topic.as_bytes().to_vec())),
-    );
-    t.insert(
-        H_ATTEMPTS.into(),
-        AMQPValue::LongInt(i32::try_from(attempts).unwrap_or(i32::MAX)),
-    );
+    if routed_as != topic {
+        t.insert(
+            H_TOPIC.into(),
+            AMQPValue::LongString(LongString::from(topic.as_bytes().to_vec())),
+        );
+    }
+    if attempts > 0 {
+        t.insert(
+            H_ATTEMPTS.into(),
+            AMQPValue::LongInt(i32::try_from(attempts).unwrap_or(i32::MAX)),
+        );
+    }
     if let Some(ff) = first_failure_ms {
         t.insert(
             H_FIRST_FAILURE.into(),
@@ -281,7 +295,7 @@ mod tests {
             .priority(7)
             .ttl(Duration::from_secs(60))
             .build();
-        let p = properties("a.b", &m, 3, Some(5)).expect("not expired");
+        let p = properties("a.b", "a-queue", &m, 3, Some(5)).expect("not expired");
         assert_eq!(p.priority(), &Some(7));
         assert!(p.expiration().is_some());
         let d = decode("ignored", &p, Bytes::from_static(b"body"), &mut None);
@@ -306,11 +320,11 @@ mod tests {
     fn topic_is_shared_while_it_repeats() {
         let m = Message::new("x");
         let mut last = None;
-        let p = properties("a.b", &m, 0, None).expect("not expired");
+        let p = properties("a.b", "q", &m, 0, None).expect("not expired");
         let first = decode("q", &p, Bytes::new(), &mut last).topic;
         let second = decode("q", &p, Bytes::new(), &mut last).topic;
         assert!(Arc::ptr_eq(&first, &second));
-        let other = properties("a.c", &m, 0, None).expect("not expired");
+        let other = properties("a.c", "q", &m, 0, None).expect("not expired");
         assert_eq!(&*decode("q", &other, Bytes::new(), &mut last).topic, "a.c");
         // No `wharf-topic`: the routing key.
         let bare = BasicProperties::default();
@@ -351,6 +365,26 @@ mod tests {
             .timestamp(Timestamp::from_millis(1))
             .ttl(Duration::from_millis(1))
             .build();
-        assert!(properties("t", &m, 0, None).is_none());
+        assert!(properties("t", "t", &m, 0, None).is_none());
+    }
+
+    #[test]
+    fn a_first_attempt_routed_by_its_topic_carries_neither_topic_nor_attempts() {
+        let m = Message::new("x");
+        let p = properties("a.b", "a.b", &m, 0, None).expect("not expired");
+        let table = p.headers().as_ref().expect("headers");
+        let names: Vec<&str> = table.inner().keys().map(|k| k.as_str()).collect();
+        assert!(!names.contains(&H_TOPIC), "{names:?}");
+        assert!(!names.contains(&H_ATTEMPTS), "{names:?}");
+        let d = decode("a.b", &p, Bytes::new(), &mut None);
+        assert_eq!(&*d.topic, "a.b");
+        assert_eq!(d.attempts, 0);
+        assert_eq!(d.message.id(), m.id());
+        // Sent straight to a queue: the topic travels in the header.
+        let p = properties("a.b", "wharf.ns.g.x", &m, 0, None).expect("not expired");
+        assert_eq!(
+            &*decode("wharf.ns.g.x", &p, Bytes::new(), &mut None).topic,
+            "a.b"
+        );
     }
 }
