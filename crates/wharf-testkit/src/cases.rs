@@ -1199,8 +1199,11 @@ pub async fn settling_after_the_lease_expired_leaves_the_new_lease<F: BackendFac
     let t = topic(&b, &ns, "stale").await;
     // The nack below must reach the server within the redelivery's lease.
     // With 800 ms this case failed once in CI on moto's FIFO queues, where a
-    // request waits ~0.4 s or more while a receiver long-polls.
-    let vt = Duration::from_secs(2);
+    // request waits ~0.4 s or more while a receiver long-polls. 2 s, a
+    // multiple of the NATS adapter's 1 s pull requests, made JetStream under
+    // load report the redelivery as attempt 1 or 3 (2 of 25 runs; 0 of 30
+    // with 1.5 s, 0 of 25 with 800 ms).
+    let vt = Duration::from_millis(1500);
     let mut sub = subscribe(&b, sole_opts(&b, &t).visibility_timeout(vt)).await;
     let r = publish_text(&b, &t, "slow").await;
     let stale = expect_delivery(&mut sub, "first").await;
