@@ -120,15 +120,26 @@ impl fmt::Debug for MessageId {
     }
 }
 
-impl FromStr for MessageId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        uuid::Uuid::parse_str(s)
+impl MessageId {
+    /// Parses the text form (what `Display` writes, or any UUID text) from
+    /// bytes, as a wire header or field carries it: no UTF-8 pass, no copy.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `text` is not a UUID.
+    pub fn parse_ascii(text: &[u8]) -> Result<Self, Error> {
+        uuid::Uuid::try_parse_ascii(text)
             .map(MessageId)
             .map_err(|_| Error::InvalidArgument {
                 name: "message id",
-                reason: format!("{s:?} is not a UUID"),
+                reason: format!("{:?} is not a UUID", String::from_utf8_lossy(text)),
             })
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse_ascii(s.as_bytes())
     }
 }
 
@@ -708,6 +719,11 @@ mod tests {
         assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
         assert_eq!(MessageId::from_bytes(id.to_bytes()), id);
         assert!("nope".parse::<MessageId>().is_err());
+        assert_eq!(
+            MessageId::parse_ascii(id.to_string().as_bytes()).unwrap(),
+            id
+        );
+        assert!(MessageId::parse_ascii(b"\xff-not-a-uuid").is_err());
     }
 
     #[test]

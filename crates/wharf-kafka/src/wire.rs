@@ -37,10 +37,7 @@ pub(crate) fn message(m: &BorrowedMessage<'_>) -> Message {
         for h in hs.iter() {
             if id.is_none() && h.key == ID_HEADER {
                 // Parsed from the bytes: no UTF-8 pass and no copy.
-                id = h
-                    .value
-                    .and_then(|v| uuid::Uuid::try_parse_ascii(v).ok())
-                    .map(|u| MessageId::from_bytes(u.into_bytes()));
+                id = h.value.and_then(|v| MessageId::parse_ascii(v).ok());
                 if id.is_some() {
                     continue;
                 }

@@ -13,8 +13,6 @@
 //! as one frame: [`FRAME_MAGIC`], then per field a 4-byte big-endian name
 //! length, the name, a 4-byte big-endian value length, the value.
 
-use std::str::FromStr;
-
 use bytes::Bytes;
 use redis::Value;
 use wharf_core::{Headers, Message, MessageId, Result, Timestamp};
@@ -157,10 +155,7 @@ pub(crate) fn entry(v: Value) -> Result<Entry> {
         };
         match name.as_slice() {
             b"id" => {
-                if let Some(parsed) = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| MessageId::from_str(v).ok())
-                {
+                if let Ok(parsed) = MessageId::parse_ascii(&value) {
                     msg_id = Some(parsed);
                 }
             }
