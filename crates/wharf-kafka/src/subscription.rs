@@ -80,6 +80,18 @@ impl Open {
 }
 
 impl Part {
+    /// A partition tracked from commit point `point` with its metadata
+    /// (empty: nothing acked past it).
+    fn new(epoch: u64, point: i64, meta: String) -> Self {
+        Part {
+            epoch,
+            open: Open::default(),
+            acked: metadata::decode(point, &meta),
+            next: point,
+            committed: (point, meta),
+        }
+    }
+
     /// The offset to commit: the lowest unsettled one, or one past everything.
     fn point(&self) -> i64 {
         self.open.first().unwrap_or(self.next)
@@ -180,15 +192,12 @@ impl Tracker {
         let mut parts = self.lock();
         parts.entry(tp.clone()).or_insert_with(|| {
             let (point, meta) = committed.unwrap_or((first, String::new()));
-            let acked = metadata::decode(point, &meta);
-            Part {
-                epoch: self.epochs.fetch_add(1, Ordering::Relaxed) as u64,
-                open: Open::default(),
-                acked,
-                next: point,
-                committed: (point, meta),
-            }
+            Part::new(self.next_epoch(), point, meta)
         });
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) as u64
     }
 
     /// Whether `offset` was acked in an earlier session (past the commit
@@ -223,13 +232,7 @@ impl Tracker {
             }
             parts.insert(
                 tp.clone(),
-                Part {
-                    epoch: self.epochs.fetch_add(1, Ordering::Relaxed) as u64,
-                    open: Open::default(),
-                    acked: BTreeSet::new(),
-                    next: offset,
-                    committed: (offset, String::new()),
-                },
+                Part::new(self.next_epoch(), offset, String::new()),
             );
         }
         parts.get_mut(tp)
