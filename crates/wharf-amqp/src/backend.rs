@@ -291,6 +291,12 @@ impl Inner {
     /// which took minutes for a backlog of 100,000. Closing the channel then
     /// puts every message back where it was. Later arrivals need no copy:
     /// `queue` is already bound, so they are routed to it.
+    ///
+    /// # Cancel safety
+    /// The backlog stays whole: dropping the future drops the channel's
+    /// last handle, and lapin then closes it, which requeues what it held
+    /// (`tests/drain.rs` cancels a copy of 20,000). `queue` keeps the
+    /// copies made so far.
     pub(crate) async fn adopt_backlog(&self, queue: &str, pattern: &TopicPattern) -> Result<()> {
         let ch = self.conn.create_channel().await.map_err(amqp_err)?;
         let result = self.copy_backlog(&ch, queue, pattern).await;

@@ -116,3 +116,38 @@ async fn a_batch_ack_leaves_an_older_held_delivery_unacked() {
     assert_eq!(again.info().attempt, 2);
     again.ack().await.expect("ack");
 }
+
+/// A subscribe dropped while its new group copies the backlog leaves the
+/// backlog whole: the copying channel, holding backlog messages unacked,
+/// is closed with its last handle (lapin's), not left open until the
+/// connection closes, so the next new group gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_cancelled_while_copying_the_backlog_leaves_it_whole() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    for chunk in 0..TOTAL / BATCH {
+        let batch = (0..BATCH)
+            .map(|i| Message::new((chunk * BATCH + i).to_string()))
+            .collect();
+        b.publish_batch("cut", batch).await.expect("publish");
+    }
+    let opts = |group: &str| {
+        SubscribeOptions::new("cut")
+            .group(group)
+            .start(StartPosition::Earliest)
+            .max_in_flight(BATCH * 4)
+    };
+    // Cancelled partway through the copy (20,000 confirmed copies take
+    // seconds here).
+    let cut = tokio::time::timeout(Duration::from_millis(150), b.subscribe(opts("cut"))).await;
+    assert!(cut.is_err(), "the copy finished within 150 ms; cut earlier");
+    let mut sub = tokio::time::timeout(Duration::from_secs(120), b.subscribe(opts("whole")))
+        .await
+        .expect("subscribing did not finish in 120 s")
+        .expect("subscribe");
+    let want: Vec<usize> = (0..TOTAL).collect();
+    let seen = drain(&mut sub).await;
+    assert!(seen == want, "not every backlog message once, in order");
+}
