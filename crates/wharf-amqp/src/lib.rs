@@ -20,6 +20,7 @@
 //! | priority (`Priorities`) | only with [`AmqpConfig::priorities`]: the queues of groups and subscriptions are priority queues (`x-max-priority = 9`), message `priority`. By default they are plain queues (about twice the drain rate): a message's priority travels as its `priority` property and does not order delivery |
 //! | messages nobody is bound for | the exchange's alternate exchange stores them in the durable backlog queue `wharf.<ns>.backlog` (bounded, oldest dropped); a group queue created with `StartPosition::Earliest` gets copies of the backlog messages matching its pattern |
 //! | key, headers (in order), ms timestamp, topic | `wharf-key`, `wharf-h` (name/value array), `wharf-ts` AMQP headers; the id is `message_id`; the topic is the routing key, or the `wharf-topic` header on a copy sent straight to a queue (a redelivery, a new group's backlog copy) |
+//! | what a plain message leaves out | each header costs the broker and every consumer's frame parser on every message, so: `wharf-ts` when the timestamp is the time inside the id (a UUIDv7, as for every message made without an explicit timestamp; the reader takes it from there), an empty `wharf-h` when nothing else in the table is a string, and then the empty table. Readers of versions before 2026-12-07 read such a message with the same id, key, headers and topic, and the timestamp to the second (the `timestamp` property) |
 //!
 //! A channel error (say, a deleted exchange) fails that call only: the
 //! publishing channel is reopened on the next publish.

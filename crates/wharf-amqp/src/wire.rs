@@ -76,20 +76,28 @@ fn build(
             ]
         })
         .collect();
-    t.insert(
-        H_HEADERS.into(),
-        AMQPValue::FieldArray(FieldArray::from(pairs)),
-    );
+    // An empty `wharf-h` is left out when nothing else in the table is a
+    // string: readers of every version then take the message as they would
+    // with it (no headers; the id from `message_id`), and an empty table is
+    // not sent at all.
+    if !pairs.is_empty() || m.key().is_some() || routed_as != topic || delay_ms.is_some() {
+        t.insert(
+            H_HEADERS.into(),
+            AMQPValue::FieldArray(FieldArray::from(pairs)),
+        );
+    }
     if let Some(k) = m.key() {
         t.insert(
             H_KEY.into(),
             AMQPValue::LongString(LongString::from(k.to_vec())),
         );
     }
-    t.insert(
-        H_TS.into(),
-        AMQPValue::LongLongInt(i64::try_from(m.timestamp().as_millis()).unwrap_or(i64::MAX)),
-    );
+    if !m.timestamp_is_in_id() {
+        t.insert(
+            H_TS.into(),
+            AMQPValue::LongLongInt(i64::try_from(m.timestamp().as_millis()).unwrap_or(i64::MAX)),
+        );
+    }
     if routed_as != topic {
         t.insert(
             H_TOPIC.into(),
@@ -112,8 +120,10 @@ fn build(
         .with_delivery_mode(2)
         .with_message_id(ShortString::from(m.id().to_string()))
         .with_timestamp(m.timestamp().as_millis() / 1000)
-        .with_priority(m.priority())
-        .with_headers(t);
+        .with_priority(m.priority());
+    if !t.inner().is_empty() {
+        p = p.with_headers(t);
+    }
     if let Some(exp) = m.expires_at() {
         let now = Timestamp::now().as_millis();
         if exp.as_millis() <= now {
@@ -242,13 +252,13 @@ pub(crate) fn decode(
     let id = props
         .message_id()
         .as_ref()
-        .and_then(|s| s.as_str().parse::<MessageId>().ok())
-        .unwrap_or_default();
+        .and_then(|s| MessageId::parse_ascii(s.as_str().as_bytes()).ok());
     let ts =
         f.ts.and_then(|n| u64::try_from(n).ok())
             .map(Timestamp::from_millis)
-            .or_else(|| props.timestamp().map(|s| Timestamp::from_millis(s * 1000)))
+            .or_else(|| timestamp_of(id, *props.timestamp()))
             .unwrap_or_else(Timestamp::now);
+    let id = id.unwrap_or_default();
     let name = f.topic.unwrap_or(routing_key.as_bytes());
     let topic = match last_topic {
         Some(t) if t.as_bytes() == name => t.clone(),
@@ -265,6 +275,17 @@ pub(crate) fn decode(
         message: Message::from_parts(id, f.key(), f.headers(), body, ts),
         attempts,
         first_failure_ms,
+    }
+}
+
+/// The timestamp of a message without `wharf-ts`: the time inside its id
+/// (a UUIDv7) when the `timestamp` property (seconds) agrees or is missing,
+/// as Wharf leaves `wharf-ts` out when the id holds it; else that property.
+fn timestamp_of(id: Option<MessageId>, secs: Option<u64>) -> Option<Timestamp> {
+    match (id.and_then(MessageId::unix_millis), secs) {
+        (Some(t), Some(s)) if t.as_millis() / 1000 == s => Some(t),
+        (_, Some(s)) => Some(Timestamp::from_millis(s.saturating_mul(1000))),
+        (t, None) => t,
     }
 }
 
@@ -360,6 +381,78 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_message_carries_no_header_table_and_its_time_in_its_id() {
+        let m = Message::new("x");
+        let p = properties("a.b", "a.b", &m, 0, None).expect("not expired");
+        assert!(p.headers().is_none(), "{:?}", p.headers());
+        let d = decode("a.b", &p, Bytes::from_static(b"x"), &mut None);
+        assert_eq!(d.message, m);
+        assert_eq!(&*d.topic, "a.b");
+        // As a reader before 2026-12-07 saw it: no `wharf-h`, so foreign;
+        // the same id and headers, the time to the second from `timestamp`.
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+            Some(m.id().to_string())
+        );
+        assert_eq!(*p.timestamp(), Some(m.timestamp().as_millis() / 1000));
+        // As sent before: `wharf-h` and `wharf-ts` even when plain.
+        let mut t = FieldTable::default();
+        t.insert(
+            H_HEADERS.into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![])),
+        );
+        t.insert(
+            H_TS.into(),
+            AMQPValue::LongLongInt(i64::try_from(m.timestamp().as_millis()).unwrap()),
+        );
+        let old = p.clone().with_headers(t);
+        assert_eq!(
+            decode("a.b", &old, Bytes::from_static(b"x"), &mut None).message,
+            m
+        );
+        // Anything a string in the table needs `wharf-h`, so that no reader
+        // takes it for an application header; a back-dated message keeps
+        // `wharf-ts`.
+        let keyed = Message::builder().key("k").build();
+        let retried = properties("a.b", "wharf.q", &Message::new("y"), 2, Some(1)).expect("p");
+        let dated = Message::builder()
+            .timestamp(Timestamp::from_millis(5))
+            .build();
+        for (p, m) in [
+            (
+                properties("a.b", "a.b", &keyed, 0, None).expect("p"),
+                keyed.clone(),
+            ),
+            (
+                delayed_properties("a.b", &keyed, 100).expect("p"),
+                keyed.clone(),
+            ),
+            (retried, Message::new("y")),
+        ] {
+            let names: Vec<&str> = p
+                .headers()
+                .as_ref()
+                .expect("headers")
+                .inner()
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            assert!(names.contains(&H_HEADERS), "{names:?} for {m:?}");
+        }
+        let p = properties("a.b", "a.b", &dated, 0, None).expect("p");
+        let names: Vec<&str> = p
+            .headers()
+            .as_ref()
+            .expect("headers")
+            .inner()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(names, [H_TS]);
+        assert_eq!(decode("a.b", &p, Bytes::new(), &mut None).message, dated);
+    }
+
+    #[test]
     fn expired_message_gets_no_properties() {
         let m = Message::builder()
             .timestamp(Timestamp::from_millis(1))
@@ -370,10 +463,11 @@ mod tests {
 
     #[test]
     fn a_first_attempt_routed_by_its_topic_carries_neither_topic_nor_attempts() {
-        let m = Message::new("x");
+        let m = Message::builder().header("h", "v").build();
         let p = properties("a.b", "a.b", &m, 0, None).expect("not expired");
         let table = p.headers().as_ref().expect("headers");
         let names: Vec<&str> = table.inner().keys().map(|k| k.as_str()).collect();
+        assert!(names.contains(&H_HEADERS), "{names:?}");
         assert!(!names.contains(&H_TOPIC), "{names:?}");
         assert!(!names.contains(&H_ATTEMPTS), "{names:?}");
         let d = decode("a.b", &p, Bytes::new(), &mut None);

@@ -71,6 +71,21 @@ impl MessageId {
         })
     }
 
+    /// The Unix milliseconds a UUIDv7 id carries (for an id made by
+    /// [`MessageId::new`], its creation time); `None` for any other kind of
+    /// UUID, whose bits hold no such time.
+    ///
+    /// Wire formats use it to leave out a timestamp the id already holds
+    /// (see [`Message::timestamp_is_in_id`]) and to read it back.
+    pub fn unix_millis(self) -> Option<Timestamp> {
+        let b = self.0.as_bytes();
+        (b[6] >> 4 == 7 && b[8] >> 6 == 0b10).then(|| {
+            Timestamp(u64::from_be_bytes([
+                0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+            ]))
+        })
+    }
+
     /// The id as 16 big-endian bytes (sorts like the id).
     pub fn to_bytes(self) -> [u8; 16] {
         *self.0.as_bytes()
@@ -445,6 +460,14 @@ impl Message {
         self.timestamp
     }
 
+    /// Whether the timestamp is the time inside the id (a UUIDv7), as for
+    /// every message made by [`Message::new`] or the builder without
+    /// [`MessageBuilder::timestamp`]. A wire format may then leave the
+    /// timestamp out and read it back with [`MessageId::unix_millis`].
+    pub fn timestamp_is_in_id(&self) -> bool {
+        self.id.unix_millis() == Some(self.timestamp)
+    }
+
     /// Size counted against message size limits: payload + key + header
     /// names and values. The id and timestamp (24 bytes) and a backend's own
     /// framing are not counted; backends leave room for them.
@@ -711,6 +734,34 @@ mod tests {
         let after = Timestamp::now();
         assert_eq!(m.timestamp(), m.id().created_at());
         assert!(before <= m.timestamp() && m.timestamp() <= after);
+    }
+
+    #[test]
+    fn the_time_in_an_id_is_read_only_from_a_uuidv7() {
+        let m = Message::new("x");
+        assert_eq!(m.id().unix_millis(), Some(m.timestamp()));
+        assert!(m.timestamp_is_in_id());
+        let built = Message::builder().payload("y").build();
+        assert!(built.timestamp_is_in_id());
+        let later = Timestamp::from_millis(m.timestamp().as_millis() + 1);
+        assert!(!Message::builder()
+            .id(m.id())
+            .timestamp(later)
+            .build()
+            .timestamp_is_in_id());
+        // RFC 9562's UUIDv7 example: 0x017F22E279B0 ms.
+        let v7: MessageId = "017f22e2-79b0-7cc3-98c4-dc0c0c07398f".parse().unwrap();
+        assert_eq!(
+            v7.unix_millis(),
+            Some(Timestamp::from_millis(0x017F_22E2_79B0))
+        );
+        // A v4 id holds no time, nor does a v7-looking one of another variant.
+        let v4: MessageId = "919108f7-52d1-4320-9bac-f847db4148a8".parse().unwrap();
+        assert_eq!(v4.unix_millis(), None);
+        let ncs: MessageId = "017f22e2-79b0-7cc3-18c4-dc0c0c07398f".parse().unwrap();
+        assert_eq!(ncs.unix_millis(), None);
+        let foreign = Message::builder().id(v4).build();
+        assert!(!foreign.timestamp_is_in_id());
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! | message id | `Nats-Msg-Id` = `<id>:<topic>`, so a retried publish to the same topic is deduplicated within the stream's duplicate window (2 min); the receipt's `duplicate` flag and offset come from the PubAck |
 //! | headers | NATS headers, plus `wharf-hdr-order` (names joined by `:`) because NATS header maps do not keep order |
 //! | key | `wharf-key` (raw when it is UTF-8 without control characters) or `wharf-key-b64` (standard base64) |
-//! | timestamp | `wharf-timestamp-ms` |
+//! | timestamp | `wharf-timestamp-ms`, only when it is not the time inside the id (a UUIDv7), as for a message made with an explicit timestamp; a reader takes a missing one from the id (versions before 2026-12-07 always sent it and took the read time for a missing one: upgrade their consumers first) |
 //! | TTL ([`header::EXPIRES_AT_MS`](wharf_core::header::EXPIRES_AT_MS)) | checked when a message is pulled: an expired one is acked and never handed out (it stays in the stream until the stream's own limits drop it) |
 //!
 //! # Not supported (not declared)
@@ -69,7 +69,7 @@
 //! | topic `orders.created` | subject `<prefix>.orders.created`; [`Backend::ensure_topic`](wharf_core::Backend::ensure_topic) only validates |
 //! | pattern `orders.*`, `orders.>` | the same NATS wildcards on the subscription's subject |
 //! | publish | `PUB` with headers, then a flush: it returns once the message is written to the connection (core NATS acknowledges nothing); the receipt has no offset and is never a duplicate |
-//! | message id, key, headers, timestamp | the same headers as on JetStream (`Nats-Msg-Id`, `wharf-key`/`wharf-key-b64`, `wharf-hdr-order`, `wharf-timestamp-ms`) |
+//! | message id, key, headers, timestamp | the same headers as on JetStream (`Nats-Msg-Id`, `wharf-key`/`wharf-key-b64`, `wharf-hdr-order`, `wharf-timestamp-ms` when the id does not hold it) |
 //! | consumer group | a queue subscription with the group as queue name: the server gives each message to one live member, and every group (and private subscription) on the subject gets its own copy |
 //! | private subscription | a plain subscription |
 //! | `StartPosition::{Earliest, Latest}` | both mean "from now": nothing is stored |

@@ -14,7 +14,10 @@ use wharf_core::{Error, Headers, Message, MessageId, NameKind, Timestamp};
 pub(crate) const KEY: &str = "wharf-key";
 /// Key as standard base64, when it is not printable UTF-8.
 pub(crate) const KEY_B64: &str = "wharf-key-b64";
-/// Publisher timestamp, ms since the Unix epoch.
+/// Publisher timestamp, ms since the Unix epoch; sent only when it is not
+/// the time inside the message id (a UUIDv7), from which a reader takes a
+/// missing one. Versions before 2026-12-07 always sent it and took the read
+/// time for a missing one: upgrade their consumers before the producers.
 pub(crate) const TIMESTAMP: &str = "wharf-timestamp-ms";
 /// `Nats-Msg-Id` ([`NATS_MESSAGE_ID`]) as text, to match while reading headers.
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -54,7 +57,11 @@ fn value(name: &'static str, v: &str) -> Result<HeaderValue, Error> {
 pub(crate) fn encode_headers(msg: &Message, msg_id: &str) -> Result<HeaderMap, Error> {
     let mut h = HeaderMap::new();
     h.insert(NATS_MESSAGE_ID, value("message id", msg_id)?);
-    h.insert(TIMESTAMP, msg.timestamp().as_millis().to_string().as_str());
+    // Each header costs async-nats a parse and an allocation per message on
+    // every consumer: the timestamp goes only when the id does not hold it.
+    if !msg.timestamp_is_in_id() {
+        h.insert(TIMESTAMP, msg.timestamp().as_millis().to_string().as_str());
+    }
     if let Some(key) = msg.key() {
         match std::str::from_utf8(key) {
             Ok(s) if !s.chars().any(char::is_control) => h.insert(KEY, value("key", s)?),
@@ -132,7 +139,11 @@ pub(crate) fn decode(headers: Option<&HeaderMap>, payload: Bytes) -> Message {
     let id = id
         .and_then(|v| v.get(..36))
         .and_then(|v| MessageId::from_str(v).ok());
-    let ts = ts.and_then(|v| v.parse().ok()).map(Timestamp::from_millis);
+    // No timestamp header: the timestamp is the time inside the (UUIDv7) id.
+    let ts = ts
+        .and_then(|v| v.parse().ok())
+        .map(Timestamp::from_millis)
+        .or_else(|| id.and_then(MessageId::unix_millis));
     let key = match (key, key_b64) {
         (Some(k), _) => Some(Bytes::copy_from_slice(k.as_bytes())),
         (None, Some(k)) => base64::engine::general_purpose::STANDARD
@@ -243,6 +254,35 @@ mod tests {
         assert_eq!(back, m);
         let names: Vec<&str> = back.headers().iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["z-last", "a-first"]);
+    }
+
+    #[test]
+    fn a_timestamp_the_id_holds_is_not_sent_and_is_read_from_the_id() {
+        let m = Message::builder().header("h", "v").payload("p").build();
+        let h = encode_headers(&m, &m.id().to_string()).expect("encode");
+        assert!(h.get(TIMESTAMP).is_none());
+        assert_eq!(decode(Some(&h), m.payload().clone()), m);
+        // As sent before: with the header, even when the id holds the same time.
+        let mut old = h.clone();
+        old.insert(TIMESTAMP, m.timestamp().as_millis().to_string().as_str());
+        assert_eq!(decode(Some(&old), m.payload().clone()), m);
+        // A back-dated message keeps its header.
+        let dated = Message::builder()
+            .timestamp(Timestamp::from_millis(42))
+            .build();
+        let h = encode_headers(&dated, &dated.id().to_string()).expect("encode");
+        assert_eq!(h.get(TIMESTAMP).map(HeaderValue::as_str), Some("42"));
+        // An id that holds no time (another client's UUIDv4) and no header:
+        // stamped when read.
+        let mut v4 = HeaderMap::new();
+        v4.insert(NATS_MESSAGE_ID, "919108f7-52d1-4320-9bac-f847db4148a8");
+        let before = Timestamp::now();
+        let read = decode(Some(&v4), Bytes::new());
+        assert_eq!(
+            read.id().to_string(),
+            "919108f7-52d1-4320-9bac-f847db4148a8"
+        );
+        assert!(read.timestamp() >= before && read.timestamp() <= Timestamp::now());
     }
 
     #[test]

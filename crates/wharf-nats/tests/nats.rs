@@ -145,3 +145,53 @@ async fn messages_survive_closing_and_reconnecting() {
         d.ack().await.expect("ack");
     }
 }
+
+/// A stored message carries `wharf-timestamp-ms` only when its timestamp
+/// is not the time in its UUIDv7 id; both kinds read back with their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timestamp_header_is_sent_only_when_the_id_does_not_hold_it() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let plain = Message::new("plain");
+    let dated = Message::builder()
+        .payload("dated")
+        .timestamp(wharf_core::Timestamp::from_millis(1_000))
+        .build();
+    let receipts = b
+        .publish_batch("t", vec![plain.clone(), dated.clone()])
+        .await
+        .expect("publish");
+    let stream = async_nats::jetstream::new(b.client().clone())
+        .get_stream(b.stream_name())
+        .await
+        .expect("stream");
+    let mut stored = Vec::new();
+    for r in &receipts {
+        let m = stream
+            .get_raw_message(r.offset.expect("offset"))
+            .await
+            .expect("stored");
+        stored.push(
+            m.headers
+                .get("wharf-timestamp-ms")
+                .map(|v| v.as_str().to_owned()),
+        );
+    }
+    assert_eq!(stored, [None, Some("1000".to_owned())]);
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("t")
+                .group("g")
+                .start(wharf_core::StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    for m in [&plain, &dated] {
+        let d = expect_delivery(&mut sub, "each message").await;
+        assert_eq!(d.message().id(), m.id());
+        assert_eq!(d.message().timestamp(), m.timestamp());
+        d.ack().await.expect("ack");
+    }
+}

@@ -1,9 +1,17 @@
 //! How a Wharf [`Message`] is laid out as a stream entry, how stream ids map
 //! to `u64` offsets, and how replies are read back.
 //!
-//! Entry fields, in order: `id` (UUID text), `ts` (ms), `k` (key, only when
-//! set), `h:<name>` per header (in header order; stream entries keep field
-//! order), `p` (payload). All binary safe.
+//! Entry fields, in order: `id` (UUID text), `ts` (ms; only when the
+//! timestamp is not the time inside the id, a UUIDv7, which is every message
+//! made without an explicit timestamp), `k` (key, only when set), `h:<name>`
+//! per header (in header order; stream entries keep field order), `p`
+//! (payload). All binary safe.
+//!
+//! `ts` is left out when the id holds it because every field is two more
+//! bulk strings for the consumer's RESP parser on every entry. A reader
+//! takes a missing `ts` from a UUIDv7 id. Versions before 2026-12-07 always
+//! wrote `ts` (still read) and took the read time for a missing one, so in
+//! a fleet with such readers, upgrade consumers before producers.
 //!
 //! Offsets: stream id `<ms>-<seq>` is `ms << 22 | seq`. Ids made by `XADD *`
 //! fit as long as one millisecond holds fewer than 4,194,304 entries, which
@@ -26,10 +34,12 @@ const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 pub(crate) fn fields(msg: &Message) -> Vec<(Vec<u8>, Bytes)> {
     let mut f = Vec::with_capacity(4 + msg.headers().len());
     f.push((b"id".to_vec(), Bytes::from(msg.id().to_string())));
-    f.push((
-        b"ts".to_vec(),
-        Bytes::from(msg.timestamp().as_millis().to_string()),
-    ));
+    if !msg.timestamp_is_in_id() {
+        f.push((
+            b"ts".to_vec(),
+            Bytes::from(msg.timestamp().as_millis().to_string()),
+        ));
+    }
     if let Some(k) = msg.key() {
         f.push((b"k".to_vec(), k.clone()));
     }
@@ -175,6 +185,8 @@ pub(crate) fn entry(v: Value) -> Result<Entry> {
             _ => {}
         }
     }
+    // No `ts`: the timestamp is the time inside the (UUIDv7) id.
+    let ts = ts.or_else(|| msg_id.and_then(MessageId::unix_millis));
     let message = match (msg_id, ts) {
         (Some(msg_id), Some(ts)) => Message::from_parts(msg_id, key, headers, payload, ts),
         // Written by another client: a fresh id and the current time stand
@@ -305,6 +317,45 @@ mod tests {
         assert_eq!(e.message, m);
         let names: Vec<&str> = e.message.headers().iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["z", "a"]);
+    }
+
+    #[test]
+    fn a_timestamp_the_id_holds_is_not_written_and_is_read_from_the_id() {
+        let m = Message::builder()
+            .key("k")
+            .header("h", "v")
+            .payload("p")
+            .build();
+        let f = fields(&m);
+        let names: Vec<&[u8]> = f.iter().map(|(n, _)| n.as_slice()).collect();
+        assert_eq!(names, [&b"id"[..], b"k", b"h:h", b"p"]);
+        assert_eq!(entry(as_value(&f, "5-1")).expect("entry").message, m);
+        // As written before: with `ts`, even when the id holds the same time.
+        let mut old = f.clone();
+        old.insert(
+            1,
+            (
+                b"ts".to_vec(),
+                Bytes::from(m.timestamp().as_millis().to_string()),
+            ),
+        );
+        assert_eq!(entry(as_value(&old, "5-1")).expect("entry").message, m);
+        // An id that holds no time (a UUIDv4 from another client) and no
+        // `ts`: stamped when read.
+        let v4 = vec![
+            (
+                b"id".to_vec(),
+                Bytes::from_static(b"919108f7-52d1-4320-9bac-f847db4148a8"),
+            ),
+            (b"p".to_vec(), Bytes::from_static(b"body")),
+        ];
+        let before = Timestamp::now();
+        let read = entry(as_value(&v4, "7-0")).expect("entry").message;
+        assert_eq!(
+            read.id().to_string(),
+            "919108f7-52d1-4320-9bac-f847db4148a8"
+        );
+        assert!(read.timestamp() >= before && read.timestamp() <= Timestamp::now());
     }
 
     #[test]

@@ -288,3 +288,65 @@ async fn dedup_off_batch_over_several_chunks_keeps_order_fields_and_wildcards() 
         d.ack().await.expect("ack");
     }
 }
+
+/// The stream entry holds `ts` only when the timestamp is not the time in
+/// the message's UUIDv7 id; an entry as written before (with `ts`) and a
+/// back-dated message both read back with their own timestamps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_carry_ts_only_when_the_id_does_not_hold_it() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let plain = Message::new("plain");
+    let dated = Message::builder()
+        .payload("dated")
+        .timestamp(wharf_core::Timestamp::from_millis(1_000))
+        .build();
+    b.publish_batch("t", vec![plain.clone(), dated.clone()])
+        .await
+        .expect("publish");
+    let key = b.stream_key("t");
+    let client = redis::Client::open(service::url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    // Each entry: its stream id and its field/value pairs.
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    let names = |i: usize| -> Vec<String> { entries[i].1.iter().map(|(n, _)| n.clone()).collect() };
+    assert_eq!(names(0), ["id", "p"]);
+    assert_eq!(names(1), ["id", "ts", "p"]);
+    // Written the way every earlier version wrote it.
+    let old = Message::new("old");
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("id")
+        .arg(old.id().to_string())
+        .arg("ts")
+        .arg(old.timestamp().as_millis())
+        .arg("p")
+        .arg("old")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let mut sub = b
+        .subscribe(SubscribeOptions::new("t").start(StartPosition::Earliest))
+        .await
+        .expect("subscribe");
+    for m in [&plain, &dated, &old] {
+        let d = expect_delivery(&mut sub, "each entry").await;
+        assert_eq!(d.message().id(), m.id());
+        assert_eq!(d.message().payload(), m.payload());
+        assert_eq!(d.message().timestamp(), m.timestamp());
+        d.ack().await.expect("ack");
+    }
+}
