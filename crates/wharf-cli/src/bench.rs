@@ -93,6 +93,13 @@ pub(crate) struct BenchArgs {
     /// the latency can be read against the disk's own.
     #[arg(long, default_value_t = 2000)]
     fsync_probe: usize,
+    /// Consume workload: make the group (subscribe, then drop the
+    /// subscription) before publishing the backlog, so the drain reads
+    /// messages routed to a group that existed when they were published
+    /// rather than a backlog the new group starts from (on RabbitMQ, copies
+    /// into the group's queue, which carry their topic in a header).
+    #[arg(long)]
+    group_first: bool,
     /// Where the fsync probe writes (put it on the server's data disk).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     fsync_dir: std::path::PathBuf,
@@ -484,8 +491,18 @@ async fn consume_load(t: &Target, a: &BenchArgs) -> anyhow::Result<serde_json::V
         }
     }
     let done = Arc::new(AtomicU64::new(0));
-    produce(t, a, per, &done).await?;
     let group = format!("bench-consume-{}", std::process::id());
+    if let (true, Some(b)) = (a.group_first, &t.backend) {
+        let first = b
+            .subscribe(
+                SubscribeOptions::new(t.topic.clone())
+                    .group(group.clone())
+                    .start(StartPosition::Earliest),
+            )
+            .await?;
+        drop(first);
+    }
+    produce(t, a, per, &done).await?;
     let taken = Arc::new(AtomicU64::new(0));
     #[cfg(feature = "adapters")]
     if let Some(bare) = &t.bare {
