@@ -8,6 +8,15 @@
 //! subscription reads every stream whose topic matches, re-reading the topic
 //! registry every 200 ms to pick up new topics. Deliveries go through a
 //! channel, so [`DeliveryStream::next`] is a channel receive: cancel safe.
+//!
+//! A group's new entries are decoded, registered in flight and handed out
+//! by a second task, the decoder, so the reader's next `XREADGROUP` is on
+//! the wire (and the server and the client's RESP parser at work on it)
+//! while the last reply is decoded: a drain is bound by the slower of the
+//! two, not their sum. The reader reserves in-flight slots for what it
+//! reads, returns at once those the reply did not fill, and the decoder the
+//! ones of entries it does not hand out (expired, dead-lettered). Every
+//! read goes through the decoder in order, so deliveries keep read order.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -86,6 +95,12 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         me: me.clone(),
     });
     let (stream, tx, stop) = ChannelStream::new(shared.closed.subscribe());
+    let (jobs, jobs_rx) = mpsc::unbounded_channel();
+    let decoder = Decoder {
+        shared: shared.clone(),
+        acker: acker.clone(),
+        tx: tx.clone(),
+    };
     let mut reader = Reader {
         backend_closed: shared.closed.subscribe(),
         shared: shared.clone(),
@@ -96,6 +111,8 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         requeue: requeue_rx,
         parked: Vec::new(),
         tx,
+        jobs,
+        sent: 0,
         stop,
         next_reclaim: Instant::now(),
         reclaim_every: (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
@@ -110,6 +127,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
     for t in topics {
         reader.add_stream(&t, &start).await?;
     }
+    tokio::spawn(decoder.run(jobs_rx));
     tokio::spawn(reader.run());
     Ok(Subscription::new(stream))
 }
@@ -155,7 +173,12 @@ struct Reader {
     requeue: mpsc::UnboundedReceiver<(Pending, Duration)>,
     /// Nacked deliveries of a private subscription, waiting for their time.
     parked: Vec<(Instant, Pending)>,
+    /// Only to notice a dropped subscription: the decoder hands out.
     tx: DeliverySender,
+    /// What was read, in read order, for the decoder.
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Entries passed to the decoder in the current round.
+    sent: usize,
     stop: watch::Receiver<bool>,
     backend_closed: watch::Receiver<bool>,
     next_reclaim: Instant,
@@ -178,15 +201,14 @@ impl Reader {
                 n = acker.in_flight.reserve(MAX_READ) => n,
             };
             let Some(n) = n else { break };
-            let used = match self.round(n).await {
-                Ok(used) => used,
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis subscription read failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    0
-                }
-            };
-            acker.in_flight.free(n - used.min(n));
+            self.sent = 0;
+            if let Err(e) = self.round(n).await {
+                tracing::warn!(error = %e, "redis subscription read failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // What was read before a failure is with the decoder and
+            // holds its slots; only the rest comes back.
+            acker.in_flight.free(n - self.sent.min(n));
             if self.stopped() {
                 break;
             }
@@ -256,12 +278,27 @@ impl Reader {
         Ok(())
     }
 
-    /// One round of reads for up to `n` deliveries; returns how many were handed out.
-    async fn round(&mut self, n: usize) -> Result<usize> {
+    /// Passes `job` to the decoder; returns the entries in it (each holds
+    /// one of the slots reserved for the round until the decoder hands it
+    /// out or frees it).
+    fn send(&mut self, job: Job) -> usize {
+        let n = job.len();
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+            // The decoder is gone only once the subscription is: nothing
+            // read is handed out, and the reserved slots come back.
+            self.acker.in_flight.free(job.len());
+        }
+        self.sent += n;
+        n
+    }
+
+    /// One round of reads for up to `n` deliveries, each entry read passed
+    /// to the decoder (and counted in `sent`).
+    async fn round(&mut self, n: usize) -> Result<()> {
         self.rescan().await?;
         if self.streams.is_empty() {
             tokio::time::sleep(Duration::from_millis(BLOCK_MS)).await;
-            return Ok(0);
+            return Ok(());
         }
         let mut used = 0;
         match &self.acker.mode {
@@ -288,9 +325,12 @@ impl Reader {
                         .arg(Timestamp::now().as_millis())
                         .arg(n - used);
                     let due: Value = self.shared.eval(&mut self.conn, &cmd, "claim due").await?;
-                    used += self
-                        .deliver_all(&topic, &key, wire::claimed_reply(due)?)
-                        .await;
+                    used += self.send(Job::Entries {
+                        topic: topic.clone(),
+                        key: key.clone(),
+                        entries: wire::claimed_reply(due)?,
+                        lapsed: false,
+                    });
                     if used < n && reclaim {
                         let mut cmd = redis::cmd("EVALSHA");
                         cmd.arg(&self.shared.shas.claim_expired)
@@ -305,9 +345,12 @@ impl Reader {
                             .shared
                             .eval(&mut self.conn, &cmd, "claim expired")
                             .await?;
-                        used += self
-                            .expired_leases(&topic, &key, wire::claimed_reply(expired)?)
-                            .await;
+                        used += self.send(Job::Entries {
+                            topic: topic.clone(),
+                            key: key.clone(),
+                            entries: wire::claimed_reply(expired)?,
+                            lapsed: true,
+                        });
                     }
                 }
                 if used < n {
@@ -327,17 +370,16 @@ impl Reader {
                     for _ in &self.streams {
                         cmd.arg(">");
                     }
-                    let v: Value = cmd
+                    let reply: Value = cmd
                         .query_async(&mut self.conn)
                         .await
                         .map_err(|e| map("XREADGROUP", e))?;
-                    for (key, entries) in wire::read_reply(v)? {
-                        let Some(topic) = self.topic_of(&key) else {
-                            continue;
-                        };
-                        let entries = entries.into_iter().map(|e| (e, 1));
-                        used += self.deliver_all(&topic, &key, entries).await;
-                    }
+                    let streams = self
+                        .streams
+                        .iter()
+                        .map(|s| (s.key.clone(), s.topic.clone()))
+                        .collect();
+                    self.send(Job::Read { reply, streams });
                 }
             }
             Mode::Private { .. } => {
@@ -355,7 +397,12 @@ impl Reader {
                             message: p.message,
                         };
                         let key = self.shared.stream_key(&topic);
-                        used += self.deliver_all(&topic, &key, [(e, p.attempt + 1)]).await;
+                        used += self.send(Job::Entries {
+                            topic,
+                            key,
+                            entries: vec![(e, p.attempt + 1)],
+                            lapsed: false,
+                        });
                     } else {
                         i += 1;
                     }
@@ -386,13 +433,102 @@ impl Reader {
                         };
                         s.cursor.clone_from(&last.id);
                         let topic = s.topic.clone();
-                        let entries = entries.into_iter().map(|e| (e, 1));
-                        used += self.deliver_all(&topic, &key, entries).await;
+                        let entries = entries.into_iter().map(|e| (e, 1)).collect();
+                        self.send(Job::Entries {
+                            topic,
+                            key,
+                            entries,
+                            lapsed: false,
+                        });
                     }
                 }
             }
         }
-        Ok(used)
+        Ok(())
+    }
+}
+
+/// What the reader read, for the decoder.
+enum Job {
+    /// Decoded entries of `topic` (stream `key`), each with its attempt;
+    /// `lapsed`: claimed after their leases expired.
+    Entries {
+        topic: Arc<str>,
+        key: String,
+        entries: Vec<(Entry, u32)>,
+        lapsed: bool,
+    },
+    /// An `XREADGROUP` reply (first attempts), not yet decoded, with the
+    /// topic of each stream key read.
+    Read {
+        reply: Value,
+        streams: Vec<(String, Arc<str>)>,
+    },
+}
+
+impl Job {
+    /// The entries in the job, each holding one reserved slot.
+    fn len(&self) -> usize {
+        match self {
+            Job::Entries { entries, .. } => entries.len(),
+            Job::Read { reply, .. } => wire::read_reply_len(reply),
+        }
+    }
+}
+
+/// The task that decodes what the reader read, registers it in flight and
+/// hands it out, in read order.
+struct Decoder {
+    shared: Arc<Shared>,
+    acker: Arc<RedisAcker>,
+    tx: DeliverySender,
+}
+
+impl Decoder {
+    async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            let held = job.len();
+            let used = match job {
+                Job::Entries {
+                    topic,
+                    key,
+                    entries,
+                    lapsed: true,
+                } => self.expired_leases(&topic, &key, entries).await,
+                Job::Entries {
+                    topic,
+                    key,
+                    entries,
+                    ..
+                } => self.deliver_all(&topic, &key, entries).await,
+                Job::Read { reply, streams } => self.read(reply, &streams).await,
+            };
+            // Slots of entries not handed out (expired, dead-lettered,
+            // undecodable) come back.
+            self.acker.in_flight.free(held - used.min(held));
+        }
+    }
+
+    /// Decodes and hands out an `XREADGROUP` reply; returns how many
+    /// deliveries were handed out.
+    async fn read(&self, reply: Value, streams: &[(String, Arc<str>)]) -> usize {
+        let read = match wire::read_reply(reply) {
+            Ok(read) => read,
+            Err(e) => {
+                // Left pending: the entries come back once their leases expire.
+                tracing::warn!(error = %e, "redis subscription read an undecodable reply");
+                return 0;
+            }
+        };
+        let mut used = 0;
+        for (key, entries) in read {
+            let Some((_, topic)) = streams.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            let entries = entries.into_iter().map(|e| (e, 1));
+            used += self.deliver_all(topic, &key, entries).await;
+        }
+        used
     }
 
     /// Entries claimed after their leases expired: delivered again, or
@@ -421,13 +557,6 @@ impl Reader {
             }
         }
         self.deliver_all(topic, key, again).await
-    }
-
-    fn topic_of(&self, key: &str) -> Option<Arc<str>> {
-        self.streams
-            .iter()
-            .find(|s| s.key == key)
-            .map(|s| s.topic.clone())
     }
 
     /// Hands out entries of `topic` (stream `key`), each with its attempt,

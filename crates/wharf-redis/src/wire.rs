@@ -241,6 +241,26 @@ pub(crate) fn read_reply(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
     Ok(out)
 }
 
+/// The number of entries in an `XREAD`/`XREADGROUP` reply, without
+/// decoding them: what [`read_reply`] returns, unless it fails.
+pub(crate) fn read_reply_len(v: &Value) -> usize {
+    let entries = |es: &Value| match es {
+        Value::Array(es) => es.len(),
+        _ => 0,
+    };
+    match v {
+        Value::Array(s) => s
+            .iter()
+            .map(|kv| match kv {
+                Value::Array(kv) => kv.get(1).map_or(0, entries),
+                _ => 0,
+            })
+            .sum(),
+        Value::Map(m) => m.iter().map(|(_, es)| entries(es)).sum(),
+        _ => 0,
+    }
+}
+
 /// Decodes the `[[entry, count], …]` that the claim scripts return.
 pub(crate) fn claimed_reply(v: Value) -> Result<Vec<(Entry, u32)>> {
     let Value::Array(items) = v else {
@@ -402,5 +422,26 @@ mod tests {
     #[test]
     fn nil_read_reply_is_no_entries() {
         assert!(read_reply(Value::Nil).expect("nil").is_empty());
+        assert_eq!(read_reply_len(&Value::Nil), 0);
+    }
+
+    #[test]
+    fn a_read_reply_is_counted_as_it_decodes_in_either_protocol() {
+        let e = |id: &str| as_value(&fields(&Message::new("x")), id);
+        let key = |k: &str| Value::BulkString(k.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![key("a"), Value::Array(vec![e("1-0"), e("1-1")])]),
+            Value::Array(vec![key("b"), Value::Array(vec![e("2-0")])]),
+        ]);
+        let resp3 = Value::Map(vec![
+            (key("a"), Value::Array(vec![e("1-0"), e("1-1")])),
+            (key("b"), Value::Array(vec![e("2-0")])),
+        ]);
+        for reply in [resp2, resp3] {
+            let n = read_reply_len(&reply);
+            let read = read_reply(reply).expect("read");
+            assert_eq!(n, 3);
+            assert_eq!(read.iter().map(|(_, es)| es.len()).sum::<usize>(), n);
+        }
     }
 }

@@ -350,3 +350,44 @@ async fn entries_carry_ts_only_when_the_id_does_not_hold_it() {
         d.ack().await.expect("ack");
     }
 }
+
+/// Entries read but not handed out (expired) give their in-flight slots
+/// back: with room for two, five expired entries ahead of three fresh ones
+/// do not stall the group (the decoder frees what it does not hand out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_entries_give_their_in_flight_slots_back() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    for i in 0..5 {
+        let m = Message::builder()
+            .payload(format!("stale{i}"))
+            .ttl(Duration::from_millis(1))
+            .build();
+        b.publish("t", m).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..3 {
+        b.publish("t", Message::new(format!("fresh{i}")))
+            .await
+            .expect("publish");
+    }
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("t")
+                .group("g")
+                .start(StartPosition::Earliest)
+                .max_in_flight(2),
+        )
+        .await
+        .expect("subscribe");
+    for i in 0..3 {
+        let d = expect_delivery(&mut sub, "fresh").await;
+        assert_eq!(
+            d.message().payload().as_ref(),
+            format!("fresh{i}").as_bytes()
+        );
+        d.ack().await.expect("ack");
+    }
+}
