@@ -20,7 +20,8 @@
 //! Two variants isolate what an adapter's promise costs (their rows are not
 //! paired with an adapter row; compare by hand): `bare+nats://…#msg-id`
 //! publishes each message with a unique `Nats-Msg-Id` (JetStream's dedup
-//! index, as the adapter's) and a 13-digit `Wharf-Ts` header;
+//! index, as the adapter's, which sends no other header for a message whose
+//! timestamp is the time in its id);
 //! `bare+amqp://…#x-max-priority` declares its queue with `x-max-priority = 9`
 //! (a priority queue, as the adapter's with `amqp://…#priorities`); `bare+kafka://…#detach`
 //! copies each record it consumes out of librdkafka (rdkafka's `detach`:
@@ -270,7 +271,6 @@ impl Bare {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let mut h = async_nats::HeaderMap::new();
                             h.insert("Nats-Msg-Id", format!("{i:036}:{subject}").as_str());
-                            h.insert("Wharf-Ts", "1796563738742");
                             js.publish_with_headers(subject.clone(), h, payload.clone())
                                 .await?
                         }

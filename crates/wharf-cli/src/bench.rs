@@ -39,8 +39,8 @@ pub(crate) struct BenchArgs {
     /// `bare+postgres://…`, `bare+kafka://…`, `bare+sqs://…`,
     /// `bare+mqtt://…`, `bare+pubsub://…`) for the same load through the
     /// engine's own client (an adapter row is then also printed as a ratio
-    /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id and
-    /// timestamp headers, `bare+amqp://…#x-max-priority` uses a priority
+    /// of its bare row; `bare+nats://…#msg-id` adds the adapter's dedup id
+    /// header, `bare+amqp://…#x-max-priority` uses a priority
     /// queue as the adapter does, `bare+kafka://…#detach` copies each
     /// consumed record out of librdkafka as the adapter must); repeat to
     /// compare in one run (ratios are printed
