@@ -117,6 +117,7 @@ pub(crate) struct Sql {
     pub discover_topics: String,
     pub materialize: String,
     pub sweep_expired: String,
+    pub analyze_deliveries: String,
     pub claim: String,
     pub expired_at_limit: String,
     pub ack: String,
@@ -218,6 +219,7 @@ ON CONFLICT DO NOTHING"#
 )
 SELECT count(*) FROM new"#
             ),
+            analyze_deliveries: format!("ANALYZE {s}.deliveries"),
             sweep_expired: format!(
                 "DELETE FROM {s}.deliveries WHERE gid = $1 AND leased_until IS NULL \
                  AND expires_at <= {s}.now_ms()"
@@ -234,7 +236,7 @@ SELECT count(*) FROM new"#
 ), u AS (
   UPDATE {s}.deliveries d
   SET leased_until = {s}.now_ms() + $3, attempts = d.attempts + 1, token = nextval('{s}.tokens')
-  FROM c WHERE d.gid = $1 AND d.seq = c.seq
+  WHERE d.gid = $1 AND d.seq = ANY(ARRAY(SELECT seq FROM c))
   RETURNING d.seq, d.attempts, d.token, d.priority
 )
 SELECT u.seq, u.attempts, u.token, m.topic, m."offset", m.id, m.key, m.headers::text AS headers, m.payload, m.ts

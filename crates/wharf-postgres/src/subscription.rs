@@ -111,6 +111,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
         closed: inner.closed.subscribe(),
         wake: inner.wake.subscribe(),
         rounds: std::sync::atomic::AtomicU64::new(0),
+        stats: std::sync::Mutex::new(Stats::default()),
         settler: acker.settler.clone(),
     };
     let handle = tokio::spawn(fetcher.run());
@@ -144,8 +145,28 @@ struct Fetcher {
     closed: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
     rounds: std::sync::atomic::AtomicU64,
+    stats: std::sync::Mutex<Stats>,
     settler: Settler,
 }
+
+/// Rows materialised since the fetcher last refreshed the planner's
+/// statistics of `deliveries`, and when that was.
+#[derive(Default)]
+struct Stats {
+    rows: u64,
+    at: Option<std::time::Instant>,
+}
+
+/// Rows materialised at once (or since the last refresh) after which the
+/// fetcher runs `ANALYZE` on `deliveries` itself. Autovacuum analyses a
+/// table only once a minute at most: until then a burst of rows leaves the
+/// planner thinking the group has a few hundred, and it claims with a
+/// bitmap scan of every row of the group and a sort (on disk, over 100,000
+/// rows about 120 ms a claim) instead of walking `deliveries_ready` in
+/// order up to the limit.
+const ANALYZE_AFTER_ROWS: u64 = 10_000;
+/// Least time between two such refreshes by one fetcher.
+const ANALYZE_EVERY: Duration = Duration::from_secs(5);
 
 impl Fetcher {
     fn stopping(&self) -> bool {
@@ -210,6 +231,22 @@ impl Fetcher {
         }
     }
 
+    /// Counts `rows` just materialised; true when the planner's statistics
+    /// of `deliveries` are due for a refresh (see [`ANALYZE_AFTER_ROWS`]).
+    fn stale_stats(&self, rows: u64) -> bool {
+        let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.rows += rows;
+        let due =
+            st.rows >= ANALYZE_AFTER_ROWS && st.at.is_none_or(|t| t.elapsed() >= ANALYZE_EVERY);
+        if due {
+            *st = Stats {
+                rows: 0,
+                at: Some(std::time::Instant::now()),
+            };
+        }
+        due
+    }
+
     async fn fetch(&self, room: usize) -> Result<Vec<Claimed>> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
@@ -229,9 +266,9 @@ impl Fetcher {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        sqlx::query(&sql.materialize)
+        let materialised: i64 = sqlx::query_scalar(&sql.materialize)
             .bind(self.gid)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
         if self
@@ -246,6 +283,15 @@ impl Fetcher {
                 .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        if self.stale_stats(u64::try_from(materialised).unwrap_or(0)) {
+            // Best effort: without it claims are slower, not wrong.
+            if let Err(e) = sqlx::query(&sql.analyze_deliveries)
+                .execute(&self.inner.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "postgres: ANALYZE of deliveries failed");
+            }
+        }
         let limit = self
             .settler
             .max_deliveries
