@@ -380,6 +380,12 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    /// The names in the AMQP header table of `p` (which must have one).
+    fn header_names(p: &BasicProperties) -> Vec<&str> {
+        let table = p.headers().as_ref().expect("headers");
+        table.inner().keys().map(|k| k.as_str()).collect()
+    }
+
     #[test]
     fn a_plain_message_carries_no_header_table_and_its_time_in_its_id() {
         let m = Message::new("x");
@@ -429,26 +435,11 @@ mod tests {
             ),
             (retried, Message::new("y")),
         ] {
-            let names: Vec<&str> = p
-                .headers()
-                .as_ref()
-                .expect("headers")
-                .inner()
-                .keys()
-                .map(|k| k.as_str())
-                .collect();
+            let names = header_names(&p);
             assert!(names.contains(&H_HEADERS), "{names:?} for {m:?}");
         }
         let p = properties("a.b", "a.b", &dated, 0, None).expect("p");
-        let names: Vec<&str> = p
-            .headers()
-            .as_ref()
-            .expect("headers")
-            .inner()
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
-        assert_eq!(names, [H_TS]);
+        assert_eq!(header_names(&p), [H_TS]);
         assert_eq!(decode("a.b", &p, Bytes::new(), &mut None).message, dated);
     }
 
@@ -465,8 +456,7 @@ mod tests {
     fn a_first_attempt_routed_by_its_topic_carries_neither_topic_nor_attempts() {
         let m = Message::builder().header("h", "v").build();
         let p = properties("a.b", "a.b", &m, 0, None).expect("not expired");
-        let table = p.headers().as_ref().expect("headers");
-        let names: Vec<&str> = table.inner().keys().map(|k| k.as_str()).collect();
+        let names = header_names(&p);
         assert!(names.contains(&H_HEADERS), "{names:?}");
         assert!(!names.contains(&H_TOPIC), "{names:?}");
         assert!(!names.contains(&H_ATTEMPTS), "{names:?}");
