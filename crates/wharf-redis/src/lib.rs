@@ -26,7 +26,7 @@
 //! | attempt | the entry's delivery count in the pending entries list |
 //! | `max_deliveries` / `reject` | a nack (or drop, or lease expiry) on the last attempt, or a reject, `XADD`s a copy to `dlq.<topic>` with the `wharf-dlq-*` headers and `XACK`s the original |
 //! | `max_in_flight` | client side: a subscription never reads more entries than it has free slots |
-//! | message | entry fields `id`, `ts`, `k` (key), `h:<name>` per header (order kept), `p` (payload); all binary safe |
+//! | message | entry fields `id`, `ts` (only when the timestamp is not the time inside the id, a UUIDv7, as for a message made with an explicit timestamp; a reader takes a missing one from the id; versions before 2026-12-07 always wrote it and took the read time for a missing one: upgrade their consumers first), `k` (key), `h:<name>` per header (order kept), `p` (payload); all binary safe |
 //! | TTL | checked when read: an expired entry is acked and never handed out |
 //! | limit | [`MAX_MESSAGE_BYTES`] (1 MiB) of payload + key + headers |
 //!
