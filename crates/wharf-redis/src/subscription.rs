@@ -330,6 +330,7 @@ impl Reader {
                         key: key.clone(),
                         entries: wire::claimed_reply(due)?,
                         lapsed: false,
+                        read_at: Instant::now(),
                     });
                     if used < n && reclaim {
                         let mut cmd = redis::cmd("EVALSHA");
@@ -350,6 +351,7 @@ impl Reader {
                             key: key.clone(),
                             entries: wire::claimed_reply(expired)?,
                             lapsed: true,
+                            read_at: Instant::now(),
                         });
                     }
                 }
@@ -379,7 +381,11 @@ impl Reader {
                         .iter()
                         .map(|s| (s.key.clone(), s.topic.clone()))
                         .collect();
-                    self.send(Job::Read { reply, streams });
+                    self.send(Job::Read {
+                        reply,
+                        streams,
+                        read_at: Instant::now(),
+                    });
                 }
             }
             Mode::Private { .. } => {
@@ -402,6 +408,7 @@ impl Reader {
                             key,
                             entries: vec![(e, p.attempt + 1)],
                             lapsed: false,
+                            read_at: Instant::now(),
                         });
                     } else {
                         i += 1;
@@ -439,6 +446,7 @@ impl Reader {
                             key,
                             entries,
                             lapsed: false,
+                            read_at: Instant::now(),
                         });
                     }
                 }
@@ -448,7 +456,10 @@ impl Reader {
     }
 }
 
-/// What the reader read, for the decoder.
+/// What the reader read, for the decoder. `read_at`: when the reply came,
+/// which is when the server started the entries' leases; the decoder
+/// gives each delivery what is left of its lease by then, so a delivery
+/// that waited in the decoder never outlives the server's lease.
 enum Job {
     /// Decoded entries of `topic` (stream `key`), each with its attempt;
     /// `lapsed`: claimed after their leases expired.
@@ -457,12 +468,14 @@ enum Job {
         key: String,
         entries: Vec<(Entry, u32)>,
         lapsed: bool,
+        read_at: Instant,
     },
     /// An `XREADGROUP` reply (first attempts), not yet decoded, with the
     /// topic of each stream key read.
     Read {
         reply: Value,
         streams: Vec<(String, Arc<str>)>,
+        read_at: Instant,
     },
 }
 
@@ -494,14 +507,20 @@ impl Decoder {
                     key,
                     entries,
                     lapsed: true,
-                } => self.expired_leases(&topic, &key, entries).await,
+                    read_at,
+                } => self.expired_leases(&topic, &key, entries, read_at).await,
                 Job::Entries {
                     topic,
                     key,
                     entries,
+                    read_at,
                     ..
-                } => self.deliver_all(&topic, &key, entries).await,
-                Job::Read { reply, streams } => self.read(reply, &streams).await,
+                } => self.deliver_all(&topic, &key, entries, read_at).await,
+                Job::Read {
+                    reply,
+                    streams,
+                    read_at,
+                } => self.read(reply, &streams, read_at).await,
             };
             // Slots of entries not handed out (expired, dead-lettered,
             // undecodable) come back.
@@ -511,7 +530,7 @@ impl Decoder {
 
     /// Decodes and hands out an `XREADGROUP` reply; returns how many
     /// deliveries were handed out.
-    async fn read(&self, reply: Value, streams: &[(String, Arc<str>)]) -> usize {
+    async fn read(&self, reply: Value, streams: &[(String, Arc<str>)], read_at: Instant) -> usize {
         let read = match wire::read_reply(reply) {
             Ok(read) => read,
             Err(e) => {
@@ -526,7 +545,7 @@ impl Decoder {
                 continue;
             };
             let entries = entries.into_iter().map(|e| (e, 1));
-            used += self.deliver_all(topic, &key, entries).await;
+            used += self.deliver_all(topic, &key, entries, read_at).await;
         }
         used
     }
@@ -538,9 +557,10 @@ impl Decoder {
         topic: &Arc<str>,
         key: &str,
         claimed: Vec<(Entry, u32)>,
+        read_at: Instant,
     ) -> usize {
         let Some(max) = self.acker.max_deliveries else {
-            return self.deliver_all(topic, key, claimed).await;
+            return self.deliver_all(topic, key, claimed, read_at).await;
         };
         let (dead, again): (Vec<_>, Vec<_>) =
             claimed.into_iter().partition(|(_, count)| *count > max);
@@ -556,7 +576,7 @@ impl Decoder {
                 tracing::warn!(error = %err, "dead-lettering an expired redis delivery failed");
             }
         }
-        self.deliver_all(topic, key, again).await
+        self.deliver_all(topic, key, again, read_at).await
     }
 
     /// Hands out entries of `topic` (stream `key`), each with its attempt,
@@ -568,6 +588,7 @@ impl Decoder {
         topic: &Arc<str>,
         key: &str,
         entries: impl IntoIterator<Item = (Entry, u32)>,
+        read_at: Instant,
     ) -> usize {
         let entries = entries.into_iter();
         let group = match &self.acker.mode {
@@ -624,7 +645,7 @@ impl Decoder {
                 .in_flight
                 .supersede(|p| p.topic == *topic && redelivered.contains(&p.entry_id));
         }
-        let lease = group.map(|_| self.acker.lease);
+        let lease = group.map(|_| self.acker.lease.saturating_sub(read_at.elapsed()));
         let first = self
             .acker
             .in_flight
