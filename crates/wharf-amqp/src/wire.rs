@@ -159,6 +159,15 @@ fn int(v: &AMQPValue) -> Option<i64> {
     }
 }
 
+/// Headers RabbitMQ adds when it dead-letters a message (`x-death`, and
+/// since 3.8 `x-first-death-*` / `x-last-death-*` as strings): never the
+/// publisher's. A plain Wharf message carries no `wharf-h` and reads as a
+/// foreign one; a queue policy of the operator's that dead-letters it must
+/// not turn these into application headers.
+fn is_broker_dead_letter_header(name: &str) -> bool {
+    name == "x-death" || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
+}
+
 /// The `wharf-*` AMQP headers of a received message, borrowed from its
 /// properties (one pass over the table, nothing copied).
 #[derive(Default)]
@@ -214,6 +223,9 @@ impl<'a> Fields<'a> {
             }
         } else if let Some(table) = self.table {
             for (k, v) in table {
+                if is_broker_dead_letter_header(k.as_str()) {
+                    continue;
+                }
                 if let Some(v) = text(v) {
                     headers.insert(k.as_str(), v);
                 }
@@ -441,6 +453,34 @@ mod tests {
         let p = properties("a.b", "a.b", &dated, 0, None).expect("p");
         assert_eq!(header_names(&p), [H_TS]);
         assert_eq!(decode("a.b", &p, Bytes::new(), &mut None).message, dated);
+    }
+
+    #[test]
+    fn headers_rabbitmq_adds_when_dead_lettering_are_not_application_headers() {
+        let m = Message::new("x");
+        let mut p = properties("a.b", "a.b", &m, 0, None).expect("not expired");
+        let mut t = FieldTable::default();
+        for (n, v) in [
+            ("x-first-death-queue", "q"),
+            ("x-first-death-reason", "expired"),
+            ("x-last-death-exchange", "e"),
+            ("trace", "abc"),
+        ] {
+            t.insert(
+                n.into(),
+                AMQPValue::LongString(v.as_bytes().to_vec().into()),
+            );
+        }
+        t.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![])),
+        );
+        p = p.with_headers(t);
+        let d = decode("a.b", &p, Bytes::new(), &mut None);
+        let names: Vec<&str> = d.message.headers().iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["trace"]);
+        assert_eq!(d.message.id(), m.id());
+        assert_eq!(d.message.timestamp(), m.timestamp());
     }
 
     #[test]
