@@ -110,8 +110,8 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
         stop: stop.subscribe(),
         closed: inner.closed.subscribe(),
         wake: inner.wake.subscribe(),
-        rounds: std::sync::atomic::AtomicU64::new(0),
-        stats: std::sync::Mutex::new(Stats::default()),
+        rounds: 0,
+        stats: Stats::default(),
         settler: acker.settler.clone(),
     };
     let handle = tokio::spawn(fetcher.run());
@@ -144,8 +144,8 @@ struct Fetcher {
     stop: watch::Receiver<bool>,
     closed: watch::Receiver<bool>,
     wake: watch::Receiver<u64>,
-    rounds: std::sync::atomic::AtomicU64,
-    stats: std::sync::Mutex<Stats>,
+    rounds: u64,
+    stats: Stats,
     settler: Settler,
 }
 
@@ -167,6 +167,23 @@ struct Stats {
 const ANALYZE_AFTER_ROWS: u64 = 10_000;
 /// Least time between two such refreshes by one fetcher.
 const ANALYZE_EVERY: Duration = Duration::from_secs(5);
+
+impl Stats {
+    /// Counts `rows` just materialised; true when the planner's statistics
+    /// of `deliveries` are due for a refresh (see [`ANALYZE_AFTER_ROWS`]).
+    fn stale(&mut self, rows: u64) -> bool {
+        self.rows += rows;
+        let due =
+            self.rows >= ANALYZE_AFTER_ROWS && self.at.is_none_or(|t| t.elapsed() >= ANALYZE_EVERY);
+        if due {
+            *self = Stats {
+                rows: 0,
+                at: Some(std::time::Instant::now()),
+            };
+        }
+        due
+    }
+}
 
 impl Fetcher {
     fn stopping(&self) -> bool {
@@ -231,23 +248,7 @@ impl Fetcher {
         }
     }
 
-    /// Counts `rows` just materialised; true when the planner's statistics
-    /// of `deliveries` are due for a refresh (see [`ANALYZE_AFTER_ROWS`]).
-    fn stale_stats(&self, rows: u64) -> bool {
-        let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        st.rows += rows;
-        let due =
-            st.rows >= ANALYZE_AFTER_ROWS && st.at.is_none_or(|t| t.elapsed() >= ANALYZE_EVERY);
-        if due {
-            *st = Stats {
-                rows: 0,
-                at: Some(std::time::Instant::now()),
-            };
-        }
-        due
-    }
-
-    async fn fetch(&self, room: usize) -> Result<Vec<Claimed>> {
+    async fn fetch(&mut self, room: usize) -> Result<Vec<Claimed>> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
         let exists: bool = sqlx::query_scalar(&sql.lock_group)
@@ -271,11 +272,8 @@ impl Fetcher {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        if self
-            .rounds
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .is_multiple_of(64)
-        {
+        self.rounds += 1;
+        if (self.rounds - 1).is_multiple_of(64) {
             sqlx::query(&sql.sweep_expired)
                 .bind(self.gid)
                 .execute(&mut *tx)
@@ -283,7 +281,7 @@ impl Fetcher {
                 .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
-        if self.stale_stats(u64::try_from(materialised).unwrap_or(0)) {
+        if self.stats.stale(u64::try_from(materialised).unwrap_or(0)) {
             // Best effort: without it claims are slower, not wrong.
             if let Err(e) = sqlx::query(&sql.analyze_deliveries)
                 .execute(&self.inner.pool)
