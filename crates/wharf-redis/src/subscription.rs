@@ -175,8 +175,9 @@ struct Reader {
     parked: Vec<(Instant, Pending)>,
     /// Only to notice a dropped subscription: the decoder hands out.
     tx: DeliverySender,
-    /// What was read, in read order, for the decoder.
-    jobs: mpsc::UnboundedSender<Job>,
+    /// What was read, in read order, for the decoder, with the number of
+    /// entries (of reserved slots) in it.
+    jobs: mpsc::UnboundedSender<(usize, Job)>,
     /// Entries passed to the decoder in the current round.
     sent: usize,
     stop: watch::Receiver<bool>,
@@ -283,10 +284,10 @@ impl Reader {
     /// out or frees it).
     fn send(&mut self, job: Job) -> usize {
         let n = job.len();
-        if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
+        if self.jobs.send((n, job)).is_err() {
             // The decoder is gone only once the subscription is: nothing
             // read is handed out, and the reserved slots come back.
-            self.acker.in_flight.free(job.len());
+            self.acker.in_flight.free(n);
         }
         self.sent += n;
         n
@@ -498,9 +499,8 @@ struct Decoder {
 }
 
 impl Decoder {
-    async fn run(self, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        while let Some(job) = jobs.recv().await {
-            let held = job.len();
+    async fn run(self, mut jobs: mpsc::UnboundedReceiver<(usize, Job)>) {
+        while let Some((held, job)) = jobs.recv().await {
             let used = match job {
                 Job::Entries {
                     topic,
