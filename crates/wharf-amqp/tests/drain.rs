@@ -7,6 +7,7 @@
 mod service;
 
 use std::time::Duration;
+use wharf_amqp::AmqpBackend;
 
 use wharf_core::{
     AckBatch, Message, Publisher, StartPosition, SubscribeOptions, Subscriber, Subscription,
@@ -42,18 +43,23 @@ async fn drain(sub: &mut Subscription) -> Vec<usize> {
     seen
 }
 
+/// Publishes `0`, `1`, … `TOTAL - 1` to `topic` in batches of `BATCH`.
+async fn publish_numbered(b: &AmqpBackend, topic: &str) {
+    for chunk in 0..TOTAL / BATCH {
+        let batch = (0..BATCH)
+            .map(|i| Message::new((chunk * BATCH + i).to_string()))
+            .collect();
+        b.publish_batch(topic, batch).await.expect("publish");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_groups_drain_a_large_backlog_in_order_and_leave_it_in_place() {
     let Some(ns) = service::namespace().await else {
         return;
     };
     let b = &ns.backend;
-    for chunk in 0..TOTAL / BATCH {
-        let batch = (0..BATCH)
-            .map(|i| Message::new((chunk * BATCH + i).to_string()))
-            .collect();
-        b.publish_batch("backlog", batch).await.expect("publish");
-    }
+    publish_numbered(b, "backlog").await;
     let want: Vec<usize> = (0..TOTAL).collect();
     for group in ["first", "second"] {
         let opts = SubscribeOptions::new("backlog")
@@ -127,12 +133,7 @@ async fn a_subscribe_cancelled_while_copying_the_backlog_leaves_it_whole() {
         return;
     };
     let b = &ns.backend;
-    for chunk in 0..TOTAL / BATCH {
-        let batch = (0..BATCH)
-            .map(|i| Message::new((chunk * BATCH + i).to_string()))
-            .collect();
-        b.publish_batch("cut", batch).await.expect("publish");
-    }
+    publish_numbered(b, "cut").await;
     let opts = |group: &str| {
         SubscribeOptions::new("cut")
             .group(group)
