@@ -76,16 +76,6 @@ fn build(
             ]
         })
         .collect();
-    // An empty `wharf-h` is left out when nothing else in the table is a
-    // string: readers of every version then take the message as they would
-    // with it (no headers; the id from `message_id`), and an empty table is
-    // not sent at all.
-    if !pairs.is_empty() || m.key().is_some() || routed_as != topic || delay_ms.is_some() {
-        t.insert(
-            H_HEADERS.into(),
-            AMQPValue::FieldArray(FieldArray::from(pairs)),
-        );
-    }
     if let Some(k) = m.key() {
         t.insert(
             H_KEY.into(),
@@ -114,6 +104,17 @@ fn build(
         t.insert(
             H_FIRST_FAILURE.into(),
             AMQPValue::LongLongInt(i64::try_from(ff).unwrap_or(i64::MAX)),
+        );
+    }
+    // An empty `wharf-h` is left out when nothing else in the table is a
+    // string: readers of every version then take the message as they would
+    // with it (no headers; the id from `message_id`), and an empty table is
+    // not sent at all. With a string in the table, `wharf-h` is what keeps
+    // a reader from taking it for an application header.
+    if !pairs.is_empty() || t.inner().values().any(|v| text_bytes(v).is_some()) {
+        t.insert(
+            H_HEADERS.into(),
+            AMQPValue::FieldArray(FieldArray::from(pairs)),
         );
     }
     let mut p = BasicProperties::default()
