@@ -9,7 +9,8 @@
 //! row lock, so per-topic cursors only move over committed offsets) and claims
 //! a batch. [`DeliveryStream::next`] only reads a channel, so it is cancel safe.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -86,6 +87,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
     tx.commit().await.map_err(db_err)?;
 
     let sem = Arc::new(Semaphore::new(spec.max_in_flight));
+    let leases = Leases::default();
     let acker = Arc::new(PgAcker {
         settler: Settler {
             inner: inner.clone(),
@@ -94,7 +96,8 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
             dead_letter_topic: spec.dead_letter_topic,
             max_deliveries: spec.max_deliveries,
             sem: sem.clone(),
-            acks: spawn_ack_batcher(inner.clone(), gid),
+            acks: spawn_ack_batcher(inner.clone(), gid, leases.clone()),
+            leases,
         },
         runtime: tokio::runtime::Handle::current(),
     });
@@ -128,6 +131,7 @@ pub(crate) async fn open_subscription(inner: Arc<Inner>, spec: GroupSpec) -> Res
 /// One claimed row, not yet handed out.
 struct Claimed {
     token: i64,
+    seq: i64,
     attempts: i32,
     topic: String,
     offset: i64,
@@ -222,9 +226,8 @@ impl Fetcher {
                         let mut rows = rows.into_iter();
                         while let Some(c) = rows.next() {
                             if let Err(mpsc::error::SendError(c)) = self.tx.send(c).await {
-                                let rest: Vec<i64> =
-                                    std::iter::once(c).chain(rows).map(|c| c.token).collect();
-                                unclaim(&self.inner, self.gid, rest).await;
+                                let rest: Vec<_> = std::iter::once(c).chain(rows).collect();
+                                self.settler.unclaim(rest).await;
                                 return;
                             }
                         }
@@ -295,16 +298,16 @@ impl Fetcher {
             .max_deliveries
             .map_or(i32::MAX, |m| i32::try_from(m).unwrap_or(i32::MAX));
         if limit < i32::MAX {
-            let stuck: Vec<i64> = sqlx::query_scalar(&sql.expired_at_limit)
+            let stuck: Vec<(i64, i64)> = sqlx::query_as(&sql.expired_at_limit)
                 .bind(self.gid)
                 .bind(limit)
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(db_err)?;
-            for tok in stuck {
+            for (tok, seq) in stuck {
                 let token = u64::try_from(tok).unwrap_or(0);
                 let reason = "max deliveries exceeded (lease expired on the last attempt)";
-                match self.settler.dead_letter(token, tok, reason).await {
+                match self.settler.dead_letter(token, tok, seq, reason).await {
                     Ok(()) | Err(Error::UnknownDelivery { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -318,34 +321,53 @@ impl Fetcher {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(db_err)?;
-        rows.into_iter()
+        let claimed = rows
+            .into_iter()
             .map(|row| {
                 Ok(Claimed {
                     token: row.try_get("token").map_err(db_err)?,
+                    seq: row.try_get("seq").map_err(db_err)?,
                     attempts: row.try_get("attempts").map_err(db_err)?,
                     topic: row.try_get("topic").map_err(db_err)?,
                     offset: row.try_get("offset").map_err(db_err)?,
                     row,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.settler
+            .leases
+            .hold(claimed.iter().map(|c| (c.token, c.seq)));
+        Ok(claimed)
     }
 }
 
-/// Puts claimed-but-never-handed-out rows back, not counting the attempt.
-async fn unclaim(inner: &Inner, gid: i64, tokens: Vec<i64>) {
-    if tokens.is_empty() {
-        return;
+/// The row (`seq`) of every lease token a subscription holds. Settlements
+/// find their delivery row by its primary key `(gid, seq)` and check the
+/// token there, so no index covers `token` and a claim, which sets it, is a
+/// heap-only update (see the [schema](crate::schema)).
+#[derive(Clone, Default)]
+struct Leases(Arc<Mutex<HashMap<i64, i64>>>);
+
+impl Leases {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    if let Err(e) = sqlx::query(&inner.sql.unclaim)
-        .bind(gid)
-        .bind(&tokens)
-        .execute(&inner.pool)
-        .await
-    {
-        tracing::warn!(error = %e, "could not return unclaimed deliveries; their leases will expire");
+
+    fn hold(&self, leases: impl IntoIterator<Item = (i64, i64)>) {
+        self.map().extend(leases);
     }
-    inner.bump();
+
+    /// The row of `token`, if this subscription holds it.
+    fn seq(&self, token: i64) -> Option<i64> {
+        self.map().get(&token).copied()
+    }
+
+    fn forget(&self, tokens: impl IntoIterator<Item = i64>) {
+        let mut map = self.map();
+        for t in tokens {
+            map.remove(&t);
+        }
+    }
 }
 
 struct PgStream {
@@ -390,12 +412,12 @@ impl PgStream {
         if let Some(h) = self.fetcher.take() {
             let _ = h.await;
         }
-        let mut tokens = Vec::new();
+        let mut rest = Vec::new();
         while let Ok(c) = self.rx.try_recv() {
-            tokens.push(c.token);
+            rest.push(c);
         }
-        self.acker.settler.sem.add_permits(tokens.len());
-        unclaim(&self.acker.settler.inner, self.acker.settler.gid, tokens).await;
+        self.acker.settler.sem.add_permits(rest.len());
+        self.acker.settler.unclaim(rest).await;
     }
 }
 
@@ -449,12 +471,12 @@ impl Drop for PgStream {
                 if let Some(h) = fetcher {
                     let _ = h.await;
                 }
-                let mut tokens = Vec::new();
+                let mut rest = Vec::new();
                 while let Ok(c) = rx.try_recv() {
-                    tokens.push(c.token);
+                    rest.push(c);
                 }
-                acker.settler.sem.add_permits(tokens.len());
-                unclaim(&acker.settler.inner, acker.settler.gid, tokens).await;
+                acker.settler.sem.add_permits(rest.len());
+                acker.settler.unclaim(rest).await;
             });
         }
     }
@@ -471,16 +493,22 @@ struct Settler {
     max_deliveries: Option<u32>,
     sem: Arc<Semaphore>,
     acks: mpsc::UnboundedSender<PendingAck>,
+    leases: Leases,
 }
 
-/// An ack waiting for its batch: the lease token and who to tell whether it was held.
-type PendingAck = (i64, oneshot::Sender<Result<bool>>);
+/// An ack waiting for its batch: the lease token, its row's `seq`, and who
+/// to tell whether it was held.
+type PendingAck = (i64, i64, oneshot::Sender<Result<bool>>);
 
 /// Acks of one subscription are coalesced: whatever queued up while the
 /// previous `DELETE … WHERE token = ANY(…)` committed goes in the next one,
 /// so many concurrent acks share one commit (and one fsync). Each ack still
 /// returns only after its own row is deleted and committed.
-fn spawn_ack_batcher(inner: Arc<Inner>, gid: i64) -> mpsc::UnboundedSender<PendingAck> {
+fn spawn_ack_batcher(
+    inner: Arc<Inner>,
+    gid: i64,
+    leases: Leases,
+) -> mpsc::UnboundedSender<PendingAck> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PendingAck>();
     tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -492,24 +520,28 @@ fn spawn_ack_batcher(inner: Arc<Inner>, gid: i64) -> mpsc::UnboundedSender<Pendi
                     Err(_) => break,
                 }
             }
-            let tokens: Vec<i64> = batch.iter().map(|(t, _)| *t).collect();
+            let tokens: Vec<i64> = batch.iter().map(|(t, _, _)| *t).collect();
+            let seqs: Vec<i64> = batch.iter().map(|(_, s, _)| *s).collect();
             let result: Result<Vec<i64>> = sqlx::query_scalar(&inner.sql.ack)
                 .bind(gid)
                 .bind(&tokens)
+                .bind(&seqs)
                 .fetch_all(&inner.pool)
                 .await
                 .map_err(db_err);
             match result {
                 Ok(deleted) => {
+                    // Held or not, none of these leases is this subscription's any more.
+                    leases.forget(tokens);
                     let deleted: std::collections::HashSet<i64> = deleted.into_iter().collect();
-                    for (t, reply) in batch.drain(..) {
+                    for (t, _, reply) in batch.drain(..) {
                         let _ = reply.send(Ok(deleted.contains(&t)));
                     }
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     let transient = e.is_transient();
-                    for (_, reply) in batch.drain(..) {
+                    for (_, _, reply) in batch.drain(..) {
                         let err = if transient {
                             Error::Unavailable {
                                 backend: "postgres",
@@ -552,10 +584,11 @@ fn unknown(token: u64) -> Error {
 impl Settler {
     /// Hands `tok` to the subscription's ack batcher; the receiver says
     /// whether its row was still held once the batch committed.
-    fn queue_ack(&self, tok: i64) -> Result<oneshot::Receiver<Result<bool>>> {
+    fn queue_ack(&self, token: u64) -> Result<oneshot::Receiver<Result<bool>>> {
+        let (tok, seq) = self.lease(token)?;
         let (done, acked) = oneshot::channel();
         self.acks
-            .send((tok, done))
+            .send((tok, seq, done))
             .map_err(|_| Error::Closed { what: "acker" })?;
         Ok(acked)
     }
@@ -566,9 +599,7 @@ impl Settler {
     async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
         let mut waiting = Vec::with_capacity(tokens.len());
         for &token in tokens {
-            let queued = i64::try_from(token)
-                .map_err(|_| unknown(token))
-                .and_then(|tok| self.queue_ack(tok));
+            let queued = self.queue_ack(token);
             match queued {
                 Ok(acked) => waiting.push((token, acked)),
                 Err(e) => {
@@ -597,11 +628,39 @@ impl Settler {
         r
     }
 
-    async fn settle_inner(&self, token: u64, settlement: Settlement) -> Result<()> {
+    /// The lease token as stored, and its row; `UnknownDelivery` when this
+    /// subscription does not hold it (settled already, or never its own).
+    fn lease(&self, token: u64) -> Result<(i64, i64)> {
         let tok = i64::try_from(token).map_err(|_| unknown(token))?;
+        let seq = self.leases.seq(tok).ok_or_else(|| unknown(token))?;
+        Ok((tok, seq))
+    }
+
+    /// Puts claimed-but-never-handed-out rows back, not counting the attempt.
+    async fn unclaim(&self, rows: Vec<Claimed>) {
+        if rows.is_empty() {
+            return;
+        }
+        let tokens: Vec<i64> = rows.iter().map(|c| c.token).collect();
+        let seqs: Vec<i64> = rows.iter().map(|c| c.seq).collect();
+        if let Err(e) = sqlx::query(&self.inner.sql.unclaim)
+            .bind(self.gid)
+            .bind(&tokens)
+            .bind(&seqs)
+            .execute(&self.inner.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not return unclaimed deliveries; their leases will expire");
+        }
+        self.leases.forget(tokens);
+        self.inner.bump();
+    }
+
+    async fn settle_inner(&self, token: u64, settlement: Settlement) -> Result<()> {
         match settlement {
-            Settlement::Ack => ack_outcome(token, self.queue_ack(tok)?.await),
+            Settlement::Ack => ack_outcome(token, self.queue_ack(token)?.await),
             Settlement::Nack { delay } => {
+                let (tok, seq) = self.lease(token)?;
                 let limit = self
                     .max_deliveries
                     .map_or(i32::MAX, |m| i32::try_from(m).unwrap_or(i32::MAX));
@@ -610,17 +669,22 @@ impl Settler {
                     .bind(tok)
                     .bind(ms_i64(delay))
                     .bind(limit)
+                    .bind(seq)
                     .execute(&self.inner.pool)
                     .await
                     .map_err(db_err)?;
                 if done.rows_affected() == 1 {
+                    self.leases.forget([tok]);
                     return Ok(());
                 }
                 // Either at the attempt limit (dead-letter it) or not held.
-                self.dead_letter(token, tok, "max deliveries exceeded")
+                self.dead_letter(token, tok, seq, "max deliveries exceeded")
                     .await
             }
-            Settlement::Reject { reason } => self.dead_letter(token, tok, &reason).await,
+            Settlement::Reject { reason } => {
+                let (tok, seq) = self.lease(token)?;
+                self.dead_letter(token, tok, seq, &reason).await
+            }
             // Settlement is non-exhaustive.
             _ => Err(Error::InvalidArgument {
                 name: "settlement",
@@ -631,16 +695,18 @@ impl Settler {
 
     /// Removes the delivery row and publishes the message, with the dead-letter
     /// headers, to the dead-letter topic: one transaction.
-    async fn dead_letter(&self, token: u64, tok: i64, reason: &str) -> Result<()> {
+    async fn dead_letter(&self, token: u64, tok: i64, seq: i64, reason: &str) -> Result<()> {
         let sql = &self.inner.sql;
         let mut tx = self.inner.pool.begin().await.map_err(db_err)?;
         let Some(taken) = sqlx::query(&sql.take_for_dead_letter)
             .bind(self.gid)
             .bind(tok)
+            .bind(seq)
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?
         else {
+            self.leases.forget([tok]);
             return Err(unknown(token));
         };
         let seq: i64 = taken.try_get("seq").map_err(db_err)?;
@@ -672,6 +738,7 @@ impl Settler {
             .unwrap_or_else(|| name::dead_letter_topic(&topic));
         insert_batch(sql, &mut tx, &dlq, std::slice::from_ref(&msg)).await?;
         tx.commit().await.map_err(db_err)?;
+        self.leases.forget([tok]);
         Ok(())
     }
 }
@@ -695,15 +762,18 @@ impl Acker for PgAcker {
 
     async fn extend(&self, token: u64, by: Duration) -> Result<()> {
         let s = &self.settler;
-        let tok = i64::try_from(token).map_err(|_| unknown(token))?;
+        let (tok, seq) = s.lease(token)?;
         let done = sqlx::query(&s.inner.sql.extend)
             .bind(s.gid)
             .bind(tok)
             .bind(ms_i64(by))
+            .bind(seq)
             .execute(&s.inner.pool)
             .await
             .map_err(db_err)?;
         if done.rows_affected() == 0 {
+            // Expired and claimed again: the lease is gone for good.
+            s.leases.forget([tok]);
             return Err(unknown(token));
         }
         Ok(())

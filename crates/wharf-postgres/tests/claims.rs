@@ -2,13 +2,14 @@
 //! stale (autovacuum analyses a table at most once a minute), and with them
 //! every claim was a scan of all the group's rows and a sort on disk; so a
 //! fetcher that materialises 10,000 rows or more runs `ANALYZE` on
-//! `deliveries` itself, and a small one does not.
+//! `deliveries` itself, and a small one does not. Claims are heap-only
+//! updates, also on a schema made before they were.
 
 mod service;
 
 use std::time::Duration;
 
-use wharf_core::{Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
+use wharf_core::{Backend, Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
 use wharf_testkit::expect_delivery;
 
 /// `ANALYZE` runs on the schema's `deliveries` so far (manual ones only:
@@ -71,4 +72,128 @@ async fn a_burst_of_rows_refreshes_the_statistics_of_deliveries_and_a_few_do_not
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(n >= 1, "12,100 rows: ANALYZE");
+}
+
+/// Updates of the schema's `deliveries` so far, and how many of them were
+/// heap-only (no new index entries), as the server's statistics count them.
+async fn updates(pool: &sqlx::PgPool, schema: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = 'deliveries'",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_user_tables")
+}
+
+/// A claim sets the lease's token and time, which no index covers, on a
+/// table that leaves room in each page: a heap-only update. Until session
+/// 22 an index on `token` made each claim a full update, writing an entry
+/// into every index of `deliveries` (about 45 % more WAL per message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_heap_only_updates() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let schema = b.schema().to_owned();
+    b.publish_batch(
+        "hot",
+        (0..300).map(|i| Message::new(format!("m{i}"))).collect(),
+    )
+    .await
+    .expect("publish");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("hot")
+                .group("g")
+                .start(StartPosition::Earliest)
+                .max_in_flight(100),
+        )
+        .await
+        .expect("subscribe");
+    for _ in 0..300 {
+        expect_delivery(&mut sub, "a delivery")
+            .await
+            .ack()
+            .await
+            .expect("ack");
+    }
+    drop(sub);
+    // Server processes report their statistics when they exit at the latest.
+    b.close().await.expect("close");
+    let pool = sqlx::PgPool::connect(&service::url())
+        .await
+        .expect("connect");
+    let mut seen = (0, 0);
+    for _ in 0..100 {
+        seen = updates(&pool, &schema).await;
+        if seen.0 >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (all, hot) = seen;
+    assert!(all >= 300, "300 claims: {all} updates counted");
+    assert_eq!(hot, all, "every claim a heap-only update");
+    pool.close().await;
+}
+
+/// A schema made before session 23 has an index on `token` and full pages:
+/// connecting drops the one and sets the other, and its deliveries still
+/// settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_an_older_schema_drops_the_token_index() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let schema = ns.backend.schema().to_owned();
+    let pool = ns.backend.pool().clone();
+    sqlx::raw_sql(&format!(
+        "CREATE INDEX deliveries_token ON {schema}.deliveries (token); \
+         ALTER TABLE {schema}.deliveries RESET (fillfactor)"
+    ))
+    .execute(&pool)
+    .await
+    .expect("the older layout");
+    ns.backend
+        .publish("older", Message::new("before"))
+        .await
+        .expect("publish");
+
+    let again =
+        wharf_postgres::PostgresBackend::connect(service::config_at(&service::url(), &schema))
+            .await
+            .expect("connect again");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'deliveries' \
+         ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&pool)
+    .await
+    .expect("pg_indexes");
+    assert_eq!(indexes, ["deliveries_pkey", "deliveries_ready"]);
+    let options: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT reloptions FROM pg_class WHERE oid = ($1 || '.deliveries')::regclass",
+    )
+    .bind(&schema)
+    .fetch_one(&pool)
+    .await
+    .expect("pg_class");
+    assert_eq!(options, Some(vec!["fillfactor=40".to_owned()]));
+
+    let mut sub = again
+        .subscribe(
+            SubscribeOptions::new("older")
+                .group("g")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    let d = expect_delivery(&mut sub, "the older message").await;
+    assert_eq!(d.message().payload().as_ref(), b"before");
+    d.ack().await.expect("ack");
+    again.close().await.expect("close");
 }
