@@ -344,6 +344,7 @@ impl Inner {
             };
             let decoded = wire::decode(
                 d.routing_key.as_str(),
+                &backlog,
                 &d.properties,
                 d.data.into(),
                 &mut last_topic,

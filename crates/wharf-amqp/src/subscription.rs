@@ -155,6 +155,7 @@ pub(crate) async fn open_subscription(
         )
         .await
         .map_err(amqp_err)?;
+    let read_from: Arc<str> = Arc::from(queue.as_str());
     let acker = Arc::new(AmqpAcker {
         settler: Settler {
             inner: inner.clone(),
@@ -173,6 +174,7 @@ pub(crate) async fn open_subscription(
         acker,
         closed: inner.closed.subscribe(),
         topic: None,
+        queue: read_from,
     }))
 }
 
@@ -203,6 +205,8 @@ struct AmqpStream {
     closed: watch::Receiver<bool>,
     /// The last delivery's topic, shared by the next ones while it repeats.
     topic: Option<Arc<str>>,
+    /// The queue it reads.
+    queue: Arc<str>,
 }
 
 impl AmqpStream {
@@ -213,6 +217,7 @@ impl AmqpStream {
         let body = Bytes::from(d.data);
         let decoded = wire::decode(
             d.routing_key.as_str(),
+            &self.queue,
             &d.properties,
             body.clone(),
             &mut self.topic,
