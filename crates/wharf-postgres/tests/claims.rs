@@ -12,16 +12,22 @@ use std::time::Duration;
 use wharf_core::{Backend, Message, Publisher, StartPosition, SubscribeOptions, Subscriber};
 use wharf_testkit::expect_delivery;
 
-/// `ANALYZE` runs on the schema's `deliveries` so far (manual ones only:
-/// autovacuum's are counted apart).
-async fn analyze_count(b: &wharf_postgres::PostgresBackend) -> i64 {
-    sqlx::query_scalar(
-        "SELECT analyze_count FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'deliveries'",
+/// The server's statistics of the schema's `deliveries` so far: manual
+/// `ANALYZE` runs (autovacuum's are counted apart), updates, and how many of
+/// those were heap-only (no new index entries).
+async fn deliveries_stats(pool: &sqlx::PgPool, schema: &str) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT analyze_count, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+         WHERE schemaname = $1 AND relname = 'deliveries'",
     )
-    .bind(b.schema())
-    .fetch_one(b.pool())
+    .bind(schema)
+    .fetch_one(pool)
     .await
     .expect("pg_stat_user_tables")
+}
+
+async fn analyze_count(b: &wharf_postgres::PostgresBackend) -> i64 {
+    deliveries_stats(b.pool(), b.schema()).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,19 +80,6 @@ async fn a_burst_of_rows_refreshes_the_statistics_of_deliveries_and_a_few_do_not
     assert!(n >= 1, "12,100 rows: ANALYZE");
 }
 
-/// Updates of the schema's `deliveries` so far, and how many of them were
-/// heap-only (no new index entries), as the server's statistics count them.
-async fn updates(pool: &sqlx::PgPool, schema: &str) -> (i64, i64) {
-    sqlx::query_as(
-        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
-         WHERE schemaname = $1 AND relname = 'deliveries'",
-    )
-    .bind(schema)
-    .fetch_one(pool)
-    .await
-    .expect("pg_stat_user_tables")
-}
-
 /// A claim sets the lease's token and time, which no index covers, on a
 /// table that leaves room in each page: a heap-only update. Until session
 /// 22 an index on `token` made each claim a full update, writing an entry
@@ -128,7 +121,8 @@ async fn claims_are_heap_only_updates() {
         .expect("connect");
     let mut seen = (0, 0);
     for _ in 0..100 {
-        seen = updates(&pool, &schema).await;
+        let (_, all, hot) = deliveries_stats(&pool, &schema).await;
+        seen = (all, hot);
         if seen.0 >= 300 {
             break;
         }
