@@ -496,6 +496,24 @@ struct Settler {
     leases: Leases,
 }
 
+/// In-flight slots of settlements under way, given back when dropped: when
+/// the settlement finishes, and also when its future is dropped before
+/// that (a caller's timeout), so the subscription's window never shrinks.
+///
+/// # Cancel safety
+/// What a dropped settlement already sent still happens (the ack batcher
+/// commits it, or the lease expires); only its answer is lost.
+struct Slots<'a> {
+    sem: &'a Semaphore,
+    n: usize,
+}
+
+impl Drop for Slots<'_> {
+    fn drop(&mut self) {
+        self.sem.add_permits(self.n);
+    }
+}
+
 /// An ack waiting for its batch: the lease token, its row's `seq`, and who
 /// to tell whether it was held.
 type PendingAck = (i64, i64, oneshot::Sender<Result<bool>>);
@@ -597,31 +615,32 @@ impl Settler {
     /// share the batcher's `DELETE` and commits (one per up to 1,024) rather
     /// than one commit each.
     async fn ack_many(&self, tokens: &[u64], failed: &mut Vec<(u64, Error)>) {
+        let _slots = Slots {
+            sem: &self.sem,
+            n: tokens.len(),
+        };
         let mut waiting = Vec::with_capacity(tokens.len());
         for &token in tokens {
-            let queued = self.queue_ack(token);
-            match queued {
+            match self.queue_ack(token) {
                 Ok(acked) => waiting.push((token, acked)),
-                Err(e) => {
-                    self.sem.add_permits(1);
-                    failed.push((token, e));
-                }
+                Err(e) => failed.push((token, e)),
             }
         }
         for (token, acked) in waiting {
-            let r = ack_outcome(token, acked.await);
-            self.sem.add_permits(1);
-            if let Err(e) = r {
+            if let Err(e) = ack_outcome(token, acked.await) {
                 failed.push((token, e));
             }
         }
     }
 
     async fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let _slot = Slots {
+            sem: &self.sem,
+            n: 1,
+        };
         // An ack makes nothing new available: no need to wake the fetchers.
         let wake = !matches!(settlement, Settlement::Ack);
         let r = self.settle_inner(token, settlement).await;
-        self.sem.add_permits(1);
         if wake {
             self.inner.bump();
         }

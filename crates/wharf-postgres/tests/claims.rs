@@ -191,3 +191,33 @@ async fn connecting_to_an_older_schema_drops_the_token_index() {
     d.ack().await.expect("ack");
     again.close().await.expect("close");
 }
+
+/// An ack whose future is dropped before it finishes (a caller's timeout)
+/// still gives its in-flight slot back: with room for one delivery, the
+/// next message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_ack_future_gives_its_slot_back() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    b.publish_batch("slots", vec![Message::new("a"), Message::new("b")])
+        .await
+        .expect("publish");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("slots")
+                .group("g")
+                .start(StartPosition::Earliest)
+                .max_in_flight(1),
+        )
+        .await
+        .expect("subscribe");
+    let first = expect_delivery(&mut sub, "the first message").await;
+    // Polled once (the ack is queued), then dropped.
+    let dropped = tokio::time::timeout(Duration::ZERO, first.ack()).await;
+    assert!(dropped.is_err(), "the ack did not finish at its first poll");
+    let second = expect_delivery(&mut sub, "the second message").await;
+    assert_eq!(second.message().payload().as_ref(), b"b");
+    second.ack().await.expect("ack");
+}
