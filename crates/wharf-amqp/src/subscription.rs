@@ -155,7 +155,6 @@ pub(crate) async fn open_subscription(
         )
         .await
         .map_err(amqp_err)?;
-    let read_from: Arc<str> = Arc::from(queue.as_str());
     let acker = Arc::new(AmqpAcker {
         settler: Settler {
             inner: inner.clone(),
@@ -174,7 +173,6 @@ pub(crate) async fn open_subscription(
         acker,
         closed: inner.closed.subscribe(),
         topic: None,
-        queue: read_from,
     }))
 }
 
@@ -205,8 +203,6 @@ struct AmqpStream {
     closed: watch::Receiver<bool>,
     /// The last delivery's topic, shared by the next ones while it repeats.
     topic: Option<Arc<str>>,
-    /// The queue it reads.
-    queue: Arc<str>,
 }
 
 impl AmqpStream {
@@ -217,7 +213,7 @@ impl AmqpStream {
         let body = Bytes::from(d.data);
         let decoded = wire::decode(
             d.routing_key.as_str(),
-            &self.queue,
+            &self.acker.settler.queue,
             &d.properties,
             body.clone(),
             &mut self.topic,
