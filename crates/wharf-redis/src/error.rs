@@ -25,6 +25,23 @@ pub enum RedisError {
     /// (server restart, `CLIENT KILL`, output buffer limit exceeded).
     #[error("the pub/sub connection closed")]
     PubSubClosed,
+    /// Redis answered a subscription's stream read with an error.
+    #[error("{command}: {message}")]
+    Server {
+        /// The command sent.
+        command: &'static str,
+        /// The error Redis replied with (its code first, e.g. `NOGROUP`).
+        message: String,
+    },
+    /// A subscription's read connection failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// Any error reported by the `redis` client.
     #[error("{context}: {source}")]
     Client {

@@ -17,6 +17,7 @@
 //! | publish | one Lua script call per batch of up to 1,000 messages (atomic): `SADD` the topic to the registry once, then per message `GET` the dedup key, else `XADD … MAXLEN ~ n *` and `SET <prefix>:d:<topic>:<id> <stream id> EX <window>`; with [`RedisConfig::dedup`]`(false)` no script: one `MULTI` / `SADD` / an `XADD` per message / `EXEC` (as atomic, half the script's server time per message; no key per message, and `Dedup` is not declared) |
 //! | offset | stream id `<ms>-<seq>` as `ms << 22 \| seq` (exact and ordered for ids made by `XADD *`; see `wire`) |
 //! | consumer group | `XGROUP CREATE` + `XREADGROUP`; each subscription is one consumer `c-<uuid>` of the group |
+//! | reads | each subscription reads (`XREADGROUP`/`XREAD`, blocking up to 100 ms) on a connection of its own, over TCP or a Unix socket, authenticated and on the database the URL names; it speaks RESP2 whatever protocol the URL asks for, and is reconnected at the next read after it fails; every other command goes over the backend's shared connection |
 //! | private subscription | `XREAD` from a position (`$` resolved to the newest id at subscribe) |
 //! | `StartPosition::{Earliest, Latest, Offset}` | group/read start `0-0`, `$`, the id just before the offset |
 //! | `ack` | `XACK`; an [`AckBatch`](wharf_core::AckBatch) is one `XACK` with every id per topic |
@@ -99,6 +100,7 @@ mod config;
 mod dedup;
 mod error;
 mod pubsub;
+mod resp;
 mod scripts;
 mod subscription;
 mod wire;

@@ -33,8 +33,9 @@ use wharf_core::{
 };
 
 use crate::acker::{Mode, Pending, RedisAcker};
-use crate::backend::{connection_config, Shared, NAME};
+use crate::backend::{Shared, NAME};
 use crate::error::map;
+use crate::resp::{self, ReadConn, Reply};
 use crate::wire::{self, Entry};
 
 /// Lease (visibility timeout) when none is set.
@@ -77,11 +78,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
             requeue: requeue_tx,
         },
     };
-    let read_conn = shared
-        .client
-        .get_multiplexed_async_connection_with_config(&connection_config())
-        .await
-        .map_err(|e| map("connect", e))?;
+    let reads = ReadConn::connect(shared.client.get_connection_info()).await?;
     let acker = Arc::new_cyclic(|me| RedisAcker {
         shared: shared.clone(),
         mode,
@@ -105,7 +102,8 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         backend_closed: shared.closed.subscribe(),
         shared: shared.clone(),
         acker,
-        conn: read_conn,
+        conn: shared.conn.clone(),
+        reads: Some(reads),
         pattern: (!pattern.is_literal()).then_some(pattern.clone()),
         streams: Vec::new(),
         requeue: requeue_rx,
@@ -166,7 +164,11 @@ struct Stream {
 struct Reader {
     shared: Arc<Shared>,
     acker: Arc<RedisAcker>,
+    /// For everything but the stream reads (shared with the backend).
     conn: MultiplexedConnection,
+    /// For the stream reads, which block; `None` after a failure, until
+    /// the next read connects again.
+    reads: Option<ReadConn>,
     /// The wildcard pattern, if the subscription has one.
     pattern: Option<TopicPattern>,
     streams: Vec<Stream>,
@@ -279,6 +281,22 @@ impl Reader {
         Ok(())
     }
 
+    /// Sends a stream read on the read connection (connecting it first if
+    /// the last one failed) and returns its whole reply.
+    async fn read(&mut self, cmd: &redis::Cmd, name: &'static str) -> Result<Reply> {
+        let conn = match &mut self.reads {
+            Some(conn) => conn,
+            None => self
+                .reads
+                .insert(ReadConn::connect(self.shared.client.get_connection_info()).await?),
+        };
+        let reply = conn.query(cmd, name).await;
+        if reply.is_err() {
+            self.reads = None;
+        }
+        reply
+    }
+
     /// Passes `job` to the decoder; returns the entries in it (each holds
     /// one of the slots reserved for the round until the decoder hands it
     /// out or frees it).
@@ -373,10 +391,7 @@ impl Reader {
                     for _ in &self.streams {
                         cmd.arg(">");
                     }
-                    let reply: Value = cmd
-                        .query_async(&mut self.conn)
-                        .await
-                        .map_err(|e| map("XREADGROUP", e))?;
+                    let reply = self.read(&cmd, "XREADGROUP").await?;
                     let streams = self
                         .streams
                         .iter()
@@ -428,11 +443,8 @@ impl Reader {
                     for s in &self.streams {
                         cmd.arg(&s.cursor);
                     }
-                    let v: Value = cmd
-                        .query_async(&mut self.conn)
-                        .await
-                        .map_err(|e| map("XREAD", e))?;
-                    for (key, entries) in wire::read_reply(v)? {
+                    let reply = self.read(&cmd, "XREAD").await?;
+                    for (key, entries) in resp::read_reply(&reply, "XREAD")? {
                         let Some(s) = self.streams.iter_mut().find(|s| s.key == key) else {
                             continue;
                         };
@@ -474,7 +486,7 @@ enum Job {
     /// An `XREADGROUP` reply (first attempts), not yet decoded, with the
     /// topic of each stream key read.
     Read {
-        reply: Value,
+        reply: Reply,
         streams: Vec<(String, Arc<str>)>,
         read_at: Instant,
     },
@@ -485,7 +497,7 @@ impl Job {
     fn len(&self) -> usize {
         match self {
             Job::Entries { entries, .. } => entries.len(),
-            Job::Read { reply, .. } => wire::read_reply_len(reply),
+            Job::Read { reply, .. } => reply.entries(),
         }
     }
 }
@@ -530,8 +542,8 @@ impl Decoder {
 
     /// Decodes and hands out an `XREADGROUP` reply; returns how many
     /// deliveries were handed out.
-    async fn read(&self, reply: Value, streams: &[(String, Arc<str>)], read_at: Instant) -> usize {
-        let read = match wire::read_reply(reply) {
+    async fn read(&self, reply: Reply, streams: &[(String, Arc<str>)], read_at: Instant) -> usize {
+        let read = match resp::read_reply(&reply, "XREADGROUP") {
             Ok(read) => read,
             Err(e) => {
                 // Left pending: the entries come back once their leases expire.

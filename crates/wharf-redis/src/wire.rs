@@ -135,9 +135,7 @@ fn into_string(b: Vec<u8>) -> String {
     String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Decodes `[id, [field, value, …]]`, taking the strings out of the reply:
-/// key, payload and header values become the message's own bytes without a
-/// copy, and no id or clock is made for an entry that carries both.
+/// Decodes `[id, [field, value, …]]` (see [`entry_of`]).
 pub(crate) fn entry(v: Value) -> Result<Entry> {
     let Value::Array(parts) = v else {
         return Err(unexpected("stream entry", format!("{v:?}")));
@@ -156,31 +154,42 @@ pub(crate) fn entry(v: Value) -> Result<Entry> {
             return Err(unexpected("stream entry", format!("fields of {id}")))
         }
     };
+    let mut pairs = Vec::with_capacity(fields.len() / 2);
+    let mut fields = fields.iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if let (Some(name), Some(value)) = (bytes_of(name), bytes_of(value)) {
+            pairs.push((name, value));
+        }
+    }
+    Ok(entry_of(id, pairs))
+}
+
+/// The entry with stream id `id` and fields `pairs` (name, value), in
+/// order; fields of other names are ignored. Only the key, payload and
+/// header values are copied; no id or clock is made for an entry that
+/// carries both.
+pub(crate) fn entry_of(id: String, pairs: Vec<(&[u8], &[u8])>) -> Entry {
     let (mut msg_id, mut ts, mut key, mut payload) = (None, None, None, Bytes::new());
     let mut headers = Headers::new();
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        let (Some(name), Some(value)) = (into_bytes(name), into_bytes(value)) else {
-            continue;
-        };
-        match name.as_slice() {
+    for (name, value) in pairs {
+        match name {
             b"id" => {
-                if let Ok(parsed) = MessageId::parse_ascii(&value) {
+                if let Ok(parsed) = MessageId::parse_ascii(value) {
                     msg_id = Some(parsed);
                 }
             }
             b"ts" => {
-                if let Some(ms) = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                {
+                if let Some(ms) = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
                     ts = Some(Timestamp::from_millis(ms));
                 }
             }
-            b"k" => key = Some(Bytes::from(value)),
-            b"p" => payload = Bytes::from(value),
+            b"k" => key = Some(Bytes::copy_from_slice(value)),
+            b"p" => payload = Bytes::copy_from_slice(value),
             n if n.starts_with(b"h:") => {
-                headers.insert(String::from_utf8_lossy(&n[2..]), into_string(value));
+                headers.insert(
+                    String::from_utf8_lossy(&n[2..]),
+                    String::from_utf8_lossy(value),
+                );
             }
             _ => {}
         }
@@ -205,60 +214,7 @@ pub(crate) fn entry(v: Value) -> Result<Entry> {
             b.build()
         }
     };
-    Ok(Entry { id, message })
-}
-
-/// Decodes an `XREAD`/`XREADGROUP` reply into each stream key with its
-/// entries, in reply order (nil — nothing within BLOCK — is no entries).
-pub(crate) fn read_reply(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
-    let streams: Vec<(Option<String>, Value)> = match v {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(s) => s
-            .into_iter()
-            .map(|kv| match kv {
-                Value::Array(kv) => {
-                    let mut kv = kv.into_iter();
-                    (
-                        kv.next().as_ref().and_then(string_of),
-                        kv.next().unwrap_or(Value::Nil),
-                    )
-                }
-                other => (None, other),
-            })
-            .collect(),
-        Value::Map(m) => m.into_iter().map(|(k, v)| (string_of(&k), v)).collect(),
-        other => return Err(unexpected("XREAD", format!("{other:?}"))),
-    };
-    let mut out = Vec::with_capacity(streams.len());
-    for (key, entries) in streams {
-        let key = key.ok_or_else(|| unexpected("XREAD", "stream without key"))?;
-        let entries = match entries {
-            Value::Array(es) => es.into_iter().map(entry).collect::<Result<Vec<_>>>()?,
-            _ => Vec::new(),
-        };
-        out.push((key, entries));
-    }
-    Ok(out)
-}
-
-/// The number of entries in an `XREAD`/`XREADGROUP` reply, without
-/// decoding them: what [`read_reply`] returns, unless it fails.
-pub(crate) fn read_reply_len(v: &Value) -> usize {
-    let entries = |es: &Value| match es {
-        Value::Array(es) => es.len(),
-        _ => 0,
-    };
-    match v {
-        Value::Array(s) => s
-            .iter()
-            .map(|kv| match kv {
-                Value::Array(kv) => kv.get(1).map_or(0, entries),
-                _ => 0,
-            })
-            .sum(),
-        Value::Map(m) => m.iter().map(|(_, es)| entries(es)).sum(),
-        _ => 0,
-    }
+    Entry { id, message }
 }
 
 /// Decodes the `[[entry, count], …]` that the claim scripts return.
@@ -417,31 +373,5 @@ mod tests {
         assert_eq!(id_before(0), "0-0");
         assert_eq!(offset("1-4194304"), None);
         assert_eq!(offset("nope"), None);
-    }
-
-    #[test]
-    fn nil_read_reply_is_no_entries() {
-        assert!(read_reply(Value::Nil).expect("nil").is_empty());
-        assert_eq!(read_reply_len(&Value::Nil), 0);
-    }
-
-    #[test]
-    fn a_read_reply_is_counted_as_it_decodes_in_either_protocol() {
-        let e = |id: &str| as_value(&fields(&Message::new("x")), id);
-        let key = |k: &str| Value::BulkString(k.as_bytes().to_vec());
-        let resp2 = Value::Array(vec![
-            Value::Array(vec![key("a"), Value::Array(vec![e("1-0"), e("1-1")])]),
-            Value::Array(vec![key("b"), Value::Array(vec![e("2-0")])]),
-        ]);
-        let resp3 = Value::Map(vec![
-            (key("a"), Value::Array(vec![e("1-0"), e("1-1")])),
-            (key("b"), Value::Array(vec![e("2-0")])),
-        ]);
-        for reply in [resp2, resp3] {
-            let n = read_reply_len(&reply);
-            let read = read_reply(reply).expect("read");
-            assert_eq!(n, 3);
-            assert_eq!(read.iter().map(|(_, es)| es.len()).sum::<usize>(), n);
-        }
     }
 }
