@@ -567,4 +567,68 @@ mod tests {
             assert!(read_reply(&reply(odd), "XREAD").is_err());
         }
     }
+
+    proptest::proptest! {
+        /// Any bytes, fed in any pieces: the scan and the decoder return
+        /// or fail, never panic, and a scan that finds an end finds it
+        /// inside what it was given.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), step in 1usize..50) {
+            let mut scan = Scan::default();
+            let mut fed = 0;
+            while fed < bytes.len() {
+                fed = (fed + step).min(bytes.len());
+                match scan.advance(&bytes[..fed]) {
+                    Ok(Some(len)) => {
+                        proptest::prop_assert!(len <= fed);
+                        let _ = decode_read(&bytes[..len]);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+
+        /// Messages with any key, headers and payload read back as they
+        /// were written, however the reply is split.
+        #[test]
+        fn entries_round_trip(
+            msgs in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)),
+                    proptest::collection::vec(("[a-z]{1,5}", "[ -~]{0,8}"), 0..3),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                ),
+                0..8,
+            ),
+            step in 1usize..300,
+        ) {
+            let msgs: Vec<Message> = msgs
+                .into_iter()
+                .map(|(key, headers, payload)| {
+                    let mut b = Message::builder().payload(payload);
+                    if let Some(k) = key {
+                        b = b.key(k);
+                    }
+                    for (n, v) in headers {
+                        b = b.header(n, v);
+                    }
+                    b.build()
+                })
+                .collect();
+            let entries = msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| entry(&format!("1-{i}"), m))
+                .collect();
+            let mut bytes = Vec::new();
+            encode(&V::A(vec![V::A(vec![V::S(b"s".to_vec()), V::A(entries)])]), &mut bytes);
+            let (len, n) = scan_in_steps(&bytes, step).expect("whole");
+            proptest::prop_assert_eq!((len, n), (bytes.len(), msgs.len()));
+            let decoded = read_reply(&reply(&bytes), "XREAD").expect("decodes");
+            let got: Vec<&Message> = decoded[0].1.iter().map(|e| &e.message).collect();
+            proptest::prop_assert_eq!(got, msgs.iter().collect::<Vec<_>>());
+        }
+    }
 }
