@@ -66,6 +66,16 @@ fn check_pair(runs: &[Value], url: &str, workload: &str, messages: u64) {
             "each row says what its acknowledgement means: {r}"
         );
     }
+    if workload == "consume" {
+        for r in runs {
+            // Subscribing (a RabbitMQ group's backlog copy) is not in the
+            // rate but printed beside it.
+            assert!(
+                r["subscribe_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+                "{r}"
+            );
+        }
+    }
     assert_eq!(bare["bare"], true, "{bare}");
     assert!(adapter.get("bare").is_none(), "{adapter}");
     assert_eq!(adapter["bare_baseline"], format!("bare+{url}"));
