@@ -353,8 +353,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes an `XREAD`/`XREADGROUP` reply into each stream key with its
-/// entries, in reply order (nil — nothing within BLOCK — is no entries),
-/// as [`wire::read_reply`] does for a reply the `redis` client parsed.
+/// entries, in reply order (nil — nothing within BLOCK — is no entries).
+/// Each entry is made by [`wire::entry_of`], as one the `redis` client
+/// parsed is by [`wire::entry`].
 pub(crate) fn read_reply(
     reply: &Reply,
     command: &'static str,

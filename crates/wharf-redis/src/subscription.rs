@@ -1,6 +1,9 @@
-//! Subscriptions: one reader task per subscription, on a connection of its
-//! own (its blocking `XREADGROUP`/`XREAD` would stall a shared one), reading
-//! no more entries than the subscription has free in-flight slots for.
+//! Subscriptions: one reader task per subscription, reading its streams on
+//! a connection of its own ([`ReadConn`]: its blocking `XREADGROUP`/`XREAD`
+//! would stall a shared one, and it keeps each reply whole for the decoder)
+//! and sending everything else over the backend's shared connection,
+//! reading no more entries than the subscription has free in-flight slots
+//! for.
 //!
 //! Each round a group reader first claims due nacked entries (retry sorted
 //! set), then entries whose lease expired (`XPENDING IDLE` + `XCLAIM`), then
@@ -11,8 +14,8 @@
 //!
 //! A group's new entries are decoded, registered in flight and handed out
 //! by a second task, the decoder, so the reader's next `XREADGROUP` is on
-//! the wire (and the server and the client's RESP parser at work on it)
-//! while the last reply is decoded: a drain is bound by the slower of the
+//! the wire (and the server at work on it) while the last reply is
+//! decoded: a drain is bound by the slower of the
 //! two, not their sum. The reader reserves in-flight slots for what it
 //! reads, returns at once those the reply did not fill, and the decoder the
 //! ones of entries it does not hand out (expired, dead-lettered). Every
