@@ -334,6 +334,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// The first element, a string, of a two-element array; `not_a_pair`
+    /// otherwise.
+    fn pair_head(&mut self, not_a_pair: &str) -> std::result::Result<String, String> {
+        if !matches!(self.next()?, Val::Array(Some(2))) {
+            return Err(not_a_pair.into());
+        }
+        Ok(String::from_utf8_lossy(self.string()?).into_owned())
+    }
+
     /// The next value if it is a string; anything else is stepped over
     /// whole.
     fn string_or_skip(&mut self) -> std::result::Result<Option<&'a [u8]>, String> {
@@ -373,20 +382,14 @@ fn decode_read(buf: &[u8]) -> std::result::Result<Vec<(String, Vec<Entry>)>, Str
     };
     let mut out = Vec::with_capacity(streams);
     for _ in 0..streams {
-        if !matches!(c.next()?, Val::Array(Some(2))) {
-            return Err("a stream that is not [key, entries]".into());
-        }
-        let key = String::from_utf8_lossy(c.string()?).into_owned();
+        let key = c.pair_head("a stream that is not [key, entries]")?;
         let n = match c.next()? {
             Val::Array(Some(n)) => n,
             _ => 0,
         };
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
-            if !matches!(c.next()?, Val::Array(Some(2))) {
-                return Err("an entry that is not [id, fields]".into());
-            }
-            let id = String::from_utf8_lossy(c.string()?).into_owned();
+            let id = c.pair_head("an entry that is not [id, fields]")?;
             let fields = match c.next()? {
                 Val::Array(Some(f)) if f % 2 == 0 => f / 2,
                 _ => return Err(format!("fields of {id}")),
