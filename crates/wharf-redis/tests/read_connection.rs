@@ -220,3 +220,45 @@ async fn a_read_connection_the_server_drops_is_replaced() {
     assert_eq!(d.message().id(), second.id());
     d.ack().await.expect("ack");
 }
+
+/// An entry another client wrote, with no `id`, a binary payload, a header,
+/// an unknown field and a key, reads through the group as a message with a
+/// fresh id and the rest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_another_client_wrote_reads_with_what_it_has() {
+    let Some(ns) = service::namespace().await else {
+        return;
+    };
+    let b = &ns.backend;
+    let key = format!("{}:s:t", ns.config.key_prefix_value());
+    let mut conn = b.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("source")
+        .arg("legacy")
+        .arg("k")
+        .arg(&b"\x00key"[..])
+        .arg("h:trace")
+        .arg("abc")
+        .arg("p")
+        .arg(&b"\xff\x00\r\n$5\r\n"[..])
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let mut sub = b
+        .subscribe(
+            SubscribeOptions::new("t")
+                .group("g")
+                .start(StartPosition::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    let d = expect_delivery(&mut sub, "the foreign entry").await;
+    let m = d.message();
+    assert_eq!(m.payload().as_ref(), b"\xff\x00\r\n$5\r\n");
+    assert_eq!(m.key().map(|k| k.as_ref()), Some(&b"\x00key"[..]));
+    assert_eq!(m.headers().get("trace"), Some("abc"));
+    assert_eq!(m.headers().len(), 1, "unknown fields are not headers");
+    d.ack().await.expect("ack");
+}
