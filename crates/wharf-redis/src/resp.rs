@@ -14,7 +14,8 @@
 //! Commands are still built and encoded by the `redis` crate
 //! ([`redis::Cmd::get_packed_command`]); the connection speaks RESP2 (it
 //! never sends `HELLO`), authenticates and selects the database as the
-//! backend's URL says. One command is on the wire at a time, so a reply
+//! backend's URL says, and is named `<prefix>:read:<consumer>` (`private`
+//! for a subscription without a group). One command is on the wire at a time, so a reply
 //! that takes longer than [`RESPONSE_TIMEOUT`] leaves the connection in an
 //! unknown state: the caller drops it and connects again.
 
@@ -56,9 +57,11 @@ pub(crate) struct ReadConn {
 }
 
 impl ReadConn {
-    /// Connects to the server `info` names, authenticates and selects its
-    /// database; all within [`RESPONSE_TIMEOUT`].
-    pub(crate) async fn connect(info: &redis::ConnectionInfo) -> Result<Self> {
+    /// Connects to the server `info` names, authenticates, selects its
+    /// database and names the connection `name` (`CLIENT SETNAME`, so
+    /// `CLIENT LIST` tells which subscription reads on it); all within
+    /// [`RESPONSE_TIMEOUT`].
+    pub(crate) async fn connect(info: &redis::ConnectionInfo, name: &str) -> Result<Self> {
         let connect = async {
             let io: Box<dyn Io> = match info.addr() {
                 ConnectionAddr::Tcp(host, port) => {
@@ -100,6 +103,11 @@ impl ReadConn {
                 select.arg(settings.db());
                 conn.query_inner(&select, "SELECT").await?.ok("SELECT")?;
             }
+            let mut set_name = redis::cmd("CLIENT");
+            set_name.arg("SETNAME").arg(name);
+            conn.query_inner(&set_name, "CLIENT SETNAME")
+                .await?
+                .ok("CLIENT SETNAME")?;
             Ok(conn)
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, connect)

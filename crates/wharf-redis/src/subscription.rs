@@ -81,7 +81,15 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
             requeue: requeue_tx,
         },
     };
-    let reads = ReadConn::connect(shared.client.get_connection_info()).await?;
+    let read_name = format!(
+        "{}:read:{}",
+        shared.prefix,
+        match &mode {
+            Mode::Group { consumer, .. } => consumer.as_str(),
+            Mode::Private { .. } => "private",
+        }
+    );
+    let reads = ReadConn::connect(shared.client.get_connection_info(), &read_name).await?;
     let acker = Arc::new_cyclic(|me| RedisAcker {
         shared: shared.clone(),
         mode,
@@ -107,6 +115,7 @@ pub(crate) async fn open(shared: Arc<Shared>, opts: SubscribeOptions) -> Result<
         acker,
         conn: shared.conn.clone(),
         reads: Some(reads),
+        read_name,
         pattern: (!pattern.is_literal()).then_some(pattern.clone()),
         streams: Vec::new(),
         requeue: requeue_rx,
@@ -172,6 +181,8 @@ struct Reader {
     /// For the stream reads, which block; `None` after a failure, until
     /// the next read connects again.
     reads: Option<ReadConn>,
+    /// The read connection's name (`CLIENT SETNAME`).
+    read_name: String,
     /// The wildcard pattern, if the subscription has one.
     pattern: Option<TopicPattern>,
     streams: Vec<Stream>,
@@ -289,9 +300,10 @@ impl Reader {
     async fn read(&mut self, cmd: &redis::Cmd, name: &'static str) -> Result<Reply> {
         let conn = match &mut self.reads {
             Some(conn) => conn,
-            None => self
-                .reads
-                .insert(ReadConn::connect(self.shared.client.get_connection_info()).await?),
+            None => self.reads.insert(
+                ReadConn::connect(self.shared.client.get_connection_info(), &self.read_name)
+                    .await?,
+            ),
         };
         let reply = conn.query(cmd, name).await;
         if reply.is_err() {

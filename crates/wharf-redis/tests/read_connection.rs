@@ -160,13 +160,7 @@ async fn a_read_connection_the_server_drops_is_replaced() {
         return;
     };
     let b = &ns.backend;
-    // Connections made from here on have greater ids.
     let mut admin = b.connection();
-    let since: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut admin)
-        .await
-        .expect("CLIENT ID");
     let mut sub = b
         .subscribe(
             SubscribeOptions::new("t")
@@ -181,38 +175,32 @@ async fn a_read_connection_the_server_drops_is_replaced() {
     assert_eq!(d.message().id(), first.id());
     d.ack().await.expect("ack");
 
-    // Kill the subscription's read connection: made after `since`, and
-    // reading with XREADGROUP.
-    let mut killed = 0;
-    for _ in 0..50 {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut admin)
-            .await
-            .expect("CLIENT LIST");
-        for line in list.lines().filter(|l| l.contains(" cmd=xreadgroup ")) {
-            let id: i64 = line
-                .split(' ')
+    // Kill the subscription's read connection, found by its name.
+    let name = format!(" name={}:read:c-", ns.config.key_prefix_value());
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT LIST");
+    let ids: Vec<i64> = list
+        .lines()
+        .filter(|l| l.contains(&name))
+        .map(|l| {
+            l.split(' ')
                 .find_map(|f| f.strip_prefix("id="))
                 .and_then(|id| id.parse().ok())
-                .expect("an id");
-            if id > since {
-                let n: i64 = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("ID")
-                    .arg(id)
-                    .query_async(&mut admin)
-                    .await
-                    .expect("CLIENT KILL");
-                killed += n;
-            }
-        }
-        if killed > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(killed > 0, "no read connection was found");
+                .expect("an id")
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one read connection named{name}: {list}");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ids[0])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
 
     let second = Message::new("after");
     b.publish("t", second.clone()).await.expect("publish");
