@@ -100,6 +100,17 @@ async fn round_trip(url: &str) {
     backend.delete_all().await.expect("delete_all");
 }
 
+/// Group `g` of topic `t`, from the earliest entry.
+async fn group_g(b: &RedisBackend) -> wharf_core::Subscription {
+    b.subscribe(
+        SubscribeOptions::new("t")
+            .group("g")
+            .start(StartPosition::Earliest),
+    )
+    .await
+    .expect("subscribe")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_authenticate_with_a_password_and_select_the_database() {
     let port = free_port().to_string();
@@ -161,14 +172,7 @@ async fn a_read_connection_the_server_drops_is_replaced() {
     };
     let b = &ns.backend;
     let mut admin = b.connection();
-    let mut sub = b
-        .subscribe(
-            SubscribeOptions::new("t")
-                .group("g")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe");
+    let mut sub = group_g(b).await;
     let first = Message::new("before");
     b.publish("t", first.clone()).await.expect("publish");
     let d = expect_delivery(&mut sub, "a delivery").await;
@@ -234,14 +238,7 @@ async fn an_entry_another_client_wrote_reads_with_what_it_has() {
         .query_async(&mut conn)
         .await
         .expect("XADD");
-    let mut sub = b
-        .subscribe(
-            SubscribeOptions::new("t")
-                .group("g")
-                .start(StartPosition::Earliest),
-        )
-        .await
-        .expect("subscribe");
+    let mut sub = group_g(b).await;
     let d = expect_delivery(&mut sub, "the foreign entry").await;
     let m = d.message();
     assert_eq!(m.payload().as_ref(), b"\xff\x00\r\n$5\r\n");
