@@ -228,10 +228,12 @@ impl Scan {
             let header = nl + 1;
             let whole = match kind {
                 b'+' | b'-' | b':' => header,
-                b'$' => match int(line)? {
-                    n if n < 0 => header,
-                    n => {
-                        let need = header + n as usize + 2;
+                b'$' => match length(line)? {
+                    None => header,
+                    Some(n) => {
+                        let need = n
+                            .checked_add(header + 2)
+                            .ok_or("a bulk string longer than memory")?;
                         if rest.len() < need {
                             return Ok(None);
                         }
@@ -245,13 +247,13 @@ impl Scan {
                     if self.open.len() == 3 {
                         self.entries += 1;
                     }
-                    match int(line)? {
-                        n if n > 0 => {
+                    match length(line)? {
+                        Some(n) if n > 0 => {
                             if self.open.len() >= 32 {
                                 return Err("arrays nested more than 32 deep".into());
                             }
                             self.pos += header;
-                            self.open.push(n as usize);
+                            self.open.push(n);
                             continue;
                         }
                         _ => header,
@@ -278,11 +280,18 @@ impl Scan {
     }
 }
 
-fn int(line: &[u8]) -> std::result::Result<i64, String> {
-    std::str::from_utf8(line)
+/// A bulk string's or array's length: `None` for nil (negative).
+fn length(line: &[u8]) -> std::result::Result<Option<usize>, String> {
+    let n: i64 = std::str::from_utf8(line)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("a length of {:?}", String::from_utf8_lossy(line)))
+        .ok_or_else(|| format!("a length of {:?}", String::from_utf8_lossy(line)))?;
+    if n < 0 {
+        return Ok(None);
+    }
+    usize::try_from(n)
+        .map(Some)
+        .map_err(|_| format!("a length of {n}, more than memory"))
 }
 
 /// One value of a whole reply.
@@ -315,22 +324,19 @@ impl<'a> Cursor<'a> {
         Ok(match kind {
             b'+' | b':' => Val::Str(Some(line)),
             b'-' => Val::Err(line),
-            b'$' => match int(line)? {
-                n if n < 0 => Val::Str(None),
-                n => {
-                    let n = n as usize;
+            b'$' => match length(line)? {
+                None => Val::Str(None),
+                Some(n) => {
                     let s = self
                         .buf
-                        .get(self.pos..self.pos + n)
+                        .get(self.pos..)
+                        .and_then(|rest| rest.get(..n))
                         .ok_or("a truncated bulk string")?;
                     self.pos += n + 2;
                     Val::Str(Some(s))
                 }
             },
-            b'*' => match int(line)? {
-                n if n < 0 => Val::Array(None),
-                n => Val::Array(Some(n as usize)),
-            },
+            b'*' => Val::Array(length(line)?),
             other => return Err(format!("a value of type {:?}", other as char)),
         })
     }
