@@ -54,6 +54,11 @@ pub(crate) struct ReadConn {
     io: Box<dyn Io>,
     buf: BytesMut,
     scan: Scan,
+    /// A command was sent and its whole reply not yet read: set until the
+    /// reply is read, so a query whose future was dropped half-way (or
+    /// failed) leaves the connection refusing further queries instead of
+    /// reading the old reply as the next one's.
+    broken: bool,
 }
 
 impl ReadConn {
@@ -88,6 +93,7 @@ impl ReadConn {
                 io,
                 buf: BytesMut::new(),
                 scan: Scan::default(),
+                broken: false,
             };
             let settings = info.redis_settings();
             if let Some(password) = settings.password() {
@@ -119,7 +125,9 @@ impl ReadConn {
     }
 
     /// Sends `cmd` and reads its whole reply. An error reply is
-    /// [`Error::Backend`]; after any error the connection must be dropped.
+    /// [`Error::Backend`]. After a failure, a timeout, or this future being
+    /// dropped before it finished, every later query fails
+    /// ([`Error::Unavailable`]): the caller connects again.
     pub(crate) async fn query(&mut self, cmd: &redis::Cmd, name: &'static str) -> Result<Reply> {
         let reply = tokio::time::timeout(RESPONSE_TIMEOUT, self.query_inner(cmd, name))
             .await
@@ -132,6 +140,13 @@ impl ReadConn {
     }
 
     async fn query_inner(&mut self, cmd: &redis::Cmd, name: &'static str) -> Result<Reply> {
+        if self.broken {
+            return Err(io_error(
+                name,
+                std::io::Error::other("an earlier read on this connection did not finish"),
+            ));
+        }
+        self.broken = true;
         self.io
             .write_all(&cmd.get_packed_command())
             .await
@@ -142,6 +157,7 @@ impl ReadConn {
                     let entries = self.scan.entries;
                     self.scan = Scan::default();
                     let bytes = self.buf.split_to(len).freeze();
+                    self.broken = false;
                     return Ok(Reply { bytes, entries });
                 }
                 Ok(None) => {}
@@ -559,6 +575,48 @@ mod tests {
         encode(&read, &mut bytes);
         let decoded = read_reply(&reply(&bytes), "XREAD").expect("decodes");
         assert_eq!(decoded[0].1[0].message, msg);
+    }
+
+    /// A query dropped after sending (its reply not read) leaves the
+    /// connection refusing the next query, rather than taking the late
+    /// reply as the next one's.
+    #[tokio::test]
+    async fn a_query_dropped_half_way_leaves_the_connection_refusing_queries() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            // Name the connection; then take the first command and answer
+            // it only late.
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"+OK\r\n").await;
+            let _ = s.read(&mut buf).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = s.write_all(b"*-1\r\n").await;
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"*-1\r\n").await;
+            s
+        });
+        let info = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("url")
+            .get_connection_info()
+            .clone();
+        let mut conn = ReadConn::connect(&info, "n").await.expect("connect");
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("STREAMS").arg("k").arg("0");
+        {
+            let q = conn.query(&cmd, "XREAD");
+            tokio::pin!(q);
+            // Polled until the command is sent and it waits for the reply.
+            assert!(futures_util::FutureExt::now_or_never(q.as_mut()).is_none());
+        }
+        let err = conn.query(&cmd, "XREAD").await.err().expect("refused");
+        assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+        drop(server);
     }
 
     #[test]
